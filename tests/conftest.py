@@ -1,0 +1,181 @@
+"""Session fixtures that hand tests the real local stack: Kafka, kube-apiserver, Prometheus.
+
+The stack is started by `hack/stack.py up` if it is not running, and reused if it is. Every test
+gets its own names (topics, groups, namespaces), so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from support import unique_name as _unique_name
+from support import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Stack:
+    kubeconfig: str
+    kafka_bootstrap: str
+    kafka_sasl_bootstrap: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str
+    prometheus_url: str
+    prometheus_targets_dir: Path
+    bin_dir: Path
+    stack_dir: Path
+
+    def env(self) -> dict[str, str]:
+        """os.environ plus the stack's endpoints and binaries first on PATH."""
+        env = dict(os.environ)
+        env.update(
+            KUBECONFIG=self.kubeconfig,
+            KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap,
+            PROMETHEUS_URL=self.prometheus_url,
+            PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
+        return env
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self._tool("kubectl", args, input_text, check, timeout)
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self._tool("helm", args, None, check, timeout)
+
+    def _tool(self, tool: str, args: tuple[str, ...], input_text: str | None, check: bool,
+              timeout: float) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin_dir / tool), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def add_scrape_target(self, name: str, address: str, labels: dict[str, str] | None = None) -> Path:
+        """Ask Prometheus to scrape `address` (host:port); it re-reads the folder every 2 s."""
+        path = self.prometheus_targets_dir / f"{name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": [address], "labels": labels or {}}]))
+        tmp.rename(path)  # atomic: Prometheus never reads a half-written file
+        return path
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = value
+    return values
+
+
+def _stack_is_up() -> bool:
+    result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "status"],
+                            capture_output=True, text=True, check=False)
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The running local stack; started here when it is not up yet."""
+    if not _stack_is_up():
+        result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"could not start the local stack:\n{result.stderr[-4000:]}", pytrace=False)
+    env_file = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack")) / "env"
+    values = _read_env_file(env_file)
+    stack_dir = Path(values["LAGPILOT_STACK_DIR"])
+    return Stack(
+        kubeconfig=values["KUBECONFIG"],
+        kafka_bootstrap=values["KAFKA_BOOTSTRAP_SERVERS"],
+        kafka_sasl_bootstrap=values["KAFKA_SASL_BOOTSTRAP_SERVERS"],
+        kafka_sasl_username=values["KAFKA_SASL_USERNAME"],
+        kafka_sasl_password=values["KAFKA_SASL_PASSWORD"],
+        prometheus_url=values["PROMETHEUS_URL"],
+        prometheus_targets_dir=Path(values["PROMETHEUS_TARGETS_DIR"]),
+        bin_dir=REPO / ".cache" / "bin",
+        stack_dir=stack_dir,
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack: Stack) -> str:
+    return stack.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(stack: Stack) -> str:
+    return stack.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(stack: Stack) -> str:
+    return stack.prometheus_url
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    return _unique_name
+
+
+@pytest.fixture
+def kafka_admin(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def create_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """create_topic(prefix="t", partitions=1, config=None) -> a new topic's name; deleted after the test."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def create(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
+        name = _unique_name(prefix)
+        new_topic = NewTopic(name, partitions, 1, config=config or {})
+        futures = admin.create_topics([new_topic], operation_timeout=30)
+        futures[name].result(timeout=60)
+        created.append(name)
+        # Metadata reaches the broker's cache asynchronously; wait until it lists all partitions.
+        wait_for(lambda: (t := admin.list_topics(name, timeout=10).topics.get(name)) is not None
+                 and t.error is None and len(t.partitions) == partitions, 30, f"topic {name} in metadata")
+        return name
+
+    yield create
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            try:
+                future.result(timeout=60)
+            except Exception as exc:
+                print(f"cleanup: could not delete topic: {exc}")
+
+
+@pytest.fixture
+def namespace(stack: Stack) -> Iterator[str]:
+    """A fresh Kubernetes namespace for one test, deleted afterwards (without waiting)."""
+    name = _unique_name("t")
+    stack.kubectl("create", "namespace", name)
+    # The service-account controller creates `default`; pods are rejected until it exists.
+    wait_for(
+        lambda: stack.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30,
+        f"default service account in {name}",
+    )
+    yield name
+    stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
