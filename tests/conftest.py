@@ -81,20 +81,13 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _stack_is_up() -> bool:
-    result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "status"],
-                            capture_output=True, text=True, check=False)
-    return result.returncode == 0
-
-
 @pytest.fixture(scope="session")
 def stack() -> Stack:
-    """The running local stack; started here when it is not up yet."""
-    if not _stack_is_up():
-        result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"could not start the local stack:\n{result.stderr[-4000:]}", pytrace=False)
+    """The running local stack; `up` starts what is not running and reuses what is (seconds when warm)."""
+    result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"could not start the local stack:\n{result.stderr[-4000:]}", pytrace=False)
     env_file = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack")) / "env"
     values = _read_env_file(env_file)
     stack_dir = Path(values["LAGPILOT_STACK_DIR"])

@@ -1,0 +1,73 @@
+# Lagpilot: the two commands are `make dev` (run the operator on the local stack) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PYTHON) hack/stack.py
+
+.PHONY: help dev test venv stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
+
+help:
+	@echo "make dev         bring the local stack up, apply crds/, run the operator (kopf run) in the foreground"
+	@echo "make test        install everything, bring the stack up, run lint + unit + integration + e2e tests"
+	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
+	@echo "make stack-down  stop every process of the local stack"
+	@echo "make bench       run the benchmarks (JSON out)"
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed: set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,e2e]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+stack-install:
+	@$(STACK) install
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+crds: venv
+	$(VENV)/bin/lagpilot crds --write
+
+crds-check: venv
+	$(VENV)/bin/lagpilot crds --check
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit -q
+
+integration: venv
+	@$(STACK) up >/dev/null
+	$(VENV)/bin/pytest tests/integration -q
+
+e2e: venv
+	@$(STACK) up >/dev/null
+	$(VENV)/bin/pytest e2e -q
+
+# Main job: the operator against the project's own local Kafka and control plane.
+dev: venv
+	@bash hack/dev.sh
+
+# The test command (.ci/run calls exactly this).
+test: venv
+	@bash hack/test.sh
+
+bench: venv
+	@$(STACK) up >/dev/null
+	@bash hack/bench.sh
+
+clean:
+	@$(STACK) down
+	rm -rf .stack

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test run: lint, the local stack, unit + integration + end-to-end tests.
+# Leaves the stack running for a fast next run, except in CI (CI=true), where it stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+started_here=0
+if ! python3 hack/stack.py status >/dev/null 2>&1; then started_here=1; fi
+cleanup() {
+  if [[ "$started_here" == 1 && "${CI:-}" == "true" ]]; then python3 hack/stack.py down || true; fi
+}
+trap cleanup EXIT
+
+echo "== lint (ruff, mypy)"
+"$VENV/bin/ruff" check .
+"$VENV/bin/mypy"
+
+echo "== local stack (Kafka, Kubernetes control plane, Prometheus)"
+SECONDS=0
+python3 hack/stack.py up >/dev/null
+echo "stack ready after ${SECONDS}s"
+# shellcheck disable=SC1091
+source .stack/env
+
+echo "== tests (unit, integration, e2e)"
+"$VENV/bin/pytest" tests e2e -q -p no:cacheprovider "$@"

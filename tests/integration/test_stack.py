@@ -1,0 +1,169 @@
+"""The local stack is real: Kafka lag through the admin API, a working control plane, Prometheus scraping."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+from prometheus_api_client import PrometheusConnect
+from support import unique_name, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def test_kafka_lag_from_admin_api(kafka_bootstrap: str, create_topic) -> None:  # type: ignore[no-untyped-def]
+    topic = create_topic("stack-lag", partitions=3)
+    group = unique_name("stack-group")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    per_partition = {0: 10, 1: 20, 2: 30}
+    for partition, count in per_partition.items():
+        for i in range(count):
+            producer.produce(topic, value=f"{partition}-{i}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+    # A group member consumes and commits by hand: 4 from partition 0, 5 from partition 1, none from 2.
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)])
+    seen = {0: 0, 1: 0}
+    while seen[0] < 4 or seen[1] < 5:
+        message = consumer.poll(10)
+        assert message is not None and message.error() is None, "no message within 10 s"
+        if seen[message.partition()] < {0: 4, 1: 5}[message.partition()]:
+            seen[message.partition()] += 1
+    consumer.commit(offsets=[TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 5)], asynchronous=False)
+    consumer.close()
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    partitions = [TopicPartition(topic, p) for p in per_partition]
+    committed_future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, partitions)])[group]
+    committed = {tp.partition: tp.offset for tp in committed_future.result(timeout=30).topic_partitions}
+    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions})
+    end = {tp.partition: future.result(timeout=30).offset for tp, future in ends.items()}
+
+    assert end == per_partition
+    assert committed[0] == 4 and committed[1] == 5 and committed[2] < 0  # -1001: never committed
+    lag = {p: end[p] - committed[p] for p in (0, 1)}
+    assert lag == {0: 6, 1: 15}
+
+
+def test_control_plane_runs_deployments_and_crds(stack, namespace: str) -> None:  # type: ignore[no-untyped-def]
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.stacktest.lagpilot.io"},
+        "spec": {"group": "stacktest.lagpilot.io", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                     "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                         "size": {"type": "integer", "minimum": 1}}}}}}}]},
+    }
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(crd))
+    stack.kubectl("wait", "--for=condition=Established", "crd/widgets.stacktest.lagpilot.io", "--timeout=60s")
+    widget = {"apiVersion": "stacktest.lagpilot.io/v1", "kind": "Widget", "metadata": {"name": "w1"},
+              "spec": {"size": 3}}
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(widget))
+    assert stack.kubectl("get", "widget", "w1", "-n", namespace, "-o", "jsonpath={.spec.size}").stdout == "3"
+    bad = stack.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                        input_text=json.dumps({**widget, "spec": {"size": 0}}))
+    assert bad.returncode != 0 and "should be greater than or equal to 1" in bad.stderr
+
+    stack.kubectl("create", "deployment", "web", "-n", namespace, "--image=registry.invalid/web:1", "--replicas=2")
+    wait_for(lambda: stack.kubectl("get", "replicasets", "-n", namespace, "-l", "app=web", "-o", "name").stdout,
+             60, "the controller-manager to create a ReplicaSet")
+    wait_for(lambda: len(stack.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
+                         .stdout.split()) == 2, 60, "two Pods (Pending: there is no kubelet)")
+
+    stack.kubectl("patch", "deployment", "web", "-n", namespace, "--subresource=scale", "--type=merge",
+                  "-p", '{"spec":{"replicas":4}}')
+    wait_for(lambda: len(stack.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
+                         .stdout.split()) == 4, 60, "four Pods after scaling through the scale subresource")
+    scale = json.loads(stack.kubectl("get", "--raw",
+                                     f"/apis/apps/v1/namespaces/{namespace}/deployments/web/scale").stdout)
+    assert scale["spec"]["replicas"] == 4
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = b"# TYPE lagpilot_stack_probe gauge\nlagpilot_stack_probe 42\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence request logs
+        return
+
+
+def test_prometheus_scrapes_and_answers_queries(stack) -> None:  # type: ignore[no-untyped-def]
+    server = HTTPServer(("127.0.0.1", 0), _MetricsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    job = unique_name("probe")
+    target = stack.add_scrape_target(job, f"127.0.0.1:{server.server_port}", {"probe": job})
+    try:
+        prometheus = PrometheusConnect(url=stack.prometheus_url, disable_ssl=True)
+        result = wait_for(lambda: prometheus.custom_query(f'lagpilot_stack_probe{{probe="{job}"}}'), 60,
+                          "Prometheus to scrape the test's target")
+        assert float(result[0]["value"][1]) == 42.0
+    finally:
+        target.unlink()
+        server.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_port_taken_stops_with_cause_and_fix(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_KAFKA_PORT": str(taken)}
+        result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"], env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2
+    assert f"port {taken} on 127.0.0.1 (kafka) is already in use" in result.stderr
+    assert "LAGPILOT_KAFKA_PORT=<free port>" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_java_names_the_fix(tmp_path: Path) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "openssl").symlink_to("/usr/bin/openssl")
+    env = {**os.environ, "PATH": str(tools), "LAGPILOT_CACHE_DIR": str(tmp_path / "cache"),
+           "LAGPILOT_STACK_DIR": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "install"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "`java` is not on PATH" in result.stderr and "install a Java 17+ JDK" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stack_down_stops_what_it_started(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
+    """A second, Prometheus-only stack in its own folder: `down` leaves none of its processes running."""
+    env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_PROMETHEUS_PORT": str(_free_port())}
+    script = (
+        "import sys; sys.path.insert(0, 'hack'); import stack;"
+        "svc = next(s for s in stack.SERVICES if s.name == 'prometheus');"
+        "stack.start_process(svc); stack.wait_ready(svc); print(stack.running_pid('prometheus'))"
+    )
+    started = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120, check=True)
+    pid = int(started.stdout.strip())
+    assert Path(f"/proc/{pid}").exists()
+    subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "down"], env=env, check=True, timeout=60)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
