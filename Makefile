@@ -37,6 +37,7 @@ stack-status:
 
 crds: venv
 	$(VENV)/bin/lagpilot crds --write
+	cp crds/kafkaconsumergroups.lagpilot.io.yaml charts/lagpilot/crds/
 
 crds-check: venv
 	$(VENV)/bin/lagpilot crds --check

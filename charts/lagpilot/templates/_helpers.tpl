@@ -1,0 +1,122 @@
+{{/* Chart name, truncated to the 63 characters a DNS-1123 label allows. */}}
+{{- define "lagpilot.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name used for every object of this chart. */}}
+{{- define "lagpilot.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lagpilot.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lagpilot.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lagpilot.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "lagpilot.labels" -}}
+helm.sh/chart: {{ include "lagpilot.chart" . }}
+{{ include "lagpilot.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lagpilot
+{{- end }}
+
+{{- define "lagpilot.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lagpilot.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Cluster-scoped objects (ClusterRole, ClusterRoleBinding, ClusterKopfPeering) share one name space
+across the cluster: qualify them with the release namespace so two releases of the same name in
+different namespaces do not collide.
+*/}}
+{{- define "lagpilot.clusterObjectName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "lagpilot.fullname" .) | trunc 253 | trimSuffix "-" }}
+{{- end }}
+
+{{/* A ClusterKopfPeering is cluster-scoped, so its default name carries the release namespace. */}}
+{{- define "lagpilot.peeringName" -}}
+{{- if .Values.peering.name }}
+{{- .Values.peering.name }}
+{{- else if eq .Values.rbac.scope "cluster" }}
+{{- include "lagpilot.clusterObjectName" . }}
+{{- else }}
+{{- include "lagpilot.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "lagpilot.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The namespaces of namespaced mode, as a JSON list (empty list in cluster mode). */}}
+{{- define "lagpilot.watchNamespaces" -}}
+{{- if eq .Values.rbac.scope "namespaced" }}
+{{- if .Values.watchNamespaces }}
+{{- .Values.watchNamespaces | uniq | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- else }}
+{{- list | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* Cross-field checks JSON Schema cannot phrase clearly; each fails with what to change. */}}
+{{- define "lagpilot.validate" -}}
+{{- if and (not .Values.peering.enabled) (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "replicaCount=%d needs peering.enabled=true: without kopf peering every replica would scale the same groups" (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's shell command. kopf pauses *every* peer that sees another with the same priority,
+so each pod needs its own: a CRC-32 of the pod name, made negative so a developer's
+`kopf run --dev` (priority 666) or a default `kopf run` (priority 0) against the same peering
+outranks the in-cluster replicas, as kopf intends.
+*/}}
+{{- define "lagpilot.operatorScript" -}}
+{{- $args := list "--module=lagpilot_operator.handlers" }}
+{{- $args = append $args (printf "--log-format=%s" .Values.logFormat) }}
+{{- $args = append $args (printf "--liveness=http://0.0.0.0:%d/healthz" (int .Values.liveness.port)) }}
+{{- if .Values.peering.enabled }}
+{{- $args = append $args (printf "--peering=%s" (include "lagpilot.peeringName" .)) }}
+{{- $args = append $args "--priority=\"$priority\"" }}
+{{- else }}
+{{- $args = append $args "--standalone" }}
+{{- end }}
+{{- if eq .Values.rbac.scope "cluster" }}
+{{- $args = append $args "--all-namespaces" }}
+{{- else }}
+{{- range $ns := (include "lagpilot.watchNamespaces" . | fromJsonArray) }}
+{{- $args = append $args (printf "--namespace=%s" $ns) }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraArgs }}
+{{- $args = append $args (squote .) }}
+{{- end -}}
+set -eu
+{{- if .Values.peering.enabled }}
+priority=$(( -1 - $(printf '%s' "$POD_ID" | cksum | cut -d ' ' -f 1) % 1000000000 ))
+{{- end }}
+exec kopf run \
+  {{ join " \\\n  " $args }}
+{{- end }}

@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1.7
+# Lagpilot worker runtime image: the base for an image that adds your handler package.
+#   docker build -f docker/worker.Dockerfile -t <registry>/lagpilot-worker:0.1.0 .
+# Then, in your project:
+#   FROM <registry>/lagpilot-worker:0.1.0
+#   COPY --chown=10001:10001 orders/ /app/orders/
+#   CMD ["--handler=orders.handlers:handle", ...]
+# Stage 1 builds wheels for lagpilot[worker] and every dependency; the final stage installs
+# them from a bind mount, so neither the wheels nor any build tooling end up in the image.
+
+FROM python:3.11.14-slim-bookworm AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY contract/ contract/
+COPY operator/ operator/
+COPY worker/ worker/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[worker]"
+
+FROM python:3.11.14-slim-bookworm
+ARG LAGPILOT_VERSION=0.1.0
+LABEL org.opencontainers.image.title="lagpilot-worker" \
+      org.opencontainers.image.description="Lagpilot worker runtime: in-pod pool, at-least-once commits, retry tiers and DLQ" \
+      org.opencontainers.image.version="${LAGPILOT_VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app
+# A fixed numeric uid/gid, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+RUN groupadd --system --gid 10001 lagpilot \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin lagpilot
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels "lagpilot[worker]==${LAGPILOT_VERSION}"
+# Handler code goes here (on PYTHONPATH); the root filesystem stays read-only at run time.
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["lagpilot-worker"]
+CMD ["--help"]
