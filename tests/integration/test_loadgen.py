@@ -1,0 +1,176 @@
+"""The e2e load generator and ledger (e2e/loadgen.py) against the real Kafka, plus their pure pacing and accounting."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from e2e.loadgen import (
+    FunctionProfile,
+    Ledger,
+    LoadGenerator,
+    TokenBucket,
+    account,
+    burst,
+    parse_profile,
+    sine,
+    steps,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def test_burst_is_produced_at_the_requested_rate_and_the_ledger_finds_every_id(
+        kafka_bootstrap: str, create_topic: Callable[..., str]) -> None:
+    topic = create_topic("loadgen-burst", partitions=3)
+    generator = LoadGenerator(kafka_bootstrap, topic, burst(400, 5, before=1, after=1), key_space=16, seed=7)
+
+    result = generator.run()
+
+    assert result.planned == 2000
+    assert result.failed == []
+    assert result.dropped <= 20, f"fell behind: {result.summary()}"
+    assert result.produced == result.planned - result.dropped
+    assert len(set(result.ids)) == result.produced
+    assert 6.9 <= result.duration_s <= 7.6, result.summary()
+    before, during, after = result.per_second[0], result.per_second[1:6], result.per_second[6]
+    assert before == 0
+    assert all(360 <= n <= 440 for n in during), f"per-second counts off the 400/s plan: {result.per_second}"
+    assert after <= 20  # only the burst's last few milliseconds may land in the tail second
+
+    with Ledger(kafka_bootstrap, topic) as ledger:
+        accounting = ledger.wait_for(result.ids, timeout=60)
+    assert accounting.complete, accounting.summary()
+    assert accounting.duplicates == 0 and accounting.unexpected == ()
+    assert ledger.records == result.produced
+
+
+def test_ledger_counts_duplicates_unexpected_and_missing_ids(kafka_bootstrap: str,
+                                                              create_topic: Callable[..., str]) -> None:
+    processed = create_topic("loadgen-processed", partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    # As e2e/handlers.py writes them: key = id, value = JSON entry with the id; plus a key-only and a bad record.
+    for ident in ("a", "b", "b", "c"):
+        producer.produce(processed, key=ident.encode(), value=json.dumps({"id": ident, "attempt": 1}).encode())
+    producer.produce(processed, key=b"key-only", value=b"not json")
+    producer.produce(processed, key=None, value=b"no id at all")
+    producer.produce(processed, key=b"x", value=json.dumps({"id": "x"}).encode())  # last: all before it are read
+    assert producer.flush(30) == 0
+
+    with Ledger(kafka_bootstrap, processed) as ledger:
+        assert ledger.wait_for(["x"], timeout=30).complete
+        accounting = ledger.account(["a", "b", "c", "d"])
+    assert accounting.missing == ("d",)
+    assert (accounting.expected, accounting.processed) == (4, 3)
+    assert (accounting.duplicates, accounting.duplicated_ids) == (1, 1)
+    assert accounting.unexpected == ("key-only", "x")
+    assert ledger.unreadable == 1
+
+
+def test_cli_produces_json_and_the_ledger_command_accounts_for_the_ids(
+        kafka_bootstrap: str, create_topic: Callable[..., str], tmp_path: Path) -> None:
+    topic = create_topic("loadgen-cli", partitions=2)
+    ids_file = tmp_path / "ids.txt"
+    produced = subprocess.run(
+        [sys.executable, "-m", "e2e.loadgen", "--bootstrap", kafka_bootstrap, "--topic", topic,
+         "--profile", "steps:1@50,1@150", "--ids-out", str(ids_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert produced.returncode == 0, produced.stderr
+    summary = json.loads(produced.stdout.strip().splitlines()[-1])
+    assert (summary["planned"], summary["produced"], summary["failed"]) == (200, 200, 0)
+    assert summary["profile"] == "steps:1@50,1@150"
+    assert len(ids_file.read_text().split()) == 200
+
+    ledger = subprocess.run(
+        [sys.executable, "-m", "e2e.loadgen", "ledger", "--bootstrap", kafka_bootstrap, "--topic", topic,
+         "--ids-file", str(ids_file), "--timeout", "30"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert ledger.returncode == 0, ledger.stderr
+    assert json.loads(ledger.stdout)["missing"] == 0
+
+
+# --- the pure pieces (no stack needed) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "total", "duration"), [
+    ("steps:10@50,20@200,10@0", 4500, 40.0),
+    ("burst:rate=400,seconds=5,before=1,after=1", 2000, 7.0),
+    ("constant:rate=2.5,seconds=3", 7, 3.0),
+    ("sine:low=50,high=400,period=60,seconds=60", 13500, 60.0),
+])
+def test_profiles_parse_and_plan_their_totals(spec: str, total: int, duration: float) -> None:
+    profile = parse_profile(spec)
+    assert profile.total == total
+    assert profile.duration == duration
+    assert parse_profile(profile.description).total == total  # the description is a valid spec
+
+
+@pytest.mark.parametrize("spec", ["burst:rate=1", "nope:x", "steps:1x2", "constant:rate=1,seconds=2,foo=3",
+                                  "sine:low=5,high=1,period=1,seconds=1", "steps:1@-5"])
+def test_bad_profiles_are_rejected(spec: str) -> None:
+    with pytest.raises(ValueError, match="profile"):
+        parse_profile(spec)
+
+
+def test_exact_integrals_agree_with_the_numeric_one() -> None:
+    wave = sine(10, 90, 7, 20)
+    numeric = FunctionProfile(wave.function, wave.duration)
+    stepped = steps([(1.5, 10), (2, 0), (0.5, 300)])
+    numeric_steps = FunctionProfile(stepped.rate, stepped.duration, resolution=0.001)
+    for t in (0.0, 0.3, 1.5, 3.49, 4.0, 11.1, 20.0):
+        assert wave.cumulative(t) == pytest.approx(numeric.cumulative(t), abs=0.05)
+        assert stepped.cumulative(min(t, 4.0)) == pytest.approx(numeric_steps.cumulative(min(t, 4.0)), abs=0.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ticks=st.lists(st.floats(min_value=0.0001, max_value=0.9), min_size=1, max_size=400),
+       rate=st.floats(min_value=0.5, max_value=5000))
+def test_token_bucket_never_drifts_however_irregular_the_ticks(ticks: list[float], rate: float) -> None:
+    profile = steps([(3, rate), (2, rate / 3)])
+    bucket, elapsed = TokenBucket(profile), 0.0
+    for tick in ticks:
+        elapsed += tick
+        due = bucket.available(elapsed)
+        assert due >= 0
+        bucket.take(due)
+        # Never ahead of the plan, never more than one message behind it (ticks < the backlog window).
+        planned = profile.cumulative(min(elapsed, profile.duration))
+        assert planned - 1 < bucket.issued <= planned + 1e-6
+    assert bucket.dropped == 0
+    if elapsed >= profile.duration:
+        assert bucket.issued == profile.total  # the whole plan, to the message
+
+
+def test_token_bucket_expires_tokens_older_than_the_backlog_window() -> None:
+    bucket = TokenBucket(steps([(10, 100)]), max_backlog_seconds=1.0)
+    bucket.take(bucket.available(1.0))
+    assert bucket.issued == 100
+    due = bucket.available(5.0)  # stalled 4 s: only the last second's worth (+1 carried) is caught up
+    assert due == 101
+    assert math.isclose(bucket.dropped, 299)
+    bucket.take(due)
+    bucket.take(bucket.available(10.0))
+    assert bucket.issued + bucket.dropped == pytest.approx(1000)
+
+
+@pytest.mark.parametrize(("expected", "seen", "missing", "duplicates", "unexpected"), [
+    (["a", "b"], {"a": 1, "b": 1}, (), 0, ()),
+    (["a", "b"], {"a": 3}, ("b",), 2, ()),
+    ([], {"z": 2}, (), 1, ("z",)),
+    (["a"], {"a": 0}, ("a",), 0, ()),
+])
+def test_account(expected: list[str], seen: dict[str, int], missing: tuple[str, ...], duplicates: int,
+                 unexpected: tuple[str, ...]) -> None:
+    result = account(expected, seen)
+    assert (result.missing, result.duplicates, result.unexpected) == (missing, duplicates, unexpected)
+    assert result.complete == (not missing)
