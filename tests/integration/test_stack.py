@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_api_client import PrometheusConnect
+
 from support import unique_name, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,14 +95,14 @@ def test_control_plane_runs_deployments_and_crds(stack, namespace: str) -> None:
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         body = b"# TYPE lagpilot_stack_probe gauge\nlagpilot_stack_probe 42\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence request logs
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 

@@ -1,0 +1,78 @@
+"""The kopf module (`kopf run -m lagpilot_operator.handlers`): thin handlers around `reconcile`.
+
+One daemon per KafkaConsumerGroup loops reconcile → wait `spec.lag.pollIntervalSeconds` (read anew
+each round, so a spec edit applies without a restart). The dead-letter finalizer exists only on
+resources whose `deadLetter.deletionPolicy` is `Delete`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from lagpilot_operator import kube_io, models, reconcile
+from lagpilot_operator import operator_metrics as metrics
+from lagpilot_operator.dead_letter import delete_dead_letter_topics
+from lagpilot_operator.kafka_lag import LagReadError
+
+SHARED = reconcile.Shared()
+
+
+@kopf.on.startup()
+def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    # Progress in annotations: our status schema has no `kopf` field, and the API server would prune it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lagpilot.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lagpilot.io")
+    settings.persistence.finalizer = "lagpilot.io/dead-letter-topics"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    kube_io.load_configuration()
+    port = int(os.environ.get("LAGPILOT_METRICS_PORT", "8080"))
+    if port:
+        metrics.serve(port, os.environ.get("LAGPILOT_METRICS_ADDRESS", "0.0.0.0"))
+        logger.info("metrics on :%d/metrics", port)
+
+
+def _emitter(body: kopf.Body) -> reconcile.EventSink:
+    def emit(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+    return emit
+
+
+@kopf.daemon(models.GROUP, models.VERSION, models.PLURAL, cancellation_timeout=10)
+async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
+    state = reconcile.ResourceState()
+    while not stopped:
+        status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body))
+        logger.debug("reconciled: %s", status.get("lastDecision"))
+        interval = int(((body.get("spec") or {}).get("lag") or {}).get("pollIntervalSeconds") or 5)
+        await stopped.wait(interval)
+
+
+def _deletes_topics(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(((spec.get("deadLetter") or {}).get("deletionPolicy")) == "Delete")
+
+
+@kopf.on.delete(models.GROUP, models.VERSION, models.PLURAL, when=_deletes_topics)
+async def delete_topics(*, spec: kopf.Spec, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+    try:
+        parsed = models.KafkaConsumerGroupSpec.from_k8s(spec)
+        settings = await reconcile.kafka_settings(parsed, namespace or "")
+        outcome = await asyncio.to_thread(delete_dead_letter_topics, settings, parsed.group_id, parsed.dead_letter)
+    except LagReadError as exc:
+        raise kopf.TemporaryError(f"cannot delete the dead-letter topics yet: {exc}", delay=30) from exc
+    except Exception as exc:  # Kafka errors from the topic calls: retry, the finalizer keeps the resource
+        raise kopf.TemporaryError(f"cannot delete the dead-letter topics yet: {exc}", delay=30) from exc
+    logger.info("dead-letter topics deleted: %s", ", ".join(outcome.deleted) or "none")
+
+
+@kopf.on.delete(models.GROUP, models.VERSION, models.PLURAL, optional=True)
+def forget_metrics(*, namespace: str | None, name: str, **_: Any) -> None:
+    metrics.forget_resource(namespace or "", name)

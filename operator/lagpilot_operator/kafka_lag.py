@@ -1,0 +1,179 @@
+"""Reading a consumer group's offsets from Kafka's admin API (I/O).
+
+One AdminClient is shared per cluster and credentials (librdkafka clients are thread-safe and
+expensive: each keeps connections and a background thread). The calls are batched: one metadata
+call, one committed-offsets call, one `list_offsets` per offset kind for every partition at once,
+one group description. All calls are blocking; the reconcile loop runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from lagpilot_operator.models import KafkaConnection
+from lagpilot_operator.observations import LagSample, PartitionOffsets
+
+SECRET_SETTINGS = frozenset({"sasl.password", "ssl.key.pem", "sasl.username"})
+_UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+                KafkaError._RESOLVE, KafkaError.NETWORK_EXCEPTION, KafkaError.REQUEST_TIMED_OUT}
+_AUTHORIZATION = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                  KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
+                  KafkaError._AUTHENTICATION}
+
+
+class LagReadError(Exception):
+    """Lag could not be read. `reason` is a CamelCase condition reason; the message has no secrets."""
+
+    reason = "KafkaError"
+
+
+class KafkaUnreachable(LagReadError):
+    reason = "KafkaUnreachable"
+
+
+class KafkaAuthorizationFailed(LagReadError):
+    reason = "AuthorizationFailed"
+
+
+class TopicMissing(LagReadError):
+    reason = "TopicMissing"
+
+
+class CredentialsUnavailable(LagReadError):
+    reason = "SecretNotFound"
+
+
+def client_settings(connection: KafkaConnection, secret_values: Mapping[str, str]) -> dict[str, str]:
+    """librdkafka settings for `connection`; `secret_values` maps 'secretName/key' to the value read."""
+
+    def secret(ref: Any) -> str:
+        path = f"{ref.name}/{ref.key}"
+        if path not in secret_values:
+            raise CredentialsUnavailable(f"Secret key {path} is not available")
+        return secret_values[path]
+
+    settings = {"bootstrap.servers": connection.bootstrap_servers}
+    security = connection.security
+    if security is None:
+        return settings
+    settings["security.protocol"] = security.protocol
+    if security.sasl is not None:
+        settings["sasl.mechanism"] = security.sasl.mechanism
+        settings["sasl.username"] = secret(security.sasl.username_secret_ref)
+        settings["sasl.password"] = secret(security.sasl.password_secret_ref)
+    if security.tls is not None:
+        if security.tls.ca_secret_ref is not None:
+            settings["ssl.ca.pem"] = secret(security.tls.ca_secret_ref)
+        if security.tls.cert_secret_ref is not None:
+            settings["ssl.certificate.pem"] = secret(security.tls.cert_secret_ref)
+        if security.tls.key_secret_ref is not None:
+            settings["ssl.key.pem"] = secret(security.tls.key_secret_ref)
+    return settings
+
+
+def secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
+    """The (secret name, key) pairs `connection` needs, to be read from the API server."""
+    security = connection.security
+    refs: list[Any] = []
+    if security is not None and security.sasl is not None:
+        refs += [security.sasl.username_secret_ref, security.sasl.password_secret_ref]
+    if security is not None and security.tls is not None:
+        refs += [security.tls.ca_secret_ref, security.tls.cert_secret_ref, security.tls.key_secret_ref]
+    return [(ref.name, ref.key) for ref in refs if ref is not None]
+
+
+def settings_fingerprint(settings: Mapping[str, str]) -> str:
+    """A key for the client cache that does not keep credentials in plain text."""
+    digest = hashlib.sha256()
+    for key in sorted(settings):
+        digest.update(f"{key}\0{settings[key]}\0".encode())
+    return digest.hexdigest()
+
+
+def redacted(settings: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("***" if k in SECRET_SETTINGS else v) for k, v in settings.items()}
+
+
+class AdminClientPool:
+    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it."""
+
+    def __init__(self, request_timeout_ms: int = 5000) -> None:
+        self._clients: dict[str, AdminClient] = {}
+        self._lock = threading.Lock()
+        self._request_timeout_ms = request_timeout_ms
+
+    def get(self, settings: Mapping[str, str]) -> AdminClient:
+        key = settings_fingerprint(settings)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                config: dict[str, str | int | float | bool] = dict(settings)
+                config.setdefault("socket.timeout.ms", str(self._request_timeout_ms))
+                config.setdefault("client.id", "lagpilot-operator")
+                client = self._clients[key] = AdminClient(config)
+            return client
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+def _translate(exc: BaseException, what: str, bootstrap: str) -> LagReadError:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    code = error.code() if isinstance(error, KafkaError) else None
+    text = error.str() if isinstance(error, KafkaError) else str(exc)
+    if code in _AUTHORIZATION:
+        return KafkaAuthorizationFailed(f"{what}: not authorized ({text}); grant the operator's Kafka principal "
+                                        "Describe on the topics and the group")
+    if code in _UNREACHABLE or isinstance(exc, TimeoutError):
+        return KafkaUnreachable(f"{what}: Kafka at {bootstrap} did not answer ({text}); check bootstrapServers, "
+                                "the network path from the operator and the brokers' health")
+    return LagReadError(f"{what}: {text}")
+
+
+def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str], timeout: float = 10.0) -> LagSample:
+    """One sample of the group's committed offsets and the topics' start and end offsets."""
+    sampled_at = time.time()
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise _translate(exc, "reading cluster metadata", bootstrap) from exc
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            raise TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; create it or fix "
+                               "spec.topics")
+        partitions += [TopicPartition(topic, p) for p in sorted(found.partitions)]
+    try:
+        committed_future = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=timeout)[group_id]
+        latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+        end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
+        start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+        group_future = admin.describe_consumer_groups([group_id], request_timeout=timeout)[group_id]
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in committed_future.result(timeout=timeout).topic_partitions}
+        ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
+        starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
+        members = len(group_future.result(timeout=timeout).members)
+    except (KafkaException, TimeoutError) as exc:
+        raise _translate(exc, f"reading offsets of group {group_id}", bootstrap) from exc
+    offsets = tuple(
+        PartitionOffsets(
+            topic=tp.topic,
+            partition=tp.partition,
+            end_offset=max(0, ends[(tp.topic, tp.partition)]),
+            # librdkafka reports "no committed offset" as a negative logical offset (-1001).
+            committed=c if (c := committed.get((tp.topic, tp.partition), -1)) >= 0 else None,
+            start_offset=max(0, starts[(tp.topic, tp.partition)]),
+        )
+        for tp in partitions
+    )
+    return LagSample(time=sampled_at, partitions=offsets, members=members)

@@ -1,0 +1,158 @@
+"""Every Kubernetes API call the operator makes (I/O), in one place so RBAC can be read off it.
+
+Calls: Deployments get/create/patch and their scale subresource get/patch; the pool ConfigMap
+get/create/patch; the KafkaConsumerGroup status patch; Secrets get (by name, for Kafka credentials).
+Events go through kopf. The functions are blocking (kubernetes client); callers use asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from lagpilot_contract import pool as pool_contract
+from lagpilot_operator import models
+
+
+def load_configuration() -> None:
+    """In-cluster service account when running in a pod, else the current kubeconfig context."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class TargetScale:
+    name: str
+    spec_replicas: int
+    ready_replicas: int
+
+
+def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
+    meta = kcg["metadata"]
+    return {"apiVersion": models.API_VERSION, "kind": models.KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def read_target(namespace: str, name: str) -> TargetScale | None:
+    """The Deployment's replicas, or None when it does not exist."""
+    try:
+        deployment = client.AppsV1Api().read_namespaced_deployment(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
+                       ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0))
+
+
+def scale_target(namespace: str, name: str, replicas: int) -> None:
+    """Set replicas through the scale subresource (what HPA and `kubectl scale` use)."""
+    client.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+
+def worker_env(kcg_name: str) -> list[dict[str, Any]]:
+    """Env that connects a worker container to the pool-size contract."""
+    return [
+        {"name": pool_contract.ENV_POOL_CONFIGMAP, "value": pool_contract.pool_configmap_name(kcg_name)},
+        {"name": pool_contract.ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+
+
+def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int) -> dict[str, Any]:
+    """The Deployment a `template` describes, owned by the KafkaConsumerGroup, with the contract's env."""
+    name = kcg["metadata"]["name"]
+    spec = copy.deepcopy(template.spec)
+    spec["replicas"] = replicas
+    pod_spec = spec.setdefault("template", {}).setdefault("spec", {})
+    contract_names = {e["name"] for e in worker_env(name)}
+    for container in pod_spec.get("containers", []):
+        env = [e for e in container.get("env", []) if e.get("name") not in contract_names]
+        container["env"] = env + worker_env(name)
+    metadata = copy.deepcopy(template.metadata)
+    labels = {**metadata.get("labels", {}), pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
+              pool_contract.LABEL_CONSUMER_GROUP: name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {**metadata, "name": name, "namespace": kcg["metadata"]["namespace"], "labels": labels,
+                     "ownerReferences": [owner_reference(kcg)]},
+        "spec": spec,
+    }
+
+
+def ensure_templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate,
+                                initial_replicas: int) -> TargetScale:
+    """Create the owned Deployment, or bring its template back to the spec (replicas stay ours)."""
+    namespace, name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
+    apps = client.AppsV1Api()
+    current = read_target(namespace, name)
+    if current is None:
+        manifest: Any = templated_deployment(kcg, template, initial_replicas)  # the client accepts plain dicts
+        apps.create_namespaced_deployment(namespace, manifest)
+        return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0)
+    desired = templated_deployment(kcg, template, current.spec_replicas)
+    apps.patch_namespaced_deployment(name, namespace, {"metadata": {"labels": desired["metadata"]["labels"]},
+                                                       "spec": {k: v for k, v in desired["spec"].items()
+                                                                if k != "replicas"}})
+    return current
+
+
+def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_at: str) -> None:
+    """Create or update the pool ConfigMap the workers watch (the pool-size contract)."""
+    namespace, kcg_name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
+    name = pool_contract.pool_configmap_name(kcg_name)
+    data = {pool_contract.POOL_SIZE_KEY: str(pool_size), pool_contract.REASON_KEY: reason[:1000],
+            pool_contract.UPDATED_AT_KEY: updated_at}
+    core = client.CoreV1Api()
+    try:
+        existing = core.read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        body: Any = {"metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(kcg)],
+                             "labels": {pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
+                                        pool_contract.LABEL_CONSUMER_GROUP: kcg_name}},
+                "data": data}
+        core.create_namespaced_config_map(namespace, body)
+        return
+    if pool_contract.parse_pool_size(existing.data) == pool_size:
+        return  # the size is what workers act on; leave the object (and their watches) alone
+    core.patch_namespaced_config_map(name, namespace, {"data": data})
+
+
+def read_pool_size(namespace: str, kcg_name: str) -> int | None:
+    try:
+        found = client.CoreV1Api().read_namespaced_config_map(pool_contract.pool_configmap_name(kcg_name), namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return pool_contract.parse_pool_size(found.data)
+
+
+def read_secret_values(namespace: str, refs: list[tuple[str, str]]) -> dict[str, str]:
+    """{'name/key': value} for the referenced Secret keys that exist; values never leave this process."""
+    values: dict[str, str] = {}
+    core = client.CoreV1Api()
+    for name in sorted({name for name, _ in refs}):
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise
+        for key, encoded in (secret.data or {}).items():
+            values[f"{name}/{key}"] = base64.b64decode(encoded).decode("utf-8")
+    return values
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status})

@@ -1,0 +1,52 @@
+"""The operator's own Prometheus metrics (names in docs/design.md)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RESOURCE = ("namespace", "name")
+PARTITION = (*RESOURCE, "topic", "partition")
+
+PARTITION_LAG = Gauge("lagpilot_consumergroup_lag", "Offset lag per partition (end minus committed offset).",
+                      PARTITION)
+TOTAL_LAG = Gauge("lagpilot_consumergroup_total_lag", "Offset lag of the whole group, as the decision used it.",
+                  RESOURCE)
+TIME_LAG = Gauge("lagpilot_consumergroup_time_lag_seconds",
+                 "Estimated seconds between now and the produce time of the oldest unconsumed message.", PARTITION)
+MAX_TIME_LAG = Gauge("lagpilot_consumergroup_max_time_lag_seconds", "Largest per-partition time lag.", RESOURCE)
+VERDICT = Gauge("lagpilot_consumergroup_partition_verdict",
+                "1 for the partition's current verdict (OK, LAGGING, STALLED, STOPPED, REWOUND).",
+                (*PARTITION, "verdict"))
+PRODUCE_RATE = Gauge("lagpilot_consumergroup_produce_rate", "Messages produced per second to the group's topics.",
+                     RESOURCE)
+CONSUME_RATE = Gauge("lagpilot_consumergroup_consume_rate", "Messages consumed (committed) per second.", RESOURCE)
+DESIRED_REPLICAS = Gauge("lagpilot_desired_replicas", "Replicas the last decision asked for.", RESOURCE)
+CURRENT_REPLICAS = Gauge("lagpilot_current_replicas", "Replicas the target Deployment has.", RESOURCE)
+MAX_REPLICAS = Gauge("lagpilot_replicas_max", "spec.replicas.max: alerts compare it with the desired replicas.",
+                     RESOURCE)
+POOL_SIZE = Gauge("lagpilot_pool_size", "Pool size per pod published to the workers.", RESOURCE)
+DECISIONS = Counter("lagpilot_scale_decisions_total", "Decisions that changed replicas or pool, by direction.",
+                    (*RESOURCE, "direction"))
+RECONCILE_SECONDS = Histogram("lagpilot_reconcile_duration_seconds", "Duration of one reconcile of one resource.",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that hit an error, by kind.",
+                           (*RESOURCE, "kind"))
+DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=address)
+
+
+def forget_resource(namespace: str, name: str) -> None:
+    """Drop every series of a deleted resource so /metrics does not report ghosts."""
+    for metric in (PARTITION_LAG, TIME_LAG, VERDICT, DLQ_MESSAGES):
+        for labels in list(metric._metrics):  # prometheus_client has no public "remove by prefix"
+            if labels[:2] == (namespace, name):
+                metric.remove(*labels)
+    for gauge in (TOTAL_LAG, MAX_TIME_LAG, PRODUCE_RATE, CONSUME_RATE, DESIRED_REPLICAS, CURRENT_REPLICAS,
+                  MAX_REPLICAS, POOL_SIZE):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

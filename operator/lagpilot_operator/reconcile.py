@@ -1,0 +1,341 @@
+"""One reconcile of one KafkaConsumerGroup: read lag, decide, apply, report.
+
+The decision itself is pure (`policy.decide`); this module does the I/O around it in a fixed order
+and turns every outcome into status, conditions, events and metrics. Blocking client calls run in
+threads so one slow cluster never stalls the other resources' loops. Nothing here raises for an
+expected fault (Kafka down, target missing, bad credentials): faults become conditions, and the
+replicas are held (or go to the fallback) — never to zero while blind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag
+from lagpilot_operator import operator_metrics as metrics
+from lagpilot_operator.conditions import conditions_to_k8s, set_condition
+from lagpilot_operator.dead_letter import DeadLetterMemory, dead_letter_settings, reconcile_dead_letter
+from lagpilot_operator.models import ConditionStatus
+from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
+from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.redrive import run_redrive_step
+from lagpilot_operator.timelag import TimeLagTracker, summarize
+from lagpilot_operator.verdicts import Verdict, evaluate, stuck_partitions
+
+log = logging.getLogger(__name__)
+
+TOP_PARTITIONS = 10
+DEAD_LETTER_INTERVAL_SECONDS = 30.0
+EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
+
+
+@dataclass
+class ResourceState:
+    """What the operator keeps in memory per resource between reconciles (rebuilt after a restart)."""
+
+    history: LagHistory = field(default_factory=LagHistory)
+    time_lags: TimeLagTracker = field(default_factory=TimeLagTracker)
+    memory: PolicyMemory | None = None
+    failures: int = 0
+    stuck: frozenset[tuple[str, int]] = frozenset()
+    dead_letter_memory: DeadLetterMemory = field(default_factory=DeadLetterMemory)
+    dead_letter_checked_at: float = 0.0
+    dead_letter_status: dict[str, Any] | None = None
+    dead_letter_condition: tuple[str, str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Process-wide clients."""
+
+    admin_clients: kafka_lag.AdminClientPool = field(default_factory=kafka_lag.AdminClientPool)
+
+
+def _utc(now: float) -> str:
+    return models.rfc3339(now)
+
+
+async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, emit: EventSink,
+                    now: float | None = None) -> dict[str, Any]:
+    """Run one reconcile and write the status; returns the status written (for tests and logs)."""
+    started = time.perf_counter()
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        status = await _reconcile(body, state, shared, emit, time.time() if now is None else now)
+    except Exception as exc:  # one resource's bug must never stop the others: report it, keep looping
+        log.exception("reconcile of %s/%s failed", namespace, name)
+        metrics.RECONCILE_ERRORS.labels(namespace, name, "unexpected").inc()
+        conditions = set_condition(_conditions(body), models.READY, "False", "ReconcileError",
+                                   f"unexpected error: {type(exc).__name__}: {exc}", meta.get("generation"),
+                                   time.time())
+        status = {"conditions": conditions_to_k8s(conditions)}
+    await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
+    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    return status
+
+
+def _conditions(body: dict[str, Any]) -> list[Any]:
+    return list((body.get("status") or {}).get("conditions") or [])
+
+
+async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, emit: EventSink,
+                     now: float) -> dict[str, Any]:
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    previous: dict[str, Any] = dict(body.get("status") or {})
+    conditions = _conditions(body)
+
+    def condition(kind: str, ok: bool | None, reason: str, message: str) -> None:
+        nonlocal conditions
+        value: ConditionStatus = "Unknown" if ok is None else "True" if ok else "False"
+        conditions = set_condition(conditions, kind, value, reason, message, generation, now)
+
+    try:
+        spec = models.KafkaConsumerGroupSpec.from_k8s(body.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        condition(models.READY, False, "InvalidSpec", f"spec.{where}: {first['msg']}; fix the resource")
+        return {"observedGeneration": generation, "conditions": conditions_to_k8s(conditions)}
+    config = PolicyConfig.from_spec(spec.to_k8s())
+    metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
+
+    # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
+    target = await _target(body, spec, config)
+    if target is None:
+        wanted = spec.scale_target_ref.name if spec.scale_target_ref else name
+        condition(models.TARGET_FOUND, False, "DeploymentNotFound",
+                  f"Deployment {namespace}/{wanted} does not exist; create it or fix spec.scaleTargetRef.name")
+    else:
+        condition(models.TARGET_FOUND, True, "DeploymentFound", f"scaling Deployment {namespace}/{target.name}")
+    current_replicas = target.spec_replicas if target else int(previous.get("currentReplicas") or 0)
+    current_pool = int(previous.get("poolSize") or spec.pool.initial)
+
+    # 2. Lag.
+    settings: dict[str, str] | None = None
+    try:
+        settings = await kafka_settings(spec, namespace)
+    except kafka_lag.LagReadError as exc:
+        settings_error: kafka_lag.LagReadError | None = exc
+    else:
+        settings_error = None
+    if spec.lag.source == "kafka" and settings is None:
+        sample, lag_error = None, settings_error
+    else:
+        sample, lag_error = await _read_lag(spec, settings, shared, namespace)
+    memory = state.memory or PolicyMemory.from_dict(previous.get("policyMemory"))
+    verdicts: dict[tuple[str, int], Verdict] = {}
+    time_lags: dict[tuple[str, int], float] = {}
+    if sample is None:
+        state.failures += 1
+        metrics.RECONCILE_ERRORS.labels(namespace, name, lag_error.reason if lag_error else "lag").inc()
+        message = str(lag_error) if lag_error else "lag could not be read"
+        if spec.lag.source == "kafka":
+            condition(models.KAFKA_REACHABLE, False, lag_error.reason if lag_error else "KafkaError", message)
+        condition(models.LAG_METRIC_AVAILABLE, False, lag_error.reason if lag_error else "LagUnavailable", message)
+        observation = Observation(sample=None, current_replicas=current_replicas, current_pool=current_pool,
+                                  consecutive_failures=state.failures)
+    else:
+        state.failures = 0
+        if spec.lag.source == "kafka":
+            condition(models.KAFKA_REACHABLE, True, "Connected", f"read offsets of {len(sample.partitions)} "
+                      f"partitions from {spec.kafka.bootstrap_servers}")
+        condition(models.LAG_METRIC_AVAILABLE, True, "LagRead", f"lag read from {spec.lag.source}")
+        state.history.add(sample)
+        reset = config.lag_threshold.offset_reset_policy
+        if spec.lag.source == "kafka":
+            # Rates, time lag and verdicts need offsets; Prometheus gives lag only (see prom_lag).
+            state.time_lags.add(sample)
+            time_lags = state.time_lags.time_lags(sample, now, reset)
+            verdicts = evaluate(state.history, offset_reset_policy=reset, now=sample.time)
+            observation = Observation.from_history(state.history, current_replicas=current_replicas,
+                                                   current_pool=current_pool, verdicts=verdicts,
+                                                   time_lags=time_lags,
+                                                   ready_replicas=target.ready_replicas if target else None)
+        else:
+            observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
+                                      partitions=len(sample.partitions))
+
+    # 3. Decide, and apply (a missing target is reported, never scaled).
+    decision = decide(config, observation, memory, now)
+    state.memory = decision.memory
+    applied_replicas = current_replicas
+    if target is not None and decision.replicas != current_replicas:
+        await asyncio.to_thread(kube_io.scale_target, namespace, target.name, decision.replicas)
+        applied_replicas = decision.replicas
+    if target is not None:
+        await asyncio.to_thread(kube_io.publish_pool_size, body, decision.pool, decision.reason, _utc(now))
+    changed = applied_replicas != current_replicas or decision.pool != current_pool
+    if changed:
+        direction = "up" if applied_replicas * decision.pool > current_replicas * current_pool else "down"
+        metrics.DECISIONS.labels(namespace, name, direction).inc()
+        emit("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
+    if spec.paused:
+        condition(models.SCALING, False, "Paused", "spec.paused is true: replicas and pool are held as they are")
+    elif sample is None:
+        condition(models.SCALING, False, "LagUnavailable", f"holding at {applied_replicas} replicas: {decision.reason}")
+    else:
+        condition(models.SCALING, True, "Active", decision.reason)
+
+    # 4. Stuck partitions: a condition, and an Event when the set changes.
+    stuck = stuck_partitions(verdicts)
+    if stuck:
+        names = ", ".join(f"{partition_name(k)} ({v.value})" for k, v in sorted(stuck.items()))
+        condition(models.PARTITIONS_STUCK, True, "PartitionsStuck",
+                  f"{names}: committed offsets are not moving while lag remains; more consumers cannot help — "
+                  "check the handler for a poison message or a blocked call")
+        if frozenset(stuck) != state.stuck:
+            emit("Warning", "PartitionsStuck", f"stuck partitions (excluded from scaling): {names}")
+    elif sample is not None and spec.lag.source == "kafka":
+        condition(models.PARTITIONS_STUCK, False, "NoneStuck", "every partition is moving or caught up")
+    state.stuck = frozenset(stuck)
+
+    status = _status(spec, sample, decision, verdicts, time_lags, state, generation, applied_replicas, now,
+                     previous, changed)
+
+    # 5. Dead-letter topics (every ~30 s: several round trips) and a redrive in progress.
+    if settings is not None:
+        await _dead_letter(spec, settings, state, emit, namespace, name, now, previous, status)
+    if state.dead_letter_condition is not None:
+        ok, reason, message = state.dead_letter_condition
+        condition(models.DEAD_LETTER_READY, {"True": True, "False": False}.get(ok), reason, message)
+
+    ready = target is not None and sample is not None
+    condition(models.READY, ready, "Reconciled" if ready else "NotReady",
+              decision.reason if ready else "see the KafkaReachable, TargetFound and LagMetricAvailable conditions")
+    status["conditions"] = conditions_to_k8s(conditions)
+    _export(namespace, name, sample, decision, verdicts, time_lags, applied_replicas, config)
+    return status
+
+
+async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
+                  config: PolicyConfig) -> kube_io.TargetScale | None:
+    namespace = body["metadata"]["namespace"]
+    if spec.template is not None:
+        return await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
+                                       max(config.replicas.min, 1))
+    assert spec.scale_target_ref is not None  # the CRD's CEL rule: exactly one of the two
+    return await asyncio.to_thread(kube_io.read_target, namespace, spec.scale_target_ref.name)
+
+
+async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) -> dict[str, str]:
+    """librdkafka settings with the credentials read from the referenced Secrets."""
+    refs = kafka_lag.secret_refs(spec.kafka)
+    secrets = await asyncio.to_thread(kube_io.read_secret_values, namespace, refs) if refs else {}
+    return kafka_lag.client_settings(spec.kafka, secrets)
+
+
+async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None,
+                    shared: Shared, namespace: str) -> tuple[LagSample | None, kafka_lag.LagReadError | None]:
+    try:
+        if spec.lag.source == "prometheus":
+            assert spec.lag.prometheus is not None  # the CRD's CEL rule
+            query = prom_lag.render_query(spec.lag.prometheus.query, group=spec.group_id, topics=spec.topics,
+                                          namespace=namespace)
+            return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
+        assert settings is not None
+        admin = shared.admin_clients.get(settings)
+        sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
+                                         list(spec.topics))
+        return sample, None
+    except kafka_lag.LagReadError as exc:
+        return None, exc
+
+
+def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decision: Decision,
+            verdicts: dict[tuple[str, int], Verdict], time_lags: dict[tuple[str, int], float], state: ResourceState,
+            generation: int | None, applied_replicas: int, now: float, previous: dict[str, Any],
+            changed: bool) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "desiredReplicas": decision.replicas,
+        "currentReplicas": applied_replicas,
+        "poolSize": decision.pool,
+        "lastDecision": decision.reason,
+        "consecutiveLagFailures": state.failures,
+        "policyMemory": decision.memory.to_dict(),
+        "lastScaleTime": _utc(now) if changed else previous.get("lastScaleTime"),
+    }
+    if sample is not None:
+        reset = PolicyConfig.from_spec(spec.to_k8s()).lag_threshold.offset_reset_policy
+        lags = {p.key: partition_lag(p, reset) for p in sample.partitions}
+        top = sorted(lags.items(), key=lambda item: (-item[1], item[0]))[:TOP_PARTITIONS]
+        status["totalLag"] = decision.total_lag
+        status["partitions"] = len(sample.partitions)
+        status["topPartitions"] = [
+            {"topic": key[0], "partition": key[1], "lag": lag,
+             **({"timeLagSeconds": round(time_lags[key], 1)} if key in time_lags else {}),
+             **({"verdict": verdicts[key].value} if key in verdicts else {})}
+            for key, lag in top
+        ]
+        if time_lags:
+            summary = summarize(time_lags)
+            status["maxTimeLagSeconds"] = round(summary.max_seconds, 1)
+            status["meanTimeLagSeconds"] = round(summary.mean_seconds, 1)
+        produce, consume = state.history.produce_rate(), state.history.consume_rate()
+        if produce is not None and spec.lag.source == "kafka":
+            status["produceRatePerSecond"] = round(produce, 2)
+        if consume is not None and spec.lag.source == "kafka":
+            status["consumeRatePerSecond"] = round(consume, 2)
+    return {k: v for k, v in status.items() if v is not None}
+
+
+async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str], state: ResourceState,
+                       emit: EventSink, namespace: str, name: str, now: float, previous: dict[str, Any],
+                       status: dict[str, Any]) -> None:
+    dl = dead_letter_settings(spec.dead_letter)
+    if not dl.enabled:
+        state.dead_letter_condition = None
+        return
+    if now - state.dead_letter_checked_at >= DEAD_LETTER_INTERVAL_SECONDS or state.dead_letter_status is None:
+        outcome = await asyncio.to_thread(reconcile_dead_letter, settings, spec.group_id, list(spec.topics),
+                                          spec.dead_letter, now, previous_status=previous.get("deadLetter"),
+                                          memory=state.dead_letter_memory)
+        state.dead_letter_checked_at = now
+        state.dead_letter_status = outcome.status
+        state.dead_letter_condition = (outcome.condition.status, outcome.condition.reason, outcome.condition.message)
+        for event in outcome.events:
+            emit(event.type, event.reason, event.message)
+        for topic, messages in outcome.messages_by_topic.items():
+            metrics.DLQ_MESSAGES.labels(namespace, name, topic).set(messages)
+    if state.dead_letter_status is not None:
+        status["deadLetter"] = state.dead_letter_status
+    if spec.redrive is not None:
+        from lagpilot_contract.naming import dead_letter_topic
+
+        progress = await asyncio.to_thread(run_redrive_step, settings, spec.group_id,
+                                           dead_letter_topic(spec.group_id, dl.topic), spec.redrive,
+                                           previous.get("redrive"))
+        if progress is not None:
+            status["redrive"] = progress.to_status()
+            if progress.state.value in ("Pending", "Running"):
+                state.dead_letter_checked_at = 0.0  # keep the redrive moving on the next poll
+
+
+def _export(namespace: str, name: str, sample: LagSample | None, decision: Decision,
+            verdicts: dict[tuple[str, int], Verdict], time_lags: dict[tuple[str, int], float], replicas: int,
+            config: PolicyConfig) -> None:
+    metrics.DESIRED_REPLICAS.labels(namespace, name).set(decision.replicas)
+    metrics.CURRENT_REPLICAS.labels(namespace, name).set(replicas)
+    metrics.POOL_SIZE.labels(namespace, name).set(decision.pool)
+    if sample is None:
+        return
+    metrics.TOTAL_LAG.labels(namespace, name).set(decision.total_lag)
+    for offsets in sample.partitions:
+        labels = (namespace, name, offsets.topic, str(offsets.partition))
+        metrics.PARTITION_LAG.labels(*labels).set(partition_lag(offsets, config.lag_threshold.offset_reset_policy))
+        if offsets.key in time_lags:
+            metrics.TIME_LAG.labels(*labels).set(time_lags[offsets.key])
+        if offsets.key in verdicts:
+            for verdict in Verdict:
+                metrics.VERDICT.labels(*labels, verdict.value).set(1 if verdicts[offsets.key] == verdict else 0)
+    if time_lags:
+        metrics.MAX_TIME_LAG.labels(namespace, name).set(max(time_lags.values()))

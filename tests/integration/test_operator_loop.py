@@ -1,0 +1,263 @@
+"""The operator loop on the real stack: kopf + kube-apiserver + Kafka, scaling a real Deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from support import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Operator:
+    """`kopf run` of lagpilot_operator.handlers as a process the test can kill and restart."""
+
+    def __init__(self, stack: Any, namespace: str, log_dir: Path) -> None:
+        self.stack, self.namespace, self.log_dir = stack, namespace, log_dir
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {**self.stack.env(), "LAGPILOT_METRICS_PORT": str(self.metrics_port),
+               "LAGPILOT_METRICS_ADDRESS": "127.0.0.1"}
+        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "kopf"), "run", "--standalone", "--namespace", self.namespace,
+             "-m", "lagpilot_operator.handlers"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+@pytest.fixture(scope="module")
+def crds_applied(stack: Any) -> None:
+    stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    wait_for(lambda: "True" in stack.kubectl("get", "crd", "kafkaconsumergroups.lagpilot.io", "-o",
+                                             "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                                             check=False).stdout, 60, "the CRD to be Established")
+
+
+@pytest.fixture
+def operator(stack: Any, namespace: str, crds_applied: None, tmp_path: Path) -> Iterator[Operator]:
+    runner = Operator(stack, namespace, tmp_path)
+    runner.start()
+    yield runner
+    runner.stop()
+    if os.environ.get("LAGPILOT_SHOW_OPERATOR_LOG"):
+        print(runner.log_text())
+
+
+def produce(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for partition in range(partitions):
+        for i in range(per_partition):
+            producer.produce(topic, value=f"{partition}:{i}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+
+def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit offsets for `group` as a group member would (then leave the group)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
+    consumer.close()
+
+
+def deployment(stack: Any, namespace: str, name: str, replicas: int) -> None:
+    stack.kubectl("create", "deployment", name, "-n", namespace, "--image=registry.invalid/worker:1",
+                  f"--replicas={replicas}")
+
+
+def replicas_of(stack: Any, namespace: str, name: str) -> int:
+    out = stack.kubectl("get", "deployment", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}").stdout
+    return int(out or 0)
+
+
+def kcg(stack: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    manifest = {"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    stack.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(manifest))
+
+
+def status_of(stack: Any, namespace: str, name: str) -> dict[str, Any]:
+    out = stack.kubectl("get", "kcg", name, "-n", namespace, "-o", "json").stdout
+    return dict(json.loads(out).get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+FAST = {
+    "lag": {"pollIntervalSeconds": 2},
+    "policy": {
+        "mode": "lagThreshold",
+        "lagThreshold": {"lagPerConsumer": 10},
+        "scaleUp": {"stabilizationSeconds": 0, "maxStepPercent": 1000, "minStep": 100, "periodSeconds": 1},
+        "scaleDown": {"stabilizationSeconds": 6, "maxStepPercent": 100, "minStep": 100, "periodSeconds": 1},
+    },
+}
+
+
+def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namespace: str, operator: Operator,
+                                                              create_topic: Any, unique_name: Any) -> None:
+    topic = create_topic("op-backlog", partitions=6)
+    group = unique_name("op-group")
+    produce(stack.kafka_bootstrap, topic, 6, 50)
+    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(6), 0))  # 300 messages of lag
+    deployment(stack, namespace, "worker", 1)
+    kcg(stack, namespace, "orders", {
+        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": group, "topics": [topic],
+        "scaleTargetRef": {"name": "worker"}, "replicas": {"min": 1, "max": 20},
+        "pool": {"min": 1, "max": 2, "initial": 1}, **FAST})
+    started = time.monotonic()
+    # 300 lag / 10 per consumer = 30 slots; pool max 2 → 15 replicas wanted, capped at 6 partitions.
+    wait_for(lambda: replicas_of(stack, namespace, "worker") == 6, 30, "replicas to rise to the partition count")
+    reaction = time.monotonic() - started
+    assert reaction < 2 + 2 + 8, f"took {reaction:.1f}s (poll 2s + operator start-up)"
+    status = wait_for(lambda: (s := status_of(stack, namespace, "orders")).get("poolSize") == 2 and s, 20,
+                      "pool size 2 in status")
+    assert status["desiredReplicas"] == 6 and status["totalLag"] == 300 and status["partitions"] == 6
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "KafkaReachable")["status"] == "True"
+    assert condition(status, "Ready")["observedGeneration"] == 1
+    pool_cm = stack.kubectl("get", "configmap", "orders-lagpilot-pool", "-n", namespace, "-o",
+                            "jsonpath={.data.poolSize}").stdout
+    assert pool_cm == "2"
+    events = stack.kubectl("get", "events", "-n", namespace, "--field-selector",
+                           "involvedObject.kind=KafkaConsumerGroup", "-o", "json").stdout
+    assert any(e["reason"] == "ScaledUp" for e in json.loads(events)["items"])
+
+    # Never above the partition count, however long the backlog stays.
+    for _ in range(3):
+        wait_for(lambda: status_of(stack, namespace, "orders").get("consecutiveLagFailures") == 0, 10, "a poll")
+        assert replicas_of(stack, namespace, "worker") == 6
+
+    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(6), 50))  # backlog gone
+    wait_for(lambda: replicas_of(stack, namespace, "worker") == 1, 40, "replicas back to min after stabilization")
+    assert status_of(stack, namespace, "orders")["totalLag"] == 0
+    text = operator.metrics()
+    assert f'lagpilot_desired_replicas{{name="orders",namespace="{namespace}"}} 1.0' in text
+    assert "lagpilot_reconcile_duration_seconds_count" in text
+
+
+def test_kafka_unreachable_holds_replicas_and_says_why(stack: Any, namespace: str, operator: Operator,
+                                                       unique_name: Any) -> None:
+    deployment(stack, namespace, "blind", 3)
+    closed = free_port()
+    kcg(stack, namespace, "blind", {
+        "kafka": {"bootstrapServers": f"127.0.0.1:{closed}"}, "groupId": unique_name("g"), "topics": ["t"],
+        "scaleTargetRef": {"name": "blind"}, "replicas": {"min": 0, "max": 10}, **FAST})
+    status = wait_for(lambda: (s := status_of(stack, namespace, "blind")).get("consecutiveLagFailures", 0) >= 3
+                      and s, 90, "three failed lag reads")
+    reachable = condition(status, "KafkaReachable")
+    assert reachable["status"] == "False" and reachable["reason"] == "KafkaUnreachable"
+    assert f"127.0.0.1:{closed}" in reachable["message"]
+    assert condition(status, "Ready")["status"] == "False"
+    assert replicas_of(stack, namespace, "blind") == 3  # held: never scaled (to zero) while blind
+
+
+def test_missing_target_is_a_condition_not_a_crash(stack: Any, namespace: str, operator: Operator,
+                                                   create_topic: Any, unique_name: Any) -> None:
+    topic = create_topic("op-missing", partitions=2)
+    kcg(stack, namespace, "orphan", {
+        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": unique_name("g"), "topics": [topic],
+        "scaleTargetRef": {"name": "does-not-exist"}, **FAST})
+    status = wait_for(lambda: condition(status_of(stack, namespace, "orphan"), "TargetFound").get("status") == "False"
+                      and status_of(stack, namespace, "orphan"), 30, "TargetFound=False")
+    assert "does-not-exist" in condition(status, "TargetFound")["message"]
+    # The same operator keeps serving other resources.
+    deployment(stack, namespace, "present", 1)
+    kcg(stack, namespace, "healthy", {
+        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": unique_name("g"), "topics": [topic],
+        "scaleTargetRef": {"name": "present"}, **FAST})
+    wait_for(lambda: condition(status_of(stack, namespace, "healthy"), "Ready").get("status") == "True", 30,
+             "the healthy resource to be Ready")
+
+
+def test_template_mode_owns_its_deployment(stack: Any, namespace: str, operator: Operator, create_topic: Any,
+                                           unique_name: Any) -> None:
+    topic = create_topic("op-template", partitions=2)
+    template = {"metadata": {"labels": {"app": "tw"}},
+                "spec": {"selector": {"matchLabels": {"app": "tw"}},
+                         "template": {"metadata": {"labels": {"app": "tw"}},
+                                      "spec": {"containers": [{"name": "worker", "image": "registry.invalid/w:1"}]}}}}
+    kcg(stack, namespace, "owned", {
+        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": unique_name("g"), "topics": [topic],
+        "template": template, "replicas": {"min": 2, "max": 4}, **FAST})
+    wait_for(lambda: stack.kubectl("get", "deployment", "owned", "-n", namespace, check=False).returncode == 0, 30,
+             "the owned Deployment")
+    created = json.loads(stack.kubectl("get", "deployment", "owned", "-n", namespace, "-o", "json").stdout)
+    owner = created["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "KafkaConsumerGroup" and owner["name"] == "owned" and owner["controller"] is True
+    env = {e["name"]: e for e in created["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LAGPILOT_POOL_CONFIGMAP"]["value"] == "owned-lagpilot-pool"
+    assert env["LAGPILOT_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert created["spec"]["replicas"] == 2
+
+
+def test_restart_resumes_without_a_spurious_scale(stack: Any, namespace: str, operator: Operator,
+                                                  create_topic: Any, unique_name: Any) -> None:
+    topic = create_topic("op-restart", partitions=4)
+    group = unique_name("g")
+    produce(stack.kafka_bootstrap, topic, 4, 20)
+    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(4), 0))
+    deployment(stack, namespace, "steady", 1)
+    spec = {"kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": group, "topics": [topic],
+            "scaleTargetRef": {"name": "steady"}, "replicas": {"min": 1, "max": 4},
+            "pool": {"min": 1, "max": 1, "initial": 1}, **FAST}
+    spec["policy"] = {**FAST["policy"], "scaleDown": {**FAST["policy"]["scaleDown"], "stabilizationSeconds": 120}}
+    kcg(stack, namespace, "steady", spec)
+    wait_for(lambda: replicas_of(stack, namespace, "steady") == 4, 30, "scale up to 4")
+    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(4), 20))  # lag gone: scale-down is due later
+    wait_for(lambda: status_of(stack, namespace, "steady").get("totalLag") == 0, 20, "lag 0 in status")
+    before = status_of(stack, namespace, "steady")["policyMemory"]["lastTime"]
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    # The restarted operator must remember the 120 s window from status: several polls, no scale to 1.
+    seen: set[float] = set()
+
+    def new_polls() -> bool:
+        last = status_of(stack, namespace, "steady").get("policyMemory", {}).get("lastTime")
+        if last is not None and last > before:
+            seen.add(last)
+        assert replicas_of(stack, namespace, "steady") == 4, "a restart must not scale down early"
+        return len(seen) >= 3
+
+    wait_for(new_polls, 30, "three reconciles by the restarted operator")
+    assert status_of(stack, namespace, "steady")["desiredReplicas"] == 4
