@@ -1,0 +1,118 @@
+"""Cost of one reconcile, and how many resources one operator process sustains per core.
+
+Runs the real reconcile (`lagpilot_operator.reconcile.reconcile`: lag read from the local Kafka
+broker, history, time lag, verdicts, policy, scale/pool/status writes to the local kube-apiserver)
+for groups over 1, 100 and 1000 partitions, and reports wall and CPU time per reconcile.
+`resources_per_core_at_5s` = 5 s / CPU seconds per reconcile of a 100-partition group: the number of
+such resources one core keeps at a 5 s polling interval (CPU of every thread of the process,
+librdkafka's included).
+
+    eval "$(make -s stack-up)"; .venv/bin/python bench/operator_bench.py [--iterations 30]
+
+Prints one JSON line per size and, last, one JSON object with `reconcile_ms` and
+`resources_per_core_at_5s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kubernetes import client, config
+
+from lagpilot_operator import reconcile
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kubectl(*args: str, input_text: str | None = None) -> str:
+    result = subprocess.run([str(REPO / ".cache" / "bin" / "kubectl"), *args], input=input_text, text=True,
+                            capture_output=True, check=True)
+    return result.stdout
+
+
+def prepare(bootstrap: str, namespace: str, partitions: int) -> dict[str, Any]:
+    """A topic, a group that committed every partition, a Deployment and a KafkaConsumerGroup."""
+    suffix = uuid.uuid4().hex[:6]
+    topic, group, name = f"bench-{partitions}-{suffix}", f"bench-group-{suffix}", f"bench-{partitions}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=120)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + 60
+    while True:  # the new topic's partitions need leaders before a commit succeeds
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, p, 0) for p in range(partitions)], asynchronous=False)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    consumer.close()
+    kubectl("create", "deployment", name, "-n", namespace, "--image=registry.invalid/worker:1", "--replicas=1")
+    manifest = {"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic],
+                         "scaleTargetRef": {"name": name}, "replicas": {"min": 1, "max": 10}}}
+    kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+    body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
+        "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups", name)
+    return body
+
+
+async def measure(body: dict[str, Any], iterations: int) -> dict[str, float]:
+    state, shared = reconcile.ResourceState(), reconcile.Shared()
+
+    def ignore(kind: str, reason: str, message: str) -> None:
+        return None
+
+    await reconcile.reconcile(body, state, shared, ignore)  # warm-up: client connections, first decision
+    walls, cpus = [], []
+    for _ in range(iterations):
+        wall, cpu = time.perf_counter(), time.process_time()
+        await reconcile.reconcile(body, state, shared, ignore)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"wall_ms_median": statistics.median(walls) * 1000, "cpu_ms_median": statistics.median(cpus) * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--sizes", default="1,100,1000")
+    args = parser.parse_args()
+    bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    config.load_kube_config()
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", namespace)
+    results: dict[int, dict[str, float]] = {}
+    try:
+        for partitions in (int(s) for s in args.sizes.split(",")):
+            body = prepare(bootstrap, namespace, partitions)
+            results[partitions] = asyncio.run(measure(body, args.iterations))
+            print(json.dumps({"partitions": partitions, **results[partitions]}), flush=True)
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false")
+    typical = results.get(100) or next(iter(results.values()))
+    summary = {
+        "reconcile_ms": {str(p): round(r["wall_ms_median"], 1) for p, r in results.items()},
+        "reconcile_cpu_ms": {str(p): round(r["cpu_ms_median"], 1) for p, r in results.items()},
+        "resources_per_core_at_5s": int(5.0 / max(typical["cpu_ms_median"] / 1000, 1e-6)),
+        "basis": "CPU time of the whole process per reconcile of a 100-partition group",
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
