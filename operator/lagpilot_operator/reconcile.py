@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,12 +28,15 @@ from lagpilot_operator.observations import LagHistory, LagSample, partition_lag,
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.redrive import run_redrive_step
 from lagpilot_operator.timelag import TimeLagTracker, summarize
-from lagpilot_operator.verdicts import Verdict, evaluate, stuck_partitions
+from lagpilot_operator.verdicts import DEFAULT_WINDOW_SECONDS, Verdict, evaluate, stuck_partitions
 
 log = logging.getLogger(__name__)
 
 TOP_PARTITIONS = 10
 DEAD_LETTER_INTERVAL_SECONDS = 30.0
+# The stuck-partition window (verdicts.py). An operator setting rather than a spec field: it is about
+# how patient the operator is with commit gaps, the same for every group it serves.
+VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS))
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 
 
@@ -155,7 +159,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
             # Rates, time lag and verdicts need offsets; Prometheus gives lag only (see prom_lag).
             state.time_lags.add(sample)
             time_lags = state.time_lags.time_lags(sample, now, reset)
-            verdicts = evaluate(state.history, offset_reset_policy=reset, now=sample.time)
+            verdicts = evaluate(state.history, window_seconds=VERDICT_WINDOW_SECONDS, offset_reset_policy=reset,
+                                now=sample.time)
             observation = Observation.from_history(state.history, current_replicas=current_replicas,
                                                    current_pool=current_pool, verdicts=verdicts,
                                                    time_lags=time_lags,
