@@ -171,4 +171,17 @@ def namespace(stack: Stack) -> Iterator[str]:
         f"default service account in {name}",
     )
     yield name
+    release_finalizers(stack, name)
     stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def release_finalizers(stack: Stack, namespace: str) -> None:
+    """Drop the operator's finalizer from a test namespace's KafkaConsumerGroups.
+
+    Tests stop their operator before the namespace goes; without an operator the finalizer would hold
+    the namespace in Terminating forever (in a real cluster the operator is there to release it).
+    """
+    found = stack.kubectl("get", "kafkaconsumergroups.lagpilot.io", "-n", namespace, "-o", "name", check=False)
+    for resource in found.stdout.split() if found.returncode == 0 else []:
+        stack.kubectl("patch", resource, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                      check=False)

@@ -1,7 +1,8 @@
 """The kopf module (`kopf run -m lagpilot_operator.handlers`): thin handlers around `reconcile`.
 
 One daemon per KafkaConsumerGroup loops reconcile → wait `spec.lag.pollIntervalSeconds` (read anew
-each round, so a spec edit applies without a restart). The dead-letter finalizer exists only on
+each round, so a spec edit applies without a restart). kopf keeps a finalizer on every resource so
+the loop is stopped before the object goes; the dead-letter topics are deleted then only for
 resources whose `deadLetter.deletionPolicy` is `Delete`.
 """
 
@@ -27,7 +28,9 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     # Progress in annotations: our status schema has no `kopf` field, and the API server would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lagpilot.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lagpilot.io")
-    settings.persistence.finalizer = "lagpilot.io/dead-letter-topics"
+    # kopf puts this finalizer on every resource (its daemons need one); deletion then waits for the
+    # operator to stop the loop and, with deletionPolicy=Delete, to delete the dead-letter topics.
+    settings.persistence.finalizer = "lagpilot.io/finalizer"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -35,8 +38,11 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     kube_io.load_configuration()
     port = int(os.environ.get("LAGPILOT_METRICS_PORT", "8080"))
     if port:
-        metrics.serve(port, os.environ.get("LAGPILOT_METRICS_ADDRESS", "0.0.0.0"))
-        logger.info("metrics on :%d/metrics", port)
+        # In a pod, every interface (the Service scrapes the pod IP); on a laptop, loopback only.
+        in_pod = "KUBERNETES_SERVICE_HOST" in os.environ
+        address = os.environ.get("LAGPILOT_METRICS_ADDRESS", "0.0.0.0" if in_pod else "127.0.0.1")
+        metrics.serve(port, address)
+        logger.info("metrics on %s:%d/metrics", address, port)
 
 
 def _emitter(body: kopf.Body) -> reconcile.EventSink:

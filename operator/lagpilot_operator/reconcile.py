@@ -167,7 +167,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                                                    ready_replicas=target.ready_replicas if target else None)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
-                                      partitions=len(sample.partitions))
+                                      partitions=len(sample.partitions), lag_only=True)
 
     # 3. Decide, and apply (a missing target is reported, never scaled).
     decision = decide(config, observation, memory, now)

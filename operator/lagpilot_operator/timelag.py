@@ -1,0 +1,169 @@
+"""Time lag: how many seconds behind a group is, estimated from offsets only (issue 8). Pure: no I/O.
+
+Per partition we keep a small table of (log-end offset, time sampled) points from the operator's own
+samples. The end offset at time t says every message below it was produced before t, so the table is
+a map from offsets to produce times. To date the oldest unconsumed message (offset = committed) we
+interpolate between the points around it, as kafka-lag-exporter does:
+
+    t(o) = t_l + (o - o_l) · (t_r - t_l) / (o_r - o_l)
+
+where l is the newest point with offset ≤ o and r the first point with offset > o; outside the
+table we extrapolate along the oldest segment. Time lag = now - t(o), clamped at 0, and exactly 0 when
+the committed offset has reached the end offset. No messages are read.
+
+A run of samples where the end offset did not move is stored as two points (first and last time
+seen): messages at that offset were produced after the run's *last* time, messages below it before
+its *first* time. Without the second point a quiet period would be smeared into the interpolation.
+When the table is full, the interior point whose removal changes the interpolation least is dropped
+(not simply the oldest), so the table keeps a long horizon at coarse resolution where the offset-time
+line is straight and fine resolution where the produce rate changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from lagpilot_operator.observations import LagSample, OffsetResetPolicy, PartitionKey, PartitionOffsets
+
+DEFAULT_MAX_POINTS = 60  # kafka-lag-exporter's default lookup-table size
+
+
+@dataclass(frozen=True)
+class OffsetTimePoint:
+    offset: int
+    time: float
+
+
+def _interpolate(left: OffsetTimePoint, right: OffsetTimePoint, offset: float) -> float:
+    if right.offset == left.offset:
+        return left.time
+    return left.time + (offset - left.offset) * (right.time - left.time) / (right.offset - left.offset)
+
+
+class PartitionTimeTable:
+    """(end offset, time) points of one partition; offsets and times never decrease along the table."""
+
+    def __init__(self, max_points: int = DEFAULT_MAX_POINTS) -> None:
+        if max_points < 3:
+            raise ValueError("max_points must be at least 3")
+        self.max_points = max_points
+        self._points: list[OffsetTimePoint] = []
+        # How much the interpolation would change without each point (ends: infinite, never dropped).
+        self._errors: list[float] = []
+
+    @property
+    def points(self) -> tuple[OffsetTimePoint, ...]:
+        return tuple(self._points)
+
+    def add(self, end_offset: int, time: float) -> None:
+        points, errors = self._points, self._errors
+        if points and time <= points[-1].time:
+            return  # not newer: ignore
+        if points and end_offset < points[-1].offset:
+            points.clear()  # end offset went backwards: topic recreated or truncated, old points lie
+            errors.clear()
+        if len(points) >= 2 and points[-1].offset == end_offset == points[-2].offset:
+            points[-1] = OffsetTimePoint(end_offset, time)  # extend the flat run's last-seen time
+        else:
+            points.append(OffsetTimePoint(end_offset, time))
+            errors.append(math.inf)
+        self._refresh_error(len(points) - 2)
+        if len(points) > self.max_points:
+            # The first minimum: on ties the oldest point goes.
+            index = min(range(1, len(points) - 1), key=errors.__getitem__)
+            del points[index]
+            del errors[index]
+            self._refresh_error(index - 1)
+            self._refresh_error(index)
+
+    def _refresh_error(self, index: int) -> None:
+        points = self._points
+        if 0 < index < len(points) - 1:
+            left, middle, right = points[index - 1], points[index], points[index + 1]
+            self._errors[index] = abs(middle.time - _interpolate(left, right, middle.offset))
+
+    def estimate_time(self, offset: int) -> float | None:
+        """When the message at `offset` was produced (estimate); None for an empty table.
+
+        With a single distinct offset in the table nothing can be extrapolated, and the message is
+        known only to be older than the first point: that time is returned (a lower bound on the lag).
+        """
+        points = self._points
+        if not points:
+            return None
+        if offset >= points[-1].offset:
+            return points[-1].time
+        right_index = bisect.bisect_right(points, offset, key=lambda p: p.offset)
+        if right_index == 0:
+            # Older than the table: extrapolate along the oldest segment with distinct offsets.
+            first = points[0]
+            for later in points[1:]:
+                if later.offset > first.offset:
+                    return _interpolate(first, later, offset)
+            return first.time
+        return _interpolate(points[right_index - 1], points[right_index], offset)
+
+
+@dataclass(frozen=True)
+class TimeLagSummary:
+    max_seconds: float
+    mean_seconds: float
+    partitions: int
+
+
+class TimeLagTracker:
+    """One `PartitionTimeTable` per partition of a group, fed with every `LagSample`."""
+
+    def __init__(self, max_points: int = DEFAULT_MAX_POINTS) -> None:
+        self.max_points = max_points
+        self._tables: dict[PartitionKey, PartitionTimeTable] = {}
+
+    def add(self, sample: LagSample) -> None:
+        seen: set[PartitionKey] = set()
+        for offsets in sample.partitions:
+            seen.add(offsets.key)
+            table = self._tables.get(offsets.key)
+            if table is None:
+                table = self._tables[offsets.key] = PartitionTimeTable(self.max_points)
+            table.add(offsets.end_offset, sample.time)
+        for gone in set(self._tables) - seen:
+            del self._tables[gone]  # partition (or topic) no longer consumed
+
+    def table(self, key: PartitionKey) -> PartitionTimeTable | None:
+        return self._tables.get(key)
+
+    def time_lag(
+        self, offsets: PartitionOffsets, now: float, offset_reset_policy: OffsetResetPolicy = "latest"
+    ) -> float:
+        """Seconds between now and the produce time of the partition's oldest unconsumed message."""
+        if offsets.committed is None:
+            if offset_reset_policy == "latest":
+                return 0.0  # a consumer would start at the end: nothing old to consume
+            position = offsets.start_offset
+        else:
+            position = max(offsets.committed, offsets.start_offset)
+        if position >= offsets.end_offset:
+            return 0.0
+        table = self._tables.get(offsets.key)
+        estimate = table.estimate_time(position) if table is not None else None
+        if estimate is None:
+            return 0.0
+        return max(0.0, now - estimate)
+
+    def time_lags(
+        self, sample: LagSample, now: float | None = None, offset_reset_policy: OffsetResetPolicy = "latest"
+    ) -> dict[PartitionKey, float]:
+        """Time lag of every partition of `sample` (now defaults to the sample's time)."""
+        at = sample.time if now is None else now
+        return {p.key: self.time_lag(p, at, offset_reset_policy) for p in sample.partitions}
+
+
+def summarize(time_lags: Mapping[PartitionKey, float] | Iterable[float]) -> TimeLagSummary:
+    """Group max and mean (mean over all partitions, caught-up ones count as 0)."""
+    values = list(time_lags.values()) if isinstance(time_lags, Mapping) else list(time_lags)
+    if not values:
+        return TimeLagSummary(0.0, 0.0, 0)
+    return TimeLagSummary(max(values), sum(values) / len(values), len(values))

@@ -1,0 +1,193 @@
+"""Stuck-partition verdicts over a sliding window of samples (issue 8). Pure: no I/O.
+
+Burrow's evaluation rules adapted to what an operator can observe without reading
+`__consumer_offsets`: committed offsets, end offsets and the group's member count at each sample
+(commit timestamps are not visible through the admin API, so "no commits" means "the committed
+offset did not change").
+
+For one partition, with W = `window_seconds` and the window's *anchor* = the newest sample at or before
+`now - W` (so the evaluated span always covers at least W seconds):
+
+* REWOUND — the committed offset went down between two consecutive samples of the span (both known).
+  Takes precedence: someone reset the group, and the other rules would misread the jump.
+* OK — the partition has no lag now (`consumable_lag == 0`; a never-committed partition under
+  `latest` has nothing to consume), or the history does not reach back W seconds yet
+  (no anchor: not enough evidence to call anything stuck).
+* STALLED — the committed offset is identical in every sample of the span, the lag was > 0 in every
+  one of them, and the group has consumers: the newest sample reports `members > 0`, or the member
+  count is unknown and some other partition's committed offset advanced during the span. Someone is
+  consuming, yet this partition does not move (a poison message, a blocked handler, a tripped breaker).
+* STOPPED — same as STALLED but with no evidence of consumers: members is 0, or unknown while no
+  partition of the group advanced during the span. No commits at all for at least W while lagging.
+* LAGGING — the committed offset moves, the lag was > 0 in every sample of the span, never decreased
+  between two consecutive samples, and is strictly larger at the end than at the anchor
+  (Burrow's WARN: consumers progress but fall further behind). Noise around a steady lag has some
+  decreasing step, so steady load does not flicker into LAGGING.
+
+Thresholds: `window_seconds` (default 60 s: twelve samples at the default 5 s polling, and well above
+librdkafka's 5 s auto-commit interval and a rebalance pause, so ordinary gaps between commits never
+look stuck). There is no minimum lag: any lag > 0 that persists for the whole window qualifies.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+
+from lagpilot_operator.observations import (
+    LagHistory,
+    LagSample,
+    OffsetResetPolicy,
+    PartitionKey,
+    PartitionOffsets,
+    consumable_lag,
+)
+
+DEFAULT_WINDOW_SECONDS = 60.0
+
+
+class Verdict(StrEnum):
+    OK = "OK"
+    LAGGING = "LAGGING"
+    STALLED = "STALLED"
+    STOPPED = "STOPPED"
+    REWOUND = "REWOUND"
+
+
+STUCK = frozenset({Verdict.STALLED, Verdict.STOPPED})
+
+PartitionSeries = Sequence[tuple[float, PartitionOffsets]]
+
+
+def _span(series: PartitionSeries, now: float, window_seconds: float) -> list[tuple[float, PartitionOffsets]] | None:
+    """The anchor (newest point at or before now - W) and every later point; None if there is no anchor."""
+    start = now - window_seconds
+    anchor = None
+    for index, (time, _) in enumerate(series):
+        if time <= start:
+            anchor = index
+        else:
+            break
+    if anchor is None:
+        return None
+    return list(series[anchor:])
+
+
+def _rewound(span: Sequence[tuple[float, PartitionOffsets]]) -> bool:
+    for (_, before), (_, after) in itertools.pairwise(span):
+        if before.committed is not None and after.committed is not None and after.committed < before.committed:
+            return True
+    return False
+
+
+def _advanced(series: PartitionSeries, since: float) -> bool:
+    """Did the committed offset go up between two consecutive samples after `since`?"""
+    for (_, before), (time, after) in itertools.pairwise(series):
+        if time <= since:
+            continue
+        if after.committed is not None and (before.committed is None or after.committed > before.committed):
+            return True
+    return False
+
+
+def evaluate_partition(
+    series: PartitionSeries,
+    now: float,
+    *,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    members: int | None = None,
+    group_advanced: bool = False,
+    offset_reset_policy: OffsetResetPolicy = "latest",
+) -> Verdict:
+    """Verdict for one partition from its (time, offsets) series, oldest first (see module docstring).
+
+    `members` is the group's member count at the newest sample; `group_advanced` says whether any
+    *other* partition's committed offset advanced during the window (evidence of live consumers when
+    the member count is unknown).
+    """
+    if not series:
+        return Verdict.OK
+    span = _span(series, now, window_seconds)
+    recent = span if span is not None else list(series)
+    if _rewound(recent):
+        return Verdict.REWOUND
+    latest = series[-1][1]
+    if span is None or consumable_lag(latest, offset_reset_policy) == 0:
+        return Verdict.OK
+    first = span[0][1].committed
+    frozen = all(offsets.committed == first for _, offsets in span)
+    # One pass with early exits: most partitions are healthy and leave at their first lag decrease.
+    previous = -1
+    never_decreasing = True
+    for _, offsets in span:
+        lag = consumable_lag(offsets, offset_reset_policy)
+        if lag <= 0:
+            return Verdict.OK
+        if lag < previous:
+            if not frozen:
+                return Verdict.OK
+            never_decreasing = False
+        previous = lag
+    if frozen:
+        has_consumers = (members is not None and members > 0) or (members is None and group_advanced)
+        return Verdict.STALLED if has_consumers else Verdict.STOPPED
+    first_lag = consumable_lag(span[0][1], offset_reset_policy)
+    if never_decreasing and previous > first_lag:
+        return Verdict.LAGGING
+    return Verdict.OK
+
+
+def evaluate_series(
+    series_by_partition: Mapping[PartitionKey, PartitionSeries],
+    now: float,
+    *,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    members: int | None = None,
+    offset_reset_policy: OffsetResetPolicy = "latest",
+) -> dict[PartitionKey, Verdict]:
+    since = now - window_seconds
+    advanced = {key for key, series in series_by_partition.items() if _advanced(series, since)}
+    return {
+        key: evaluate_partition(
+            series,
+            now,
+            window_seconds=window_seconds,
+            members=members,
+            group_advanced=len(advanced) > 1 or (bool(advanced) and key not in advanced),
+            offset_reset_policy=offset_reset_policy,
+        )
+        for key, series in series_by_partition.items()
+    }
+
+
+def evaluate(
+    history: LagHistory | Sequence[LagSample],
+    *,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    offset_reset_policy: OffsetResetPolicy = "latest",
+    now: float | None = None,
+) -> dict[PartitionKey, Verdict]:
+    """Verdicts for every partition of the newest sample (now defaults to its time)."""
+    if not isinstance(history, LagHistory):
+        ordered = LagHistory(window_seconds=float("inf"), max_samples=max(2, len(history)))
+        for sample in sorted(history, key=lambda s: s.time):
+            ordered.add(sample)
+        history = ordered
+    latest = history.latest
+    if latest is None:
+        return {}
+    at = latest.time if now is None else now
+    # Only the window (from its anchor on) matters: keeps a 1000-partition group cheap.
+    series = history.series_by_partition(since=at - window_seconds)
+    return evaluate_series(
+        series,
+        at,
+        window_seconds=window_seconds,
+        members=latest.members,
+        offset_reset_policy=offset_reset_policy,
+    )
+
+
+def stuck_partitions(verdicts: Mapping[PartitionKey, Verdict]) -> dict[PartitionKey, Verdict]:
+    return {key: verdict for key, verdict in verdicts.items() if verdict in STUCK}

@@ -1,0 +1,209 @@
+"""The simulator: world model, traces, the built-in burst comparison, and the `lagpilot simulate` command."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lagpilot_operator import simulate
+from lagpilot_operator.policy import PolicyConfig
+from lagpilot_operator.simulate import BUILTIN_TRACES, Segment, Trace, World, WorldModel
+
+
+@pytest.fixture(scope="module")
+def burst_results() -> dict[str, simulate.RunResult]:
+    return simulate.compare(BUILTIN_TRACES["burst"], WorldModel(), PolicyConfig())
+
+
+def test_burst_drain_time_drains_twice_as_fast_as_keda_at_no_more_pod_seconds(
+    burst_results: dict[str, simulate.RunResult],
+) -> None:
+    ours, keda = burst_results["drainTime"].summary, burst_results["keda"].summary
+    assert ours.time_to_drain_seconds is not None and keda.time_to_drain_seconds is not None
+    assert ours.time_to_drain_seconds * 2 <= keda.time_to_drain_seconds
+    assert ours.pod_seconds <= keda.pod_seconds
+    assert ours.peak_lag < keda.peak_lag and ours.p99_latency_seconds < keda.p99_latency_seconds
+    threshold = burst_results["lagThreshold"].summary
+    assert threshold.time_to_drain_seconds is not None and threshold.time_to_drain_seconds * 2 <= \
+        keda.time_to_drain_seconds
+    summary = simulate.comparison_json(burst_results)
+    assert summary["drain_speedup_vs_keda"] >= 2.0 and summary["pod_seconds_ratio_vs_keda"] <= 1.0
+    assert set(summary["policies"]) == {"drainTime", "lagThreshold", "keda"}
+
+
+def test_every_message_is_processed_and_bounds_hold(burst_results: dict[str, simulate.RunResult]) -> None:
+    config = PolicyConfig()
+    for name, result in burst_results.items():
+        assert result.summary.unprocessed_at_end == 0, name
+        for point in result.points:
+            assert point.lag >= -1e-6 and point.committed_lag >= 0
+            assert config.replicas.min <= point.replicas <= config.replicas.max
+            if name != "keda":
+                assert config.pool.min <= point.pool <= config.pool.max
+            else:
+                assert point.pool == 1
+
+
+def test_keda_reacts_no_earlier_than_its_poll_and_sync(burst_results: dict[str, simulate.RunResult]) -> None:
+    first_keda = burst_results["keda"].reasons[0][0]
+    first_ours = burst_results["drainTime"].reasons[0][0]
+    assert first_keda >= 75.0  # burst at 60; KEDA polls at 15 + 30k, the HPA acts at 7.5 + 15k
+    assert first_ours <= 60.0 + 5.0  # one Lagpilot poll interval
+
+
+def test_world_conserves_messages_and_commits_lag_behind_consumption() -> None:
+    trace = Trace("t", (Segment(30, 100.0),))
+    world = World(WorldModel(partitions=4, commit_interval_seconds=5.0), trace, replicas=1, pool=2)
+    for _ in range(60):
+        world.step()
+        produced = trace.produced_until(world.time)
+        assert sum(world.consumed) + world.backlog == pytest.approx(produced)
+        for p in range(4):
+            assert world.committed[p] <= world.consumed[p] + 1e-6 <= world.produced[p] + 1e-6
+    # 2 slots x 20 msg/s = 40 msg/s against 100 msg/s: the backlog grows by ~60 msg/s.
+    assert world.backlog == pytest.approx(60.0 * 30, rel=0.01)
+    assert world.committed_lag >= world.backlog
+
+
+def test_new_pods_start_late_and_rebalances_pause_everyone() -> None:
+    model = WorldModel(partitions=2, startup_seconds=5.0, rebalance_seconds=3.0, tick_seconds=0.5)
+    world = World(model, Trace("t", (Segment(100, 1000.0),)), replicas=1, pool=1)
+    world.set_replicas(2)
+    consumed = []
+    for _ in range(20):
+        before = sum(world.consumed)
+        world.step()
+        consumed.append(sum(world.consumed) - before)
+    # 0..5 s: one pod works (1 slot = 20 msg/s -> 10 per tick); 5..8 s: rebalance, nobody works.
+    assert consumed[:10] == pytest.approx([10.0] * 10)
+    assert consumed[10:16] == pytest.approx([0.0] * 6)
+    assert consumed[16:] == pytest.approx([20.0] * 4)
+    assert world.rebalances == 1 and world.members == 2
+    world.set_replicas(1)  # a pod leaving is a rebalance too
+    assert world.rebalances == 2 and world.pod_seconds == pytest.approx(20 * 0.5 * 2)
+
+
+def test_pool_changes_are_live_and_cost_no_rebalance() -> None:
+    model = WorldModel(partitions=1, pool_apply_seconds=1.0)
+    world = World(model, Trace("t", (Segment(100, 1000.0),)), replicas=1, pool=1)
+    world.set_pool(4)
+    assert world.desired_pool == 4 and world.pool == 1
+    for _ in range(4):
+        world.step()
+    assert world.pool == 4 and world.rebalances == 0
+
+
+def test_idle_pods_beyond_partitions_do_nothing() -> None:
+    model = WorldModel(partitions=2, tick_seconds=0.5)
+    world = World(model, Trace("t", (Segment(10, 1000.0),)), replicas=4, pool=1)
+    world.step()
+    assert sum(world.consumed) == pytest.approx(2 * 20 * 0.5)
+
+
+def test_trace_helpers() -> None:
+    trace = BUILTIN_TRACES["burst"]
+    assert trace.duration == 900 and trace.peak() == (60.0, 180.0, 10.0)
+    assert trace.rate_at(59.9) == 10 and trace.rate_at(60) == 500 and trace.rate_at(900) == 0
+    assert trace.produced_until(70) == pytest.approx(600 + 5000)
+    assert trace.time_of(600 + 5000) == pytest.approx(70)
+    assert Trace("s", (Segment(10, 5.0),)).peak() == (0.0, 10.0, None)
+    assert {"burst", "steady", "sine", "steps"} <= set(BUILTIN_TRACES)
+    with pytest.raises(ValueError, match="at least one segment"):
+        Trace("empty", ())
+    with pytest.raises(ValueError, match="bad segment"):
+        Trace("neg", (Segment(10, -1.0),))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.5, 100.0), st.floats(0.0, 1000.0)), min_size=1, max_size=8), st.floats(0, 1))
+def test_time_of_inverts_produced_until(segments: list[tuple[float, float]], where: float) -> None:
+    trace = Trace("t", tuple(Segment(s, r) for s, r in segments))
+    total = trace.produced_until(trace.duration)
+    if total <= 0:
+        return
+    amount = where * total
+    assert trace.produced_until(trace.time_of(amount)) == pytest.approx(amount, abs=1e-6 * max(1.0, total))
+
+
+def test_parse_trace() -> None:
+    assert simulate.parse_trace([{"seconds": 10, "rate": 5}]).segments == (Segment(10.0, 5.0),)
+    assert simulate.parse_trace({"segments": [{"seconds": "3", "rate": 1.5}]}).segments == (Segment(3.0, 1.5),)
+    for bad, message in (({"rate": 1}, "list of"), ([{"seconds": 1}], "expected a mapping"),
+                         ([{"seconds": "x", "rate": 1}], "must be numbers")):
+        with pytest.raises(ValueError, match=message):
+            simulate.parse_trace(bad)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.floats(5.0, 2_000.0), st.floats(0.005, 0.3), st.integers(1, 24))
+def test_drain_time_does_not_flap_under_steady_load(rate: float, cost: float, partitions: int) -> None:
+    trace = Trace("steady", (Segment(1200, rate),))
+    result = simulate.compare(trace, WorldModel(partitions=partitions, message_cost_seconds=cost), PolicyConfig(),
+                              policies=["drainTime"])["drainTime"]
+    capacity = [p.replicas * p.pool for p in result.points]
+    changes = [(i * 0.5, b - a) for i, (a, b) in enumerate(itertools.pairwise(capacity)) if a != b]
+    reversals = sum(1 for (_, x), (_, y) in itertools.pairwise(changes) if (x > 0) != (y > 0))
+    assert reversals <= 4, changes
+    assert not [c for c in changes if c[0] > 800], changes  # settled well before the end
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = simulate.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_main_prints_summary_table_and_json_last_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["--trace", "burst", "--table", "--table-step", "60"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("trace burst: 900 s, peak 500 msg/s from 60 s to 180 s")
+    assert any(line.split()[:1] == ["180"] for line in lines)  # a table row every 60 s
+    assert any(line.startswith("drainTime ") for line in lines) and any(line.startswith("keda ") for line in lines)
+    result = json.loads(lines[-1])
+    assert set(result) >= {"policies", "drain_speedup_vs_keda", "pod_seconds_ratio_vs_keda"}
+    assert result["drain_speedup_vs_keda"] >= 2.0
+
+
+def test_main_with_trace_and_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps([{"seconds": 30, "rate": 5}, {"seconds": 60, "rate": 300}, {"seconds": 120,
+                                                                                               "rate": 5}]))
+    kcg = tmp_path / "kcg.yaml"
+    kcg.write_text(
+        "apiVersion: lagpilot.io/v1alpha1\nkind: KafkaConsumerGroup\nmetadata: {name: orders}\n"
+        "spec:\n  replicas: {min: 1, max: 4}\n  pool: {min: 1, max: 16, initial: 2}\n"
+        "  policy:\n    drainTime: {targetDrainSeconds: 30}\n"
+    )
+    code, out, _ = run_main(["--trace", str(trace), "--config", str(kcg), "--partitions", "4",
+                             "--policies", "drainTime,keda"], capsys)
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["policies"]) == {"drainTime", "keda"}
+    assert result["policies"]["drainTime"]["max_replicas"] <= 4 and result["policies"]["drainTime"]["max_pool"] <= 16
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--trace", "nope"], "not a built-in"),
+        (["--policies", "drainTime,hpa"], "unknown policy"),
+        (["--partitions", "0"], "partitions >= 1"),
+        (["--keda-pool", "0"], "--keda-pool"),
+    ],
+)
+def test_main_reports_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and message in err
+
+
+def test_main_rejects_a_config_without_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: ConfigMap\ndata: {}\n")
+    code, _, err = run_main(["--config", str(bad)], capsys)
+    assert code == 2 and "no KafkaConsumerGroup" in err

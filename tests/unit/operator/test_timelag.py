@@ -1,0 +1,155 @@
+"""Time lag from (end offset, time) tables: interpolation, extrapolation, flat runs, thinning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lagpilot_operator.observations import LagSample, PartitionOffsets
+from lagpilot_operator.timelag import OffsetTimePoint, PartitionTimeTable, TimeLagTracker, summarize
+
+
+def table_of(*points: tuple[int, float], max_points: int = 60) -> PartitionTimeTable:
+    table = PartitionTimeTable(max_points)
+    for offset, time in points:
+        table.add(offset, time)
+    return table
+
+
+@pytest.mark.parametrize(
+    ("points", "offset", "expected"),
+    [
+        (((0, 0.0), (100, 10.0), (200, 20.0)), 150, 15.0),   # interpolate
+        (((0, 0.0), (100, 10.0), (200, 20.0)), 100, 10.0),   # on a point
+        (((100, 10.0), (200, 20.0)), 50, 5.0),               # older than the table: extrapolate
+        (((100, 10.0), (300, 20.0), (310, 30.0)), 0, 5.0),   # ...along the oldest segment
+        (((0, 0.0), (100, 10.0)), 100, 10.0),                # at the end offset
+        (((0, 0.0), (100, 10.0)), 500, 10.0),                # beyond: newest time
+        (((100, 0.0),), 50, 0.0),                            # one point: lower bound (its time)
+        (((100, 0.0), (100, 60.0), (200, 65.0)), 150, 62.5), # flat run ends at 60: produced after it
+        (((100, 0.0), (100, 60.0), (200, 65.0)), 99, -0.65), # ...and below it, before its start
+    ],
+)
+def test_estimate_time(points: tuple[tuple[int, float], ...], offset: int, expected: float) -> None:
+    assert table_of(*points).estimate_time(offset) == pytest.approx(expected)
+
+
+def test_empty_table_has_no_estimate() -> None:
+    assert PartitionTimeTable().estimate_time(5) is None
+    with pytest.raises(ValueError, match="max_points"):
+        PartitionTimeTable(2)
+
+
+def test_flat_run_is_two_points_and_extends() -> None:
+    table = table_of((100, 0.0), (100, 5.0), (100, 10.0), (100, 15.0))
+    assert table.points == (OffsetTimePoint(100, 0.0), OffsetTimePoint(100, 15.0))
+
+
+def test_end_offset_going_backwards_resets_the_table_and_old_times_are_ignored() -> None:
+    table = table_of((100, 0.0), (200, 10.0))
+    table.add(300, 10.0)  # not newer: ignored
+    assert len(table.points) == 2
+    table.add(5, 20.0)  # topic recreated
+    assert list(table.points) == [OffsetTimePoint(5, 20.0)]
+
+
+def test_thinning_keeps_ends_and_the_knee() -> None:
+    table = PartitionTimeTable(max_points=5)
+    # 10 msg/s for 100 s, then 100 msg/s: the knee at (1000, 100) is what matters.
+    for t in range(0, 201, 10):
+        table.add(10 * t if t <= 100 else 1000 + 100 * (t - 100), float(t))
+    points = table.points
+    assert len(points) == 5
+    assert points[0] == OffsetTimePoint(0, 0.0) and points[-1] == OffsetTimePoint(11000, 200.0)
+    assert OffsetTimePoint(1000, 100.0) in points
+    assert table.estimate_time(500) == pytest.approx(50.0)
+    assert table.estimate_time(6000) == pytest.approx(150.0)
+
+
+def po(partition: int, end: int, committed: int | None, start: int = 0) -> PartitionOffsets:
+    return PartitionOffsets("orders", partition, end, committed, start)
+
+
+def test_tracker_time_lags_and_summary() -> None:
+    tracker = TimeLagTracker()
+    for t in range(0, 61, 5):
+        tracker.add(LagSample(float(t), (po(0, 10 * t, 0), po(1, 10 * t, 0), po(2, 10 * t, 0))))
+    sample = LagSample(60.0, (po(0, 600, 600), po(1, 600, 300), po(2, 600, None)))
+    lags = tracker.time_lags(sample)
+    assert lags[("orders", 0)] == 0.0              # caught up
+    assert lags[("orders", 1)] == pytest.approx(30.0)
+    assert lags[("orders", 2)] == 0.0              # never committed, latest: would start at the end
+    assert tracker.time_lags(sample, now=70.0)[("orders", 1)] == pytest.approx(40.0)
+    earliest = tracker.time_lags(LagSample(60.0, (po(2, 600, None, start=100),)), offset_reset_policy="earliest")
+    assert earliest[("orders", 2)] == pytest.approx(50.0)
+    summary = summarize(lags)
+    assert summary.max_seconds == pytest.approx(30.0) and summary.mean_seconds == pytest.approx(10.0)
+    assert summarize([]).partitions == 0
+
+
+def test_tracker_forgets_partitions_that_are_gone_and_handles_unknown_ones() -> None:
+    tracker = TimeLagTracker()
+    tracker.add(LagSample(0.0, (po(0, 0, 0), po(1, 0, 0))))
+    tracker.add(LagSample(5.0, (po(0, 50, 0),)))
+    assert tracker.table(("orders", 1)) is None
+    assert tracker.time_lag(po(9, 100, 0), now=5.0) == 0.0  # no table yet: no estimate, not a crash
+
+
+def test_time_lag_is_clamped_at_zero() -> None:
+    tracker = TimeLagTracker()
+    tracker.add(LagSample(100.0, (po(0, 100, 0),)))
+    tracker.add(LagSample(110.0, (po(0, 200, 0),)))
+    assert tracker.time_lag(po(0, 200, 150), now=50.0) == 0.0  # a clock behind the samples
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 200.0), min_size=2, max_size=80),
+    st.integers(5, 20),
+    st.floats(0.0, 1.0),
+)
+def test_estimate_is_within_one_sampling_interval_of_the_true_produce_time(
+    rates: list[float], max_points: int, where: float
+) -> None:
+    """Production at a known, piecewise-constant rate, sampled every 5 s (issue 8's correctness bar)."""
+    interval = 5.0
+    table = PartitionTimeTable(max_points)
+    produced = [0.0]
+    for rate in rates:
+        produced.append(produced[-1] + rate * interval)
+    for index, total in enumerate(produced):
+        table.add(math.floor(total), index * interval)
+    end = math.floor(produced[-1])
+    if end == 0:
+        return
+    offset = min(end - 1, int(where * end))
+
+    def true_time(o: int) -> float:  # when message o was complete (the end offset passed it)
+        for index in range(1, len(produced)):
+            if math.floor(produced[index]) > o:
+                return (index - 1) * interval + max(0.0, o + 1 - produced[index - 1]) / rates[index - 1]
+        raise AssertionError("offset beyond production")
+
+    estimate = table.estimate_time(offset)
+    assert estimate is not None
+    if len(produced) - 1 <= max_points:  # no thinning: the bar is one sampling interval
+        assert abs(estimate - true_time(offset)) <= interval + 1e-6
+    assert 0.0 - 1e-9 <= estimate <= (len(produced) - 1) * interval + 1e-9
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=100), st.integers(3, 30), st.data())
+def test_older_committed_offsets_are_never_less_late(deltas: list[int], max_points: int, data: st.DataObject) -> None:
+    table = PartitionTimeTable(max_points)
+    end = 0
+    for index, delta in enumerate(deltas):
+        end += delta
+        table.add(end, float(index))
+    assert len(table.points) <= max_points
+    a = data.draw(st.integers(0, max(end, 0)))
+    b = data.draw(st.integers(a, max(end, a)))
+    ta, tb = table.estimate_time(a), table.estimate_time(b)
+    assert ta is not None and tb is not None and ta <= tb + 1e-9
