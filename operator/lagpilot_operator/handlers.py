@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -43,6 +44,14 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
         address = os.environ.get("LAGPILOT_METRICS_ADDRESS", "0.0.0.0" if in_pod else "127.0.0.1")
         metrics.serve(port, address)
         logger.info("metrics on %s:%d/metrics", address, port)
+
+
+@kopf.on.startup()
+async def io_threads(**_: Any) -> None:
+    # asyncio's default pool has cpu+4 threads (6 on 2 cores). A read from a dead cluster holds its
+    # thread for the whole Kafka timeout, so a few such resources would queue every healthy one.
+    workers = int(os.environ.get("LAGPILOT_IO_THREADS", "64"))
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="lagpilot-io"))
 
 
 def _emitter(body: kopf.Body) -> reconcile.EventSink:

@@ -24,8 +24,11 @@ SECRET_SETTINGS = frozenset({"sasl.password", "ssl.key.pem", "sasl.username"})
 _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
                 KafkaError._RESOLVE, KafkaError.NETWORK_EXCEPTION, KafkaError.REQUEST_TIMED_OUT}
 _AUTHORIZATION = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-                  KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
-                  KafkaError._AUTHENTICATION}
+                  KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+# A refused login is reported only through the client's error callback; the request itself then
+# fails like an unreachable cluster. Remembered per client to name the real cause.
+_AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+_last_client_error: dict[int, KafkaError] = {}
 
 
 class LagReadError(Exception):
@@ -40,6 +43,10 @@ class KafkaUnreachable(LagReadError):
 
 class KafkaAuthorizationFailed(LagReadError):
     reason = "AuthorizationFailed"
+
+
+class KafkaAuthenticationFailed(LagReadError):
+    reason = "AuthenticationFailed"
 
 
 class TopicMissing(LagReadError):
@@ -114,20 +121,34 @@ class AdminClientPool:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                config: dict[str, str | int | float | bool] = dict(settings)
+                config: dict[str, Any] = dict(settings)
                 config.setdefault("socket.timeout.ms", str(self._request_timeout_ms))
                 config.setdefault("client.id", "lagpilot-operator")
+                created: list[int] = []
+
+                def remember(error: KafkaError) -> None:
+                    if created:
+                        _last_client_error[created[0]] = error
+
+                config["error_cb"] = remember
                 client = self._clients[key] = AdminClient(config)
+                created.append(id(client))
             return client
 
     def __len__(self) -> int:
         return len(self._clients)
 
 
-def _translate(exc: BaseException, what: str, bootstrap: str) -> LagReadError:
+def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     code = error.code() if isinstance(error, KafkaError) else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
+    admin.poll(0)  # serve queued error callbacks (the login failure) before looking
+    login_error = next((e for e in (error, _last_client_error.get(id(admin)))
+                        if isinstance(e, KafkaError) and e.code() in _AUTHENTICATION), None)
+    if login_error is not None:
+        return KafkaAuthenticationFailed(f"{what}: Kafka at {bootstrap} refused the login ({login_error.str()}); "
+                                         "check the Secrets named in spec.kafka.security and the SASL mechanism")
     if code in _AUTHORIZATION:
         return KafkaAuthorizationFailed(f"{what}: not authorized ({text}); grant the operator's Kafka principal "
                                         "Describe on the topics and the group")
@@ -143,7 +164,7 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise _translate(exc, "reading cluster metadata", bootstrap) from exc
+        raise _translate(exc, "reading cluster metadata", bootstrap, admin) from exc
     partitions: list[TopicPartition] = []
     for topic in topics:
         found = metadata.topics.get(topic)
@@ -164,7 +185,8 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
         starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
         members = len(group_future.result(timeout=timeout).members)
     except (KafkaException, TimeoutError) as exc:
-        raise _translate(exc, f"reading offsets of group {group_id}", bootstrap) from exc
+        raise _translate(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
+    _last_client_error.pop(id(admin), None)  # a read that worked: older login errors are history
     offsets = tuple(
         PartitionOffsets(
             topic=tp.topic,

@@ -81,7 +81,11 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
                                    f"unexpected error: {type(exc).__name__}: {exc}", meta.get("generation"),
                                    time.time())
         status = {"conditions": conditions_to_k8s(conditions)}
-    await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
+    try:
+        await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
+    except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
+        log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
+        metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     return status
 
