@@ -1,0 +1,94 @@
+"""The CLI turns flags and env into a WorkerConfig; Kafka settings keep librdkafka's names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lagpilot_worker.cli import build, kafka_settings, value_deserializer
+from lagpilot_worker.config import WorkerConfig
+from lagpilot_worker.ordering import OrderingMode
+from lagpilot_worker.poolsize import ConfigMapPoolSize, FixedPoolSize
+
+
+@pytest.fixture
+def handler_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "clitest_handlers.py").write_text(
+        "def handle(record):\n    pass\n\n"
+        "def classify(exc):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "clitest_handlers"
+
+
+def test_flags(handler_module: str, tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    config, handler, source, level = build(
+        ["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:9092", "--group", "orders",
+         "--topic", "a,b", "--topic", "c", "--ordering", "partition", "--pool-size", "12",
+         "--retry-delays", "10, 60", "--retry-attempts", "5", "--dlq-topic", "custom.dlq",
+         "--breaker-max-consecutive", "7", "--breaker-cooldown", "0", "--value-deserializer", "json",
+         "--classifier", f"{handler_module}:classify",
+         "--kafka-config", "security.protocol=SASL_SSL", "--kafka-config-file", f"sasl.password={secret}",
+         "--http-port", "-1", "--log-level", "debug"], env={})
+    assert isinstance(config, WorkerConfig)
+    assert config.topics == ["a", "b", "c"] and config.group_id == "orders"
+    assert config.ordering is OrderingMode.PARTITION and config.pool_size == 12
+    assert config.retry.tier_delays_seconds == (10.0, 60.0) and config.retry.attempts_in_place == 5
+    assert config.dlq_topic == "custom.dlq"
+    assert config.retry_topics == ["custom.retry.1", "custom.retry.2"]     # same rule as the operator
+    assert config.breaker.max_consecutive == 7 and config.breaker.cooldown_seconds == 0
+    assert config.http_port is None and level == "debug"
+    assert config.value_deserializer is not None and config.value_deserializer(b'{"a": 1}') == {"a": 1}
+    assert config.classifier is not None and handler.__name__ == "handle"
+    assert isinstance(source, FixedPoolSize) and source.size == 12
+    settings = config.consumer_settings()
+    assert settings["security.protocol"] == "SASL_SSL" and settings["sasl.password"] == "s3cret"
+    # Guarantees the user cannot switch off by accident:
+    assert settings["enable.auto.commit"] is False and settings["enable.auto.offset.store"] is False
+    assert settings["partition.assignment.strategy"] == "cooperative-sticky"
+    producer = config.producer_settings()
+    assert producer["sasl.password"] == "s3cret" and "group.id" not in producer
+
+
+def test_env_only(handler_module: str) -> None:
+    env = {"LAGPILOT_HANDLER": f"{handler_module}:handle", "KAFKA_BOOTSTRAP_SERVERS": "k:1",
+           "LAGPILOT_GROUP_ID": "g", "LAGPILOT_TOPICS": "t1, t2", "LAGPILOT_POOL_SIZE": "3",
+           "LAGPILOT_POOL_CONFIGMAP": "orders-lagpilot-pool", "LAGPILOT_NAMESPACE": "shop",
+           "LAGPILOT_RETRY_DELAYS": "10,60", "LAGPILOT_DEAD_LETTER": "true", "LAGPILOT_BREAKER": "false",
+           "LAGPILOT_KAFKA_SASL_USERNAME": "svc", "LAGPILOT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+    config, _, source, _ = build([], env=env)
+    assert config.topics == ["t1", "t2"] and config.pool_size == 3 and config.group_id == "g"
+    assert config.dlq_topic == "g.dlq" and config.retry_topics == ["g.retry.1", "g.retry.2"]
+    assert not config.breaker.enabled
+    assert isinstance(source, ConfigMapPoolSize)
+    assert (source.name, source.namespace) == ("orders-lagpilot-pool", "shop")
+    assert config.kafka_config == {"sasl.username": "svc", "security.protocol": "SASL_PLAINTEXT"}
+
+
+def test_missing_required_settings_fail_clearly(handler_module: str) -> None:
+    with pytest.raises(SystemExit):
+        build(["--handler", f"{handler_module}:handle", "--group", "g", "--topic", "t"], env={})
+    with pytest.raises(SystemExit):
+        build(["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b", "--group", "g", "--topic", "t",
+               "--pool-configmap", "x"], env={})
+
+
+def test_kafka_settings_precedence(tmp_path: Path) -> None:
+    file = tmp_path / "ca"
+    file.write_text("from-file")
+    settings = kafka_settings(["ssl.ca.location=/flag"], [f"sasl.password={file}"],
+                              {"LAGPILOT_KAFKA_SSL_CA_LOCATION": "/env", "LAGPILOT_KAFKA_SASL_PASSWORD": "env",
+                               "OTHER": "x"})
+    assert settings == {"ssl.ca.location": "/flag", "sasl.password": "from-file"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        kafka_settings(["no-equals"], [], {})
+
+
+def test_value_deserializers() -> None:
+    assert value_deserializer("bytes") is None
+    text = value_deserializer("text")
+    assert text is not None and text(b"h\xc3\xa9") == "hé" and text(None) is None
+    custom = value_deserializer("json:loads")
+    assert custom is not None and custom(b"[1]") == [1]

@@ -1,0 +1,180 @@
+"""The committable offset is the lowest unfinished one, whatever order messages finish in."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lagpilot_worker.offsets import CommitRequest, OffsetTracker, PartitionOffsets
+
+TP = ("orders", 0)
+
+
+@pytest.mark.parametrize(
+    ("added", "finished", "expected"),
+    [
+        ([], [], None),
+        ([5], [], 5),
+        ([5], [5], 6),
+        ([5, 6, 7], [6, 7], 5),
+        ([5, 6, 7], [5, 7], 6),
+        ([5, 6, 7], [7, 6, 5], 8),
+        ([10, 12, 20], [10], 12),          # gaps (compaction, transaction markers)
+        ([10, 12, 20], [10, 12, 20], 21),
+        ([0, 1, 2, 3], [3, 2, 0], 1),
+    ],
+)
+def test_committable_is_lowest_unfinished(added: list[int], finished: list[int], expected: int | None) -> None:
+    tracker = PartitionOffsets()
+    for offset in added:
+        tracker.add(offset)
+    for offset in finished:
+        assert tracker.done(offset)
+    assert tracker.committable() == expected
+    assert tracker.in_flight == len(added) - len(finished)
+
+
+def test_rejects_unknown_and_decreasing_offsets() -> None:
+    tracker = PartitionOffsets()
+    tracker.add(3)
+    with pytest.raises(ValueError, match="must increase"):
+        tracker.add(3)
+    with pytest.raises(ValueError, match="not in flight"):
+        tracker.done(7)
+    with pytest.raises(ValueError, match="not in flight"):
+        tracker.done(1)
+
+
+def test_uncommitted_counts_released_until_committed() -> None:
+    tracker = PartitionOffsets()
+    for offset in range(5):
+        tracker.add(offset)
+    for offset in (0, 1, 3):
+        tracker.done(offset)
+    assert tracker.committable() == 2
+    assert tracker.uncommitted == 5       # 0,1 released but not committed; 2,3,4 pending
+    tracker.mark_committed(2)
+    assert tracker.uncommitted == 3
+    assert not tracker.needs_commit()
+    tracker.done(2)
+    assert tracker.committable() == 4 and tracker.needs_commit()
+
+
+def test_revoked_partition_ignores_late_completions() -> None:
+    book = OffsetTracker()
+    old = book.assign(TP)
+    old.add(0)
+    old.add(1)
+    old.done(1)
+    assert book.revoke(TP) == 0
+    assert not old.done(0)                  # came back after the revoke: dropped
+    new = book.assign(TP, committed=0)
+    new.add(0)
+    assert not old.done(0)
+    assert new.committable() == 0           # the old completion never advanced the new assignment
+    assert book.commit_requests() == []     # committable 0 == committed 0
+
+
+def test_reassign_revokes_previous_tracker() -> None:
+    book = OffsetTracker()
+    first = book.assign(TP)
+    second = book.assign(TP)
+    assert first.revoked and not second.revoked
+
+
+def test_commit_requests_only_for_moved_partitions() -> None:
+    book = OffsetTracker()
+    a = book.assign(("t", 0))
+    b = book.assign(("t", 1), committed=7)
+    a.add(0)
+    a.done(0)
+    b.add(7)
+    requests = book.commit_requests()
+    assert requests == [CommitRequest(("t", 0), 1)]
+    book.mark_committed(requests)
+    assert book.commit_requests() == []
+    assert book.uncommitted() == 1 and book.in_flight() == 1
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=3), min_size=1, max_size=60),
+    st.data(),
+)
+def test_committed_never_passes_an_unfinished_offset(gaps: list[int], data: st.DataObject) -> None:
+    offsets: list[int] = []
+    position = data.draw(st.integers(min_value=0, max_value=1000))
+    for gap in gaps:
+        offsets.append(position)
+        position += gap
+    order = data.draw(st.permutations(offsets))
+    tracker = PartitionOffsets()
+    for offset in offsets:
+        tracker.add(offset)
+    unfinished = set(offsets)
+    committed_so_far = tracker.committable()
+    for offset in order:
+        tracker.done(offset)
+        unfinished.discard(offset)
+        committable = tracker.committable()
+        assert committable is not None
+        if unfinished:
+            assert committable == min(unfinished)   # never past, and never behind, the lowest unfinished
+        else:
+            assert committable == offsets[-1] + 1
+        assert committed_so_far is not None and committable >= committed_so_far  # monotonic
+        committed_so_far = committable
+        assert tracker.in_flight == len(unfinished)
+
+
+@given(st.integers(1, 80), st.data())
+def test_batched_completion_matches_single(count: int, data: st.DataObject) -> None:
+    """add_many/done_many (the hot path) agree with add/done for any grouping of completions."""
+    order = data.draw(st.permutations(list(range(count))))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, count - 1)), max_size=10)))
+    single, batched = PartitionOffsets(), PartitionOffsets()
+    for offset in range(count):
+        single.add(offset)
+    batched.add_many(list(range(count)))
+    groups = [list(order[a:b]) for a, b in zip([0, *cuts], [*cuts, count], strict=True) if order[a:b]]
+    for group in groups:
+        for offset in group:
+            single.done(offset)
+        batched.done_many(group)
+        assert batched.committable() == single.committable()
+        assert batched.uncommitted == single.uncommitted and batched.in_flight == single.in_flight
+    assert batched.committable() == count
+
+
+def test_add_many_rejects_going_back() -> None:
+    tracker = PartitionOffsets()
+    tracker.add_many([1, 2])
+    with pytest.raises(ValueError, match="must increase"):
+        tracker.add_many([2, 3])
+    assert tracker.revoke() == 1 and not tracker.done_many([1])
+
+
+@given(st.integers(0, 2**32))
+def test_long_runs_compact_without_losing_track(seed: int) -> None:
+    """Tens of thousands of offsets finished in shuffled chunks: compaction never skips one."""
+    import random
+
+    rng = random.Random(seed)
+    tracker = PartitionOffsets()
+    next_offset = 0
+    unfinished: set[int] = set()
+    for _ in range(30):
+        batch = list(range(next_offset, next_offset + rng.randint(100, 1500)))
+        next_offset = batch[-1] + 1
+        tracker.add_many(batch)
+        unfinished.update(batch)
+        pool = sorted(unfinished)
+        chosen = pool[: rng.randint(0, len(pool))]
+        if rng.random() < 0.5:
+            rng.shuffle(chosen)
+        for start in range(0, len(chosen), 97):
+            chunk = chosen[start:start + 97]
+            tracker.done_many(chunk)
+            unfinished.difference_update(chunk)
+            assert tracker.committable() == (min(unfinished) if unfinished else next_offset)
+        assert tracker.in_flight == len(unfinished)

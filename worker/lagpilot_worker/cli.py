@@ -1,0 +1,251 @@
+"""`lagpilot-worker --handler mypkg.handlers:handle ...`: run a handler as a Lagpilot worker.
+
+Every flag has an environment variable (shown in --help), so a Deployment can configure the
+worker with env only. Kafka client settings use librdkafka's names:
+`--kafka-config security.protocol=SASL_SSL`, env `LAGPILOT_KAFKA_SASL_PASSWORD=...`
+(prefix LAGPILOT_KAFKA_, the rest lower-cased with `_` read as `.`), or a value read from a
+mounted file with `--kafka-config-file sasl.password=/etc/kafka/password`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lagpilot_contract import pool as pool_contract
+
+from .breaker import BreakerConfig
+from .config import WorkerConfig, default_worker_id
+from .logs import configure_json_logging
+from .ordering import OrderingMode
+from .poolsize import ConfigMapPoolSize, FixedPoolSize, PoolSizeSource
+from .record import Deserializer
+from .retry import Classifier, RetryPolicy
+from .runtime import Worker
+
+KAFKA_ENV_PREFIX = "LAGPILOT_KAFKA_"
+
+
+def import_object(path: str) -> Any:
+    """`package.module:attribute` (the attribute may be dotted)."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected module:attribute, got {path!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _json_value(raw: bytes | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def _text_value(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8")
+
+
+VALUE_FORMATS: dict[str, Deserializer | None] = {"bytes": None, "json": _json_value, "text": _text_value}
+
+
+def value_deserializer(name: str) -> Deserializer | None:
+    if name in VALUE_FORMATS:
+        return VALUE_FORMATS[name]
+    found: Deserializer = import_object(name)
+    return found
+
+
+def parse_assignments(items: Sequence[str], what: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
+        parsed[key.strip()] = value
+    return parsed
+
+
+def kafka_settings(config_items: Sequence[str], file_items: Sequence[str], env: Mapping[str, str]) -> dict[str, str]:
+    """librdkafka settings from env (lowest precedence), then files, then --kafka-config."""
+    settings: dict[str, str] = {}
+    for name, value in env.items():
+        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
+            settings[name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+    for key, path in parse_assignments(file_items, "--kafka-config-file").items():
+        settings[key] = Path(path).read_text().rstrip("\r\n")
+    settings.update(parse_assignments(config_items, "--kafka-config"))
+    return settings
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    def e(name: str, default: Any = None) -> Any:
+        return env.get(name, default)
+
+    p = argparse.ArgumentParser(prog="lagpilot-worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--handler", default=e("LAGPILOT_HANDLER"), required="LAGPILOT_HANDLER" not in env,
+                   help="module:function called with each Record (sync or async) [LAGPILOT_HANDLER]")
+    p.add_argument("--bootstrap-servers", default=e("LAGPILOT_BOOTSTRAP_SERVERS", e("KAFKA_BOOTSTRAP_SERVERS")),
+                   help="[LAGPILOT_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS]")
+    p.add_argument("--group", default=e("LAGPILOT_GROUP_ID"), help="consumer group id [LAGPILOT_GROUP_ID]")
+    p.add_argument("--topic", action="append", default=None,
+                   help="source topic; repeat or comma-separate [LAGPILOT_TOPICS]")
+    p.add_argument("--ordering", choices=[m.value for m in OrderingMode], default=e("LAGPILOT_ORDERING", "key"),
+                   help="partition | key | unordered (default key) [LAGPILOT_ORDERING]")
+    p.add_argument("--pool-size", type=int, default=int(e(pool_contract.ENV_POOL_SIZE, 8)),
+                   help=f"concurrent slots, standalone or until the ConfigMap is read [{pool_contract.ENV_POOL_SIZE}]")
+    p.add_argument("--max-pool-size", type=int, default=int(e("LAGPILOT_MAX_POOL_SIZE", 1024)),
+                   help="upper bound on any requested size [LAGPILOT_MAX_POOL_SIZE]")
+    p.add_argument("--pool-configmap", default=e(pool_contract.ENV_POOL_CONFIGMAP),
+                   help=f"watch this ConfigMap's poolSize (operator contract) [{pool_contract.ENV_POOL_CONFIGMAP}]")
+    p.add_argument("--namespace", default=e(pool_contract.ENV_NAMESPACE),
+                   help=f"namespace of the ConfigMap [{pool_contract.ENV_NAMESPACE}]")
+    p.add_argument("--max-uncommitted", type=int, default=e("LAGPILOT_MAX_UNCOMMITTED"),
+                   help="in-flight window: records fetched but not committed; default max(10000, 100 x pool) "
+                        "[LAGPILOT_MAX_UNCOMMITTED]")
+    p.add_argument("--commit-interval", type=float, default=float(e("LAGPILOT_COMMIT_INTERVAL_SECONDS", 1.0)),
+                   help="seconds between commits [LAGPILOT_COMMIT_INTERVAL_SECONDS]")
+    p.add_argument("--value-deserializer", default=e("LAGPILOT_VALUE_DESERIALIZER", "bytes"),
+                   help="bytes | text | json | module:function; a record it cannot decode goes to the DLQ "
+                        "[LAGPILOT_VALUE_DESERIALIZER]")
+    p.add_argument("--classifier", default=e("LAGPILOT_CLASSIFIER"),
+                   help="module:function(exception) -> FailureClass | None [LAGPILOT_CLASSIFIER]")
+    p.add_argument("--dlq-topic", default=e("LAGPILOT_DLQ_TOPIC") or None,
+                   help="dead-letter topic; default <group>.dlq [LAGPILOT_DLQ_TOPIC]")
+    p.add_argument("--no-dead-letter", action="store_true",
+                   default=not _env_bool(env, "LAGPILOT_DEAD_LETTER", True),
+                   help="log and skip records that failed for good (LAGPILOT_DEAD_LETTER=false)")
+    p.add_argument("--retry-delays", default=e("LAGPILOT_RETRY_DELAYS", ""),
+                   help="seconds per retry tier topic, e.g. 10,60 (empty: none) [LAGPILOT_RETRY_DELAYS]")
+    p.add_argument("--retry-attempts", type=int, default=int(e("LAGPILOT_RETRY_ATTEMPTS", 3)),
+                   help="handler calls in place for transient failures [LAGPILOT_RETRY_ATTEMPTS]")
+    p.add_argument("--retry-backoff", type=float, default=float(e("LAGPILOT_RETRY_BACKOFF_SECONDS", 0.2)),
+                   help="first backoff in seconds, doubled per retry [LAGPILOT_RETRY_BACKOFF_SECONDS]")
+    p.add_argument("--retry-backoff-max", type=float, default=float(e("LAGPILOT_RETRY_BACKOFF_MAX_SECONDS", 10.0)),
+                   help="backoff cap in seconds [LAGPILOT_RETRY_BACKOFF_MAX_SECONDS]")
+    p.add_argument("--no-breaker", action="store_true", default=not _env_bool(env, "LAGPILOT_BREAKER", True),
+                   help="disable the dead-letter circuit breaker (LAGPILOT_BREAKER=false)")
+    p.add_argument("--breaker-window", type=int, default=int(e("LAGPILOT_BREAKER_WINDOW", 1000)),
+                   help="outcomes the ratio rule looks at [LAGPILOT_BREAKER_WINDOW]")
+    p.add_argument("--breaker-max-percent", type=int, default=int(e("LAGPILOT_BREAKER_MAX_PERCENT", 50)),
+                   help="trip above this %% of dead letters in the window [LAGPILOT_BREAKER_MAX_PERCENT]")
+    p.add_argument("--breaker-max-consecutive", type=int, default=int(e("LAGPILOT_BREAKER_MAX_CONSECUTIVE", 100)),
+                   help="trip after this many dead letters in a row [LAGPILOT_BREAKER_MAX_CONSECUTIVE]")
+    p.add_argument("--breaker-cooldown", type=float, default=float(e("LAGPILOT_BREAKER_COOLDOWN_SECONDS", 60)),
+                   help="seconds before retrying held records; 0 = until restart [LAGPILOT_BREAKER_COOLDOWN_SECONDS]")
+    p.add_argument("--ready-ignores-breaker", action="store_true",
+                   default=_env_bool(env, "LAGPILOT_READY_IGNORES_BREAKER", False),
+                   help="stay ready while a breaker is open [LAGPILOT_READY_IGNORES_BREAKER]")
+    p.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="librdkafka setting for consumer and producer, repeatable (env LAGPILOT_KAFKA_<NAME>)")
+    p.add_argument("--kafka-config-file", action="append", default=[], metavar="KEY=PATH",
+                   help="librdkafka setting whose value is read from a file (mounted Secret), repeatable")
+    p.add_argument("--http-host", default=e("LAGPILOT_HTTP_HOST", "0.0.0.0"),
+                   help="bind address of /healthz, /readyz, /metrics [LAGPILOT_HTTP_HOST]")
+    p.add_argument("--http-port", type=int, default=int(e("LAGPILOT_HTTP_PORT", 8080)),
+                   help="port (0: any free port, -1: no HTTP server) [LAGPILOT_HTTP_PORT]")
+    p.add_argument("--shutdown-timeout", type=float, default=float(e("LAGPILOT_SHUTDOWN_TIMEOUT_SECONDS", 30)),
+                   help="seconds to finish work in flight on SIGTERM [LAGPILOT_SHUTDOWN_TIMEOUT_SECONDS]")
+    p.add_argument("--revoke-timeout", type=float, default=float(e("LAGPILOT_REVOKE_TIMEOUT_SECONDS", 10)),
+                   help="seconds to finish a revoked partition's work [LAGPILOT_REVOKE_TIMEOUT_SECONDS]")
+    p.add_argument("--worker-id", default=e("LAGPILOT_WORKER_ID") or default_worker_id(),
+                   help="id in DLQ headers; default POD_NAME or host:pid [LAGPILOT_WORKER_ID]")
+    p.add_argument("--log-level", default=e("LAGPILOT_LOG_LEVEL", "info"), help="[LAGPILOT_LOG_LEVEL]")
+    return p
+
+
+def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerConfig, Callable[..., Any],
+                                                                      PoolSizeSource, str]:
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    topics_raw = args.topic if args.topic else [env.get("LAGPILOT_TOPICS", "")]
+    topics = [t.strip() for item in topics_raw for t in item.split(",") if t.strip()]
+    if not args.bootstrap_servers:
+        parser.error("--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS) is required")
+    if not args.group:
+        parser.error("--group (or LAGPILOT_GROUP_ID) is required")
+    if not topics:
+        parser.error("--topic (or LAGPILOT_TOPICS) is required")
+    # Like other app runners: modules next to where the worker is started are importable.
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    handler = import_object(args.handler)
+    classifier: Classifier | None = import_object(args.classifier) if args.classifier else None
+    delays = tuple(float(d) for d in args.retry_delays.split(",") if d.strip())
+    config = WorkerConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        group_id=args.group,
+        topics=topics,
+        ordering=OrderingMode(args.ordering),
+        pool_size=args.pool_size,
+        max_pool_size=args.max_pool_size,
+        max_uncommitted=int(args.max_uncommitted) if args.max_uncommitted else None,
+        commit_interval_seconds=args.commit_interval,
+        kafka_config=kafka_settings(args.kafka_config, args.kafka_config_file, env),
+        dead_letter_enabled=not args.no_dead_letter,
+        dead_letter_topic=args.dlq_topic,
+        retry=RetryPolicy(attempts_in_place=args.retry_attempts, backoff_initial_seconds=args.retry_backoff,
+                          backoff_max_seconds=args.retry_backoff_max, tier_delays_seconds=delays),
+        breaker=BreakerConfig(enabled=not args.no_breaker, window=args.breaker_window,
+                              max_ratio_percent=args.breaker_max_percent,
+                              max_consecutive=args.breaker_max_consecutive,
+                              cooldown_seconds=args.breaker_cooldown),
+        classifier=classifier,
+        value_deserializer=value_deserializer(args.value_deserializer),
+        worker_id=args.worker_id,
+        http_host=args.http_host,
+        http_port=None if args.http_port < 0 else args.http_port,
+        shutdown_timeout_seconds=args.shutdown_timeout,
+        revoke_timeout_seconds=args.revoke_timeout,
+        ready_requires_closed_breakers=not args.ready_ignores_breaker,
+    )
+    source: PoolSizeSource
+    if args.pool_configmap:
+        if not args.namespace:
+            parser.error("--pool-configmap needs --namespace (or LAGPILOT_NAMESPACE)")
+        source = ConfigMapPoolSize(args.pool_configmap, args.namespace)
+    else:
+        source = FixedPoolSize(args.pool_size)
+    return config, handler, source, args.log_level
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, handler, source, log_level = build(argv, os.environ)
+    configure_json_logging(log_level)
+    worker = Worker(config, handler, pool_size_source=source)
+    signals_seen = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            os._exit(128 + signum)   # asked twice: the operator wants it gone now
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run()
+    except Exception:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

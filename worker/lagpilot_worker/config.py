@@ -1,0 +1,108 @@
+"""The worker's settings (library use builds one directly; the CLI builds it from flags and env)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from lagpilot_contract import naming
+
+from .breaker import BreakerConfig
+from .ordering import OrderingMode
+from .record import Deserializer
+from .retry import Classifier, RetryPolicy
+
+# Settings the runtime depends on for its guarantees; user Kafka settings cannot override them.
+CONSUMER_FIXED: dict[str, Any] = {
+    "partition.assignment.strategy": "cooperative-sticky",
+    "enable.auto.commit": False,          # the runtime commits only offsets below unfinished work
+    "enable.auto.offset.store": False,
+}
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    # A new group starts at the beginning: a work queue should not silently skip its backlog.
+    "auto.offset.reset": "earliest",
+    "fetch.wait.max.ms": 100,
+}
+
+
+def default_worker_id() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a Worker needs besides the handler.
+
+    kafka_config holds librdkafka settings shared by the consumer and the DLQ producer
+    (security.protocol, sasl.*, ssl.*, client.id ...); consumer_config / producer_config add
+    settings for one of them only.
+    """
+
+    bootstrap_servers: str
+    group_id: str
+    topics: list[str]
+    ordering: OrderingMode = OrderingMode.KEY
+    pool_size: int = 8
+    max_pool_size: int = 1024
+    # The in-flight window: records fetched but not committed. Bounds memory and the records
+    # handled again after a crash. None: max(10 x consume batch, 100 x pool size), following resizes.
+    max_uncommitted: int | None = None
+    max_messages_per_item: int = 4096         # work items are sized by measured handler time, up to this
+    consume_batch_size: int = 1000
+    commit_interval_seconds: float = 1.0
+    kafka_config: dict[str, Any] = field(default_factory=dict)
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    producer_config: dict[str, Any] = field(default_factory=dict)
+    dead_letter_enabled: bool = True
+    dead_letter_topic: str | None = None        # override; default <group>.dlq (lagpilot_contract.naming)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    classifier: Classifier | None = None
+    value_deserializer: Deserializer | None = None   # None: the handler gets the raw bytes
+    worker_id: str = field(default_factory=default_worker_id)
+    http_host: str = "0.0.0.0"
+    http_port: int | None = 8080                # None: no HTTP server; 0: any free port
+    shutdown_timeout_seconds: float = 30.0
+    revoke_timeout_seconds: float = 10.0
+    ready_requires_closed_breakers: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.topics:
+            raise ValueError("at least one topic is required")
+        if not 1 <= self.pool_size <= self.max_pool_size:
+            raise ValueError(f"pool size must be between 1 and {self.max_pool_size}")
+        if self.max_uncommitted is not None and self.max_uncommitted < 1:
+            raise ValueError("max_uncommitted must be at least 1")
+        self.ordering = OrderingMode(self.ordering)
+
+    @property
+    def dlq_topic(self) -> str | None:
+        if not self.dead_letter_enabled:
+            return None
+        return naming.dead_letter_topic(self.group_id, self.dead_letter_topic)
+
+    @property
+    def retry_topics(self) -> list[str]:
+        return naming.retry_topics(self.group_id, len(self.retry.tier_delays_seconds), self.dead_letter_topic)
+
+    def window(self, pool_size: int) -> int:
+        if self.max_uncommitted is not None:
+            return self.max_uncommitted
+        return max(10 * self.consume_batch_size, 100 * pool_size)
+
+    def consumer_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {**CONSUMER_DEFAULTS, **self.kafka_config, **self.consumer_config}
+        settings.update({"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id})
+        settings.update(CONSUMER_FIXED)
+        return settings
+
+    def producer_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {**self.kafka_config, **self.producer_config}
+        settings["bootstrap.servers"] = self.bootstrap_servers
+        # Consumer-only keys in the shared settings would make the producer warn on every start.
+        for key in list(settings):
+            if key in ("group.id", "auto.offset.reset", "fetch.wait.max.ms") or key.startswith("group."):
+                settings.pop(key)
+        return settings

@@ -1,0 +1,112 @@
+"""The Kafka consumer as the runtime uses it: a group member with cooperative-sticky assignment.
+
+Offsets are never auto-committed or auto-stored; the runtime commits explicit offsets (the
+lowest unfinished per partition). Every call happens in the poll thread, including the rebalance
+callbacks, which librdkafka runs from inside consume()/poll().
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+log = logging.getLogger(__name__)
+
+RebalanceCallback = Callable[[list[TopicPartition]], None]
+CommitErrorCallback = Callable[[KafkaError, list[TopicPartition]], None]
+
+
+class GroupConsumer:
+    def __init__(self, settings: dict[str, Any], topics: Sequence[str], *, on_assign: RebalanceCallback,
+                 on_revoke: RebalanceCallback, on_lost: RebalanceCallback,
+                 on_commit_error: CommitErrorCallback) -> None:
+        def committed(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+            failed = [tp for tp in partitions if tp.error is not None]
+            if err is not None:
+                on_commit_error(err, partitions)
+            elif failed and failed[0].error is not None:
+                on_commit_error(failed[0].error, failed)
+
+        def error(err: KafkaError) -> None:
+            if err.fatal():
+                log.error("fatal Kafka client error: %s", err)
+            else:
+                log.warning("Kafka client error: %s", err)
+
+        config = dict(settings)
+        config["on_commit"] = committed
+        config["error_cb"] = error
+        config.setdefault("logger", logging.getLogger("kafka.consumer"))
+        self._consumer = Consumer(config)
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=lambda _c, partitions: on_assign(partitions),
+            on_revoke=lambda _c, partitions: on_revoke(partitions),
+            on_lost=lambda _c, partitions: on_lost(partitions),
+        )
+
+    def fetch(self, max_messages: int, wait: float) -> list[Message]:
+        """Up to `max_messages` already fetched records; waits up to `wait` only when there are none.
+
+        consume(n, timeout) would wait for a full batch, adding latency at low rates; poll()
+        returns as soon as one record is there, and the next call takes the rest in a batch.
+        """
+        messages = self._consumer.consume(max(1, max_messages), 0)
+        if messages or wait <= 0:
+            return messages
+        message = self._consumer.poll(wait)
+        return [] if message is None else [message]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self._consumer.pause(partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self._consumer.resume(partitions)
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> bool:
+        """Commit explicit next-to-read offsets. False when a synchronous commit failed."""
+        if not offsets:
+            return True
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+                return True
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed: %s", exc)
+            return False
+        if result:
+            failed = [tp for tp in result if tp.error is not None]
+            if failed:
+                log.warning("commit failed for %s", [(tp.topic, tp.partition, str(tp.error)) for tp in failed])
+                return False
+        return True
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.incremental_assign(partitions)
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.incremental_unassign(partitions)
+
+    def high_watermark(self, topic: str, partition: int) -> int | None:
+        """The high watermark from the last fetch response (no broker round trip)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        except KafkaException:
+            return None
+        return int(high) if high is not None and high >= 0 else None
+
+    def member_id(self) -> str | None:
+        try:
+            return str(self._consumer.memberid())
+        except (KafkaException, RuntimeError):
+            return None
+
+    def close(self) -> None:
+        """Leave the group (triggers the revoke callback for what is still assigned)."""
+        self._consumer.close()

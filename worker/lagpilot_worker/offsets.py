@@ -1,0 +1,191 @@
+"""Which offset of a partition may be committed: the lowest one not yet finished (pure, no I/O).
+
+Messages of a partition finish in any order when handlers run concurrently. Kafka stores one
+number per partition ("the next offset to read"), so the only safe number is the lowest offset
+that is still unfinished: everything below it is done, and a slow message is never skipped.
+Done messages above it are re-delivered after a crash; the in-flight window bounds how many.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+TopicPartition = tuple[str, int]
+
+
+class PartitionOffsets:
+    """Offsets of one partition from fetch to commit.
+
+    Offsets are added in increasing order (the order a consumer reads a partition) and finished
+    in any order. Gaps between offsets (compaction, transaction markers) are allowed.
+    """
+
+    __slots__ = ("_done", "_head", "_last_added", "_pending", "_released_uncommitted", "committed", "revoked")
+
+    def __init__(self, committed: int | None = None) -> None:
+        # Offsets added and not yet released, in increasing order, from index `_head` on (a list
+        # with a moving head: releasing a run of n offsets is one addition, not n pops).
+        self._pending: list[int] = []
+        self._head = 0
+        # Finished offsets still behind an unfinished one (not yet released).
+        self._done: set[int] = set()
+        self._last_added: int | None = None
+        # Released (finished, below the committable offset) but not yet committed.
+        self._released_uncommitted = 0
+        self.committed = committed
+        self.revoked = False
+
+    def add(self, offset: int) -> None:
+        self.add_many([offset])
+
+    def add_many(self, offsets: list[int]) -> None:
+        """Add a fetched batch of this partition (increasing offsets)."""
+        if not offsets:
+            return
+        if self._last_added is not None and offsets[0] <= self._last_added:
+            raise ValueError(f"offset {offsets[0]} added after {self._last_added}: offsets must increase")
+        self._pending.extend(offsets)
+        self._last_added = offsets[-1]
+
+    def done(self, offset: int) -> bool:
+        """Mark `offset` finished (checked). False (and no effect) once the partition was revoked."""
+        if self.revoked:
+            return False
+        pending, head = self._pending, self._head
+        if (head >= len(pending) or offset < pending[head] or offset > pending[-1] or offset in self._done
+                or not self._is_pending(offset)):
+            raise ValueError(f"offset {offset} finished but it is not in flight")
+        return self.done_many([offset])
+
+    def _is_pending(self, offset: int) -> bool:
+        index = bisect_left(self._pending, offset, self._head)
+        return index < len(self._pending) and self._pending[index] == offset
+
+    def done_many(self, offsets: list[int]) -> bool:
+        """Mark offsets finished (the hot path: they must be in flight; not checked)."""
+        if self.revoked:
+            return False
+        pending = self._pending
+        head = self._head
+        count = len(offsets)
+        done = self._done
+        if not done and pending[head:head + count] == offsets:
+            # In order from the lowest unfinished one (partition order, or a whole batch): skip the set.
+            head += count
+        else:
+            done.update(offsets)
+            end = len(pending)
+            while head < end and pending[head] in done:
+                done.discard(pending[head])
+                head += 1
+        self._released_uncommitted += head - self._head
+        if head > 4096 and head * 2 > len(pending):
+            del pending[:head]     # compact now and then; amortised O(1) per offset
+            head = 0
+        self._head = head
+        return True
+
+    def committable(self) -> int | None:
+        """The offset to commit (next to read): the lowest unfinished, or one past the last added.
+
+        None when nothing was ever added (the committed offset, if any, stays as it is).
+        """
+        if self._head < len(self._pending):
+            return self._pending[self._head]
+        if self._last_added is None:
+            return None
+        return self._last_added + 1
+
+    def needs_commit(self) -> bool:
+        candidate = self.committable()
+        return candidate is not None and candidate != self.committed
+
+    def mark_committed(self, offset: int) -> None:
+        """Record that `offset` was sent as this partition's commit."""
+        if self.committed is None or offset > self.committed:
+            self.committed = offset
+        if offset == self.committable():
+            self._released_uncommitted = 0
+
+    @property
+    def last_added(self) -> int | None:
+        return self._last_added
+
+    @property
+    def in_flight(self) -> int:
+        """Added and not yet finished."""
+        return len(self._pending) - self._head - len(self._done)
+
+    @property
+    def releasable(self) -> int:
+        """Finished and below the committable offset, not yet committed: a commit frees these."""
+        return self._released_uncommitted
+
+    @property
+    def uncommitted(self) -> int:
+        """Added and not yet committed: what a crash now would deliver again, at most."""
+        return len(self._pending) - self._head + self._released_uncommitted
+
+    def revoke(self) -> int | None:
+        """Stop tracking: later completions are ignored. Returns the last committable offset."""
+        final = self.committable()
+        self.revoked = True
+        return final
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    partition: TopicPartition
+    offset: int
+
+
+class OffsetTracker:
+    """The trackers of every assigned partition, across assignment and revocation."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+
+    def assign(self, tp: TopicPartition, committed: int | None = None) -> PartitionOffsets:
+        """A fresh tracker for a newly assigned partition (an old one for `tp` is revoked first).
+
+        A fresh object per assignment means completions of work started under an earlier
+        assignment can never advance the new one: they hold the old (revoked) object.
+        """
+        previous = self._partitions.get(tp)
+        if previous is not None:
+            previous.revoke()
+        tracker = PartitionOffsets(committed)
+        self._partitions[tp] = tracker
+        return tracker
+
+    def get(self, tp: TopicPartition) -> PartitionOffsets | None:
+        return self._partitions.get(tp)
+
+    def revoke(self, tp: TopicPartition) -> int | None:
+        tracker = self._partitions.pop(tp, None)
+        return None if tracker is None else tracker.revoke()
+
+    def partitions(self) -> list[TopicPartition]:
+        return list(self._partitions)
+
+    def commit_requests(self) -> list[CommitRequest]:
+        """Partitions whose committable offset moved since their last commit."""
+        requests: list[CommitRequest] = []
+        for tp, tracker in self._partitions.items():
+            candidate = tracker.committable()
+            if candidate is not None and candidate != tracker.committed:
+                requests.append(CommitRequest(tp, candidate))
+        return requests
+
+    def mark_committed(self, requests: list[CommitRequest]) -> None:
+        for request in requests:
+            tracker = self._partitions.get(request.partition)
+            if tracker is not None:
+                tracker.mark_committed(request.offset)
+
+    def uncommitted(self) -> int:
+        return sum(t.uncommitted for t in self._partitions.values())
+
+    def in_flight(self) -> int:
+        return sum(t.in_flight for t in self._partitions.values())

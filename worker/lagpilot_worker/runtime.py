@@ -1,0 +1,814 @@
+"""The Worker: one poll thread that owns every decision, and a pool of slots that run the handler.
+
+The poll thread fetches, queues records in the scheduler, hands work items to the pool, reads
+their results, writes failures to the DLQ/retry topics, pauses and resumes partitions, and
+commits. It never sleeps and never waits on a handler (except, bounded, while a rebalance takes
+partitions away), so the group membership never times out however slow the handler is.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from lagpilot_contract import headers as h
+
+from .breaker import BreakerState, PartitionBreaker
+from .config import WorkerConfig
+from .consumer import GroupConsumer
+from .dlq import FailurePublisher
+from .health import HealthServer
+from .metrics import WorkerMetrics
+from .offsets import PartitionOffsets
+from .ordering import Backpressure, Lane, OrderingMode, Scheduler, Segment, WindowLimits
+from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
+from .poolsize import FixedPoolSize, PoolSizeSource
+from .processing import Failure, Job, JobResult, Processor
+from .record import Handler, message_headers
+from .retry import DueGate, SendToRetryTier, backoff_delay, parse_int_header, retry_due_ms
+
+log = logging.getLogger("lagpilot_worker")
+
+BUSY_WAIT_SECONDS = 0.005     # longest poll while work is out: results are noticed this fast
+IDLE_WAIT_SECONDS = 0.1
+GAUGE_INTERVAL_SECONDS = 2.0
+PREFETCH_PER_SLOT = 2         # work items handed out per slot: one running, one ready to start
+# Work items are sized by the measured handler time: big enough that the hand-off to a slot is
+# negligible, small enough that every slot gets work and results come back often.
+MIN_ITEM_SECONDS = 0.005
+MAX_ITEM_SECONDS = 0.1
+INITIAL_SECONDS_PER_RECORD = 0.05   # assume slow until measured: small first items
+MIN_COMMIT_GAP_SECONDS = 0.02
+
+
+class PartitionState:
+    """One assigned partition, for one assignment (a re-assignment gets a fresh object).
+
+    The scheduler uses the object itself as the partition's identity, so nothing started under
+    an earlier assignment can touch a later one.
+    """
+
+    __slots__ = ("breaker", "halted", "held", "kafka_tp", "out_segments", "partition", "pending_writes",
+                 "revoked", "tier", "topic", "tracker")
+
+    def __init__(self, topic: str, partition: int, tier: int, breaker: PartitionBreaker) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.tier = tier                      # 0: source topic; n: retry tier n
+        self.tracker = PartitionOffsets()
+        self.breaker = breaker
+        self.revoked = False                  # read by slots: stop working on this partition
+        self.halted = False                   # read by slots: breaker open, start nothing more
+        self.out_segments = 0                 # segments handed to slots, not yet reported back
+        self.pending_writes = 0               # DLQ/retry writes not yet acknowledged
+        self.held: list[tuple[Message, Lane[Any, Any] | None]] = []   # refused by the open breaker
+        self.kafka_tp = TopicPartition(topic, partition)
+
+    def log_extra(self, offset: int | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"topic": self.topic, "partition": self.partition}
+        if offset is not None:
+            extra["offset"] = offset
+        return extra
+
+    def __repr__(self) -> str:
+        return f"PartitionState({self.topic}[{self.partition}])"
+
+
+class Worker:
+    """Consume `config.topics` in group `config.group_id` and run `handler` for every record.
+
+    `handler(record)` may be a function or a coroutine function. run() blocks until stop() is
+    called (from another thread or a signal handler) and the graceful shutdown is over.
+    """
+
+    def __init__(self, config: WorkerConfig, handler: Handler, *, pool_size_source: PoolSizeSource | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self._handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None))  # noqa: B004 - async callable objects
+        self.metrics = WorkerMetrics(registry)
+        self._pool_source: PoolSizeSource = pool_size_source or FixedPoolSize(config.pool_size)
+        self._desired_pool_size = config.pool_size
+        self._pool_size = config.pool_size
+        self._stop_requested = threading.Event()
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._finished = threading.Event()
+        self._wake = threading.Event()
+        self._results: deque[JobResult] = deque()
+        self._states: dict[tuple[str, int], PartitionState] = {}
+        self._scheduler: Scheduler[PartitionState, Message] = Scheduler(config.ordering)
+        self._keyed = config.ordering is OrderingMode.KEY
+        self._due_gate: DueGate[PartitionState, Message] = DueGate()
+        self._backpressure: Backpressure[PartitionState] = Backpressure(
+            WindowLimits(config.window(config.pool_size)))
+        self._paused: set[PartitionState] = set()
+        self._open_breakers: set[PartitionState] = set()
+        self._jobs: set[Job] = set()
+        self._write_retries: list[tuple[float, int, Callable[[], None]]] = []
+        self._sequence = itertools.count()
+        self._retry_tiers = {topic: tier for tier, topic in enumerate(config.retry_topics, start=1)}
+        self._uncommitted_total = 0
+        self._releasable_total = 0
+        self._room = config.window(config.pool_size)
+        self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
+        self._next_commit = 0.0
+        self._last_commit = 0.0
+        self._next_gauges = 0.0
+        self._last_loop = time.monotonic()
+        self._assigned_once = False
+        self._http: HealthServer | None = None
+        self._consumer: GroupConsumer | None = None
+        self._consumer_open = False
+        self._publisher: FailurePublisher | None = None
+        self._pool: SlotPool[Job] | None = None
+        self.error: BaseException | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._start()
+            while not self._stop_requested.is_set():
+                self._iterate()
+            self._shutdown()
+        except BaseException as exc:
+            self.error = exc
+            log.exception("worker failed")
+            raise
+        finally:
+            self._cleanup()
+            self._finished.set()
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (safe from any thread and from signal handlers)."""
+        self._stop_requested.set()
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until the HTTP port is open and the consumer has subscribed."""
+        return self._started.wait(timeout)
+
+    def wait_finished(self, timeout: float) -> bool:
+        return self._finished.wait(timeout)
+
+    @property
+    def http_port(self) -> int | None:
+        return self._http.port if self._http is not None else None
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return sorted(self._states)
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """Readiness: in the group, fetching, and (by default) no open dead-letter breaker."""
+        open_breakers = [f"{s.topic}[{s.partition}]" for s in list(self._open_breakers)]
+        reasons: list[str] = []
+        if not self._started.is_set():
+            reasons.append("starting")
+        if not self._assigned_once:
+            reasons.append("waiting for a partition assignment")
+        if self._stopping.is_set() or self._stop_requested.is_set():
+            reasons.append("stopping")
+        if open_breakers and self.config.ready_requires_closed_breakers:
+            reasons.append("dead-letter circuit breaker open")
+        alive, _ = self.alive()
+        if not alive:
+            reasons.append("poll loop stuck")
+        return not reasons, {"reasons": reasons, "open_breakers": open_breakers,
+                             "partitions": len(self._states), "pool_size": self._pool_size}
+
+    def alive(self) -> tuple[bool, dict[str, object]]:
+        """Liveness: the poll loop went round recently (a rebalance may hold it for revoke_timeout)."""
+        since = time.monotonic() - self._last_loop
+        limit = max(60.0, self.config.revoke_timeout_seconds + 30.0)
+        return since < limit or self._finished.is_set(), {"seconds_since_poll": round(since, 3)}
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        config = self.config
+        if config.http_port is not None:
+            self._http = HealthServer(config.http_host, config.http_port, self.metrics.registry,
+                                      self.alive, self.ready)
+            self._http.start()
+        processor = Processor(
+            self._handler, deserializer=config.value_deserializer, classifier=config.classifier,
+            policy=config.retry, processing=self.metrics.processing, end_to_end=self.metrics.end_to_end,
+            results=self._results, wake=self._wake, stopping=self._stopping,
+            dead_letter_run_limit=config.breaker.max_consecutive if config.breaker.enabled else None)
+        pool: SlotPool[Job]
+        if self._is_async:
+            pool = AsyncSlotPool(processor.run_job_async, config.pool_size)
+        else:
+            pool = ThreadSlotPool(processor.run_job, config.pool_size)
+        self._pool = pool
+        pool.start()
+        self.metrics.pool_size.set(config.pool_size)
+        self.metrics.in_flight.set_function(lambda: float(pool.busy()))
+        if config.dlq_topic is not None or config.retry_topics:
+            self._publisher = FailurePublisher(
+                config.producer_settings(), group_id=config.group_id, worker_id=config.worker_id,
+                dead_letter_topic=config.dlq_topic, retry_topics=config.retry_topics)
+            self._publisher.load_partition_counts()
+        self._pool_source.start(self._on_pool_size)
+        topics = list(dict.fromkeys([*config.topics, *config.retry_topics]))
+        self._consumer = GroupConsumer(
+            config.consumer_settings(), topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost, on_commit_error=self._on_commit_error)
+        self._consumer_open = True
+        log.info("worker started", extra={"group": config.group_id, "topics": topics,
+                                          "ordering": str(config.ordering), "pool_size": config.pool_size,
+                                          "worker_id": config.worker_id, "http_port": self.http_port})
+        self._started.set()
+
+    def _cleanup(self) -> None:
+        self._stopping.set()
+        if self._consumer_open:
+            # Failed before a graceful shutdown: still leave the group instead of lingering in it.
+            for state in self._states.values():
+                state.revoked = True
+            self._close_consumer()
+        try:
+            self._pool_source.stop()
+        except Exception:
+            log.exception("stopping the pool-size source failed")
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._publisher is not None:
+            self._publisher.close(timeout=1.0)
+        if self._http is not None:
+            self._http.stop()
+
+    def _shutdown(self) -> None:
+        """Stop fetching, let handed-out work finish until the deadline, commit, leave the group."""
+        assert self._consumer is not None
+        config = self.config
+        deadline = time.monotonic() + config.shutdown_timeout_seconds
+        log.info("stopping: finishing the records in hand", extra={"in_flight_items": len(self._jobs),
+                                                              "deadline_seconds": config.shutdown_timeout_seconds})
+        self._stopping.set()            # slots stop waiting to retry in place
+        for job in self._jobs:
+            job.cancelled = True        # finish the record in hand, start no other
+        self._update_pauses()
+        while time.monotonic() < deadline and (self._jobs or self._pending_writes()):
+            self._last_loop = time.monotonic()
+            self._consumer.fetch(1, 0.0)        # serves callbacks; everything is paused
+            self._drain_results()
+            self._poll_publisher()
+            self._run_timers(time.monotonic())
+            if self._jobs or self._pending_writes():
+                self._wake.wait(0.01)
+                self._wake.clear()
+        abandoned = sum(len(seg.messages) for job in self._jobs for seg in job.segments)
+        for job in list(self._jobs):
+            job.cancelled = True
+        if self._publisher is not None:
+            self._publisher.flush(max(0.0, deadline - time.monotonic()))
+            self._poll_publisher()
+        self._drain_results()
+        self._commit(list(self._states.values()), asynchronous=False)
+        if abandoned:
+            log.warning("shutdown deadline reached: abandoned work will be delivered again",
+                        extra={"records": abandoned})
+        for state in self._states.values():
+            state.revoked = True
+        self._close_consumer()
+        log.info("stopped", extra={"group": config.group_id})
+
+    def _close_consumer(self) -> None:
+        consumer, self._consumer_open = self._consumer, False
+        if consumer is None:
+            return
+        try:
+            consumer.close()
+        except Exception:
+            log.exception("closing the consumer failed; the group will notice after the session timeout")
+
+    # -- pool size --------------------------------------------------------------------------
+
+    def _on_pool_size(self, size: int) -> None:
+        # Called from the pool-size source's thread: only record the wish, the poll thread applies it.
+        self._desired_pool_size = max(1, min(self.config.max_pool_size, size))
+
+    def _apply_pool_size(self) -> None:
+        desired = self._desired_pool_size
+        if desired == self._pool_size or self._pool is None:
+            return
+        log.info("resizing pool", extra={"from": self._pool_size, "to": desired})
+        self._pool_size = desired
+        self._pool.resize(desired)
+        self.metrics.pool_size.set(desired)
+        self._backpressure.limits = WindowLimits(self.config.window(desired))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _iterate(self) -> None:
+        assert self._consumer is not None
+        now = time.monotonic()
+        self._last_loop = now
+        self._apply_pool_size()
+        if self._room > 0 or (self._states and len(self._paused) == len(self._states)):
+            if self._results or (self._scheduler.queued and len(self._jobs) < self._capacity()):
+                wait = 0.0
+            else:
+                wait = self._idle_wait(now)
+            # Never take more than the window has room for (at least 1: a paused consumer returns nothing).
+            messages = self._consumer.fetch(min(self.config.consume_batch_size, max(1, self._room)), wait)
+        else:
+            # The window is full: leave records in librdkafka's queue and wait for slots to finish.
+            messages = []
+            if not self._results:
+                self._wake.wait(BUSY_WAIT_SECONDS)
+                self._wake.clear()
+        if messages:
+            self._ingest(messages)
+        if self._results:
+            self._drain_results()
+        self._poll_publisher()
+        self._run_timers(now)
+        self._dispatch()
+        self._update_pauses()
+        self._maybe_commit(now)
+        if now >= self._next_gauges:
+            self._update_gauges(now)
+
+    def _capacity(self) -> int:
+        return PREFETCH_PER_SLOT * self._pool_size
+
+    def _idle_wait(self, now: float) -> float:
+        if self._jobs or self._pending_writes():
+            return BUSY_WAIT_SECONDS
+        wait = min(IDLE_WAIT_SECONDS, max(0.0, self._next_commit - now))
+        due = self._due_gate.next_due_ms()
+        if due is not None:
+            wait = min(wait, max(0.0, due / 1000.0 - time.time()))
+        for state in self._open_breakers:
+            probe = state.breaker.seconds_until_probe(now)
+            if probe is not None:
+                wait = min(wait, probe)
+        if self._write_retries:
+            wait = min(wait, max(0.0, self._write_retries[0][0] - now))
+        return wait
+
+    def _ingest(self, messages: list[Message]) -> None:
+        runs: dict[PartitionState, list[Message]] = {}
+        states = self._states
+        last_topic: str | None = None
+        last_partition: int | None = -1
+        run: list[Message] | None = None
+        # Records arrive in runs of one partition; look the partition up once per run.
+        for message in messages:
+            if message.error() is not None:
+                self._on_consume_error(message)
+                continue
+            topic = message.topic()
+            partition = message.partition()
+            if partition != last_partition or topic != last_topic:
+                last_topic, last_partition = topic, partition
+                state = states.get((topic, partition))  # type: ignore[arg-type]
+                if state is None:
+                    run = None          # revoked meanwhile: not ours to track
+                else:
+                    run = runs.get(state)
+                    if run is None:
+                        run = runs[state] = []
+            if run is not None:
+                run.append(message)
+        count = 0
+        for state, batch in runs.items():
+            offsets = cast(list[int], [m.offset() for m in batch])
+            last = state.tracker.last_added
+            if last is not None and offsets[0] <= last:
+                # Never expected (we do not seek); tolerate a re-delivery instead of corrupting the tracker.
+                keep = [i for i, o in enumerate(offsets) if o > last]
+                batch = [batch[i] for i in keep]
+                offsets = [offsets[i] for i in keep]
+                if not batch:
+                    continue
+            state.tracker.add_many(offsets)
+            count += len(batch)
+            if state.tier:
+                self._ingest_retry_records(state, batch)
+            elif self._keyed:
+                self._scheduler.enqueue(state, batch, [m.key() for m in batch])
+            else:
+                self._scheduler.enqueue(state, batch)
+        if count:
+            self.metrics.consumed.inc(count)
+
+    def _ingest_retry_records(self, state: PartitionState, batch: list[Message]) -> None:
+        now_ms = int(time.time() * 1000)
+        ready: list[Message] = []
+        for message in batch:
+            due = parse_int_header(message_headers(message), h.RETRY_DUE)
+            if self._due_gate.admit(state, due, message, now_ms):
+                ready.append(message)
+        self._enqueue(state, ready)
+
+    def _enqueue(self, state: PartitionState, batch: list[Message]) -> None:
+        if batch:
+            self._scheduler.enqueue(state, batch, [m.key() for m in batch] if self._keyed else None)
+
+    def _on_consume_error(self, message: Message) -> None:
+        err = message.error()
+        if err is not None and err.code() == KafkaError._PARTITION_EOF:
+            return
+        log.warning("consume error: %s", err, extra={"topic": message.topic(), "partition": message.partition()})
+
+    def _dispatch(self) -> None:
+        assert self._pool is not None
+        capacity = self._capacity() - len(self._jobs)
+        if capacity <= 0 or not self._scheduler.queued:
+            return
+        per_record = max(self._seconds_per_record, 1e-7)
+        largest = max(1, min(self.config.max_messages_per_item, int(MAX_ITEM_SECONDS / per_record)))
+        smallest = max(1, min(largest, int(MIN_ITEM_SECONDS / per_record)))
+        for item in self._scheduler.take(capacity, largest, smallest):
+            self._submit(Job(item))
+
+    def _submit(self, job: Job) -> None:
+        assert self._pool is not None
+        for segment in job.segments:
+            segment.partition.out_segments += 1
+        self._jobs.add(job)
+        self._pool.submit(job)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _drain_results(self) -> None:
+        results = self._results
+        scheduler = self._scheduler
+        processed = failed = retried = 0
+        while results:
+            result = results.popleft()
+            self._jobs.discard(result.job)
+            if result.handled:
+                # Smoothed handler time per record; sizes the next work items.
+                self._seconds_per_record += 0.2 * (result.elapsed / result.handled - self._seconds_per_record)
+            failed += result.failed_attempts
+            retried += result.retries_in_place
+            for segment, (handled, failures) in zip(result.job.segments, result.segments, strict=True):
+                state: PartitionState = segment.partition
+                state.out_segments -= 1
+                if state.revoked:
+                    continue
+                messages = segment.messages
+                held: set[int] = set()
+                if failures is None:
+                    if handled:
+                        run = messages if handled == len(messages) else messages[:handled]
+                        state.tracker.done_many([m.offset() for m in run])
+                        state.breaker.record_successes(handled)
+                        processed += handled
+                else:
+                    settled, held = self._settle_with_failures(state, segment, handled, failures)
+                    processed += settled
+                if handled < len(messages) and self._states.get((state.topic, state.partition)) is state \
+                        and not self._stopping.is_set():
+                    # Not run (a slot gave up unexpectedly): run it again, in order.
+                    tail = messages[handled:]
+                    scheduler.requeue(segment, tail, [m.key() for m in tail] if self._keyed else None, held)
+                elif held:
+                    for lane in segment.lanes:
+                        if id(lane) not in held:
+                            scheduler.release(lane)
+                elif segment.lanes:
+                    scheduler.release_all(segment.lanes)
+        if processed:
+            self.metrics.processed.inc(processed)
+        if failed:
+            self.metrics.failed.inc(failed)
+        if retried:
+            self.metrics.retried.labels("in-place").inc(retried)
+
+    def _settle_with_failures(self, state: PartitionState, segment: Segment[PartitionState, Message], handled: int,
+                              failures: list[Failure]) -> tuple[int, set[int]]:
+        """Book a segment with failures, in order (the breaker counts outcomes in sequence).
+
+        Returns the records settled and the ids of lanes the breaker holds back (kept out).
+        """
+        by_index = {failure.index: failure for failure in failures}
+        done: list[int] = []
+        successes = 0
+        settled = 0
+        held: set[int] = set()
+        breaker = state.breaker
+        for index, message in enumerate(segment.messages[:handled]):
+            failure = by_index.get(index)
+            if failure is None:
+                done.append(message.offset())  # type: ignore[arg-type]
+                successes += 1
+                continue
+            breaker.record_successes(successes)
+            settled += successes
+            successes = 0
+            lane = self._scheduler.lane_for(segment, message.key() if self._keyed else None)
+            if self._on_failure(state, lane, message, failure) and lane is not None:
+                held.add(id(lane))
+        breaker.record_successes(successes)
+        settled += successes
+        state.tracker.done_many(done)
+        return settled, held
+
+    def _on_failure(self, state: PartitionState, lane: Lane[Any, Any] | None, message: Message,
+                    failure: Failure) -> bool:
+        """Route a failed record to a retry tier or the DLQ. True when the breaker holds it back."""
+        offset = message.offset()
+        action = failure.action
+        extra = {**state.log_extra(offset), "exception": failure.info.exception_class,
+                 "attempts": failure.attempts}
+        publisher = self._publisher
+        if isinstance(action, SendToRetryTier):
+            assert publisher is not None
+            due = retry_due_ms(int(time.time() * 1000), action.delay_seconds)
+            log.info("handing record to retry tier %d: %s", action.tier, failure.info.message,
+                     extra={**extra, "tier": action.tier, "due_ms": due})
+            self._write(state, message, lambda done: publisher.send_retry(
+                message, failure.info, tier=action.tier, due_ms=due, attempts=failure.attempts, on_done=done),
+                on_acked=lambda: self.metrics.retried.labels("tier").inc())
+            return False
+        now = time.monotonic()
+        breaker = state.breaker
+        if not breaker.allow_dead_letter():
+            breaker.refuse_dead_letter(now)
+            state.held.append((message, lane))
+            self._breaker_opened(state)
+            log.warning("dead-letter circuit breaker open: holding record back", extra=extra)
+            return True
+        tripped = breaker.record_dead_letter(now)
+        kind = action.kind
+        if publisher is not None and publisher.dead_letter_topic is not None:
+            log.warning("dead-lettering record (%s): %s", kind, failure.info.message, extra={**extra, "kind": kind})
+            self._write(state, message, lambda done: publisher.send_dead_letter(
+                message, failure.info, kind=kind, attempts=failure.attempts, on_done=done),
+                on_acked=lambda: self.metrics.dead_lettered.labels(kind).inc())
+        else:
+            log.error("dropping failed record (no dead-letter topic) (%s): %s", kind, failure.info.message,
+                      extra={**extra, "kind": kind})
+            state.tracker.done_many([offset])  # type: ignore[list-item]
+        if tripped:
+            self._breaker_opened(state)
+        return False
+
+    def _write(self, state: PartitionState, message: Message, send: Callable[[Callable[[KafkaError | None], None]],
+               bool], on_acked: Callable[[], None]) -> None:
+        """Write to the DLQ/a retry tier; the source offset is done only once the write is acknowledged."""
+        state.pending_writes += 1
+        attempts = itertools.count(1)
+
+        def delivered(err: KafkaError | None) -> None:
+            if err is None:
+                state.pending_writes -= 1
+                if not state.revoked:
+                    state.tracker.done_many([message.offset()])  # type: ignore[list-item]
+                on_acked()
+                return
+            self.metrics.write_errors.inc()
+            log.error("writing a failed record failed, will retry: %s", err,
+                      extra=state.log_extra(message.offset()))
+            retry_later()
+
+        def retry_later() -> None:
+            if state.revoked:
+                state.pending_writes -= 1
+                return
+            delay = backoff_delay(self.config.retry, next(attempts), 0.5)
+            heapq.heappush(self._write_retries, (time.monotonic() + delay, next(self._sequence), attempt))
+
+        def attempt() -> None:
+            if state.revoked:
+                state.pending_writes -= 1
+                return
+            try:
+                queued = send(delivered)
+            except Exception as exc:
+                log.error("could not queue write of a failed record: %s", exc, extra=state.log_extra(message.offset()))
+                queued = False
+            if not queued:
+                retry_later()
+
+        attempt()
+
+    def _pending_writes(self) -> int:
+        return (self._publisher.pending if self._publisher is not None else 0) + len(self._write_retries)
+
+    def _poll_publisher(self) -> None:
+        if self._publisher is not None and self._publisher.pending:
+            self._publisher.poll()
+
+    # -- breaker ----------------------------------------------------------------------------
+
+    def _breaker_opened(self, state: PartitionState) -> None:
+        if state in self._open_breakers:
+            return
+        self._open_breakers.add(state)
+        state.halted = True
+        self._scheduler.block(state)
+        self.metrics.breaker_open.labels(state.topic, str(state.partition)).set(1)
+        log.error("dead-letter circuit breaker OPEN: partition paused, nothing more is dead-lettered (%s)",
+                  state.breaker.reason, extra={**state.log_extra(), "cooldown_seconds":
+                                               self.config.breaker.cooldown_seconds})
+
+    def _check_breakers(self, now: float) -> None:
+        for state in list(self._open_breakers):
+            breaker = state.breaker
+            if breaker.state is BreakerState.OPEN and breaker.poll(now):
+                log.info("dead-letter circuit breaker half-open: retrying held records", extra=state.log_extra())
+                state.halted = False
+                self._scheduler.unblock(state)
+                held, state.held = state.held, []
+                if held:
+                    segments: list[Segment[PartitionState, Message]] = []
+                    by_lane: dict[int, Segment[PartitionState, Message]] = {}
+                    for message, lane in held:
+                        key = id(lane) if lane is not None else 0
+                        segment = by_lane.get(key)
+                        if segment is None:
+                            segment = by_lane[key] = Segment(state, [], [lane] if lane is not None else [])
+                            segments.append(segment)
+                        segment.messages.append(message)
+                    self._submit(Job(segments))
+            elif breaker.state is BreakerState.OPEN and not self._scheduler.is_blocked(state):
+                state.halted = True               # a failed probe: block again
+                self._scheduler.block(state)
+            elif breaker.state is BreakerState.CLOSED:
+                self._open_breakers.discard(state)
+                state.halted = False
+                self._scheduler.unblock(state)
+                self.metrics.breaker_open.labels(state.topic, str(state.partition)).set(0)
+                log.info("dead-letter circuit breaker closed", extra=state.log_extra())
+
+    # -- timers, pauses, commits ------------------------------------------------------------
+
+    def _run_timers(self, now: float) -> None:
+        if self._due_gate.next_due_ms() is not None:
+            for state, batch in self._due_gate.release(int(time.time() * 1000)):
+                if not state.revoked:
+                    self._enqueue(state, batch)
+        if self._open_breakers:
+            self._check_breakers(now)
+        retries = self._write_retries
+        while retries and retries[0][0] <= now:
+            _, _, attempt = heapq.heappop(retries)
+            attempt()
+
+    def _update_pauses(self) -> None:
+        assert self._consumer is not None
+        states = self._states
+        if self._stopping.is_set():
+            desired = set(states.values())
+            self._uncommitted_total = sum(s.tracker.uncommitted for s in desired)
+            self._room = 0
+        else:
+            counts = {state: state.tracker.uncommitted for state in states.values()}
+            self._uncommitted_total = sum(counts.values())
+            self._releasable_total = sum(state.tracker.releasable for state in states.values())
+            decision = self._backpressure.update(counts, time.monotonic())
+            self._room = decision.room
+            desired = decision.paused
+            desired |= self._due_gate.waiting_partitions()
+            for state in self._open_breakers:
+                if state.breaker.state is BreakerState.OPEN:
+                    desired.add(state)
+        if desired == self._paused:
+            return
+        to_pause = [s.kafka_tp for s in desired - self._paused if not s.revoked]
+        to_resume = [s.kafka_tp for s in self._paused - desired if not s.revoked]
+        self._consumer.pause(to_pause)
+        self._consumer.resume(to_resume)
+        self._paused = desired
+
+    def _maybe_commit(self, now: float) -> None:
+        # Commit on the interval, and sooner (at most every MIN_COMMIT_GAP) once half the window is
+        # used; at once when the window is full of finished records: committing frees the window.
+        if now < self._next_commit:
+            window = self._backpressure.limits.max_uncommitted
+            if self._room <= 0 and self._releasable_total:
+                pass
+            elif self._uncommitted_total < window // 2 or now < self._last_commit + MIN_COMMIT_GAP_SECONDS:
+                return
+        self._next_commit = now + self.config.commit_interval_seconds
+        self._last_commit = now
+        self._commit(list(self._states.values()), asynchronous=True)
+        if self._releasable_total:
+            self._update_pauses()     # the window has room again: fetch in this very iteration
+
+    def _commit(self, states: list[PartitionState], asynchronous: bool) -> None:
+        assert self._consumer is not None
+        requests: list[tuple[PartitionState, int]] = []
+        for state in states:
+            tracker = state.tracker
+            offset = tracker.committable()
+            if offset is not None and offset != tracker.committed and not state.revoked:
+                requests.append((state, offset))
+        if not requests:
+            return
+        ok = self._consumer.commit([TopicPartition(s.topic, s.partition, o) for s, o in requests], asynchronous)
+        if ok:
+            for state, offset in requests:
+                state.tracker.mark_committed(offset)
+            self.metrics.commits.inc()
+
+    def _on_commit_error(self, err: KafkaError, partitions: list[TopicPartition]) -> None:
+        log.warning("asynchronous commit failed, will commit again: %s", err)
+        for tp in partitions:
+            state = self._states.get((tp.topic, tp.partition))
+            if state is not None and state.tracker.committed == tp.offset:
+                state.tracker.committed = None
+
+    def _update_gauges(self, now: float) -> None:
+        self._next_gauges = now + GAUGE_INTERVAL_SECONDS
+        metrics = self.metrics
+        metrics.uncommitted.set(self._uncommitted_total)
+        metrics.assigned_partitions.set(len(self._states))
+        metrics.paused_partitions.set(len(self._paused))
+        if self._consumer is None:
+            return
+        for state in self._states.values():
+            high = self._consumer.high_watermark(state.topic, state.partition)
+            position = state.tracker.committable()
+            if position is None:
+                position = state.tracker.committed
+            if high is not None and position is not None:
+                metrics.partition_lag.labels(state.topic, str(state.partition)).set(max(0, high - position))
+
+    # -- rebalances -------------------------------------------------------------------------
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self.metrics.rebalances.inc()
+        for tp in partitions:
+            tier = self._retry_tiers.get(tp.topic, 0)
+            self._states[(tp.topic, tp.partition)] = PartitionState(
+                tp.topic, tp.partition, tier, PartitionBreaker(self.config.breaker))
+        self._consumer.incremental_assign(partitions)
+        # librdkafka may keep a partition's pause flag across revoke and re-assignment; a new
+        # assignment starts fetching, whatever an earlier one was doing.
+        self._consumer.resume(partitions)
+        self._assigned_once = True
+        log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions],
+                                               "assigned": len(self._states)})
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self._release(partitions, commit=True)
+        self._consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        log.warning("partitions lost (another member may own them now); nothing is committed for them",
+                    extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})
+        self._release(partitions, commit=False)
+        self._consumer.incremental_unassign(partitions)
+
+    def _release(self, partitions: list[TopicPartition], commit: bool) -> None:
+        """Give partitions back: stop handing them out, wait (bounded) for their work, commit, forget."""
+        states = [s for tp in partitions if (s := self._states.pop((tp.topic, tp.partition), None)) is not None]
+        if not states:
+            return
+        for state in states:
+            dropped = self._scheduler.drop(state)
+            dropped.extend(self._due_gate.drop(state))
+            state.held.clear()
+            self._open_breakers.discard(state)
+            self._paused.discard(state)
+        self._backpressure.forget(states)
+        timeout = self.config.revoke_timeout_seconds if commit and not self._stopping.is_set() else 0.0
+        deadline = time.monotonic() + timeout
+
+        def busy() -> bool:
+            return any(s.out_segments or s.pending_writes for s in states)
+
+        while busy() and time.monotonic() < deadline:
+            self._last_loop = time.monotonic()
+            self._drain_results()
+            self._poll_publisher()
+            self._run_timers(time.monotonic())
+            if busy():
+                self._wake.wait(0.01)
+                self._wake.clear()
+        if commit:
+            self._commit(states, asynchronous=False)
+        unfinished = 0
+        for state in states:
+            unfinished += state.tracker.in_flight
+            state.revoked = True
+            state.tracker.revoke()
+            self.metrics.forget_partition(state.topic, state.partition)
+        log.info("partitions revoked", extra={
+            "partitions": [f"{s.topic}[{s.partition}]" for s in states], "committed": commit,
+            "unfinished_records": unfinished, "assigned": len(self._states)})
