@@ -1,0 +1,163 @@
+"""The end-to-end worker handler: a configurable cost, deliberate failures, and a ledger entry per success.
+
+Workers run it as `lagpilot-worker --handler handlers:handle` (this folder on PYTHONPATH, or the
+e2e image's /app). Everything is configured through env, so the scenarios set it in the
+KafkaConsumerGroup's template:
+
+* `E2E_PROCESSED_TOPIC` (required): every record handled successfully is written there (key = its
+  message id) before the handler returns; the ledger reads that topic to account for every id.
+  The write is acknowledged before the handler returns, so a committed source offset always has its
+  ledger entry: a SIGKILL can duplicate an entry, never lose one.
+* `E2E_COST_MS` (default 10): the handler waits this long per record, like an I/O call would; it does
+  not burn CPU, so slots scale and the 2-core test machine keeps up.
+* `E2E_FAIL_ALWAYS_PERCENT` (default 0): records whose id falls in that share of buckets fail on every
+  attempt (they end in the DLQ once in-place retries and retry tiers are used up).
+* `E2E_FAIL_ONCE_PERCENT` (default 0): the next share of buckets fails on the first attempt only (the
+  in-place retry succeeds).
+* `E2E_FAIL_EXCEPTION` (default `transient`): what a failure raises: `transient` (a plain exception,
+  the runtime's default class), `retry-later` or `permanent`.
+
+A record's bucket is `crc32(id) % 100` (`failure_bucket`), so a test computes which ids must end
+in the DLQ without asking the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import zlib
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+# Submodules, not the package root: the venv's editable install predates lagpilot_worker/__init__.py.
+from lagpilot_worker.record import Record
+from lagpilot_worker.retry import PermanentError, RetryLaterError
+
+PROCESSED_TOPIC_ENV = "E2E_PROCESSED_TOPIC"
+DELIVERY_TIMEOUT_SECONDS = 60.0
+
+
+class InjectedFailure(Exception):
+    """A failure the scenario asked for (unknown to the runtime: classified as transient)."""
+
+
+class InjectedRetryLater(RetryLaterError):
+    """A failure the scenario asked for, to be retried from a retry tier."""
+
+
+class InjectedPermanent(PermanentError):
+    """A failure the scenario asked for, to be dead-lettered at once."""
+
+
+def failure_bucket(message_id: str) -> int:
+    """0..99, stable across processes and runs."""
+    return zlib.crc32(message_id.encode()) % 100
+
+
+def fails_always(message_id: str, always_percent: int) -> bool:
+    return failure_bucket(message_id) < always_percent
+
+
+def fails_once(message_id: str, always_percent: int, once_percent: int) -> bool:
+    return always_percent <= failure_bucket(message_id) < always_percent + once_percent
+
+
+def message_id(record: Record) -> str:
+    """The load generator's id: the JSON value's `id`, else the record key."""
+    value: Any = record.value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if isinstance(value, dict) and "id" in value:
+        return str(value["id"])
+    if record.key is not None:
+        return record.key.decode("utf-8", errors="replace")
+    raise PermanentError(f"record {record.topic}-{record.partition}@{record.offset} has no id")
+
+
+class _Ledger:
+    """One idempotent producer per worker process; a poll thread serves delivery reports."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "client.id": f"e2e-ledger-{os.getpid()}",
+        })
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, name="e2e-ledger-poll", daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    def record(self, key: str, value: bytes) -> None:
+        done = threading.Event()
+        errors: list[KafkaError] = []
+
+        def on_delivery(error: KafkaError | None, _message: object) -> None:
+            if error is not None:
+                errors.append(error)
+            done.set()
+
+        self.producer.produce(self.topic, key=key.encode(), value=value, on_delivery=on_delivery)
+        if not done.wait(DELIVERY_TIMEOUT_SECONDS):
+            raise InjectedFailure(f"ledger write for {key} not acknowledged in {DELIVERY_TIMEOUT_SECONDS:.0f}s")
+        if errors:
+            # Not acknowledged: fail the record so the runtime retries it (at-least-once, never lost).
+            raise InjectedFailure(f"ledger write for {key} failed: {errors[0]}")
+
+
+_ledger: _Ledger | None = None
+_ledger_lock = threading.Lock()
+
+
+def _get_ledger() -> _Ledger:
+    global _ledger
+    with _ledger_lock:
+        if _ledger is None:
+            bootstrap = os.environ.get("LAGPILOT_BOOTSTRAP_SERVERS") or os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+            _ledger = _Ledger(bootstrap, os.environ[PROCESSED_TOPIC_ENV])
+        return _ledger
+
+
+def _percent(name: str) -> int:
+    return max(0, min(100, int(os.environ.get(name, "0"))))
+
+
+def _raise_injected(message_id: str, attempt: int) -> None:
+    kind = os.environ.get("E2E_FAIL_EXCEPTION", "transient")
+    text = f"injected failure for {message_id} (attempt {attempt})"
+    if kind == "permanent":
+        raise InjectedPermanent(text)
+    if kind == "retry-later":
+        raise InjectedRetryLater(text)
+    raise InjectedFailure(text)
+
+
+def handle(record: Record) -> None:
+    ident = message_id(record)
+    always, once = _percent("E2E_FAIL_ALWAYS_PERCENT"), _percent("E2E_FAIL_ONCE_PERCENT")
+    cost = float(os.environ.get("E2E_COST_MS", "10")) / 1000
+    if cost > 0:
+        time.sleep(cost)  # the record's "work": waiting, as on a database or HTTP call
+    if fails_always(ident, always) or (record.attempt == 1 and fails_once(ident, always, once)):
+        _raise_injected(ident, record.attempt)
+    entry = {
+        "id": ident,
+        "worker": os.environ.get("POD_NAME") or f"pid-{os.getpid()}",
+        "attempt": record.attempt,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "producedMs": record.timestamp_ms,
+        "processedMs": int(time.time() * 1000),
+    }
+    _get_ledger().record(ident, json.dumps(entry, separators=(",", ":")).encode())

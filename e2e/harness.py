@@ -1,0 +1,641 @@
+"""The end-to-end harness: the operator as a killable process, watches that record every scale, and
+KafkaConsumerGroup manifests. Shared by the e2e fixtures (e2e/conftest.py) and bench/loop_bench.py.
+
+Only the kubelet is a test double (e2e/node_agent.py); the operator, the worker runtime, Kafka and
+the Kubernetes control plane are the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, watch
+
+from e2e.loadgen import Ledger, LoadGenerator, LoadResult, Profile
+from support import unique_name, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+E2E_DIR = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+
+KCG_GROUP = "lagpilot.io"
+KCG_VERSION = "v1alpha1"
+KCG_PLURAL = "kafkaconsumergroups"
+KCG_API_VERSION = f"{KCG_GROUP}/{KCG_VERSION}"
+WORKER_CONTAINER = "worker"
+HANDLER = "handlers:handle"
+
+
+# --- the operator, as a process the scenarios can SIGKILL ----------------------------------------------
+
+
+class OperatorProcess:
+    """`kopf run --standalone --namespace <ns> -m lagpilot_operator.handlers`, one per scenario.
+
+    A subprocess (not kopf's in-thread test runner) so a scenario can SIGKILL it mid-scale and start a
+    new one, exactly as a crashed operator pod would be replaced.
+    """
+
+    def __init__(self, namespace: str, env: Mapping[str, str], log_path: Path,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.namespace = namespace
+        self.env = dict(env)
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def command(self) -> list[str]:
+        return [str(VENV_BIN / "kopf"), "run", "--standalone", f"--namespace={self.namespace}",
+                "-m", "lagpilot_operator.handlers", *self.extra_args]
+
+    def start(self) -> None:
+        if self.alive:
+            raise RuntimeError("operator already running")
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== operator start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, cwd=str(REPO), start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no final status write, like a node losing the operator pod."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- watching what the operator does ---------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaChange:
+    time: float
+    replicas: int
+
+
+@dataclass
+class StatusSnapshot:
+    time: float
+    status: dict[str, Any]
+
+    def condition(self, kind: str) -> str | None:
+        for item in self.status.get("conditions") or []:
+            if item.get("type") == kind:
+                return str(item.get("status"))
+        return None
+
+
+@dataclass
+class GroupWatch:
+    """Every change of the worker Deployment's `spec.replicas` and of the group's status, as they happen.
+
+    Kubernetes watches, not polling: a scale-down and back within a second is still seen, which is
+    what "never scaled to zero while blind" needs.
+    """
+
+    api: client.ApiClient
+    namespace: str
+    kcg_name: str
+    replicas: list[ReplicaChange] = field(default_factory=list)
+    statuses: list[StatusSnapshot] = field(default_factory=list)
+    deployment_name: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _watches: list[watch.Watch] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> GroupWatch:
+        for target, name in ((self._watch_deployments, "deployments"), (self._watch_group, "kcg")):
+            thread = threading.Thread(target=self._forever, args=(target,), name=f"watch-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in list(self._watches):
+            w.stop()  # type: ignore[no-untyped-call]
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _forever(self, target: Callable[[], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                target()
+            except Exception:
+                self._stop.wait(0.5)
+
+    def _owned_by_group(self, obj: Any) -> bool:
+        owners = obj.metadata.owner_references or []
+        return any(o.kind == "KafkaConsumerGroup" and o.name == self.kcg_name for o in owners)
+
+    def _watch_deployments(self) -> None:
+        apps = client.AppsV1Api(self.api)
+        w = watch.Watch()  # type: ignore[no-untyped-call]
+        self._watches.append(w)
+        for event in w.stream(  # type: ignore[no-untyped-call]
+                apps.list_namespaced_deployment, self.namespace, timeout_seconds=60):
+            if self._stop.is_set():
+                w.stop()  # type: ignore[no-untyped-call]
+                return
+            obj = event["object"]
+            if self.deployment_name is None and self._owned_by_group(obj):
+                self.deployment_name = obj.metadata.name
+            if obj.metadata.name != self.deployment_name or event["type"] == "DELETED":
+                continue
+            value = int(obj.spec.replicas or 0)
+            with self._lock:
+                if not self.replicas or self.replicas[-1].replicas != value:
+                    self.replicas.append(ReplicaChange(time.time(), value))
+
+    def _watch_group(self) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        w = watch.Watch()  # type: ignore[no-untyped-call]
+        self._watches.append(w)
+        for event in w.stream(  # type: ignore[no-untyped-call]
+                custom.list_namespaced_custom_object, KCG_GROUP, KCG_VERSION, self.namespace,
+                              KCG_PLURAL, field_selector=f"metadata.name={self.kcg_name}", timeout_seconds=60):
+            if self._stop.is_set():
+                w.stop()  # type: ignore[no-untyped-call]
+                return
+            obj = event["object"]
+            status = obj.get("status") or {}
+            with self._lock:
+                if not self.statuses or self.statuses[-1].status != status:
+                    self.statuses.append(StatusSnapshot(time.time(), status))
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    @property
+    def current_replicas(self) -> int | None:
+        with self._lock:
+            return self.replicas[-1].replicas if self.replicas else None
+
+    @property
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.statuses[-1].status) if self.statuses else {}
+
+    def replica_history(self, since: float = 0.0) -> list[ReplicaChange]:
+        """Changes after `since`, preceded by the value in effect at `since`."""
+        with self._lock:
+            before = [c for c in self.replicas if c.time <= since]
+            after = [c for c in self.replicas if c.time > since]
+        return ([ReplicaChange(since, before[-1].replicas)] if before else []) + after
+
+    def status_history(self, since: float = 0.0) -> list[StatusSnapshot]:
+        with self._lock:
+            return [s for s in self.statuses if s.time >= since]
+
+    def max_replicas(self, since: float = 0.0) -> int:
+        return max((c.replicas for c in self.replica_history(since)), default=0)
+
+    def min_replicas(self, since: float = 0.0) -> int | None:
+        history = self.replica_history(since)
+        return min(c.replicas for c in history) if history else None
+
+    def max_status(self, key: str, since: float = 0.0) -> float:
+        return max((float(s.status.get(key) or 0) for s in self.status_history(since)), default=0.0)
+
+    def direction_changes(self, since: float = 0.0) -> int:
+        """How often the replica count turned around (up then down, or down then up)."""
+        values = [c.replicas for c in self.replica_history(since)]
+        directions = [1 if b > a else -1 for a, b in itertools.pairwise(values) if b != a]
+        return sum(1 for a, b in itertools.pairwise(directions) if a != b)
+
+    def describe(self, since: float = 0.0) -> str:
+        """Replica timeline and last decision, for assertion messages."""
+        start = since or (self.replicas[0].time if self.replicas else time.time())
+        timeline = ", ".join(f"+{c.time - start:.0f}s:{c.replicas}" for c in self.replica_history(since))
+        status = self.status
+        return (f"replicas [{timeline}]; pool {status.get('poolSize')}; lag {status.get('totalLag')}; "
+                f"last decision: {status.get('lastDecision')!r}")
+
+
+@contextlib.contextmanager
+def watching(api: client.ApiClient, namespace: str, kcg_name: str) -> Iterator[GroupWatch]:
+    group_watch = GroupWatch(api, namespace, kcg_name).start()
+    try:
+        yield group_watch
+    finally:
+        group_watch.stop()
+
+
+# --- manifests -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """The knobs the scenarios turn; everything else takes short, test-friendly values."""
+
+    name: str
+    topic: str
+    group_id: str
+    bootstrap: str                         # as the operator reaches Kafka
+    container: dict[str, Any]              # the worker container (backend-specific image/command)
+    replicas_min: int = 1
+    replicas_max: int = 4
+    pool_min: int = 1
+    pool_initial: int = 1
+    pool_max: int = 4
+    poll_seconds: int = 2
+    mode: str = "drainTime"
+    target_drain_seconds: int = 20
+    lag_per_consumer: int = 50
+    allow_idle_consumers: bool = False
+    scale_up: Mapping[str, int] = field(default_factory=lambda: {
+        "stabilizationSeconds": 0, "maxStepPercent": 100, "minStep": 4, "periodSeconds": 2})
+    scale_down: Mapping[str, int] = field(default_factory=lambda: {
+        "stabilizationSeconds": 15, "maxStepPercent": 100, "minStep": 1, "periodSeconds": 2})
+    dead_letter: Mapping[str, Any] | None = None
+    fallback: Mapping[str, Any] | None = None
+    pod_spec_extra: Mapping[str, Any] = field(default_factory=dict)   # e.g. the kubelet double's placement
+    extra_spec: Mapping[str, Any] = field(default_factory=dict)
+
+
+def kcg_manifest(spec: GroupSpec) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kafka": {"bootstrapServers": spec.bootstrap},
+        "groupId": spec.group_id,
+        "topics": [spec.topic],
+        "template": {
+            "metadata": {"labels": {"app": spec.name}},
+            "spec": {
+                "selector": {"matchLabels": {"app": spec.name}},
+                "template": {
+                    "metadata": {"labels": {"app": spec.name}},
+                    "spec": {"containers": [spec.container], "terminationGracePeriodSeconds": 20,
+                             **spec.pod_spec_extra},
+                },
+            },
+        },
+        "replicas": {"min": spec.replicas_min, "max": spec.replicas_max},
+        "pool": {"min": spec.pool_min, "max": spec.pool_max, "initial": spec.pool_initial},
+        "lag": {"source": "kafka", "pollIntervalSeconds": spec.poll_seconds},
+        "policy": {
+            "mode": spec.mode,
+            "drainTime": {"targetDrainSeconds": spec.target_drain_seconds, "headroomPercent": 20},
+            "lagThreshold": {"lagPerConsumer": spec.lag_per_consumer,
+                             "allowIdleConsumers": spec.allow_idle_consumers},
+            "scaleUp": dict(spec.scale_up),
+            "scaleDown": dict(spec.scale_down),
+        },
+    }
+    if spec.dead_letter is not None:
+        body["deadLetter"] = dict(spec.dead_letter)
+    if spec.fallback is not None:
+        body["fallback"] = dict(spec.fallback)
+    body.update(spec.extra_spec)
+    return {"apiVersion": KCG_API_VERSION, "kind": "KafkaConsumerGroup",
+            "metadata": {"name": spec.name}, "spec": body}
+
+
+def worker_env(*, bootstrap: str, processed_topic: str, cost_ms: int, extra: Mapping[str, str] | None = None,
+               ) -> list[dict[str, Any]]:
+    """Env of the e2e worker container (the operator adds the group, topics and pool-size contract)."""
+    values = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "LAGPILOT_HANDLER": HANDLER,
+        "LAGPILOT_VALUE_DESERIALIZER": "json",
+        "LAGPILOT_COMMIT_INTERVAL_SECONDS": "1",
+        "LAGPILOT_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "LAGPILOT_LOG_LEVEL": "warning",
+        "E2E_PROCESSED_TOPIC": processed_topic,
+        "E2E_COST_MS": str(cost_ms),
+        **(extra or {}),
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
+    env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    return env
+
+
+# --- backends: where the pods run and how faults are injected --------------------------------------------
+
+CRD_FILE = REPO / "crds" / "kafkaconsumergroups.lagpilot.io.yaml"
+CRD_NAME = "kafkaconsumergroups.lagpilot.io"
+
+
+def api_client(kubeconfig: str) -> client.ApiClient:
+    from kubernetes import config as kube_config
+
+    configuration = client.Configuration()
+    kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = 16
+    return client.ApiClient(configuration)
+
+
+class LocalBackend:
+    """The project's local stack plus the kubelet test double: worker pods are local processes.
+
+    Kafka is the stack's broker (the same address for the test, the operator and the pods). The broker
+    "outage" is SIGSTOP/SIGCONT of its JVM: unreachable (connections hang, requests time out) while its
+    data stays, because `hack/stack.py` formats fresh storage on every start.
+    """
+
+    name = "local"
+
+    def __init__(self, *, kubeconfig: str, kafka_bootstrap: str, bin_dir: Path, stack_dir: Path, work_dir: Path,
+                 node_name: str) -> None:
+        from e2e.node_agent import KubeletDouble
+
+        self.kubeconfig = kubeconfig
+        self.kafka_bootstrap = kafka_bootstrap
+        self.pod_kafka_bootstrap = kafka_bootstrap
+        self.bin_dir = bin_dir
+        self.stack_dir = stack_dir
+        self.work_dir = work_dir
+        self.api = api_client(kubeconfig)
+        self.kubelet = KubeletDouble(
+            kubeconfig, node_name, work_dir / "pods",
+            # `handlers:handle` (e2e/handlers.py) is importable in every worker process.
+            extra_env={"PYTHONPATH": os.pathsep.join([str(E2E_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep)},
+            working_dir=E2E_DIR,
+        )
+
+    def start(self) -> None:
+        apply_crd(self.kubectl)
+        self.kubelet.start()
+
+    def stop(self) -> None:
+        self.kubelet.stop()
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def worker_container(self, env: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "name": WORKER_CONTAINER,
+            "image": "lagpilot-e2e-worker:dev",   # not pulled here: the kubelet double maps the command
+            "command": ["lagpilot-worker"],
+            "env": env,
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+        }
+
+    def pod_spec_extra(self) -> dict[str, Any]:
+        return self.kubelet.placement()
+
+    def kill_worker(self, namespace: str, pod: str) -> None:
+        self.kubelet.kill_pod_process(pod, signal.SIGKILL, namespace=namespace)
+
+    def operator_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(KUBECONFIG=self.kubeconfig, KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap,
+                   PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                   # Its metrics server would bind 0.0.0.0:8080; several scenarios' operators must coexist.
+                   LAGPILOT_METRICS_PORT="0")
+        return env
+
+    def operator(self, namespace: str, log_path: Path) -> OperatorProcess:
+        return OperatorProcess(namespace, self.operator_env(), log_path)
+
+    # -- broker outage --------------------------------------------------------------------------------
+
+    def _broker_pid(self) -> int:
+        pid = int((self.stack_dir / "pids" / "kafka.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"kafka.Kafka" not in cmdline:
+            raise RuntimeError(f"pid {pid} from the stack's kafka.pid is not the broker")
+        return pid
+
+    @contextlib.contextmanager
+    def broker_unresponsive(self) -> Iterator[None]:
+        """SIGSTOP the broker for the duration of the block, SIGCONT it after, and wait until it answers.
+
+        Holds the stack's own lock (`.stack/lock`, the one `hack/stack.py up/down` take) meanwhile: an
+        `up` from a concurrent run would otherwise see a broker that does not answer, replace it and
+        format fresh storage (every topic gone). With the lock held, that `up` waits until the broker
+        answers again.
+        """
+        import fcntl
+
+        from confluent_kafka.admin import AdminClient
+
+        with (self.stack_dir / "lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            pid = self._broker_pid()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                yield
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap})
+                wait_for(lambda: _answers(admin), 60, "the broker to answer after SIGCONT")
+
+
+def _answers(admin: Any) -> bool:
+    try:
+        admin.list_topics(timeout=2)
+    except Exception:  # any failure: not answering yet
+        return False
+    return True
+
+
+def apply_crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """Server-side apply (other runs apply the same file concurrently), then wait until it is served."""
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=lagpilot-e2e", "-f", str(CRD_FILE))
+    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+
+
+# --- one scenario ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """A KafkaConsumerGroup the scenario created, with the watch that records what the operator did."""
+
+    spec: GroupSpec
+    namespace: str
+    processed_topic: str
+    watch: GroupWatch
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Scenario:
+    """Everything one scenario uses; cleaned up by the `scenario` fixture whatever happens."""
+
+    backend: Any
+    namespace: str
+    work_dir: Path
+    make_topic: Callable[..., str]
+    operator: OperatorProcess
+    groups: list[Group] = field(default_factory=list)
+    ledgers: list[Ledger] = field(default_factory=list)
+    loads: list[LoadGenerator] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.backend.kafka_bootstrap)
+
+    def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        result: subprocess.CompletedProcess[str] = self.backend.kubectl(*args, **kwargs)
+        return result
+
+    def apply(self, manifest: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-n", self.namespace, "-f", "-", input_text=yaml.safe_dump(manifest),
+                            check=check)
+
+    def create_group(self, *, topic: str, cost_ms: int = 20, worker_extra_env: dict[str, str] | None = None,
+                     dead_letter: dict[str, Any] | None = None, **spec_fields: Any) -> Group:
+        """A KafkaConsumerGroup in template mode running the e2e handler, and a watch on it."""
+        name = unique_name("grp")
+        processed = self.make_topic(f"{name}-processed", 4)
+        extra = {"LAGPILOT_GROUP_ID": name, "LAGPILOT_TOPICS": topic, **(worker_extra_env or {})}
+        if dead_letter is None:
+            extra.setdefault("LAGPILOT_DEAD_LETTER", "false")
+        env = worker_env(bootstrap=self.backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=cost_ms,
+                         extra=extra)
+        spec = GroupSpec(name=name, topic=topic, group_id=name, bootstrap=self.backend.pod_kafka_bootstrap,
+                         container=self.backend.worker_container(env), pod_spec_extra=self.backend.pod_spec_extra(),
+                         dead_letter=dead_letter, **spec_fields)
+        group_watch = GroupWatch(self.backend.api, self.namespace, name).start()
+        group = Group(spec, self.namespace, processed, group_watch)
+        self.groups.append(group)
+        self.apply(kcg_manifest(spec))
+        return group
+
+    def ledger(self, topic: str) -> Ledger:
+        ledger = Ledger(self.bootstrap, topic).start()
+        self.ledgers.append(ledger)
+        return ledger
+
+    def load(self, topic: str, profile: Profile | str, **kwargs: Any) -> LoadGenerator:
+        generator = LoadGenerator(self.bootstrap, topic, profile, **kwargs).start()
+        self.loads.append(generator)
+        return generator
+
+    def worker_pods(self, group: Group) -> list[str]:
+        out = self.kubectl("get", "pods", "-n", self.namespace, "-l", f"app={group.name}",
+                           "-o", "jsonpath={range .items[?(@.status.phase=='Running')]}{.metadata.name}{'\\n'}{end}")
+        return [line for line in out.stdout.splitlines() if line]
+
+    def ready_pods(self, group: Group) -> int:
+        deployment = group.watch.deployment_name
+        if deployment is None:
+            return 0
+        out = self.kubectl("get", "deployment", deployment, "-n", self.namespace, "-o",
+                           "jsonpath={.status.readyReplicas}", check=False)
+        return int(out.stdout or 0) if out.returncode == 0 else 0
+
+    def wait_ready(self, group: Group, count: int = 1, timeout: float = 60) -> None:
+        wait_for(lambda: self.ready_pods(group) >= count, timeout, f"{count} ready worker pod(s) of {group.name}")
+
+    def diagnostics(self) -> str:
+        parts = [f"operator log (tail):\n{self.operator.log_tail()}"]
+        for group in self.groups:
+            parts.append(f"group {group.name}: {group.watch.describe()}")
+        return "\n".join(parts)
+
+
+def finish_load(load: LoadGenerator, timeout: float = 180) -> LoadResult:
+    result = load.join(timeout)
+    assert not result.failed, f"{len(result.failed)} messages were never acknowledged by the broker"
+    return result
+
+
+def phase(seconds: float) -> None:
+    """Let a fixed-duration phase of a scenario pass (the load runs meanwhile); never used to synchronise."""
+    threading.Event().wait(seconds)
+
+
+def read_entries(bootstrap: str, topic: str, expected_records: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """Every ledger entry the e2e handler wrote to `topic` (JSON values), read from the beginning."""
+    import json
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("e2e-entries"),
+                         "enable.auto.commit": False})
+    entries: list[dict[str, Any]] = []
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = time.monotonic() + timeout
+        while len(entries) < expected_records and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.5):
+                value = message.value()
+                if message.error() is None and value:
+                    entries.append(json.loads(value))
+    finally:
+        consumer.close()
+    return entries
+
+
+def duplicate_report(entries: list[dict[str, Any]]) -> str:
+    """Where duplicates came from: same worker twice (a retry, a replay after restart) or two workers (a
+    partition that moved), and how far apart in time, for the scenario's output."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_id.setdefault(str(entry.get("id")), []).append(entry)
+    same_worker = moved = 0
+    gaps: list[float] = []
+    for seen in by_id.values():
+        if len(seen) < 2:
+            continue
+        seen.sort(key=lambda e: int(e.get("processedMs") or 0))
+        for first, again in itertools.pairwise(seen):
+            if first.get("worker") == again.get("worker"):
+                same_worker += 1
+            else:
+                moved += 1
+            gaps.append((int(again.get("processedMs") or 0) - int(first.get("processedMs") or 0)) / 1000)
+    if not gaps:
+        return "no duplicates"
+    gaps.sort()
+    return (f"{len(gaps)} duplicates: {moved} on another worker (partition moved), {same_worker} on the same "
+            f"worker; gap median {gaps[len(gaps) // 2]:.1f}s, max {gaps[-1]:.1f}s")
