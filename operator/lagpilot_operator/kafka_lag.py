@@ -135,6 +135,16 @@ class AdminClientPool:
                 created.append(id(client))
             return client
 
+    def discard(self, settings: Mapping[str, str]) -> None:
+        """Forget the client of `settings`: the next `get` builds a new one.
+
+        After a broker stops answering for a while, librdkafka's admin client can keep failing long
+        after the broker is back (seen with a 30 s outage: > 2 min of timeouts, while a new client
+        succeeded at once), so a read that found the cluster unreachable retires its client.
+        """
+        with self._lock:
+            self._clients.pop(settings_fingerprint(settings), None)
+
     def __len__(self) -> int:
         return len(self._clients)
 

@@ -252,8 +252,12 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
         admin = shared.admin_clients.get(settings)
-        sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
-                                         list(spec.topics))
+        try:
+            sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
+                                             list(spec.topics))
+        except kafka_lag.KafkaUnreachable:
+            shared.admin_clients.discard(settings)
+            raise
         return sample, None
     except kafka_lag.LagReadError as exc:
         return None, exc

@@ -157,3 +157,13 @@ def test_building_the_manifest_leaves_the_spec_model_untouched() -> None:
     kube_io.templated_deployment(KCG, source, replicas=5)
     assert source.spec["replicas"] == 99
     assert "env" not in source.spec["template"]["spec"]["containers"][0]
+
+
+def test_a_discarded_client_is_replaced_by_a_new_one() -> None:
+    pool = kafka_lag.AdminClientPool()
+    settings = {"bootstrap.servers": "127.0.0.1:1"}
+    first = pool.get(settings)
+    assert pool.get(settings) is first
+    pool.discard(settings)
+    assert len(pool) == 0
+    assert pool.get(settings) is not first
