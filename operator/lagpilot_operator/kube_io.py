@@ -57,24 +57,27 @@ def scale_target(namespace: str, name: str, replicas: int) -> None:
     client.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
 
 
-def worker_env(kcg_name: str) -> list[dict[str, Any]]:
-    """Env that connects a worker container to the pool-size contract."""
+def worker_env(kcg_name: str, dead_letter_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Env that connects a worker container to the pool-size contract (and to its DLQ/retry topics)."""
     return [
         {"name": pool_contract.ENV_POOL_CONFIGMAP, "value": pool_contract.pool_configmap_name(kcg_name)},
         {"name": pool_contract.ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *({"name": k, "value": v} for k, v in sorted((dead_letter_env or {}).items())),
     ]
 
 
-def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int) -> dict[str, Any]:
+def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int,
+                         dead_letter_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The Deployment a `template` describes, owned by the KafkaConsumerGroup, with the contract's env."""
     name = kcg["metadata"]["name"]
     spec = copy.deepcopy(template.spec)
     spec["replicas"] = replicas
     pod_spec = spec.setdefault("template", {}).setdefault("spec", {})
-    contract_names = {e["name"] for e in worker_env(name)}
+    injected = worker_env(name, dead_letter_env)
+    contract_names = {e["name"] for e in injected}
     for container in pod_spec.get("containers", []):
         env = [e for e in container.get("env", []) if e.get("name") not in contract_names]
-        container["env"] = env + worker_env(name)
+        container["env"] = env + copy.deepcopy(injected)
     metadata = copy.deepcopy(template.metadata)
     labels = {**metadata.get("labels", {}), pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
               pool_contract.LABEL_CONSUMER_GROUP: name}
@@ -88,16 +91,16 @@ def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplat
 
 
 def ensure_templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate,
-                                initial_replicas: int) -> TargetScale:
+                                initial_replicas: int, dead_letter_env: dict[str, str] | None = None) -> TargetScale:
     """Create the owned Deployment, or bring its template back to the spec (replicas stay ours)."""
     namespace, name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
     apps = client.AppsV1Api()
     current = read_target(namespace, name)
     if current is None:
-        manifest: Any = templated_deployment(kcg, template, initial_replicas)  # the client accepts plain dicts
+        manifest: Any = templated_deployment(kcg, template, initial_replicas, dead_letter_env)  # plain dicts work
         apps.create_namespaced_deployment(namespace, manifest)
         return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0)
-    desired = templated_deployment(kcg, template, current.spec_replicas)
+    desired = templated_deployment(kcg, template, current.spec_replicas, dead_letter_env)
     apps.patch_namespaced_deployment(name, namespace, {"metadata": {"labels": desired["metadata"]["labels"]},
                                                        "spec": {k: v for k, v in desired["spec"].items()
                                                                 if k != "replicas"}})

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from lagpilot_operator import kafka_lag, kube_io, models, prom_lag
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
-from lagpilot_operator.dead_letter import DeadLetterMemory, dead_letter_settings, reconcile_dead_letter
+from lagpilot_operator.dead_letter import DeadLetterMemory, dead_letter_settings, reconcile_dead_letter, worker_env
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
@@ -229,8 +229,10 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
                   config: PolicyConfig) -> kube_io.TargetScale | None:
     namespace = body["metadata"]["namespace"]
     if spec.template is not None:
+        # Workers learn their DLQ and retry topics from the operator, so both use one naming rule.
+        dead_letter_env = worker_env(spec.group_id, dead_letter_settings(spec.dead_letter))
         return await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
-                                       max(config.replicas.min, 1))
+                                       max(config.replicas.min, 1), dead_letter_env)
     assert spec.scale_target_ref is not None  # the CRD's CEL rule: exactly one of the two
     return await asyncio.to_thread(kube_io.read_target, namespace, spec.scale_target_ref.name)
 

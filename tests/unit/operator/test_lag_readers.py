@@ -167,3 +167,17 @@ def test_a_discarded_client_is_replaced_by_a_new_one() -> None:
     pool.discard(settings)
     assert len(pool) == 0
     assert pool.get(settings) is not first
+
+
+def test_template_mode_also_tells_workers_their_dead_letter_topics() -> None:
+    from lagpilot_operator.dead_letter import dead_letter_settings, worker_env
+
+    settings = dead_letter_settings({"enabled": True, "retryTiers": [{"delaySeconds": 10}, {"delaySeconds": 60}]})
+    kcg = {"metadata": {"name": "orders", "namespace": "shop", "uid": "u-1"}}
+    template = models.DeploymentTemplate.from_k8s(
+        {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w:1"}]}}}})
+    manifest = kube_io.templated_deployment(kcg, template, 2, worker_env("orders-workers", settings))
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LAGPILOT_DLQ_TOPIC"] == "orders-workers.dlq"
+    assert env["LAGPILOT_RETRY_DELAYS"] == "10,60"
+    assert env["LAGPILOT_POOL_CONFIGMAP"] == "orders-lagpilot-pool"
