@@ -334,7 +334,7 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter trace (about 8 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="shorter trace (about 8 minutes for the three runs)")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of "
                                                                        f"{', '.join(POLICIES)}")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy operator and pod logs here")

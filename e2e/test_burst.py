@@ -54,5 +54,6 @@ def test_burst_scales_up_drains_and_returns_to_min(scenario: Scenario) -> None:
     assert peak_lag > BURST_RATE, "the burst should have built up a visible lag"
     assert peak_pool > 1, "the pool should have grown (a pool change is cheaper than a replica)"
     assert 2 <= peak_replicas <= PARTITIONS
-    # Duplicates only come from work in flight when a pod's partitions moved; never a replay of the burst.
-    assert accounting.duplicates <= 0.05 * result.produced, accounting.summary()
+    # Duplicates come from work in flight when a pod's partitions moved (1-4 % in our runs); a replay of the
+    # burst (offsets not committed, or rewound) would be tens of percent.
+    assert accounting.duplicates <= 0.1 * result.produced, accounting.summary()
