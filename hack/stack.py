@@ -291,6 +291,9 @@ def http_ok(url: str, *, token: str | None = None, ca: Path | None = None) -> bo
         return False
 
 
+STARTED: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def start_process(service: Service) -> None:
     for key in service.ports:
         if port_open(PORTS[key]):
@@ -311,6 +314,7 @@ def start_process(service: Service) -> None:
         env=env, cwd=STATE, start_new_session=True,
     )
     pidfile(service.name).write_text(str(process.pid))
+    STARTED[service.name] = process
 
 
 def wait_ready(service: Service) -> None:
@@ -318,10 +322,12 @@ def wait_ready(service: Service) -> None:
     while time.monotonic() < deadline:
         if service.ready():
             return
-        pid = running_pid(service.name)
-        if pid is None:
+        process = STARTED.get(service.name)
+        returncode = process.poll() if process is not None else None
+        if returncode is not None or running_pid(service.name) is None:
+            how = f"exit status {returncode}" if returncode is None or returncode >= 0 else f"signal {-returncode}"
             raise StackError(
-                f"{service.name} exited during start-up; see {STATE / 'logs' / (service.name + '.log')}"
+                f"{service.name} exited during start-up ({how}); see {STATE / 'logs' / (service.name + '.log')}"
             )
         time.sleep(0.25)  # polling a server we just started; there is no event to await
     raise StackError(f"{service.name} was not ready within {service.timeout:.0f}s; "
@@ -678,7 +684,15 @@ def _up() -> None:
         stop_process(service.name)
         log(f"starting {service.name}")
         start_process(service)
-        wait_ready(service)
+        try:
+            wait_ready(service)
+        except StackError as first:
+            # One more try: a server that died at start (a port briefly held, a signal from outside) is
+            # usually fine the second time; a real fault fails again with the same message.
+            log(f"{first}; starting it once more")
+            stop_process(service.name)
+            start_process(service)
+            wait_ready(service)
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")
     print("\n".join(env_lines()))
