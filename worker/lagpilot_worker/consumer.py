@@ -101,12 +101,6 @@ class GroupConsumer:
             return None
         return int(high) if high is not None and high >= 0 else None
 
-    def member_id(self) -> str | None:
-        try:
-            return str(self._consumer.memberid())
-        except (KafkaException, RuntimeError):
-            return None
-
     def close(self) -> None:
         """Leave the group (triggers the revoke callback for what is still assigned)."""
         self._consumer.close()

@@ -4,14 +4,15 @@ Messages of a partition finish in any order when handlers run concurrently. Kafk
 number per partition ("the next offset to read"), so the only safe number is the lowest offset
 that is still unfinished: everything below it is done, and a slow message is never skipped.
 Done messages above it are re-delivered after a crash; the in-flight window bounds how many.
+
+Revocation: the runtime creates a fresh tracker for every assignment of a partition and revokes
+the old one, so completions of work started under an earlier assignment can never advance a
+later one (they hold the revoked object, which ignores them).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
-
-TopicPartition = tuple[str, int]
 
 
 class PartitionOffsets:
@@ -132,60 +133,3 @@ class PartitionOffsets:
         final = self.committable()
         self.revoked = True
         return final
-
-
-@dataclass(frozen=True)
-class CommitRequest:
-    partition: TopicPartition
-    offset: int
-
-
-class OffsetTracker:
-    """The trackers of every assigned partition, across assignment and revocation."""
-
-    def __init__(self) -> None:
-        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
-
-    def assign(self, tp: TopicPartition, committed: int | None = None) -> PartitionOffsets:
-        """A fresh tracker for a newly assigned partition (an old one for `tp` is revoked first).
-
-        A fresh object per assignment means completions of work started under an earlier
-        assignment can never advance the new one: they hold the old (revoked) object.
-        """
-        previous = self._partitions.get(tp)
-        if previous is not None:
-            previous.revoke()
-        tracker = PartitionOffsets(committed)
-        self._partitions[tp] = tracker
-        return tracker
-
-    def get(self, tp: TopicPartition) -> PartitionOffsets | None:
-        return self._partitions.get(tp)
-
-    def revoke(self, tp: TopicPartition) -> int | None:
-        tracker = self._partitions.pop(tp, None)
-        return None if tracker is None else tracker.revoke()
-
-    def partitions(self) -> list[TopicPartition]:
-        return list(self._partitions)
-
-    def commit_requests(self) -> list[CommitRequest]:
-        """Partitions whose committable offset moved since their last commit."""
-        requests: list[CommitRequest] = []
-        for tp, tracker in self._partitions.items():
-            candidate = tracker.committable()
-            if candidate is not None and candidate != tracker.committed:
-                requests.append(CommitRequest(tp, candidate))
-        return requests
-
-    def mark_committed(self, requests: list[CommitRequest]) -> None:
-        for request in requests:
-            tracker = self._partitions.get(request.partition)
-            if tracker is not None:
-                tracker.mark_committed(request.offset)
-
-    def uncommitted(self) -> int:
-        return sum(t.uncommitted for t in self._partitions.values())
-
-    def in_flight(self) -> int:
-        return sum(t.in_flight for t in self._partitions.values())

@@ -200,6 +200,3 @@ class DueGate(Generic[K, ItemT]):
 
     def drop(self, partition: K) -> list[ItemT]:
         return [item for _, item in self._held.pop(partition, deque())]
-
-    def held_count(self, partition: K) -> int:
-        return len(self._held.get(partition, ()))

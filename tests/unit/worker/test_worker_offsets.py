@@ -6,9 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lagpilot_worker.offsets import CommitRequest, OffsetTracker, PartitionOffsets
-
-TP = ("orders", 0)
+from lagpilot_worker.offsets import PartitionOffsets
 
 
 @pytest.mark.parametrize(
@@ -61,40 +59,26 @@ def test_uncommitted_counts_released_until_committed() -> None:
     assert tracker.committable() == 4 and tracker.needs_commit()
 
 
-def test_revoked_partition_ignores_late_completions() -> None:
-    book = OffsetTracker()
-    old = book.assign(TP)
-    old.add(0)
-    old.add(1)
+def test_revoked_tracker_ignores_late_completions() -> None:
+    old = PartitionOffsets()
+    old.add_many([0, 1])
     old.done(1)
-    assert book.revoke(TP) == 0
-    assert not old.done(0)                  # came back after the revoke: dropped
-    new = book.assign(TP, committed=0)
+    assert old.revoke() == 0
+    assert not old.done(0) and not old.done_many([0])   # came back after the revoke: dropped
+    assert old.committable() == 0
+    new = PartitionOffsets(committed=0)                 # the next assignment: a fresh tracker
     new.add(0)
-    assert not old.done(0)
-    assert new.committable() == 0           # the old completion never advanced the new assignment
-    assert book.commit_requests() == []     # committable 0 == committed 0
+    assert new.committable() == 0 and not new.needs_commit()
 
 
-def test_reassign_revokes_previous_tracker() -> None:
-    book = OffsetTracker()
-    first = book.assign(TP)
-    second = book.assign(TP)
-    assert first.revoked and not second.revoked
-
-
-def test_commit_requests_only_for_moved_partitions() -> None:
-    book = OffsetTracker()
-    a = book.assign(("t", 0))
-    b = book.assign(("t", 1), committed=7)
-    a.add(0)
-    a.done(0)
-    b.add(7)
-    requests = book.commit_requests()
-    assert requests == [CommitRequest(("t", 0), 1)]
-    book.mark_committed(requests)
-    assert book.commit_requests() == []
-    assert book.uncommitted() == 1 and book.in_flight() == 1
+def test_commit_bookkeeping() -> None:
+    tracker = PartitionOffsets(committed=7)
+    assert not tracker.needs_commit()                   # nothing fetched yet: keep what is committed
+    tracker.add_many([7, 8])
+    tracker.done(7)
+    assert tracker.needs_commit() and tracker.committable() == 8 and tracker.releasable == 1
+    tracker.mark_committed(8)
+    assert not tracker.needs_commit() and tracker.releasable == 0 and tracker.uncommitted == 1
 
 
 @given(
