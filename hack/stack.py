@@ -270,6 +270,9 @@ def running_pid(name: str) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (ValueError, OSError):
         return None
+    if not cmdline:
+        # Seen right after start: a live process whose cmdline reads empty for a moment. Alive unless a zombie.
+        return None if _is_zombie(pid) else pid
     return pid if str(STATE) in cmdline else None
 
 
@@ -324,7 +327,8 @@ def wait_ready(service: Service) -> None:
             return
         process = STARTED.get(service.name)
         returncode = process.poll() if process is not None else None
-        if returncode is not None or running_pid(service.name) is None:
+        # Our own child: its exit status is the truth. Otherwise, the pidfile and /proc.
+        if returncode is not None or (process is None and running_pid(service.name) is None):
             how = f"exit status {returncode}" if returncode is None or returncode >= 0 else f"signal {-returncode}"
             raise StackError(
                 f"{service.name} exited during start-up ({how}); see {STATE / 'logs' / (service.name + '.log')}"
