@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # `support` for tests/ and e2e/
+from support import release_finalizers, wait_for
 from support import unique_name as _unique_name
-from support import wait_for
 
 REPO = Path(__file__).resolve().parent
 
@@ -173,15 +173,3 @@ def namespace(stack: Stack) -> Iterator[str]:
     yield name
     release_finalizers(stack, name)
     stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def release_finalizers(stack: Stack, namespace: str) -> None:
-    """Drop the operator's finalizer from a test namespace's KafkaConsumerGroups.
-
-    Tests stop their operator before the namespace goes; without an operator the finalizer would hold
-    the namespace in Terminating forever (in a real cluster the operator is there to release it).
-    """
-    found = stack.kubectl("get", "kafkaconsumergroups.lagpilot.io", "-n", namespace, "-o", "name", check=False)
-    for resource in found.stdout.split() if found.returncode == 0 else []:
-        stack.kubectl("patch", resource, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                      check=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -35,3 +35,15 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
 def unique_name(prefix: str) -> str:
     """A name unique to this test run, legal as a Kafka topic, a group id and a DNS-1123 label."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}".lower()
+
+
+def release_finalizers(stack: Any, namespace: str) -> None:
+    """Drop the operator's finalizer from a test namespace's KafkaConsumerGroups.
+
+    Tests stop their operator before the namespace goes; without an operator the finalizer would hold
+    the namespace in Terminating forever (in a real cluster the operator is there to release it).
+    """
+    found = stack.kubectl("get", "kafkaconsumergroups.lagpilot.io", "-n", namespace, "-o", "name", check=False)
+    for resource in found.stdout.split() if found.returncode == 0 else []:
+        stack.kubectl("patch", resource, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                      check=False)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from support import release_finalizers
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
@@ -45,8 +47,6 @@ def clean_walkthrough(stack: Any) -> Iterator[None]:
     """The walkthrough uses fixed names (demo, lagpilot-system, walkthrough-orders): clear them around it."""
 
     def clean() -> None:
-        from conftest import release_finalizers
-
         release_finalizers(stack, "demo")
         stack.helm("uninstall", "lagpilot", "--namespace", "lagpilot-system", check=False)
         for namespace in ("demo", "lagpilot-system"):

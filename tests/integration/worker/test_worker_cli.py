@@ -7,13 +7,13 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 from worker_testkit import CliWorker, Topics, cli_env, committed_offsets, http_get, produce, read_topic
 
-from conftest import Stack
 from lagpilot_contract import naming
 from support import wait_for
 
@@ -93,7 +93,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_leaves_the_group(
 
 
 def test_security_settings_and_credentials_from_env_and_files(
-        stack: Stack, create_topic: Callable[..., str], unique_name: Callable[[str], str], topics: Topics,
+        stack: Any, create_topic: Callable[..., str], unique_name: Callable[[str], str], topics: Topics,
         workdir: Path) -> None:
     topic = create_topic("sasl", partitions=1)
     group = unique_name("g")
