@@ -3,7 +3,8 @@
 (a)/(b) no-op handler: one topic is produced once; a bare confluent-kafka consume() loop and the
 Lagpilot runtime with a no-op handler each read all of it with a fresh consumer group. Runs are
 interleaved raw, runtime, raw, runtime ... so both see the same machine load, and the reported
-`noop_ratio_vs_raw` is the median of the per-pair ratios.
+`noop_ratio_vs_raw` is the median of the per-pair ratios. The bare loop uses the runtime's own
+consumer settings (librdkafka's fetch tuning matters more than anything Python does here).
 
 (c) I/O-bound handler: a 4-partition topic, a handler that waits 10 ms per record, key ordering
 with many keys; steady-state throughput (after a warm-up) per pool size.
@@ -75,10 +76,16 @@ def group() -> str:
     return f"bench-{uuid.uuid4().hex[:8]}"
 
 
+def raw_settings(bootstrap: str, topic: str) -> dict[str, Any]:
+    """The runtime's own consumer settings (fetch tuning included, taken from lagpilot_worker.config
+    so they cannot drift): the ratio then measures the runtime's overhead, not a configuration gap."""
+    return WorkerConfig(bootstrap_servers=bootstrap, group_id=group(), topics=[topic],
+                        http_port=None).consumer_settings()
+
+
 def raw_consume(bootstrap: str, topic: str, count: int, batch: int) -> float:
-    """The speed limit: a bare consume() loop touching each value, nothing else."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group(), "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+    """The speed limit: a bare consume() loop touching each record (error(), value()), nothing else."""
+    consumer = Consumer(raw_settings(bootstrap, topic))
     consumer.subscribe([topic])
     seen = 0
     started: float | None = None
@@ -212,9 +219,12 @@ def main() -> int:
             result[f"noop_ratios{suffix}"] = [round(r, 3) for r in ratios]
             result[f"noop_raw_msgs_per_s{suffix}"] = round(statistics.median(raws))
             result[f"noop_runtime_msgs_per_s{suffix}"] = round(statistics.median(runtimes))
+            fetch_settings = {k: v for k, v in raw_settings(bootstrap, topic).items()
+                              if k.startswith(("fetch.", "queued."))}
             result[f"noop_setup{suffix}"] = {"messages": args.noop_messages, "partitions": 4,
                                              "value_bytes": args.value_bytes, "compression": compression,
-                                             "ordering": ordering.value, "pool": args.noop_pool}
+                                             "ordering": ordering.value, "pool": args.noop_pool,
+                                             "consumer_fetch_settings": fetch_settings}
 
         pools = [int(p) for p in args.pools.split(",") if p.strip()]
         io_topic = create_topic(admin, 4)
