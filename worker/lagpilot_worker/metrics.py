@@ -25,12 +25,16 @@ class HistogramRecorder:
     Each slot thread owns a recorder, and the collector sums them at scrape time.
     """
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "lower", "total", "upper")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)   # last bucket: above the highest bound (+Inf)
         self.total = 0.0
+        # Bucket i holds lower[i] < value <= upper[i] (Prometheus `le` buckets): lets a hot loop
+        # test "same bucket as the last value" with two comparisons instead of a search.
+        self.lower = (float("-inf"), *bounds)
+        self.upper = (*bounds, float("inf"))
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
