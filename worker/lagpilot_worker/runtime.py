@@ -51,6 +51,18 @@ INITIAL_SECONDS_PER_RECORD = 0.05   # assume slow until measured: small first it
 MIN_COMMIT_GAP_SECONDS = 0.02
 
 
+# Message methods, unbound: map() and groupby() call them from C, with no Python loop per record.
+# (A consumed record, unlike an error event, always has a topic, a partition and an offset.)
+_error = Message.error
+_partition = cast(Callable[[Message], int], Message.partition)
+_offset = cast(Callable[[Message], int], Message.offset)
+_key = Message.key
+
+
+def _topic_partition(message: Message) -> tuple[str, int]:
+    return cast(str, message.topic()), cast(int, message.partition())
+
+
 class PartitionState:
     """One assigned partition, for one assignment (a re-assignment gets a fresh object).
 
@@ -119,6 +131,10 @@ class Worker:
         self._write_retries: list[tuple[float, int, Callable[[], None]]] = []
         self._sequence = itertools.count()
         self._retry_tiers = {topic: tier for tier, topic in enumerate(config.retry_topics, start=1)}
+        self._topics = list(dict.fromkeys([*config.topics, *config.retry_topics]))
+        # Subscribed to one topic by name: every record is of that topic, no need to ask each.
+        only = self._topics[0]
+        self._only_topic = only if len(self._topics) == 1 and not only.startswith("^") else None
         self._uncommitted_total = 0
         self._releasable_total = 0
         self._room = config.window(config.pool_size)
@@ -225,7 +241,7 @@ class Worker:
                 dead_letter_topic=config.dlq_topic, retry_topics=config.retry_topics)
             self._publisher.load_partition_counts()
         self._pool_source.start(self._on_pool_size)
-        topics = list(dict.fromkeys([*config.topics, *config.retry_topics]))
+        topics = self._topics
         self._consumer = GroupConsumer(
             config.consumer_settings(), topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_lost, on_commit_error=self._on_commit_error)
@@ -365,32 +381,41 @@ class Worker:
         return wait
 
     def _ingest(self, messages: list[Message]) -> None:
-        runs: dict[PartitionState, list[Message]] = {}
-        states = self._states
-        last_topic: str | None = None
-        last_partition: int | None = -1
-        run: list[Message] | None = None
-        # Records arrive in runs of one partition; look the partition up once per run.
-        for message in messages:
-            if message.error() is not None:
-                self._on_consume_error(message)
-                continue
-            topic = message.topic()
-            partition = message.partition()
-            if partition != last_partition or topic != last_topic:
-                last_topic, last_partition = topic, partition
-                state = states.get((topic, partition))  # type: ignore[arg-type]
-                if state is None:
-                    run = None          # revoked meanwhile: not ours to track
+        if any(map(_error, messages)):
+            # Errors and end-of-partition events are rare: set them aside, keep the records.
+            kept: list[Message] = []
+            for message in messages:
+                if message.error() is None:
+                    kept.append(message)
                 else:
-                    run = runs.get(state)
-                    if run is None:
-                        run = runs[state] = []
-            if run is not None:
-                run.append(message)
+                    self._on_consume_error(message)
+            messages = kept
+            if not messages:
+                return
+        states = self._states
+        topic = self._only_topic
+        # Records arrive in runs of one partition, often a whole batch: find the runs in C (map,
+        # groupby) and look each partition up once per run.
+        groups: list[tuple[PartitionState | None, list[Message]]]
+        if topic is None:
+            groups = [(states.get(tp), list(run)) for tp, run in itertools.groupby(messages, _topic_partition)]
+        else:
+            partitions = list(map(_partition, messages))
+            if partitions.count(partitions[0]) == len(partitions):
+                groups = [(states.get((topic, partitions[0])), messages)]
+            else:
+                groups = [(states.get((topic, p)), list(run)) for p, run in itertools.groupby(messages, _partition)]
+        runs: dict[PartitionState, list[Message]] = {}
+        for state, run in groups:
+            if state is None:
+                continue          # revoked meanwhile: not ours to track
+            if state in runs:
+                runs[state] += run
+            else:
+                runs[state] = run
         count = 0
         for state, batch in runs.items():
-            offsets = cast(list[int], [m.offset() for m in batch])
+            offsets = list(map(_offset, batch))
             last = state.tracker.last_added
             if last is not None and offsets[0] <= last:
                 # Never expected (we do not seek); tolerate a re-delivery instead of corrupting the tracker.
@@ -404,7 +429,7 @@ class Worker:
             if state.tier:
                 self._ingest_retry_records(state, batch)
             elif self._keyed:
-                self._scheduler.enqueue(state, batch, [m.key() for m in batch])
+                self._scheduler.enqueue(state, batch, list(map(_key, batch)))
             else:
                 self._scheduler.enqueue(state, batch)
         if count:
