@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 P = TypeVar("P", bound=Hashable)   # a partition's identity (the runtime uses one object per assignment)
 T = TypeVar("T")                   # a message
 
 
 MAX_IDLE_LANES_PER_PARTITION = 10_000
+_NO_PARTITION = object()
 
 
 class OrderingMode(StrEnum):
@@ -236,24 +237,35 @@ class Scheduler(Generic[P, T]):
         size = 0
         ready = self._ready
         blocked = self._blocked
+        # Ready lanes come in runs of one partition: find its segment once per run, not per lane.
+        # (`current` starts as no partition at all, so the first lane always sets both adders.)
+        current: object = _NO_PARTITION
+        unused: list[Any] = []
+        add_messages: Callable[[Iterable[T]], None] = unused.extend
+        add_lane: Callable[[Lane[P, T]], None] = unused.append
         while ready and size < limit:
             lane = ready.popleft()
             lane.ready = False
             queue = lane.queue
-            if lane.dropped or lane.out or not queue or lane.partition in blocked:
+            if lane.dropped or lane.out or not queue:
                 continue
+            partition = lane.partition
+            if partition is not current:
+                if partition in blocked:
+                    continue
+                segment = segments.get(partition)
+                if segment is None:
+                    segment = segments[partition] = Segment(partition, [], [])
+                    item.append(segment)
+                current, add_messages, add_lane = partition, segment.messages.extend, segment.lanes.append
             count = len(queue)
-            segment = segments.get(lane.partition)
-            if segment is None:
-                segment = segments[lane.partition] = Segment(lane.partition, [], [])
-                item.append(segment)
             if size + count <= limit:
-                segment.messages.extend(queue)
+                add_messages(queue)
                 queue.clear()
             else:
                 count = limit - size
-                segment.messages.extend(queue.popleft() for _ in range(count))
-            segment.lanes.append(lane)
+                add_messages([queue.popleft() for _ in range(count)])
+            add_lane(lane)
             lane.out = True
             size += count
         for partition, free in self._free.items():

@@ -496,7 +496,7 @@ class Worker:
                 if failures is None:
                     if handled:
                         run = messages if handled == len(messages) else messages[:handled]
-                        state.tracker.done_many([m.offset() for m in run])
+                        state.tracker.done_many(list(map(_offset, run)))
                         state.breaker.record_successes(handled)
                         processed += handled
                 else:
