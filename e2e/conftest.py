@@ -27,18 +27,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="where the e2e scenarios run: local (stack + kubelet double, default) or kind")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "serial: stops shared infrastructure (the broker); runs after the rest, "
-                                       "never alongside other tests of this run")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     e2e_dir = Path(__file__).parent
     for item in items:
         if e2e_dir in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
-    # Scenarios that stop the shared broker go last, so no other scenario of this run sees the outage.
-    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)
 
 
 # --- the backend ---------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ the Kubernetes control plane are the real ones.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -442,6 +444,17 @@ class LocalBackend:
 
     # -- broker outage --------------------------------------------------------------------------------
 
+    def with_broker(self, broker: PrivateBroker) -> LocalBackend:
+        """This backend with its own Kafka broker: same control plane and kubelet double, other Kafka.
+
+        A scenario that takes its broker down does it to a private one, so scenarios running at the same
+        time on the shared broker never see the outage.
+        """
+        view = copy.copy(self)
+        view.kafka_bootstrap = view.pod_kafka_bootstrap = broker.bootstrap
+        view.stack_dir = broker.stack_dir
+        return view
+
     def _broker_pid(self) -> int:
         pid = int((self.stack_dir / "pids" / "kafka.pid").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -472,6 +485,66 @@ class LocalBackend:
                 os.kill(pid, signal.SIGCONT)
                 admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap})
                 wait_for(lambda: _answers(admin), 60, "the broker to answer after SIGCONT")
+
+
+class PrivateBroker:
+    """A Kafka broker of its own (`hack/stack.py`'s recipe, its own folder and free ports), stopped by pid."""
+
+    def __init__(self, stack_dir: Path) -> None:
+        self.stack_dir = stack_dir
+        self.ports = {name: _free_port() for name in ("KAFKA", "KAFKA_CONTROLLER", "KAFKA_SASL")}
+        self.bootstrap = f"127.0.0.1:{self.ports['KAFKA']}"
+        self._env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack_dir),
+                     **{f"LAGPILOT_{name}_PORT": str(number) for name, number in self.ports.items()}}
+
+    def start(self) -> PrivateBroker:
+        script = ("import sys; sys.path.insert(0, 'hack'); import stack;"
+                  "svc = next(s for s in stack.SERVICES if s.name == 'kafka');"
+                  "stack.start_process(svc); stack.wait_ready(svc)")
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=self._env, capture_output=True,
+                                text=True, timeout=180, check=False)
+        if result.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"the private Kafka broker did not start:\n{result.stderr[-3000:]}")
+        self._wait_for_group_coordinator()
+        return self
+
+    def _wait_for_group_coordinator(self, timeout: float = 90) -> None:
+        """A fresh broker creates __consumer_offsets on the first group request; wait until a group commits.
+
+        Until then every consumer group and the operator's offset reads wait on the coordinator; started
+        among busy scenarios that took longer than a scenario's first scale-up may.
+        """
+        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+        topic = unique_name("warm-up")
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=30)[topic].result(timeout=60)
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": unique_name("warm-up")})
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+                    return
+                except Exception as exc:  # the coordinator is not there yet: retry until the deadline
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"the private broker's group coordinator never answered: {exc}") from exc
+                    time.sleep(0.5)
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        # `down` with this folder stops what its pidfiles name: only this broker.
+        subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "down"], cwd=REPO, env=self._env,
+                       capture_output=True, text=True, timeout=90, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _answers(admin: Any) -> bool:

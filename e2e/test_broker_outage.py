@@ -6,27 +6,40 @@ fresh storage whenever it starts Kafka, so a real stop/start would lose every to
 lost, the operator must say it is blind (KafkaReachable=False) and hold the replicas (never fewer
 than before, never zero), and everything converges once the broker answers again.
 
-The broker is shared by every test of this machine: this module is marked `serial` and runs after
-every other scenario of the run; a concurrent pytest run elsewhere on the machine would see the outage too.
+The scenario has a broker of its own (`PrivateBroker`, the stack's recipe on free ports): the scenarios
+and tests running alongside it on the shared broker never see the outage.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from e2e.harness import Scenario, duplicate_report, finish_load, phase, read_entries
+from e2e.harness import PrivateBroker, Scenario, duplicate_report, finish_load, phase, read_entries
 from e2e.loadgen import constant
 from support import wait_for
-
-pytestmark = pytest.mark.serial
 
 PARTITIONS = 4
 COST_MS = 20
 RATE = 120
 SECONDS = 75
 OUTAGE_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def backend(backend: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's backend, but with a broker of this module's own."""
+    if not hasattr(backend, "with_broker"):
+        pytest.skip(f"the {backend.name} backend has no private broker to take down")
+    broker = PrivateBroker(Path(tmp_path_factory.mktemp("outage-broker"))).start()
+    try:
+        yield backend.with_broker(broker)
+    finally:
+        broker.stop()
 
 
 def test_broker_outage_holds_replicas_and_loses_nothing(scenario: Scenario) -> None:

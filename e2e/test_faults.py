@@ -2,7 +2,7 @@
 while it is scaling up and started again. Nothing is lost, the restarted operator resumes from status
 without a spurious scale-down, and the group converges back to its minimum afterwards.
 
-(The broker outage is in test_broker_outage.py: it stops shared infrastructure and runs last.)
+(The broker outage is in test_broker_outage.py, on a broker of its own.)
 """
 
 from __future__ import annotations
