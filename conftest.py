@@ -72,6 +72,24 @@ class Stack:
         return path
 
 
+def _run_order(item: pytest.Item) -> int:
+    """Longest first: the end-to-end scenarios, then integration tests, then unit tests.
+
+    With pytest-xdist (`make test` runs `-n`), the scenarios of minutes start at once on separate workers
+    while the many short tests fill the gaps, instead of one scenario starting last and running alone.
+    """
+    path = Path(str(item.fspath)).resolve()
+    if (REPO / "e2e") in path.parents:
+        return 0
+    if (REPO / "tests" / "integration") in path.parents:
+        return 1
+    return 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_run_order)  # stable: the order within each kind stays as collected
+
+
 def _read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():
