@@ -170,7 +170,8 @@ def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namesp
 
     commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(6), 50))  # backlog gone
     wait_for(lambda: replicas_of(stack, namespace, "worker") == 1, 40, "replicas back to min after stabilization")
-    assert status_of(stack, namespace, "orders")["totalLag"] == 0
+    # The scale is applied before the status is written: wait for the status rather than race it.
+    wait_for(lambda: status_of(stack, namespace, "orders").get("totalLag") == 0, 10, "lag 0 in status")
     text = operator.metrics()
     assert f'lagpilot_desired_replicas{{name="orders",namespace="{namespace}"}} 1.0' in text
     assert "lagpilot_reconcile_duration_seconds_count" in text
