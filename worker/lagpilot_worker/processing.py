@@ -37,13 +37,15 @@ class PartitionView(Protocol):
 
 
 class Job:
-    """A work item handed to a slot."""
+    """A work item handed to a slot (or run by the poll thread itself: `inline`)."""
 
-    __slots__ = ("cancelled", "segments")
+    __slots__ = ("cancelled", "handed_back", "inline", "segments")
 
-    def __init__(self, segments: list[Segment[Any, Any]]) -> None:
+    def __init__(self, segments: list[Segment[Any, Any]], *, inline: bool = False) -> None:
         self.segments = segments
         self.cancelled = False
+        self.inline = inline
+        self.handed_back = False    # inline, a record needed a retry in place: the rest goes to a slot
 
 
 class Failure:
@@ -77,6 +79,10 @@ class JobResult:
 
 class _Abandoned(Exception):
     """The partition was revoked or the worker is stopping while waiting to retry."""
+
+
+class _HandBack(Exception):
+    """Inline, a record needs a retry in place: the poll thread must not wait out a backoff."""
 
 
 class Processor:
@@ -204,6 +210,12 @@ class Processor:
                             failure, more_failed, more_retries = self._retry_in_place(job, state, record, exc)
                         except _Abandoned:
                             break
+                        except _HandBack:
+                            # The record stays unhandled: it and the rest of the item go back to the
+                            # queue, ahead of later records, and a slot runs it from its first attempt.
+                            failed += 1
+                            job.handed_back = job.cancelled = True
+                            break
                         failed += more_failed
                         retries += more_retries
                     now = perf()
@@ -255,6 +267,8 @@ class Processor:
             action = self._decide(exc, attempt, state.tier)
             if not isinstance(action, RetryInPlace):
                 return Failure(0, action, FailureInfo.from_exception(exc), record.attempt), failed, retries
+            if job.inline:
+                raise _HandBack
             retries += 1
             deadline = time.monotonic() + action.delay_seconds
             while (remaining := deadline - time.monotonic()) > 0:

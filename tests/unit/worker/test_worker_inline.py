@@ -1,0 +1,203 @@
+"""When the poll thread runs work items itself: entry and exit thresholds (hysteresis), the budget
+per loop iteration, falling back to the slots after an item held the thread, the cool-down and its
+doubling, and the inline hand-back of a record that needs a retry in place (run_job, real Messages)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import pytest
+from confluent_kafka import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lagpilot_worker.inline import InlineGate, InlinePolicy
+from lagpilot_worker.metrics import WorkerMetrics
+from lagpilot_worker.ordering import Segment
+from lagpilot_worker.processing import Job, JobResult, Processor
+from lagpilot_worker.record import Record
+from lagpilot_worker.retry import PermanentError, RetryPolicy, TransientError
+
+POLICY = InlinePolicy(enter_seconds_per_record=10e-6, leave_seconds_per_record=40e-6, budget_seconds=0.005,
+                      stall_seconds=0.05, cooldown_seconds=10.0, max_cooldown_seconds=300.0)
+FAST = 2e-6
+
+
+def gate(allowed: bool = True) -> InlineGate:
+    return InlineGate(POLICY, allowed=allowed)
+
+
+@pytest.mark.parametrize(("inline_before", "seconds_per_record", "inline_after"), [
+    (False, 0.05, False),          # not measured yet (the runtime starts assuming slow)
+    (False, 41e-6, False),
+    (False, 20e-6, False),         # between the thresholds: stays on slots ...
+    (True, 20e-6, True),           # ... or stays inline (hysteresis)
+    (False, 10e-6, True),          # at the entry threshold
+    (False, FAST, True),
+    (True, 40e-6, True),           # at the exit threshold: still inline
+    (True, 41e-6, False),
+    (True, 0.01, False),           # the handler became slow (I/O): slots at once
+])
+def test_thresholds_with_hysteresis(inline_before: bool, seconds_per_record: float, inline_after: bool) -> None:
+    g = gate()
+    g.inline = inline_before
+    assert g.update(seconds_per_record, now=0.0) is inline_after
+    assert g.inline is inline_after
+
+
+def test_never_inline_when_not_allowed() -> None:
+    g = gate(allowed=False)           # an async handler runs on its own event loop
+    assert not g.update(FAST, 0.0)
+    assert not g.update(0.0, 1000.0)
+
+
+@pytest.mark.parametrize(("seconds_per_record", "records"), [
+    (1e-6, 5000), (10e-6, 500), (40e-6, 125), (0.0, 5_000_000_000 // 1000), (0.01, 1)])
+def test_budget_per_iteration(seconds_per_record: float, records: int) -> None:
+    assert abs(gate().budget_records(seconds_per_record) - records) <= 1     # float division
+
+
+@pytest.mark.parametrize(("elapsed", "cpu", "waited", "handed_back", "stays"), [
+    (0.004, 0.004, False, False, True),     # a normal item
+    (0.05, 0.05, False, False, True),       # at the bound
+    (0.2, 0.2, False, False, False),        # computed for 200 ms on the poll thread
+    (0.2, 0.001, True, False, False),       # slept or waited on I/O for 200 ms
+    (0.2, 0.001, False, False, True),       # preempted by the OS for 200 ms: not the handler's doing
+    (0.2, None, False, False, False),       # CPU time unknown: wall time counts
+    (0.001, 0.001, False, True, False),     # handed a retry in place back to the slots
+])
+def test_item_that_held_the_poll_thread_ends_inline(elapsed: float, cpu: float | None, waited: bool,
+                                                    handed_back: bool, stays: bool) -> None:
+    g = gate()
+    assert g.update(FAST, 0.0)
+    assert g.item_finished(elapsed, 0.0, cpu_seconds=cpu, waited=waited, handed_back=handed_back) is stays
+    assert g.inline is stays
+    assert g.stalls == (0 if stays else 1)
+
+
+def test_cooldown_after_a_stall_doubles_up_to_the_cap_and_is_forgotten() -> None:
+    g = gate()
+    now = 0.0
+    expected = [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+    for cooldown in expected:
+        assert g.update(FAST, now)
+        assert not g.item_finished(0.2, now, cpu_seconds=0.2)
+        assert g.seconds_until_allowed(now) == cooldown
+        assert not g.update(FAST, now + cooldown - 0.001), "back inline before the cool-down was over"
+        now += cooldown
+    assert g.stalls == len(expected)
+    # Quiet (inline, no stall) for a whole max cool-down after the last one ended: start over at 10 s.
+    now += POLICY.max_cooldown_seconds
+    assert g.update(FAST, now)
+    assert g.stalls == 0
+    assert not g.item_finished(0.2, now, cpu_seconds=0.2)
+    assert g.seconds_until_allowed(now) == 10.0
+
+
+def test_slow_measure_after_the_cooldown_keeps_slots() -> None:
+    g = gate()
+    assert g.update(FAST, 0.0)
+    assert not g.item_finished(0.2, 0.0, waited=True, cpu_seconds=0.0)
+    assert not g.update(50e-6, 11.0)      # cool-down over, but the smoothed time is above entry
+    assert g.update(FAST, 12.0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"enter_seconds_per_record": 0.0}, {"enter_seconds_per_record": 5e-5, "leave_seconds_per_record": 4e-5},
+    {"budget_seconds": 0.0}, {"stall_seconds": -1.0}, {"cooldown_seconds": 400.0},
+])
+def test_policy_validation(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        InlinePolicy(**kwargs)
+
+
+events = st.lists(st.one_of(
+    st.tuples(st.just("update"), st.sampled_from([0.0, 1e-6, 9e-6, 10e-6, 11e-6, 39e-6, 41e-6, 1e-3, 0.05])),
+    st.tuples(st.just("item"), st.sampled_from([0.001, 0.049, 0.051, 0.2, 5.0])),
+    st.tuples(st.just("wait"), st.sampled_from([0.1, 5.0, 9.9, 10.0, 100.0, 400.0])),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_invariants(sequence: list[tuple[str, float]]) -> None:
+    g = gate()
+    now = 0.0
+    blocked_until = 0.0
+    for kind, value in sequence:
+        if kind == "wait":
+            now += value
+        elif kind == "update":
+            was_inline = g.inline
+            inline = g.update(value, now)
+            if inline:
+                assert value <= POLICY.leave_seconds_per_record
+                assert now >= blocked_until, "inline again during a cool-down"
+                if not was_inline:
+                    assert value <= POLICY.enter_seconds_per_record
+        elif g.inline:
+            stays = g.item_finished(value, now, cpu_seconds=value)
+            assert stays is (value <= POLICY.stall_seconds)
+            if not stays:
+                blocked_until = now + POLICY.cooldown_seconds
+                cooldown = g.seconds_until_allowed(now)
+                assert POLICY.cooldown_seconds - 1e-9 <= cooldown <= POLICY.max_cooldown_seconds + 1e-9
+
+
+# -- run_job on the poll thread ---------------------------------------------------------------
+
+
+class FakePartition:
+    revoked = False
+    halted = False
+    tier = 0
+
+
+def message(offset: int) -> Message:
+    return Message(topic="orders", partition=0, offset=offset, key=b"k", value=b"v",
+                   timestamp=(1, int(time.time() * 1000)))
+
+
+def run_inline(fail_at: int, error: Exception) -> tuple[JobResult, Job, list[int], float]:
+    calls: list[int] = []
+
+    def handler(record: Record) -> None:
+        calls.append(record.offset)
+        if record.offset == fail_at:
+            raise error
+
+    results: deque[JobResult] = deque()
+    metrics = WorkerMetrics()
+    # A backoff of 5 s: waited out on the poll thread, the test would notice.
+    processor = Processor(handler, deserializer=None, classifier=None,
+                          policy=RetryPolicy(attempts_in_place=3, backoff_initial_seconds=5.0, jitter=0),
+                          processing=metrics.processing, end_to_end=metrics.end_to_end, results=results,
+                          wake=threading.Event(), stopping=threading.Event())
+    job = Job([Segment(FakePartition(), [message(i) for i in range(5)], []),
+               Segment(FakePartition(), [message(10 + i) for i in range(3)], [])], inline=True)
+    began = time.monotonic()
+    processor.run_job(job)
+    [result] = results
+    return result, job, calls, time.monotonic() - began
+
+
+def test_inline_retry_in_place_is_handed_back_without_waiting() -> None:
+    result, job, calls, took = run_inline(2, TransientError("timeout"))
+    assert took < 1.0, "the poll thread waited out a retry backoff"
+    assert job.handed_back
+    assert calls == [0, 1, 2]
+    # The failing record is not handled: it and everything after it go back to the queue in order
+    # (the runtime requeues the unhandled tail of each segment) and a slot runs it from attempt 1.
+    assert result.segments == [(2, None), (0, None)]
+    assert result.handled == 2 and result.failed_attempts == 1 and result.retries_in_place == 0
+
+
+def test_inline_failure_without_retry_in_place_is_booked_as_in_a_slot() -> None:
+    result, job, calls, _ = run_inline(2, PermanentError("bad"))
+    assert not job.handed_back
+    assert calls == [0, 1, 2, 3, 4, 10, 11, 12]
+    [(handled, failures), second] = result.segments
+    assert handled == 5 and second == (3, None)
+    assert failures is not None and [f.index for f in failures] == [2]

@@ -1,0 +1,105 @@
+"""Whether the poll thread runs the next work items itself instead of handing them to a slot (pure).
+
+For a sync handler of a few microseconds per record the hand-off costs more than the work: the
+slot thread and the poll thread take turns on one GIL, and the hand-off adds 0.3-0.6 µs per record
+to a handler that costs about as much. Slots add no parallelism then, so the poll thread may as
+well run the items itself, through the same `Processor.run_job`.
+
+Running on the poll thread is only safe while items are short, so the gate
+
+* engages only below `enter_seconds_per_record` (smoothed handler time) and leaves above
+  `leave_seconds_per_record` (hysteresis: the measurement is noisy, slot timings include waits
+  for the GIL);
+* caps the work the poll thread takes per loop iteration (`budget_seconds` of estimated work);
+* leaves at once when an inline item held the poll thread longer than `stall_seconds` (a handler
+  that is usually fast but sometimes blocks), and then stays on slots for a cool-down that
+  doubles with every stall (up to `max_cooldown_seconds`); the count of stalls is forgotten once
+  the last cool-down has been over for `max_cooldown_seconds`.
+
+"Held" is the item's wall time if the thread waited on something during it (a voluntary context
+switch: sleep, I/O, a lock), else only its CPU time: on a busy host the OS may preempt the poll
+thread for tens of milliseconds in the middle of a 1 ms item, and that is not the handler's doing
+(the poll loop would have been held just the same without inline execution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InlinePolicy:
+    # Measured per record in a slot, including the slot's own bookkeeping (~0.7 µs) and its waits
+    # for the GIL: a no-op handler reads 1.5-5 µs there, depending on the load. Below 10 µs the
+    # work is a few µs at most and the hand-off (0.3-0.6 µs per record, more under load) is a
+    # large share of it; above, the saving is small and the chance grows that the handler is
+    # I/O that slots would overlap. Inline the measure is free of GIL waits, so 40 µs means the
+    # handler really got slower.
+    enter_seconds_per_record: float = 10e-6
+    leave_seconds_per_record: float = 40e-6
+    budget_seconds: float = 0.005        # estimated handler time run inline per loop iteration
+    # An inline item estimated at <= budget that took this long blocked somewhere. 10 x the budget:
+    # scheduler noise on a loaded host must not trip it, and 50 ms of poll loop held is harmless
+    # (librdkafka fetches and heartbeats on its own threads).
+    stall_seconds: float = 0.05
+    cooldown_seconds: float = 10.0
+    max_cooldown_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.enter_seconds_per_record <= self.leave_seconds_per_record:
+            raise ValueError("need 0 < enter_seconds_per_record <= leave_seconds_per_record")
+        if self.budget_seconds <= 0 or self.stall_seconds <= 0:
+            raise ValueError("budget_seconds and stall_seconds must be positive")
+        if not 0 <= self.cooldown_seconds <= self.max_cooldown_seconds:
+            raise ValueError("need 0 <= cooldown_seconds <= max_cooldown_seconds")
+
+
+class InlineGate:
+    """Slots or the poll thread, decided once per loop iteration; keeps the hysteresis state."""
+
+    def __init__(self, policy: InlinePolicy, *, allowed: bool) -> None:
+        self.policy = policy
+        self.allowed = allowed       # sync handlers only: an async handler runs on its event loop
+        self.inline = False
+        self.stalls = 0              # stalls since the count was last forgotten
+        self._slots_until = 0.0      # no inline execution before this (monotonic seconds)
+
+    def update(self, seconds_per_record: float, now: float) -> bool:
+        """Decide for this iteration from the smoothed handler time per record; True: run inline."""
+        policy = self.policy
+        if not self.allowed:
+            return False
+        if self.stalls and now - self._slots_until >= policy.max_cooldown_seconds:
+            self.stalls = 0
+        if self.inline:
+            if seconds_per_record > policy.leave_seconds_per_record:
+                self.inline = False
+        elif seconds_per_record <= policy.enter_seconds_per_record and now >= self._slots_until:
+            self.inline = True
+        return self.inline
+
+    def budget_records(self, seconds_per_record: float) -> int:
+        """Records the poll thread may take in this iteration (at least one)."""
+        return max(1, int(self.policy.budget_seconds / max(seconds_per_record, 1e-9)))
+
+    def item_finished(self, elapsed: float, now: float, *, cpu_seconds: float | None = None, waited: bool = True,
+                      handed_back: bool = False) -> bool:
+        """Book an inline item; False when it held the poll thread too long: use the slots.
+
+        `elapsed`: its wall time; `cpu_seconds`: the poll thread's CPU time during it (None:
+        unknown); `waited`: the thread waited on something meanwhile (else it was only preempted).
+        `handed_back`: the item stopped early to let a slot run the rest (a retry in place waits,
+        and waiting is not for the poll thread); like a stall, it ends inline execution for a while.
+        """
+        held = elapsed if waited or cpu_seconds is None else min(elapsed, cpu_seconds)
+        if held <= self.policy.stall_seconds and not handed_back:
+            return True
+        self.stalls += 1
+        policy = self.policy
+        cooldown = min(policy.max_cooldown_seconds, policy.cooldown_seconds * 2.0 ** min(self.stalls - 1, 32))
+        self._slots_until = now + cooldown
+        self.inline = False
+        return False
+
+    def seconds_until_allowed(self, now: float) -> float:
+        return max(0.0, self._slots_until - now)
