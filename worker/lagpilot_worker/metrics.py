@@ -111,8 +111,12 @@ class WorkerMetrics:
         self.write_errors = Counter(f"{PREFIX}dead_letter_write_errors",
                                     "Failed writes to the dead-letter or retry topics (they are retried).",
                                     registry=r)
-        self.in_flight = Gauge(f"{PREFIX}in_flight", "Slots running a handler now.", registry=r)
+        self.in_flight = Gauge(f"{PREFIX}in_flight", "Work items running now: busy slots, and the poll thread "
+                                "while it runs one itself.", registry=r)
         self.pool_size = Gauge(f"{PREFIX}pool_size", "Concurrent slots of the pool (target).", registry=r)
+        self.inline_execution = Gauge(f"{PREFIX}inline_execution",
+                                      "1 while work items run on the poll thread (a handler too fast for a "
+                                      "thread hand-off), 0 while they go to the slots.", registry=r)
         self.uncommitted = Gauge(f"{PREFIX}uncommitted_messages",
                                  "Records fetched and not yet committed (the in-flight window).", registry=r)
         self.assigned_partitions = Gauge(f"{PREFIX}assigned_partitions", "Partitions assigned to this worker.",

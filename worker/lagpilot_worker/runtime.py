@@ -4,6 +4,11 @@ The poll thread fetches, queues records in the scheduler, hands work items to th
 their results, writes failures to the DLQ/retry topics, pauses and resumes partitions, and
 commits. It never sleeps and never waits on a handler (except, bounded, while a rebalance takes
 partitions away), so the group membership never times out however slow the handler is.
+
+The exception that proves it: a sync handler of a few microseconds per record, for which a
+hand-off to a slot costs more than the work, runs on the poll thread itself, in items of a few
+milliseconds, through the same run_job and result path (see inline.py for when, and how it falls
+back to the slots when the handler turns out to block).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import heapq
 import inspect
 import itertools
 import logging
+import resource
 import threading
 import time
 from collections import deque
@@ -28,6 +34,7 @@ from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dlq import FailurePublisher
 from .health import HealthServer
+from .inline import InlineGate, InlinePolicy
 from .metrics import WorkerMetrics
 from .offsets import PartitionOffsets
 from .ordering import Backpressure, Lane, OrderingMode, Scheduler, Segment, WindowLimits
@@ -57,6 +64,16 @@ _error = Message.error
 _partition = cast(Callable[[Message], int], Message.partition)
 _offset = cast(Callable[[Message], int], Message.offset)
 _key = Message.key
+
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)   # Linux
+
+
+def _thread_usage() -> tuple[float | None, int]:
+    """The calling thread's CPU seconds and voluntary context switches (None, 0 where unknown)."""
+    if _RUSAGE_THREAD is None:
+        return None, 0
+    usage = resource.getrusage(_RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
 
 
 def _topic_partition(message: Message) -> tuple[str, int]:
@@ -139,6 +156,9 @@ class Worker:
         self._releasable_total = 0
         self._room = config.window(config.pool_size)
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
+        self._inline = InlineGate(InlinePolicy(), allowed=not self._is_async)
+        self._inline_running = 0          # 1 while the poll thread runs a work item (in-flight gauge)
+        self._processor: Processor | None = None
         self._next_commit = 0.0
         self._last_commit = 0.0
         self._next_gauges = 0.0
@@ -226,6 +246,7 @@ class Worker:
             policy=config.retry, processing=self.metrics.processing, end_to_end=self.metrics.end_to_end,
             results=self._results, wake=self._wake, stopping=self._stopping,
             dead_letter_run_limit=config.breaker.max_consecutive if config.breaker.enabled else None)
+        self._processor = processor
         pool: SlotPool[Job]
         if self._is_async:
             pool = AsyncSlotPool(processor.run_job_async, config.pool_size)
@@ -234,7 +255,7 @@ class Worker:
         self._pool = pool
         pool.start()
         self.metrics.pool_size.set(config.pool_size)
-        self.metrics.in_flight.set_function(lambda: float(pool.busy()))
+        self.metrics.in_flight.set_function(lambda: float(pool.busy() + self._inline_running))
         if config.dlq_topic is not None or config.retry_topics:
             self._publisher = FailurePublisher(
                 config.producer_settings(), group_id=config.group_id, worker_id=config.worker_id,
@@ -456,8 +477,18 @@ class Worker:
 
     def _dispatch(self) -> None:
         assert self._pool is not None
+        if not self._scheduler.queued:
+            return
+        gate = self._inline
+        was_inline = gate.inline
+        if gate.update(self._seconds_per_record, time.monotonic()) != was_inline:
+            self._inline_changed()
+        if gate.inline:
+            self._run_inline()
+            if gate.inline or not self._scheduler.queued:
+                return
         capacity = self._capacity() - len(self._jobs)
-        if capacity <= 0 or not self._scheduler.queued:
+        if capacity <= 0:
             return
         per_record = max(self._seconds_per_record, 1e-7)
         largest = max(1, min(self.config.max_messages_per_item, int(MAX_ITEM_SECONDS / per_record)))
@@ -467,10 +498,57 @@ class Worker:
 
     def _submit(self, job: Job) -> None:
         assert self._pool is not None
+        self._hand_out(job)
+        self._pool.submit(job)
+
+    def _hand_out(self, job: Job) -> None:
         for segment in job.segments:
             segment.partition.out_segments += 1
         self._jobs.add(job)
-        self._pool.submit(job)
+
+    def _run_inline(self) -> None:
+        """Run one work item on the poll thread: the same run_job and the same result path as a slot.
+
+        The item is formed by the same Scheduler.take (so the ordering mode holds) and holds at
+        most the iteration's budget of estimated work; its result is booked at once, before this
+        iteration's pauses and commit.
+        """
+        assert self._processor is not None
+        gate = self._inline
+        largest = min(self.config.max_messages_per_item, gate.budget_records(self._seconds_per_record))
+        items = self._scheduler.take(1, largest, largest)
+        if not items:
+            return
+        job = Job(items[0], inline=True)
+        self._hand_out(job)
+        self._inline_running = 1
+        cpu_before, switches_before = _thread_usage()
+        began = time.perf_counter()
+        try:
+            self._processor.run_job(job)
+        except Exception:     # a bug in the runtime, not in the handler: as in a slot, log and go on
+            log.exception("inline work item crashed")
+        finally:
+            self._inline_running = 0
+        elapsed = time.perf_counter() - began
+        cpu_after, switches_after = _thread_usage()
+        self._drain_results()
+        cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+        if not gate.item_finished(elapsed, time.monotonic(), cpu_seconds=cpu, waited=switches_after > switches_before,
+                                  handed_back=job.handed_back):
+            self.metrics.inline_execution.set(0)
+            log.warning("%s: work items go to the slots again", "a record needs a retry in place" if job.handed_back
+                        else "the handler held the poll thread", extra={
+                "item_seconds": round(elapsed, 3), "cpu_seconds": None if cpu is None else round(cpu, 3),
+                "waited": switches_after > switches_before, "records": sum(len(s.messages) for s in job.segments),
+                "retry_in_place": job.handed_back, "stalls": gate.stalls,
+                "slots_for_seconds": round(gate.seconds_until_allowed(time.monotonic()), 1)})
+
+    def _inline_changed(self) -> None:
+        inline = self._inline.inline
+        self.metrics.inline_execution.set(1 if inline else 0)
+        log.info("running work items %s", "on the poll thread (fast handler)" if inline else "in the slots",
+                 extra={"seconds_per_record": round(self._seconds_per_record, 7)})
 
     # -- results ----------------------------------------------------------------------------
 
