@@ -73,7 +73,7 @@ class Stack:
 
 
 def _run_order(item: pytest.Item) -> int:
-    """Longest first: the end-to-end scenarios, then integration tests, then unit tests.
+    """Longest first: the end-to-end scenarios, tests marked slow, integration tests, then unit tests.
 
     With pytest-xdist (`make test` runs `-n`), the scenarios of minutes start at once on separate workers
     while the many short tests fill the gaps, instead of one scenario starting last and running alone.
@@ -81,9 +81,11 @@ def _run_order(item: pytest.Item) -> int:
     path = Path(str(item.fspath)).resolve()
     if (REPO / "e2e") in path.parents:
         return 0
-    if (REPO / "tests" / "integration") in path.parents:
+    if item.get_closest_marker("slow") is not None:
         return 1
-    return 2
+    if (REPO / "tests" / "integration") in path.parents:
+        return 2
+    return 3
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

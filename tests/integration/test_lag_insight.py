@@ -33,6 +33,7 @@ def record_timestamp(bootstrap: str, topic: str, partition: int, offset: int) ->
         consumer.close()
 
 
+@pytest.mark.slow
 def test_time_lag_estimate_is_within_one_sampling_interval(kafka_bootstrap: str, create_topic: Any,
                                                            unique_name: Any) -> None:
     topic, group = create_topic("timelag", partitions=1), unique_name("timelag")
@@ -71,6 +72,7 @@ def test_time_lag_estimate_is_within_one_sampling_interval(kafka_bootstrap: str,
     assert abs(estimated - truth) <= SAMPLE_INTERVAL, f"estimated {estimated:.2f}s, true {truth:.2f}s"
 
 
+@pytest.mark.slow
 def test_blocked_partition_is_stalled_excluded_and_reported(stack: Any, namespace: str, create_topic: Any,
                                                             unique_name: Any, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:

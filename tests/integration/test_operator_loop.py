@@ -134,6 +134,7 @@ FAST = {
 }
 
 
+@pytest.mark.slow
 def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namespace: str, operator: Operator,
                                                               create_topic: Any, unique_name: Any) -> None:
     topic = create_topic("op-backlog", partitions=6)
@@ -177,6 +178,7 @@ def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namesp
     assert "lagpilot_reconcile_duration_seconds_count" in text
 
 
+@pytest.mark.slow
 def test_kafka_unreachable_holds_replicas_and_says_why(stack: Any, namespace: str, operator: Operator,
                                                        unique_name: Any) -> None:
     deployment(stack, namespace, "blind", 3)
@@ -232,6 +234,7 @@ def test_template_mode_owns_its_deployment(stack: Any, namespace: str, operator:
     assert created["spec"]["replicas"] == 2
 
 
+@pytest.mark.slow
 def test_restart_resumes_without_a_spurious_scale(stack: Any, namespace: str, operator: Operator,
                                                   create_topic: Any, unique_name: Any) -> None:
     topic = create_topic("op-restart", partitions=4)

@@ -56,6 +56,7 @@ def exporter(stack: Any, unique_name: Any) -> Iterator[ExporterSeries]:
     series.server.shutdown()
 
 
+@pytest.mark.slow
 def test_prometheus_lag_drives_replicas(stack: Any, namespace: str, exporter: ExporterSeries,
                                         tmp_path: Path) -> None:
     stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(Path(__file__).parents[2] / "crds"))
@@ -85,6 +86,7 @@ def test_prometheus_lag_drives_replicas(stack: Any, namespace: str, exporter: Ex
         operator.stop()
 
 
+@pytest.mark.slow
 def test_prometheus_down_holds_replicas(stack: Any, namespace: str, unique_name: Any, tmp_path: Path) -> None:
     stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(Path(__file__).parents[2] / "crds"))
     operator = Operator(stack, namespace, tmp_path)

@@ -62,6 +62,7 @@ def clean_walkthrough(stack: Any) -> Iterator[None]:
     clean()
 
 
+@pytest.mark.slow
 def test_walkthrough_runs_and_scales(stack: Any, clean_walkthrough: None) -> None:
     env = {**stack.env(), "LAGPILOT_METRICS_PORT": str(_free_port())}
     background: list[subprocess.Popen[bytes]] = []

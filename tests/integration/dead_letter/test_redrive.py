@@ -68,6 +68,7 @@ def assert_exact_redrive(records: list[Record], expected_ids: range) -> None:
         assert in_order == sorted(in_order), f"partition {partition} out of order: {in_order}"
 
 
+@pytest.mark.slow
 def test_redrive_moves_exactly_the_snapshot_in_order(admin_config: dict[str, str], kafka_bootstrap: str,
                                                      group_id: str, topics: tuple[str, str]) -> None:
     source, dlq = topics
@@ -172,6 +173,7 @@ def children() -> Iterator[list[Child]]:
             child.kill()
 
 
+@pytest.mark.slow
 def test_redrive_killed_mid_transaction_resumes_without_duplicates(
         kafka_bootstrap: str, group_id: str, topics: tuple[str, str], tmp_path: Path,
         children: list[Child]) -> None:

@@ -67,6 +67,7 @@ def test_sasl_credentials_come_from_a_secret_that_may_appear_later(
     assert stack.kafka_sasl_password not in operator.log_text()
 
 
+@pytest.mark.slow
 def test_wrong_credentials_hold_replicas_and_leak_nowhere(
         stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
     topic, group = create_topic("op-badpw", partitions=2), unique_name("g")
@@ -87,6 +88,7 @@ def test_wrong_credentials_hold_replicas_and_leak_nowhere(
         assert wrong_password not in text, f"the password leaked into the {where}"
 
 
+@pytest.mark.slow
 def test_a_refused_login_is_reported_as_such_not_as_a_network_fault(
         stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
     # librdkafka reports a refused SASL login only through the client's error callback; the request

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 DEAD_CLUSTERS = 16
 
 
+@pytest.mark.slow
 def test_resources_on_dead_clusters_do_not_delay_a_healthy_one(
         stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
     for index in range(DEAD_CLUSTERS):

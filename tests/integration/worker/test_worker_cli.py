@@ -92,6 +92,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_leaves_the_group(
     assert not description.members
 
 
+@pytest.mark.slow
 def test_security_settings_and_credentials_from_env_and_files(
         stack: Any, create_topic: Callable[..., str], unique_name: Callable[[str], str], topics: Topics,
         workdir: Path) -> None:

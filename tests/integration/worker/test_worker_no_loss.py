@@ -91,6 +91,7 @@ def assert_nothing_lost(kafka_bootstrap: str, dlq: str, processed: Path, ids: se
     return done + dead
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Callable[..., str],
                                        unique_name: Callable[[str], str], topics: Topics, workdir: Path) -> None:
     topic = create_topic("noloss", partitions=4)
@@ -119,6 +120,7 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
     assert duplicates <= WINDOW, f"{duplicates} duplicates exceed the in-flight window of {WINDOW}"
 
 
+@pytest.mark.slow
 def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_topic: Callable[..., str],
                                                   unique_name: Callable[[str], str], topics: Topics,
                                                   workdir: Path) -> None:

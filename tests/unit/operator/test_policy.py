@@ -484,6 +484,7 @@ def assert_within_bounds(config: PolicyConfig, decision: Decision, partitions: i
         assert decision.replicas <= max(partitions, config.replicas.min)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.data())
 def test_always_within_bounds_and_never_above_partitions(history: tuple[PolicyConfig, PolicyMemory, float],
@@ -495,6 +496,7 @@ def test_always_within_bounds_and_never_above_partitions(history: tuple[PolicyCo
     assert decision.reason
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.data())
 def test_more_lag_never_yields_fewer_workers(history: tuple[PolicyConfig, PolicyMemory, float],
