@@ -68,11 +68,12 @@ def processed_lines(path: Path) -> list[tuple[str, str]]:
     return lines
 
 
-def worker(workdir: Path, kafka_bootstrap: str, group: str, topic: str, name: str, processed: Path) -> CliWorker:
+def worker(workdir: Path, kafka_bootstrap: str, group: str, topic: str, name: str, processed: Path,
+           pool: int = 8) -> CliWorker:
     env = cli_env(workdir)
     env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01")
     args = ["--handler", "losshandlers:handle", "--bootstrap-servers", kafka_bootstrap, "--group", group,
-            "--topic", topic, "--pool-size", "8", "--max-uncommitted", str(WINDOW), "--commit-interval", "0.5",
+            "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(WINDOW), "--commit-interval", "0.5",
             "--http-host", "127.0.0.1", "--http-port", "0", "--worker-id", name, "--shutdown-timeout", "20"]
     return CliWorker(args, env, workdir, workdir / f"{name}.log")
 
@@ -130,8 +131,10 @@ def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_t
     ids = {str(i) for i in range(6000)}
     produce(kafka_bootstrap, topic, [(f"k{int(i) % 300}".encode(), i.encode()) for i in sorted(ids, key=int)])
     processed = workdir / "processed.txt"
-    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed).start()
-    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed)
+    # Two slots each (~400 records/s at 5 ms a record): a is still busy when b has started and joined, however
+    # slowly a loaded machine starts b's process.
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2)
     try:
         port_a = a.http_port()
         wait_for(lambda: len(processed_lines(processed)) >= 1000, 120, "a sixth processed by worker a alone")
