@@ -103,3 +103,17 @@ class InlineGate:
 
     def seconds_until_allowed(self, now: float) -> float:
         return max(0.0, self._slots_until - now)
+
+
+def runs_directly(*, inline: bool, tier: int, in_flight: int, out_segments: int, halted: bool,
+                  breaker_closed: bool, held: int, blocked: bool, paused: bool, stopping: bool) -> bool:
+    """Whether a freshly fetched run of a partition may skip the scheduler's lanes (pure).
+
+    While the poll thread runs records itself, one after another in offset order, per-key and
+    per-partition order hold without lanes, provided nothing else of the partition is anywhere:
+    `in_flight` (records fetched and not finished, counted before this run is added) is 0 only
+    when nothing is queued, handed out, held back by the breaker or waiting for a DLQ/retry write.
+    Retry tiers (due times), an open or probing breaker, a pause and a shutdown keep the full path.
+    """
+    return (inline and tier == 0 and in_flight == 0 and out_segments == 0 and not halted and breaker_closed
+            and held == 0 and not blocked and not paused and not stopping)

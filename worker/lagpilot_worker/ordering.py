@@ -301,6 +301,18 @@ class Scheduler(Generic[P, T]):
                 lane.ready = True
                 ready.append(lane)
 
+    def hold(self, partition: P, key: bytes | None) -> Lane[P, T] | None:
+        """Mark the lane of `key` handed out although take() did not form it: its later messages wait.
+
+        For a message the poll thread ran without lanes and the breaker now holds back; release()
+        the lane when the held message is finished. None where the mode keeps no lane for it.
+        """
+        if self.mode is OrderingMode.UNORDERED or (self.mode is OrderingMode.KEY and key is None):
+            return None
+        lane = self._lane(partition, key if self.mode is OrderingMode.KEY else None)
+        lane.out = True
+        return lane
+
     def _sweep_idle_lanes(self, lanes: dict[object, Lane[P, T]]) -> None:
         # Idle lanes are kept (a hot key comes back soon, and re-creating it costs more than
         # keeping it), but keys come and go: past a bound, forget the idle ones.

@@ -34,7 +34,7 @@ from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dlq import FailurePublisher
 from .health import HealthServer
-from .inline import InlineGate, InlinePolicy
+from .inline import InlineGate, InlinePolicy, runs_directly
 from .metrics import WorkerMetrics
 from .offsets import PartitionOffsets
 from .ordering import Backpressure, Lane, OrderingMode, Scheduler, Segment, WindowLimits
@@ -113,6 +113,12 @@ class PartitionState:
         return f"PartitionState({self.topic}[{self.partition}])"
 
 
+class DirectSegment(Segment[PartitionState, Message]):
+    """A run the poll thread formed itself, without lanes, to run inline (see Worker._run_inline)."""
+
+    __slots__ = ()
+
+
 class Worker:
     """Consume `config.topics` in group `config.group_id` and run `handler` for every record.
 
@@ -158,6 +164,9 @@ class Worker:
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
         self._inline = InlineGate(InlinePolicy(), allowed=not self._is_async)
         self._inline_running = 0          # 1 while the poll thread runs a work item (in-flight gauge)
+        # Runs fetched this iteration that may skip the lanes (runs_directly), for _dispatch.
+        self._direct: list[tuple[PartitionState, list[Message]]] = []
+        self.direct_records = 0           # records run inline without lanes (read by tests)
         self._processor: Processor | None = None
         self._next_commit = 0.0
         self._last_commit = 0.0
@@ -435,6 +444,7 @@ class Worker:
             else:
                 runs[state] = run
         count = 0
+        inline = self._inline.inline
         for state, batch in runs.items():
             offsets = list(map(_offset, batch))
             last = state.tracker.last_added
@@ -445,9 +455,17 @@ class Worker:
                 offsets = [offsets[i] for i in keep]
                 if not batch:
                     continue
+            # Decided before the run is added: in_flight counts only what was there already.
+            direct = inline and runs_directly(
+                inline=True, tier=state.tier, in_flight=state.tracker.in_flight, out_segments=state.out_segments,
+                halted=state.halted, breaker_closed=state.breaker.state is BreakerState.CLOSED,
+                held=len(state.held), blocked=self._scheduler.is_blocked(state), paused=state in self._paused,
+                stopping=self._stopping.is_set())
             state.tracker.add_many(offsets)
             count += len(batch)
-            if state.tier:
+            if direct:
+                self._direct.append((state, batch))
+            elif state.tier:
                 self._ingest_retry_records(state, batch)
             elif self._keyed:
                 self._scheduler.enqueue(state, batch, list(map(_key, batch)))
@@ -477,12 +495,14 @@ class Worker:
 
     def _dispatch(self) -> None:
         assert self._pool is not None
-        if not self._scheduler.queued:
+        if not self._scheduler.queued and not self._direct:
             return
         gate = self._inline
         was_inline = gate.inline
         if gate.update(self._seconds_per_record, time.monotonic()) != was_inline:
             self._inline_changed()
+        if not gate.inline and self._direct:
+            self._queue_direct_runs()
         if gate.inline:
             self._run_inline()
             if gate.inline or not self._scheduler.queued:
@@ -509,17 +529,36 @@ class Worker:
     def _run_inline(self) -> None:
         """Run one work item on the poll thread: the same run_job and the same result path as a slot.
 
-        The item is formed by the same Scheduler.take (so the ordering mode holds) and holds at
-        most the iteration's budget of estimated work; its result is booked at once, before this
-        iteration's pauses and commit.
+        The item is formed by the same Scheduler.take (so the ordering mode holds), topped up with
+        this iteration's direct runs (runs_directly: nothing else of their partition exists, so
+        records run one after another in offset order need no lanes), and holds at most the
+        iteration's budget of estimated work; its result is booked at once, before this
+        iteration's pauses and commit. What the budget leaves of the direct runs is queued after
+        the result is booked, so a tail put back by the result stays ahead of it.
         """
         assert self._processor is not None
         gate = self._inline
         largest = min(self.config.max_messages_per_item, gate.budget_records(self._seconds_per_record))
         items = self._scheduler.take(1, largest, largest)
-        if not items:
+        segments: list[Segment[PartitionState, Message]] = items[0] if items else []
+        rests: list[tuple[PartitionState, list[Message]]] = []
+        if self._direct:
+            room = largest - sum(len(segment.messages) for segment in segments)
+            for state, batch in self._direct:
+                self.direct_records += min(room, len(batch)) if room > 0 else 0
+                if room >= len(batch):
+                    segments.append(DirectSegment(state, batch, []))
+                    room -= len(batch)
+                elif room > 0:
+                    segments.append(DirectSegment(state, batch[:room], []))
+                    rests.append((state, batch[room:]))
+                    room = 0
+                else:
+                    rests.append((state, batch))
+            self._direct = []
+        if not segments:
             return
-        job = Job(items[0], inline=True)
+        job = Job(segments, inline=True)
         self._hand_out(job)
         self._inline_running = 1
         cpu_before, switches_before = _thread_usage()
@@ -533,6 +572,9 @@ class Worker:
         elapsed = time.perf_counter() - began
         cpu_after, switches_after = _thread_usage()
         self._drain_results()
+        for state, rest in rests:
+            if not state.revoked:
+                self._enqueue(state, rest)
         cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
         if not gate.item_finished(elapsed, time.monotonic(), cpu_seconds=cpu, waited=switches_after > switches_before,
                                   handed_back=job.handed_back):
@@ -543,6 +585,13 @@ class Worker:
                 "waited": switches_after > switches_before, "records": sum(len(s.messages) for s in job.segments),
                 "retry_in_place": job.handed_back, "stalls": gate.stalls,
                 "slots_for_seconds": round(gate.seconds_until_allowed(time.monotonic()), 1)})
+
+    def _queue_direct_runs(self) -> None:
+        """Inline execution ended: this iteration's direct runs take the lanes after all."""
+        direct, self._direct = self._direct, []
+        for state, batch in direct:
+            if not state.revoked:
+                self._enqueue(state, batch)
 
     def _inline_changed(self) -> None:
         inline = self._inline.inline
@@ -582,9 +631,14 @@ class Worker:
                     processed += settled
                 if handled < len(messages) and self._states.get((state.topic, state.partition)) is state \
                         and not self._stopping.is_set():
-                    # Not run (a slot gave up unexpectedly): run it again, in order.
+                    # Not run (a slot gave up unexpectedly, a retry in place handed back): run it again, in order.
                     tail = messages[handled:]
-                    scheduler.requeue(segment, tail, [m.key() for m in tail] if self._keyed else None, held)
+                    if type(segment) is DirectSegment:
+                        # It took no lanes and nothing else of its partition is queued (runs_directly;
+                        # the rest of its run is queued after this): queued afresh, it stays in order.
+                        self._enqueue(state, tail)
+                    else:
+                        scheduler.requeue(segment, tail, [m.key() for m in tail] if self._keyed else None, held)
                 elif held:
                     for lane in segment.lanes:
                         if id(lane) not in held:
@@ -619,9 +673,16 @@ class Worker:
             breaker.record_successes(successes)
             settled += successes
             successes = 0
-            lane = self._scheduler.lane_for(segment, message.key() if self._keyed else None)
-            if self._on_failure(state, lane, message, failure) and lane is not None:
-                held.add(id(lane))
+            key = message.key() if self._keyed else None
+            lane = self._scheduler.lane_for(segment, key)
+            if self._on_failure(state, lane, message, failure):
+                if type(segment) is DirectSegment:
+                    # Ran without a lane: take one now, so the key's later records wait behind the
+                    # held record as they would behind a lane handed out by take().
+                    lane = self._scheduler.hold(state, key)
+                    state.held[-1] = (message, lane)
+                if lane is not None:
+                    held.add(id(lane))
         breaker.record_successes(successes)
         settled += successes
         state.tracker.done_many(done)

@@ -13,7 +13,7 @@ from confluent_kafka import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lagpilot_worker.inline import InlineGate, InlinePolicy
+from lagpilot_worker.inline import InlineGate, InlinePolicy, runs_directly
 from lagpilot_worker.metrics import WorkerMetrics
 from lagpilot_worker.ordering import Segment
 from lagpilot_worker.processing import Job, JobResult, Processor
@@ -201,3 +201,45 @@ def test_inline_failure_without_retry_in_place_is_booked_as_in_a_slot() -> None:
     [(handled, failures), second] = result.segments
     assert handled == 5 and second == (3, None)
     assert failures is not None and [f.index for f in failures] == [2]
+
+
+# -- runs_directly: when a fetched run may skip the key lanes ---------------------------------
+
+DIRECT_OK: dict[str, object] = {"inline": True, "tier": 0, "in_flight": 0, "out_segments": 0, "halted": False,
+                                "breaker_closed": True, "held": 0, "blocked": False, "paused": False,
+                                "stopping": False}
+
+
+def test_a_run_of_an_idle_partition_runs_directly_while_inline() -> None:
+    assert runs_directly(**DIRECT_OK)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("inline", False, "slots run items concurrently: lanes keep the order"),
+    ("tier", 1, "retry-tier records wait for their due time"),
+    ("in_flight", 1, "earlier records of the partition are queued, handed out, held or being written"),
+    ("out_segments", 1, "a slot holds records of the partition"),
+    ("halted", True, "the breaker stopped the partition"),
+    ("breaker_closed", False, "an open or probing breaker decides what runs"),
+    ("held", 2, "the breaker holds records back"),
+    ("blocked", True, "the scheduler hands out nothing of the partition"),
+    ("paused", True, "the partition is paused"),
+    ("stopping", True, "shutting down: start nothing new"),
+])
+def test_any_other_state_keeps_the_lanes(field: str, value: object, why: str) -> None:
+    assert not runs_directly(**{**DIRECT_OK, field: value}), why  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(inline=st.booleans(), tier=st.integers(0, 3), in_flight=st.integers(0, 5), out_segments=st.integers(0, 3),
+       halted=st.booleans(), breaker_closed=st.booleans(), held=st.integers(0, 3), blocked=st.booleans(),
+       paused=st.booleans(), stopping=st.booleans())
+def test_runs_directly_only_when_every_condition_holds(
+        inline: bool, tier: int, in_flight: int, out_segments: int, halted: bool, breaker_closed: bool, held: int,
+        blocked: bool, paused: bool, stopping: bool) -> None:
+    decided = runs_directly(inline=inline, tier=tier, in_flight=in_flight, out_segments=out_segments, halted=halted,
+                            breaker_closed=breaker_closed, held=held, blocked=blocked, paused=paused,
+                            stopping=stopping)
+    expected = (inline and tier == 0 and in_flight == 0 and out_segments == 0 and not halted and breaker_closed
+                and held == 0 and not blocked and not paused and not stopping)
+    assert decided == expected

@@ -322,3 +322,33 @@ def test_idle_lanes_are_forgotten_past_the_bound(monkeypatch: pytest.MonkeyPatch
         enqueue(s, 0, "abcdefghijklmnopqrstuvwxyz"[offset % 26], first_offset=offset)
         release_all(s, s.take(1, 10))
         assert len(s._lanes[0]) <= 6       # the bound, plus the lane just created
+
+
+# -- hold: a lane taken for a message that ran without one ----------------------------------------
+
+def test_hold_keeps_later_messages_of_the_key_behind_the_held_one() -> None:
+    s: Sched = Scheduler(OrderingMode.KEY)
+    lane = s.hold(0, b"a")
+    assert lane is not None
+    enqueue(s, 0, "aab", first_offset=10)
+    [item] = s.take(4, 100)
+    assert [m for seg in item for m in seg.messages] == [(0, 12, "b")], "key a must wait for the held message"
+    s.release(lane)
+    [item] = s.take(4, 100)
+    assert [m for seg in item for m in seg.messages] == [(0, 10, "a"), (0, 11, "a")]
+
+
+def test_hold_in_partition_mode_holds_the_partition() -> None:
+    s: Sched = Scheduler(OrderingMode.PARTITION)
+    lane = s.hold(0, b"a")
+    assert lane is not None
+    s.enqueue(0, [(0, 5, "x")])
+    s.enqueue(1, [(1, 5, "y")])
+    assert [m for item in s.take(4, 100) for seg in item for m in seg.messages] == [(1, 5, "y")]
+    s.release(lane)
+    assert [m for item in s.take(4, 100) for seg in item for m in seg.messages] == [(0, 5, "x")]
+
+
+@pytest.mark.parametrize(("mode", "key"), [(OrderingMode.UNORDERED, b"a"), (OrderingMode.KEY, None)])
+def test_hold_without_an_ordering_promise_holds_nothing(mode: OrderingMode, key: bytes | None) -> None:
+    assert Scheduler[int, Msg](mode).hold(0, key) is None
