@@ -88,8 +88,27 @@ def _run_order(item: pytest.Item) -> int:
     return 3
 
 
+LONG_RUNNING = 1   # _run_order of the slow-marked tests: this and below run for tens of seconds or more
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first, and every long test followed by a unit test.
+
+    `make test` runs pytest-xdist's `load` scheduling with `--maxschedchunk 1`: each worker holds
+    the test it runs and the next one, and takes the next from the front of this list when one
+    ends. A long test queued behind another long one on a busy worker would run late while other
+    workers idle; queued behind a unit test of milliseconds, the next long test goes to whichever
+    worker is free first (longest-processing-time-first scheduling).
+    """
     items.sort(key=_run_order)  # stable: the order within each kind stays as collected
+    long_running = [item for item in items if _run_order(item) <= LONG_RUNNING]
+    unit = [item for item in items if _run_order(item) == 3]
+    if not long_running or len(unit) < len(long_running):
+        return
+    fillers = unit[:len(long_running)]
+    placed = set(long_running) | set(fillers)
+    rest = [item for item in items if item not in placed]
+    items[:] = [item for pair in zip(long_running, fillers, strict=True) for item in pair] + rest
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
