@@ -68,7 +68,7 @@ def test_topics_created_with_requested_partitions_and_configs(admin_config: dict
         assert partition_count(kafka_admin, name) == 3
         assert topic_level_configs(kafka_admin, name) == {"retention.ms": "3600000", "cleanup.policy": "delete"}
     assert all(t["exists"] and t["partitions"] == 3 and t["messages"] == 0
-               for t in topics_of(outcome))
+               for t in topics_of(outcome)), outcome
     assert (outcome.condition.type, outcome.condition.status, outcome.condition.reason) == (
         "DeadLetterReady", "True", "Ready")
     assert sorted(e.reason for e in outcome.events) == ["TopicCreated"] * 3
