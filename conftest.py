@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # `support` for tests/ and e2e/
-from support import release_finalizers, wait_for
+from support import release_finalizers, wait_for, wait_for_group_coordinator
 from support import unique_name as _unique_name
 
 REPO = Path(__file__).resolve().parent
@@ -130,6 +130,7 @@ def stack() -> Stack:
     env_file = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack")) / "env"
     values = _read_env_file(env_file)
     stack_dir = Path(values["LAGPILOT_STACK_DIR"])
+    wait_for_group_coordinator(values["KAFKA_BOOTSTRAP_SERVERS"])
     return Stack(
         kubeconfig=values["KUBECONFIG"],
         kafka_bootstrap=values["KAFKA_BOOTSTRAP_SERVERS"],

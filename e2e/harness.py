@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client, watch
 
 from e2e.loadgen import Ledger, LoadGenerator, LoadResult, Profile
-from support import unique_name, wait_for
+from support import unique_name, wait_for, wait_for_group_coordinator
 
 REPO = Path(__file__).resolve().parent.parent
 E2E_DIR = Path(__file__).resolve().parent
@@ -510,30 +510,7 @@ class PrivateBroker:
         return self
 
     def _wait_for_group_coordinator(self, timeout: float = 90) -> None:
-        """A fresh broker creates __consumer_offsets on the first group request; wait until a group commits.
-
-        Until then every consumer group and the operator's offset reads wait on the coordinator; started
-        among busy scenarios that took longer than a scenario's first scale-up may.
-        """
-        from confluent_kafka import Consumer, TopicPartition
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-        topic = unique_name("warm-up")
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=30)[topic].result(timeout=60)
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": unique_name("warm-up")})
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
-                    return
-                except Exception as exc:  # the coordinator is not there yet: retry until the deadline
-                    if time.monotonic() >= deadline:
-                        raise RuntimeError(f"the private broker's group coordinator never answered: {exc}") from exc
-                    time.sleep(0.5)
-        finally:
-            consumer.close()
+        wait_for_group_coordinator(self.bootstrap, timeout)
 
     def stop(self) -> None:
         # `down` with this folder stops what its pidfiles name: only this broker.

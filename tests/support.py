@@ -47,3 +47,33 @@ def release_finalizers(stack: Any, namespace: str) -> None:
     for resource in found.stdout.split() if found.returncode == 0 else []:
         stack.kubectl("patch", resource, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
                       check=False)
+
+
+def wait_for_group_coordinator(bootstrap: str, timeout: float = 120) -> None:
+    """A fresh broker creates __consumer_offsets (50 partitions) on the first group request; wait until a
+    group commits.
+
+    Until then every consumer group and the operator's offset and DLQ reads wait on the coordinator: on a
+    broker started moments ago, with every test starting at once, that took longer than a test's first
+    reconcile may (a cold run's first DLQ checks timed out while warm runs passed).
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    topic = unique_name("warm-up")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=30)[topic].result(timeout=60)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("warm-up")})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+                break
+            except KafkaException as exc:  # the coordinator is not there yet: retry until the deadline
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"the group coordinator of {bootstrap} never answered: {exc}") from exc
+                time.sleep(0.5)
+    finally:
+        consumer.close()
+        admin.delete_topics([topic], operation_timeout=30)
