@@ -506,11 +506,8 @@ class PrivateBroker:
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"the private Kafka broker did not start:\n{result.stderr[-3000:]}")
-        self._wait_for_group_coordinator()
+        wait_for_group_coordinator(self.bootstrap, 90)
         return self
-
-    def _wait_for_group_coordinator(self, timeout: float = 90) -> None:
-        wait_for_group_coordinator(self.bootstrap, timeout)
 
     def stop(self) -> None:
         # `down` with this folder stops what its pidfiles name: only this broker.

@@ -11,7 +11,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import pytest
-from worker_testkit import Topics, committed_offsets, metric, produce, read_topic, running_worker
+from worker_testkit import (
+    Topics,
+    assert_each_record_ran_once_in_order_and_committed,
+    committed_offsets,
+    metric,
+    produce,
+    read_topic,
+    running_worker,
+)
 
 from lagpilot_contract import naming
 from lagpilot_worker import runtime
@@ -51,10 +59,6 @@ def records(count: int, start: int = 0) -> list[tuple[bytes | None, bytes | None
     return [(f"k{i % KEYS}".encode(), str(i).encode()) for i in range(start, start + count)]
 
 
-def ends_of(offsets: dict[tuple[int, bytes | None], list[int]]) -> dict[int, int | None]:
-    return {p: 1 + max(o for (part, _), seen in offsets.items() if part == p for o in seen) for p in range(PARTITIONS)}
-
-
 def test_key_mode_direct_runs_once_in_order_and_commit(
         kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str],
         generous_inline: None) -> None:
@@ -83,12 +87,7 @@ def test_key_mode_direct_runs_once_in_order_and_commit(
         wait_for(lambda: metric(port, "lagpilot_worker_messages_processed_total") == count, 60, "all processed")
         direct = worker.direct_records - before
         assert direct > (count - warm_up) // 2, f"only {direct} records skipped the lanes"
-        ends = ends_of(seen)
-        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == ends, 30,
-                 "every offset committed")
-    assert sum(len(offsets) for offsets in seen.values()) == count, "a record ran twice or not at all"
-    for lane, offsets in seen.items():
-        assert offsets == sorted(offsets), f"{lane} ran out of order"
+        assert_each_record_ran_once_in_order_and_committed(kafka_bootstrap, group, topic, PARTITIONS, seen, count)
 
 
 def test_failures_in_direct_runs_keep_the_documented_order(
@@ -218,9 +217,4 @@ def test_handler_turning_slow_falls_back_to_the_slots_in_order(
         wait_for(lambda: metric(port, "lagpilot_worker_messages_processed_total") == count, 60, "all processed")
         assert stalled == ["test-worker"], "the slow record did not run on the poll thread"
         assert metric(port, "lagpilot_worker_inline_execution") == 0, "inline execution did not end"
-        ends = ends_of(seen)
-        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == ends, 30,
-                 "every offset committed")
-    assert sum(len(offsets) for offsets in seen.values()) == count, "a record ran twice or not at all"
-    for lane, offsets in seen.items():
-        assert offsets == sorted(offsets), f"{lane} ran out of order"
+        assert_each_record_ran_once_in_order_and_committed(kafka_bootstrap, group, topic, PARTITIONS, seen, count)

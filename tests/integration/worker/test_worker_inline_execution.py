@@ -11,7 +11,13 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import pytest
-from worker_testkit import committed_offsets, http_get, metric, produce, running_worker
+from worker_testkit import (
+    assert_each_record_ran_once_in_order_and_committed,
+    http_get,
+    metric,
+    produce,
+    running_worker,
+)
 
 from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
@@ -59,13 +65,7 @@ def test_fast_handler_runs_inline_in_order_and_commits(
         assert metric(port, "lagpilot_worker_pool_size") == 4
         assert metric(port, "lagpilot_worker_in_flight") == 0
         assert http_get(port, "/readyz")[0] == 200
-        ends = {p: 1 + max(o for (part, _), offsets in seen.items() if part == p for o in offsets)
-                for p in range(PARTITIONS)}
-        wait_for(lambda: committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == ends, 30,
-                 "every offset committed")
-    assert sum(len(offsets) for offsets in seen.values()) == count, "a record ran twice or not at all"
-    for lane, offsets in seen.items():
-        assert offsets == sorted(offsets), f"{lane} ran out of order"
+        assert_each_record_ran_once_in_order_and_committed(kafka_bootstrap, group, topic, PARTITIONS, seen, count)
 
 
 def test_handler_that_blocks_sends_work_back_to_the_slots(

@@ -137,6 +137,20 @@ class Topics:
                     print(f"cleanup: {exc}")
 
 
+def assert_each_record_ran_once_in_order_and_committed(
+        bootstrap: str, group: str, topic: str, partitions: int,
+        seen: dict[tuple[int, bytes | None], list[int]], count: int) -> None:
+    """`seen`: (partition, key) -> offsets in the order the handler ran them. Waits until the group
+    has committed past the last offset of every partition, then checks each record ran exactly once
+    and each lane (key, or partition) in offset order."""
+    ends = {p: 1 + max(o for (part, _), offsets in seen.items() if part == p for o in offsets)
+            for p in range(partitions)}
+    wait_for(lambda: committed_offsets(bootstrap, group, topic, partitions) == ends, 30, "every offset committed")
+    assert sum(len(offsets) for offsets in seen.values()) == count, "a record ran twice or not at all"
+    for lane, offsets in seen.items():
+        assert offsets == sorted(offsets), f"{lane} ran out of order"
+
+
 @contextmanager
 def running_worker(config: WorkerConfig, handler: Callable[[Record], Any],
                    pool_size_source: PoolSizeSource | None = None) -> Iterator[Worker]:
