@@ -435,15 +435,26 @@ def java_cmd(main: str, *args: str, heap: str = "512m") -> list[str]:
     ]
 
 
+def new_kafka_cluster_id(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """A random KRaft cluster id (a base64url UUID) that does not start with '-'.
+
+    One id in 64 would, and kafka-storage's argument parser reads such a value as an option, so
+    `format -t -abc...` fails; Kafka's own Uuid.randomUuid() skips those ids for the same reason.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def prepare_kafka() -> list[str]:
     config = STATE / "kafka"
     shutil.rmtree(config / "data", ignore_errors=True)  # a throwaway broker: fresh data each start
     config.mkdir(parents=True, exist_ok=True)
     (config / "server.properties").write_text(kafka_properties())
     (config / "log4j2.yaml").write_text(kafka_log4j())
-    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
-    run(java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config / "server.properties"),
-                 heap="256m"), what="format kafka storage")
+    run(java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={new_kafka_cluster_id()}",
+                 "-c", str(config / "server.properties"), heap="256m"), what="format kafka storage")
     return java_cmd("kafka.Kafka", str(config / "server.properties"))
 
 

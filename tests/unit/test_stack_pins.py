@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import re
+import sys
 from pathlib import Path
+
+import pytest
 
 HACK = Path(__file__).resolve().parents[2] / "hack"
 
@@ -31,3 +36,17 @@ def test_kafka_pom_defaults_match_pins() -> None:
     pom = (HACK / "kafka" / "pom.xml").read_text()
     assert f"<kafka.version>{pins()['KAFKA_VERSION']}</kafka.version>" in pom
     assert f"<log4j.version>{pins()['LOG4J_VERSION']}</log4j.version>" in pom
+
+
+def test_kafka_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A dash-first id made `kafka-storage format -t <id>` fail in CI (argparse read it as an option).
+    spec = importlib.util.spec_from_file_location("lagpilot_stack", HACK / "stack.py")
+    assert spec is not None and spec.loader is not None
+    stack = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, stack)  # dataclasses look their module up there
+    spec.loader.exec_module(stack)
+    dash_first = b"\xf8" + bytes(15)  # base64url of 0b111110... is '-'
+    draws = iter([dash_first, dash_first, bytes(range(16))])
+    cluster_id = stack.new_kafka_cluster_id(lambda size: next(draws))
+    assert cluster_id == base64.urlsafe_b64encode(bytes(range(16))).decode().rstrip("=")
+    assert len(cluster_id) == 22
