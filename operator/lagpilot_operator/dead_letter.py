@@ -165,6 +165,19 @@ class DeadLetterOutcome:
     events: tuple[EventMaterial, ...] = ()
     messages_by_topic: Mapping[str, int] = field(default_factory=dict)
     """Depth per managed topic (for the `lagpilot_dlq_messages{topic}` gauge)."""
+    kafka_failed: bool = False
+    """A Kafka call failed, so the status may be stale: look again on the next poll."""
+
+
+def dead_letter_check_due(now: float, checked_at: float, interval: float, *, reported: bool,
+                          last_failed: bool) -> bool:
+    """Whether the next reconcile looks at the DLQ and retry topics again (pure).
+
+    Every `interval` seconds (topic metadata is slow to change and each look costs admin calls),
+    but at once while nothing was reported yet or the last look failed: a timeout on a busy or just
+    restarted broker would otherwise leave stale topics in the status for a whole interval.
+    """
+    return not reported or last_failed or now - checked_at >= interval
 
 
 def _rfc3339(epoch_ms: int | None) -> str | None:
@@ -299,7 +312,7 @@ def reconcile_dead_letter(
     except TopicAccessError as exc:
         log.warning("dead-letter topics of group %s: %s", group_id, exc)
         status = dict(previous_status) if previous_status is not None else {"topics": []}
-        return DeadLetterOutcome(status, ready_condition(topics, {}, [], [exc], now))
+        return DeadLetterOutcome(status, ready_condition(topics, {}, [], [exc], now), kafka_failed=True)
 
     for plan in plan_topics(desired, observed):
         refusals.extend(plan.refusals)  # reported by the condition, not by an event per reconcile
@@ -320,7 +333,7 @@ def reconcile_dead_letter(
         errors.append(exc)
         if previous_status is not None:  # keep the last good depths rather than report zeros
             return DeadLetterOutcome(dict(previous_status), ready_condition(topics, {}, refusals, errors, now),
-                                     tuple(events))
+                                     tuple(events), kafka_failed=True)
         depths = {name: TopicDepth(name, o.exists, o.partitions) for name, o in observed.items()}
 
     events.extend(growth_events(topics, depths, previous_status, memory, now))
@@ -330,6 +343,7 @@ def reconcile_dead_letter(
         ready_condition(topics, depths, refusals, errors, now),
         tuple(events),
         {name: depth.messages for name, depth in depths.items() if depth.exists},
+        kafka_failed=bool(errors),
     )
 
 

@@ -22,7 +22,13 @@ from pydantic import ValidationError
 from lagpilot_operator import kafka_lag, kube_io, models, prom_lag
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
-from lagpilot_operator.dead_letter import DeadLetterMemory, dead_letter_settings, reconcile_dead_letter, worker_env
+from lagpilot_operator.dead_letter import (
+    DeadLetterMemory,
+    dead_letter_check_due,
+    dead_letter_settings,
+    reconcile_dead_letter,
+    worker_env,
+)
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
@@ -51,6 +57,7 @@ class ResourceState:
     stuck: frozenset[tuple[str, int]] = frozenset()
     dead_letter_memory: DeadLetterMemory = field(default_factory=DeadLetterMemory)
     dead_letter_checked_at: float = 0.0
+    dead_letter_failed: bool = False
     dead_letter_status: dict[str, Any] | None = None
     dead_letter_condition: tuple[str, str, str] | None = None
 
@@ -310,11 +317,13 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
     if not dl.enabled:
         state.dead_letter_condition = None
         return
-    if now - state.dead_letter_checked_at >= DEAD_LETTER_INTERVAL_SECONDS or state.dead_letter_status is None:
+    if dead_letter_check_due(now, state.dead_letter_checked_at, DEAD_LETTER_INTERVAL_SECONDS,
+                             reported=state.dead_letter_status is not None, last_failed=state.dead_letter_failed):
         outcome = await asyncio.to_thread(reconcile_dead_letter, settings, spec.group_id, list(spec.topics),
                                           spec.dead_letter, now, previous_status=previous.get("deadLetter"),
                                           memory=state.dead_letter_memory)
         state.dead_letter_checked_at = now
+        state.dead_letter_failed = outcome.kafka_failed
         state.dead_letter_status = outcome.status
         state.dead_letter_condition = (outcome.condition.status, outcome.condition.reason, outcome.condition.message)
         for event in outcome.events:

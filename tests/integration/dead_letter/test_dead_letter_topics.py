@@ -127,6 +127,7 @@ def test_replication_factor_change_is_refused(admin_config: dict[str, str], grou
     reconcile(admin_config, group_id, spec(retryTiers=[]))
     outcome = reconcile(admin_config, group_id, spec(retryTiers=[], replicationFactor=2))
     assert (outcome.condition.status, outcome.condition.reason) == ("False", "NotSupported")
+    assert not outcome.kafka_failed  # a refusal is not retried before the interval: asking again changes nothing
     assert "replication factor" in outcome.condition.message
 
 
@@ -193,5 +194,6 @@ def test_authorization_failure_is_a_condition_with_the_cause(stack: Any, denied_
     }
     outcome = reconcile(sasl_config, denied_prefix, spec(retryTiers=[]))
     assert (outcome.condition.status, outcome.condition.reason) == ("False", "AuthorizationFailed")
+    assert outcome.kafka_failed  # the operator looks again on the next poll
     assert "TOPIC_AUTHORIZATION_FAILED" in outcome.condition.message
     assert dead_letter_topic(denied_prefix) in outcome.condition.message
