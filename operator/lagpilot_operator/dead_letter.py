@@ -169,15 +169,14 @@ class DeadLetterOutcome:
     """A Kafka call failed, so the status may be stale: look again on the next poll."""
 
 
-def dead_letter_check_due(now: float, checked_at: float, interval: float, *, reported: bool,
-                          last_failed: bool) -> bool:
-    """Whether the next reconcile looks at the DLQ and retry topics again (pure).
+def next_dead_letter_check(now: float, interval: float, *, kafka_failed: bool) -> float:
+    """When the reconcile loop looks at the DLQ and retry topics again, after a look at `now` (pure).
 
-    Every `interval` seconds (topic metadata is slow to change and each look costs admin calls),
-    but at once while nothing was reported yet or the last look failed: a timeout on a busy or just
-    restarted broker would otherwise leave stale topics in the status for a whole interval.
+    After `interval` seconds (topic metadata is slow to change and each look costs admin calls), but
+    on the next poll when the look failed: a timeout on a busy or just restarted broker would
+    otherwise leave stale topics in the status for a whole interval.
     """
-    return not reported or last_failed or now - checked_at >= interval
+    return now if kafka_failed else now + interval
 
 
 def _rfc3339(epoch_ms: int | None) -> str | None:

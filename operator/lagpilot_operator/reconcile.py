@@ -24,8 +24,8 @@ from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
     DeadLetterMemory,
-    dead_letter_check_due,
     dead_letter_settings,
+    next_dead_letter_check,
     reconcile_dead_letter,
     worker_env,
 )
@@ -56,8 +56,8 @@ class ResourceState:
     failures: int = 0
     stuck: frozenset[tuple[str, int]] = frozenset()
     dead_letter_memory: DeadLetterMemory = field(default_factory=DeadLetterMemory)
-    dead_letter_checked_at: float = 0.0
-    dead_letter_failed: bool = False
+    dead_letter_due_at: float = 0.0
+    """When the next reconcile looks at the DLQ and retry topics (0: on the next poll)."""
     dead_letter_status: dict[str, Any] | None = None
     dead_letter_condition: tuple[str, str, str] | None = None
 
@@ -317,13 +317,12 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
     if not dl.enabled:
         state.dead_letter_condition = None
         return
-    if dead_letter_check_due(now, state.dead_letter_checked_at, DEAD_LETTER_INTERVAL_SECONDS,
-                             reported=state.dead_letter_status is not None, last_failed=state.dead_letter_failed):
+    if now >= state.dead_letter_due_at or state.dead_letter_status is None:
         outcome = await asyncio.to_thread(reconcile_dead_letter, settings, spec.group_id, list(spec.topics),
                                           spec.dead_letter, now, previous_status=previous.get("deadLetter"),
                                           memory=state.dead_letter_memory)
-        state.dead_letter_checked_at = now
-        state.dead_letter_failed = outcome.kafka_failed
+        state.dead_letter_due_at = next_dead_letter_check(now, DEAD_LETTER_INTERVAL_SECONDS,
+                                                          kafka_failed=outcome.kafka_failed)
         state.dead_letter_status = outcome.status
         state.dead_letter_condition = (outcome.condition.status, outcome.condition.reason, outcome.condition.message)
         for event in outcome.events:
@@ -341,7 +340,7 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
         if progress is not None:
             status["redrive"] = progress.to_status()
             if progress.state.value in ("Pending", "Running"):
-                state.dead_letter_checked_at = 0.0  # keep the redrive moving on the next poll
+                state.dead_letter_due_at = 0.0  # keep the redrive moving on the next poll
 
 
 def _export(namespace: str, name: str, sample: LagSample | None, decision: Decision,

@@ -6,26 +6,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lagpilot_operator.dead_letter import dead_letter_check_due
+from lagpilot_operator.dead_letter import next_dead_letter_check
 
 INTERVAL = 30.0
 
 
-@pytest.mark.parametrize(("since_check", "reported", "last_failed", "due"), [
-    (0.0, False, False, True),      # nothing in the status yet
-    (5.0, True, False, False),      # a good look 5 s ago: wait for the interval
-    (29.9, True, False, False),
-    (30.0, True, False, True),
-    (5.0, True, True, True),        # the last look failed (timeout, ACL): look again now
+@pytest.mark.parametrize(("since_look", "kafka_failed", "due"), [
+    (5.0, False, False),      # a good look 5 s ago: wait for the interval
+    (29.9, False, False),
+    (30.0, False, True),
+    (5.0, True, True),        # the last look failed (timeout, ACL): look again now
 ])
-def test_check_due(since_check: float, reported: bool, last_failed: bool, due: bool) -> None:
-    checked_at = 1_000.0
-    assert dead_letter_check_due(checked_at + since_check, checked_at, INTERVAL, reported=reported,
-                                 last_failed=last_failed) is due
+def test_check_due(since_look: float, kafka_failed: bool, due: bool) -> None:
+    looked_at = 1_000.0
+    due_at = next_dead_letter_check(looked_at, INTERVAL, kafka_failed=kafka_failed)
+    assert (looked_at + since_look >= due_at) is due
 
 
-@given(since_check=st.floats(min_value=0, max_value=1e6), reported=st.booleans(), last_failed=st.booleans())
-def test_a_good_report_is_kept_for_less_than_one_interval_only(since_check: float, reported: bool,
-                                                              last_failed: bool) -> None:
-    due = dead_letter_check_due(since_check, 0.0, INTERVAL, reported=reported, last_failed=last_failed)
-    assert due or (reported and not last_failed and since_check < INTERVAL)
+@given(looked_at=st.floats(min_value=0, max_value=1e6), since_look=st.floats(min_value=0, max_value=1e6),
+       kafka_failed=st.booleans())
+def test_a_good_report_is_kept_for_less_than_one_interval_only(looked_at: float, since_look: float,
+                                                              kafka_failed: bool) -> None:
+    due = looked_at + since_look >= next_dead_letter_check(looked_at, INTERVAL, kafka_failed=kafka_failed)
+    assert due or (not kafka_failed and since_look < INTERVAL)
