@@ -85,10 +85,11 @@ def _run_order(item: pytest.Item) -> int:
         return 1
     if (REPO / "tests" / "integration") in path.parents:
         return 2
-    return 3
+    return UNIT
 
 
 LONG_RUNNING = 1   # _run_order of the slow-marked tests: this and below run for tens of seconds or more
+UNIT = 3
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -100,9 +101,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     workers idle; queued behind a unit test of milliseconds, the next long test goes to whichever
     worker is free first (longest-processing-time-first scheduling).
     """
-    items.sort(key=_run_order)  # stable: the order within each kind stays as collected
-    long_running = [item for item in items if _run_order(item) <= LONG_RUNNING]
-    unit = [item for item in items if _run_order(item) == 3]
+    order = {item: _run_order(item) for item in items}
+    items.sort(key=order.__getitem__)  # stable: the order within each kind stays as collected
+    long_running = [item for item in items if order[item] <= LONG_RUNNING]
+    unit = [item for item in items if order[item] == UNIT]
     if not long_running or len(unit) < len(long_running):
         return
     fillers = unit[:len(long_running)]
