@@ -58,12 +58,17 @@ _AUTHORIZATION_CODES = frozenset({
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
 })
 # What a partition answers while its leadership settles (new topic, added partitions, failover).
+# librdkafka does not mark all of them retriable: UNKNOWN_LEADER_EPOCH comes when the client's
+# metadata already names a leader epoch the partition leader has not applied yet.
 _SETTLING_CODES = frozenset({
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.REPLICA_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.OFFSET_NOT_AVAILABLE,
 })
 _AUTHENTICATION_CODES = frozenset({KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION})
 
@@ -280,6 +285,11 @@ class PartitionRange:
         return max(0, self.end - self.start)
 
 
+def is_settling(error: KafkaError | None) -> bool:
+    """True for an error that goes away by itself once partition leadership settles."""
+    return error is not None and (error.retriable() or error.code() in _SETTLING_CODES)
+
+
 def list_partition_ranges(admin: AdminClient, partitions: Mapping[str, int],
                           timeout: float = DEFAULT_TIMEOUT_SECONDS) -> dict[str, list[PartitionRange]]:
     """Start and end offsets of every partition of each topic (topic → partition count given).
@@ -298,9 +308,7 @@ def list_partition_ranges(admin: AdminClient, partitions: Mapping[str, int],
             ends = _list_offsets(admin, tps, OffsetSpec.latest(), timeout)  # type: ignore[no-untyped-call]
             break
         except KafkaException as exc:
-            error = kafka_error_of(exc)
-            transient = error is not None and (error.retriable() or error.code() in _SETTLING_CODES)
-            if not transient or time.monotonic() >= deadline:
+            if not is_settling(kafka_error_of(exc)) or time.monotonic() >= deadline:
                 topic = next(iter(partitions))
                 raise access_error("list offsets of topic", topic, exc) from exc
             time.sleep(0.2)
