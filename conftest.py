@@ -72,6 +72,11 @@ class Stack:
         return path
 
 
+# Run order of each kind of test (lower runs first).
+E2E, SLOW, INTEGRATION, UNIT = 0, 1, 2, 3
+LONG_RUNNING = SLOW  # this and below run for tens of seconds or more
+
+
 def _run_order(item: pytest.Item) -> int:
     """Longest first: the end-to-end scenarios, tests marked slow, integration tests, then unit tests.
 
@@ -80,16 +85,13 @@ def _run_order(item: pytest.Item) -> int:
     """
     path = Path(str(item.fspath)).resolve()
     if (REPO / "e2e") in path.parents:
-        return 0
+        return E2E
     if item.get_closest_marker("slow") is not None:
-        return 1
+        return SLOW
     if (REPO / "tests" / "integration") in path.parents:
-        return 2
+        return INTEGRATION
     return UNIT
 
-
-LONG_RUNNING = 1   # _run_order of the slow-marked tests: this and below run for tens of seconds or more
-UNIT = 3
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
