@@ -294,8 +294,8 @@ def list_partition_ranges(admin: AdminClient, partitions: Mapping[str, int],
                           timeout: float = DEFAULT_TIMEOUT_SECONDS) -> dict[str, list[PartitionRange]]:
     """Start and end offsets of every partition of each topic (topic → partition count given).
 
-    Right after a topic is created or grown its new partitions answer NOT_LEADER_FOR_PARTITION
-    for a moment; retriable errors are retried until `timeout`.
+    Right after a topic is created or grown its new partitions answer NOT_LEADER_FOR_PARTITION,
+    UNKNOWN_LEADER_EPOCH and the like for a moment; those (`is_settling`) are retried until `timeout`.
     """
     tps = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
     ranges: dict[str, list[PartitionRange]] = {topic: [] for topic in partitions}
