@@ -317,7 +317,7 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
     if not dl.enabled:
         state.dead_letter_condition = None
         return
-    if now >= state.dead_letter_due_at or state.dead_letter_status is None:
+    if now >= state.dead_letter_due_at:  # 0.0 at start: the first poll always looks
         outcome = await asyncio.to_thread(reconcile_dead_letter, settings, spec.group_id, list(spec.topics),
                                           spec.dead_letter, now, previous_status=previous.get("deadLetter"),
                                           memory=state.dead_letter_memory)
