@@ -1319,8 +1319,10 @@ PROJECT_IMAGES = {"lagpilot-worker": "docker/worker.Dockerfile", "lagpilot-opera
 
 def project_image_name(image: str, base: str) -> str:
     dockerfile = REPO / PROJECT_IMAGES[image]
+    # README.md is copied into the build too, but only as the package's long description: editing the
+    # docs must not rebuild the images.
     return f"localhost/{image}:" + content_hash(
-        base.encode(), dockerfile, REPO / "pyproject.toml", REPO / "README.md",
+        base.encode(), dockerfile, REPO / "pyproject.toml",
         REPO / "contract", REPO / "operator" / "lagpilot_operator", REPO / "worker" / "lagpilot_worker")
 
 
@@ -1338,7 +1340,19 @@ def build_project_image(image: str, base: str) -> str:
     run(buildah("bud", "--pull-never", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE_IMAGE={base}",
                 *volumes, "-f", str(REPO / PROJECT_IMAGES[image]), "-t", name, str(REPO)), what=f"build {image}")
     log(f"built {name} in {time.monotonic() - started:.0f}s")
+    prune_images(f"localhost/{image}", keep=name)
     return name
+
+
+def prune_images(repository: str, keep: str) -> None:
+    """Older builds of one image (each code change makes one): out of buildah storage and the archives."""
+    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}}", repository)).stdout.split()
+    for old in listing:
+        if old != keep:
+            sh(*buildah("rmi", old))
+    for archive in (CACHE / "images" / "archives").glob(repository.split("/")[-1] + "_*.tar"):
+        if archive.name != keep.split("/")[-1].replace(":", "_") + ".tar":
+            archive.unlink()
 
 
 def node_images() -> list[str]:

@@ -167,6 +167,34 @@ def _sysctl(key: str) -> str | None:
         return None
 
 
+def _shims(stack_dir: Path) -> set[int]:
+    return {int(line.split(":")[0]) for line in _stack_processes(stack_dir) if "containerd-shim" in line}
+
+
+@pytest.mark.slow
+def test_up_after_a_killed_node_clears_what_it_left_and_runs_pods_again(stack, namespace) -> None:  # type: ignore[no-untyped-def]
+    image = node_images(stack)["worker"]
+    first = unique_name("before-kill")
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(first, namespace, image)))
+    stack.kubectl("wait", "-n", namespace, f"pod/{first}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
+    old_shims = _shims(stack.stack_dir)
+    assert old_shims, "a running Pod has a containerd shim"
+    for name in ("kube-proxy", "kubelet", "containerd"):  # as a crash or `kill -9` of the stack would
+        os.kill(int((stack.stack_dir / "pids" / f"{name}.pid").read_text()), 9)
+
+    env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack.stack_dir), "LAGPILOT_NODE": "1"}
+    up = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"], env=env, capture_output=True,
+                        text=True, check=False, timeout=600)
+    assert up.returncode == 0, up.stderr[-4000:]
+    assert not {pid for pid in old_shims if Path(f"/proc/{pid}").exists()}, "shims of the killed node survived"
+
+    second = unique_name("after-kill")
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(second, namespace, image)))
+    stack.kubectl("wait", "-n", namespace, f"pod/{second}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
+    uid = stack.kubectl("exec", "-n", namespace, second, "--", "id", "-u").stdout.strip()
+    assert uid == "10001"
+
+
 @pytest.mark.slow
 def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # type: ignore[no-untyped-def]
     """`stack.py down` removes every process, mount, bridge, netns, iptables rule and sysctl change.
