@@ -123,7 +123,9 @@ def test_pod_has_no_dns_and_no_route_off_the_machine(stack, namespace) -> None: 
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(name, namespace, node_images(stack)["worker"])))
     stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
     resolv = stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/etc/resolv.conf", check=False).stdout
-    assert "nameserver" not in resolv
+    # The kubelet's way of "no DNS" (resolvConf ""): the Pod's own loopback, where nothing listens.
+    nameservers = [line.split()[1] for line in resolv.splitlines() if line.startswith("nameserver")]
+    assert nameservers == ["127.0.0.1"], resolv
     routes = stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/proc/net/route").stdout.splitlines()[1:]
     destinations = {line.split()[1] for line in routes}
     assert "00000000" not in destinations, routes  # no default route
