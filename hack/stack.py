@@ -635,6 +635,8 @@ def controller_manager_cmd() -> list[str]:
         "--leader-elect=false", f"--bind-address={HOST}", "--secure-port=0",
         f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
         "--use-service-account-credentials=true",
+        # Its default, /usr/libexec/kubernetes/..., would be created on the machine and outlive the stack.
+        f"--flex-volume-plugin-dir={kube_dir() / 'volume-plugins'}",
         "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
         "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
         "--v=0",
@@ -977,6 +979,7 @@ def clear_node() -> None:
     """Remove everything of the node, whether stopped cleanly (`down`) or left behind by a killed stack."""
     if not node_dir().exists():
         return
+    started = time.monotonic()
     with contextlib.suppress(StackError):
         stop_pod_tasks()
     for name in ("kube-proxy", "kubelet", "containerd"):
@@ -994,8 +997,10 @@ def clear_node() -> None:
         sh("ip", "link", "delete", BRIDGE, check=True)
     remove_iptables_rules()
     restore_node_baseline()
-    for sub in ("containerd", "kubelet", "cni", "pod-logs"):
+    for sub in ("containerd", "kubelet", "kube-proxy", "cni", "pod-logs"):
         shutil.rmtree(node_dir() / sub, ignore_errors=True)
+    (node_dir() / "images.json").unlink(missing_ok=True)
+    log(f"node cleared in {time.monotonic() - started:.1f}s")
 
 
 def stop_pod_tasks() -> None:
@@ -1184,11 +1189,15 @@ def start_node_services() -> None:
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
+        started = time.monotonic()
         start_process(service)
         wait_ready(service)
         assert_no_forwarding()
+        log(f"{service.name} ready in {time.monotonic() - started:.1f}s")
         if service.name == "containerd":
+            started = time.monotonic()
             import_node_images()
+            log(f"images built/imported in {time.monotonic() - started:.1f}s")
 
 
 NODE_SERVICES = [
