@@ -739,6 +739,10 @@ NODE_SYSCTLS = (
 # Machine-wide paths the kubelet, containerd's shims and the CRI write whatever their configuration says.
 NODE_GLOBAL_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/run/containerd"),
                      Path("/var/run/netns"), Path("/var/lib/cni"))
+# Paths nothing of the stack may create (their defaults are moved into the stack's folders); recorded
+# so that a test can tell.
+UNTOUCHED_PATHS = (Path("/etc/cni"), Path("/usr/libexec/kubernetes"), Path("/var/lib/containerd"),
+                   Path("/var/lib/containers"))
 IPTABLES = ("iptables", "ip6tables")
 
 
@@ -957,6 +961,7 @@ def record_node_baseline() -> None:
     baseline.write_text(json.dumps({
         "sysctls": {key: read_sysctl(key) for key in NODE_SYSCTLS},
         "paths": [str(p) for p in NODE_GLOBAL_PATHS if p.exists()],
+        "untouched": {str(p): p.exists() for p in UNTOUCHED_PATHS},
     }, indent=2))
 
 
@@ -1211,7 +1216,13 @@ NODE_SERVICES = [
 
 
 def buildah(*args: str) -> list[str]:
-    # Own storage under the cache (shared by clones on this machine), never /var/lib/containers.
+    # Own storage under the cache (shared by clones on this machine), never /var/lib/containers; and its
+    # own network config folder: by default a build's RUN step creates /etc/cni/net.d/cni.lock.
+    conf = CACHE / "buildah" / "containers.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f'[network]\nnetwork_config_dir = "{CACHE / "buildah" / "cni"}"\n')
+    os.environ["CONTAINERS_CONF"] = str(conf)
     return ["buildah", "--root", str(CACHE / "buildah" / "storage"), "--runroot", str(CACHE / "buildah" / "run"),
             "--storage-driver", "overlay", *args]
 
@@ -1366,10 +1377,28 @@ def prune_images(repository: str, keep: str) -> None:
 
 def node_images() -> list[str]:
     """Build (cached by content) what the node runs: the sandbox image and the project's images."""
-    with (CACHE / "buildah.lock").open("w") as lock:  # one build at a time per cache (stacks share it)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with buildah_session():
         base = build_base_image()
         return [build_pause_image()] + [build_project_image(image, base) for image in PROJECT_IMAGES]
+
+
+@contextlib.contextmanager
+def buildah_session() -> Iterator[None]:
+    """One buildah user at a time per cache (stacks share it), and nothing of it left in /var/lib.
+
+    buildah 1.28 keeps a blob-info cache in /var/lib/containers/cache (commit, push) whatever --root
+    says: removed again when this session made it.
+    """
+    blob_cache_root = Path("/var/lib/containers")
+    made_blob_cache = not blob_cache_root.exists()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "buildah.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if made_blob_cache:
+                shutil.rmtree(blob_cache_root, ignore_errors=True)
 
 
 def import_node_images() -> None:
@@ -1384,7 +1413,8 @@ def import_node_images() -> None:
         if not archive.exists():
             tmp = archive.with_suffix(".tmp")
             tmp.unlink(missing_ok=True)
-            sh(*buildah("push", name, f"docker-archive:{tmp}:{name}"), check=True)
+            with buildah_session():
+                sh(*buildah("push", name, f"docker-archive:{tmp}:{name}"), check=True)
             tmp.rename(archive)
         sh(*ctr, "images", "import", "--snapshotter", "overlayfs", str(archive), check=True)
     (node_dir() / "images.json").write_text(json.dumps(node_images_table(), indent=2))

@@ -225,6 +225,8 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # 
     for path in ("/var/lib/kubelet", "/var/log/containers", "/run/containerd"):
         assert path in baseline["paths"] or not Path(path).exists(), path
     assert [p for p in Path("/sys/fs/cgroup").glob("*/kubepods")] == []
+    # Defaults the stack moves into its own folders (buildah's CNI lock, containerd's root, flex volumes).
+    assert {path: Path(path).exists() for path in baseline["untouched"]} == baseline["untouched"]
 
     up = subprocess.run([*stack_py, "up"], env=env, capture_output=True, text=True, check=False, timeout=900)
     assert up.returncode == 0, up.stderr[-4000:]
