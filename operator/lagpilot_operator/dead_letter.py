@@ -113,16 +113,6 @@ def redrive_group_id(group_id: str) -> str:
     return f"{group_id}{REDRIVE_GROUP_SUFFIX}"
 
 
-def worker_env(group_id: str, settings: DeadLetterSettings) -> dict[str, str]:
-    """Env vars telling a worker the topic names and delays (template mode injects these)."""
-    if not settings.enabled:
-        return {}
-    env = {"LAGPILOT_DLQ_TOPIC": dead_letter_topic(group_id, settings.topic)}
-    if settings.retry_delays_seconds:
-        env["LAGPILOT_RETRY_DELAYS"] = ",".join(str(d) for d in settings.retry_delays_seconds)
-    return env
-
-
 @dataclass(frozen=True)
 class ConditionMaterial:
     status: Literal["True", "False", "Unknown"]

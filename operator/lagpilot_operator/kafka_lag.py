@@ -8,10 +8,12 @@ one group description. All calls are blocking; the reconcile loop runs them in a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -57,6 +59,36 @@ class CredentialsUnavailable(LagReadError):
     reason = "SecretNotFound"
 
 
+class SecretKeyUnreadable(CredentialsUnavailable):
+    """A referenced Secret key holds something librdkafka cannot take as text (e.g. a PKCS#12 file)."""
+
+    reason = "SecretKeyUnreadable"
+
+
+def decode_secret_keys(secret_name: str, data: Mapping[str, str | bytes], keys: Collection[str],
+                       pem_keys: Collection[str] = ()) -> dict[str, str]:
+    """{'secret/key': text} for the `keys` of a Secret's base64 `data`; other keys are never decoded.
+
+    A key in `pem_keys` must be UTF-8 PEM text (librdkafka's `ssl.*.pem`). The error names the
+    Secret and the key, never the value.
+    """
+    values: dict[str, str] = {}
+    for key in sorted(set(keys) & set(data)):
+        where = f"Secret {secret_name} key {key}"
+        try:
+            text = base64.b64decode(data[key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            kind = "base64" if isinstance(exc, binascii.Error) else "UTF-8 text"
+            hint = " (a PKCS#12 or DER file? reference the PEM key, e.g. ca.crt)" if key in pem_keys else ""
+            raise SecretKeyUnreadable(f"{where} is not {kind}{hint}; point spec.kafka.security at a key holding "
+                                      "text") from None
+        if key in pem_keys and "-----BEGIN " not in text:
+            raise SecretKeyUnreadable(f"{where} is not PEM (no -----BEGIN line); TLS settings need PEM text "
+                                      "(e.g. a Strimzi cluster CA Secret's ca.crt, not ca.p12)")
+        values[f"{secret_name}/{key}"] = text
+    return values
+
+
 def client_settings(connection: KafkaConnection, secret_values: Mapping[str, str]) -> dict[str, str]:
     """librdkafka settings for `connection`; `secret_values` maps 'secretName/key' to the value read."""
 
@@ -93,6 +125,15 @@ def secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
         refs += [security.sasl.username_secret_ref, security.sasl.password_secret_ref]
     if security is not None and security.tls is not None:
         refs += [security.tls.ca_secret_ref, security.tls.cert_secret_ref, security.tls.key_secret_ref]
+    return [(ref.name, ref.key) for ref in refs if ref is not None]
+
+
+def pem_secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
+    """The (secret name, key) pairs that must hold PEM text (the TLS ones)."""
+    tls = connection.security.tls if connection.security is not None else None
+    if tls is None:
+        return []
+    refs = [tls.ca_secret_ref, tls.cert_secret_ref, tls.key_secret_ref]
     return [(ref.name, ref.key) for ref in refs if ref is not None]
 
 

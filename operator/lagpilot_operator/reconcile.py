@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, worker_config
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
@@ -27,7 +27,6 @@ from lagpilot_operator.dead_letter import (
     dead_letter_settings,
     next_dead_letter_check,
     reconcile_dead_letter,
-    worker_env,
 )
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
@@ -131,6 +130,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                   f"Deployment {namespace}/{wanted} does not exist; create it or fix spec.scaleTargetRef.name")
     else:
         condition(models.TARGET_FOUND, True, "DeploymentFound", f"scaling Deployment {namespace}/{target.name}")
+        found = worker_config.mismatch_condition(spec, f"{namespace}/{target.name}", target.containers)
+        condition(models.WORKER_CONFIG_MISMATCH, {"True": True, "False": False}.get(found.status), found.reason,
+                  found.message)
     current_replicas = target.spec_replicas if target else int(previous.get("currentReplicas") or 0)
     current_pool = int(previous.get("poolSize") or spec.pool.initial)
 
@@ -236,10 +238,10 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
                   config: PolicyConfig) -> kube_io.TargetScale | None:
     namespace = body["metadata"]["namespace"]
     if spec.template is not None:
-        # Workers learn their DLQ and retry topics from the operator, so both use one naming rule.
-        dead_letter_env = worker_env(spec.group_id, dead_letter_settings(spec.dead_letter))
+        # Workers learn group, topics, connection and DLQ from the CR: one source of truth.
+        env = worker_config.injected_env(spec, body["metadata"]["name"])
         return await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
-                                       max(config.replicas.min, 1), dead_letter_env)
+                                       max(config.replicas.min, 1), env)
     assert spec.scale_target_ref is not None  # the CRD's CEL rule: exactly one of the two
     return await asyncio.to_thread(kube_io.read_target, namespace, spec.scale_target_ref.name)
 
@@ -247,7 +249,8 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
 async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) -> dict[str, str]:
     """librdkafka settings with the credentials read from the referenced Secrets."""
     refs = kafka_lag.secret_refs(spec.kafka)
-    secrets = await asyncio.to_thread(kube_io.read_secret_values, namespace, refs) if refs else {}
+    secrets = await asyncio.to_thread(kube_io.read_secret_values, namespace, refs,
+                                      kafka_lag.pem_secret_refs(spec.kafka)) if refs else {}
     return kafka_lag.client_settings(spec.kafka, secrets)
 
 
