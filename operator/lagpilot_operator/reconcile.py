@@ -10,6 +10,7 @@ replicas are held (or go to the fallback) — never to zero while blind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -17,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, worker_config
+from lagpilot_contract.pool import pool_configmap_name
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, worker_config
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
@@ -184,13 +187,31 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
 
     # 3. Decide, and apply (a missing target is reported, never scaled).
     decision = decide(config, observation, memory, now)
-    state.memory = decision.memory
-    applied_replicas = current_replicas
+    applied_replicas, refusal = current_replicas, None
     if target is not None and decision.replicas != current_replicas:
-        await asyncio.to_thread(kube_io.scale_target, namespace, target.name, decision.replicas)
-        applied_replicas = decision.replicas
+        try:
+            await asyncio.to_thread(kube_io.scale_target, namespace, target.name, decision.replicas)
+            applied_replicas = decision.replicas
+        except ApiException as exc:  # RBAC, an admission webhook or policy, a conflict: report and hold
+            refusal = scale_apply.refusal(
+                f"scaling Deployment {namespace}/{target.name} from {current_replicas} to {decision.replicas} "
+                "replicas", exc.status, exc.body, f"replicas stay at {current_replicas}")
     if target is not None:
-        await asyncio.to_thread(kube_io.publish_pool_size, body, decision.pool, decision.reason, _utc(now))
+        # A refused scale holds the pool too: the decision is one shape (replicas x pool).
+        pool = decision.pool if refusal is None else current_pool
+        try:
+            await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+        except ApiException as exc:
+            refusal = refusal or scale_apply.refusal(
+                f"publishing pool size {pool} in ConfigMap {namespace}/{pool_configmap_name(name)}", exc.status,
+                exc.body, f"the pool stays at {current_pool}")
+            pool = current_pool
+        if refusal is not None:
+            nothing_applied = applied_replicas == current_replicas
+            state.memory = scale_apply.memory_after_apply(memory, decision, refused=nothing_applied)
+            decision = dataclasses.replace(decision, pool=pool, memory=state.memory)
+    if refusal is None:
+        state.memory = decision.memory
     changed = applied_replicas != current_replicas or decision.pool != current_pool
     if changed:
         direction = "up" if applied_replicas * decision.pool > current_replicas * current_pool else "down"
@@ -198,6 +219,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         emit("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
     if spec.paused:
         condition(models.SCALING, False, "Paused", "spec.paused is true: replicas and pool are held as they are")
+    elif refusal is not None:
+        condition(models.SCALING, False, refusal.reason, refusal.message)
     elif sample is None:
         condition(models.SCALING, False, "LagUnavailable", f"holding at {applied_replicas} replicas: {decision.reason}")
     else:
