@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from confluent_kafka.admin import AdminClient
+
 from lagpilot_contract.naming import dead_letter_topic, retry_topics
 from lagpilot_operator.topics import (
     DEFAULT_TIMEOUT_SECONDS,
@@ -271,6 +273,7 @@ def reconcile_dead_letter(
     previous_status: Mapping[str, Any] | None = None,
     memory: DeadLetterMemory | None = None,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    admin: AdminClient | None = None,
 ) -> DeadLetterOutcome:
     """Bring the DLQ and retry topics in line with the spec and report on them (blocking).
 
@@ -285,7 +288,9 @@ def reconcile_dead_letter(
 
     topics = managed_topics(group_id, settings)
     names = [t.name for t in topics]
-    admin = admin_client(admin_config)
+    # The operator passes its shared client for this cluster and credentials (one per cluster, not
+    # a new one with its own threads and connections every 30 s); a caller without one gets its own.
+    admin = admin if admin is not None else admin_client(admin_config)
     errors: list[TopicAccessError] = []
     refusals: list[Refusal] = []
     events: list[EventMaterial] = []

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -149,17 +149,50 @@ def redacted(settings: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if k in SECRET_SETTINGS else v) for k, v in settings.items()}
 
 
+class ClientLeases:
+    """Which resources use which client key (pure bookkeeping): a key nobody uses any more is returned
+    for eviction, when its last user moved to other credentials or went away."""
+
+    def __init__(self) -> None:
+        self._key_of: dict[Hashable, str] = {}
+
+    def assign(self, owner: Hashable, key: str) -> set[str]:
+        """`owner` now uses `key`; returns the keys left without users (evict them)."""
+        previous = self._key_of.get(owner)
+        self._key_of[owner] = key
+        return self._unused({previous} - {key, None})
+
+    def release(self, owner: Hashable) -> set[str]:
+        """`owner` is gone; returns the keys left without users."""
+        return self._unused({self._key_of.pop(owner, None)} - {None})
+
+    def users(self, key: str) -> int:
+        return sum(1 for used in self._key_of.values() if used == key)
+
+    def _unused(self, keys: set[str | None]) -> set[str]:
+        return {key for key in keys if key is not None and self.users(key) == 0}
+
+
 class AdminClientPool:
-    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it."""
+    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it.
+
+    A resource that passes `owner` leases its client: when its credentials change (another key) or it
+    goes (`release`), a client no other resource uses is dropped, so rotated passwords do not leave
+    clients (threads, connections) behind.
+    """
 
     def __init__(self, request_timeout_ms: int = 5000) -> None:
         self._clients: dict[str, AdminClient] = {}
         self._lock = threading.Lock()
         self._request_timeout_ms = request_timeout_ms
+        self._leases = ClientLeases()
 
-    def get(self, settings: Mapping[str, str]) -> AdminClient:
+    def get(self, settings: Mapping[str, str], owner: Hashable | None = None) -> AdminClient:
         key = settings_fingerprint(settings)
         with self._lock:
+            if owner is not None:
+                for unused in self._leases.assign(owner, key):
+                    self._clients.pop(unused, None)
             client = self._clients.get(key)
             if client is None:
                 config: dict[str, Any] = dict(settings)
@@ -185,6 +218,12 @@ class AdminClientPool:
         """
         with self._lock:
             self._clients.pop(settings_fingerprint(settings), None)
+
+    def release(self, owner: Hashable) -> None:
+        """`owner` (a resource) is gone: drop its client unless another resource uses it."""
+        with self._lock:
+            for unused in self._leases.release(owner):
+                self._clients.pop(unused, None)
 
     def __len__(self) -> int:
         return len(self._clients)

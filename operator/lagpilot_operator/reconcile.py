@@ -34,7 +34,7 @@ from lagpilot_operator.dead_letter import (
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
-from lagpilot_operator.redrive import run_redrive_step
+from lagpilot_operator.redrive import RedriveSessions, run_redrive_step
 from lagpilot_operator.timelag import TimeLagTracker, summarize
 from lagpilot_operator.verdicts import DEFAULT_WINDOW_SECONDS, Verdict, evaluate, stuck_partitions
 
@@ -62,6 +62,8 @@ class ResourceState:
     """When the next reconcile looks at the DLQ and retry topics (0: on the next poll)."""
     dead_letter_status: dict[str, Any] | None = None
     dead_letter_condition: tuple[str, str, str] | None = None
+    redrive_sessions: RedriveSessions = field(default_factory=RedriveSessions)
+    """The running redrive's transactional producer and consumer, reused across polls."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class Shared:
     """Process-wide clients."""
 
     admin_clients: kafka_lag.AdminClientPool = field(default_factory=kafka_lag.AdminClientPool)
+
+
+async def forget(state: ResourceState, shared: Shared, namespace: str, name: str) -> None:
+    """The resource's loop ends (deleted, or the operator stops): close what it held open."""
+    shared.admin_clients.release((namespace, name))
+    await asyncio.to_thread(state.redrive_sessions.close)
 
 
 def _utc(now: float) -> str:
@@ -150,7 +158,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     if spec.lag.source == "kafka" and settings is None:
         sample, lag_error = None, settings_error
     else:
-        sample, lag_error = await _read_lag(spec, settings, shared, namespace)
+        sample, lag_error = await _read_lag(spec, settings, shared, namespace, name)
     memory = state.memory or PolicyMemory.from_dict(previous.get("policyMemory"))
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
@@ -244,7 +252,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
 
     # 5. Dead-letter topics (every ~30 s: several round trips) and a redrive in progress.
     if settings is not None:
-        await _dead_letter(spec, settings, state, emit, namespace, name, now, previous, status)
+        await _dead_letter(spec, settings, state, shared, emit, namespace, name, now, previous, status)
     if state.dead_letter_condition is not None:
         ok, reason, message = state.dead_letter_condition
         condition(models.DEAD_LETTER_READY, {"True": True, "False": False}.get(ok), reason, message)
@@ -277,8 +285,8 @@ async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) ->
     return kafka_lag.client_settings(spec.kafka, secrets)
 
 
-async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None,
-                    shared: Shared, namespace: str) -> tuple[LagSample | None, kafka_lag.LagReadError | None]:
+async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None, shared: Shared,
+                    namespace: str, name: str) -> tuple[LagSample | None, kafka_lag.LagReadError | None]:
     try:
         if spec.lag.source == "prometheus":
             assert spec.lag.prometheus is not None  # the CRD's CEL rule
@@ -286,7 +294,7 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
-        admin = shared.admin_clients.get(settings)
+        admin = shared.admin_clients.get(settings, owner=(namespace, name))
         try:
             sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
                                              list(spec.topics))
@@ -337,16 +345,17 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
 
 
 async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str], state: ResourceState,
-                       emit: EventSink, namespace: str, name: str, now: float, previous: dict[str, Any],
-                       status: dict[str, Any]) -> None:
+                       shared: Shared, emit: EventSink, namespace: str, name: str, now: float,
+                       previous: dict[str, Any], status: dict[str, Any]) -> None:
     dl = dead_letter_settings(spec.dead_letter)
     if not dl.enabled:
         state.dead_letter_condition = None
         return
+    admin = shared.admin_clients.get(settings, owner=(namespace, name))
     if now >= state.dead_letter_due_at:  # 0.0 at start: the first poll always looks
         outcome = await asyncio.to_thread(reconcile_dead_letter, settings, spec.group_id, list(spec.topics),
                                           spec.dead_letter, now, previous_status=previous.get("deadLetter"),
-                                          memory=state.dead_letter_memory)
+                                          memory=state.dead_letter_memory, admin=admin)
         state.dead_letter_due_at = next_dead_letter_check(now, DEAD_LETTER_INTERVAL_SECONDS,
                                                           kafka_failed=outcome.kafka_failed)
         state.dead_letter_status = outcome.status
@@ -362,7 +371,8 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
 
         progress = await asyncio.to_thread(run_redrive_step, settings, spec.group_id,
                                            dead_letter_topic(spec.group_id, dl.topic), spec.redrive,
-                                           previous.get("redrive"))
+                                           previous.get("redrive"), sessions=state.redrive_sessions,
+                                           admin=admin)
         if progress is not None:
             status["redrive"] = progress.to_status()
             if progress.state.value in ("Pending", "Running"):
