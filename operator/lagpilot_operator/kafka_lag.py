@@ -36,6 +36,10 @@ REASON_TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
 # OpenSSL's words, as librdkafka passes them on, when the client cannot verify the broker's certificate
 # ("certificate verify failed", plus librdkafka's hint "broker certificate could not be verified").
 _VERIFY_FAILED_WORDS = ("certificate verify failed", "could not be verified")
+# A TLS alert from the broker (it refused or found no client certificate: "ssl/tls alert bad certificate:
+# SSL alert number 42"). With TLS 1.3 the alert comes after the client finished its half of the
+# handshake, so librdkafka reports it as a _TRANSPORT receive failure, not as _SSL.
+_TLS_ALERT_WORDS = ("ssl alert number", "ssl/tls alert", "tlsv13 alert", "tlsv1 alert")
 
 
 class LagReadError(Exception):
@@ -174,10 +178,12 @@ def connection_failure_reason(code: int | None, text: str) -> str | None:
     """
     if code in _AUTHENTICATION:
         return REASON_AUTHENTICATION_FAILED
+    lowered = text.lower()
     if code == KafkaError._SSL:
-        lowered = text.lower()
         if any(words in lowered for words in _VERIFY_FAILED_WORDS):
             return REASON_TLS_VERIFICATION_FAILED
+        return REASON_TLS_HANDSHAKE_FAILED
+    if code == KafkaError._TRANSPORT and any(words in lowered for words in _TLS_ALERT_WORDS):
         return REASON_TLS_HANDSHAKE_FAILED
     return None
 

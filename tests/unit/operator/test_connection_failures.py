@@ -12,20 +12,24 @@ from confluent_kafka import KafkaError
 
 from lagpilot_operator import kafka_lag
 
-UNTRUSTED_CA = ("ssl://127.0.0.1:19095/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate "
-                "verify failed: broker certificate could not be verified, verify that ssl.ca.location is "
-                "correctly configured or root CA certificates are installed (install ca-certificates package) "
-                "(after 4ms in state SSL_HANDSHAKE)")
-CLIENT_CERT_REFUSED = ("ssl://127.0.0.1:19096/bootstrap: SSL handshake failed: ssl/record/rec_layer_s3.c:918: "
-                       "error:0A00045C:SSL routines::tlsv13 alert certificate required: SSL alert number 116 "
-                       "(after 6ms in state SSL_HANDSHAKE)")
-WRONG_PASSWORD = ("sasl_ssl://127.0.0.1:19095/bootstrap: SASL authentication error: Authentication failed during "
-                  "authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512")
+UNTRUSTED_CA = ("sasl_ssl://127.0.0.1:20095/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
+                "certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location "
+                "is correctly configured or root CA certificates are installed (install ca-certificates package) "
+                "(after 21ms in state SSL_HANDSHAKE)")
+# TLS 1.3: the broker's alert arrives after the client's half of the handshake, as a receive failure.
+CLIENT_CERT_REFUSED = ("ssl://127.0.0.1:20096/bootstrap: Receive failed: error:0A000412:SSL routines::ssl/tls alert "
+                       "bad certificate: SSL alert number 42 (after 1ms in state APIVERSION_QUERY)")
+WRONG_PASSWORD = ("sasl_ssl://127.0.0.1:20095/bootstrap: SASL authentication error: Authentication failed during "
+                  "authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 326ms in "
+                  "state AUTH_REQ)")
+PLAINTEXT_TO_TLS = ("127.0.0.1:20096/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN "
+                    "(after 0ms in state APIVERSION_QUERY)")
 
 
 @pytest.mark.parametrize(("code", "text", "reason"), [
     (KafkaError._SSL, UNTRUSTED_CA, "TLSVerificationFailed"),
-    (KafkaError._SSL, CLIENT_CERT_REFUSED, "TLSHandshakeFailed"),
+    (KafkaError._TRANSPORT, CLIENT_CERT_REFUSED, "TLSHandshakeFailed"),
+    (KafkaError._SSL, "SSL handshake failed: error:0A00010B:SSL routines::wrong version number", "TLSHandshakeFailed"),
     (KafkaError._AUTHENTICATION, WRONG_PASSWORD, "AuthenticationFailed"),
     (KafkaError.SASL_AUTHENTICATION_FAILED, "Authentication failed", "AuthenticationFailed"),
 ])
@@ -33,11 +37,13 @@ def test_the_cause_of_a_connection_that_cannot_work_is_named(code: int, text: st
     assert kafka_lag.connection_failure_reason(code, text) == reason
 
 
-@pytest.mark.parametrize("code", [KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-                                  KafkaError.TOPIC_AUTHORIZATION_FAILED, None])
-def test_network_faults_and_refusals_by_acl_are_not_connection_causes(code: int | None) -> None:
+@pytest.mark.parametrize(("code", "text"), [
+    (KafkaError._TRANSPORT, PLAINTEXT_TO_TLS), (KafkaError._TRANSPORT, "Connection refused"),
+    (KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"), (KafkaError._TIMED_OUT, "certificate verify failed"),
+    (KafkaError.TOPIC_AUTHORIZATION_FAILED, "certificate verify failed"), (None, "SSL alert number 42")])
+def test_network_faults_and_refusals_by_acl_are_not_connection_causes(code: int | None, text: str) -> None:
     # A network fault may heal by itself and an ACL denial has its own reason: neither is a login or TLS fault.
-    assert kafka_lag.connection_failure_reason(code, "certificate verify failed") is None
+    assert kafka_lag.connection_failure_reason(code, text) is None
 
 
 @pytest.mark.parametrize(("reason", "error_type", "points_at"), [
