@@ -38,8 +38,10 @@ REASON_TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
 _VERIFY_FAILED_WORDS = ("certificate verify failed", "could not be verified")
 # A TLS alert from the broker (it refused or found no client certificate: "ssl/tls alert bad certificate:
 # SSL alert number 42"). With TLS 1.3 the alert comes after the client finished its half of the
-# handshake, so librdkafka reports it as a _TRANSPORT receive failure, not as _SSL.
-_TLS_ALERT_WORDS = ("ssl alert number", "ssl/tls alert", "tlsv13 alert", "tlsv1 alert")
+# handshake, so librdkafka reports it as a _TRANSPORT receive failure, not as _SSL. A TLS client at a
+# PLAINTEXT listener is also a _TRANSPORT error: "SSL handshake failed: Disconnected: SSL connection closed
+# by peer: connecting to a PLAINTEXT broker listener?".
+_TLS_ALERT_WORDS = ("ssl alert number", "ssl/tls alert", "tlsv13 alert", "tlsv1 alert", "ssl handshake failed")
 
 
 class LagReadError(Exception):

@@ -22,6 +22,8 @@ CLIENT_CERT_REFUSED = ("ssl://127.0.0.1:20096/bootstrap: Receive failed: error:0
 WRONG_PASSWORD = ("sasl_ssl://127.0.0.1:20095/bootstrap: SASL authentication error: Authentication failed during "
                   "authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after 326ms in "
                   "state AUTH_REQ)")
+TLS_TO_PLAINTEXT = ("ssl://127.0.0.1:20092/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by "
+                    "peer: connecting to a PLAINTEXT broker listener? (after 8ms in state SSL_HANDSHAKE)")
 PLAINTEXT_TO_TLS = ("127.0.0.1:20096/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN "
                     "(after 0ms in state APIVERSION_QUERY)")
 
@@ -29,6 +31,7 @@ PLAINTEXT_TO_TLS = ("127.0.0.1:20096/bootstrap: Disconnected: connection closed 
 @pytest.mark.parametrize(("code", "text", "reason"), [
     (KafkaError._SSL, UNTRUSTED_CA, "TLSVerificationFailed"),
     (KafkaError._TRANSPORT, CLIENT_CERT_REFUSED, "TLSHandshakeFailed"),
+    (KafkaError._TRANSPORT, TLS_TO_PLAINTEXT, "TLSHandshakeFailed"),
     (KafkaError._SSL, "SSL handshake failed: error:0A00010B:SSL routines::wrong version number", "TLSHandshakeFailed"),
     (KafkaError._AUTHENTICATION, WRONG_PASSWORD, "AuthenticationFailed"),
     (KafkaError.SASL_AUTHENTICATION_FAILED, "Authentication failed", "AuthenticationFailed"),
