@@ -36,8 +36,9 @@ def free_port() -> int:
 class OperatorProcess:
     """`kopf run -m lagpilot_operator.handlers` limited to one namespace; stoppable and restartable."""
 
-    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.env, self.namespace, self.log_dir = env, namespace, log_dir
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -48,7 +49,7 @@ class OperatorProcess:
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "kopf"), "run", "--standalone", "--namespace", self.namespace,
-             "-m", "lagpilot_operator.handlers"], env=env, stdout=log, stderr=subprocess.STDOUT)
+             "-m", "lagpilot_operator.handlers", *self.extra_args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
