@@ -114,3 +114,33 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def events_text(stack: Any, namespace: str) -> str:
     return str(stack.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+
+
+def produce(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    """`per_partition` more records in each partition."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for partition in range(partitions):
+        for i in range(per_partition):
+            producer.produce(topic, value=f"{partition}:{i}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+
+def annotate(stack: Any, namespace: str, name: str, *pairs: str) -> None:
+    """`kubectl annotate --overwrite`; `key-` removes the annotation."""
+    stack.kubectl("annotate", "--overwrite", "kcg", name, "-n", namespace, *pairs)
+
+
+def patch_spec(stack: Any, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    stack.kubectl("patch", "kcg", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": patch}))
+
+
+def poll_time(status: dict[str, Any]) -> float:
+    """When the operator last decided (policyMemory.lastTime): tells one reconcile from the next."""
+    return float((status.get("policyMemory") or {}).get("lastTime") or 0.0)
+
+
+def event_messages(stack: Any, namespace: str, reason: str) -> list[str]:
+    """Messages of the KafkaConsumerGroup Events with `reason` (ScaledUp, ScaledDown, ...)."""
+    out = stack.kubectl("get", "events", "-n", namespace, "--field-selector",
+                        f"involvedObject.kind=KafkaConsumerGroup,reason={reason}", "-o", "json").stdout
+    return [str(e.get("message", "")) for e in json.loads(out)["items"]]
