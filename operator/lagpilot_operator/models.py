@@ -650,8 +650,12 @@ class KafkaConsumerGroupStatus(StatusModel):
     partitions: int | None = Field(None, ge=0, description="Partitions of the source topics.")
     top_partitions: list[PartitionLagStatus] = Field(default_factory=list,
                                                      description="The partitions with the most lag (top 10).")
-    produce_rate_per_second: float | None = Field(None, ge=0, description="Messages produced per second.")
-    consume_rate_per_second: float | None = Field(None, ge=0, description="Messages consumed per second.")
+    produce_rate_per_second: float | None = Field(
+        None, ge=0, description="Messages produced per second to the group's partitions (log-end offset deltas "
+                                "over the last 15 s of polls). Kafka lag source only.")
+    consume_rate_per_second: float | None = Field(
+        None, ge=0, description="Messages the group consumed per second (committed offset deltas over the last "
+                                "30 s of polls). Kafka lag source only.")
     max_time_lag_seconds: float | None = Field(None, ge=0, description="Largest estimated time lag, in seconds.")
     mean_time_lag_seconds: float | None = Field(None, ge=0, description="Mean estimated time lag, in seconds.")
     desired_replicas: int | None = Field(None, ge=0, description="Replicas the last decision asked for.")
