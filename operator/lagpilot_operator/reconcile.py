@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,6 +31,7 @@ from lagpilot_operator.dead_letter import (
 )
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
+from lagpilot_operator.pause import pause_from
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.redrive import run_redrive_step
 from lagpilot_operator.timelag import TimeLagTracker, summarize
@@ -120,7 +121,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         where = ".".join(str(p) for p in first["loc"])
         condition(models.READY, False, "InvalidSpec", f"spec.{where}: {first['msg']}; fix the resource")
         return {"observedGeneration": generation, "conditions": conditions_to_k8s(conditions)}
-    config = PolicyConfig.from_spec(spec.to_k8s())
+    pause = pause_from(meta.get("annotations"), spec.paused)
+    config = replace(PolicyConfig.from_spec(spec.to_k8s()), paused=pause.paused, paused_replicas=pause.replicas)
+    condition(models.PAUSED, pause.paused, pause.reason, pause.message)
     metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
 
     # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
@@ -194,8 +197,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         direction = "up" if applied_replicas * decision.pool > current_replicas * current_pool else "down"
         metrics.DECISIONS.labels(namespace, name, direction).inc()
         emit("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
-    if spec.paused:
-        condition(models.SCALING, False, "Paused", "spec.paused is true: replicas and pool are held as they are")
+    if pause.paused:
+        condition(models.SCALING, False, "Paused", f"{decision.reason} (see the Paused condition)")
     elif sample is None:
         condition(models.SCALING, False, "LagUnavailable", f"holding at {applied_replicas} replicas: {decision.reason}")
     else:
