@@ -27,10 +27,23 @@ _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BR
                 KafkaError._RESOLVE, KafkaError.NETWORK_EXCEPTION, KafkaError.REQUEST_TIMED_OUT}
 _AUTHORIZATION = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
                   KafkaError.CLUSTER_AUTHORIZATION_FAILED}
-# A refused login is reported only through the client's error callback; the request itself then
-# fails like an unreachable cluster. Remembered per client to name the real cause.
+# A refused login or a failed TLS handshake is reported only through the client's error callback;
+# the request itself then fails like an unreachable cluster. Remembered per client to name the real cause.
 _AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _last_client_error: dict[int, KafkaError] = {}
+
+REASON_AUTHENTICATION_FAILED = "AuthenticationFailed"
+REASON_TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+REASON_TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
+# OpenSSL's words, as librdkafka passes them on, when the client cannot verify the broker's certificate
+# ("certificate verify failed", plus librdkafka's hint "broker certificate could not be verified").
+_VERIFY_FAILED_WORDS = ("certificate verify failed", "could not be verified")
+# A TLS alert from the broker (it refused or found no client certificate: "ssl/tls alert bad certificate:
+# SSL alert number 42"). With TLS 1.3 the alert comes after the client finished its half of the
+# handshake, so librdkafka reports it as a _TRANSPORT receive failure, not as _SSL. A TLS client at a
+# PLAINTEXT listener is also a _TRANSPORT error: "SSL handshake failed: Disconnected: SSL connection closed
+# by peer: connecting to a PLAINTEXT broker listener?".
+_TLS_ALERT_WORDS = ("ssl alert number", "ssl/tls alert", "tlsv13 alert", "tlsv1 alert", "ssl handshake failed")
 
 
 class LagReadError(Exception):
@@ -48,7 +61,15 @@ class KafkaAuthorizationFailed(LagReadError):
 
 
 class KafkaAuthenticationFailed(LagReadError):
-    reason = "AuthenticationFailed"
+    reason = REASON_AUTHENTICATION_FAILED
+
+
+class KafkaTlsVerificationFailed(LagReadError):
+    reason = REASON_TLS_VERIFICATION_FAILED
+
+
+class KafkaTlsHandshakeFailed(LagReadError):
+    reason = REASON_TLS_HANDSHAKE_FAILED
 
 
 class TopicMissing(LagReadError):
@@ -201,7 +222,9 @@ class AdminClientPool:
                 created: list[int] = []
 
                 def remember(error: KafkaError) -> None:
-                    if created:
+                    # Only a cause is kept: the "all brokers down" that follows a failed handshake must
+                    # not hide it.
+                    if created and connection_failure_reason(error.code(), error.str()) is not None:
                         _last_client_error[created[0]] = error
 
                 config["error_cb"] = remember
@@ -229,16 +252,49 @@ class AdminClientPool:
         return len(self._clients)
 
 
+def connection_failure_reason(code: int | None, text: str) -> str | None:
+    """The condition reason of a client error that names why no connection works, else None (pure).
+
+    A refused SASL login, a broker certificate the client cannot verify with the configured CA, and a
+    TLS handshake that fails otherwise (the broker refused the client certificate, a protocol mismatch).
+    """
+    if code in _AUTHENTICATION:
+        return REASON_AUTHENTICATION_FAILED
+    lowered = text.lower()
+    if code == KafkaError._SSL:
+        if any(words in lowered for words in _VERIFY_FAILED_WORDS):
+            return REASON_TLS_VERIFICATION_FAILED
+        return REASON_TLS_HANDSHAKE_FAILED
+    if code == KafkaError._TRANSPORT and any(words in lowered for words in _TLS_ALERT_WORDS):
+        return REASON_TLS_HANDSHAKE_FAILED
+    return None
+
+
+def connection_failure(reason: str, detail: str, what: str, bootstrap: str) -> LagReadError:
+    """The typed error for a `connection_failure_reason`; the message says what to check (pure)."""
+    if reason == REASON_AUTHENTICATION_FAILED:
+        return KafkaAuthenticationFailed(f"{what}: Kafka at {bootstrap} refused the login ({detail}); "
+                                         "check the Secrets named in spec.kafka.security and the SASL mechanism")
+    if reason == REASON_TLS_VERIFICATION_FAILED:
+        return KafkaTlsVerificationFailed(
+            f"{what}: TLS verification of the broker certificate at {bootstrap} failed ({detail}); check that "
+            "spec.kafka.security.tls.caSecretRef names the CA that signed the brokers' certificates")
+    return KafkaTlsHandshakeFailed(
+        f"{what}: the TLS handshake with Kafka at {bootstrap} failed ({detail}); check the protocol "
+        "(SSL/SASL_SSL against a TLS listener) and, for mutual TLS, that the brokers trust the client "
+        "certificate in spec.kafka.security.tls.certSecretRef")
+
+
 def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     code = error.code() if isinstance(error, KafkaError) else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
-    admin.poll(0)  # serve queued error callbacks (the login failure) before looking
-    login_error = next((e for e in (error, _last_client_error.get(id(admin)))
-                        if isinstance(e, KafkaError) and e.code() in _AUTHENTICATION), None)
-    if login_error is not None:
-        return KafkaAuthenticationFailed(f"{what}: Kafka at {bootstrap} refused the login ({login_error.str()}); "
-                                         "check the Secrets named in spec.kafka.security and the SASL mechanism")
+    admin.poll(0)  # serve queued error callbacks (the login or handshake failure) before looking
+    for candidate in (error, _last_client_error.get(id(admin))):
+        if isinstance(candidate, KafkaError):
+            reason = connection_failure_reason(candidate.code(), candidate.str())
+            if reason is not None:
+                return connection_failure(reason, candidate.str(), what, bootstrap)
     if code in _AUTHORIZATION:
         return KafkaAuthorizationFailed(f"{what}: not authorized ({text}); grant the operator's Kafka principal "
                                         "Describe on the topics and the group")

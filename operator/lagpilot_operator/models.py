@@ -61,8 +61,9 @@ LAG_METRIC_AVAILABLE = "LagMetricAvailable"
 PARTITIONS_STUCK = "PartitionsStuck"
 DEAD_LETTER_READY = "DeadLetterReady"
 WORKER_CONFIG_MISMATCH = "WorkerConfigMismatch"  # True: the Deployment's workers disagree with the spec
+PAUSED = "Paused"
 CONDITION_TYPES = (READY, KAFKA_REACHABLE, TARGET_FOUND, SCALING, LAG_METRIC_AVAILABLE, PARTITIONS_STUCK,
-                   DEAD_LETTER_READY, WORKER_CONFIG_MISMATCH)
+                   DEAD_LETTER_READY, PAUSED, WORKER_CONFIG_MISMATCH)
 
 # Kafka's legal topic characters; 249 is Kafka's length limit.
 TOPIC_PATTERN = r"^[a-zA-Z0-9._-]+$"
@@ -567,7 +568,10 @@ class KafkaConsumerGroupSpec(SpecModel):
     pool: PoolSpec = _nested(PoolSpec, "In-pod pool bounds.")
     lag: LagSpec = _nested(LagSpec, "Lag source and polling.")
     policy: PolicySpec = _nested(PolicySpec, "Scaling policy.")
-    paused: bool = Field(False, description="Hold replicas and pool exactly as they are; lag is still reported.")
+    paused: bool = Field(False, description="Hold replicas and pool exactly as they are; lag is still reported. "
+                                             "The annotations `lagpilot.io/paused: \"true\"` and "
+                                             "`lagpilot.io/paused-replicas: \"N\"` (pins N replicas) pause too; "
+                                             "condition Paused says which.")
     fallback: FallbackSpec = _nested(FallbackSpec, "Behaviour while lag cannot be read.")
     dead_letter: DeadLetterSpec | None = Field(
         None, description="Dead-letter and retry topics. Absent: no dead-lettering — no topics are managed and "
@@ -608,7 +612,8 @@ class Condition(StatusModel):
 
     type: str = Field(max_length=316, pattern=CONDITION_TYPE_PATTERN,
                       description="CamelCase condition type: Ready, KafkaReachable, TargetFound, Scaling, "
-                                  "LagMetricAvailable, PartitionsStuck, DeadLetterReady, WorkerConfigMismatch.")
+                                  "LagMetricAvailable, PartitionsStuck, DeadLetterReady, Paused, "
+                                  "WorkerConfigMismatch.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN,
                         description="One-word CamelCase cause of the last transition.")
@@ -675,8 +680,12 @@ class KafkaConsumerGroupStatus(StatusModel):
     partitions: int | None = Field(None, ge=0, description="Partitions of the source topics.")
     top_partitions: list[PartitionLagStatus] = Field(default_factory=list,
                                                      description="The partitions with the most lag (top 10).")
-    produce_rate_per_second: float | None = Field(None, ge=0, description="Messages produced per second.")
-    consume_rate_per_second: float | None = Field(None, ge=0, description="Messages consumed per second.")
+    produce_rate_per_second: float | None = Field(
+        None, ge=0, description="Messages produced per second to the group's partitions (log-end offset deltas "
+                                "over the last 15 s of polls). Kafka lag source only.")
+    consume_rate_per_second: float | None = Field(
+        None, ge=0, description="Messages the group consumed per second (committed offset deltas over the last "
+                                "30 s of polls). Kafka lag source only.")
     max_time_lag_seconds: float | None = Field(None, ge=0, description="Largest estimated time lag, in seconds.")
     mean_time_lag_seconds: float | None = Field(None, ge=0, description="Mean estimated time lag, in seconds.")
     desired_replicas: int | None = Field(None, ge=0, description="Replicas the last decision asked for.")
@@ -694,7 +703,7 @@ class KafkaConsumerGroupStatus(StatusModel):
         default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map",
                                                  "x-kubernetes-list-map-keys": ["type"]},
         description="Ready, KafkaReachable, TargetFound, Scaling, LagMetricAvailable, PartitionsStuck, "
-                    "DeadLetterReady, WorkerConfigMismatch.")
+                    "DeadLetterReady, Paused, WorkerConfigMismatch.")
 
 
 # --- the resource ---------------------------------------------------------------------------------------------

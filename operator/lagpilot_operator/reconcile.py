@@ -10,12 +10,11 @@ replicas are held (or go to the fallback) — never to zero while blind.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +32,7 @@ from lagpilot_operator.dead_letter import (
 )
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
+from lagpilot_operator.pause import pause_from
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.redrive import RedriveSessions, run_redrive_step
 from lagpilot_operator.timelag import TimeLagTracker, summarize
@@ -130,7 +130,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         where = ".".join(str(p) for p in first["loc"])
         condition(models.READY, False, "InvalidSpec", f"spec.{where}: {first['msg']}; fix the resource")
         return {"observedGeneration": generation, "conditions": conditions_to_k8s(conditions)}
-    config = PolicyConfig.from_spec(spec.to_k8s())
+    pause = pause_from(meta.get("annotations"), spec.paused)
+    config = replace(PolicyConfig.from_spec(spec.to_k8s()), paused=pause.paused, paused_replicas=pause.replicas)
+    condition(models.PAUSED, pause.paused, pause.reason, pause.message)
     metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
 
     # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
@@ -217,7 +219,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         if refusal is not None:
             nothing_applied = applied_replicas == current_replicas
             state.memory = scale_apply.memory_after_apply(memory, decision, refused=nothing_applied)
-            decision = dataclasses.replace(decision, pool=pool, memory=state.memory)
+            decision = replace(decision, pool=pool, memory=state.memory)
     if refusal is None:
         state.memory = decision.memory
     changed = applied_replicas != current_replicas or decision.pool != current_pool
@@ -225,8 +227,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         direction = "up" if applied_replicas * decision.pool > current_replicas * current_pool else "down"
         metrics.DECISIONS.labels(namespace, name, direction).inc()
         emit("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
-    if spec.paused:
-        condition(models.SCALING, False, "Paused", "spec.paused is true: replicas and pool are held as they are")
+    if pause.paused:
+        condition(models.SCALING, False, "Paused", f"{decision.reason} (see the Paused condition)")
     elif refusal is not None:
         condition(models.SCALING, False, refusal.reason, refusal.message)
     elif sample is None:

@@ -254,4 +254,9 @@ def cli_env(extra_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH", "")]))
     env.pop("LAGPILOT_POOL_CONFIGMAP", None)
+    # hack/stack.py's port overrides (LAGPILOT_KAFKA_PORT, LAGPILOT_KAFKA_SCRAM_PORT, ...), set when the
+    # tests run against a second stack, share the worker's LAGPILOT_KAFKA_ prefix: the worker would read
+    # them as librdkafka settings ("port", "scram.port") and refuse to start.
+    for name in [n for n in env if n.startswith("LAGPILOT_KAFKA_") and n.endswith("_PORT")]:
+        env.pop(name)
     return env

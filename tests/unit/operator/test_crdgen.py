@@ -120,6 +120,7 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
     expected = {"Lag": ".status.totalLag", "TimeLag": ".status.maxTimeLagSeconds",
                 "Replicas": ".status.currentReplicas", "Desired": ".status.desiredReplicas",
                 "Pool": ".status.poolSize", "Ready": '.status.conditions[?(@.type=="Ready")].status',
+                "Paused": '.status.conditions[?(@.type=="Paused")].status',
                 "Age": ".metadata.creationTimestamp"}
     for name, path in expected.items():
         assert columns[name]["jsonPath"] == path and "priority" not in columns[name]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The benchmarks, one after another on the running local stack (`make bench` starts it first).
+# Each benchmark prints JSON lines while it runs; its last line is its summary object. This script keeps
+# every benchmark's full output in bench-results/<name>.jsonl and prints one JSON object at the end that
+# holds each benchmark's summary, so one invocation gives all numbers side by side.
+# BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+source .stack/env
+out=bench-results
+mkdir -p "$out"
+only=${BENCH_ONLY:-worker operator loop}
+loop_args=()
+if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fi
+for name in $only; do
+  case "$name" in
+    worker) cmd=(.venv/bin/python bench/worker_bench.py) ;;
+    operator) cmd=(.venv/bin/python bench/operator_bench.py) ;;
+    loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}") ;;
+    *) echo "unknown benchmark '$name' (worker, operator, loop)" >&2; exit 2 ;;
+  esac
+  echo "== bench: $name" >&2
+  "${cmd[@]}" | tee "$out/$name.jsonl" >&2
+done
+.venv/bin/python - "$out" $only <<'PY'
+import json
+import sys
+from pathlib import Path
+
+out, names = Path(sys.argv[1]), sys.argv[2:]
+summary = {}
+for name in names:
+    lines = [line for line in (out / f"{name}.jsonl").read_text().splitlines() if line.strip().startswith("{")]
+    summary[name] = json.loads(lines[-1]) if lines else None
+print(json.dumps(summary, indent=2, sort_keys=True))
+PY
