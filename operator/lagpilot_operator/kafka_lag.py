@@ -8,10 +8,12 @@ one group description. All calls are blocking; the reconcile loop runs them in a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -78,6 +80,36 @@ class CredentialsUnavailable(LagReadError):
     reason = "SecretNotFound"
 
 
+class SecretKeyUnreadable(CredentialsUnavailable):
+    """A referenced Secret key holds something librdkafka cannot take as text (e.g. a PKCS#12 file)."""
+
+    reason = "SecretKeyUnreadable"
+
+
+def decode_secret_keys(secret_name: str, data: Mapping[str, str | bytes], keys: Collection[str],
+                       pem_keys: Collection[str] = ()) -> dict[str, str]:
+    """{'secret/key': text} for the `keys` of a Secret's base64 `data`; other keys are never decoded.
+
+    A key in `pem_keys` must be UTF-8 PEM text (librdkafka's `ssl.*.pem`). The error names the
+    Secret and the key, never the value.
+    """
+    values: dict[str, str] = {}
+    for key in sorted(set(keys) & set(data)):
+        where = f"Secret {secret_name} key {key}"
+        try:
+            text = base64.b64decode(data[key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            kind = "base64" if isinstance(exc, binascii.Error) else "UTF-8 text"
+            hint = " (a PKCS#12 or DER file? reference the PEM key, e.g. ca.crt)" if key in pem_keys else ""
+            raise SecretKeyUnreadable(f"{where} is not {kind}{hint}; point spec.kafka.security at a key holding "
+                                      "text") from None
+        if key in pem_keys and "-----BEGIN " not in text:
+            raise SecretKeyUnreadable(f"{where} is not PEM (no -----BEGIN line); TLS settings need PEM text "
+                                      "(e.g. a Strimzi cluster CA Secret's ca.crt, not ca.p12)")
+        values[f"{secret_name}/{key}"] = text
+    return values
+
+
 def client_settings(connection: KafkaConnection, secret_values: Mapping[str, str]) -> dict[str, str]:
     """librdkafka settings for `connection`; `secret_values` maps 'secretName/key' to the value read."""
 
@@ -117,6 +149,15 @@ def secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
     return [(ref.name, ref.key) for ref in refs if ref is not None]
 
 
+def pem_secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
+    """The (secret name, key) pairs that must hold PEM text (the TLS ones)."""
+    tls = connection.security.tls if connection.security is not None else None
+    if tls is None:
+        return []
+    refs = [tls.ca_secret_ref, tls.cert_secret_ref, tls.key_secret_ref]
+    return [(ref.name, ref.key) for ref in refs if ref is not None]
+
+
 def settings_fingerprint(settings: Mapping[str, str]) -> str:
     """A key for the client cache that does not keep credentials in plain text."""
     digest = hashlib.sha256()
@@ -129,17 +170,50 @@ def redacted(settings: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if k in SECRET_SETTINGS else v) for k, v in settings.items()}
 
 
+class ClientLeases:
+    """Which resources use which client key (pure bookkeeping): a key nobody uses any more is returned
+    for eviction, when its last user moved to other credentials or went away."""
+
+    def __init__(self) -> None:
+        self._key_of: dict[Hashable, str] = {}
+
+    def assign(self, owner: Hashable, key: str) -> set[str]:
+        """`owner` now uses `key`; returns the keys left without users (evict them)."""
+        previous = self._key_of.get(owner)
+        self._key_of[owner] = key
+        return self._unused({previous} - {key, None})
+
+    def release(self, owner: Hashable) -> set[str]:
+        """`owner` is gone; returns the keys left without users."""
+        return self._unused({self._key_of.pop(owner, None)} - {None})
+
+    def users(self, key: str) -> int:
+        return sum(1 for used in self._key_of.values() if used == key)
+
+    def _unused(self, keys: set[str | None]) -> set[str]:
+        return {key for key in keys if key is not None and self.users(key) == 0}
+
+
 class AdminClientPool:
-    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it."""
+    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it.
+
+    A resource that passes `owner` leases its client: when its credentials change (another key) or it
+    goes (`release`), a client no other resource uses is dropped, so rotated passwords do not leave
+    clients (threads, connections) behind.
+    """
 
     def __init__(self, request_timeout_ms: int = 5000) -> None:
         self._clients: dict[str, AdminClient] = {}
         self._lock = threading.Lock()
         self._request_timeout_ms = request_timeout_ms
+        self._leases = ClientLeases()
 
-    def get(self, settings: Mapping[str, str]) -> AdminClient:
+    def get(self, settings: Mapping[str, str], owner: Hashable | None = None) -> AdminClient:
         key = settings_fingerprint(settings)
         with self._lock:
+            if owner is not None:
+                for unused in self._leases.assign(owner, key):
+                    self._clients.pop(unused, None)
             client = self._clients.get(key)
             if client is None:
                 config: dict[str, Any] = dict(settings)
@@ -167,6 +241,12 @@ class AdminClientPool:
         """
         with self._lock:
             self._clients.pop(settings_fingerprint(settings), None)
+
+    def release(self, owner: Hashable) -> None:
+        """`owner` (a resource) is gone: drop its client unless another resource uses it."""
+        with self._lock:
+            for unused in self._leases.release(owner):
+                self._clients.pop(unused, None)
 
     def __len__(self) -> int:
         return len(self._clients)

@@ -116,7 +116,7 @@ class LagThresholdConfig:
     lag_per_consumer: int = 10
     activation_lag: int = 0
     allow_idle_consumers: bool = False
-    offset_reset_policy: OffsetResetPolicy = "latest"
+    offset_reset_policy: OffsetResetPolicy = "earliest"  # the worker's auto.offset.reset default
     exclude_persistent_lag: bool = False
 
 
@@ -191,7 +191,7 @@ class PolicyConfig:
                 activation_lag=_int(threshold, "activationLag", 0),
                 allow_idle_consumers=_bool(threshold, "allowIdleConsumers", False),
                 offset_reset_policy=cast(
-                    OffsetResetPolicy, _choice(threshold, "offsetResetPolicy", ("latest", "earliest"), "latest")
+                    OffsetResetPolicy, _choice(threshold, "offsetResetPolicy", ("latest", "earliest"), "earliest")
                 ),
                 exclude_persistent_lag=_bool(threshold, "excludePersistentLag", False),
             ),

@@ -61,7 +61,8 @@ class WorkerConfig:
     kafka_config: dict[str, Any] = field(default_factory=dict)
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
-    dead_letter_enabled: bool = True
+    # Off by default, as for a KafkaConsumerGroup without spec.deadLetter (docs/dead-letter.md).
+    dead_letter_enabled: bool = False
     dead_letter_topic: str | None = None        # override; default <group>.dlq (lagpilot_contract.naming)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)

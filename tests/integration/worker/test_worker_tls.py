@@ -77,7 +77,8 @@ def start_worker(workdir: Path, name: str, bootstrap: str, group: str, topic: st
                  config: list[str]) -> CliWorker:
     env = {**cli_env(workdir), "TEST_PROCESSED_FILE": str(workdir / f"{name}.processed"), **env_settings}
     return CliWorker(["--handler", "tlshandlers:reject_odd", "--bootstrap-servers", bootstrap, "--group", group,
-                      "--topic", topic, "--http-host", "127.0.0.1", "--http-port", "0", *config],
+                      "--topic", topic, "--http-host", "127.0.0.1", "--http-port", "0",
+                      "--dead-letter", *config],
                      env, workdir, workdir / f"{name}.log").start()
 
 

@@ -92,3 +92,29 @@ def test_value_deserializers() -> None:
     assert text is not None and text(b"h\xc3\xa9") == "hé" and text(None) is None
     custom = value_deserializer("json:loads")
     assert custom is not None and custom(b"[1]") == [1]
+
+
+@pytest.mark.parametrize(("argv", "env", "enabled"), [
+    ([], {}, False),                                                   # like a KafkaConsumerGroup without deadLetter
+    (["--dlq-topic", "x.dlq"], {}, True),                              # naming a DLQ asks for one
+    ([], {"LAGPILOT_DLQ_TOPIC": "x.dlq"}, True),
+    ([], {"LAGPILOT_DEAD_LETTER": "true"}, True),
+    ([], {"LAGPILOT_DEAD_LETTER": "false", "LAGPILOT_DLQ_TOPIC": "x.dlq"}, False),
+    (["--dead-letter"], {"LAGPILOT_DEAD_LETTER": "false"}, True),      # a flag wins over env
+    (["--no-dead-letter", "--dlq-topic", "x.dlq"], {}, False),
+])
+def test_dead_lettering_is_off_unless_asked_for(handler_module: str, argv: list[str], env: dict[str, str],
+                                                enabled: bool) -> None:
+    base = ["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:1", "--group", "g", "--topic", "t"]
+    config, _, _, _ = build(base + argv, env=env)
+    assert config.dead_letter_enabled is enabled
+    assert (config.dlq_topic is not None) is enabled
+    assert WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"]).dlq_topic is None  # library default
+
+
+def test_the_worker_default_offset_reset_is_the_crds_offset_reset_policy_default() -> None:
+    from lagpilot_operator import models
+
+    default = models.LagThresholdPolicy().offset_reset_policy
+    assert WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"]).consumer_settings()[
+        "auto.offset.reset"] == default == "earliest"
