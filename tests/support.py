@@ -77,3 +77,19 @@ def wait_for_group_coordinator(bootstrap: str, timeout: float = 120) -> None:
     finally:
         consumer.close()
         admin.delete_topics([topic], operation_timeout=30)
+
+
+def metric_samples(text: str) -> list[Any]:
+    """Every sample of a Prometheus text exposition, parsed by prometheus_client's own parser
+    (`.name`, `.labels`, `.value`; counters as `<name>_total`, histograms as `_bucket`/`_sum`/`_count`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of the first sample called `name` whose labels include `labels`; None when there is none."""
+    for sample in metric_samples(text):
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+            return float(sample.value)
+    return None
