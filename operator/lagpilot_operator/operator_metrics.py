@@ -36,6 +36,16 @@ RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that h
 DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
 
 
+def export_rates(namespace: str, name: str, produce: float | None, consume: float | None) -> None:
+    """The produce and consume rates the status reports; no series while a rate is not measured yet."""
+    for gauge, value in ((PRODUCE_RATE, produce), (CONSUME_RATE, consume)):
+        if value is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
+        else:
+            gauge.labels(namespace, name).set(value)
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address)
 

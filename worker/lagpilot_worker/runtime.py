@@ -953,6 +953,10 @@ class Worker:
         if self._consumer is None:
             return
         for state in self._states.values():
+            # Every assigned partition has a 0/1 series, so "closed" and "never reported" differ.
+            partition = str(state.partition)
+            metrics.breaker_open.labels(state.topic, partition).set(1 if state in self._open_breakers else 0)
+            metrics.write_stalled.labels(state.topic, partition).set(1 if state in self._stalled_writes else 0)
             high = self._consumer.high_watermark(state.topic, state.partition)
             position = state.tracker.committable()
             if position is None:

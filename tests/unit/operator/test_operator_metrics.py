@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, generate_latest
 
 from lagpilot_operator import operator_metrics as m
-from support import metric_samples
+from support import metric_samples, metric_value
 
 
 def series_of(namespace: str, name: str) -> list[str]:
@@ -35,3 +35,14 @@ def test_forget_resource_drops_every_series_of_that_resource_and_only_those() ->
     m.forget_resource("ns-forget", "gone")   # twice: nothing left to remove, no error
     m.forget_resource("ns-forget", "kept")
     assert series_of("ns-forget", "kept") == []
+
+
+def test_rates_follow_the_status_and_disappear_while_unknown() -> None:
+    text = lambda: generate_latest(REGISTRY).decode()  # noqa: E731
+    m.export_rates("ns-rates", "orders", 12.5, 7.25)
+    assert metric_value(text(), "lagpilot_consumergroup_produce_rate", {"name": "orders"}) == 12.5
+    assert metric_value(text(), "lagpilot_consumergroup_consume_rate", {"name": "orders"}) == 7.25
+    m.export_rates("ns-rates", "orders", None, 3.0)
+    assert metric_value(text(), "lagpilot_consumergroup_produce_rate", {"name": "orders"}) is None
+    assert metric_value(text(), "lagpilot_consumergroup_consume_rate", {"name": "orders"}) == 3.0
+    m.forget_resource("ns-rates", "orders")
