@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka import Producer
-from operator_testkit import API_VERSION, OperatorProcess, free_port
+from operator_testkit import API_VERSION, OperatorProcess, backlog, free_port
 
 from support import dashboard_expressions, metric_samples, metric_value, promql_metric_names, wait_for
 
@@ -96,11 +96,8 @@ def test_every_dashboard_and_alert_metric_is_exported_by_the_running_operator_an
         unique_name: Callable[[str], str], steady_traffic: Callable[[str], None], tmp_path: Path) -> None:
     topic = create_topic("exported", partitions=2)
     group = unique_name("g")
-    # A backlog before any worker runs, so the operator scales up (a decision) before the worker drains it.
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "linger.ms": 5})
-    for number in range(300):
-        producer.produce(topic, value=f"{number % 2}:{number}".encode(), partition=number % 2)
-    assert producer.flush(30) == 0
+    # A backlog (committed at 0) before any worker runs, so the operator scales up (a decision) first.
+    backlog(stack.kafka_bootstrap, topic, group, 2, 150)
 
     operator = OperatorProcess({**stack.env(), "LAGPILOT_VERDICT_WINDOW_SECONDS": "8"}, namespace, tmp_path)
     operator.start()
@@ -124,8 +121,13 @@ def test_every_dashboard_and_alert_metric_is_exported_by_the_running_operator_an
                                "groupId": unique_name("blind"), "topics": ["t"],
                                "scaleTargetRef": {"name": "worker"}, "replicas": {"min": 1, "max": 1},
                                "lag": {"pollIntervalSeconds": 2}, "deadLetter": {"enabled": False}}})
-        operator_metric = lambda name, **labels: metric_value(scrape(operator.metrics_port), name,  # noqa: E731
-                                                              {"namespace": namespace, **labels})
+        def operator_metric(metric: str, **labels: str) -> float | None:
+            try:
+                text = scrape(operator.metrics_port)
+            except OSError:        # not listening yet
+                return None
+            return metric_value(text, metric, {"namespace": namespace, **labels})
+
         wait_for(lambda: (operator_metric("lagpilot_desired_replicas", name="orders") or 0) == 2, 60,
                  "the backlog to scale the group up to its 2 partitions")
         dlq = f"{group}.dlq"
