@@ -787,11 +787,11 @@ class Worker:
                 return
             try:
                 queued = send(delivered)
-            except Exception as exc:
-                log.error("could not queue write of a failed record: %s", exc, extra=state.log_extra(message.offset()))
-                queued = False
+                error = "the producer's queue is full"
+            except Exception as exc:    # e.g. the broker refused the topic (authorization, unknown topic)
+                queued, error = False, f"could not queue the write: {exc}"
             if not queued:
-                retry_later("could not queue the write")
+                retry_later(error)
 
         attempt()
 
