@@ -763,7 +763,6 @@ class Worker:
                     state.tracker.done_many([message.offset()])  # type: ignore[list-item]
                 on_acked()
                 return
-            self.metrics.write_errors.inc()
             retry_later(str(err))
 
         def retry_later(error: str) -> None:
@@ -772,6 +771,7 @@ class Worker:
                 finished()
                 return
             failures += 1
+            self.metrics.write_errors.inc()
             decision = next_write_retry(self.config.write_retry, failures, random.random())
             log.error("writing a failed record failed (attempt %d), retrying in %.1fs: %s", failures,
                       decision.delay_seconds, error, extra={**state.log_extra(message.offset()), "attempts": failures})

@@ -132,6 +132,7 @@ def test_dead_letter_write_denied_by_an_acl_pauses_the_partition_until_the_acl_g
                      "the denied DLQ write to stall the partition")
             status, body = http_get(port, "/readyz")
             assert status == 503 and json.loads(body)["failing_writes"] == [f"{source}[0]"]
+            assert (metric(port, "lagpilot_worker_dead_letter_write_errors_total") or 0) >= 2
             assert committed_offsets(stack.kafka_bootstrap, group, source, 1)[0] in (None, 0)   # not past it
             admin.delete_acls([AclBindingFilter(ResourceType.TOPIC, dlq, ResourcePatternType.LITERAL,
                                                 None, None, AclOperation.ANY, AclPermissionType.ANY)])
