@@ -7,11 +7,12 @@
 FROM python:3.11.14-slim-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY contract/ contract/
 COPY operator/ operator/
 COPY worker/ worker/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]"
+# requirements.lock pins every dependency (the versions `make test` installs).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock ".[operator]"
 
 FROM python:3.11.14-slim-bookworm
 ARG LAGPILOT_VERSION=0.1.0

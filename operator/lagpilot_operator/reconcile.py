@@ -264,6 +264,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
               decision.reason if ready else "see the KafkaReachable, TargetFound and LagMetricAvailable conditions")
     status["conditions"] = conditions_to_k8s(conditions)
     _export(namespace, name, sample, decision, verdicts, time_lags, applied_replicas, config)
+    metrics.export_rates(namespace, name, status.get("produceRatePerSecond"), status.get("consumeRatePerSecond"))
     return status
 
 

@@ -31,6 +31,7 @@ from .poolsize import ConfigMapPoolSize, FixedPoolSize, PoolSizeSource
 from .record import Deserializer
 from .retry import Classifier, RetryPolicy
 from .runtime import Worker
+from .write_retry import WriteRetryPolicy
 
 KAFKA_ENV_PREFIX = env_contract.KAFKA_ENV_PREFIX
 
@@ -156,6 +157,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="first backoff in seconds, doubled per retry [LAGPILOT_RETRY_BACKOFF_SECONDS]")
     p.add_argument("--retry-backoff-max", type=float, default=float(e("LAGPILOT_RETRY_BACKOFF_MAX_SECONDS", 10.0)),
                    help="backoff cap in seconds [LAGPILOT_RETRY_BACKOFF_MAX_SECONDS]")
+    p.add_argument("--dead-letter-write-attempts", type=int,
+                   default=int(e("LAGPILOT_DEAD_LETTER_WRITE_ATTEMPTS", WriteRetryPolicy.attempts_before_pause)),
+                   help="failed writes to the DLQ/a retry topic before the partition pauses (the write keeps "
+                        "being retried) [LAGPILOT_DEAD_LETTER_WRITE_ATTEMPTS]")
     p.add_argument("--no-breaker", action="store_true", default=not _env_bool(env, "LAGPILOT_BREAKER", True),
                    help="disable the dead-letter circuit breaker (LAGPILOT_BREAKER=false)")
     p.add_argument("--breaker-window", type=int, default=int(e("LAGPILOT_BREAKER_WINDOW", 1000)),
@@ -219,6 +224,7 @@ def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerCon
         dead_letter_topic=args.dlq_topic,
         retry=RetryPolicy(attempts_in_place=args.retry_attempts, backoff_initial_seconds=args.retry_backoff,
                           backoff_max_seconds=args.retry_backoff_max, tier_delays_seconds=delays),
+        write_retry=WriteRetryPolicy(attempts_before_pause=args.dead_letter_write_attempts),
         breaker=BreakerConfig(enabled=not args.no_breaker, window=args.breaker_window,
                               max_ratio_percent=args.breaker_max_percent,
                               max_consecutive=args.breaker_max_consecutive,

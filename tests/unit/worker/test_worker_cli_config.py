@@ -29,6 +29,7 @@ def test_flags(handler_module: str, tmp_path: Path) -> None:
          "--topic", "a,b", "--topic", "c", "--ordering", "partition", "--pool-size", "12",
          "--retry-delays", "10, 60", "--retry-attempts", "5", "--dlq-topic", "custom.dlq",
          "--breaker-max-consecutive", "7", "--breaker-cooldown", "0", "--value-deserializer", "json",
+         "--dead-letter-write-attempts", "2",
          "--classifier", f"{handler_module}:classify",
          "--kafka-config", "security.protocol=SASL_SSL", "--kafka-config-file", f"sasl.password={secret}",
          "--http-port", "-1", "--log-level", "debug"], env={})
@@ -39,6 +40,7 @@ def test_flags(handler_module: str, tmp_path: Path) -> None:
     assert config.dlq_topic == "custom.dlq"
     assert config.retry_topics == ["custom.retry.1", "custom.retry.2"]     # same rule as the operator
     assert config.breaker.max_consecutive == 7 and config.breaker.cooldown_seconds == 0
+    assert config.write_retry.attempts_before_pause == 2
     assert config.http_port is None and level == "debug"
     assert config.value_deserializer is not None and config.value_deserializer(b'{"a": 1}') == {"a": 1}
     assert config.classifier is not None and handler.__name__ == "handle"
@@ -57,11 +59,12 @@ def test_env_only(handler_module: str) -> None:
            "LAGPILOT_GROUP_ID": "g", "LAGPILOT_TOPICS": "t1, t2", "LAGPILOT_POOL_SIZE": "3",
            "LAGPILOT_POOL_CONFIGMAP": "orders-lagpilot-pool", "LAGPILOT_NAMESPACE": "shop",
            "LAGPILOT_RETRY_DELAYS": "10,60", "LAGPILOT_DEAD_LETTER": "true", "LAGPILOT_BREAKER": "false",
+           "LAGPILOT_DEAD_LETTER_WRITE_ATTEMPTS": "9",
            "LAGPILOT_KAFKA_SASL_USERNAME": "svc", "LAGPILOT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
     config, _, source, _ = build([], env=env)
     assert config.topics == ["t1", "t2"] and config.pool_size == 3 and config.group_id == "g"
     assert config.dlq_topic == "g.dlq" and config.retry_topics == ["g.retry.1", "g.retry.2"]
-    assert not config.breaker.enabled
+    assert not config.breaker.enabled and config.write_retry.attempts_before_pause == 9
     assert isinstance(source, ConfigMapPoolSize)
     assert (source.name, source.namespace) == ("orders-lagpilot-pool", "shop")
     assert config.kafka_config == {"sasl.username": "svc", "security.protocol": "SASL_PLAINTEXT"}
