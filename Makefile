@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PYTHON) hack/stack.py
 
-.PHONY: help dev test venv stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
+.PHONY: help dev test venv lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
 
 help:
 	@echo "make dev         bring the local stack up, apply crds/, run the operator (kopf run) in the foreground"
@@ -13,15 +13,26 @@ help:
 	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
 	@echo "make stack-down  stop every process of the local stack"
 	@echo "make bench       run the benchmarks (JSON out)"
+	@echo "make lock        re-pin the Python dependencies in requirements.lock (commit it)"
 
-$(VENV)/.installed: pyproject.toml
+# Every dependency is pinned by requirements.lock (pip-compile of pyproject's extras), so a new release
+# of kopf or confluent-kafka cannot change what a fresh clone installs. `make lock` updates it.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,e2e]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,e2e]'
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolve the pins from pyproject.toml (newest versions its ranges allow); commit the result.
+# `make lock UPGRADE=kopf` moves one package only.
+lock: venv
+	$(PY) -m pip install -q --disable-pip-version-check 'pip-tools>=7.4,<8'
+	$(VENV)/bin/pip-compile --quiet --strip-extras --extra dev --extra e2e --no-emit-index-url --no-emit-find-links \
+		--unsafe-package lagpilot $(if $(UPGRADE),--upgrade-package $(UPGRADE),--upgrade) \
+		--output-file requirements.lock pyproject.toml
 
 stack-install:
 	@$(STACK) install

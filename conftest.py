@@ -30,6 +30,16 @@ class Stack:
     kafka_sasl_bootstrap: str
     kafka_sasl_username: str
     kafka_sasl_password: str
+    # SASL_SSL with SCRAM-SHA-512, and SSL with client certificates required (mutual TLS); the PEM files
+    # are minted at each broker start under the stack's folder.
+    kafka_scram_bootstrap: str
+    kafka_scram_username: str
+    kafka_scram_password: str
+    kafka_mtls_bootstrap: str
+    kafka_mtls_principal: str
+    kafka_tls_ca_file: Path
+    kafka_tls_client_cert_file: Path
+    kafka_tls_client_key_file: Path
     prometheus_url: str
     prometheus_targets_dir: Path
     bin_dir: Path
@@ -141,6 +151,14 @@ def stack() -> Stack:
         kafka_sasl_bootstrap=values["KAFKA_SASL_BOOTSTRAP_SERVERS"],
         kafka_sasl_username=values["KAFKA_SASL_USERNAME"],
         kafka_sasl_password=values["KAFKA_SASL_PASSWORD"],
+        kafka_scram_bootstrap=values["KAFKA_SCRAM_BOOTSTRAP_SERVERS"],
+        kafka_scram_username=values["KAFKA_SCRAM_USERNAME"],
+        kafka_scram_password=values["KAFKA_SCRAM_PASSWORD"],
+        kafka_mtls_bootstrap=values["KAFKA_MTLS_BOOTSTRAP_SERVERS"],
+        kafka_mtls_principal=values["KAFKA_MTLS_PRINCIPAL"],
+        kafka_tls_ca_file=Path(values["KAFKA_TLS_CA_FILE"]),
+        kafka_tls_client_cert_file=Path(values["KAFKA_TLS_CLIENT_CERT_FILE"]),
+        kafka_tls_client_key_file=Path(values["KAFKA_TLS_CLIENT_KEY_FILE"]),
         prometheus_url=values["PROMETHEUS_URL"],
         prometheus_targets_dir=Path(values["PROMETHEUS_TARGETS_DIR"]),
         bin_dir=REPO / ".cache" / "bin",

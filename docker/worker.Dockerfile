@@ -16,12 +16,14 @@ ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY contract/ contract/
 COPY operator/ operator/
 COPY worker/ worker/
-# A virtual environment works the same on both bases (Debian's own python3 refuses system-wide pip installs).
-RUN python3 -m venv /opt/build && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[worker]"
+# requirements.lock pins every dependency (the versions `make test` installs). A virtual environment
+# works the same on both bases (Debian's own python3 refuses system-wide pip installs).
+RUN python3 -m venv /opt/build \
+    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock ".[worker]"
 
 FROM ${BASE_IMAGE}
 ARG LAGPILOT_VERSION=0.1.0

@@ -492,7 +492,8 @@ class PrivateBroker:
 
     def __init__(self, stack_dir: Path) -> None:
         self.stack_dir = stack_dir
-        self.ports = {name: _free_port() for name in ("KAFKA", "KAFKA_CONTROLLER", "KAFKA_SASL")}
+        self.ports = {name: _free_port()
+                      for name in ("KAFKA", "KAFKA_CONTROLLER", "KAFKA_SASL", "KAFKA_SCRAM", "KAFKA_MTLS")}
         self.bootstrap = f"127.0.0.1:{self.ports['KAFKA']}"
         self._env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack_dir),
                      **{f"LAGPILOT_{name}_PORT": str(number) for name, number in self.ports.items()}}

@@ -73,13 +73,15 @@ PORTS = {
     "kafka": port("KAFKA", 19092),
     "kafka-controller": port("KAFKA_CONTROLLER", 19093),
     "kafka-sasl": port("KAFKA_SASL", 19094),
+    "kafka-scram": port("KAFKA_SCRAM", 19095),
+    "kafka-mtls": port("KAFKA_MTLS", 19096),
     "etcd": port("ETCD", 12379),
     "etcd-peer": port("ETCD_PEER", 12380),
     "apiserver": port("APISERVER", 16443),
     "prometheus": port("PROMETHEUS", 19090),
     # The real node (LAGPILOT_NODE=1 / `up --node`): Kafka's listener for Pods on the bridge address,
     # the kubelet's API on the bridge address, and health/metrics ports on 127.0.0.1.
-    "kafka-pods": port("KAFKA_PODS", 19095),
+    "kafka-pods": port("KAFKA_PODS", 19097),
     "kubelet": port("KUBELET", 19250),
     "kubelet-healthz": port("KUBELET_HEALTHZ", 19248),
     "kube-proxy-healthz": port("KUBE_PROXY_HEALTHZ", 19256),
@@ -88,6 +90,10 @@ PORTS = {
 ADMIN_TOKEN_FILE = STATE / "kube" / "admin.token"
 SASL_USER = "lagpilot"
 SASL_PASSWORD = "lagpilot-local-only"  # noqa: S105 - a throwaway credential of the local test broker
+SCRAM_USER = "lagpilot-scram"
+SCRAM_PASSWORD = "lagpilot-scram-local-only"  # noqa: S105 - a throwaway credential of the local test broker
+# The mTLS client's certificate subject; the broker maps it to the principal User:<CN>.
+MTLS_CLIENT_CN = "lagpilot-mtls-client"
 
 
 def log(message: str) -> None:
@@ -383,29 +389,81 @@ def _is_zombie(pid: int) -> bool:
 # --------------------------------------------------------------------------------------------- Kafka
 
 
+def kafka_pki() -> Path:
+    return STATE / "kafka" / "pki"
+
+
+def kafka_tls_files() -> dict[str, Path]:
+    """The PEM files clients of the TLS listeners need (minted by `make_kafka_certificates`)."""
+    pki = kafka_pki()
+    return {"ca": pki / "ca.crt", "client-cert": pki / "client.crt", "client-key": pki / "client.key"}
+
+
+def make_kafka_certificates() -> None:
+    """A fresh CA, a broker certificate for 127.0.0.1/localhost and a client certificate, each Kafka start.
+
+    Minted every start (never reused from a previous run, never hand-made), so a clean clone and a
+    long-lived checkout see the same thing. Keys are unencrypted PKCS#8, which Kafka's PEM key store reads
+    without `ssl.key.password`.
+    """
+    pki = kafka_pki()
+    shutil.rmtree(pki, ignore_errors=True)
+    pki.mkdir(parents=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-kafka-local-ca",
+            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    (pki / "server.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                    "extendedKeyUsage=serverAuth\n")
+    (pki / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subject in (("server", "/CN=localhost"), ("client", f"/CN={MTLS_CLIENT_CN}")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+                "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.csr"))
+        openssl("x509", "-req", "-in", str(pki / f"{name}.csr"), "-CA", str(pki / "ca.crt"),
+                "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
+                "-extfile", str(pki / f"{name}.cnf"), "-out", str(pki / f"{name}.crt"))
+    # Kafka's PEM key store: the private key followed by the certificate chain, in one file.
+    (pki / "server.pem").write_text((pki / "server.key").read_text() + (pki / "server.crt").read_text())
+    for secret in ("ca.key", "server.key", "server.pem", "client.key"):
+        (pki / secret).chmod(0o600)
+
+
 def kafka_properties() -> str:
     data = STATE / "kafka" / "data"
+    pki = kafka_pki()
     kafka, controller, sasl = PORTS["kafka"], PORTS["kafka-controller"], PORTS["kafka-sasl"]
+    scram, mtls = PORTS["kafka-scram"], PORTS["kafka-mtls"]
     # With the real node, Pods reach the broker through a listener of its own on the bridge address.
     pods = f",PODS://{NODE_IP}:{PORTS['kafka-pods']}" if node_enabled() else ""
     plain_jaas = (
         "org.apache.kafka.common.security.plain.PlainLoginModule required "
         f'user_{SASL_USER}="{SASL_PASSWORD}";'
     )
+    listeners = (f"PLAINTEXT://{HOST}:{kafka},SASL_PLAINTEXT://{HOST}:{sasl},"
+                 f"SCRAM://{HOST}:{scram},MTLS://{HOST}:{mtls}" + pods)
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{HOST}:{controller}",
-            f"listeners=PLAINTEXT://{HOST}:{kafka},CONTROLLER://{HOST}:{controller},SASL_PLAINTEXT://{HOST}:{sasl}"
-            + pods,
-            f"advertised.listeners=PLAINTEXT://{HOST}:{kafka},SASL_PLAINTEXT://{HOST}:{sasl}" + pods,
+            f"listeners={listeners},CONTROLLER://{HOST}:{controller}",
+            f"advertised.listeners={listeners}",
             "inter.broker.listener.name=PLAINTEXT",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
-            + (",PODS:PLAINTEXT" if pods else ""),
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
+            "SCRAM:SASL_SSL,MTLS:SSL" + (",PODS:PLAINTEXT" if pods else ""),
             "sasl.enabled.mechanisms=PLAIN",
             f"listener.name.sasl_plaintext.plain.sasl.jaas.config={plain_jaas}",
+            # SASL_SSL with SCRAM-SHA-512; the users are written into the metadata log at format time.
+            "listener.name.scram.sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.scram.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            # Both TLS listeners present the broker certificate; the MTLS one also demands a client
+            # certificate signed by the stack's CA, and its principal is the certificate's CN.
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={pki / 'server.pem'}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={pki / 'ca.crt'}",
+            "listener.name.mtls.ssl.client.auth=required",
+            "ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT",
             # ACLs are enforced so authorization failures can be tested; the PLAINTEXT listener's
             # ANONYMOUS principal (tests, controller) stays a super user.
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
@@ -474,23 +532,32 @@ def prepare_kafka() -> list[str]:
     config.mkdir(parents=True, exist_ok=True)
     (config / "server.properties").write_text(kafka_properties())
     (config / "log4j2.yaml").write_text(kafka_log4j())
+    make_kafka_certificates()
     run(java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={new_kafka_cluster_id()}",
-                 "-c", str(config / "server.properties"), heap="256m"), what="format kafka storage")
+                 "-c", str(config / "server.properties"),
+                 "--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]", heap="256m"),
+        what="format kafka storage")
     return java_cmd("kafka.Kafka", str(config / "server.properties"))
 
 
 def kafka_ready() -> bool:
-    """True when the broker answers a Kafka ApiVersions request (v0) on its PLAINTEXT listener(s)."""
-    if node_enabled() and not _kafka_answers(NODE_IP, PORTS["kafka-pods"]):
+    """True when the broker answers on PLAINTEXT and listens on every listener this stack configures.
+
+    The listener check makes `up` replace a broker started by an older stack.py that lacked a listener
+    (its PLAINTEXT port answers, but tests of the newer listeners could never connect); with the real
+    node, that includes the Pods' listener on the bridge address.
+    """
+    if node_enabled() and not kafka_answers(NODE_IP, PORTS["kafka-pods"]):
         return False
-    return _kafka_answers(HOST, PORTS["kafka"])
+    return kafka_answers() and all(port_open(PORTS[key]) for key in ("kafka-sasl", "kafka-scram", "kafka-mtls"))
 
 
-def _kafka_answers(host: str, port_number: int) -> bool:
+def kafka_answers(host: str = HOST, port_number: int | None = None) -> bool:
+    """True when the broker answers a Kafka ApiVersions request (v0) on a PLAINTEXT listener."""
     client_id = b"lagpilot-stack"
     body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
     try:
-        with socket.create_connection((host, port_number), timeout=2) as sock:
+        with socket.create_connection((host, port_number or PORTS["kafka"]), timeout=2) as sock:
             sock.sendall(struct.pack(">i", len(body)) + body)
             header = sock.recv(4)
             if len(header) < 4:
@@ -701,7 +768,8 @@ def prometheus_ready() -> bool:
 
 
 SERVICES = [
-    Service("kafka", ("kafka", "kafka-controller", "kafka-sasl"), prepare_kafka, kafka_ready, timeout=120),
+    Service("kafka", ("kafka", "kafka-controller", "kafka-sasl", "kafka-scram", "kafka-mtls"), prepare_kafka,
+            kafka_ready, timeout=120),
     Service("etcd", ("etcd", "etcd-peer"), etcd_cmd, lambda: http_ok(f"http://{HOST}:{PORTS['etcd']}/readyz")),
     Service("kube-apiserver", ("apiserver",), apiserver_cmd, apiserver_ready, timeout=120),
     Service("kube-controller-manager", (), controller_manager_cmd, controller_manager_ready),
@@ -1342,7 +1410,7 @@ def project_image_name(image: str, base: str) -> str:
     # README.md is copied into the build too, but only as the package's long description: editing the
     # docs must not rebuild the images.
     return f"localhost/{image}:" + content_hash(
-        base.encode(), dockerfile, REPO / "pyproject.toml",
+        base.encode(), dockerfile, REPO / "pyproject.toml", REPO / "requirements.lock",
         REPO / "contract", REPO / "operator" / "lagpilot_operator", REPO / "worker" / "lagpilot_worker")
 
 
@@ -1451,6 +1519,14 @@ def env_lines() -> list[str]:
         f"export KAFKA_SASL_BOOTSTRAP_SERVERS={HOST}:{PORTS['kafka-sasl']}",
         f"export KAFKA_SASL_USERNAME={SASL_USER}",
         f"export KAFKA_SASL_PASSWORD={SASL_PASSWORD}",
+        f"export KAFKA_SCRAM_BOOTSTRAP_SERVERS={HOST}:{PORTS['kafka-scram']}",
+        f"export KAFKA_SCRAM_USERNAME={SCRAM_USER}",
+        f"export KAFKA_SCRAM_PASSWORD={SCRAM_PASSWORD}",
+        f"export KAFKA_MTLS_BOOTSTRAP_SERVERS={HOST}:{PORTS['kafka-mtls']}",
+        f"export KAFKA_MTLS_PRINCIPAL=User:{MTLS_CLIENT_CN}",
+        f"export KAFKA_TLS_CA_FILE={kafka_tls_files()['ca']}",
+        f"export KAFKA_TLS_CLIENT_CERT_FILE={kafka_tls_files()['client-cert']}",
+        f"export KAFKA_TLS_CLIENT_KEY_FILE={kafka_tls_files()['client-key']}",
         f"export PROMETHEUS_URL=http://{HOST}:{PORTS['prometheus']}",
         f"export PROMETHEUS_TARGETS_DIR={STATE / 'prometheus' / 'targets'}",
         f"export LAGPILOT_STACK_DIR={STATE}",

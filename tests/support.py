@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -77,3 +78,73 @@ def wait_for_group_coordinator(bootstrap: str, timeout: float = 120) -> None:
     finally:
         consumer.close()
         admin.delete_topics([topic], operation_timeout=30)
+
+
+def metric_samples(text: str) -> list[Any]:
+    """Every sample of a Prometheus text exposition, parsed by prometheus_client's own parser
+    (`.name`, `.labels`, `.value`; counters as `<name>_total`, histograms as `_bucket`/`_sum`/`_count`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of the first sample called `name` whose labels include `labels`; None when there is none."""
+    for sample in metric_samples(text):
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+            return float(sample.value)
+    return None
+
+
+def exposed_metric_names(families: Iterable[Any]) -> set[str]:
+    """The series names metric families expose (prometheus_client Metric objects, from a registry's
+    collect() or from the text parser): a counter as `<name>_total`, a histogram as `_bucket`, `_count`,
+    `_sum`, anything else by its name; plus the names of the samples present."""
+    names: set[str] = set()
+    for family in families:
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}{suffix}" for suffix in ("_bucket", "_count", "_sum")}
+        else:
+            names.add(family.name)
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+# --- PromQL: which metric names the dashboard and the alert rules select ---------------------------
+
+PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+                "offset", "bool", "atan2", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (label names, functions and keywords excluded)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals, including label values
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery windows
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        token = match.group(0)
+        if text[match.end():].lstrip().startswith("(") or token.lower() in PROMQL_WORDS:
+            continue
+        names.add(token)
+    return names
+
+
+
+
+def dashboard_expressions(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr" and isinstance(value, str):
+                yield value
+            elif key in {"query", "definition"} and isinstance(value, str) and value.startswith("label_values("):
+                # label_values(<selector>, <label>): only the selector names a metric.
+                yield value.removeprefix("label_values(").rsplit(",", 1)[0]
+            else:
+                yield from dashboard_expressions(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from dashboard_expressions(item)

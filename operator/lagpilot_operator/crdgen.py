@@ -44,6 +44,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "description": "Concurrent messages per worker pod (pool size)."},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
      "description": "Whether lag is read and the target is scaled (condition Ready)."},
+    {"name": "Paused", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Paused")].status',
+     "description": "Whether scaling is paused (spec.paused or the lagpilot.io/paused annotations)."},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
      "priority": 1, "description": "Reason of the Ready condition."},
     {"name": "Group", "type": "string", "jsonPath": ".spec.groupId", "priority": 1,

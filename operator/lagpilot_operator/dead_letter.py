@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from confluent_kafka.admin import AdminClient
+
 from lagpilot_contract.naming import dead_letter_topic, retry_topics
 from lagpilot_operator.topics import (
     DEFAULT_TIMEOUT_SECONDS,
@@ -111,16 +113,6 @@ def managed_topics(group_id: str, settings: DeadLetterSettings) -> list[ManagedT
 def redrive_group_id(group_id: str) -> str:
     """The consumer group whose committed offsets on the DLQ record what was redriven."""
     return f"{group_id}{REDRIVE_GROUP_SUFFIX}"
-
-
-def worker_env(group_id: str, settings: DeadLetterSettings) -> dict[str, str]:
-    """Env vars telling a worker the topic names and delays (template mode injects these)."""
-    if not settings.enabled:
-        return {}
-    env = {"LAGPILOT_DLQ_TOPIC": dead_letter_topic(group_id, settings.topic)}
-    if settings.retry_delays_seconds:
-        env["LAGPILOT_RETRY_DELAYS"] = ",".join(str(d) for d in settings.retry_delays_seconds)
-    return env
 
 
 @dataclass(frozen=True)
@@ -281,6 +273,7 @@ def reconcile_dead_letter(
     previous_status: Mapping[str, Any] | None = None,
     memory: DeadLetterMemory | None = None,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    admin: AdminClient | None = None,
 ) -> DeadLetterOutcome:
     """Bring the DLQ and retry topics in line with the spec and report on them (blocking).
 
@@ -295,7 +288,9 @@ def reconcile_dead_letter(
 
     topics = managed_topics(group_id, settings)
     names = [t.name for t in topics]
-    admin = admin_client(admin_config)
+    # The operator passes its shared client for this cluster and credentials (one per cluster, not
+    # a new one with its own threads and connections every 30 s); a caller without one gets its own.
+    admin = admin if admin is not None else admin_client(admin_config)
     errors: list[TopicAccessError] = []
     refusals: list[Refusal] = []
     events: list[EventMaterial] = []

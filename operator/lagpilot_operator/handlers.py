@@ -64,11 +64,16 @@ def _emitter(body: kopf.Body) -> reconcile.EventSink:
 @kopf.daemon(models.GROUP, models.VERSION, models.PLURAL, cancellation_timeout=10)
 async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     state = reconcile.ResourceState()
-    while not stopped:
-        status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body))
-        logger.debug("reconciled: %s", status.get("lastDecision"))
-        interval = int(((body.get("spec") or {}).get("lag") or {}).get("pollIntervalSeconds") or 5)
-        await stopped.wait(interval)
+    meta = body.get("metadata") or {}
+    try:
+        while not stopped:
+            status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body))
+            logger.debug("reconciled: %s", status.get("lastDecision"))
+            interval = int(((body.get("spec") or {}).get("lag") or {}).get("pollIntervalSeconds") or 5)
+            await stopped.wait(interval)
+    finally:
+        # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
+        await reconcile.forget(state, SHARED, meta.get("namespace") or "", meta.get("name") or "")
 
 
 def _deletes_topics(spec: kopf.Spec, **_: Any) -> bool:

@@ -8,10 +8,12 @@ one group description. All calls are blocking; the reconcile loop runs them in a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -25,10 +27,23 @@ _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BR
                 KafkaError._RESOLVE, KafkaError.NETWORK_EXCEPTION, KafkaError.REQUEST_TIMED_OUT}
 _AUTHORIZATION = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
                   KafkaError.CLUSTER_AUTHORIZATION_FAILED}
-# A refused login is reported only through the client's error callback; the request itself then
-# fails like an unreachable cluster. Remembered per client to name the real cause.
+# A refused login or a failed TLS handshake is reported only through the client's error callback;
+# the request itself then fails like an unreachable cluster. Remembered per client to name the real cause.
 _AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _last_client_error: dict[int, KafkaError] = {}
+
+REASON_AUTHENTICATION_FAILED = "AuthenticationFailed"
+REASON_TLS_VERIFICATION_FAILED = "TLSVerificationFailed"
+REASON_TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
+# OpenSSL's words, as librdkafka passes them on, when the client cannot verify the broker's certificate
+# ("certificate verify failed", plus librdkafka's hint "broker certificate could not be verified").
+_VERIFY_FAILED_WORDS = ("certificate verify failed", "could not be verified")
+# A TLS alert from the broker (it refused or found no client certificate: "ssl/tls alert bad certificate:
+# SSL alert number 42"). With TLS 1.3 the alert comes after the client finished its half of the
+# handshake, so librdkafka reports it as a _TRANSPORT receive failure, not as _SSL. A TLS client at a
+# PLAINTEXT listener is also a _TRANSPORT error: "SSL handshake failed: Disconnected: SSL connection closed
+# by peer: connecting to a PLAINTEXT broker listener?".
+_TLS_ALERT_WORDS = ("ssl alert number", "ssl/tls alert", "tlsv13 alert", "tlsv1 alert", "ssl handshake failed")
 
 
 class LagReadError(Exception):
@@ -46,7 +61,15 @@ class KafkaAuthorizationFailed(LagReadError):
 
 
 class KafkaAuthenticationFailed(LagReadError):
-    reason = "AuthenticationFailed"
+    reason = REASON_AUTHENTICATION_FAILED
+
+
+class KafkaTlsVerificationFailed(LagReadError):
+    reason = REASON_TLS_VERIFICATION_FAILED
+
+
+class KafkaTlsHandshakeFailed(LagReadError):
+    reason = REASON_TLS_HANDSHAKE_FAILED
 
 
 class TopicMissing(LagReadError):
@@ -55,6 +78,36 @@ class TopicMissing(LagReadError):
 
 class CredentialsUnavailable(LagReadError):
     reason = "SecretNotFound"
+
+
+class SecretKeyUnreadable(CredentialsUnavailable):
+    """A referenced Secret key holds something librdkafka cannot take as text (e.g. a PKCS#12 file)."""
+
+    reason = "SecretKeyUnreadable"
+
+
+def decode_secret_keys(secret_name: str, data: Mapping[str, str | bytes], keys: Collection[str],
+                       pem_keys: Collection[str] = ()) -> dict[str, str]:
+    """{'secret/key': text} for the `keys` of a Secret's base64 `data`; other keys are never decoded.
+
+    A key in `pem_keys` must be UTF-8 PEM text (librdkafka's `ssl.*.pem`). The error names the
+    Secret and the key, never the value.
+    """
+    values: dict[str, str] = {}
+    for key in sorted(set(keys) & set(data)):
+        where = f"Secret {secret_name} key {key}"
+        try:
+            text = base64.b64decode(data[key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            kind = "base64" if isinstance(exc, binascii.Error) else "UTF-8 text"
+            hint = " (a PKCS#12 or DER file? reference the PEM key, e.g. ca.crt)" if key in pem_keys else ""
+            raise SecretKeyUnreadable(f"{where} is not {kind}{hint}; point spec.kafka.security at a key holding "
+                                      "text") from None
+        if key in pem_keys and "-----BEGIN " not in text:
+            raise SecretKeyUnreadable(f"{where} is not PEM (no -----BEGIN line); TLS settings need PEM text "
+                                      "(e.g. a Strimzi cluster CA Secret's ca.crt, not ca.p12)")
+        values[f"{secret_name}/{key}"] = text
+    return values
 
 
 def client_settings(connection: KafkaConnection, secret_values: Mapping[str, str]) -> dict[str, str]:
@@ -96,6 +149,15 @@ def secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
     return [(ref.name, ref.key) for ref in refs if ref is not None]
 
 
+def pem_secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
+    """The (secret name, key) pairs that must hold PEM text (the TLS ones)."""
+    tls = connection.security.tls if connection.security is not None else None
+    if tls is None:
+        return []
+    refs = [tls.ca_secret_ref, tls.cert_secret_ref, tls.key_secret_ref]
+    return [(ref.name, ref.key) for ref in refs if ref is not None]
+
+
 def settings_fingerprint(settings: Mapping[str, str]) -> str:
     """A key for the client cache that does not keep credentials in plain text."""
     digest = hashlib.sha256()
@@ -108,17 +170,50 @@ def redacted(settings: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if k in SECRET_SETTINGS else v) for k, v in settings.items()}
 
 
+class ClientLeases:
+    """Which resources use which client key (pure bookkeeping): a key nobody uses any more is returned
+    for eviction, when its last user moved to other credentials or went away."""
+
+    def __init__(self) -> None:
+        self._key_of: dict[Hashable, str] = {}
+
+    def assign(self, owner: Hashable, key: str) -> set[str]:
+        """`owner` now uses `key`; returns the keys left without users (evict them)."""
+        previous = self._key_of.get(owner)
+        self._key_of[owner] = key
+        return self._unused({previous} - {key, None})
+
+    def release(self, owner: Hashable) -> set[str]:
+        """`owner` is gone; returns the keys left without users."""
+        return self._unused({self._key_of.pop(owner, None)} - {None})
+
+    def users(self, key: str) -> int:
+        return sum(1 for used in self._key_of.values() if used == key)
+
+    def _unused(self, keys: set[str | None]) -> set[str]:
+        return {key for key in keys if key is not None and self.users(key) == 0}
+
+
 class AdminClientPool:
-    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it."""
+    """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it.
+
+    A resource that passes `owner` leases its client: when its credentials change (another key) or it
+    goes (`release`), a client no other resource uses is dropped, so rotated passwords do not leave
+    clients (threads, connections) behind.
+    """
 
     def __init__(self, request_timeout_ms: int = 5000) -> None:
         self._clients: dict[str, AdminClient] = {}
         self._lock = threading.Lock()
         self._request_timeout_ms = request_timeout_ms
+        self._leases = ClientLeases()
 
-    def get(self, settings: Mapping[str, str]) -> AdminClient:
+    def get(self, settings: Mapping[str, str], owner: Hashable | None = None) -> AdminClient:
         key = settings_fingerprint(settings)
         with self._lock:
+            if owner is not None:
+                for unused in self._leases.assign(owner, key):
+                    self._clients.pop(unused, None)
             client = self._clients.get(key)
             if client is None:
                 config: dict[str, Any] = dict(settings)
@@ -127,7 +222,9 @@ class AdminClientPool:
                 created: list[int] = []
 
                 def remember(error: KafkaError) -> None:
-                    if created:
+                    # Only a cause is kept: the "all brokers down" that follows a failed handshake must
+                    # not hide it.
+                    if created and connection_failure_reason(error.code(), error.str()) is not None:
                         _last_client_error[created[0]] = error
 
                 config["error_cb"] = remember
@@ -145,20 +242,59 @@ class AdminClientPool:
         with self._lock:
             self._clients.pop(settings_fingerprint(settings), None)
 
+    def release(self, owner: Hashable) -> None:
+        """`owner` (a resource) is gone: drop its client unless another resource uses it."""
+        with self._lock:
+            for unused in self._leases.release(owner):
+                self._clients.pop(unused, None)
+
     def __len__(self) -> int:
         return len(self._clients)
+
+
+def connection_failure_reason(code: int | None, text: str) -> str | None:
+    """The condition reason of a client error that names why no connection works, else None (pure).
+
+    A refused SASL login, a broker certificate the client cannot verify with the configured CA, and a
+    TLS handshake that fails otherwise (the broker refused the client certificate, a protocol mismatch).
+    """
+    if code in _AUTHENTICATION:
+        return REASON_AUTHENTICATION_FAILED
+    lowered = text.lower()
+    if code == KafkaError._SSL:
+        if any(words in lowered for words in _VERIFY_FAILED_WORDS):
+            return REASON_TLS_VERIFICATION_FAILED
+        return REASON_TLS_HANDSHAKE_FAILED
+    if code == KafkaError._TRANSPORT and any(words in lowered for words in _TLS_ALERT_WORDS):
+        return REASON_TLS_HANDSHAKE_FAILED
+    return None
+
+
+def connection_failure(reason: str, detail: str, what: str, bootstrap: str) -> LagReadError:
+    """The typed error for a `connection_failure_reason`; the message says what to check (pure)."""
+    if reason == REASON_AUTHENTICATION_FAILED:
+        return KafkaAuthenticationFailed(f"{what}: Kafka at {bootstrap} refused the login ({detail}); "
+                                         "check the Secrets named in spec.kafka.security and the SASL mechanism")
+    if reason == REASON_TLS_VERIFICATION_FAILED:
+        return KafkaTlsVerificationFailed(
+            f"{what}: TLS verification of the broker certificate at {bootstrap} failed ({detail}); check that "
+            "spec.kafka.security.tls.caSecretRef names the CA that signed the brokers' certificates")
+    return KafkaTlsHandshakeFailed(
+        f"{what}: the TLS handshake with Kafka at {bootstrap} failed ({detail}); check the protocol "
+        "(SSL/SASL_SSL against a TLS listener) and, for mutual TLS, that the brokers trust the client "
+        "certificate in spec.kafka.security.tls.certSecretRef")
 
 
 def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     code = error.code() if isinstance(error, KafkaError) else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
-    admin.poll(0)  # serve queued error callbacks (the login failure) before looking
-    login_error = next((e for e in (error, _last_client_error.get(id(admin)))
-                        if isinstance(e, KafkaError) and e.code() in _AUTHENTICATION), None)
-    if login_error is not None:
-        return KafkaAuthenticationFailed(f"{what}: Kafka at {bootstrap} refused the login ({login_error.str()}); "
-                                         "check the Secrets named in spec.kafka.security and the SASL mechanism")
+    admin.poll(0)  # serve queued error callbacks (the login or handshake failure) before looking
+    for candidate in (error, _last_client_error.get(id(admin))):
+        if isinstance(candidate, KafkaError):
+            reason = connection_failure_reason(candidate.code(), candidate.str())
+            if reason is not None:
+                return connection_failure(reason, candidate.str(), what, bootstrap)
     if code in _AUTHORIZATION:
         return KafkaAuthorizationFailed(f"{what}: not authorized ({text}); grant the operator's Kafka principal "
                                         "Describe on the topics and the group")

@@ -26,7 +26,8 @@ HPA (`pkg/controller/podautoscaler`, external metric with an AverageValue target
   count unless `allowIdleConsumers` (KEDA's documented promise; its code gets there through the metric
   cap, whose integer division can let one replica more through - we apply the documented cap).
 
-A KEDA-scaled worker is one single-threaded consumer per pod (no in-pod pool). As in KEDA, the
+KEDA scales pods only: a KEDA-scaled worker's in-pod concurrency is whatever its user fixed (the
+simulator gives it Lagpilot's `pool.initial` by default, `--keda-pool` to change it). As in KEDA, the
 partition cap comes from the metric cap, so the 10 % tolerance can leave replicas just below the
 partition count (KEDA issues #2908, #4791) - reproduced, not fixed.
 """

@@ -7,16 +7,17 @@ Events go through kopf. The functions are blocking (kubernetes client); callers 
 
 from __future__ import annotations
 
-import base64
 import copy
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_operator import models
+from lagpilot_operator import kafka_lag, models
+from lagpilot_operator.worker_config import with_injected_env
 
 
 def load_configuration() -> None:
@@ -32,6 +33,8 @@ class TargetScale:
     name: str
     spec_replicas: int
     ready_replicas: int
+    containers: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    """The pod template's containers (camelCase dicts), for the WorkerConfigMismatch check."""
 
 
 def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +51,12 @@ def read_target(namespace: str, name: str) -> TargetScale | None:
         if exc.status == 404:
             return None
         raise
+    pod_spec = deployment.spec.template.spec
+    containers = client.ApiClient().sanitize_for_serialization(  # type: ignore[no-untyped-call]
+        pod_spec.containers if pod_spec is not None else []) or []
     return TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
-                       ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0))
+                       ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0),
+                       containers=tuple(containers))
 
 
 def scale_target(namespace: str, name: str, replicas: int) -> None:
@@ -57,27 +64,16 @@ def scale_target(namespace: str, name: str, replicas: int) -> None:
     client.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
 
 
-def worker_env(kcg_name: str, dead_letter_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Env that connects a worker container to the pool-size contract (and to its DLQ/retry topics)."""
-    return [
-        {"name": pool_contract.ENV_POOL_CONFIGMAP, "value": pool_contract.pool_configmap_name(kcg_name)},
-        {"name": pool_contract.ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        *({"name": k, "value": v} for k, v in sorted((dead_letter_env or {}).items())),
-    ]
-
-
 def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int,
-                         dead_letter_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The Deployment a `template` describes, owned by the KafkaConsumerGroup, with the contract's env."""
+                         injected_env: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Deployment a `template` describes, owned by the KafkaConsumerGroup, with the operator's env
+    (`worker_config.injected_env`) in every container."""
     name = kcg["metadata"]["name"]
     spec = copy.deepcopy(template.spec)
     spec["replicas"] = replicas
     pod_spec = spec.setdefault("template", {}).setdefault("spec", {})
-    injected = worker_env(name, dead_letter_env)
-    contract_names = {e["name"] for e in injected}
     for container in pod_spec.get("containers", []):
-        env = [e for e in container.get("env", []) if e.get("name") not in contract_names]
-        container["env"] = env + copy.deepcopy(injected)
+        container["env"] = with_injected_env(container.get("env", []), copy.deepcopy(injected_env))
     metadata = copy.deepcopy(template.metadata)
     labels = {**metadata.get("labels", {}), pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
               pool_contract.LABEL_CONSUMER_GROUP: name}
@@ -91,20 +87,24 @@ def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplat
 
 
 def ensure_templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate,
-                                initial_replicas: int, dead_letter_env: dict[str, str] | None = None) -> TargetScale:
+                                initial_replicas: int, injected_env: list[dict[str, Any]]) -> TargetScale:
     """Create the owned Deployment, or bring its template back to the spec (replicas stay ours)."""
     namespace, name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
     apps = client.AppsV1Api()
     current = read_target(namespace, name)
     if current is None:
-        manifest: Any = templated_deployment(kcg, template, initial_replicas, dead_letter_env)  # plain dicts work
+        manifest: Any = templated_deployment(kcg, template, initial_replicas, injected_env)  # plain dicts work
         apps.create_namespaced_deployment(namespace, manifest)
-        return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0)
-    desired = templated_deployment(kcg, template, current.spec_replicas, dead_letter_env)
+        return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0,
+                           containers=tuple(manifest["spec"]["template"]["spec"].get("containers", [])))
+    desired = templated_deployment(kcg, template, current.spec_replicas, injected_env)
     apps.patch_namespaced_deployment(name, namespace, {"metadata": {"labels": desired["metadata"]["labels"]},
                                                        "spec": {k: v for k, v in desired["spec"].items()
                                                                 if k != "replicas"}})
-    return current
+    # What the workers are told from now on: a strategic merge replaces env items by name, so every
+    # name the operator sets holds the operator's value.
+    return TargetScale(name=name, spec_replicas=current.spec_replicas, ready_replicas=current.ready_replicas,
+                       containers=tuple(desired["spec"]["template"]["spec"].get("containers", [])))
 
 
 def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_at: str) -> None:
@@ -140,8 +140,13 @@ def read_pool_size(namespace: str, kcg_name: str) -> int | None:
     return pool_contract.parse_pool_size(found.data)
 
 
-def read_secret_values(namespace: str, refs: list[tuple[str, str]]) -> dict[str, str]:
-    """{'name/key': value} for the referenced Secret keys that exist; values never leave this process."""
+def read_secret_values(namespace: str, refs: list[tuple[str, str]],
+                       pem_refs: Collection[tuple[str, str]] = ()) -> dict[str, str]:
+    """{'name/key': value} for the referenced Secret keys that exist; values never leave this process.
+
+    Only the referenced keys are decoded (a Strimzi CA Secret also holds a binary `ca.p12`); a
+    referenced key that is not UTF-8 (or, in `pem_refs`, not PEM) raises `kafka_lag.SecretKeyUnreadable`.
+    """
     values: dict[str, str] = {}
     core = client.CoreV1Api()
     for name in sorted({name for name, _ in refs}):
@@ -151,8 +156,9 @@ def read_secret_values(namespace: str, refs: list[tuple[str, str]]) -> dict[str,
             if exc.status == 404:
                 continue
             raise
-        for key, encoded in (secret.data or {}).items():
-            values[f"{name}/{key}"] = base64.b64decode(encoded).decode("utf-8")
+        keys = {key for secret_name, key in refs if secret_name == name}
+        pem_keys = {key for secret_name, key in pem_refs if secret_name == name}
+        values.update(kafka_lag.decode_secret_keys(name, secret.data or {}, keys, pem_keys))
     return values
 
 

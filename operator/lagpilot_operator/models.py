@@ -60,8 +60,10 @@ SCALING = "Scaling"
 LAG_METRIC_AVAILABLE = "LagMetricAvailable"
 PARTITIONS_STUCK = "PartitionsStuck"
 DEAD_LETTER_READY = "DeadLetterReady"
+WORKER_CONFIG_MISMATCH = "WorkerConfigMismatch"  # True: the Deployment's workers disagree with the spec
+PAUSED = "Paused"
 CONDITION_TYPES = (READY, KAFKA_REACHABLE, TARGET_FOUND, SCALING, LAG_METRIC_AVAILABLE, PARTITIONS_STUCK,
-                   DEAD_LETTER_READY)
+                   DEAD_LETTER_READY, PAUSED, WORKER_CONFIG_MISMATCH)
 
 # Kafka's legal topic characters; 249 is Kafka's length limit.
 TOPIC_PATTERN = r"^[a-zA-Z0-9._-]+$"
@@ -126,6 +128,23 @@ def _plain(value: Any) -> Any:
 def _require(rule: CelRule, holds: bool) -> None:
     if not holds:
         raise ValueError(rule.message)
+
+
+# Kafka refuses exactly these two names (they are directory names on the broker's disk); "..." is legal.
+TOPIC_NOT_DOTS = CelRule(cel="self != '.' && self != '..'",
+                         message="topic names . and .. are not allowed (Kafka rejects them)")
+
+
+def _topic_not_dots(name: str) -> str:
+    _require(TOPIC_NOT_DOTS, name not in (".", ".."))
+    return name
+
+
+# A Kafka topic name wherever the spec takes one: legal characters and length in the pattern, the
+# two reserved names in a CEL rule on the string itself (so the API server names the rule).
+TopicName = Annotated[str, Field(min_length=1, max_length=TOPIC_MAX_LENGTH, pattern=TOPIC_PATTERN,
+                                 json_schema_extra={"x-kubernetes-validations": [TOPIC_NOT_DOTS.to_schema()]}),
+                      AfterValidator(_topic_not_dots)]
 
 
 class CamelModel(BaseModel):
@@ -364,8 +383,10 @@ class LagThresholdPolicy(SpecModel):
     allow_idle_consumers: bool = Field(False, description="Allow more consumers than partitions "
                                                           "(KEDA `allowIdleConsumers`).")
     offset_reset_policy: OffsetResetPolicy = Field(
-        "latest", description="Lag of a partition the group never committed: `latest` counts 0, `earliest` "
-                              "counts the retained log (end minus start offset).")
+        "earliest", description="Where a partition the group never committed starts, as the worker's "
+                                "`auto.offset.reset` (same default, `earliest`; template mode injects this "
+                                "value): `earliest` counts the retained log (end minus start offset) as lag, "
+                                "`latest` counts 1 like KEDA.")
     exclude_persistent_lag: bool = Field(False, description="Leave out the lag of partitions whose committed "
                                                             "offset does not move (KEDA `excludePersistentLag`).")
 
@@ -473,8 +494,8 @@ class DeadLetterSpec(SpecModel):
     cel_rules = (RETRY_TIERS_ASCENDING,)
 
     enabled: bool = Field(True, description="Manage the topics. false: leave them alone (they are not deleted).")
-    topic: str | None = Field(None, max_length=TOPIC_MAX_LENGTH, pattern=TOPIC_PATTERN,
-                              description="DLQ topic name. Absent: `<groupId>.dlq`. Retry tiers are named "
+    topic: TopicName | None = Field(None,
+                                    description="DLQ topic name. Absent: `<groupId>.dlq`. Retry tiers are named "
                                           "`<topic without .dlq>.retry.<n>`.")
     partitions: int | None = Field(None, ge=1, le=10000, description="Partitions of each topic. Absent: those of "
                                                                      "the first source topic. Only ever increased.")
@@ -518,6 +539,11 @@ FALLBACK_WITHIN_BOUNDS = CelRule(
         "(self.fallback.replicas >= self.replicas.min && self.fallback.replicas <= self.replicas.max)",
     message="fallback.replicas must lie within replicas.min and replicas.max when fallback.mode is replicas",
 )
+REDRIVE_NEEDS_DEAD_LETTER = CelRule(
+    cel="!has(self.redrive) || has(self.deadLetter)",
+    message="spec.redrive needs spec.deadLetter: without it no worker writes to a DLQ, so there is nothing to "
+            "redrive",
+)
 DEAD_LETTER_NOT_A_SOURCE = CelRule(
     cel="!has(self.deadLetter) || !has(self.deadLetter.topic) || !(self.deadLetter.topic in self.topics)",
     message="deadLetter.topic must not be one of spec.topics (failed records would be consumed again)",
@@ -527,11 +553,11 @@ DEAD_LETTER_NOT_A_SOURCE = CelRule(
 class KafkaConsumerGroupSpec(SpecModel):
     """Desired state of a KafkaConsumerGroup: which group to watch and how to scale its workers."""
 
-    cel_rules = (EXACTLY_ONE_TARGET, FALLBACK_WITHIN_BOUNDS, DEAD_LETTER_NOT_A_SOURCE)
+    cel_rules = (EXACTLY_ONE_TARGET, FALLBACK_WITHIN_BOUNDS, DEAD_LETTER_NOT_A_SOURCE, REDRIVE_NEEDS_DEAD_LETTER)
 
     kafka: KafkaConnection = Field(description="The Kafka cluster.")
     group_id: str = Field(min_length=1, max_length=255, description="The consumer group's id.")
-    topics: list[Annotated[str, Field(min_length=1, max_length=TOPIC_MAX_LENGTH, pattern=TOPIC_PATTERN)]] = Field(
+    topics: list[TopicName] = Field(
         min_length=1, max_length=100, json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Topics the group consumes (1 to 100, unique).")
     scale_target_ref: ScaleTargetRef | None = Field(None, description="An existing Deployment to scale. Exactly "
@@ -542,11 +568,17 @@ class KafkaConsumerGroupSpec(SpecModel):
     pool: PoolSpec = _nested(PoolSpec, "In-pod pool bounds.")
     lag: LagSpec = _nested(LagSpec, "Lag source and polling.")
     policy: PolicySpec = _nested(PolicySpec, "Scaling policy.")
-    paused: bool = Field(False, description="Hold replicas and pool exactly as they are; lag is still reported.")
+    paused: bool = Field(False, description="Hold replicas and pool exactly as they are; lag is still reported. "
+                                             "The annotations `lagpilot.io/paused: \"true\"` and "
+                                             "`lagpilot.io/paused-replicas: \"N\"` (pins N replicas) pause too; "
+                                             "condition Paused says which.")
     fallback: FallbackSpec = _nested(FallbackSpec, "Behaviour while lag cannot be read.")
-    dead_letter: DeadLetterSpec | None = Field(None, description="Dead-letter and retry topics. Absent: not "
-                                                                  "managed.")
-    redrive: RedriveSpec | None = Field(None, description="A redrive request (DLQ back to the source topics).")
+    dead_letter: DeadLetterSpec | None = Field(
+        None, description="Dead-letter and retry topics. Absent: no dead-lettering — no topics are managed and "
+                          "workers log and skip a record that failed for good (the worker's own default; in "
+                          "template mode the operator also sets LAGPILOT_DEAD_LETTER=false).")
+    redrive: RedriveSpec | None = Field(None, description="A redrive request (DLQ back to the source topics); "
+                                                          "needs deadLetter.")
 
     @field_validator("topics")
     @classmethod
@@ -566,6 +598,7 @@ class KafkaConsumerGroupSpec(SpecModel):
                    or self.replicas.min <= self.fallback.replicas <= self.replicas.max)
         _require(DEAD_LETTER_NOT_A_SOURCE, self.dead_letter is None or self.dead_letter.topic is None
                    or self.dead_letter.topic not in self.topics)
+        _require(REDRIVE_NEEDS_DEAD_LETTER, self.redrive is None or self.dead_letter is not None)
         return self
 
 
@@ -579,7 +612,8 @@ class Condition(StatusModel):
 
     type: str = Field(max_length=316, pattern=CONDITION_TYPE_PATTERN,
                       description="CamelCase condition type: Ready, KafkaReachable, TargetFound, Scaling, "
-                                  "LagMetricAvailable, PartitionsStuck, DeadLetterReady.")
+                                  "LagMetricAvailable, PartitionsStuck, DeadLetterReady, Paused, "
+                                  "WorkerConfigMismatch.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN,
                         description="One-word CamelCase cause of the last transition.")
@@ -646,8 +680,12 @@ class KafkaConsumerGroupStatus(StatusModel):
     partitions: int | None = Field(None, ge=0, description="Partitions of the source topics.")
     top_partitions: list[PartitionLagStatus] = Field(default_factory=list,
                                                      description="The partitions with the most lag (top 10).")
-    produce_rate_per_second: float | None = Field(None, ge=0, description="Messages produced per second.")
-    consume_rate_per_second: float | None = Field(None, ge=0, description="Messages consumed per second.")
+    produce_rate_per_second: float | None = Field(
+        None, ge=0, description="Messages produced per second to the group's partitions (log-end offset deltas "
+                                "over the last 15 s of polls). Kafka lag source only.")
+    consume_rate_per_second: float | None = Field(
+        None, ge=0, description="Messages the group consumed per second (committed offset deltas over the last "
+                                "30 s of polls). Kafka lag source only.")
     max_time_lag_seconds: float | None = Field(None, ge=0, description="Largest estimated time lag, in seconds.")
     mean_time_lag_seconds: float | None = Field(None, ge=0, description="Mean estimated time lag, in seconds.")
     desired_replicas: int | None = Field(None, ge=0, description="Replicas the last decision asked for.")
@@ -665,7 +703,7 @@ class KafkaConsumerGroupStatus(StatusModel):
         default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map",
                                                  "x-kubernetes-list-map-keys": ["type"]},
         description="Ready, KafkaReachable, TargetFound, Scaling, LagMetricAvailable, PartitionsStuck, "
-                    "DeadLetterReady.")
+                    "DeadLetterReady, Paused, WorkerConfigMismatch.")
 
 
 # --- the resource ---------------------------------------------------------------------------------------------
@@ -691,8 +729,8 @@ SPEC_MODELS: tuple[type[SpecModel], ...] = (
 
 
 def all_cel_rules() -> list[CelRule]:
-    """Every cross-field rule of the spec (each has an invalid example under examples/invalid/)."""
-    return [rule for model in SPEC_MODELS for rule in model.cel_rules]
+    """Every CEL rule of the spec (each has an invalid example under examples/invalid/)."""
+    return [TOPIC_NOT_DOTS, *(rule for model in SPEC_MODELS for rule in model.cel_rules)]
 
 
 def condition_reason_ok(reason: str) -> bool:

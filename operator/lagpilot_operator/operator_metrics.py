@@ -36,16 +36,39 @@ RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that h
 DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
 
 
+def export_rates(namespace: str, name: str, produce: float | None, consume: float | None) -> None:
+    """The produce and consume rates the status reports; no series while a rate is not measured yet."""
+    for gauge, value in ((PRODUCE_RATE, produce), (CONSUME_RATE, consume)):
+        if value is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
+        else:
+            gauge.labels(namespace, name).set(value)
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address)
 
 
+def _label_sets(metric: Gauge | Counter, label_names: tuple[str, ...], namespace: str,
+                name: str) -> set[tuple[str, ...]]:
+    """The label values of `metric`'s series that belong to one resource (read through collect())."""
+    found: set[tuple[str, ...]] = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.labels.get("namespace") == namespace and sample.labels.get("name") == name:
+                found.add(tuple(sample.labels[label] for label in label_names))
+    return found
+
+
 def forget_resource(namespace: str, name: str) -> None:
     """Drop every series of a deleted resource so /metrics does not report ghosts."""
-    for metric in (PARTITION_LAG, TIME_LAG, VERDICT, DLQ_MESSAGES):
-        for labels in list(metric._metrics):  # prometheus_client has no public "remove by prefix"
-            if labels[:2] == (namespace, name):
-                metric.remove(*labels)
+    for metric, label_names in ((PARTITION_LAG, PARTITION), (TIME_LAG, PARTITION), (VERDICT, (*PARTITION, "verdict")),
+                                (DLQ_MESSAGES, (*RESOURCE, "topic")), (DECISIONS, (*RESOURCE, "direction")),
+                                (RECONCILE_ERRORS, (*RESOURCE, "kind"))):
+        for values in _label_sets(metric, label_names, namespace, name):
+            with contextlib.suppress(KeyError):   # a reconcile running meanwhile may have removed it
+                metric.remove(*values)
     for gauge in (TOTAL_LAG, MAX_TIME_LAG, PRODUCE_RATE, CONSUME_RATE, DESIRED_REPLICAS, CURRENT_REPLICAS,
                   MAX_REPLICAS, POOL_SIZE):
         with contextlib.suppress(KeyError):

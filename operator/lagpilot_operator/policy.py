@@ -7,7 +7,10 @@ to remember between polls is in `PolicyMemory`, an immutable value that serialis
 Capacity is counted in *slots*: one slot processes one message at a time; a pod runs `pool` slots
 (the worker's in-pod concurrency), so capacity = replicas x pool. A decision goes through:
 
-1. Guards. `paused` holds everything exactly as it is (even outside bounds: paused means hands off).
+1. Guards. `paused` holds everything exactly as it is (even outside bounds: paused means hands off),
+   or pins the replicas at `paused_replicas` when set (the pool is held). Lag is still observed
+   while paused, so the memory's view of the lag stays current and resuming acts on what happens
+   from then on: the pause itself is no reason to scale (see `_pause`).
    No sample (lag unreadable) never scales down: hold, or — with `fallback.mode=replicas` and at least
    `failureThreshold` consecutive failures — go to `fallback.replicas` (never zero while blind).
 2. Lag. Per-partition lag with `offsetResetPolicy` (see `observations.partition_lag`). Partitions
@@ -113,7 +116,7 @@ class LagThresholdConfig:
     lag_per_consumer: int = 10
     activation_lag: int = 0
     allow_idle_consumers: bool = False
-    offset_reset_policy: OffsetResetPolicy = "latest"
+    offset_reset_policy: OffsetResetPolicy = "earliest"  # the worker's auto.offset.reset default
     exclude_persistent_lag: bool = False
 
 
@@ -157,6 +160,7 @@ class PolicyConfig:
     scale_down: ScalingBehavior = DEFAULT_SCALE_DOWN
     cooldown_seconds: int = 0
     paused: bool = False
+    paused_replicas: int | None = None  # not in the spec: the lagpilot.io/paused-replicas annotation (pause.py)
     fallback: FallbackConfig = FallbackConfig()
     poll_interval_seconds: int = 5
     tolerance_percent: int = 10  # not in the CRD: HPA's default tolerance
@@ -187,7 +191,7 @@ class PolicyConfig:
                 activation_lag=_int(threshold, "activationLag", 0),
                 allow_idle_consumers=_bool(threshold, "allowIdleConsumers", False),
                 offset_reset_policy=cast(
-                    OffsetResetPolicy, _choice(threshold, "offsetResetPolicy", ("latest", "earliest"), "latest")
+                    OffsetResetPolicy, _choice(threshold, "offsetResetPolicy", ("latest", "earliest"), "earliest")
                 ),
                 exclude_persistent_lag=_bool(threshold, "excludePersistentLag", False),
             ),
@@ -416,11 +420,8 @@ class Decision:
 
 
 def decide(config: PolicyConfig, observation: Observation, memory: PolicyMemory, now: float) -> Decision:
-    current_r = max(0, observation.current_replicas)
-    current_pool = observation.current_pool
     if config.paused:
-        return _hold(config, observation, memory, now, f"paused: holding {_shape(current_r, current_pool)}",
-                     clamp=False)
+        return _pause(config, observation, memory, now)
     if observation.sample is None:
         return _blind(config, observation, memory, now)
     return _Decider(config, observation, memory, now).run()
@@ -467,6 +468,43 @@ def _hold(config: PolicyConfig, observation: Observation, memory: PolicyMemory, 
     lag = _sample_lag(config, observation.sample)
     new_memory = _prune(_remember_hold(memory, now, replicas * pool), config, now, observation)
     return Decision(replicas, pool, reason, lag, lag, new_memory, slots=replicas * pool)
+
+
+def _consumers(observation: Observation, sample: LagSample, partitions: int) -> int:
+    """Consumers working on partitions now (members, else ready pods, else the replica count)."""
+    replicas = max(0, observation.current_replicas)
+    if replicas == 0:
+        return 0  # members of a group scaled to zero are leftovers on their way out
+    members = sample.members
+    if members is None:
+        members = observation.ready_replicas if observation.ready_replicas is not None else replicas
+    if partitions > 0:
+        members = min(members, partitions)  # idle consumers have no partitions to work on
+    return max(0, members)
+
+
+def _pause(config: PolicyConfig, observation: Observation, memory: PolicyMemory, now: float) -> Decision:
+    """Hands off: hold (or pin) replicas and pool, and keep the memory's observations current.
+
+    Holding counts as recommending the held capacity (no scale-down for a full window after the
+    resume) and resets the idle and saturation clocks (a pause is no evidence of either). The lag
+    seen during the pause becomes `last_lag`: otherwise the first decision after a long pause
+    compares with the lag from before it and reads the pause's backlog as growth.
+    """
+    current_r, pool = max(0, observation.current_replicas), observation.current_pool
+    replicas = current_r if config.paused_replicas is None else max(0, config.paused_replicas)
+    if replicas == current_r:
+        reason = f"paused: holding {_shape(replicas, pool)}"
+    else:
+        reason = f"paused: replicas pinned {current_r}→{replicas}, pool {pool}"
+    lag = _sample_lag(config, observation.sample)
+    held = _remember_hold(memory, now, replicas * pool)
+    if observation.sample is not None:
+        partitions = observation.partitions or len(observation.sample.partitions)
+        held = replace(held, last_lag=lag, last_members=_consumers(observation, observation.sample, partitions))
+    direction: Direction = "none" if replicas == current_r else "up" if replicas > current_r else "down"
+    return Decision(replicas, pool, reason, lag, lag, _prune(held, config, now, observation),
+                    slots=replicas * pool, direction=direction)
 
 
 def _blind(config: PolicyConfig, observation: Observation, memory: PolicyMemory, now: float) -> Decision:
@@ -571,15 +609,7 @@ class _Decider:
     # -- throughput -----------------------------------------------------------------------------
 
     def _consumers(self) -> int:
-        """Consumers working on partitions now (members, else ready pods, else the replica count)."""
-        if self.current_r == 0:
-            return 0  # members of a group scaled to zero are leftovers on their way out
-        members = self.sample.members
-        if members is None:
-            members = self.obs.ready_replicas if self.obs.ready_replicas is not None else self.current_r
-        if self.partitions > 0:
-            members = min(members, self.partitions)  # idle consumers have no partitions to work on
-        return max(0, members)
+        return _consumers(self.obs, self.sample, self.partitions)
 
     def _busy_slots(self) -> int:
         return self.consumers * self.current_pool

@@ -12,6 +12,7 @@ import math
 import time
 
 from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
 
 from lagpilot_operator.kafka_lag import LagReadError
 from lagpilot_operator.observations import LagSample, PartitionOffsets
@@ -32,11 +33,26 @@ def render_query(template: str, *, group: str, topics: list[str], namespace: str
             .replace("{topics}", topic_pattern).replace("{namespace}", namespace))
 
 
+# Without a requests timeout a Prometheus that accepts the connection and never answers would hold
+# the resource's reconcile (and a thread) forever. Connect fails fast; reading waits for the query's
+# own server-side timeout plus a margin; one retry for a dropped connection, not the client's three.
+CONNECT_TIMEOUT_SECONDS = 3.0
+READ_MARGIN_SECONDS = 2.0
+RETRIES = 1
+
+
+def http_timeouts(query_timeout: float) -> tuple[float, float]:
+    """(connect, read) seconds for one HTTP attempt of a query the server gives `query_timeout`."""
+    return CONNECT_TIMEOUT_SECONDS, query_timeout + READ_MARGIN_SECONDS
+
+
 def read_lag(url: str, query: str, timeout: float = 10.0) -> LagSample:
     sampled_at = time.time()
     try:
-        prometheus = PrometheusConnect(url=url, disable_ssl=False)
-        result = prometheus.custom_query(query, params={"timeout": f"{int(timeout)}s"})
+        prometheus = PrometheusConnect(url=url, disable_ssl=False, timeout=http_timeouts(timeout),
+                                       retry=Retry(total=RETRIES, backoff_factor=0.2,
+                                                   status_forcelist=(502, 503, 504)))
+        result = prometheus.custom_query(query, params={"timeout": f"{max(1, int(timeout))}s"})
     except Exception as exc:  # the client raises requests' and its own exception types alike
         raise PrometheusUnavailable(f"Prometheus at {url} did not answer the lag query "
                                     f"({type(exc).__name__}: {exc}); check lag.prometheus.url") from exc

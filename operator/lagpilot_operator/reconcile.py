@@ -14,12 +14,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag
+from lagpilot_contract.pool import pool_configmap_name
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, worker_config
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
@@ -27,12 +29,12 @@ from lagpilot_operator.dead_letter import (
     dead_letter_settings,
     next_dead_letter_check,
     reconcile_dead_letter,
-    worker_env,
 )
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
+from lagpilot_operator.pause import pause_from
 from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
-from lagpilot_operator.redrive import run_redrive_step
+from lagpilot_operator.redrive import RedriveSessions, run_redrive_step
 from lagpilot_operator.timelag import TimeLagTracker, summarize
 from lagpilot_operator.verdicts import DEFAULT_WINDOW_SECONDS, Verdict, evaluate, stuck_partitions
 
@@ -60,6 +62,8 @@ class ResourceState:
     """When the next reconcile looks at the DLQ and retry topics (0: on the next poll)."""
     dead_letter_status: dict[str, Any] | None = None
     dead_letter_condition: tuple[str, str, str] | None = None
+    redrive_sessions: RedriveSessions = field(default_factory=RedriveSessions)
+    """The running redrive's transactional producer and consumer, reused across polls."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,12 @@ class Shared:
     """Process-wide clients."""
 
     admin_clients: kafka_lag.AdminClientPool = field(default_factory=kafka_lag.AdminClientPool)
+
+
+async def forget(state: ResourceState, shared: Shared, namespace: str, name: str) -> None:
+    """The resource's loop ends (deleted, or the operator stops): close what it held open."""
+    shared.admin_clients.release((namespace, name))
+    await asyncio.to_thread(state.redrive_sessions.close)
 
 
 def _utc(now: float) -> str:
@@ -120,7 +130,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         where = ".".join(str(p) for p in first["loc"])
         condition(models.READY, False, "InvalidSpec", f"spec.{where}: {first['msg']}; fix the resource")
         return {"observedGeneration": generation, "conditions": conditions_to_k8s(conditions)}
-    config = PolicyConfig.from_spec(spec.to_k8s())
+    pause = pause_from(meta.get("annotations"), spec.paused)
+    config = replace(PolicyConfig.from_spec(spec.to_k8s()), paused=pause.paused, paused_replicas=pause.replicas)
+    condition(models.PAUSED, pause.paused, pause.reason, pause.message)
     metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
 
     # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
@@ -131,6 +143,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                   f"Deployment {namespace}/{wanted} does not exist; create it or fix spec.scaleTargetRef.name")
     else:
         condition(models.TARGET_FOUND, True, "DeploymentFound", f"scaling Deployment {namespace}/{target.name}")
+        found = worker_config.mismatch_condition(spec, f"{namespace}/{target.name}", target.containers)
+        condition(models.WORKER_CONFIG_MISMATCH, {"True": True, "False": False}.get(found.status), found.reason,
+                  found.message)
     current_replicas = target.spec_replicas if target else int(previous.get("currentReplicas") or 0)
     current_pool = int(previous.get("poolSize") or spec.pool.initial)
 
@@ -145,7 +160,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     if spec.lag.source == "kafka" and settings is None:
         sample, lag_error = None, settings_error
     else:
-        sample, lag_error = await _read_lag(spec, settings, shared, namespace)
+        sample, lag_error = await _read_lag(spec, settings, shared, namespace, name)
     memory = state.memory or PolicyMemory.from_dict(previous.get("policyMemory"))
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
@@ -182,20 +197,40 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
 
     # 3. Decide, and apply (a missing target is reported, never scaled).
     decision = decide(config, observation, memory, now)
-    state.memory = decision.memory
-    applied_replicas = current_replicas
+    applied_replicas, refusal = current_replicas, None
     if target is not None and decision.replicas != current_replicas:
-        await asyncio.to_thread(kube_io.scale_target, namespace, target.name, decision.replicas)
-        applied_replicas = decision.replicas
+        try:
+            await asyncio.to_thread(kube_io.scale_target, namespace, target.name, decision.replicas)
+            applied_replicas = decision.replicas
+        except ApiException as exc:  # RBAC, an admission webhook or policy, a conflict: report and hold
+            refusal = scale_apply.refusal(
+                f"scaling Deployment {namespace}/{target.name} from {current_replicas} to {decision.replicas} "
+                "replicas", exc.status, exc.body, f"replicas stay at {current_replicas}")
     if target is not None:
-        await asyncio.to_thread(kube_io.publish_pool_size, body, decision.pool, decision.reason, _utc(now))
+        # A refused scale holds the pool too: the decision is one shape (replicas x pool).
+        pool = decision.pool if refusal is None else current_pool
+        try:
+            await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+        except ApiException as exc:
+            refusal = refusal or scale_apply.refusal(
+                f"publishing pool size {pool} in ConfigMap {namespace}/{pool_configmap_name(name)}", exc.status,
+                exc.body, f"the pool stays at {current_pool}")
+            pool = current_pool
+        if refusal is not None:
+            nothing_applied = applied_replicas == current_replicas
+            state.memory = scale_apply.memory_after_apply(memory, decision, refused=nothing_applied)
+            decision = replace(decision, pool=pool, memory=state.memory)
+    if refusal is None:
+        state.memory = decision.memory
     changed = applied_replicas != current_replicas or decision.pool != current_pool
     if changed:
         direction = "up" if applied_replicas * decision.pool > current_replicas * current_pool else "down"
         metrics.DECISIONS.labels(namespace, name, direction).inc()
         emit("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
-    if spec.paused:
-        condition(models.SCALING, False, "Paused", "spec.paused is true: replicas and pool are held as they are")
+    if pause.paused:
+        condition(models.SCALING, False, "Paused", f"{decision.reason} (see the Paused condition)")
+    elif refusal is not None:
+        condition(models.SCALING, False, refusal.reason, refusal.message)
     elif sample is None:
         condition(models.SCALING, False, "LagUnavailable", f"holding at {applied_replicas} replicas: {decision.reason}")
     else:
@@ -219,7 +254,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
 
     # 5. Dead-letter topics (every ~30 s: several round trips) and a redrive in progress.
     if settings is not None:
-        await _dead_letter(spec, settings, state, emit, namespace, name, now, previous, status)
+        await _dead_letter(spec, settings, state, shared, emit, namespace, name, now, previous, status)
     if state.dead_letter_condition is not None:
         ok, reason, message = state.dead_letter_condition
         condition(models.DEAD_LETTER_READY, {"True": True, "False": False}.get(ok), reason, message)
@@ -229,6 +264,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
               decision.reason if ready else "see the KafkaReachable, TargetFound and LagMetricAvailable conditions")
     status["conditions"] = conditions_to_k8s(conditions)
     _export(namespace, name, sample, decision, verdicts, time_lags, applied_replicas, config)
+    metrics.export_rates(namespace, name, status.get("produceRatePerSecond"), status.get("consumeRatePerSecond"))
     return status
 
 
@@ -236,10 +272,10 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
                   config: PolicyConfig) -> kube_io.TargetScale | None:
     namespace = body["metadata"]["namespace"]
     if spec.template is not None:
-        # Workers learn their DLQ and retry topics from the operator, so both use one naming rule.
-        dead_letter_env = worker_env(spec.group_id, dead_letter_settings(spec.dead_letter))
+        # Workers learn group, topics, connection and DLQ from the CR: one source of truth.
+        env = worker_config.injected_env(spec, body["metadata"]["name"])
         return await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
-                                       max(config.replicas.min, 1), dead_letter_env)
+                                       max(config.replicas.min, 1), env)
     assert spec.scale_target_ref is not None  # the CRD's CEL rule: exactly one of the two
     return await asyncio.to_thread(kube_io.read_target, namespace, spec.scale_target_ref.name)
 
@@ -247,12 +283,13 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
 async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) -> dict[str, str]:
     """librdkafka settings with the credentials read from the referenced Secrets."""
     refs = kafka_lag.secret_refs(spec.kafka)
-    secrets = await asyncio.to_thread(kube_io.read_secret_values, namespace, refs) if refs else {}
+    secrets = await asyncio.to_thread(kube_io.read_secret_values, namespace, refs,
+                                      kafka_lag.pem_secret_refs(spec.kafka)) if refs else {}
     return kafka_lag.client_settings(spec.kafka, secrets)
 
 
-async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None,
-                    shared: Shared, namespace: str) -> tuple[LagSample | None, kafka_lag.LagReadError | None]:
+async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None, shared: Shared,
+                    namespace: str, name: str) -> tuple[LagSample | None, kafka_lag.LagReadError | None]:
     try:
         if spec.lag.source == "prometheus":
             assert spec.lag.prometheus is not None  # the CRD's CEL rule
@@ -260,7 +297,7 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
-        admin = shared.admin_clients.get(settings)
+        admin = shared.admin_clients.get(settings, owner=(namespace, name))
         try:
             sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
                                              list(spec.topics))
@@ -311,16 +348,17 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
 
 
 async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str], state: ResourceState,
-                       emit: EventSink, namespace: str, name: str, now: float, previous: dict[str, Any],
-                       status: dict[str, Any]) -> None:
+                       shared: Shared, emit: EventSink, namespace: str, name: str, now: float,
+                       previous: dict[str, Any], status: dict[str, Any]) -> None:
     dl = dead_letter_settings(spec.dead_letter)
     if not dl.enabled:
         state.dead_letter_condition = None
         return
+    admin = shared.admin_clients.get(settings, owner=(namespace, name))
     if now >= state.dead_letter_due_at:  # 0.0 at start: the first poll always looks
         outcome = await asyncio.to_thread(reconcile_dead_letter, settings, spec.group_id, list(spec.topics),
                                           spec.dead_letter, now, previous_status=previous.get("deadLetter"),
-                                          memory=state.dead_letter_memory)
+                                          memory=state.dead_letter_memory, admin=admin)
         state.dead_letter_due_at = next_dead_letter_check(now, DEAD_LETTER_INTERVAL_SECONDS,
                                                           kafka_failed=outcome.kafka_failed)
         state.dead_letter_status = outcome.status
@@ -336,7 +374,8 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
 
         progress = await asyncio.to_thread(run_redrive_step, settings, spec.group_id,
                                            dead_letter_topic(spec.group_id, dl.topic), spec.redrive,
-                                           previous.get("redrive"))
+                                           previous.get("redrive"), sessions=state.redrive_sessions,
+                                           admin=admin)
         if progress is not None:
             status["redrive"] = progress.to_status()
             if progress.state.value in ("Pending", "Running"):

@@ -17,6 +17,7 @@ costs nothing. Nothing is ever deleted from the DLQ.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -240,13 +241,13 @@ def fail(progress: RedriveProgress, message: str) -> RedriveProgress:
 
 
 def begin_redrive(admin_config: Mapping[str, str], group_id: str, dlq_topic: str, request: RedriveRequest,
-                  timeout: float = DEFAULT_TIMEOUT_SECONDS) -> RedriveProgress:
+                  timeout: float = DEFAULT_TIMEOUT_SECONDS, admin: Any | None = None) -> RedriveProgress:
     """Take the snapshot (state Pending); record it in status before the first step moves anything.
 
     Raises TopicAccessError when Kafka cannot be asked (retry later); a missing DLQ is Failed.
     """
     pending = RedriveProgress(request.request_id, RedriveState.PENDING, 0, 0)
-    admin = admin_client(admin_config)
+    admin = admin if admin is not None else admin_client(admin_config)
     shape = describe_partitions(admin, [dlq_topic], timeout).get(dlq_topic)
     if shape is None:
         return fail(pending, f"DLQ topic {dlq_topic} does not exist")
@@ -463,6 +464,50 @@ class RedriveSession:
             log.warning("abort of redrive transaction on %s failed: %s", self.dlq_topic, exc)
 
 
+class RedriveSessions:
+    """The open RedriveSession of one resource, kept across polls while its redrive runs.
+
+    Opening a session costs a transactional producer, `init_transactions` (a coordinator round trip
+    that also fences and aborts) and a consumer; a redrive that moves a batch per poll reuses one.
+    A session is reopened when the cluster, credentials, group or DLQ change, and closed when the
+    redrive ends, fails to reach Kafka (its producer may be fenced), or the resource goes.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[str, str, str] | None = None
+        self._session: RedriveSession | None = None
+        self.opened = 0  # sessions opened so far (init_transactions calls), for tests and metrics
+
+    def get(self, admin_config: Mapping[str, str], group_id: str, dlq_topic: str,
+            timeout: float = DEFAULT_TIMEOUT_SECONDS) -> RedriveSession:
+        key = (settings_key(admin_config), group_id, dlq_topic)
+        if self._session is None or self._key != key:
+            self.close()
+            self._session, self._key = RedriveSession(admin_config, group_id, dlq_topic, timeout), key
+            self.opened += 1
+        return self._session
+
+    def close(self) -> None:
+        session, self._session, self._key = self._session, None, None
+        if session is not None:
+            try:
+                session.close()
+            except KafkaException as exc:
+                log.warning("closing the redrive session of %s failed: %s", session.dlq_topic, exc)
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None
+
+
+def settings_key(admin_config: Mapping[str, str]) -> str:
+    """A key for a client config that does not keep credentials in plain text."""
+    digest = hashlib.sha256()
+    for name in sorted(admin_config):
+        digest.update(f"{name}\0{admin_config[name]}\0".encode())
+    return digest.hexdigest()
+
+
 def _record_headers(message: Message) -> list[tuple[str, bytes | None]]:
     """A consumed record's headers as (name, bytes) pairs, in order, duplicates kept."""
     raw = message.headers() or []
@@ -480,6 +525,8 @@ def run_redrive_step(
     *,
     max_seconds: float = DEFAULT_STEP_SECONDS,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    sessions: RedriveSessions | None = None,
+    admin: Any | None = None,
 ) -> RedriveProgress | None:
     """One bounded piece of work towards `request`; write the result to `status.redrive`.
 
@@ -495,16 +542,27 @@ def run_redrive_step(
     wanted = redrive_request(request)
     current = RedriveProgress.from_status(progress)
     if wanted is None:
+        if sessions is not None:
+            sessions.close()
         return current
     try:
         if current is None or current.request_id != wanted.request_id or not current.has_snapshot:
-            return begin_redrive(admin_config, group_id, dlq_topic, wanted, timeout)
+            return begin_redrive(admin_config, group_id, dlq_topic, wanted, timeout, admin)
         if current.finished:
+            if sessions is not None:
+                sessions.close()
             return current
-        with RedriveSession(admin_config, group_id, dlq_topic, timeout) as session:
-            return session.step(current, max_batch, max_seconds)
+        if sessions is None:
+            with RedriveSession(admin_config, group_id, dlq_topic, timeout) as session:
+                return session.step(current, max_batch, max_seconds)
+        result = sessions.get(admin_config, group_id, dlq_topic, timeout).step(current, max_batch, max_seconds)
+        if result.finished:
+            sessions.close()
+        return result
     except TopicAccessError as exc:
         log.warning("redrive %s of %s: %s", wanted.request_id, dlq_topic, exc)
+        if sessions is not None:
+            sessions.close()  # a fenced or broken producer: the next step opens a new one
         return redrive_error(wanted, current, exc)
 
 

@@ -20,7 +20,10 @@ The world model, in fixed ticks (default 0.5 s):
   the KEDA equivalent refreshes its metric every `pollingInterval` (30 s) and the HPA acts on it
   every 15 s. Phases are set so each first poll after a change comes half an interval later
   (the average case): Lagpilot at 2.5 + 5k s, KEDA polls at 15 + 30k s, HPA syncs at 7.5 + 15k s.
-* A KEDA-scaled pod runs `keda_pool` (default 1) consumer threads: one consumer per pod.
+* A KEDA-scaled pod runs a fixed pool of `keda_pool` consumer threads, by default Lagpilot's
+  `pool.initial`: what a KEDA user running a multi-threaded consumer configures (KEDA scales pods only,
+  so the pool never changes). Its `maxReplicaCount` is `replicas.max` capped at the partition count,
+  as KEDA's documentation advises.
 
 Reported per policy: time to drain (from the start of the trace's first peak-rate segment until the
 backlog, after that segment ends, is at most one second of the following rate), peak lag (the true
@@ -479,10 +482,17 @@ def _summarize(trace: Trace, world: World, points: Sequence[Point]) -> Summary:
     )
 
 
-def keda_config_for(config: PolicyConfig, *, polling: float = 30.0, sync: float = 15.0,
-                    lag_threshold: int | None = None) -> keda.KedaConfig:
-    """The ScaledObject a KEDA user would write for the same group and bounds."""
+def keda_config_for(config: PolicyConfig, *, partitions: int | None = None, polling: float = 30.0,
+                    sync: float = 15.0, lag_threshold: int | None = None) -> keda.KedaConfig:
+    """The ScaledObject a KEDA user would write for the same group and bounds.
+
+    `maxReplicaCount` is `replicas.max` capped at `partitions` (when given): replicas beyond the
+    partition count would sit idle, so a KEDA user sets it no higher.
+    """
     threshold = config.lag_threshold
+    max_replicas = config.replicas.max
+    if partitions is not None and not threshold.allow_idle_consumers:
+        max_replicas = max(1, min(max_replicas, partitions))
     return keda.KedaConfig(
         lag_threshold=lag_threshold or threshold.lag_per_consumer,
         activation_lag_threshold=threshold.activation_lag,
@@ -490,7 +500,7 @@ def keda_config_for(config: PolicyConfig, *, polling: float = 30.0, sync: float 
         offset_reset_policy=threshold.offset_reset_policy,
         exclude_persistent_lag=threshold.exclude_persistent_lag,
         min_replicas=config.replicas.min,
-        max_replicas=config.replicas.max,
+        max_replicas=max_replicas,
         polling_interval_seconds=polling,
         hpa_sync_seconds=sync,
     )
@@ -505,14 +515,20 @@ def compare(
     config: PolicyConfig,
     *,
     keda_config: keda.KedaConfig | None = None,
-    keda_pool: int = 1,
+    keda_pool: int | None = None,
     policies: Sequence[str] = POLICY_NAMES,
 ) -> dict[str, RunResult]:
-    """Run each policy on the same trace and world model."""
+    """Run each policy on the same trace and world model.
+
+    The KEDA side defaults to a fixed pool of `pool.initial` slots per pod and `maxReplicaCount` =
+    `replicas.max` capped at the partitions (keda_config_for).
+    """
+    pool = config.pool.initial if keda_pool is None else keda_pool
     factories: dict[str, Callable[[], Controller]] = {
         "drainTime": lambda: LagpilotController("drainTime", replace(config, mode=_mode("drainTime"))),
         "lagThreshold": lambda: LagpilotController("lagThreshold", replace(config, mode=_mode("lagThreshold"))),
-        "keda": lambda: KedaController("keda", keda_config or keda_config_for(config), pool=keda_pool),
+        "keda": lambda: KedaController("keda", keda_config or keda_config_for(config, partitions=model.partitions),
+                                       pool=pool),
     }
     results = {}
     for name in policies:
@@ -625,7 +641,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--commit-interval", type=float, default=WorldModel.commit_interval_seconds)
     parser.add_argument("--keda-polling", type=float, default=30.0, help="KEDA pollingInterval (metric refresh)")
     parser.add_argument("--keda-sync", type=float, default=15.0, help="HPA sync period")
-    parser.add_argument("--keda-pool", type=int, default=1, help="consumer threads per KEDA-scaled pod")
+    parser.add_argument("--keda-pool", type=int, help="consumer threads per KEDA-scaled pod, fixed "
+                        "(default: the config's pool.initial)")
     parser.add_argument("--keda-lag-threshold", type=int, help="KEDA lagThreshold (default: lagPerConsumer)")
     return parser
 
@@ -646,11 +663,12 @@ def main(argv: list[str] | None = None) -> int:
             tick_seconds=args.tick,
         )
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-        keda_config = keda_config_for(config, polling=args.keda_polling, sync=args.keda_sync,
-                                      lag_threshold=args.keda_lag_threshold)
-        if args.keda_pool < 1:
+        keda_config = keda_config_for(config, partitions=model.partitions, polling=args.keda_polling,
+                                      sync=args.keda_sync, lag_threshold=args.keda_lag_threshold)
+        keda_pool = config.pool.initial if args.keda_pool is None else args.keda_pool
+        if keda_pool < 1:
             raise ValueError("--keda-pool must be >= 1")
-        results = compare(trace, model, config, keda_config=keda_config, keda_pool=args.keda_pool,
+        results = compare(trace, model, config, keda_config=keda_config, keda_pool=keda_pool,
                           policies=policies)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"lagpilot simulate: {exc}", file=sys.stderr)
@@ -660,8 +678,8 @@ def main(argv: list[str] | None = None) -> int:
           f"from {peak_start:.0f} s to {peak_end:.0f} s; {model.partitions} partitions, "
           f"{model.message_cost_seconds * 1000:g} ms/msg per slot; "
           f"replicas {config.replicas.min}..{config.replicas.max}, "
-          f"pool {config.pool.min}..{config.pool.max} (initial {config.pool.initial}); KEDA pods run "
-          f"{args.keda_pool} consumer thread{'s' if args.keda_pool != 1 else ''}")
+          f"pool {config.pool.min}..{config.pool.max} (initial {config.pool.initial}); KEDA pods run a fixed "
+          f"{keda_pool} consumer thread{'s' if keda_pool != 1 else ''}, maxReplicaCount {keda_config.max_replicas}")
     if args.table:
         print(format_table(results, args.table_step))
         print()

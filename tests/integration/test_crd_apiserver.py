@@ -108,6 +108,8 @@ def full_status(generation: int) -> KafkaConsumerGroupStatus:
                                1_795_000_000.0)
     conditions = set_condition(conditions, "KafkaReachable", "True", "Connected", "3 brokers", generation,
                                1_795_000_000.0)
+    conditions = set_condition(conditions, "Paused", "False", "NotPaused", "scaling is active", generation,
+                               1_795_000_000.0)
     return KafkaConsumerGroupStatus.from_k8s({
         "observedGeneration": generation, "totalLag": 1234, "partitions": 12,
         "topPartitions": [{"topic": "orders", "partition": 4, "lag": 900, "timeLagSeconds": 12.5,
@@ -141,10 +143,10 @@ def test_status_keeps_every_field_and_kubectl_get_shows_the_columns(crd_installe
     assert after["metadata"]["generation"] == stored["metadata"]["generation"]  # status is not spec
 
     table = crd_installed.kubectl("get", "kcg", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "LAG", "TIMELAG", "REPLICAS", "DESIRED", "POOL", "READY", "AGE"]
-    assert table[1].split()[:7] == [name, "1234", "12.5", "3", "4", "16", "True"]
+    assert table[0].split() == ["NAME", "LAG", "TIMELAG", "REPLICAS", "DESIRED", "POOL", "READY", "PAUSED", "AGE"]
+    assert table[1].split()[:8] == [name, "1234", "12.5", "3", "4", "16", "True", "False"]
     wide = crd_installed.kubectl("get", "kcg", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[7:9] == ["REASON", "GROUP"] and wide[1].split()[7:9] == ["Scaled", "orders-workers"]
+    assert wide[0].split()[8:10] == ["REASON", "GROUP"] and wide[1].split()[8:10] == ["Scaled", "orders-workers"]
     # The category and the full resource name reach the same object.
     assert name in crd_installed.kubectl("get", "lagpilot", "-n", namespace).stdout
     assert name in crd_installed.kubectl("get", f"{models.PLURAL}.{models.GROUP}", "-n", namespace).stdout

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from support import wait_for
+from support import metric_value, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -174,8 +174,11 @@ def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namesp
     # The scale is applied before the status is written: wait for the status rather than race it.
     wait_for(lambda: status_of(stack, namespace, "orders").get("totalLag") == 0, 10, "lag 0 in status")
     text = operator.metrics()
-    assert f'lagpilot_desired_replicas{{name="orders",namespace="{namespace}"}} 1.0' in text
-    assert "lagpilot_reconcile_duration_seconds_count" in text
+    assert metric_value(text, "lagpilot_desired_replicas", {"name": "orders", "namespace": namespace}) == 1
+    reconciles = metric_value(text, "lagpilot_reconcile_duration_seconds_count")
+    assert reconciles is not None and reconciles >= 1
+    wait_for(lambda: (metric_value(operator.metrics(), "lagpilot_reconcile_duration_seconds_count") or 0) > reconciles,
+             10, "the next reconcile to be counted in the duration histogram")
 
 
 @pytest.mark.slow

@@ -168,3 +168,38 @@ def test_stack_down_stops_what_it_started(tmp_path: Path, stack) -> None:  # typ
     assert Path(f"/proc/{pid}").exists()
     subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "down"], env=env, check=True, timeout=60)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def test_tls_listeners_take_the_minted_certificates_and_the_mtls_principal_is_the_cn(  # type: ignore[no-untyped-def]
+        stack, create_topic) -> None:
+    """SCRAM-SHA-512 over TLS and mTLS answer with the env file's credentials; an ACL on the mTLS principal
+    that `.stack/env` names applies to the client certificate (so tests can deny it by that name)."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    topic = create_topic("stack-tls")
+    scram = AdminClient({"bootstrap.servers": stack.kafka_scram_bootstrap, "security.protocol": "SASL_SSL",
+                         "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": stack.kafka_scram_username,
+                         "sasl.password": stack.kafka_scram_password, "ssl.ca.location": str(stack.kafka_tls_ca_file)})
+    assert scram.list_topics(topic, timeout=30).topics[topic].error is None
+    mtls = AdminClient({"bootstrap.servers": stack.kafka_mtls_bootstrap, "security.protocol": "SSL",
+                        "ssl.ca.location": str(stack.kafka_tls_ca_file),
+                        "ssl.certificate.location": str(stack.kafka_tls_client_cert_file),
+                        "ssl.key.location": str(stack.kafka_tls_client_key_file)})
+    assert mtls.list_topics(topic, timeout=30).topics[topic].error is None
+    plain = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    pattern = (ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, stack.kafka_mtls_principal, "*",
+               AclOperation.ALL, AclPermissionType.DENY)
+    plain.create_acls([AclBinding(*pattern)])[AclBinding(*pattern)].result(timeout=30)
+    try:
+        denied = wait_for(lambda: (e := mtls.list_topics(topic, timeout=30).topics[topic].error) is not None and e,
+                          30, "the DENY ACL on the mTLS principal to apply")
+        assert denied.name() == "TOPIC_AUTHORIZATION_FAILED"
+    finally:
+        plain.delete_acls([AclBindingFilter(*pattern)])[AclBindingFilter(*pattern)].result(timeout=30)

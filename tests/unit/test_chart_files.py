@@ -12,13 +12,14 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from support import dashboard_expressions, exposed_metric_names, promql_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "lagpilot"
@@ -196,25 +197,6 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
 
 # --- metric names: dashboard and alert rules ----------------------------------------------------
 
-PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-                "offset", "bool", "atan2", "inf", "nan"}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (label names, functions and keywords excluded)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals, including label values
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery windows
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    names = set()
-    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
-        token = match.group(0)
-        if text[match.end():].lstrip().startswith("(") or token.lower() in PROMQL_WORDS:
-            continue
-        names.add(token)
-    return names
-
-
 @pytest.mark.parametrize(("expr", "expected"), [
     ('sum by (namespace, name) (lagpilot_pool_size{namespace=~"$namespace"})', {"lagpilot_pool_size"}),
     ("histogram_quantile(0.99, sum by (le) (rate(x_seconds_bucket[$__rate_interval])))", {"x_seconds_bucket"}),
@@ -252,21 +234,6 @@ def test_design_metric_names_are_parsed() -> None:
     assert "lagpilot_consumergroup_lag_total" not in names  # listed as NOT used
     assert not any(name.endswith("_") for name in names)
     assert len(names) >= 20
-
-
-def dashboard_expressions(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "expr" and isinstance(value, str):
-                yield value
-            elif key in {"query", "definition"} and isinstance(value, str) and value.startswith("label_values("):
-                # label_values(<selector>, <label>): only the selector names a metric.
-                yield value.removeprefix("label_values(").rsplit(",", 1)[0]
-            else:
-                yield from dashboard_expressions(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from dashboard_expressions(item)
 
 
 def test_dashboard_mentions_only_design_metric_names() -> None:
@@ -309,6 +276,32 @@ def test_alert_rules_mention_only_design_metric_names() -> None:
     for rule in alert_rules():
         names = promql_metric_names(rule["expr"])
         assert names and names <= allowed, f"{rule['alert']}: {sorted(names - allowed)}"
+
+
+def referenced_metric_names() -> set[str]:
+    """Every metric name the dashboard and the alert rules select."""
+    names: set[str] = set()
+    for expr in [*dashboard_expressions(json.loads(DASHBOARD.read_text())), *(r["expr"] for r in alert_rules())]:
+        names |= promql_metric_names(expr)
+    return names
+
+
+def test_dashboard_and_alert_metrics_are_declared_by_the_code() -> None:
+    """Against the code's registries (the real scrapes are checked in tests/integration/test_metrics_exported.py)."""
+    from prometheus_client import REGISTRY
+
+    from lagpilot_operator import operator_metrics  # noqa: F401 - registers the operator's metrics
+    from lagpilot_worker.metrics import WorkerMetrics
+
+    declared = exposed_metric_names([*REGISTRY.collect(), *WorkerMetrics().registry.collect()])
+    referenced = referenced_metric_names()
+    assert len(referenced) >= 20
+    assert referenced <= declared, f"not declared by the code: {sorted(referenced - declared)}"
+
+
+def test_every_alert_has_a_promtool_unit_test() -> None:
+    tested = set(re.findall(r"alertname: (\w+)", (RULES.parent / "lagpilot-rules.test.yaml").read_text()))
+    assert {rule["alert"] for rule in alert_rules()} <= tested
 
 
 def test_alert_rules_cover_the_promised_situations() -> None:

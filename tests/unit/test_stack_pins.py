@@ -7,6 +7,7 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,40 @@ def test_kafka_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPat
     cluster_id = stack.new_kafka_cluster_id(lambda size: next(draws))
     assert cluster_id == base64.urlsafe_b64encode(bytes(range(16))).decode().rstrip("=")
     assert len(cluster_id) == 22
+
+
+def _load_stack(monkeypatch: pytest.MonkeyPatch) -> Any:
+    spec = importlib.util.spec_from_file_location("lagpilot_stack", HACK / "stack.py")
+    assert spec is not None and spec.loader is not None
+    stack = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, stack)
+    spec.loader.exec_module(stack)
+    return stack
+
+
+def test_a_broker_without_the_tls_listeners_is_not_ready_so_up_replaces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A broker started by an older stack.py answers on PLAINTEXT but has no SCRAM/mTLS listener: `up`
+    # must restart it instead of reusing it, or the TLS tests could never connect.
+    stack = _load_stack(monkeypatch)
+    monkeypatch.setattr(stack, "kafka_answers", lambda: True)
+    listening = {stack.PORTS[key] for key in ("kafka", "kafka-controller", "kafka-sasl")}
+    monkeypatch.setattr(stack, "port_open", lambda number: number in listening)
+    assert not stack.kafka_ready()
+    listening |= {stack.PORTS["kafka-scram"], stack.PORTS["kafka-mtls"]}
+    assert stack.kafka_ready()
+
+
+def test_the_broker_config_has_the_scram_and_mtls_listeners_on_their_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAGPILOT_KAFKA_SCRAM_PORT", "29095")
+    monkeypatch.setenv("LAGPILOT_KAFKA_MTLS_PORT", "29096")
+    stack = _load_stack(monkeypatch)
+    properties = dict(line.split("=", 1) for line in stack.kafka_properties().splitlines() if "=" in line)
+    assert "SCRAM://127.0.0.1:29095" in properties["listeners"]
+    assert "MTLS://127.0.0.1:29096" in properties["advertised.listeners"]
+    assert "SCRAM:SASL_SSL" in properties["listener.security.protocol.map"]
+    assert "MTLS:SSL" in properties["listener.security.protocol.map"]
+    assert properties["listener.name.scram.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert properties["listener.name.mtls.ssl.client.auth"] == "required"
+    env = "\n".join(stack.env_lines())
+    assert "KAFKA_SCRAM_BOOTSTRAP_SERVERS=127.0.0.1:29095" in env
+    assert "KAFKA_MTLS_BOOTSTRAP_SERVERS=127.0.0.1:29096" in env

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from lagpilot_contract import pool as pool_contract
+from lagpilot_contract import worker_env as env_contract
 
 from .breaker import BreakerConfig
 from .config import WorkerConfig, default_worker_id
@@ -30,8 +31,9 @@ from .poolsize import ConfigMapPoolSize, FixedPoolSize, PoolSizeSource
 from .record import Deserializer
 from .retry import Classifier, RetryPolicy
 from .runtime import Worker
+from .write_retry import WriteRetryPolicy
 
-KAFKA_ENV_PREFIX = "LAGPILOT_KAFKA_"
+KAFKA_ENV_PREFIX = env_contract.KAFKA_ENV_PREFIX
 
 
 def import_object(path: str) -> Any:
@@ -77,8 +79,9 @@ def kafka_settings(config_items: Sequence[str], file_items: Sequence[str], env: 
     """librdkafka settings from env (lowest precedence), then files, then --kafka-config."""
     settings: dict[str, str] = {}
     for name, value in env.items():
-        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
-            settings[name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+        setting = env_contract.kafka_setting_from_env(name)
+        if setting is not None:
+            settings[setting] = value
     for key, path in parse_assignments(file_items, "--kafka-config-file").items():
         settings[key] = Path(path).read_text().rstrip("\r\n")
     settings.update(parse_assignments(config_items, "--kafka-config"))
@@ -92,6 +95,17 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def dead_letter_enabled(flag: bool | None, env: Mapping[str, str], dlq_topic: str | None) -> bool:
+    """--dead-letter / --no-dead-letter, else LAGPILOT_DEAD_LETTER, else whether a DLQ topic is named.
+
+    Off by default, like a KafkaConsumerGroup without spec.deadLetter: a DLQ nobody created would
+    not exist, and every record that failed for good would stall on its write.
+    """
+    if flag is not None:
+        return flag
+    return _env_bool(env, env_contract.ENV_DEAD_LETTER, dlq_topic is not None)
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     def e(name: str, default: Any = None) -> Any:
         return env.get(name, default)
@@ -100,10 +114,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--handler", default=e("LAGPILOT_HANDLER"), required="LAGPILOT_HANDLER" not in env,
                    help="module:function called with each Record (sync or async) [LAGPILOT_HANDLER]")
-    p.add_argument("--bootstrap-servers", default=e("LAGPILOT_BOOTSTRAP_SERVERS", e("KAFKA_BOOTSTRAP_SERVERS")),
+    p.add_argument(env_contract.FLAG_BOOTSTRAP_SERVERS,
+                   default=e(env_contract.ENV_BOOTSTRAP_SERVERS, e(env_contract.ENV_BOOTSTRAP_SERVERS_FALLBACK)),
                    help="[LAGPILOT_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS]")
-    p.add_argument("--group", default=e("LAGPILOT_GROUP_ID"), help="consumer group id [LAGPILOT_GROUP_ID]")
-    p.add_argument("--topic", action="append", default=None,
+    p.add_argument(env_contract.FLAG_GROUP_ID, default=e(env_contract.ENV_GROUP_ID),
+                   help="consumer group id [LAGPILOT_GROUP_ID]")
+    p.add_argument(env_contract.FLAG_TOPIC, action="append", default=None,
                    help="source topic; repeat or comma-separate [LAGPILOT_TOPICS]")
     p.add_argument("--ordering", choices=[m.value for m in OrderingMode], default=e("LAGPILOT_ORDERING", "key"),
                    help="partition | key | unordered (default key) [LAGPILOT_ORDERING]")
@@ -125,12 +141,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                         "[LAGPILOT_VALUE_DESERIALIZER]")
     p.add_argument("--classifier", default=e("LAGPILOT_CLASSIFIER"),
                    help="module:function(exception) -> FailureClass | None [LAGPILOT_CLASSIFIER]")
-    p.add_argument("--dlq-topic", default=e("LAGPILOT_DLQ_TOPIC") or None,
+    p.add_argument("--dlq-topic", default=e(env_contract.ENV_DLQ_TOPIC) or None,
                    help="dead-letter topic; default <group>.dlq [LAGPILOT_DLQ_TOPIC]")
-    p.add_argument("--no-dead-letter", action="store_true",
-                   default=not _env_bool(env, "LAGPILOT_DEAD_LETTER", True),
-                   help="log and skip records that failed for good (LAGPILOT_DEAD_LETTER=false)")
-    p.add_argument("--retry-delays", default=e("LAGPILOT_RETRY_DELAYS", ""),
+    dead_letter = p.add_mutually_exclusive_group()
+    dead_letter.add_argument("--dead-letter", dest="dead_letter", action="store_true", default=None,
+                             help="write records that failed for good to the DLQ [LAGPILOT_DEAD_LETTER=true]; "
+                                  "default: on only when a DLQ topic is named (--dlq-topic)")
+    dead_letter.add_argument("--no-dead-letter", dest="dead_letter", action="store_false",
+                             help="log and skip records that failed for good [LAGPILOT_DEAD_LETTER=false]")
+    p.add_argument("--retry-delays", default=e(env_contract.ENV_RETRY_DELAYS, ""),
                    help="seconds per retry tier topic, e.g. 10,60 (empty: none) [LAGPILOT_RETRY_DELAYS]")
     p.add_argument("--retry-attempts", type=int, default=int(e("LAGPILOT_RETRY_ATTEMPTS", 3)),
                    help="handler calls in place for transient failures [LAGPILOT_RETRY_ATTEMPTS]")
@@ -138,6 +157,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="first backoff in seconds, doubled per retry [LAGPILOT_RETRY_BACKOFF_SECONDS]")
     p.add_argument("--retry-backoff-max", type=float, default=float(e("LAGPILOT_RETRY_BACKOFF_MAX_SECONDS", 10.0)),
                    help="backoff cap in seconds [LAGPILOT_RETRY_BACKOFF_MAX_SECONDS]")
+    p.add_argument("--dead-letter-write-attempts", type=int,
+                   default=int(e("LAGPILOT_DEAD_LETTER_WRITE_ATTEMPTS", WriteRetryPolicy.attempts_before_pause)),
+                   help="failed writes to the DLQ/a retry topic before the partition pauses (the write keeps "
+                        "being retried) [LAGPILOT_DEAD_LETTER_WRITE_ATTEMPTS]")
     p.add_argument("--no-breaker", action="store_true", default=not _env_bool(env, "LAGPILOT_BREAKER", True),
                    help="disable the dead-letter circuit breaker (LAGPILOT_BREAKER=false)")
     p.add_argument("--breaker-window", type=int, default=int(e("LAGPILOT_BREAKER_WINDOW", 1000)),
@@ -173,8 +196,7 @@ def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerCon
                                                                       PoolSizeSource, str]:
     parser = build_parser(env)
     args = parser.parse_args(argv)
-    topics_raw = args.topic if args.topic else [env.get("LAGPILOT_TOPICS", "")]
-    topics = [t.strip() for item in topics_raw for t in item.split(",") if t.strip()]
+    topics = env_contract.split_topics(args.topic if args.topic else env.get(env_contract.ENV_TOPICS, ""))
     if not args.bootstrap_servers:
         parser.error("--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS) is required")
     if not args.group:
@@ -198,10 +220,11 @@ def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerCon
         max_uncommitted=int(args.max_uncommitted) if args.max_uncommitted else None,
         commit_interval_seconds=args.commit_interval,
         kafka_config=kafka_settings(args.kafka_config, args.kafka_config_file, env),
-        dead_letter_enabled=not args.no_dead_letter,
+        dead_letter_enabled=dead_letter_enabled(args.dead_letter, env, args.dlq_topic),
         dead_letter_topic=args.dlq_topic,
         retry=RetryPolicy(attempts_in_place=args.retry_attempts, backoff_initial_seconds=args.retry_backoff,
                           backoff_max_seconds=args.retry_backoff_max, tier_delays_seconds=delays),
+        write_retry=WriteRetryPolicy(attempts_before_pause=args.dead_letter_write_attempts),
         breaker=BreakerConfig(enabled=not args.no_breaker, window=args.breaker_window,
                               max_ratio_percent=args.breaker_max_percent,
                               max_consecutive=args.breaker_max_consecutive,

@@ -13,6 +13,7 @@ from .breaker import BreakerConfig
 from .ordering import OrderingMode
 from .record import Deserializer
 from .retry import Classifier, RetryPolicy
+from .write_retry import WriteRetryPolicy
 
 # Settings the runtime depends on for its guarantees; user Kafka settings cannot override them.
 CONSUMER_FIXED: dict[str, Any] = {
@@ -61,10 +62,13 @@ class WorkerConfig:
     kafka_config: dict[str, Any] = field(default_factory=dict)
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
-    dead_letter_enabled: bool = True
+    # Off by default, as for a KafkaConsumerGroup without spec.deadLetter (docs/dead-letter.md).
+    dead_letter_enabled: bool = False
     dead_letter_topic: str | None = None        # override; default <group>.dlq (lagpilot_contract.naming)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # Failed writes to the DLQ/retry tiers: backoff, and after how many failures the partition pauses.
+    write_retry: WriteRetryPolicy = field(default_factory=WriteRetryPolicy)
     classifier: Classifier | None = None
     value_deserializer: Deserializer | None = None   # None: the handler gets the raw bytes
     worker_id: str = field(default_factory=default_worker_id)

@@ -1,31 +1,34 @@
-"""Structured JSON logs: one object per line, with topic/partition/offset when a record is involved."""
+"""Structured JSON logs: one object per line, with topic/partition/offset when a record is involved.
+
+python-json-logger writes the lines; this module only names the fields (`time`, `level`, `logger`,
+`message`, `exception`, then whatever `extra=` a log call adds).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+RENAMED = {"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exception"}
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+class JsonFormatter(_LibraryJsonFormatter):
+    """python-json-logger with Lagpilot's field names: UTC time in RFC 3339, lower-case level."""
+
+    def __init__(self) -> None:
+        super().__init__(FIELDS, rename_fields=RENAMED, json_default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data["level"] = record.levelname.lower()
 
 
 def configure_json_logging(level: str = "info") -> None:

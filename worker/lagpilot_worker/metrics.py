@@ -111,6 +111,10 @@ class WorkerMetrics:
         self.write_errors = Counter(f"{PREFIX}dead_letter_write_errors",
                                     "Failed writes to the dead-letter or retry topics (they are retried).",
                                     registry=r)
+        self.write_stalled = Gauge(f"{PREFIX}dead_letter_write_stalled",
+                                   "1 while the partition is paused because a write of its failed records to the "
+                                   "dead-letter or a retry topic failed past the retry bound (still retried).",
+                                   ["topic", "partition"], registry=r)
         self.in_flight = Gauge(f"{PREFIX}in_flight", "Work items running now: busy slots, and the poll thread "
                                 "while it runs one itself.", registry=r)
         self.pool_size = Gauge(f"{PREFIX}pool_size", "Concurrent slots of the pool (target).", registry=r)
@@ -139,6 +143,6 @@ class WorkerMetrics:
         r.register(self.end_to_end)
 
     def forget_partition(self, topic: str, partition: int) -> None:
-        for gauge in (self.partition_lag, self.breaker_open):
+        for gauge in (self.partition_lag, self.breaker_open, self.write_stalled):
             with contextlib.suppress(KeyError):
                 gauge.remove(topic, str(partition))

@@ -17,6 +17,7 @@ import heapq
 import inspect
 import itertools
 import logging
+import random
 import resource
 import threading
 import time
@@ -42,7 +43,8 @@ from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
 from .poolsize import FixedPoolSize, PoolSizeSource
 from .processing import Failure, Job, JobResult, Processor
 from .record import Handler, message_headers
-from .retry import DueGate, SendToRetryTier, backoff_delay, parse_int_header, retry_due_ms
+from .retry import DueGate, SendToRetryTier, parse_int_header, retry_due_ms
+from .write_retry import next_write_retry
 
 log = logging.getLogger("lagpilot_worker")
 
@@ -150,6 +152,8 @@ class Worker:
             WindowLimits(config.window(config.pool_size)))
         self._paused: set[PartitionState] = set()
         self._open_breakers: set[PartitionState] = set()
+        # Partitions paused because a DLQ/retry-tier write failed past its retry bound: writes stuck.
+        self._stalled_writes: dict[PartitionState, int] = {}
         self._jobs: set[Job] = set()
         self._write_retries: list[tuple[float, int, Callable[[], None]]] = []
         self._sequence = itertools.count()
@@ -230,10 +234,13 @@ class Worker:
             reasons.append("stopping")
         if open_breakers and self.config.ready_requires_closed_breakers:
             reasons.append("dead-letter circuit breaker open")
+        stalled = [f"{s.topic}[{s.partition}]" for s in list(self._stalled_writes) if not s.revoked]
+        if stalled:
+            reasons.append("dead-letter/retry topic writes failing")
         alive, _ = self.alive()
         if not alive:
             reasons.append("poll loop stuck")
-        return not reasons, {"reasons": reasons, "open_breakers": open_breakers,
+        return not reasons, {"reasons": reasons, "open_breakers": open_breakers, "failing_writes": stalled,
                              "partitions": len(self._states), "pool_size": self._pool_size}
 
     def alive(self) -> tuple[bool, dict[str, object]]:
@@ -396,7 +403,9 @@ class Worker:
         return PREFETCH_PER_SLOT * self._pool_size
 
     def _idle_wait(self, now: float) -> float:
-        if self._jobs or self._pending_writes():
+        # Writes waiting for their backoff are timers (below), not busy work: a write stalled for
+        # hours must not spin the poll loop.
+        if self._jobs or (self._publisher is not None and self._publisher.pending):
             return BUSY_WAIT_SECONDS
         wait = min(IDLE_WAIT_SECONDS, max(0.0, self._next_commit - now))
         due = self._due_gate.next_due_ms()
@@ -730,42 +739,82 @@ class Worker:
 
     def _write(self, state: PartitionState, message: Message, send: Callable[[Callable[[KafkaError | None], None]],
                bool], on_acked: Callable[[], None]) -> None:
-        """Write to the DLQ/a retry tier; the source offset is done only once the write is acknowledged."""
+        """Write to the DLQ/a retry tier; the source offset is done only once the write is acknowledged.
+
+        A failed write is retried with backoff (write_retry.py); past the bound its partition is
+        paused and reported (/readyz, lagpilot_worker_dead_letter_write_stalled) until a retry
+        goes through.
+        """
         state.pending_writes += 1
-        attempts = itertools.count(1)
+        failures = 0
+        stalled = False
+
+        def finished() -> None:
+            nonlocal stalled
+            state.pending_writes -= 1
+            if stalled:
+                stalled = False
+                self._write_unstalled(state)
 
         def delivered(err: KafkaError | None) -> None:
             if err is None:
-                state.pending_writes -= 1
+                finished()
                 if not state.revoked:
                     state.tracker.done_many([message.offset()])  # type: ignore[list-item]
                 on_acked()
                 return
-            self.metrics.write_errors.inc()
-            log.error("writing a failed record failed, will retry: %s", err,
-                      extra=state.log_extra(message.offset()))
-            retry_later()
+            retry_later(str(err))
 
-        def retry_later() -> None:
+        def retry_later(error: str) -> None:
+            nonlocal failures, stalled
             if state.revoked:
-                state.pending_writes -= 1
+                finished()
                 return
-            delay = backoff_delay(self.config.retry, next(attempts), 0.5)
-            heapq.heappush(self._write_retries, (time.monotonic() + delay, next(self._sequence), attempt))
+            failures += 1
+            self.metrics.write_errors.inc()
+            decision = next_write_retry(self.config.write_retry, failures, random.random())
+            log.error("writing a failed record failed (attempt %d), retrying in %.1fs: %s", failures,
+                      decision.delay_seconds, error, extra={**state.log_extra(message.offset()), "attempts": failures})
+            if decision.pause_partition and not stalled:
+                stalled = True
+                self._write_stalled(state, error)
+            heapq.heappush(self._write_retries, (time.monotonic() + decision.delay_seconds, next(self._sequence),
+                                                 attempt))
 
         def attempt() -> None:
             if state.revoked:
-                state.pending_writes -= 1
+                finished()
                 return
             try:
                 queued = send(delivered)
-            except Exception as exc:
-                log.error("could not queue write of a failed record: %s", exc, extra=state.log_extra(message.offset()))
-                queued = False
+                error = "the producer's queue is full"
+            except Exception as exc:    # e.g. the broker refused the topic (authorization, unknown topic)
+                queued, error = False, f"could not queue the write: {exc}"
             if not queued:
-                retry_later()
+                retry_later(error)
 
         attempt()
+
+    def _write_stalled(self, state: PartitionState, error: str) -> None:
+        count = self._stalled_writes.get(state, 0)
+        self._stalled_writes[state] = count + 1
+        if count:
+            return
+        self.metrics.write_stalled.labels(state.topic, str(state.partition)).set(1)
+        log.error("writes to the dead-letter/retry topic keep failing: partition paused until one goes through "
+                  "(%s)", error, extra={**state.log_extra(), "retry_every_seconds":
+                                        self.config.write_retry.backoff_max_seconds})
+
+    def _write_unstalled(self, state: PartitionState) -> None:
+        count = self._stalled_writes.get(state, 0) - 1
+        if count > 0:
+            self._stalled_writes[state] = count
+            return
+        self._stalled_writes.pop(state, None)
+        if not state.revoked:
+            self.metrics.write_stalled.labels(state.topic, str(state.partition)).set(0)
+            log.info("writes to the dead-letter/retry topic go through again: partition resumed",
+                     extra=state.log_extra())
 
     def _pending_writes(self) -> int:
         return (self._publisher.pending if self._publisher is not None else 0) + len(self._write_retries)
@@ -848,6 +897,7 @@ class Worker:
             for state in self._open_breakers:
                 if state.breaker.state is BreakerState.OPEN:
                     desired.add(state)
+            desired.update(s for s in self._stalled_writes if not s.revoked)
         if desired == self._paused:
             return
         to_pause = [s.kafka_tp for s in desired - self._paused if not s.revoked]
@@ -903,6 +953,10 @@ class Worker:
         if self._consumer is None:
             return
         for state in self._states.values():
+            # Every assigned partition has a 0/1 series, so "closed" and "never reported" differ.
+            partition = str(state.partition)
+            metrics.breaker_open.labels(state.topic, partition).set(1 if state in self._open_breakers else 0)
+            metrics.write_stalled.labels(state.topic, partition).set(1 if state in self._stalled_writes else 0)
             high = self._consumer.high_watermark(state.topic, state.partition)
             position = state.tracker.committable()
             if position is None:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ def free_port() -> int:
 class OperatorProcess:
     """`kopf run -m lagpilot_operator.handlers` limited to one namespace; stoppable and restartable."""
 
-    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.env, self.namespace, self.log_dir = env, namespace, log_dir
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -48,7 +50,7 @@ class OperatorProcess:
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "kopf"), "run", "--standalone", "--namespace", self.namespace,
-             "-m", "lagpilot_operator.handlers"], env=env, stdout=log, stderr=subprocess.STDOUT)
+             "-m", "lagpilot_operator.handlers", *self.extra_args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -114,3 +116,83 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def events_text(stack: Any, namespace: str) -> str:
     return str(stack.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+
+
+def produce(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    """`per_partition` more records in each partition."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for partition in range(partitions):
+        for i in range(per_partition):
+            producer.produce(topic, value=f"{partition}:{i}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+
+def annotate(stack: Any, namespace: str, name: str, *pairs: str) -> None:
+    """`kubectl annotate --overwrite`; `key-` removes the annotation."""
+    stack.kubectl("annotate", "--overwrite", "kcg", name, "-n", namespace, *pairs)
+
+
+def patch_spec(stack: Any, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    stack.kubectl("patch", "kcg", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": patch}))
+
+
+def poll_time(status: dict[str, Any]) -> float:
+    """When the operator last decided (policyMemory.lastTime): tells one reconcile from the next."""
+    return float((status.get("policyMemory") or {}).get("lastTime") or 0.0)
+
+
+def event_messages(stack: Any, namespace: str, reason: str) -> list[str]:
+    """Messages of the KafkaConsumerGroup Events with `reason` (ScaledUp, ScaledDown, ...)."""
+    out = stack.kubectl("get", "events", "-n", namespace, "--field-selector",
+                        f"involvedObject.kind=KafkaConsumerGroup,reason={reason}", "-o", "json").stdout
+    return [str(e.get("message", "")) for e in json.loads(out)["items"]]
+
+
+def produce_dead_letters(bootstrap: str, dlq: str, source_topic: str, group: str, ids: range,
+                         partitions: int) -> None:
+    """Record i into DLQ partition i % partitions, value str(i), with the headers the worker writes
+    (lagpilot_contract.headers) naming source partition i % partitions, plus a header of its own."""
+    from lagpilot_contract import headers as h
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": "true"})
+    for i in ids:
+        partition = i % partitions
+        contract = {h.ORIGINAL_TOPIC: source_topic, h.ORIGINAL_PARTITION: str(partition),
+                    h.ORIGINAL_OFFSET: str(i), h.ORIGINAL_TIMESTAMP: "1767225600000",
+                    h.ORIGINAL_TIMESTAMP_TYPE: "CreateTime", h.CONSUMER_GROUP: group,
+                    h.EXCEPTION_CLASS: "app.errors.Permanent", h.EXCEPTION_MESSAGE: "boom", h.ATTEMPTS: "1",
+                    h.WORKER_ID: "test:1", h.FAILURE_KIND: h.FAILURE_PERMANENT}
+        producer.produce(dlq, key=f"k{i}".encode(), value=str(i).encode(), partition=partition,
+                         headers=[("trace-id", f"t-{i}".encode()), *((k, v.encode()) for k, v in contract.items())])
+    assert producer.flush(30) == 0
+
+
+def read_committed(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
+    """Every record a read_committed consumer can read from `topic` now, up to each partition's end."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AdminClient
+
+    partitions = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+                     .topics[topic].partitions)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "op-test-reader", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "isolation.level": "read_committed",
+                         "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[Any] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            records.append(message)
+    finally:
+        consumer.close()
+    return records

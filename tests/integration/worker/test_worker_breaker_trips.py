@@ -43,6 +43,7 @@ def test_failing_handler_trips_the_breaker_after_the_configured_count(
         raise PermanentError("bad deploy")
 
     config = WorkerConfig(
+        dead_letter_enabled=True,
         bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], ordering=ordering, pool_size=4,
         http_port=0, http_host="127.0.0.1", commit_interval_seconds=0.2,
         breaker=BreakerConfig(max_consecutive=limit, window=1000, max_ratio_percent=100, cooldown_seconds=0))
@@ -88,6 +89,7 @@ def test_single_partition_run_commits_exactly_up_to_the_breaker(
         raise PermanentError("bad deploy")
 
     config = WorkerConfig(
+        dead_letter_enabled=True,
         bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], ordering=OrderingMode.PARTITION,
         pool_size=4, http_port=None, commit_interval_seconds=0.2,
         breaker=BreakerConfig(max_consecutive=limit, window=1000, max_ratio_percent=100, cooldown_seconds=0))
@@ -119,6 +121,7 @@ def test_half_open_probe_closes_the_breaker_once_the_handler_recovers(
         handled.append(record.offset)
 
     config = WorkerConfig(
+        dead_letter_enabled=True,
         bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], ordering=OrderingMode.PARTITION,
         pool_size=2, http_port=0, http_host="127.0.0.1", commit_interval_seconds=0.2,
         breaker=BreakerConfig(max_consecutive=3, window=1000, max_ratio_percent=100, cooldown_seconds=2))

@@ -109,7 +109,7 @@ def test_security_settings_and_credentials_from_env_and_files(
         env.update(TEST_PROCESSED_FILE=str(processed), LAGPILOT_KAFKA_SASL_USERNAME=stack.kafka_sasl_username)
         return CliWorker(["--handler", "clihandlers:reject_odd", "--bootstrap-servers", stack.kafka_sasl_bootstrap,
                           "--group", group, "--topic", topic, "--http-host", "127.0.0.1", "--http-port", "0",
-                          "--kafka-config", "security.protocol=SASL_PLAINTEXT",
+                          "--dead-letter", "--kafka-config", "security.protocol=SASL_PLAINTEXT",
                           "--kafka-config", "sasl.mechanism=PLAIN",
                           "--kafka-config-file", f"sasl.password={password_path}"],
                          env, workdir, workdir / f"{name}.log").start()

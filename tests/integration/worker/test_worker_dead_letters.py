@@ -54,7 +54,7 @@ def test_dead_letter_record_and_headers_exactly_as_documented(
         handled.append(record.key)
 
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], pool_size=2,
-                          http_port=None, worker_id="worker-under-test")
+                          dead_letter_enabled=True, http_port=None, worker_id="worker-under-test")
     with running_worker(config, handler):
         records = wait_for(lambda: read_topic(kafka_bootstrap, dlq) or None, 60, "a dead-letter record")
         wait_for(lambda: committed_offsets(kafka_bootstrap, group, source, 3)[2] == 2, 30,
@@ -95,7 +95,8 @@ def test_poison_pill_goes_to_the_dead_letter_topic(
         values.append(record.value)
 
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], pool_size=2,
-                          http_port=None, value_deserializer=lambda raw: json.loads(raw) if raw else None)
+                          dead_letter_enabled=True, http_port=None,
+                          value_deserializer=lambda raw: json.loads(raw) if raw else None)
     with running_worker(config, handler):
         [dead] = wait_for(lambda: read_topic(kafka_bootstrap, dlq) or None, 60, "the poison pill in the DLQ")
         wait_for(lambda: committed_offsets(kafka_bootstrap, group, source, 1)[0] == 3, 30, "all committed")
@@ -125,7 +126,8 @@ def test_retry_tier_runs_the_record_after_its_delay_not_before(
 
     delay = 4.0
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], pool_size=2,
-                          http_port=None, retry=RetryPolicy(tier_delays_seconds=(delay, 60.0)))
+                          dead_letter_enabled=True, http_port=None,
+                          retry=RetryPolicy(tier_delays_seconds=(delay, 60.0)))
     with running_worker(config, handler):
         wait_for(lambda: len(calls) >= 2, 60, "the record handled again from retry tier 1")
         [retry_record] = read_topic(kafka_bootstrap, retry_1)
@@ -159,7 +161,7 @@ def test_source_offset_waits_for_the_dead_letter_write(
             raise PermanentError("rejected")
 
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], pool_size=2,
-                          http_port=0, http_host="127.0.0.1", commit_interval_seconds=0.2,
+                          dead_letter_enabled=True, http_port=0, http_host="127.0.0.1", commit_interval_seconds=0.2,
                           retry=RetryPolicy(backoff_initial_seconds=0.5, backoff_max_seconds=1.0),
                           producer_config={"message.timeout.ms": 2000, "topic.metadata.refresh.interval.ms": 500})
     with running_worker(config, handler) as worker:

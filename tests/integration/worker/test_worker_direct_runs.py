@@ -147,6 +147,7 @@ def test_failures_in_direct_runs_keep_the_documented_order(
 
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source],
                           ordering=OrderingMode.KEY, pool_size=4, http_port=0, http_host="127.0.0.1",
+                          dead_letter_enabled=True,
                           retry=RetryPolicy(attempts_in_place=3, backoff_initial_seconds=0.01,
                                             backoff_max_seconds=0.02, tier_delays_seconds=(0.5,)))
     with running_worker(config, handle) as worker:

@@ -72,6 +72,7 @@ def worker(workdir: Path, kafka_bootstrap: str, group: str, topic: str, name: st
            pool: int = 8) -> CliWorker:
     env = cli_env(workdir)
     env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01")
+    env["LAGPILOT_DEAD_LETTER"] = "true"  # rejected ids must land in the DLQ (the worker's default is off)
     args = ["--handler", "losshandlers:handle", "--bootstrap-servers", kafka_bootstrap, "--group", group,
             "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(WINDOW), "--commit-interval", "0.5",
             "--http-host", "127.0.0.1", "--http-port", "0", "--worker-id", name, "--shutdown-timeout", "20"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.poolsize import PoolSizeSource
 from lagpilot_worker.record import Record
 from lagpilot_worker.runtime import Worker
-from support import wait_for
+from support import metric_value, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -177,19 +176,10 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float | None:
-    """One sample's value from /metrics (labels must match exactly the given subset)."""
+    """One sample's value from /metrics (its labels must include the given ones)."""
     status, text = http_get(port, "/metrics")
     assert status == 200
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
-        if match is None or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if labels is None or all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(3))
-    return None
+    return metric_value(text, name, labels)
 
 
 @dataclass
@@ -254,4 +244,9 @@ def cli_env(extra_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH", "")]))
     env.pop("LAGPILOT_POOL_CONFIGMAP", None)
+    # hack/stack.py's port overrides (LAGPILOT_KAFKA_PORT, LAGPILOT_KAFKA_SCRAM_PORT, ...), set when the
+    # tests run against a second stack, share the worker's LAGPILOT_KAFKA_ prefix: the worker would read
+    # them as librdkafka settings ("port", "scram.port") and refuse to start.
+    for name in [n for n in env if n.startswith("LAGPILOT_KAFKA_") and n.endswith("_PORT")]:
+        env.pop(name)
     return env

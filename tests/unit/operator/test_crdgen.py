@@ -120,6 +120,7 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
     expected = {"Lag": ".status.totalLag", "TimeLag": ".status.maxTimeLagSeconds",
                 "Replicas": ".status.currentReplicas", "Desired": ".status.desiredReplicas",
                 "Pool": ".status.poolSize", "Ready": '.status.conditions[?(@.type=="Ready")].status',
+                "Paused": '.status.conditions[?(@.type=="Paused")].status',
                 "Age": ".metadata.creationTimestamp"}
     for name, path in expected.items():
         assert columns[name]["jsonPath"] == path and "priority" not in columns[name]
@@ -207,9 +208,14 @@ def test_list_types(schema: dict[str, Any]) -> None:
 
 
 def test_cel_rules_are_the_models_rules(schema: dict[str, Any]) -> None:
-    in_crd = [(rule["rule"], rule["message"]) for _, node in nodes(schema)
+    in_crd = [(path, rule["rule"], rule["message"]) for path, node in nodes(schema)
               for rule in node.get("x-kubernetes-validations", [])]
-    assert sorted(in_crd) == sorted((rule.cel, rule.message) for rule in models.all_cel_rules())
+    topic_rule = (models.TOPIC_NOT_DOTS.cel, models.TOPIC_NOT_DOTS.message)
+    # The topic-name rule sits on every field that takes a topic name; every other rule once.
+    assert sorted(path for path, *rule in in_crd if tuple(rule) == topic_rule) == [
+        ".spec.deadLetter.topic", ".spec.topics[]"]
+    others = [tuple(rule) for _, *rule in in_crd if tuple(rule) != topic_rule]
+    assert sorted([*others, topic_rule]) == sorted((rule.cel, rule.message) for rule in models.all_cel_rules())
     spec = schema["properties"]["spec"]
     assert models.EXACTLY_ONE_TARGET.message in [r["message"] for r in spec["x-kubernetes-validations"]]
     replicas = spec["properties"]["replicas"]["x-kubernetes-validations"]

@@ -120,4 +120,35 @@ def test_replicas_never_exceed_partitions_without_idle_consumers(offsets: list[t
     decision = keda.hpa_sync(config, state, replicas, 0.0)
     if not allow_idle:
         assert decision.replicas <= max(len(offsets), replicas)
-    assert 1 <= decision.replicas <= 1000
+    assert decision.replicas == first_sync_replicas(lagging, threshold, replicas, allow_idle)
+
+
+def first_sync_replicas(lagging: list[tuple[int, int]], threshold: int, replicas: int, allow_idle: bool) -> int:
+    """The replicas of a first HPA sync, written out from KEDA's and the HPA's documentation: no history,
+    so stabilization keeps the recommendation; scale-up limited to max(+4 pods, +100 %); scale-down by up
+    to 100 %; not above the partitions without allowIdleConsumers; then [1, maxReplicaCount=1000]."""
+    partitions = len(lagging)
+    lag = sum(end - committed for end, committed in lagging)
+    if not allow_idle and lag // threshold > partitions:
+        lag = partitions * threshold
+    wanted = replicas if abs(1 - lag / (threshold * replicas)) <= 0.1 else -(-lag // threshold)
+    if wanted > replicas:
+        wanted = min(wanted, max(replicas + 4, 2 * replicas))
+        if not allow_idle:
+            wanted = max(replicas, min(wanted, partitions))
+    return max(1, min(1000, wanted))
+
+
+@pytest.mark.parametrize(("lagging", "threshold", "replicas", "allow_idle", "expected"), [
+    ([(100, 0)] * 3, 10, 1, False, 3),        # 300 lag wants 30, capped at the metric's 3 partitions
+    ([(100, 0)] * 3, 10, 1, True, 5),         # 30 wanted, one sync adds at most max(4, 100 %): 5
+    ([(100, 0)] * 3, 10, 20, True, 30),        # from 20: +100 % allows 40, 30 wanted
+    ([(105, 0)], 10, 10, True, 10),           # 105 / (10 x 10) is within the 10 % tolerance: hold
+    ([(0, 0)] * 8, 10, 6, False, 1),          # no lag: down to the minimum of 1 at once (no history)
+])
+def test_first_sync_exact_replicas(lagging: list[tuple[int, int]], threshold: int, replicas: int, allow_idle: bool,
+                                   expected: int) -> None:
+    config = keda.KedaConfig(lag_threshold=threshold, max_replicas=1000, allow_idle_consumers=allow_idle)
+    state = keda.poll(config, keda.KedaState(), sample(lagging), 0.0)
+    assert keda.hpa_sync(config, state, replicas, 0.0).replicas == expected
+    assert first_sync_replicas(lagging, threshold, replicas, allow_idle) == expected

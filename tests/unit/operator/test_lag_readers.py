@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, worker_config
 
 PASSWORD = "s3cr3t-Pa55"
 SASL_SPEC = {
@@ -114,6 +114,11 @@ KCG = {"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup",
        "metadata": {"name": "orders", "namespace": "shop", "uid": "1234-abcd"}}
 
 
+ENV = worker_config.injected_env(models.KafkaConsumerGroupSpec.from_k8s({
+    "kafka": {"bootstrapServers": "k:9092"}, "groupId": "orders-workers", "topics": ["orders"],
+    "template": {"spec": {}}}), "orders")
+
+
 def template(containers: list[dict[str, Any]]) -> models.DeploymentTemplate:
     return models.DeploymentTemplate.model_validate({
         "metadata": {"labels": {"app": "orders"}, "annotations": {"team": "payments"}},
@@ -123,7 +128,7 @@ def template(containers: list[dict[str, Any]]) -> models.DeploymentTemplate:
 
 
 def test_the_templated_deployment_is_owned_named_after_the_group_and_sized_by_the_operator() -> None:
-    manifest = kube_io.templated_deployment(KCG, template([{"name": "w", "image": "w:1"}]), replicas=3)
+    manifest = kube_io.templated_deployment(KCG, template([{"name": "w", "image": "w:1"}]), 3, ENV)
     meta = manifest["metadata"]
     assert (meta["name"], meta["namespace"]) == ("orders", "shop")
     assert meta["ownerReferences"] == [{"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup",
@@ -141,7 +146,7 @@ def test_every_container_gets_the_pool_contract_env_once_and_keeps_its_own() -> 
                                                {"name": pool_contract.ENV_POOL_CONFIGMAP, "value": "stale"}]},
         {"name": "sidecar", "image": "s:1"},
     ]
-    manifest = kube_io.templated_deployment(KCG, template(containers), replicas=1)
+    manifest = kube_io.templated_deployment(KCG, template(containers), 1, ENV)
     for container in manifest["spec"]["template"]["spec"]["containers"]:
         names = [e["name"] for e in container["env"]]
         assert names.count(pool_contract.ENV_POOL_CONFIGMAP) == 1 and names.count(pool_contract.ENV_NAMESPACE) == 1
@@ -154,7 +159,7 @@ def test_every_container_gets_the_pool_contract_env_once_and_keeps_its_own() -> 
 
 def test_building_the_manifest_leaves_the_spec_model_untouched() -> None:
     source = template([{"name": "w", "image": "w:1"}])
-    kube_io.templated_deployment(KCG, source, replicas=5)
+    kube_io.templated_deployment(KCG, source, 5, ENV)
     assert source.spec["replicas"] == 99
     assert "env" not in source.spec["template"]["spec"]["containers"][0]
 
@@ -169,15 +174,3 @@ def test_a_discarded_client_is_replaced_by_a_new_one() -> None:
     assert pool.get(settings) is not first
 
 
-def test_template_mode_also_tells_workers_their_dead_letter_topics() -> None:
-    from lagpilot_operator.dead_letter import dead_letter_settings, worker_env
-
-    settings = dead_letter_settings({"enabled": True, "retryTiers": [{"delaySeconds": 10}, {"delaySeconds": 60}]})
-    kcg = {"metadata": {"name": "orders", "namespace": "shop", "uid": "u-1"}}
-    template = models.DeploymentTemplate.from_k8s(
-        {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w:1"}]}}}})
-    manifest = kube_io.templated_deployment(kcg, template, 2, worker_env("orders-workers", settings))
-    env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["LAGPILOT_DLQ_TOPIC"] == "orders-workers.dlq"
-    assert env["LAGPILOT_RETRY_DELAYS"] == "10,60"
-    assert env["LAGPILOT_POOL_CONFIGMAP"] == "orders-lagpilot-pool"

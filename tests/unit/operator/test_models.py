@@ -163,6 +163,13 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         "protocol": "SSL", "tls": {"keySecretRef": {"name": "c", "key": "tls.key"}}}}}, models.TLS_CLIENT_PAIR.message),
     ("bootstrap with a space", {"kafka": {"bootstrapServers": "a:1, b:2"}}, "String should match pattern"),
     ("illegal topic name", {"topics": ["or/ders"]}, "String should match pattern"),
+    ("topic named .", {"topics": ["."]}, models.TOPIC_NOT_DOTS.message),
+    ("topic named ..", {"topics": ["t", ".."]}, models.TOPIC_NOT_DOTS.message),
+    ("topic named ... is legal", {"topics": ["..."]}, None),
+    ("topic starting with dots is legal", {"topics": ["..t", ".t"]}, None),
+    ("dlq topic named ..", {"deadLetter": {"topic": ".."}}, models.TOPIC_NOT_DOTS.message),
+    ("redrive with a dead letter", {"deadLetter": {}, "redrive": {"requestId": "r-1"}}, None),
+    ("redrive without a dead letter", {"redrive": {"requestId": "r-1"}}, models.REDRIVE_NEEDS_DEAD_LETTER.message),
     ("101 topics", {"topics": [f"t{i}" for i in range(101)]}, "at most 100 items"),
     ("secret name not DNS", {"kafka": {"bootstrapServers": "k:9093", "security": {
         "protocol": "SASL_PLAINTEXT", "sasl": {"mechanism": "PLAIN", "usernameSecretRef": {"name": "S_", "key": "u"},
@@ -258,7 +265,9 @@ def test_defaults_match_the_design() -> None:
     up, down = spec.policy.scale_up, spec.policy.scale_down
     assert (up.stabilization_seconds, up.max_step_percent, up.min_step, up.period_seconds) == (0, 100, 4, 5)
     assert (down.stabilization_seconds, down.max_step_percent, down.min_step, down.period_seconds) == (120, 25, 1, 30)
-    assert (spec.policy.lag_threshold.lag_per_consumer, spec.policy.lag_threshold.offset_reset_policy) == (10, "latest")
+    threshold = spec.policy.lag_threshold
+    # earliest: the worker's own auto.offset.reset default (docs/operator.md, "One source of truth").
+    assert (threshold.lag_per_consumer, threshold.offset_reset_policy) == (10, "earliest")
     assert (spec.policy.drain_time.target_drain_seconds, spec.policy.drain_time.headroom_percent) == (60, 20)
     assert spec.policy.drain_time.target_time_lag_seconds is None
     assert (spec.fallback.mode, spec.fallback.replicas, spec.fallback.failure_threshold) == ("hold", 1, 3)

@@ -29,6 +29,7 @@ def test_flags(handler_module: str, tmp_path: Path) -> None:
          "--topic", "a,b", "--topic", "c", "--ordering", "partition", "--pool-size", "12",
          "--retry-delays", "10, 60", "--retry-attempts", "5", "--dlq-topic", "custom.dlq",
          "--breaker-max-consecutive", "7", "--breaker-cooldown", "0", "--value-deserializer", "json",
+         "--dead-letter-write-attempts", "2",
          "--classifier", f"{handler_module}:classify",
          "--kafka-config", "security.protocol=SASL_SSL", "--kafka-config-file", f"sasl.password={secret}",
          "--http-port", "-1", "--log-level", "debug"], env={})
@@ -39,6 +40,7 @@ def test_flags(handler_module: str, tmp_path: Path) -> None:
     assert config.dlq_topic == "custom.dlq"
     assert config.retry_topics == ["custom.retry.1", "custom.retry.2"]     # same rule as the operator
     assert config.breaker.max_consecutive == 7 and config.breaker.cooldown_seconds == 0
+    assert config.write_retry.attempts_before_pause == 2
     assert config.http_port is None and level == "debug"
     assert config.value_deserializer is not None and config.value_deserializer(b'{"a": 1}') == {"a": 1}
     assert config.classifier is not None and handler.__name__ == "handle"
@@ -57,11 +59,12 @@ def test_env_only(handler_module: str) -> None:
            "LAGPILOT_GROUP_ID": "g", "LAGPILOT_TOPICS": "t1, t2", "LAGPILOT_POOL_SIZE": "3",
            "LAGPILOT_POOL_CONFIGMAP": "orders-lagpilot-pool", "LAGPILOT_NAMESPACE": "shop",
            "LAGPILOT_RETRY_DELAYS": "10,60", "LAGPILOT_DEAD_LETTER": "true", "LAGPILOT_BREAKER": "false",
+           "LAGPILOT_DEAD_LETTER_WRITE_ATTEMPTS": "9",
            "LAGPILOT_KAFKA_SASL_USERNAME": "svc", "LAGPILOT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
     config, _, source, _ = build([], env=env)
     assert config.topics == ["t1", "t2"] and config.pool_size == 3 and config.group_id == "g"
     assert config.dlq_topic == "g.dlq" and config.retry_topics == ["g.retry.1", "g.retry.2"]
-    assert not config.breaker.enabled
+    assert not config.breaker.enabled and config.write_retry.attempts_before_pause == 9
     assert isinstance(source, ConfigMapPoolSize)
     assert (source.name, source.namespace) == ("orders-lagpilot-pool", "shop")
     assert config.kafka_config == {"sasl.username": "svc", "security.protocol": "SASL_PLAINTEXT"}
@@ -92,3 +95,29 @@ def test_value_deserializers() -> None:
     assert text is not None and text(b"h\xc3\xa9") == "hé" and text(None) is None
     custom = value_deserializer("json:loads")
     assert custom is not None and custom(b"[1]") == [1]
+
+
+@pytest.mark.parametrize(("argv", "env", "enabled"), [
+    ([], {}, False),                                                   # like a KafkaConsumerGroup without deadLetter
+    (["--dlq-topic", "x.dlq"], {}, True),                              # naming a DLQ asks for one
+    ([], {"LAGPILOT_DLQ_TOPIC": "x.dlq"}, True),
+    ([], {"LAGPILOT_DEAD_LETTER": "true"}, True),
+    ([], {"LAGPILOT_DEAD_LETTER": "false", "LAGPILOT_DLQ_TOPIC": "x.dlq"}, False),
+    (["--dead-letter"], {"LAGPILOT_DEAD_LETTER": "false"}, True),      # a flag wins over env
+    (["--no-dead-letter", "--dlq-topic", "x.dlq"], {}, False),
+])
+def test_dead_lettering_is_off_unless_asked_for(handler_module: str, argv: list[str], env: dict[str, str],
+                                                enabled: bool) -> None:
+    base = ["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:1", "--group", "g", "--topic", "t"]
+    config, _, _, _ = build(base + argv, env=env)
+    assert config.dead_letter_enabled is enabled
+    assert (config.dlq_topic is not None) is enabled
+    assert WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"]).dlq_topic is None  # library default
+
+
+def test_the_worker_default_offset_reset_is_the_crds_offset_reset_policy_default() -> None:
+    from lagpilot_operator import models
+
+    default = models.LagThresholdPolicy().offset_reset_policy
+    assert WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"]).consumer_settings()[
+        "auto.offset.reset"] == default == "earliest"
