@@ -4,17 +4,24 @@
 # Stage 1 builds wheels for lagpilot[operator] and every dependency; the final stage installs
 # them from a bind mount, so neither the wheels nor any build tooling end up in the image.
 
-FROM python:3.11.14-slim-bookworm AS builder
+# The base is a build argument: Docker users keep the official Python image; the local stack, which
+# reaches no container registry, passes a Debian bookworm image with Debian's Python 3.11
+# (BASE_IMAGE=localhost/lagpilot-bookworm-python:<tag>, built by hack/stack.py).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY contract/ contract/
 COPY operator/ operator/
 COPY worker/ worker/
-# requirements.lock pins every dependency (the versions `make test` installs).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock ".[operator]"
+# requirements.lock pins every dependency (the versions `make test` installs). A virtual environment
+# works the same on both bases (Debian's own python3 refuses system-wide pip installs).
+RUN python3 -m venv /opt/build \
+    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock ".[operator]"
 
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 ARG LAGPILOT_VERSION=0.1.0
 LABEL org.opencontainers.image.title="lagpilot-operator" \
       org.opencontainers.image.description="Lagpilot: Kafka consumer autoscaler for Kubernetes (kopf operator)" \
@@ -22,12 +29,14 @@ LABEL org.opencontainers.image.title="lagpilot-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/lagpilot/bin:$PATH
 # A fixed numeric uid/gid, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 RUN groupadd --system --gid 10001 lagpilot \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin lagpilot
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels "lagpilot[operator]==${LAGPILOT_VERSION}"
+    python3 -m venv /opt/lagpilot \
+    && /opt/lagpilot/bin/pip install --no-cache-dir --no-index --find-links=/wheels "lagpilot[operator]==${LAGPILOT_VERSION}"
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8080 8081

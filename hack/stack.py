@@ -17,8 +17,11 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import hashlib
+import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -76,6 +79,13 @@ PORTS = {
     "etcd-peer": port("ETCD_PEER", 12380),
     "apiserver": port("APISERVER", 16443),
     "prometheus": port("PROMETHEUS", 19090),
+    # The real node (LAGPILOT_NODE=1 / `up --node`): Kafka's listener for Pods on the bridge address,
+    # the kubelet's API on the bridge address, and health/metrics ports on 127.0.0.1.
+    "kafka-pods": port("KAFKA_PODS", 19097),
+    "kubelet": port("KUBELET", 19250),
+    "kubelet-healthz": port("KUBELET_HEALTHZ", 19248),
+    "kube-proxy-healthz": port("KUBE_PROXY_HEALTHZ", 19256),
+    "kube-proxy-metrics": port("KUBE_PROXY_METRICS", 19249),
 }
 ADMIN_TOKEN_FILE = STATE / "kube" / "admin.token"
 SASL_USER = "lagpilot"
@@ -136,14 +146,9 @@ def stamp(name: str, version: str) -> None:
     path.write_text(version)
 
 
-def install_kubernetes() -> None:
-    version = PINS["KUBERNETES_VERSION"]
-    binaries = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
-    if stamped("kubernetes", version) and all((BIN / b).exists() for b in binaries):
-        return
-    require_tool("go", "build the Kubernetes control plane", "install Go >= 1.24 (https://go.dev/dl/)")
+def kubernetes_ldflags(version: str) -> str:
     major, minor = version.lstrip("v").split(".")[:2]
-    ldflags = " ".join(
+    return " ".join(
         [
             "-s -w",
             f"-X k8s.io/component-base/version.gitVersion={version}",
@@ -153,6 +158,15 @@ def install_kubernetes() -> None:
             f"-X k8s.io/client-go/pkg/version.gitVersion={version}",
         ]
     )
+
+
+def install_kubernetes() -> None:
+    version = PINS["KUBERNETES_VERSION"]
+    binaries = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
+    if stamped("kubernetes", version) and all((BIN / b).exists() for b in binaries):
+        return
+    require_tool("go", "build the Kubernetes control plane", "install Go >= 1.24 (https://go.dev/dl/)")
+    ldflags = kubernetes_ldflags(version)
     log(f"building Kubernetes {version} control plane from the Go module proxy (first time: ~5-10 min)")
     BIN.mkdir(parents=True, exist_ok=True)
     run(
@@ -247,6 +261,9 @@ def install() -> None:
     install_etcd()
     install_kubernetes()
     install_helm()
+    if node_enabled():
+        install_node_packages()
+        install_node_binaries()
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -414,12 +431,14 @@ def kafka_properties() -> str:
     pki = kafka_pki()
     kafka, controller, sasl = PORTS["kafka"], PORTS["kafka-controller"], PORTS["kafka-sasl"]
     scram, mtls = PORTS["kafka-scram"], PORTS["kafka-mtls"]
+    # With the real node, Pods reach the broker through a listener of its own on the bridge address.
+    pods = f",PODS://{NODE_IP}:{PORTS['kafka-pods']}" if node_enabled() else ""
     plain_jaas = (
         "org.apache.kafka.common.security.plain.PlainLoginModule required "
         f'user_{SASL_USER}="{SASL_PASSWORD}";'
     )
     listeners = (f"PLAINTEXT://{HOST}:{kafka},SASL_PLAINTEXT://{HOST}:{sasl},"
-                 f"SCRAM://{HOST}:{scram},MTLS://{HOST}:{mtls}")
+                 f"SCRAM://{HOST}:{scram},MTLS://{HOST}:{mtls}" + pods)
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -430,7 +449,7 @@ def kafka_properties() -> str:
             "inter.broker.listener.name=PLAINTEXT",
             "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
-            "SCRAM:SASL_SSL,MTLS:SSL",
+            "SCRAM:SASL_SSL,MTLS:SSL" + (",PODS:PLAINTEXT" if pods else ""),
             "sasl.enabled.mechanisms=PLAIN",
             f"listener.name.sasl_plaintext.plain.sasl.jaas.config={plain_jaas}",
             # SASL_SSL with SCRAM-SHA-512; the users are written into the metadata log at format time.
@@ -525,17 +544,20 @@ def kafka_ready() -> bool:
     """True when the broker answers on PLAINTEXT and listens on every listener this stack configures.
 
     The listener check makes `up` replace a broker started by an older stack.py that lacked a listener
-    (its PLAINTEXT port answers, but tests of the newer listeners could never connect).
+    (its PLAINTEXT port answers, but tests of the newer listeners could never connect); with the real
+    node, that includes the Pods' listener on the bridge address.
     """
+    if node_enabled() and not kafka_answers(NODE_IP, PORTS["kafka-pods"]):
+        return False
     return kafka_answers() and all(port_open(PORTS[key]) for key in ("kafka-sasl", "kafka-scram", "kafka-mtls"))
 
 
-def kafka_answers() -> bool:
-    """True when the broker answers a Kafka ApiVersions request (v0) on its PLAINTEXT listener."""
+def kafka_answers(host: str = HOST, port_number: int | None = None) -> bool:
+    """True when the broker answers a Kafka ApiVersions request (v0) on a PLAINTEXT listener."""
     client_id = b"lagpilot-stack"
     body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
     try:
-        with socket.create_connection((HOST, PORTS["kafka"]), timeout=2) as sock:
+        with socket.create_connection((host, port_number or PORTS["kafka"]), timeout=2) as sock:
             sock.sendall(struct.pack(">i", len(body)) + body)
             header = sock.recv(4)
             if len(header) < 4:
@@ -550,7 +572,7 @@ def kafka_answers() -> bool:
     except OSError:
         return False
     correlation_id, error_code = struct.unpack(">ih", payload[:6])
-    return correlation_id == 1 and error_code == 0
+    return bool(correlation_id == 1 and error_code == 0)
 
 
 # --------------------------------------------------------------------------------------------- Kubernetes
@@ -566,31 +588,43 @@ def openssl(*args: str) -> None:
 
 def make_certificates() -> None:
     pki = kube_dir() / "pki"
-    if (pki / "apiserver.crt").exists():
+    san = (f"subjectAltName=IP:127.0.0.1,IP:{SERVICE_IP},IP:{NODE_IP},DNS:localhost,DNS:kubernetes,"
+           "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n")
+    san_file = pki / "san.cnf"
+    if (pki / "apiserver.crt").exists() and san_file.exists() and san_file.read_text() == san:
+        write_kubeconfig()
         return
     pki.mkdir(parents=True, exist_ok=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-local-ca",
-            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
-    (pki / "san.cnf").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    )
+    if not (pki / "ca.crt").exists():
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-local-ca",
+                "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    # The bridge address is in the SAN whether or not the node runs, so switching the node on keeps the cert.
+    san_file.write_text(san)
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
             "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
     openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
             str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(pki / "san.cnf"),
             "-out", str(pki / "apiserver.crt"))
-    openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
-    openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
-    token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
-    ADMIN_TOKEN_FILE.write_text(token)
-    (kube_dir() / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+    if not (pki / "sa.key").exists():
+        openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+        openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+    if not ADMIN_TOKEN_FILE.exists():
+        token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+        ADMIN_TOKEN_FILE.write_text(token)
+        (kube_dir() / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+    write_kubeconfig()
+
+
+def write_kubeconfig() -> None:
+    """The admin kubeconfig; its server follows where the apiserver listens (loopback, or the bridge)."""
+    pki = kube_dir() / "pki"
+    token = ADMIN_TOKEN_FILE.read_text()
     ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "lagpilot-local", "cluster": {
-            "server": f"https://{HOST}:{PORTS['apiserver']}", "certificate-authority-data": ca}}],
+            "server": f"https://{api_host()}:{PORTS['apiserver']}", "certificate-authority-data": ca}}],
         "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [{"name": "lagpilot-local", "context": {"cluster": "lagpilot-local", "user": "admin",
                                                             "namespace": "default"}}],
@@ -620,10 +654,24 @@ def etcd_cmd() -> list[str]:
 def apiserver_cmd() -> list[str]:
     make_certificates()
     pki, api = kube_dir() / "pki", PORTS["apiserver"]
+    node_flags = []
+    if node_enabled():
+        node_certificates()
+        # Pods reach the apiserver through the `kubernetes` Service, whose endpoint is the advertise
+        # address: it must be an address Pods can reach (the bridge's). The apiserver dials the kubelet
+        # by the node's InternalIP (never its host name through DNS), checks its serving certificate,
+        # and presents a client certificate the kubelet trusts.
+        node_flags = [
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        ]
     return [
         str(BIN / "kube-apiserver"),
         f"--etcd-servers=http://{HOST}:{PORTS['etcd']}",
-        f"--bind-address={HOST}", f"--advertise-address={HOST}", f"--secure-port={api}",
+        f"--bind-address={api_host()}", f"--advertise-address={api_host()}", f"--secure-port={api}",
+        *node_flags,
         f"--cert-dir={kube_dir() / 'certs'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
@@ -643,7 +691,7 @@ def apiserver_cmd() -> list[str]:
 def apiserver_ready() -> bool:
     if not ADMIN_TOKEN_FILE.exists():
         return False
-    return http_ok(f"https://{HOST}:{PORTS['apiserver']}/readyz", token=ADMIN_TOKEN_FILE.read_text(),
+    return http_ok(f"https://{api_host()}:{PORTS['apiserver']}/readyz", token=ADMIN_TOKEN_FILE.read_text(),
                    ca=kube_dir() / "pki" / "ca.crt")
 
 
@@ -654,6 +702,8 @@ def controller_manager_cmd() -> list[str]:
         "--leader-elect=false", f"--bind-address={HOST}", "--secure-port=0",
         f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
         "--use-service-account-credentials=true",
+        # Its default, /usr/libexec/kubernetes/..., would be created on the machine and outlive the stack.
+        f"--flex-volume-plugin-dir={kube_dir() / 'volume-plugins'}",
         "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
         "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
         "--v=0",
@@ -728,6 +778,737 @@ SERVICES = [
 ]
 
 
+# --------------------------------------------------------------------------------------------- the real node
+# Optional while it is being built (LAGPILOT_NODE=1 or `stack.py up --node`): containerd + runc + CNI +
+# a kubelet and kube-proxy built from the same Kubernetes module, so Pods run in containers from the
+# project's own images. The network stays on this machine: a bridge with an address of its own, no
+# gateway, no masquerade, ip_forward left at 0; Pods get one route (the Service range, via the bridge
+# address, where kube-proxy's DNAT sends it to the apiserver) and no DNS server.
+
+NODE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "buildah", "busybox-static", "debootstrap",
+                 "iptables")
+CNI_BIN = Path("/usr/lib/cni")
+NODE_NAME = "lagpilot-node"
+BRIDGE = os.environ.get("LAGPILOT_NODE_BRIDGE", "lagpilot0")
+try:
+    NODE_NETWORK = ipaddress.ip_interface(os.environ.get("LAGPILOT_NODE_ADDRESS", "10.88.77.1/24"))
+except ValueError as _exc:
+    raise SystemExit(f"LAGPILOT_NODE_ADDRESS is not an address/prefix: {_exc}") from _exc
+NODE_IP = str(NODE_NETWORK.ip)
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: first address of SERVICE_CIDR
+# What the kubelet and kube-proxy change on the machine: recorded before `up`, restored at `down`.
+NODE_SYSCTLS = (
+    "vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/conf/all/route_localnet",
+    "net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
+    "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+)
+# Machine-wide paths the kubelet, containerd's shims and the CRI write whatever their configuration says.
+NODE_GLOBAL_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/run/containerd"),
+                     Path("/var/run/netns"), Path("/var/lib/cni"))
+# Paths nothing of the stack may create (their defaults are moved into the stack's folders); recorded
+# so that a test can tell.
+UNTOUCHED_PATHS = (Path("/etc/cni"), Path("/usr/libexec/kubernetes"), Path("/var/lib/containerd"),
+                   Path("/var/lib/containers"))
+IPTABLES = ("iptables", "ip6tables")
+
+
+def node_enabled() -> bool:
+    return os.environ.get("LAGPILOT_NODE", "") == "1"
+
+
+def node_dir() -> Path:
+    return STATE / "node"
+
+
+def containerd_socket() -> Path:
+    return node_dir() / "containerd" / "containerd.sock"
+
+
+def api_host() -> str:
+    """Where the apiserver listens: the bridge address when Pods must reach it, loopback otherwise."""
+    return NODE_IP if node_enabled() else HOST
+
+
+def read_sysctl(key: str) -> str | None:
+    try:
+        return Path("/proc/sys", key).read_text().strip()
+    except OSError:
+        return None
+
+
+def write_sysctl(key: str, value: str) -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/sys", key).write_text(value + "\n")
+
+
+def assert_no_forwarding() -> None:
+    for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/forwarding"):
+        if read_sysctl(key) not in (None, "0"):
+            raise StackError(f"{key.replace('/', '.')} is {read_sysctl(key)}; the real node requires 0 so that "
+                             "nothing a Pod sends is routed off this machine. Something else turned it on.")
+
+
+def sh(*cmd: str, check: bool = False, quiet: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise StackError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    if not quiet and result.returncode != 0:
+        log(f"{' '.join(cmd)}: {result.stderr.strip()}")
+    return result
+
+
+def package_installed(package: str) -> bool:
+    result = sh("dpkg-query", "-W", "-f=${Status}", package)
+    return result.returncode == 0 and result.stdout.endswith("install ok installed")
+
+
+def install_node_packages() -> None:
+    missing = [p for p in NODE_PACKAGES if not package_installed(p)]
+    if not missing:
+        return
+    require_tool("apt-get", "install containerd, runc, the CNI plugins and buildah",
+                 f"install the Debian packages {' '.join(missing)} yourself")
+    if os.geteuid() != 0:
+        raise StackError(f"the real node needs root to install {' '.join(missing)} (apt-get) and to run a kubelet")
+    log(f"installing {' '.join(missing)} with apt-get")
+    # The packages' maintainer scripts must not start system services (a second containerd); a
+    # policy-rc.d that says "no" is Debian's switch for that, removed again right after.
+    policy = Path("/usr/sbin/policy-rc.d")
+    ours = not policy.exists()
+    if ours:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update"], env=env, what="apt-get update")
+        run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env, what="apt-get install node")
+    finally:
+        if ours:
+            policy.unlink(missing_ok=True)
+    if Path("/etc/cni/net.d").exists() and any(Path("/etc/cni/net.d").iterdir()):
+        raise StackError("/etc/cni/net.d is not empty after installing the node's packages (was podman installed?); "
+                         "its configurations turn on ip_forward: remove them before using the real node")
+
+
+def install_node_binaries() -> None:
+    """kubelet and kube-proxy from the same wrapper module, version and ldflags as the control plane."""
+    version = PINS["KUBERNETES_VERSION"]
+    binaries = ["kubelet", "kube-proxy"]
+    if stamped("kubernetes-node", version) and all((BIN / b).exists() for b in binaries):
+        return
+    require_tool("go", "build the kubelet and kube-proxy", "install Go >= 1.24 (https://go.dev/dl/)")
+    log(f"building kubelet and kube-proxy {version} (first time: ~8 min on 2 cores)")
+    started = time.monotonic()
+    BIN.mkdir(parents=True, exist_ok=True)
+    run(["go", "build", "-trimpath", "-ldflags", kubernetes_ldflags(version), "-o", f"{BIN}/"]
+        + [f"k8s.io/kubernetes/cmd/{b}" for b in binaries], cwd=HACK / "k8s", env=go_env(), what="build kubelet")
+    log(f"built kubelet and kube-proxy in {time.monotonic() - started:.0f}s")
+    stamp("kubernetes-node", version)
+
+
+# ------------------------------------------------------------------ node: leftovers, sysctls, network
+
+
+def _mounts_under(*roots: Path) -> list[str]:
+    prefixes = [str(r.resolve()) + "/" for r in roots] + [str(r.resolve()) for r in roots]
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4].replace("\\040", " ")
+        if any(target == p or target.startswith(p) for p in prefixes):
+            found.append(target)
+    return found
+
+
+def unmount_under(*roots: Path) -> None:
+    # Deepest first; a mount may be stacked several times on one path (the kubelet's rshared bind).
+    for _ in range(5):
+        targets = sorted(set(_mounts_under(*roots)), key=lambda t: t.count("/"), reverse=True)
+        if not targets:
+            return
+        for target in targets:
+            sh("umount", "-l", target)
+    remaining = _mounts_under(*roots)
+    if remaining:
+        raise StackError(f"could not unmount {remaining[:5]}")
+
+
+def our_processes() -> list[int]:
+    """Processes whose command line names this stack's node folder: containerd's shims, mostly."""
+    marker = str(node_dir())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _cgroup_pods_dirs() -> list[Path]:
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():  # cgroup v2: one tree
+        return [root / "kubepods"] if (root / "kubepods").exists() else []
+    return [d / "kubepods" for d in root.iterdir() if (d / "kubepods").is_dir() and not d.is_symlink()]
+
+
+def kill_pod_processes() -> None:
+    """Every process in the kubelet's kubepods cgroups (containers outlive a killed shim), then the cgroups."""
+    for _ in range(20):
+        pids: set[int] = set()
+        for top in _cgroup_pods_dirs():
+            for procs in top.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in procs.read_text().split())
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)  # the kernel empties the cgroups as the processes are reaped; nothing to await
+    for top in _cgroup_pods_dirs():
+        for cgroup in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+def remove_iptables_rules() -> None:
+    """Every KUBE-* chain (kube-proxy's and the kubelet's; only this stack runs them here) and jumps to them."""
+    if (BIN / "kube-proxy").exists() and shutil.which("iptables"):
+        sh(str(BIN / "kube-proxy"), "--cleanup", "--v=0")
+    for tool in IPTABLES:
+        if not shutil.which(tool):
+            continue
+        for table in ("nat", "filter", "mangle", "raw"):
+            listing = sh(tool, "-w", "-t", table, "-S")
+            if listing.returncode != 0:
+                continue
+            rules = listing.stdout.splitlines()
+            for rule in rules:  # jumps from the built-in chains into ours
+                parts = shlex.split(rule)
+                if parts[:1] == ["-A"] and not parts[1].startswith("KUBE-") and any(
+                        p.startswith("KUBE-") for p in parts[2:]):
+                    sh(tool, "-w", "-t", table, "-D", *parts[1:])
+            chains = [r.split()[1] for r in rules if r.startswith("-N KUBE-")]
+            for chain in chains:
+                sh(tool, "-w", "-t", table, "-F", chain)
+            for chain in chains:
+                sh(tool, "-w", "-t", table, "-X", chain)
+
+
+def kube_iptables_rules() -> list[str]:
+    """What of this stack is left in iptables/ip6tables (empty when clean)."""
+    found = []
+    for tool in IPTABLES:
+        if shutil.which(tool):
+            for table in ("nat", "filter", "mangle", "raw"):
+                found += [f"{tool} -t {table} {r}" for r in sh(tool, "-w", "-t", table, "-S").stdout.splitlines()
+                          if "KUBE-" in r or BRIDGE in r]
+    return found
+
+
+def our_netns() -> list[str]:
+    """The CRI's network namespaces (cni-<uuid>); machine-wide, and only this stack runs a CRI here."""
+    netns = Path("/var/run/netns")
+    return sorted(p.name for p in netns.iterdir() if p.name.startswith("cni-")) if netns.exists() else []
+
+
+def record_node_baseline() -> None:
+    """Sysctls and which machine-wide paths existed, before anything of the node starts.
+
+    Written once: after a killed stack, the file still holds the values from before that stack.
+    """
+    baseline = node_dir() / "baseline.json"
+    if baseline.exists():
+        return
+    node_dir().mkdir(parents=True, exist_ok=True)
+    baseline.write_text(json.dumps({
+        "sysctls": {key: read_sysctl(key) for key in NODE_SYSCTLS},
+        "paths": [str(p) for p in NODE_GLOBAL_PATHS if p.exists()],
+        "untouched": {str(p): p.exists() for p in UNTOUCHED_PATHS},
+    }, indent=2))
+
+
+def restore_node_baseline() -> None:
+    baseline = node_dir() / "baseline.json"
+    if not baseline.exists():
+        return
+    recorded = json.loads(baseline.read_text())
+    for key, value in recorded["sysctls"].items():
+        if value is not None and read_sysctl(key) != value:
+            write_sysctl(key, value)
+    for path in NODE_GLOBAL_PATHS:
+        if str(path) not in recorded["paths"] and path.exists():
+            unmount_under(path)
+            shutil.rmtree(path, ignore_errors=True)
+    baseline.unlink()
+
+
+def clear_node() -> None:
+    """Remove everything of the node, whether stopped cleanly (`down`) or left behind by a killed stack."""
+    if not node_dir().exists():
+        return
+    started = time.monotonic()
+    with contextlib.suppress(StackError):
+        stop_pod_tasks()
+    for name in ("kube-proxy", "kubelet", "containerd"):
+        stop_process(name)
+    for pid in our_processes():  # shims of a containerd that is gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    kill_pod_processes()
+    for name in our_netns():
+        sh("ip", "netns", "delete", name)
+        with contextlib.suppress(OSError):
+            Path("/var/run/netns", name).unlink()
+    unmount_under(node_dir())
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        sh("ip", "link", "delete", BRIDGE, check=True)
+    remove_iptables_rules()
+    restore_node_baseline()
+    for sub in ("containerd", "kubelet", "kube-proxy", "cni", "pod-logs"):
+        shutil.rmtree(node_dir() / sub, ignore_errors=True)
+    (node_dir() / "images.json").unlink(missing_ok=True)
+    log(f"node cleared in {time.monotonic() - started:.1f}s")
+
+
+def stop_pod_tasks() -> None:
+    """Kill and delete every container through containerd while it runs, so shims exit and rootfs unmount."""
+    if running_pid("containerd") is None:
+        return
+    ctr = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io"]
+    tasks = sh(*ctr, "tasks", "list", "-q").stdout.split()
+    for task in tasks:
+        sh(*ctr, "tasks", "kill", "-a", "-s", "SIGKILL", task)
+    for task in tasks:
+        sh(*ctr, "tasks", "delete", "-f", task)
+    for container in sh(*ctr, "containers", "list", "-q").stdout.split():
+        sh(*ctr, "containers", "delete", container)
+
+
+def make_bridge() -> None:
+    """The Pods' network: a bridge with the node's address; nothing routes beyond it (ip_forward stays 0)."""
+    if not Path(f"/sys/class/net/{BRIDGE}").exists():
+        sh("ip", "link", "add", BRIDGE, "type", "bridge", check=True)
+    if NODE_IP not in sh("ip", "-4", "addr", "show", "dev", BRIDGE).stdout:
+        sh("ip", "addr", "add", str(NODE_NETWORK), "dev", BRIDGE, check=True)
+    sh("ip", "link", "set", BRIDGE, "up", check=True)
+    cni = node_dir() / "cni"
+    (cni / "net.d").mkdir(parents=True, exist_ok=True)
+    pool = NODE_NETWORK.network
+    hosts = list(pool.hosts())
+    (cni / "net.d" / "10-lagpilot.conflist").write_text(json.dumps({
+        "cniVersion": "0.4.0",
+        "name": "lagpilot",
+        "plugins": [{
+            "type": "bridge", "bridge": BRIDGE,
+            # isGateway would give the bridge the gateway address and turn on ip_forward: both unwanted.
+            "isGateway": False, "ipMasq": False, "hairpinMode": False,
+            "ipam": {
+                "type": "host-local", "dataDir": str(cni / "ipam"),
+                "ranges": [[{"subnet": str(pool), "rangeStart": str(hosts[9]), "rangeEnd": str(hosts[-1])}]],
+                # The only route a Pod gets: Service addresses, to the node, where kube-proxy DNATs them
+                # to endpoints on this machine. No default route.
+                "routes": [{"dst": SERVICE_CIDR, "gw": NODE_IP}],
+            },
+        }],
+    }, indent=2))
+
+
+# ------------------------------------------------------------------ node: processes
+
+
+def node_certificates() -> None:
+    """The kubelet's serving certificate for the node IP, and the apiserver's client certificate for kubelets."""
+    pki = kube_dir() / "pki"
+    pairs = {"kubelet": ("/CN=lagpilot-node", f"subjectAltName=IP:{NODE_IP}\n"),
+             "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client", None)}
+    for name, (subject, san) in pairs.items():
+        if (pki / f"{name}.crt").exists():
+            continue
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+                "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.csr"))
+        extra = []
+        if san:
+            (pki / f"{name}.cnf").write_text(san)
+            extra = ["-extfile", str(pki / f"{name}.cnf")]
+        openssl("x509", "-req", "-in", str(pki / f"{name}.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+                str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", *extra, "-out", str(pki / f"{name}.crt"))
+
+
+def containerd_cmd() -> list[str]:
+    base = node_dir() / "containerd"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "config.toml").write_text("\n".join([
+        "version = 2",
+        f'root = "{base / "root"}"',
+        f'state = "{base / "state"}"',
+        "[grpc]",
+        f'  address = "{containerd_socket()}"',
+        "[ttrpc]",
+        f'  address = "{containerd_socket()}.ttrpc"',
+        '[plugins."io.containerd.grpc.v1.cri"]',
+        f'  sandbox_image = "{pause_image_name()}"',
+        # This VM has no CAP_SYS_RESOURCE: the CRI's oom_score_adj of -998 for sandboxes fails every Pod.
+        "  restrict_oom_score_adj = true",
+        '  stream_server_address = "127.0.0.1"',
+        '  stream_server_port = "0"',
+        "  enable_selinux = false",
+        '[plugins."io.containerd.grpc.v1.cri".containerd]',
+        '  snapshotter = "overlayfs"',
+        '  default_runtime_name = "runc"',
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]',
+        '  runtime_type = "io.containerd.runc.v2"',
+        '[plugins."io.containerd.grpc.v1.cri".cni]',
+        f'  bin_dir = "{CNI_BIN}"',
+        f'  conf_dir = "{node_dir() / "cni" / "net.d"}"',
+        '[plugins."io.containerd.internal.v1.opt"]',
+        f'  path = "{base / "opt"}"',
+        "",
+    ]))
+    return [shutil.which("containerd") or "containerd", "--config", str(base / "config.toml"), "--log-level", "warn"]
+
+
+def containerd_ready() -> bool:
+    if not containerd_socket().exists():
+        return False
+    return sh("ctr", "--address", str(containerd_socket()), "version").returncode == 0
+
+
+def node_kubeconfig() -> Path:
+    return kubeconfig_path()  # the admin identity: RBAC's Node authorizer is not enabled in this stack
+
+
+def kubelet_cmd() -> list[str]:
+    pki, base = kube_dir() / "pki", node_dir() / "kubelet"
+    base.mkdir(parents=True, exist_ok=True)
+    (node_dir() / "pod-logs").mkdir(parents=True, exist_ok=True)
+    config = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_IP, "port": PORTS["kubelet"], "readOnlyPort": 0,
+        "healthzBindAddress": HOST, "healthzPort": PORTS["kubelet-healthz"],
+        "tlsCertFile": str(pki / "kubelet.crt"), "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(pki / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "containerRuntimeEndpoint": f"unix://{containerd_socket()}",
+        "cgroupDriver": "cgroupfs", "failSwapOn": False, "failCgroupV1": False,
+        "resolvConf": "",  # Pods get no DNS server: everything is addressed by IP
+        "clusterDNS": [],
+        "podLogsDir": str(node_dir() / "pod-logs"),
+        "volumePluginDir": str(base / "volume-plugins"),
+        "serializeImagePulls": False,
+        # Images cannot be pulled again (no registry): the kubelet must never collect them.
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                         "nodefs.inodesFree": "1%"},
+        "maxPods": 60,
+        "nodeStatusReportFrequency": "10s",
+    }
+    (base / "config.json").write_text(json.dumps(config, indent=2))
+    return [str(BIN / "kubelet"), f"--config={base / 'config.json'}", f"--kubeconfig={node_kubeconfig()}",
+            f"--root-dir={base / 'root'}", f"--cert-dir={base / 'pki'}", f"--node-ip={NODE_IP}",
+            f"--hostname-override={NODE_NAME}", "--v=0"]
+
+
+def kubelet_ready() -> bool:
+    if not http_ok(f"http://{HOST}:{PORTS['kubelet-healthz']}/healthz"):
+        return False
+    result = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "get", "node", NODE_NAME,
+                             "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
+                            capture_output=True, text=True, check=False)
+    return result.stdout.strip() == "True"
+
+
+def kube_proxy_cmd() -> list[str]:
+    base = node_dir() / "kube-proxy"
+    base.mkdir(parents=True, exist_ok=True)
+    config = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(node_kubeconfig())},
+        "mode": "iptables",
+        "hostnameOverride": NODE_NAME,
+        "bindAddress": NODE_IP,
+        "healthzBindAddress": f"{HOST}:{PORTS['kube-proxy-healthz']}",
+        "metricsBindAddress": f"{HOST}:{PORTS['kube-proxy-metrics']}",
+        # NodePorts only on the bridge address: localhost NodePorts would set route_localnet.
+        "nodePortAddresses": [f"{NODE_IP}/32"],
+        "iptables": {"masqueradeAll": False, "localhostNodePorts": False},
+        # Zeros leave the machine's conntrack settings alone.
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
+                      "udpTimeout": "0s", "udpStreamTimeout": "0s"},
+    }
+    (base / "config.json").write_text(json.dumps(config, indent=2))
+    return [str(BIN / "kube-proxy"), f"--config={base / 'config.json'}", "--v=0"]
+
+
+def kube_proxy_ready() -> bool:
+    if not http_ok(f"http://{HOST}:{PORTS['kube-proxy-healthz']}/healthz"):
+        return False
+    nat = sh("iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES").stdout
+    return SERVICE_IP in nat
+
+
+def start_node_services() -> None:
+    """containerd, the node's images in it, then the kubelet and kube-proxy; sysctls checked on the way."""
+    for service in NODE_SERVICES:
+        if running_pid(service.name) and service.ready():
+            continue
+        stop_process(service.name)
+        log(f"starting {service.name}")
+        started = time.monotonic()
+        start_process(service)
+        wait_ready(service)
+        assert_no_forwarding()
+        log(f"{service.name} ready in {time.monotonic() - started:.1f}s")
+        if service.name == "containerd":
+            started = time.monotonic()
+            import_node_images()
+            log(f"images built/imported in {time.monotonic() - started:.1f}s")
+
+
+NODE_SERVICES = [
+    Service("containerd", (), containerd_cmd, containerd_ready, timeout=60),
+    Service("kubelet", ("kubelet-healthz",), kubelet_cmd, kubelet_ready, timeout=120),
+    Service("kube-proxy", ("kube-proxy-healthz", "kube-proxy-metrics"), kube_proxy_cmd, kube_proxy_ready),
+]
+
+
+# ------------------------------------------------------------------ node: images
+
+
+def buildah(*args: str) -> list[str]:
+    # Own storage under the cache (shared by clones on this machine), never /var/lib/containers; and its
+    # own network config folder: by default a build's RUN step creates /etc/cni/net.d/cni.lock.
+    conf = CACHE / "buildah" / "containers.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f'[network]\nnetwork_config_dir = "{CACHE / "buildah" / "cni"}"\n')
+    os.environ["CONTAINERS_CONF"] = str(conf)
+    return ["buildah", "--root", str(CACHE / "buildah" / "storage"), "--runroot", str(CACHE / "buildah" / "run"),
+            "--storage-driver", "overlay", *args]
+
+
+def content_hash(*parts: bytes | Path) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            files = sorted(p for p in part.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+                if part.is_dir() else [part]
+            for file in files:
+                digest.update(str(file.relative_to(REPO) if file.is_relative_to(REPO) else file).encode())
+                digest.update(file.read_bytes())
+        else:
+            digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+def pause_image_name() -> str:
+    return f"localhost/lagpilot-pause:{content_hash(PAUSE_SCRIPT.encode(), b'busybox-static')}"
+
+
+PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
+
+
+def image_exists(name: str) -> bool:
+    return sh(*buildah("inspect", "--type", "image", name)).returncode == 0
+
+
+def build_pause_image() -> str:
+    """The sandbox image: busybox from Debian's busybox-static, a shell that sleeps until TERM."""
+    name = pause_image_name()
+    if image_exists(name):
+        return name
+    log(f"building {name}")
+    rootfs = CACHE / "images" / "pause-rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "etc").mkdir()
+    shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "sleep"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\nnobody:x:65534:\n")
+    container = sh(*buildah("from", "scratch"), check=True).stdout.strip()
+    try:
+        sh(*buildah("copy", container, str(rootfs), "/"), check=True)
+        sh(*buildah("config", "--entrypoint", json.dumps(["/bin/sh", "-c", PAUSE_SCRIPT]), "--user", "65534:65534",
+                    container), check=True)
+        sh(*buildah("commit", "--rm", container, name), check=True)
+    except StackError:
+        sh(*buildah("rm", container))
+        raise
+    return name
+
+
+def debian_mirror() -> str:
+    for source in [*sorted(Path("/etc/apt/sources.list.d").glob("*.sources")), Path("/etc/apt/sources.list")]:
+        with contextlib.suppress(OSError):
+            for line in source.read_text().splitlines():
+                words = line.split()
+                if words[:1] == ["URIs:"] and "security" not in words[1]:
+                    return words[1]
+                if words[:1] == ["deb"] and "security" not in line:
+                    return next(w for w in words[1:] if "://" in w)
+    return "http://deb.debian.org/debian"
+
+
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+
+
+def base_image_name() -> str:
+    return "localhost/lagpilot-bookworm-python:" + content_hash(" ".join(BASE_PACKAGES).encode(), b"minbase bookworm")
+
+
+def build_base_image() -> str:
+    """A stand-in for python:3.11-slim-bookworm from Debian packages (no container registry is reachable)."""
+    name = base_image_name()
+    if image_exists(name):
+        return name
+    require_tool("debootstrap", "build the Debian base image", "apt-get install debootstrap")
+    log(f"building {name} with debootstrap (first time: ~2-3 min)")
+    started = time.monotonic()
+    rootfs = CACHE / "images" / "bookworm-rootfs"
+    unmount_under(rootfs)
+    shutil.rmtree(rootfs, ignore_errors=True)
+    rootfs.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "bookworm", str(rootfs),
+             debian_mirror()], what="debootstrap bookworm")
+    finally:
+        unmount_under(rootfs)
+    # What a container image does not need: package lists, caches, docs.
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
+        shutil.rmtree(rootfs / junk, ignore_errors=True)
+    container = sh(*buildah("from", "scratch"), check=True).stdout.strip()
+    try:
+        mount = sh(*buildah("mount", container), check=True).stdout.strip()
+        sh("cp", "-a", f"{rootfs}/.", mount, check=True)
+        sh(*buildah("umount", container), check=True)
+        sh(*buildah("config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "--env", "LANG=C.UTF-8", "--cmd", "python3", container), check=True)
+        sh(*buildah("commit", "--rm", container, name), check=True)
+    except StackError:
+        sh(*buildah("rm", container))
+        raise
+    shutil.rmtree(rootfs, ignore_errors=True)
+    log(f"built {name} in {time.monotonic() - started:.0f}s")
+    return name
+
+
+PROJECT_IMAGES = {"lagpilot-worker": "docker/worker.Dockerfile", "lagpilot-operator": "docker/operator.Dockerfile"}
+
+
+def project_image_name(image: str, base: str) -> str:
+    dockerfile = REPO / PROJECT_IMAGES[image]
+    # README.md is copied into the build too, but only as the package's long description: editing the
+    # docs must not rebuild the images.
+    return f"localhost/{image}:" + content_hash(
+        base.encode(), dockerfile, REPO / "pyproject.toml", REPO / "requirements.lock",
+        REPO / "contract", REPO / "operator" / "lagpilot_operator", REPO / "worker" / "lagpilot_worker")
+
+
+def build_project_image(image: str, base: str) -> str:
+    name = project_image_name(image, base)
+    if image_exists(name):
+        return name
+    log(f"building {name} from {PROJECT_IMAGES[image]} on {base}")
+    started = time.monotonic()
+    # chroot isolation runs RUN steps in the host's network namespace (pip reaches PyPI; no CNI, no bridge).
+    # The host's pip configuration and CA bundle (a TLS-intercepting egress proxy) are mounted for the
+    # build steps only; volumes are never committed into the image.
+    host_files = [f for f in (Path("/etc/pip.conf"), Path("/etc/ssl/certs/ca-certificates.crt")) if f.is_file()]
+    volumes = [arg for f in host_files for arg in ("--volume", f"{f}:{f}:ro")]
+    run(buildah("bud", "--pull-never", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE_IMAGE={base}",
+                *volumes, "-f", str(REPO / PROJECT_IMAGES[image]), "-t", name, str(REPO)), what=f"build {image}")
+    log(f"built {name} in {time.monotonic() - started:.0f}s")
+    prune_images(f"localhost/{image}", keep=name)
+    return name
+
+
+def prune_images(repository: str, keep: str) -> None:
+    """Older builds of one image (each code change makes one): out of buildah storage and the archives."""
+    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}}", repository)).stdout.split()
+    for old in listing:
+        if old != keep:
+            sh(*buildah("rmi", old))
+    for archive in (CACHE / "images" / "archives").glob(repository.split("/")[-1] + "_*.tar"):
+        if archive.name != keep.split("/")[-1].replace(":", "_") + ".tar":
+            archive.unlink()
+
+
+def node_images() -> list[str]:
+    """Build (cached by content) what the node runs: the sandbox image and the project's images."""
+    with buildah_session():
+        base = build_base_image()
+        return [build_pause_image()] + [build_project_image(image, base) for image in PROJECT_IMAGES]
+
+
+@contextlib.contextmanager
+def buildah_session() -> Iterator[None]:
+    """One buildah user at a time per cache (stacks share it), and nothing of it left in /var/lib.
+
+    buildah 1.28 keeps a blob-info cache in /var/lib/containers/cache (commit, push) whatever --root
+    says: removed again when this session made it.
+    """
+    blob_cache_root = Path("/var/lib/containers")
+    made_blob_cache = not blob_cache_root.exists()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "buildah.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if made_blob_cache:
+                shutil.rmtree(blob_cache_root, ignore_errors=True)
+
+
+def import_node_images() -> None:
+    ctr = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io"]
+    present = set(sh(*ctr, "images", "list", "-q").stdout.split())
+    archives = CACHE / "images" / "archives"
+    archives.mkdir(parents=True, exist_ok=True)
+    for name in node_images():
+        if name in present:
+            continue
+        archive = archives / (name.split("/")[-1].replace(":", "_") + ".tar")
+        if not archive.exists():
+            tmp = archive.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            with buildah_session():
+                sh(*buildah("push", name, f"docker-archive:{tmp}:{name}"), check=True)
+            tmp.rename(archive)
+        sh(*ctr, "images", "import", "--snapshotter", "overlayfs", str(archive), check=True)
+    (node_dir() / "images.json").write_text(json.dumps(node_images_table(), indent=2))
+
+
+def node_images_table() -> dict[str, str]:
+    base = base_image_name()
+    return {"pause": pause_image_name(), "base": base,
+            **{image.removeprefix("lagpilot-"): project_image_name(image, base) for image in PROJECT_IMAGES}}
+
+
+def up_node() -> None:
+    if os.geteuid() != 0:
+        raise StackError("the real node (LAGPILOT_NODE=1) needs root: it runs containerd and a kubelet")
+    assert_no_forwarding()
+    install_node_packages()
+    install_node_binaries()
+    if not all(running_pid(service.name) for service in NODE_SERVICES):
+        # Never started, stopped, or killed: clear whatever a killed stack left behind (stale mounts,
+        # shims, netns, the bridge, iptables chains; sysctls back to the recorded values) first.
+        clear_node()
+    record_node_baseline()
+    make_bridge()
+
+
+
 # --------------------------------------------------------------------------------------------- commands
 
 
@@ -750,7 +1531,12 @@ def env_lines() -> list[str]:
         f"export PROMETHEUS_TARGETS_DIR={STATE / 'prometheus' / 'targets'}",
         f"export LAGPILOT_STACK_DIR={STATE}",
         f"export PATH={BIN}:$PATH",
-    ]
+    ] + ([
+        "export LAGPILOT_NODE=1",  # a later `stack.py up` in this shell keeps the node
+        f"export LAGPILOT_NODE_IP={NODE_IP}",
+        f"export KAFKA_PODS_BOOTSTRAP_SERVERS={NODE_IP}:{PORTS['kafka-pods']}",
+        f"export LAGPILOT_NODE_IMAGES={node_dir() / 'images.json'}",
+    ] if node_enabled() else [])
 
 
 @contextlib.contextmanager
@@ -773,6 +1559,15 @@ def up() -> None:
 
 def _up() -> None:
     install()
+    mode_file = STATE / "node-mode"
+    mode = "node" if node_enabled() else "control-plane"
+    if mode_file.exists() and mode_file.read_text() != mode:
+        # The apiserver's address and Kafka's listeners differ between the modes: start everything anew.
+        log(f"switching the stack from {mode_file.read_text()} to {mode}: restarting it")
+        _down()
+    if node_enabled():
+        up_node()  # the bridge first: the apiserver and Kafka listen on its address
+    mode_file.write_text(mode)
     # Start what is not running yet; the control plane pieces start in dependency order.
     for service in SERVICES:
         if running_pid(service.name) and service.ready():
@@ -789,6 +1584,8 @@ def _up() -> None:
             stop_process(service.name)
             start_process(service)
             wait_ready(service)
+    if node_enabled():
+        start_node_services()
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")
     print("\n".join(env_lines()))
@@ -796,13 +1593,19 @@ def _up() -> None:
 
 def down() -> None:
     with exclusive("stop the stack"):
-        for service in reversed(SERVICES):
-            stop_process(service.name)
+        _down()
+
+
+def _down() -> None:
+    clear_node()  # the node first: its shims and mounts go while containerd still answers
+    for service in reversed(SERVICES):
+        stop_process(service.name)
+    (STATE / "node-mode").unlink(missing_ok=True)
 
 
 def status() -> int:
     healthy = True
-    for service in SERVICES:
+    for service in SERVICES + (NODE_SERVICES if node_enabled() or running_pid("kubelet") else []):
         pid = running_pid(service.name)
         ready = bool(pid) and service.ready()
         healthy &= ready
@@ -812,8 +1615,12 @@ def status() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["install", "up", "down", "status", "env"])
+    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images"])
+    parser.add_argument("--node", action="store_true",
+                        help="also run the real node (containerd, kubelet, kube-proxy); same as LAGPILOT_NODE=1")
     args = parser.parse_args(argv)
+    if args.node:
+        os.environ["LAGPILOT_NODE"] = "1"
     try:
         if args.command == "install":
             install()
@@ -823,6 +1630,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "status":
             return status()
+        elif args.command == "images":
+            print(json.dumps(dict(zip(["pause", "worker", "operator"], node_images(), strict=True)), indent=2))
         else:
             print("\n".join(env_lines()))
     except StackError as exc:

@@ -114,13 +114,18 @@ def dockerfile_stages(text: str) -> list[Stage]:
         logical.append(buffer + line)
         buffer = ""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}  # ARGs before the first FROM: their defaults name the base image
     for line in logical:
         instruction, _, args = line.partition(" ")
         instruction = instruction.upper()
-        if instruction == "FROM":
+        if instruction == "ARG" and not stages:
+            key, _, default = args.partition("=")
+            global_args[key.strip()] = default.strip()
+        elif instruction == "FROM":
             parts = args.split()
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=parts[0], name=name))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), m.group(0)), parts[0])
+            stages.append(Stage(base=base, name=name))
         elif stages:
             stages[-1].instructions.append((instruction, args))
     return stages
