@@ -161,7 +161,7 @@ def stack() -> Stack:
         kafka_tls_client_key_file=Path(values["KAFKA_TLS_CLIENT_KEY_FILE"]),
         prometheus_url=values["PROMETHEUS_URL"],
         prometheus_targets_dir=Path(values["PROMETHEUS_TARGETS_DIR"]),
-        bin_dir=REPO / ".cache" / "bin",
+        bin_dir=Path(values["LAGPILOT_BIN_DIR"]),
         stack_dir=stack_dir,
     )
 

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig, bootstrap = os.environ.get("KUBECONFIG"), os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not kubeconfig or not bootstrap:
         parser.error("KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS must be set (source .stack/env)")
-    kubectl = shutil.which("kubectl") or str(REPO / ".cache" / "bin" / "kubectl")
+    kubectl = str(Path(os.environ["LAGPILOT_BIN_DIR"]) / "kubectl")
     stack_dir = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack"))
     work_dir = Path(tempfile.mkdtemp(prefix="lagpilot-loop-bench-"))
     backend = LocalBackend(kubeconfig=kubeconfig, kafka_bootstrap=bootstrap, bin_dir=Path(kubectl).parent,

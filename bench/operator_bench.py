@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def kubectl(*args: str, input_text: str | None = None) -> str:
-    result = subprocess.run([str(REPO / ".cache" / "bin" / "kubectl"), *args], input=input_text, text=True,
+    result = subprocess.run([str(Path(os.environ["LAGPILOT_BIN_DIR"]) / "kubectl"), *args], input=input_text, text=True,
                             capture_output=True, check=True)
     return result.stdout
 

@@ -141,7 +141,7 @@ class KindBackend:
         self.host_port = _free_port()
         self.kafka_bootstrap = f"127.0.0.1:{self.host_port}"
         self.pod_kafka_bootstrap = f"kafka.{KAFKA_NAMESPACE}.svc.cluster.local:9092"
-        kubectl = REPO / ".cache" / "bin" / "kubectl"
+        kubectl = Path(os.environ.get("LAGPILOT_BIN_DIR", "/nonexistent")) / "kubectl"
         self.cluster = KindCluster(unique_name("lagpilot-e2e"), work_dir / "kubeconfig",
                                    kubectl_path=kubectl if kubectl.exists() else None)
         self.node = f"{self.cluster.name}-control-plane"

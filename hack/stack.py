@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Lagpilot's local stack: real Kafka (KRaft), a real Kubernetes control plane and Prometheus.
 
-    python3 hack/stack.py install   # fetch and build everything (cached under .cache/)
+    python3 hack/stack.py install   # fetch and build everything (cached under ~/.cache/lagpilot/)
     python3 hack/stack.py up        # install, start what is not running, print `export` lines
     python3 hack/stack.py down      # stop every process this stack started (by pidfile)
     python3 hack/stack.py status    # what runs, where
 
 Standard library only, so it runs before the project's virtualenv exists. Everything binds to
-127.0.0.1; state (data, pidfiles, logs, certificates, the env file) lives in .stack/, downloads and
-builds in .cache/ (both git-ignored). Versions are pinned in hack/versions.env.
+127.0.0.1; state (data, pidfiles, logs, certificates, the env file) lives in .stack/ (git-ignored),
+downloads and builds in ~/.cache/lagpilot/ (shared by this user's clones; LAGPILOT_CACHE_DIR moves it).
+Versions are pinned in hack/versions.env.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
-CACHE = Path(os.environ.get("LAGPILOT_CACHE_DIR", REPO / ".cache"))
+# Downloads and builds are shared by every clone of one user (a second clone on this machine starts warm);
+# LAGPILOT_CACHE_DIR moves them (an empty folder there reproduces a fresh machine's cold run).
+CACHE = Path(os.environ.get("LAGPILOT_CACHE_DIR")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lagpilot")
 STATE = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack"))
 BIN = CACHE / "bin"
 HOST = "127.0.0.1"
@@ -1530,6 +1534,7 @@ def env_lines() -> list[str]:
         f"export PROMETHEUS_URL=http://{HOST}:{PORTS['prometheus']}",
         f"export PROMETHEUS_TARGETS_DIR={STATE / 'prometheus' / 'targets'}",
         f"export LAGPILOT_STACK_DIR={STATE}",
+        f"export LAGPILOT_BIN_DIR={BIN}",
         f"export PATH={BIN}:$PATH",
     ] + ([
         "export LAGPILOT_NODE=1",  # a later `stack.py up` in this shell keeps the node
