@@ -99,19 +99,26 @@ def _runs(flags: bytes) -> list[int]:
 
 
 def _candidates(flags: bytes, max_raw: int) -> list[bytes]:
+    """The encodings worth building: an encoding that cannot beat one already known is skipped, so
+    a commit on the poll thread stays cheap however long or fragmented the map is."""
     span = len(flags)
+    bitset_size = 1 + len(_varint(span)) + (span + 7) // 8
     bodies: list[bytes] = []
-    if (span + 7) // 8 <= max_raw:
-        bits = int(flags.translate(_TO_DIGITS)[::-1], 2).to_bytes((span + 7) // 8, "little")
-        bodies.append(bytes([BITSET]) + _varint(span) + bits)
-    runs = _runs(flags)
-    if len(runs) <= max_raw:      # every run takes at least one byte in any run encoding
+    # Runs come in (unfinished, done) pairs, one per 0->1 step (counted in C); each run takes at
+    # least one byte, so run lengths are listed only when they may beat the bitset and fit.
+    pairs = flags.count(b"\x00\x01")
+    if 2 * pairs < min(bitset_size, max_raw + 1):
+        runs = _runs(flags)
         bodies.append(bytes([RUNS_VARINT]) + b"".join(map(_varint, runs)))
         longest = max(runs)
-        if longest < 1 << 16:
-            bodies.append(bytes([RUNS_U16]) + b"".join(r.to_bytes(2, "little") for r in runs))
-        elif longest < 1 << 32:
-            bodies.append(bytes([RUNS_U32]) + b"".join(r.to_bytes(4, "little") for r in runs))
+        if longest >= 1 << 14:    # below, a varint is at most two bytes: never longer than fixed width
+            width = 2 if longest < 1 << 16 else 4 if longest < 1 << 32 else 0
+            if width:
+                bodies.append(bytes([RUNS_U16 if width == 2 else RUNS_U32])
+                              + b"".join(r.to_bytes(width, "little") for r in runs))
+    if bitset_size <= max_raw and (not bodies or bitset_size < min(map(len, bodies))):
+        bits = int(flags.translate(_TO_DIGITS)[::-1], 2).to_bytes((span + 7) // 8, "little")
+        bodies.append(bytes([BITSET]) + _varint(span) + bits)
     return bodies
 
 

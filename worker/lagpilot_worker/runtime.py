@@ -311,10 +311,12 @@ class Worker:
         assert self._consumer is not None
         config = self.config
         deadline = time.monotonic() + config.shutdown_timeout_seconds
-        log.info("stopping: finishing the records in hand", extra={"in_flight_items": len(self._jobs),
-                                                              "deadline_seconds": config.shutdown_timeout_seconds})
+        in_flight = self._in_flight_records(list(self._states.values()))
+        log.info("stopping: finishing the records in hand", extra={
+            "in_flight_items": len(self._jobs), "in_flight_records": in_flight,
+            "deadline_seconds": config.shutdown_timeout_seconds})
         self._stopping.set()            # slots stop waiting to retry in place
-        self.metrics.revoked_in_flight.inc(self._in_flight_records(list(self._states.values())))
+        self.metrics.revoked_in_flight.inc(in_flight)
         for job in self._jobs:
             job.cancelled = True        # finish the record in hand, start no other
         self._update_pauses()
@@ -328,7 +330,8 @@ class Worker:
                 self._wake.wait(0.01)
                 self._wake.clear()
         abandoned = sum(len(seg.messages) for job in self._jobs for seg in job.segments)
-        self.metrics.revoked_abandoned.inc(self._in_flight_records(list(self._states.values())))
+        abandoned_in_flight = self._in_flight_records(list(self._states.values()))
+        self.metrics.revoked_abandoned.inc(abandoned_in_flight)
         for job in list(self._jobs):
             job.cancelled = True
         if self._publisher is not None:
@@ -338,7 +341,7 @@ class Worker:
         self._commit(list(self._states.values()), asynchronous=False)
         if abandoned:
             log.warning("shutdown deadline reached: abandoned work will be delivered again",
-                        extra={"records": abandoned})
+                        extra={"records": abandoned, "abandoned_records": abandoned_in_flight})
         for state in self._states.values():
             state.revoked = True
         self._close_consumer()
@@ -1043,8 +1046,8 @@ class Worker:
             # The slots finish the record in hand and start no other of these partitions: the wait
             # below is one handler call, not whole work items, and what never started is no duplicate.
             state.halted = True
-        if not stopping:
-            self.metrics.revoked_in_flight.inc(self._in_flight_records(states))
+        in_flight = 0 if stopping else self._in_flight_records(states)
+        self.metrics.revoked_in_flight.inc(in_flight)
 
         def busy() -> bool:
             return any(s.out_segments or s.pending_writes for s in states)
@@ -1070,7 +1073,8 @@ class Worker:
             self.metrics.forget_partition(state.topic, state.partition)
         log.info("partitions revoked", extra={
             "partitions": [f"{s.topic}[{s.partition}]" for s in states], "committed": commit,
-            "unfinished_records": unfinished, "abandoned_records": abandoned, "assigned": len(self._states)})
+            "unfinished_records": unfinished, "in_flight_records": in_flight, "abandoned_records": abandoned,
+            "assigned": len(self._states)})
 
     def _in_flight_records(self, states: list[PartitionState]) -> int:
         """Records of `states` that may be running now: one per work item out with a segment of them
