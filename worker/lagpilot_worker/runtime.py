@@ -1060,9 +1060,8 @@ class Worker:
             if busy():
                 self._wake.wait(0.01)
                 self._wake.clear()
-        abandoned = self._in_flight_records(states)
-        if abandoned and not stopping:
-            self.metrics.revoked_abandoned.inc(abandoned)
+        abandoned = 0 if stopping else self._in_flight_records(states)
+        self.metrics.revoked_abandoned.inc(abandoned)
         if commit:
             self._commit(states, asynchronous=False)
         unfinished = 0
