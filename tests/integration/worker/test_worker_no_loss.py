@@ -52,7 +52,7 @@ HANDLER = textwrap.dedent('''
         ident = record.value.decode()
         if _started is not None:
             with _lock:
-                _started.write(f"{ident} {_name}\n")
+                _started.write(f"{ident} {_name}\\n")
         time.sleep(_slow_seconds if _slow_every and int(ident) % _slow_every == 0 else _rng.uniform(0, _max_sleep))
         if int(ident) % 97 == 0:
             raise PermanentError(f"id {ident} cannot be processed")
