@@ -113,12 +113,12 @@ class PartitionOffsets:
             return None
         return self._last_added + 1
 
-    def needs_commit(self) -> bool:
-        """The committable offset or the done set above it changed since the last commit."""
+    def needs_commit(self, map_changes: bool = True) -> bool:
+        """The committable offset changed since the last commit, or (with `map_changes`) the done set above it."""
         candidate = self.committable()
         if candidate is None:
             return False
-        return candidate != self.committed or (self._done_above > 0 and
+        return candidate != self.committed or (map_changes and self._done_above > 0 and
                                                self._completions != self._committed_completions)
 
     def mark_committed(self, offset: int) -> None:

@@ -902,7 +902,11 @@ class Worker:
     def _maybe_commit(self, now: float) -> None:
         # Commit on the interval, and sooner (at most every MIN_COMMIT_GAP) once half the window is
         # used; at once when the window is full of finished records: committing frees the window.
-        if now < self._next_commit:
+        # The interval's commit also sends partitions whose offset map alone changed; the sooner
+        # ones only partitions whose offset moved (they carry the current map too): a slow record
+        # holding the offset back must not turn every iteration into a commit request.
+        on_interval = now >= self._next_commit
+        if not on_interval:
             window = self._backpressure.limits.max_uncommitted
             if self._room <= 0 and self._releasable_total:
                 pass
@@ -910,18 +914,20 @@ class Worker:
                 return
         self._next_commit = now + self.config.commit_interval_seconds
         self._last_commit = now
-        self._commit(list(self._states.values()), asynchronous=True)
+        self._commit(list(self._states.values()), asynchronous=True, map_changes=on_interval)
         if self._releasable_total:
             self._update_pauses()     # the window has room again: fetch in this very iteration
 
-    def _commit(self, states: list[PartitionState], asynchronous: bool) -> None:
-        """Commit each partition's lowest unfinished offset, with the map of finished ones above it."""
+    def _commit(self, states: list[PartitionState], asynchronous: bool, map_changes: bool = True) -> None:
+        """Commit each partition's lowest unfinished offset, with the map of finished ones above it.
+
+        `map_changes`: also partitions whose offset did not move but whose map did."""
         assert self._consumer is not None
         requests: list[tuple[PartitionState, int]] = []
         offsets: list[TopicPartition] = []
         for state in states:
             tracker = state.tracker
-            if state.revoked or not tracker.needs_commit():
+            if state.revoked or not tracker.needs_commit(map_changes):
                 continue
             offset = tracker.committable()
             assert offset is not None      # needs_commit() is False without one

@@ -148,6 +148,7 @@ def test_tracker_needs_commit_when_the_map_grows() -> None:
     assert not tracker.needs_commit()
     tracker.done_many([3])           # the committed offset did not move, the map did
     assert tracker.needs_commit() and tracker.done_flags() == (0, b"\x00\x00\x01\x01")
+    assert not tracker.needs_commit(map_changes=False)
     tracker.mark_committed(0)
     assert not tracker.needs_commit()
     tracker.commit_failed(0)
