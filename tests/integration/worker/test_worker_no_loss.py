@@ -145,7 +145,10 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
     assert set(where) == ids
     processed = workdir / "processed.txt"
     started = workdir / "started.txt"
-    first = worker(workdir, kafka_bootstrap, group, topic, "first", processed, TEST_STARTED_FILE=str(started)).start()
+    # Every 50th id takes 300 ms: the records after it finish first, so each commit of a busy partition
+    # carries an offset map (without slow records a commit may land just when nothing is above the offset).
+    first = worker(workdir, kafka_bootstrap, group, topic, "first", processed, TEST_STARTED_FILE=str(started),
+                   TEST_SLOW_EVERY="50", TEST_SLOW_SECONDS="0.3").start()
     try:
         wait_for(lambda: len(processed_lines(processed)) >= 1200, 120, "a third of the ids processed")
         first.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
