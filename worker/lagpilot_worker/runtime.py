@@ -912,9 +912,8 @@ class Worker:
         # holding the offset back must not turn every iteration into a commit request.
         sent_at = self._commit_sent_at
         window_full = self._room <= 0 and self._releasable_total > 0
-        # A full window fetches nothing, so no answer would be served (librdkafka serves them in
-        # consume): then commits go out without waiting for one, as they did before.
-        if sent_at is not None and now < sent_at + COMMIT_ANSWER_TIMEOUT_SECONDS and self._room > 0:
+        # (A full window fetches nothing, so no answer would be served: it commits at once, as before.)
+        if sent_at is not None and now < sent_at + COMMIT_ANSWER_TIMEOUT_SECONDS and not window_full:
             return
         on_interval = now >= self._next_commit
         if not on_interval:
