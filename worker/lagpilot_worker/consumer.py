@@ -22,10 +22,8 @@ CommitErrorCallback = Callable[[KafkaError, list[TopicPartition]], None]
 class GroupConsumer:
     def __init__(self, settings: dict[str, Any], topics: Sequence[str], *, on_assign: RebalanceCallback,
                  on_revoke: RebalanceCallback, on_lost: RebalanceCallback,
-                 on_commit_error: CommitErrorCallback, on_commit_done: Callable[[], None] | None = None) -> None:
+                 on_commit_error: CommitErrorCallback) -> None:
         def committed(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-            if on_commit_done is not None:
-                on_commit_done()
             failed = [tp for tp in partitions if tp.error is not None]
             if err is not None:
                 on_commit_error(err, partitions)

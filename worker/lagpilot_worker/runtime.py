@@ -59,10 +59,6 @@ MIN_ITEM_SECONDS = 0.005
 MAX_ITEM_SECONDS = 0.1
 INITIAL_SECONDS_PER_RECORD = 0.05   # assume slow until measured: small first items
 MIN_COMMIT_GAP_SECONDS = 0.02
-# One asynchronous commit at a time: on a loaded broker queued commits land one after another, so
-# the newest offsets (and maps) would be stored late; the next commit takes the newest instead.
-# A commit whose answer never comes (a rebalance may drop it) stops holding back after this long.
-COMMIT_ANSWER_TIMEOUT_SECONDS = 2.0
 COMMITTED_READ_TIMEOUT_SECONDS = 10.0   # reading the offset maps at assignment; on timeout: no maps
 
 
@@ -181,7 +177,6 @@ class Worker:
         self._processor: Processor | None = None
         self._next_commit = 0.0
         self._last_commit = 0.0
-        self._commit_sent_at: float | None = None     # an asynchronous commit not answered yet
         self._next_gauges = 0.0
         self._last_loop = time.monotonic()
         self._assigned_once = False
@@ -286,7 +281,7 @@ class Worker:
         topics = self._topics
         self._consumer = GroupConsumer(
             config.consumer_settings(), topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_lost, on_commit_error=self._on_commit_error, on_commit_done=self._on_commit_done)
+            on_lost=self._on_lost, on_commit_error=self._on_commit_error)
         self._consumer_open = True
         log.info("worker started", extra={"group": config.group_id, "topics": topics,
                                           "ordering": str(config.ordering), "pool_size": config.pool_size,
@@ -910,15 +905,10 @@ class Worker:
         # The interval's commit also sends partitions whose offset map alone changed; the sooner
         # ones only partitions whose offset moved (they carry the current map too): a slow record
         # holding the offset back must not turn every iteration into a commit request.
-        sent_at = self._commit_sent_at
-        window_full = self._room <= 0 and self._releasable_total > 0
-        # (A full window fetches nothing, so no answer would be served: it commits at once, as before.)
-        if sent_at is not None and now < sent_at + COMMIT_ANSWER_TIMEOUT_SECONDS and not window_full:
-            return
         on_interval = now >= self._next_commit
         if not on_interval:
             window = self._backpressure.limits.max_uncommitted
-            if window_full:
+            if self._room <= 0 and self._releasable_total:
                 pass
             elif self._uncommitted_total < window // 2 or now < self._last_commit + MIN_COMMIT_GAP_SECONDS:
                 return
@@ -946,8 +936,6 @@ class Worker:
         if not requests:
             return
         ok = self._consumer.commit(offsets, asynchronous)
-        if asynchronous:
-            self._commit_sent_at = time.monotonic()
         if ok:
             for state, offset in requests:
                 state.tracker.mark_committed(offset)
@@ -964,9 +952,6 @@ class Worker:
             self.metrics.offset_map_overflows.inc()
             return ""
         return text
-
-    def _on_commit_done(self) -> None:
-        self._commit_sent_at = None
 
     def _on_commit_error(self, err: KafkaError, partitions: list[TopicPartition]) -> None:
         log.warning("asynchronous commit failed, will commit again: %s", err)
