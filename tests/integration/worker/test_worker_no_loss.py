@@ -86,11 +86,11 @@ def processed_lines(path: Path) -> list[tuple[str, str]]:
 
 
 def worker(workdir: Path, kafka_bootstrap: str, group: str, topic: str, name: str, processed: Path,
-           pool: int = 8, **extra_env: str) -> CliWorker:
+           pool: int = 8, window: int = WINDOW, **extra_env: str) -> CliWorker:
     env = cli_env(workdir)
     env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01", **extra_env)
     args = ["--handler", "losshandlers:handle", "--bootstrap-servers", kafka_bootstrap, "--group", group,
-            "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(WINDOW), "--commit-interval", "0.5",
+            "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(window), "--commit-interval", "0.5",
             "--http-host", "127.0.0.1", "--http-port", "0", "--worker-id", name, "--shutdown-timeout", "20"]
     return CliWorker(args, env, workdir, workdir / f"{name}.log")
 
@@ -203,15 +203,21 @@ def test_new_owner_skips_what_the_old_owner_finished(kafka_bootstrap: str, creat
     dlq = topics.create(naming.dead_letter_topic(group), partitions=4)
     ids = {str(i) for i in range(6000)}
     produce(kafka_bootstrap, topic, [(f"k{int(i) % 300}".encode(), i.encode()) for i in sorted(ids, key=int)])
+    where = positions(kafka_bootstrap, topic)
     processed = workdir / "processed.txt"
     # Every 25th id takes 200 ms: the records after it finish first, so a revoked partition nearly
     # always has finished records above its lowest unfinished one.
+    # A window of 4000 lets a fetch from every partition at once (with 200, one partition's batch fills
+    # it and the partitions b takes may not have been started by a at all).
     slow = {"TEST_SLOW_EVERY": "25", "TEST_SLOW_SECONDS": "0.2"}
-    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2, **slow).start()
-    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2, **slow)
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2, window=4000, **slow).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2, window=4000, **slow)
     try:
         port_a = a.http_port()
-        wait_for(lambda: len(processed_lines(processed)) >= 600, 120, "a tenth processed by worker a alone")
+        # b joins once a has worked on every partition (it takes them roughly one after another): the
+        # partitions that move then hold records a finished above their lowest unfinished one.
+        wait_for(lambda: len({where[i][0] for i, _ in processed_lines(processed)}) == 4, 120,
+                 "worker a processing every partition")
         b.start()
         port_b = b.http_port()
         wait_for(lambda: (metric(port_b, "lagpilot_worker_assigned_partitions") or 0) >= 1, 60, "b assigned")
