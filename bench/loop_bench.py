@@ -18,6 +18,11 @@ Measured per run (same definitions as `lagpilot simulate`):
 * p99 end-to-end latency: processed time minus produce time (record timestamp), first processing of
   each message, from the ledger entries the e2e handler writes;
 * pod-seconds: the Deployment's spec.replicas integrated over the trace;
+* duplicates: records processed more than once (from the ledger), beside what the workers' logs say was in
+  flight when partitions were revoked or a worker stopped (`in_flight_at_revocations`: handler calls running and
+  dead-letter writes unacknowledged, the most a hand-over may repeat), what was still running when the revoke or
+  shutdown bound ran out (`abandoned_at_revocations`: these do repeat), and the records new owners skipped
+  because the committed offset map said an earlier owner had finished them (`skipped_by_offset_map`);
 * reaction: from the first message of the burst to the Deployment's replicas changing
   (`reaction_seconds`), and to the first capacity change of any kind, pool or replicas
   (`capacity_reaction_seconds`; for KEDA the two are the same).
@@ -206,6 +211,33 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+def hand_over_counts(pod_logs: list[Path]) -> dict[str, int]:
+    """Revocations and shutdowns of the workers and the records in flight at them, from their JSON logs."""
+    counts = {"revocations": 0, "shutdowns": 0, "in_flight_at_revocations": 0, "abandoned_at_revocations": 0,
+              "skipped_by_offset_map": 0}
+    for path in pod_logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message = entry.get("message")
+            if message == "partitions revoked":
+                counts["revocations"] += 1
+                counts["in_flight_at_revocations"] += int(entry.get("in_flight_records") or 0)
+                counts["abandoned_at_revocations"] += int(entry.get("abandoned_records") or 0)
+            elif message == "stopping: finishing the records in hand":
+                counts["shutdowns"] += 1
+                counts["in_flight_at_revocations"] += int(entry.get("in_flight_records") or 0)
+            elif message == "shutdown deadline reached: abandoned work will be delivered again":
+                counts["abandoned_at_revocations"] += int(entry.get("abandoned_records") or 0)
+            elif message == "offset maps read: records finished by an earlier owner are skipped":
+                counts["skipped_by_offset_map"] += sum(int(v) for v in (entry.get("records") or {}).values())
+    return counts
+
+
 def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: Path) -> dict[str, Any]:
     namespace = unique_name("bench")
     backend.kubectl("create", "namespace", namespace)
@@ -306,6 +338,8 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
             "processed": accounting.processed,
             "missing": len(accounting.missing),
             "duplicates": accounting.duplicates,
+            # Pods still running write on; what they logged until now covers every hand-over of the run.
+            **hand_over_counts(sorted((work_dir / "pods").glob(f"{namespace}_*.log"))),
             "time_to_drain_seconds": round(drained_at - burst_start, 1) if drained_at else None,
             "peak_lag": max((b for _, b in backlog), default=0),
             "p99_latency_seconds": round(quantile(list(first_seen.values()), 0.99), 2),

@@ -136,6 +136,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                         "[LAGPILOT_MAX_UNCOMMITTED]")
     p.add_argument("--commit-interval", type=float, default=float(e("LAGPILOT_COMMIT_INTERVAL_SECONDS", 1.0)),
                    help="seconds between commits [LAGPILOT_COMMIT_INTERVAL_SECONDS]")
+    p.add_argument("--offset-metadata-max-bytes", type=int,
+                   default=int(e("LAGPILOT_OFFSET_METADATA_MAX_BYTES", 4096)),
+                   help="longest offset map in a commit's metadata: the broker's offset.metadata.max.bytes; "
+                        "0 = no map [LAGPILOT_OFFSET_METADATA_MAX_BYTES]")
     p.add_argument("--value-deserializer", default=e("LAGPILOT_VALUE_DESERIALIZER", "bytes"),
                    help="bytes | text | json | module:function; a record it cannot decode goes to the DLQ "
                         "[LAGPILOT_VALUE_DESERIALIZER]")
@@ -219,6 +223,7 @@ def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerCon
         max_pool_size=args.max_pool_size,
         max_uncommitted=int(args.max_uncommitted) if args.max_uncommitted else None,
         commit_interval_seconds=args.commit_interval,
+        offset_metadata_max_bytes=args.offset_metadata_max_bytes,
         kafka_config=kafka_settings(args.kafka_config, args.kafka_config_file, env),
         dead_letter_enabled=dead_letter_enabled(args.dead_letter, env, args.dlq_topic),
         dead_letter_topic=args.dlq_topic,

@@ -59,6 +59,10 @@ class WorkerConfig:
     max_messages_per_item: int = 4096         # work items are sized by measured handler time, up to this
     consume_batch_size: int = 1000
     commit_interval_seconds: float = 1.0
+    # Longest offset map (records finished above the committed offset) put into a commit's
+    # metadata: the broker's offset.metadata.max.bytes (default 4096) refuses longer ones. A map
+    # that does not fit is left out (those records replay). 0: never write or read a map.
+    offset_metadata_max_bytes: int = 4096
     kafka_config: dict[str, Any] = field(default_factory=dict)
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +89,8 @@ class WorkerConfig:
             raise ValueError(f"pool size must be between 1 and {self.max_pool_size}")
         if self.max_uncommitted is not None and self.max_uncommitted < 1:
             raise ValueError("max_uncommitted must be at least 1")
+        if self.offset_metadata_max_bytes < 0:
+            raise ValueError("offset_metadata_max_bytes must be 0 (no offset map) or more")
         self.ordering = OrderingMode(self.ordering)
 
     @property

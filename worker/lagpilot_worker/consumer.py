@@ -87,6 +87,15 @@ class GroupConsumer:
                 return False
         return True
 
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition] | None:
+        """The group's committed offsets with their metadata (one broker round trip); None on failure."""
+        try:
+            return list(self._consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
+                                                 timeout=timeout))
+        except KafkaException as exc:
+            log.warning("reading the committed offsets failed: %s", exc)
+            return None
+
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self._consumer.incremental_assign(partitions)
 

@@ -108,6 +108,28 @@ class WorkerMetrics:
         self.rebalances = Counter(f"{PREFIX}rebalances", "Partition assignments received from the group.",
                                   registry=r)
         self.commits = Counter(f"{PREFIX}commits", "Offset commits sent.", registry=r)
+        self.offset_map_overflows = Counter(
+            f"{PREFIX}offset_map_overflow",
+            "Partition commits sent without an offset map because the map of records finished above "
+            "the committed offset did not fit offset.metadata.max.bytes (those records replay after a "
+            "crash or hand-over).", registry=r)
+        self.offset_map_skipped = Counter(
+            f"{PREFIX}offset_map_skipped_records",
+            "Records not handled because the committed offset map says an earlier owner finished them.",
+            registry=r)
+        self.offset_map_ignored = Counter(
+            f"{PREFIX}offset_map_ignored",
+            "Committed metadata read at assignment that was not a valid offset map (the records replay).",
+            registry=r)
+        self.revoked_in_flight = Counter(
+            f"{PREFIX}revoked_in_flight_records",
+            "Records of revoked partitions in flight (handler calls running, dead-letter writes unacknowledged) "
+            "when the revocation or the shutdown began: at most these can run again on the next owner.",
+            registry=r)
+        self.revoked_abandoned = Counter(
+            f"{PREFIX}revoked_abandoned_records",
+            "Records of revoked partitions still in flight when the revoke or shutdown bound ran out: handled "
+            "here, not committed, they run again on the next owner.", registry=r)
         self.write_errors = Counter(f"{PREFIX}dead_letter_write_errors",
                                     "Failed writes to the dead-letter or retry topics (they are retried).",
                                     registry=r)

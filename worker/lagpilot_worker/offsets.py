@@ -3,7 +3,8 @@
 Messages of a partition finish in any order when handlers run concurrently. Kafka stores one
 number per partition ("the next offset to read"), so the only safe number is the lowest offset
 that is still unfinished: everything below it is done, and a slow message is never skipped.
-Done messages above it are re-delivered after a crash; the in-flight window bounds how many.
+Done messages above it would be re-delivered after a crash: done_flags() hands them to the
+commit's offset map (offset_map.py), so a new owner skips them.
 
 Revocation: the runtime creates a fresh tracker for every assignment of a partition and revokes
 the old one, so completions of work started under an earlier assignment can never advance a
@@ -22,8 +23,8 @@ class PartitionOffsets:
     in any order. Gaps between offsets (compaction, transaction markers) are allowed.
     """
 
-    __slots__ = ("_done_above", "_finished", "_head", "_last_added", "_pending", "_released_uncommitted",
-                 "committed", "revoked")
+    __slots__ = ("_committed_completions", "_completions", "_done_above", "_finished", "_head", "_last_added",
+                 "_pending", "_released_uncommitted", "committed", "revoked")
 
     def __init__(self, committed: int | None = None) -> None:
         # Offsets added and not yet released, in increasing order, from index `_head` on (a list
@@ -37,6 +38,10 @@ class PartitionOffsets:
         self._last_added: int | None = None
         # Released (finished, below the committable offset) but not yet committed.
         self._released_uncommitted = 0
+        # Calls that finished offsets, and their number at the last commit: a commit is due when
+        # either the committable offset or the done set above it (the offset map) changed.
+        self._completions = 0
+        self._committed_completions = 0
         self.committed = committed
         self.revoked = False
 
@@ -89,6 +94,7 @@ class PartitionOffsets:
             self._done_above += count - (end - head)
             head = end
         self._released_uncommitted += head - self._head
+        self._completions += 1
         if head > 4096 and head * 2 > len(pending):
             del pending[:head]     # compact now and then; amortised O(1) per offset
             del self._finished[:head]
@@ -107,16 +113,59 @@ class PartitionOffsets:
             return None
         return self._last_added + 1
 
-    def needs_commit(self) -> bool:
+    def needs_commit(self, map_changes: bool = True) -> bool:
+        """The committable offset changed since the last commit, or (with `map_changes`) the done set above it."""
         candidate = self.committable()
-        return candidate is not None and candidate != self.committed
+        if candidate is None:
+            return False
+        return candidate != self.committed or (map_changes and self._done_above > 0 and
+                                               self._completions != self._committed_completions)
 
     def mark_committed(self, offset: int) -> None:
-        """Record that `offset` was sent as this partition's commit."""
+        """Record that `offset` (with the done set as it is now) was sent as this partition's commit."""
         if self.committed is None or offset > self.committed:
             self.committed = offset
         if offset == self.committable():
             self._released_uncommitted = 0
+            self._committed_completions = self._completions
+
+    def commit_failed(self, offset: int) -> None:
+        """An asynchronous commit of `offset` failed: the next commit sends it (and its map) again."""
+        if self.committed == offset:
+            self.committed = None
+        self._committed_completions = -1
+
+    @property
+    def done_above(self) -> int:
+        """Finished offsets above the committable one (what the offset map records)."""
+        return self._done_above
+
+    def done_flags(self) -> tuple[int, bytes] | None:
+        """(committable offset, flags): flags[i] is 1 when offset committable+i is finished.
+
+        Spans the committable offset up to the highest finished offset; offsets of that span the
+        partition never delivered (gaps: compaction, transaction markers) count as finished. None
+        when nothing above the committable offset is finished. Costs a copy of the flags (a find
+        in C for the highest finished one); with gaps, one step per unfinished offset.
+        """
+        if not self._done_above:
+            return None
+        pending, finished, head = self._pending, self._finished, self._head
+        last = finished.rfind(1, head)
+        if last < 0:      # cannot happen while _done_above > 0; no map is the safe answer
+            return None
+        base = pending[head]
+        if pending[last] - base == last - head:
+            return base, bytes(finished[head:last + 1])
+        flags = bytearray(b"\x01") * (pending[last] - base + 1)
+        index = head
+        while True:
+            index = finished.find(0, index, last)
+            if index < 0:
+                break
+            flags[pending[index] - base] = 0
+            index += 1
+        return base, bytes(flags)
 
     @property
     def last_added(self) -> int | None:

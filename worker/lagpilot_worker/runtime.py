@@ -37,6 +37,9 @@ from .dlq import FailurePublisher
 from .health import HealthServer
 from .inline import InlineGate, InlinePolicy, runs_directly
 from .metrics import WorkerMetrics
+from .offset_map import DoneOffsets
+from .offset_map import encode as encode_offset_map
+from .offset_map import read as read_offset_map
 from .offsets import PartitionOffsets
 from .ordering import Backpressure, Lane, OrderingMode, Scheduler, Segment, WindowLimits
 from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
@@ -58,6 +61,7 @@ MIN_ITEM_SECONDS = 0.005
 MAX_ITEM_SECONDS = 0.1
 INITIAL_SECONDS_PER_RECORD = 0.05   # assume slow until measured: small first items
 MIN_COMMIT_GAP_SECONDS = 0.02
+COMMITTED_READ_TIMEOUT_SECONDS = 10.0   # reading the offset maps at assignment; on timeout: no maps
 
 
 # Message methods, unbound: map() and groupby() call them from C, with no Python loop per record.
@@ -89,8 +93,8 @@ class PartitionState:
     an earlier assignment can touch a later one.
     """
 
-    __slots__ = ("breaker", "halted", "held", "kafka_tp", "out_segments", "partition", "pending_writes",
-                 "revoked", "tier", "topic", "tracker")
+    __slots__ = ("breaker", "done_map", "halted", "held", "kafka_tp", "out_segments", "partition",
+                 "pending_writes", "revoked", "tier", "topic", "tracker")
 
     def __init__(self, topic: str, partition: int, tier: int, breaker: PartitionBreaker) -> None:
         self.topic = topic
@@ -104,6 +108,9 @@ class PartitionState:
         self.pending_writes = 0               # DLQ/retry writes not yet acknowledged
         self.held: list[tuple[Message, Lane[Any, Any] | None]] = []   # refused by the open breaker
         self.kafka_tp = TopicPartition(topic, partition)
+        # Records an earlier owner finished above the committed offset (the commit's offset map):
+        # skipped when fetched; dropped once fetching passes its highest offset.
+        self.done_map: DoneOffsets | None = None
 
     def log_extra(self, offset: int | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"topic": self.topic, "partition": self.partition}
@@ -311,9 +318,12 @@ class Worker:
         assert self._consumer is not None
         config = self.config
         deadline = time.monotonic() + config.shutdown_timeout_seconds
-        log.info("stopping: finishing the records in hand", extra={"in_flight_items": len(self._jobs),
-                                                              "deadline_seconds": config.shutdown_timeout_seconds})
+        in_flight = self._in_flight_records(list(self._states.values()))
+        log.info("stopping: finishing the records in hand", extra={
+            "in_flight_items": len(self._jobs), "in_flight_records": in_flight,
+            "deadline_seconds": config.shutdown_timeout_seconds})
         self._stopping.set()            # slots stop waiting to retry in place
+        self.metrics.revoked_in_flight.inc(in_flight)
         for job in self._jobs:
             job.cancelled = True        # finish the record in hand, start no other
         self._update_pauses()
@@ -327,6 +337,8 @@ class Worker:
                 self._wake.wait(0.01)
                 self._wake.clear()
         abandoned = sum(len(seg.messages) for job in self._jobs for seg in job.segments)
+        abandoned_in_flight = self._in_flight_records(list(self._states.values()))
+        self.metrics.revoked_abandoned.inc(abandoned_in_flight)
         for job in list(self._jobs):
             job.cancelled = True
         if self._publisher is not None:
@@ -336,7 +348,7 @@ class Worker:
         self._commit(list(self._states.values()), asynchronous=False)
         if abandoned:
             log.warning("shutdown deadline reached: abandoned work will be delivered again",
-                        extra={"records": abandoned})
+                        extra={"records": abandoned, "abandoned_records": abandoned_in_flight})
         for state in self._states.values():
             state.revoked = True
         self._close_consumer()
@@ -464,14 +476,21 @@ class Worker:
                 offsets = [offsets[i] for i in keep]
                 if not batch:
                     continue
+            skipped: list[int] = []
+            if state.done_map is not None:
+                batch, skipped = self._skip_done(state, batch, offsets)
             # Decided before the run is added: in_flight counts only what was there already.
-            direct = inline and runs_directly(
+            direct = bool(batch) and inline and runs_directly(
                 inline=True, tier=state.tier, in_flight=state.tracker.in_flight, out_segments=state.out_segments,
                 halted=state.halted, breaker_closed=state.breaker.state is BreakerState.CLOSED,
                 held=len(state.held), blocked=self._scheduler.is_blocked(state), paused=state in self._paused,
                 stopping=self._stopping.is_set())
             state.tracker.add_many(offsets)
-            count += len(batch)
+            count += len(offsets)
+            if skipped:
+                state.tracker.done_many(skipped)
+                if not batch:
+                    continue
             if direct:
                 self._direct.append((state, batch))
             elif state.tier:
@@ -482,6 +501,30 @@ class Worker:
                 self._scheduler.enqueue(state, batch)
         if count:
             self.metrics.consumed.inc(count)
+
+    def _skip_done(self, state: PartitionState, batch: list[Message],
+                   offsets: list[int]) -> tuple[list[Message], list[int]]:
+        """Split off the records the committed offset map marks done (an earlier owner finished them).
+
+        Records below the map's base or above its highest offset (an offset reset, retention) are
+        not in it and run as usual; once fetching passed the highest offset the map is dropped.
+        """
+        done_map = state.done_map
+        assert done_map is not None
+        if offsets[-1] >= done_map.high:
+            state.done_map = None
+        if offsets[0] > done_map.high or offsets[-1] < done_map.base:
+            return batch, []
+        kept: list[Message] = []
+        skipped: list[int] = []
+        for message, offset in zip(batch, offsets, strict=True):
+            if offset in done_map:
+                skipped.append(offset)
+            else:
+                kept.append(message)
+        if skipped:
+            self.metrics.offset_map_skipped.inc(len(skipped))
+        return kept, skipped
 
     def _ingest_retry_records(self, state: PartitionState, batch: list[Message]) -> None:
         now_ms = int(time.time() * 1000)
@@ -909,7 +952,11 @@ class Worker:
     def _maybe_commit(self, now: float) -> None:
         # Commit on the interval, and sooner (at most every MIN_COMMIT_GAP) once half the window is
         # used; at once when the window is full of finished records: committing frees the window.
-        if now < self._next_commit:
+        # The interval's commit also sends partitions whose offset map alone changed; the sooner
+        # ones only partitions whose offset moved (they carry the current map too): a slow record
+        # holding the offset back must not turn every iteration into a commit request.
+        on_interval = now >= self._next_commit
+        if not on_interval:
             window = self._backpressure.limits.max_uncommitted
             if self._room <= 0 and self._releasable_total:
                 pass
@@ -917,32 +964,51 @@ class Worker:
                 return
         self._next_commit = now + self.config.commit_interval_seconds
         self._last_commit = now
-        self._commit(list(self._states.values()), asynchronous=True)
+        self._commit(list(self._states.values()), asynchronous=True, map_changes=on_interval)
         if self._releasable_total:
             self._update_pauses()     # the window has room again: fetch in this very iteration
 
-    def _commit(self, states: list[PartitionState], asynchronous: bool) -> None:
+    def _commit(self, states: list[PartitionState], asynchronous: bool, map_changes: bool = True) -> None:
+        """Commit each partition's lowest unfinished offset, with the map of finished ones above it.
+
+        `map_changes`: also partitions whose offset did not move but whose map did."""
         assert self._consumer is not None
         requests: list[tuple[PartitionState, int]] = []
+        offsets: list[TopicPartition] = []
         for state in states:
             tracker = state.tracker
+            if state.revoked or not tracker.needs_commit(map_changes):
+                continue
             offset = tracker.committable()
-            if offset is not None and offset != tracker.committed and not state.revoked:
-                requests.append((state, offset))
+            assert offset is not None      # needs_commit() is False without one
+            requests.append((state, offset))
+            offsets.append(TopicPartition(state.topic, state.partition, offset, metadata=self._offset_map(state)))
         if not requests:
             return
-        ok = self._consumer.commit([TopicPartition(s.topic, s.partition, o) for s, o in requests], asynchronous)
+        ok = self._consumer.commit(offsets, asynchronous)
         if ok:
             for state, offset in requests:
                 state.tracker.mark_committed(offset)
             self.metrics.commits.inc()
 
+    def _offset_map(self, state: PartitionState) -> str:
+        """The commit metadata of `state`: its finished offsets above the committable one, or ""."""
+        limit = self.config.offset_metadata_max_bytes
+        flags = state.tracker.done_flags() if limit else None
+        if flags is None:
+            return ""
+        text = encode_offset_map(flags[0], flags[1], limit)
+        if text is None:
+            self.metrics.offset_map_overflows.inc()
+            return ""
+        return text
+
     def _on_commit_error(self, err: KafkaError, partitions: list[TopicPartition]) -> None:
         log.warning("asynchronous commit failed, will commit again: %s", err)
         for tp in partitions:
             state = self._states.get((tp.topic, tp.partition))
-            if state is not None and state.tracker.committed == tp.offset:
-                state.tracker.committed = None
+            if state is not None:
+                state.tracker.commit_failed(tp.offset)
 
     def _update_gauges(self, now: float) -> None:
         self._next_gauges = now + GAUGE_INTERVAL_SECONDS
@@ -973,6 +1039,8 @@ class Worker:
             tier = self._retry_tiers.get(tp.topic, 0)
             self._states[(tp.topic, tp.partition)] = PartitionState(
                 tp.topic, tp.partition, tier, PartitionBreaker(self.config.breaker))
+        if self.config.offset_metadata_max_bytes:
+            self._load_offset_maps(partitions)
         self._consumer.incremental_assign(partitions)
         # librdkafka may keep a partition's pause flag across revoke and re-assignment; a new
         # assignment starts fetching, whatever an earlier one was doing.
@@ -980,6 +1048,32 @@ class Worker:
         self._assigned_once = True
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions],
                                                "assigned": len(self._states)})
+
+    def _load_offset_maps(self, partitions: list[TopicPartition]) -> None:
+        """Read the committed offsets' maps: records an earlier owner finished are skipped when fetched.
+
+        Runs before the partitions are fetched from. A failed read or a map that does not decode
+        means no map: those records run again (at-least-once either way).
+        """
+        assert self._consumer is not None
+        committed = self._consumer.committed(partitions, COMMITTED_READ_TIMEOUT_SECONDS)
+        if committed is None:
+            return
+        loaded: dict[str, int] = {}
+        for tp in committed:
+            state = self._states.get((tp.topic, tp.partition))
+            if state is None or tp.error is not None or tp.offset < 0 or not tp.metadata:
+                continue
+            done_map, problem = read_offset_map(tp.metadata, tp.offset)
+            if problem is not None:
+                self.metrics.offset_map_ignored.inc()
+                log.warning("committed metadata is not an offset map; its records run again: %s", problem,
+                            extra={**state.log_extra(tp.offset)})
+            elif done_map is not None and done_map.starts:
+                state.done_map = done_map
+                loaded[f"{tp.topic}[{tp.partition}]"] = done_map.count
+        if loaded:
+            log.info("offset maps read: records finished by an earlier owner are skipped", extra={"records": loaded})
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
@@ -1005,8 +1099,15 @@ class Worker:
             self._open_breakers.discard(state)
             self._paused.discard(state)
         self._backpressure.forget(states)
-        timeout = self.config.revoke_timeout_seconds if commit and not self._stopping.is_set() else 0.0
+        stopping = self._stopping.is_set()     # _shutdown already waited and counted
+        timeout = self.config.revoke_timeout_seconds if commit and not stopping else 0.0
         deadline = time.monotonic() + timeout
+        for state in states:
+            # The slots finish the record in hand and start no other of these partitions: the wait
+            # below is one handler call, not whole work items, and what never started is no duplicate.
+            state.halted = True
+        in_flight = 0 if stopping else self._in_flight_records(states)
+        self.metrics.revoked_in_flight.inc(in_flight)
 
         def busy() -> bool:
             return any(s.out_segments or s.pending_writes for s in states)
@@ -1019,6 +1120,8 @@ class Worker:
             if busy():
                 self._wake.wait(0.01)
                 self._wake.clear()
+        abandoned = 0 if stopping else self._in_flight_records(states)
+        self.metrics.revoked_abandoned.inc(abandoned)
         if commit:
             self._commit(states, asynchronous=False)
         unfinished = 0
@@ -1029,4 +1132,12 @@ class Worker:
             self.metrics.forget_partition(state.topic, state.partition)
         log.info("partitions revoked", extra={
             "partitions": [f"{s.topic}[{s.partition}]" for s in states], "committed": commit,
-            "unfinished_records": unfinished, "assigned": len(self._states)})
+            "unfinished_records": unfinished, "in_flight_records": in_flight, "abandoned_records": abandoned,
+            "assigned": len(self._states)})
+
+    def _in_flight_records(self, states: list[PartitionState]) -> int:
+        """Records of `states` that may be running now: one per work item out with a segment of them
+        (a slot runs one record at a time), plus unacknowledged dead-letter/retry writes."""
+        wanted = set(states)
+        running = sum(1 for job in self._jobs if any(segment.partition in wanted for segment in job.segments))
+        return running + sum(state.pending_writes for state in states)

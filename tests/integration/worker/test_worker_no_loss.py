@@ -1,8 +1,13 @@
 """No loss, bounded duplicates: the CLI worker killed with SIGKILL mid-run, and two workers with
-rebalances in the middle. Every produced id ends up processed or dead-lettered."""
+rebalances in the middle. Every produced id ends up processed or dead-lettered.
+
+Duplicates are bounded by what was unfinished, not by timing: a commit carries the offset map of
+the records finished above the committed offset, and the next owner skips those. What may run
+twice is only what the last commit did not cover (in flight, or finished after it)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import textwrap
 from collections import Counter
@@ -10,16 +15,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from worker_testkit import CliWorker, Topics, cli_env, metric, produce, read_topic
 
 from lagpilot_contract import naming
+from lagpilot_worker.offset_map import DoneOffsets, decode
 from support import wait_for
 
 pytestmark = pytest.mark.integration
 
 WINDOW = 200          # --max-uncommitted: the most records a crash may hand out again
 HANDLER = textwrap.dedent('''
-    """Test handler: slow at random; ids divisible by 97 fail for good; processed ids go to a file."""
+    """Test handler: slow at random; ids divisible by 97 fail for good; processed ids go to a file.
+
+    Started ids go to TEST_STARTED_FILE (if set) before the handler's work: what was in flight at a kill.
+    Ids divisible by TEST_SLOW_EVERY (if set) take TEST_SLOW_SECONDS: later records overtake them.
+    """
     import os
     import random
     import threading
@@ -32,11 +43,17 @@ HANDLER = textwrap.dedent('''
     _name = os.environ.get("TEST_WORKER_NAME", "w")
     _rng = random.Random()
     _max_sleep = float(os.environ.get("TEST_MAX_SLEEP", "0.01"))
+    _started = open(os.environ["TEST_STARTED_FILE"], "a", buffering=1) if os.environ.get("TEST_STARTED_FILE") else None
+    _slow_every = int(os.environ.get("TEST_SLOW_EVERY", "0"))
+    _slow_seconds = float(os.environ.get("TEST_SLOW_SECONDS", "0"))
 
 
     def handle(record):
-        time.sleep(_rng.uniform(0, _max_sleep))
         ident = record.value.decode()
+        if _started is not None:
+            with _lock:
+                _started.write(f"{ident} {_name}\\n")
+        time.sleep(_slow_seconds if _slow_every and int(ident) % _slow_every == 0 else _rng.uniform(0, _max_sleep))
         if int(ident) % 97 == 0:
             raise PermanentError(f"id {ident} cannot be processed")
         with _lock:
@@ -69,12 +86,12 @@ def processed_lines(path: Path) -> list[tuple[str, str]]:
 
 
 def worker(workdir: Path, kafka_bootstrap: str, group: str, topic: str, name: str, processed: Path,
-           pool: int = 8) -> CliWorker:
+           pool: int = 8, window: int = WINDOW, **extra_env: str) -> CliWorker:
     env = cli_env(workdir)
-    env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01")
+    env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01", **extra_env)
     env["LAGPILOT_DEAD_LETTER"] = "true"  # rejected ids must land in the DLQ (the worker's default is off)
     args = ["--handler", "losshandlers:handle", "--bootstrap-servers", kafka_bootstrap, "--group", group,
-            "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(WINDOW), "--commit-interval", "0.5",
+            "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(window), "--commit-interval", "0.5",
             "--http-host", "127.0.0.1", "--http-port", "0", "--worker-id", name, "--shutdown-timeout", "20"]
     return CliWorker(args, env, workdir, workdir / f"{name}.log")
 
@@ -93,33 +110,136 @@ def assert_nothing_lost(kafka_bootstrap: str, dlq: str, processed: Path, ids: se
     return done + dead
 
 
+def committed_maps(bootstrap: str, group: str, topic: str,
+                   partitions: int) -> dict[int, tuple[int, DoneOffsets | None]]:
+    """The group's committed offsets and their offset maps, decoded by the product's decoder."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=15)
+    finally:
+        consumer.close()
+    result: dict[int, tuple[int, DoneOffsets | None]] = {}
+    for tp in found:
+        assert tp.error is None, tp.error
+        offset = tp.offset if tp.offset >= 0 else 0
+        result[tp.partition] = (offset, decode(tp.metadata, offset) if tp.offset >= 0 else None)
+    return result
+
+
+def positions(kafka_bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
+    """Each produced id's (partition, offset)."""
+    return {(r.value or b"").decode(): (r.partition, r.offset) for r in read_topic(kafka_bootstrap, topic)}
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Callable[..., str],
                                        unique_name: Callable[[str], str], topics: Topics, workdir: Path) -> None:
+    """After a SIGKILL only records the last commit did not cover run again: every duplicate was at or
+    above its partition's committed offset and not in the commit's offset map, and the next owner
+    skipped exactly the records the map marked done."""
     topic = create_topic("noloss", partitions=4)
     group = unique_name("g")
     dlq = topics.create(naming.dead_letter_topic(group), partitions=4)
     ids = {str(i) for i in range(4000)}
     produce(kafka_bootstrap, topic, [(f"k{int(i) % 300}".encode(), i.encode()) for i in sorted(ids, key=int)])
+    where = positions(kafka_bootstrap, topic)
+    assert set(where) == ids
     processed = workdir / "processed.txt"
-    first = worker(workdir, kafka_bootstrap, group, topic, "first", processed).start()
+    started = workdir / "started.txt"
+    # Every 50th id takes 300 ms: the records after it finish first, so each commit of a busy partition
+    # carries an offset map (without slow records a commit may land just when nothing is above the offset).
+    first = worker(workdir, kafka_bootstrap, group, topic, "first", processed, TEST_STARTED_FILE=str(started),
+                   TEST_SLOW_EVERY="50", TEST_SLOW_SECONDS="0.3").start()
     try:
         wait_for(lambda: len(processed_lines(processed)) >= 1200, 120, "a third of the ids processed")
         first.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         first.process.wait(30)  # type: ignore[union-attr]
         at_kill = len(processed_lines(processed))
         assert at_kill < len(ids), "the worker finished before it could be killed"
+        # The first worker's last successful commit, before anyone else commits.
+        commit = committed_maps(kafka_bootstrap, group, topic, 4)
         second = worker(workdir, kafka_bootstrap, group, topic, "second", processed).start()
         try:
+            port = second.http_port()
             seen = assert_nothing_lost(kafka_bootstrap, dlq, processed, ids)
+            skipped = metric(port, "lagpilot_worker_offset_map_skipped_records_total")
             assert second.terminate() == 0
         finally:
             second.stop_if_running()
     finally:
         first.stop_if_running()
+
+    def covered(ident: str) -> bool:
+        partition, offset = where[ident]
+        committed, done_map = commit[partition]
+        return offset < committed or (done_map is not None and offset in done_map)
+
+    started_by_first = {ident for ident, name in processed_lines(started) if name == "first"}
+    duplicated = {ident for ident, count in seen.items() if count > 1}
     duplicates = sum(seen.values()) - len(seen)
-    print(f"duplicates after SIGKILL: {duplicates} (window {WINDOW})")
-    assert duplicates <= WINDOW, f"{duplicates} duplicates exceed the in-flight window of {WINDOW}"
+    in_map = sum(m.count for _, m in commit.values() if m is not None)
+    below = sum(offset for offset, _ in commit.values())
+    uncovered = {ident for ident in started_by_first if not covered(ident)}
+    print("SIGKILL " + json.dumps({
+        "duplicates": duplicates, "started_by_first": len(started_by_first), "covered_by_offset": below,
+        "covered_by_map": in_map, "uncovered_started_by_first": len(uncovered), "skipped_by_second": skipped,
+        "committed": {p: o for p, (o, _) in sorted(commit.items())}}))
+    assert not {i for i in duplicated if covered(i)}, "a record the last commit covered ran again"
+    assert duplicated <= started_by_first, "a record ran twice that the first worker never started"
+    assert duplicates <= len(uncovered), "more duplicates than records the last commit left uncovered"
+    # Key order lets later records overtake slow ones: the last commit carried finished records above
+    # its offsets, and the second worker skipped exactly those.
+    assert in_map > 0, "the last commit carried no offset map"
+    assert skipped == in_map
+
+
+@pytest.mark.slow
+def test_new_owner_skips_what_the_old_owner_finished(kafka_bootstrap: str, create_topic: Callable[..., str],
+                                                     unique_name: Callable[[str], str], topics: Topics,
+                                                     workdir: Path) -> None:
+    """A second worker joins mid-run (cooperative rebalance, no fault): the revoked partitions' records
+    that worker a finished above the committed offset are skipped by b, not run again."""
+    topic = create_topic("handover", partitions=4)
+    group = unique_name("g")
+    dlq = topics.create(naming.dead_letter_topic(group), partitions=4)
+    ids = {str(i) for i in range(6000)}
+    produce(kafka_bootstrap, topic, [(f"k{int(i) % 300}".encode(), i.encode()) for i in sorted(ids, key=int)])
+    where = positions(kafka_bootstrap, topic)
+    processed = workdir / "processed.txt"
+    # Every 25th id takes 200 ms: the records after it finish first, so a revoked partition nearly
+    # always has finished records above its lowest unfinished one.
+    # A window of 4000 lets a fetch from every partition at once (with 200, one partition's batch fills
+    # it and the partitions b takes may not have been started by a at all).
+    slow = {"TEST_SLOW_EVERY": "25", "TEST_SLOW_SECONDS": "0.2"}
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2, window=4000, **slow).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2, window=4000, **slow)
+    try:
+        port_a = a.http_port()
+        # b joins once a has worked on every partition (it takes them roughly one after another): the
+        # partitions that move then hold records a finished above their lowest unfinished one.
+        wait_for(lambda: len({where[i][0] for i, _ in processed_lines(processed)}) == 4, 120,
+                 "worker a processing every partition")
+        b.start()
+        port_b = b.http_port()
+        wait_for(lambda: (metric(port_b, "lagpilot_worker_assigned_partitions") or 0) >= 1, 60, "b assigned")
+        seen = assert_nothing_lost(kafka_bootstrap, dlq, processed, ids)
+        assert (metric(port_a, "lagpilot_worker_assigned_partitions") or 0) >= 1, "a kept no partition"
+        skipped = metric(port_b, "lagpilot_worker_offset_map_skipped_records_total") or 0
+        in_flight = metric(port_a, "lagpilot_worker_revoked_in_flight_records_total") or 0
+        abandoned = metric(port_a, "lagpilot_worker_revoked_abandoned_records_total") or 0
+        assert a.terminate() == 0
+        assert b.terminate() == 0
+    finally:
+        a.stop_if_running()
+        b.stop_if_running()
+    by_worker = Counter(name for _, name in processed_lines(processed))
+    duplicates = sum(seen.values()) - len(seen)
+    print("HANDOVER " + json.dumps({"duplicates": duplicates, "skipped_by_b": skipped, "in_flight_at_revoke": in_flight,
+                                    "abandoned_at_revoke": abandoned, "per_worker": dict(by_worker)}))
+    assert by_worker["a"] > 0 and by_worker["b"] > 0
+    assert skipped > 0, "b ran every record a had finished above the committed offset"
+    # Only records still running when a's revoke bound ran out may run again (none, normally).
+    assert duplicates <= abandoned <= in_flight
 
 
 @pytest.mark.slow

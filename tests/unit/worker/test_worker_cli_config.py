@@ -32,7 +32,7 @@ def test_flags(handler_module: str, tmp_path: Path) -> None:
          "--dead-letter-write-attempts", "2",
          "--classifier", f"{handler_module}:classify",
          "--kafka-config", "security.protocol=SASL_SSL", "--kafka-config-file", f"sasl.password={secret}",
-         "--http-port", "-1", "--log-level", "debug"], env={})
+         "--http-port", "-1", "--log-level", "debug", "--offset-metadata-max-bytes", "1024"], env={})
     assert isinstance(config, WorkerConfig)
     assert config.topics == ["a", "b", "c"] and config.group_id == "orders"
     assert config.ordering is OrderingMode.PARTITION and config.pool_size == 12
@@ -42,6 +42,7 @@ def test_flags(handler_module: str, tmp_path: Path) -> None:
     assert config.breaker.max_consecutive == 7 and config.breaker.cooldown_seconds == 0
     assert config.write_retry.attempts_before_pause == 2
     assert config.http_port is None and level == "debug"
+    assert config.offset_metadata_max_bytes == 1024
     assert config.value_deserializer is not None and config.value_deserializer(b'{"a": 1}') == {"a": 1}
     assert config.classifier is not None and handler.__name__ == "handle"
     assert isinstance(source, FixedPoolSize) and source.size == 12
@@ -65,6 +66,8 @@ def test_env_only(handler_module: str) -> None:
     assert config.topics == ["t1", "t2"] and config.pool_size == 3 and config.group_id == "g"
     assert config.dlq_topic == "g.dlq" and config.retry_topics == ["g.retry.1", "g.retry.2"]
     assert not config.breaker.enabled and config.write_retry.attempts_before_pause == 9
+    assert config.offset_metadata_max_bytes == 4096       # the broker's default offset.metadata.max.bytes
+    assert build([], env={**env, "LAGPILOT_OFFSET_METADATA_MAX_BYTES": "0"})[0].offset_metadata_max_bytes == 0
     assert isinstance(source, ConfigMapPoolSize)
     assert (source.name, source.namespace) == ("orders-lagpilot-pool", "shop")
     assert config.kafka_config == {"sasl.username": "svc", "security.protocol": "SASL_PLAINTEXT"}

@@ -15,7 +15,9 @@ DESIGN_NAMES = [
     "lagpilot_worker_messages_dead_lettered_total", "lagpilot_worker_in_flight", "lagpilot_worker_pool_size",
     "lagpilot_worker_partition_lag", "lagpilot_worker_processing_duration_seconds_bucket",
     "lagpilot_worker_end_to_end_latency_seconds_bucket", "lagpilot_worker_rebalances_total",
-    "lagpilot_worker_breaker_open",
+    "lagpilot_worker_breaker_open", "lagpilot_worker_offset_map_skipped_records_total",
+    "lagpilot_worker_offset_map_overflow_total", "lagpilot_worker_offset_map_ignored_total",
+    "lagpilot_worker_revoked_in_flight_records_total", "lagpilot_worker_revoked_abandoned_records_total",
 ]
 
 

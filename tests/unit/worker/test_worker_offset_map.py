@@ -1,0 +1,155 @@
+"""The commit's offset map: records finished above the committed offset survive a commit and a read back."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lagpilot_worker import offset_map
+from lagpilot_worker.offset_map import BITSET, RUNS_U16, RUNS_VARINT, OffsetMapError, decode, encode, read
+from lagpilot_worker.offsets import PartitionOffsets
+
+
+def flags_of(base: int, done: set[int], high: int) -> bytes:
+    return bytes(1 if base + i in done else 0 for i in range(high - base + 1))
+
+
+def decoded_set(text: str, base: int) -> set[int]:
+    done_map = decode(text, base)
+    assert done_map is not None
+    return {o for s, e in zip(done_map.starts, done_map.ends, strict=True) for o in range(s, e)}
+
+
+@pytest.mark.parametrize(("base", "done"), [
+    (0, {1}),
+    (5, {7, 8, 9, 12}),
+    (1_000_000_007, {1_000_000_008, 1_000_000_100}),
+    (3, set(range(4, 3000))),                         # one long run: run-length wins
+    (3, {o for o in range(4, 3000) if o % 2}),        # alternating: bitset wins
+])
+def test_round_trip(base: int, done: set[int]) -> None:
+    text = encode(base, flags_of(base, done, max(done)))
+    assert text is not None
+    assert decoded_set(text, base) == done
+    done_map = decode(text, base)
+    assert done_map is not None and done_map.high == max(done) and done_map.count == len(done)
+    assert base not in done_map and max(done) + 1 not in done_map
+
+
+def test_smallest_encoding_is_kept() -> None:
+    alternating = flags_of(0, {o for o in range(1, 2000) if o % 2}, 1999)
+    assert base64.b64decode(encode(0, alternating) or "")[0] == BITSET
+    one_run = flags_of(0, set(range(1, 2000)), 1999)
+    assert base64.b64decode(encode(0, one_run) or "")[0] == RUNS_VARINT
+    # Runs of 16384..65535 take three varint bytes but two fixed ones.
+    wide = flags_of(0, set(range(20_000, 40_000)) | set(range(60_000, 80_000)), 79_999)
+    assert base64.b64decode(encode(0, wide) or "")[0] == RUNS_U16
+
+
+def test_size_limit_is_respected_and_overflow_is_none() -> None:
+    rng = random.Random(7)
+    done = {o for o in range(1, 60_000) if rng.random() < 0.5} | {60_000}
+    flags = flags_of(0, done, 60_000)
+    assert encode(0, flags, 4096) is None, "a 60k-offset random map cannot fit 4096 bytes"
+    for limit in (16, 64, 100, 1000, 4096):
+        small = flags_of(0, {o for o in range(1, limit * 2) if rng.random() < 0.5} | {limit * 2}, limit * 2)
+        text = encode(0, small, limit)
+        if text is not None:
+            assert len(text.encode()) <= limit
+    assert encode(0, b"\x00\x01", 0) is None
+    assert encode(0, b"\x00\x01", 8) is not None and len(encode(0, b"\x00\x01", 8) or "") <= 8
+
+
+def test_empty_and_invalid_flags() -> None:
+    assert encode(4, b"") == ""
+    with pytest.raises(ValueError, match="start unfinished"):
+        encode(4, b"\x01\x01")
+    with pytest.raises(ValueError, match="negative"):
+        encode(-1, b"\x00\x01")
+
+
+@pytest.mark.parametrize("metadata", [
+    "not base64!", "AAAA", "////", base64.b64encode(b"\x09\x00\x01\x01").decode(),   # unknown tag
+    base64.b64encode(bytes([BITSET, 0, 10, 0xFF])).decode(),                          # bits beyond length
+    base64.b64encode(bytes([BITSET, 0, 9, 0x02])).decode(),                           # length mismatch
+    base64.b64encode(bytes([BITSET, 0, 2, 0x01])).decode(),                           # starts done
+    base64.b64encode(bytes([RUNS_VARINT, 0, 1])).decode(),                            # odd run count
+    base64.b64encode(bytes([RUNS_VARINT, 0, 1, 0])).decode(),                         # empty run
+    base64.b64encode(bytes([RUNS_VARINT, 0, 0x80])).decode(),                         # truncated varint
+    base64.b64encode(bytes([RUNS_U16, 0, 1, 0, 1])).decode(),                         # truncated u16
+    base64.b64encode(bytes([RUNS_VARINT]) + b"\xff" * 12).decode(),                   # varint too long
+    "é",
+])
+def test_malformed_metadata_means_no_map(metadata: str) -> None:
+    with pytest.raises(OffsetMapError):
+        decode(metadata, 0)
+    assert read(metadata, 0)[0] is None and read(metadata, 0)[1]
+
+
+def test_map_is_tied_to_its_committed_offset() -> None:
+    text = encode(10, flags_of(10, {12}, 12))
+    assert decode(text, 10) is not None
+    # The offset was moved (a reset tool that kept the metadata): no map, nothing skipped.
+    assert read(text, 11) == (None, "map is for offset 10, the committed offset is 11")
+    assert read("", 10) == (None, None) and read(None, 10) == (None, None) and read(text, None) == (None, None)
+
+
+def test_a_huge_claimed_span_costs_memory_by_runs_not_by_span() -> None:
+    text = base64.b64encode(bytes([offset_map.RUNS_U32, 0]) + (1).to_bytes(4, "little")
+                            + (2**32 - 1).to_bytes(4, "little")).decode()
+    done_map = decode(text, 0)
+    assert done_map is not None and done_map.count == 2**32 - 1 and 2**31 in done_map and 0 not in done_map
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=300), st.data())
+def test_tracker_map_round_trip_over_random_completion_orders(gaps: list[int], data: st.DataObject) -> None:
+    """Whatever order records finish in (with gaps in the offsets), the decoded map is exactly the set
+    of finished offsets above the committable one."""
+    offsets: list[int] = []
+    position = data.draw(st.integers(0, 10**12))
+    for gap in gaps:
+        position += 1 + (gap if gap > 25 else 0)
+        offsets.append(position)
+    tracker = PartitionOffsets()
+    tracker.add_many(offsets)
+    order = data.draw(st.permutations(offsets))
+    finished = order[:data.draw(st.integers(0, len(order)))]
+    for chunk_start in range(0, len(finished), 7):
+        tracker.done_many(finished[chunk_start:chunk_start + 7])
+    committable = tracker.committable()
+    assert committable is not None
+    expected = {o for o in finished if o > committable}
+    flags = tracker.done_flags()
+    if not expected:
+        assert flags is None
+        return
+    assert flags is not None and flags[0] == committable
+    text = encode(flags[0], flags[1], 4096)
+    assert text is not None and len(text) <= 4096
+    done_map = decode(text, committable)
+    assert done_map is not None
+    # Every offset the worker saw is marked exactly as it finished; offsets it never saw (gaps)
+    # may be marked done, nothing asks for them.
+    assert {o for o in offsets if o in done_map} == expected
+    assert done_map.high == max(expected)
+
+
+def test_tracker_needs_commit_when_the_map_grows() -> None:
+    tracker = PartitionOffsets()
+    tracker.add_many([0, 1, 2, 3])
+    tracker.done_many([2])
+    assert tracker.needs_commit() and tracker.committable() == 0
+    tracker.mark_committed(0)
+    assert not tracker.needs_commit()
+    tracker.done_many([3])           # the committed offset did not move, the map did
+    assert tracker.needs_commit() and tracker.done_flags() == (0, b"\x00\x00\x01\x01")
+    assert not tracker.needs_commit(map_changes=False)
+    tracker.mark_committed(0)
+    assert not tracker.needs_commit()
+    tracker.commit_failed(0)
+    assert tracker.needs_commit() and tracker.committed is None
