@@ -901,6 +901,14 @@ class _Decider:
             return self.current_r, self.current_pool
         return replicas, pool
 
+    def _even_capacity(self) -> int:
+        """Slots the current shape gives load spread evenly over partitions: `_pool_for` inverted."""
+        partitions, replicas = self.partitions, self.current_r
+        if partitions <= 0 or replicas <= 0:
+            return self.current_capacity
+        busiest = math.ceil(partitions / min(replicas, partitions))
+        return min(self.current_capacity, self.current_pool * partitions // busiest)
+
     def _pool_for(self, slots: int, replicas: int) -> int:
         """Pool that gives the busiest pod its partitions' share of `slots`.
 
@@ -952,11 +960,15 @@ class _Decider:
         else:
             # Waking has activation semantics: no stabilization or step limit from zero.
             target = recommendation if waking else self._limit_steps(self._stabilize(recommendation))
-            shrink = self.current_capacity - target
-            if not waking and 0 < shrink < max(1.0, tolerance * self.current_capacity):
+            # Measured against what the current shape gives evenly spread load: a pool sized for the
+            # busiest pod's partitions counts more slots than that, and every poll would trim one.
+            shrink = self._even_capacity() - target
+            band = max(1.0, tolerance * self.current_capacity)
+            if not waking and target < self.current_capacity and 0 < shrink < band:
                 # The window's maximum decays one expired recommendation at a time; without this band
                 # every small decay would be its own pool change.
-                self.notes.append(f"shrink of {shrink} slots within {config.tolerance_percent}% tolerance")
+                self.notes.append(f"shrink of {self.current_capacity - target} slots within "
+                                  f"{config.tolerance_percent}% tolerance")
                 target = self.current_capacity
             forced = waking
             replicas, pool = self._shape_for(max(target, 1), forced=forced)

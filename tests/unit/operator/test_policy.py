@@ -101,6 +101,15 @@ def test_slots_to_replicas_and_pool(slots: int, current: tuple[int, int], partit
     assert (decision.replicas, decision.pool) == expected
 
 
+def test_a_pool_sized_for_the_busiest_pod_is_not_trimmed_every_poll() -> None:
+    # 5 x 63 on 9 partitions: the busiest pods carry 2, so the shape gives 63 x 9 / 2 = 283 slots of
+    # evenly spread load, not 315. 277 slots is within the 10 % band of that: no pool change.
+    config = threshold_config()
+    decision = decide(config, observe(spread(277, 9), 5, 63), WARM, NOW)
+    assert (decision.replicas, decision.pool) == (5, 63) and "within 10% tolerance" in decision.reason
+    assert (lambda d: (d.replicas, d.pool))(decide(config, observe(spread(225, 9), 5, 63), WARM, NOW)) == (5, 50)
+
+
 def test_allow_idle_consumers_lifts_the_partition_cap() -> None:
     config = threshold_config(lag_threshold=LagThresholdConfig(lag_per_consumer=1, allow_idle_consumers=True))
     decision = decide(config, observe(spread(5000, 3), 1, 8), WARM, NOW)

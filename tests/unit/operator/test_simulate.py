@@ -170,6 +170,7 @@ def test_parse_trace() -> None:
 @example(rate=30.0, cost=0.26953125, partitions=1)
 @example(rate=1991.0, cost=0.15625, partitions=10)
 @example(rate=1595.821473870834, cost=0.1272226297937284, partitions=6)
+@example(rate=599.0, cost=0.296875, partitions=9)
 def test_drain_time_does_not_flap_under_steady_load(rate: float, cost: float, partitions: int) -> None:
     trace = Trace("steady", (Segment(1200, rate),))
     result = simulate.compare(trace, WorldModel(partitions=partitions, message_cost_seconds=cost), PolicyConfig(),
