@@ -7,7 +7,9 @@ well run the items itself, through the same `Processor.run_job`.
 
 Running on the poll thread is only safe while items are short, so the gate
 
-* engages only below `enter_seconds_per_record` (smoothed handler cost) and leaves above
+* engages only below `enter_seconds_per_record` (the handler's cost per record, the upper median
+  over the last `cost_items` items: one item inflated by a wait that was not the handler's, for
+  the GIL or a preempted lock holder, must not decide) and leaves above
   `leave_seconds_per_record` (hysteresis: the measurement is noisy);
 * caps the work the poll thread takes per loop iteration (`budget_seconds` of estimated work);
 * leaves at once when an inline item held the poll thread longer than `stall_seconds` (a handler
@@ -32,7 +34,9 @@ handler's doing (the poll loop would have been held just the same without inline
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from statistics import median_high
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class InlinePolicy:
     # Waits per record above which an item's cost is its wall time (the handler waits on I/O, a
     # sleep, a lock), not its CPU time. GIL hand-overs come once per 5 ms switch interval.
     waits_per_record: float = 0.1
+    cost_items: int = 5
     cooldown_seconds: float = 10.0
     max_cooldown_seconds: float = 300.0
 
@@ -61,8 +66,8 @@ class InlinePolicy:
             raise ValueError("need 0 < enter_seconds_per_record <= leave_seconds_per_record")
         if self.budget_seconds <= 0 or self.stall_seconds <= 0:
             raise ValueError("budget_seconds and stall_seconds must be positive")
-        if self.waits_per_record < 0:
-            raise ValueError("waits_per_record must not be negative")
+        if self.waits_per_record < 0 or self.cost_items < 1:
+            raise ValueError("need waits_per_record >= 0 and cost_items >= 1")
         if not 0 <= self.cooldown_seconds <= self.max_cooldown_seconds:
             raise ValueError("need 0 <= cooldown_seconds <= max_cooldown_seconds")
 
@@ -77,6 +82,24 @@ def handler_seconds(policy: InlinePolicy, elapsed: float, *, records: int, cpu_s
     if cpu_seconds is None or waits > records * policy.waits_per_record:
         return elapsed
     return min(elapsed, cpu_seconds)
+
+
+class HandlerCost:
+    """The handler's cost per record for the gate: the upper median over the last few items (pure).
+
+    Starts from `initial` (assume slow until measured); a single item, however slow, moves it
+    only once it is the majority's reading.
+    """
+
+    def __init__(self, policy: InlinePolicy, initial: float) -> None:
+        self._items: deque[float] = deque([initial], maxlen=policy.cost_items)
+
+    def add(self, seconds_per_record: float) -> None:
+        self._items.append(seconds_per_record)
+
+    @property
+    def seconds_per_record(self) -> float:
+        return median_high(self._items)
 
 
 class InlineGate:

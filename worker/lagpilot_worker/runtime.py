@@ -34,7 +34,7 @@ from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dlq import FailurePublisher
 from .health import HealthServer
-from .inline import InlineGate, InlinePolicy, handler_seconds, runs_directly
+from .inline import HandlerCost, InlineGate, InlinePolicy, handler_seconds, runs_directly
 from .metrics import WorkerMetrics
 from .offset_map import DoneOffsets
 from .offset_map import encode as encode_offset_map
@@ -162,10 +162,11 @@ class Worker:
         self._releasable_total = 0
         self._room = config.window(config.pool_size)
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
-        # Smoothed handler cost per record (CPU time unless the handler waits, inline.handler_seconds):
-        # decides inline execution, which wall time on a loaded host would never allow.
-        self._cost_per_record = INITIAL_SECONDS_PER_RECORD
-        self._inline = InlineGate(InlinePolicy(), allowed=not self._is_async)
+        policy = InlinePolicy()
+        self._inline = InlineGate(policy, allowed=not self._is_async)
+        # The handler's cost per record (CPU time unless it waits per record, inline.handler_seconds)
+        # decides inline execution: wall time on a loaded host would never allow it.
+        self._handler_cost = HandlerCost(policy, INITIAL_SECONDS_PER_RECORD)
         self._run_queue: RunQueueClock | None = None   # the poll thread's, opened by it
         self._inline_running = 0          # 1 while the poll thread runs a work item (in-flight gauge)
         # Runs fetched this iteration that may skip the lanes (runs_directly), for _dispatch.
@@ -547,7 +548,7 @@ class Worker:
             return
         gate = self._inline
         was_inline = gate.inline
-        if gate.update(self._cost_per_record, time.monotonic()) != was_inline:
+        if gate.update(self._handler_cost.seconds_per_record, time.monotonic()) != was_inline:
             self._inline_changed()
         if not gate.inline and self._direct:
             self._queue_direct_runs()
@@ -586,7 +587,7 @@ class Worker:
         """
         assert self._processor is not None
         gate = self._inline
-        largest = min(self.config.max_messages_per_item, gate.budget_records(self._cost_per_record))
+        largest = min(self.config.max_messages_per_item, gate.budget_records(self._handler_cost.seconds_per_record))
         items = self._scheduler.take(1, largest, largest)
         segments: list[Segment[PartitionState, Message]] = items[0] if items else []
         rests: list[tuple[PartitionState, list[Message]]] = []
@@ -652,7 +653,7 @@ class Worker:
         inline = self._inline.inline
         self.metrics.inline_execution.set(1 if inline else 0)
         log.info("running work items %s", "on the poll thread (fast handler)" if inline else "in the slots",
-                 extra={"cost_per_record": round(self._cost_per_record, 7),
+                 extra={"handler_seconds_per_record": round(self._handler_cost.seconds_per_record, 7),
                         "seconds_per_record": round(self._seconds_per_record, 7)})
 
     # -- results ----------------------------------------------------------------------------
@@ -669,7 +670,7 @@ class Worker:
                 self._seconds_per_record += 0.2 * (result.elapsed / result.handled - self._seconds_per_record)
                 cost = handler_seconds(self._inline.policy, result.elapsed, records=result.handled,
                                        cpu_seconds=result.cpu_seconds, waits=result.waits)
-                self._cost_per_record += 0.2 * (cost / result.handled - self._cost_per_record)
+                self._handler_cost.add(cost / result.handled)
             failed += result.failed_attempts
             retried += result.retries_in_place
             for segment, (handled, failures) in zip(result.job.segments, result.segments, strict=True):

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 
 
 def thread_usage() -> tuple[float | None, int]:
-    """The calling thread's CPU seconds and voluntary context switches (None, 0 where unknown)."""
+    """The calling thread's CPU seconds and voluntary context switches (None, 0 where unknown).
+
+    CPU time from the thread's CPU clock: getrusage's is sampled at clock ticks and read 0 for a
+    0.2 ms item and 0.9 ms for a 0.13 ms one.
+    """
     if _RUSAGE_THREAD is None:
         return None, 0
-    usage = resource.getrusage(_RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
+    return time.thread_time(), resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
 class RunQueueClock:
