@@ -18,8 +18,8 @@ Running on the poll thread is only safe while items are short, so the gate
   the last cool-down has been over for `max_cooldown_seconds`.
 
 The handler's cost of an item (`handler_seconds`) is its thread's CPU time, unless the thread
-waited (voluntary context switches: I/O, sleep, a contended lock) on more than one record in
-`waits_per_record` records: then it is the wall time, because slots would overlap those waits.
+waited (voluntary context switches: I/O, sleep, a contended lock) more than `waits_per_record`
+times per record (one in ten): then it is the wall time, because slots would overlap those waits.
 Wall time alone misjudges a loaded host: on 2 busy cores a thread runs a fraction of the time,
 and a no-op handler that costs 1-2 µs of CPU read 10-100 µs per record of wall time in the slots,
 so the gate never engaged. Waiting for the GIL is a voluntary switch too, but a thread waits for
@@ -30,6 +30,9 @@ could have run (run-queue time, from schedstat) and, if the thread waited on not
 at most its CPU time: on a busy host the OS may preempt the poll thread for tens of milliseconds
 in the middle of a 1 ms item, also right after a short wait for the GIL, and that is not the
 handler's doing (the poll loop would have been held just the same without inline execution).
+A wait for the GIL held by another thread that the OS preempted is not the handler's doing
+either, but nothing tells it apart from a blocking call: on a heavily loaded host it costs a
+cool-down on the slots.
 """
 
 from __future__ import annotations
