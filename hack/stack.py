@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -84,7 +85,7 @@ PORTS = {
     "etcd-peer": port("ETCD_PEER", 12380),
     "apiserver": port("APISERVER", 16443),
     "prometheus": port("PROMETHEUS", 19090),
-    # The real node (LAGPILOT_NODE=1 / `up --node`): Kafka's listener for Pods on the bridge address,
+    # The real node (on unless LAGPILOT_NODE=0): Kafka's listener for Pods on the bridge address,
     # the kubelet's API on the bridge address, and health/metrics ports on 127.0.0.1.
     "kafka-pods": port("KAFKA_PODS", 19097),
     "kubelet": port("KUBELET", 19250),
@@ -784,7 +785,7 @@ SERVICES = [
 
 
 # --------------------------------------------------------------------------------------------- the real node
-# Optional while it is being built (LAGPILOT_NODE=1 or `stack.py up --node`): containerd + runc + CNI +
+# Part of the stack unless LAGPILOT_NODE=0 (or `stack.py up --no-node`): containerd + runc + CNI +
 # a kubelet and kube-proxy built from the same Kubernetes module, so Pods run in containers from the
 # project's own images. The network stays on this machine: a bridge with an address of its own, no
 # gateway, no masquerade, ip_forward left at 0; Pods get one route (the Service range, via the bridge
@@ -820,7 +821,8 @@ IPTABLES = ("iptables", "ip6tables")
 
 
 def node_enabled() -> bool:
-    return os.environ.get("LAGPILOT_NODE", "") == "1"
+    """The real node is part of the stack unless LAGPILOT_NODE=0 (a control plane without nodes)."""
+    return os.environ.get("LAGPILOT_NODE", "1") != "0"
 
 
 def node_dir() -> Path:
@@ -1544,12 +1546,29 @@ def buildah_session() -> Iterator[None]:
                 shutil.rmtree(blob_cache_root, ignore_errors=True)
 
 
+# The images build in the background while the Go binaries compile and the control plane starts:
+# a cold build is mostly downloads and unpacking (debootstrap, pip), the Go builds are CPU.
+_image_build: concurrent.futures.Future[list[str]] | None = None
+
+
+def start_image_build() -> None:
+    global _image_build
+    if _image_build is None:
+        _image_build = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="images").submit(node_images)
+
+
+def built_node_images() -> list[str]:
+    if _image_build is not None:
+        return _image_build.result()  # re-raises a failed build here, in the main thread
+    return node_images()
+
+
 def import_node_images() -> None:
     ctr = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io"]
     present = set(sh(*ctr, "images", "list", "-q").stdout.split())
     archives = CACHE / "images" / "archives"
     archives.mkdir(parents=True, exist_ok=True)
-    for name in node_images():
+    for name in built_node_images():
         if name in present:
             continue
         archive = archives / image_archive_name(name)
@@ -1578,7 +1597,8 @@ def node_images_table() -> dict[str, str]:
 
 def up_node() -> None:
     if os.geteuid() != 0:
-        raise StackError("the real node (LAGPILOT_NODE=1) needs root: it runs containerd and a kubelet")
+        raise StackError("the real node needs root (it runs containerd and a kubelet); "
+                         "LAGPILOT_NODE=0 starts the control plane without it")
     assert_no_forwarding()
     install_node_packages()
     install_node_binaries()
@@ -1614,8 +1634,8 @@ def env_lines() -> list[str]:
         f"export LAGPILOT_STACK_DIR={STATE}",
         f"export LAGPILOT_BIN_DIR={BIN}",
         f"export PATH={BIN}:$PATH",
+        f"export LAGPILOT_NODE={1 if node_enabled() else 0}",  # a later `stack.py up` in this shell keeps the mode
     ] + ([
-        "export LAGPILOT_NODE=1",  # a later `stack.py up` in this shell keeps the node
         f"export LAGPILOT_NODE_IP={NODE_IP}",
         f"export KAFKA_PODS_BOOTSTRAP_SERVERS={NODE_IP}:{PORTS['kafka-pods']}",
         f"export LAGPILOT_NODE_IMAGES={node_images_file()}",
@@ -1641,6 +1661,12 @@ def up() -> None:
 
 
 def _up() -> None:
+    if node_enabled():
+        if os.geteuid() != 0:
+            raise StackError("the real node needs root (it runs containerd and a kubelet); "
+                             "LAGPILOT_NODE=0 starts the control plane without it")
+        install_node_packages()  # buildah and debootstrap, for the image build that starts now
+        start_image_build()
     install()
     mode_file = STATE / "node-mode"
     mode = "node" if node_enabled() else "control-plane"
@@ -1699,11 +1725,12 @@ def status() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images"])
-    parser.add_argument("--node", action="store_true",
-                        help="also run the real node (containerd, kubelet, kube-proxy); same as LAGPILOT_NODE=1")
+    parser.add_argument("--no-node", action="store_true",
+                        help="the control plane without the real node (no containerd, kubelet, kube-proxy; "
+                             "Pods stay Pending); same as LAGPILOT_NODE=0")
     args = parser.parse_args(argv)
-    if args.node:
-        os.environ["LAGPILOT_NODE"] = "1"
+    if args.no_node:
+        os.environ["LAGPILOT_NODE"] = "0"
     try:
         if args.command == "install":
             install()
@@ -1714,7 +1741,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             return status()
         elif args.command == "images":
-            print(json.dumps(dict(zip(["pause", "worker", "operator"], node_images(), strict=True)), indent=2))
+            node_images()
+            print(json.dumps(node_images_table(), indent=2))
         else:
             print("\n".join(env_lines()))
     except StackError as exc:
