@@ -1503,8 +1503,10 @@ def prune_images(repository: str, keep: str, keep_newest: int = 4) -> None:
     The newest few stay: clones and worktrees of one machine share this cache, each with its own code,
     and pruning each other's builds would make every `up` rebuild.
     """
-    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}}\t{{.CreatedAtRaw}}", repository)).stdout
-    builds = sorted((line.split("\t") for line in listing.splitlines() if "\t" in line),
+    # (`buildah images REPOSITORY` answers "image not known" without a tag: list all, keep this one's.)
+    # buildah aligns the columns with spaces whatever the format says: split at the first blank.
+    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}} {{.CreatedAtRaw}}")).stdout
+    builds = sorted((line.split(None, 1) for line in listing.splitlines() if line.startswith(repository + ":")),
                     key=lambda row: row[1], reverse=True)
     kept = {keep} | {name for name, _ in builds[:keep_newest]}
     for name, _ in builds:
