@@ -829,6 +829,14 @@ def node_dir() -> Path:
     return STATE / "node"
 
 
+def containerd_root() -> Path:
+    """containerd's content and snapshots, kept in the cache across `down`/`up`: importing the images
+    again after every `down` cost about a minute. Its runtime state (tasks, the shims' folders) stays
+    under the stack folder, and the containers a killed stack left in its metadata are deleted at the
+    next start (clear_stale_containers)."""
+    return CACHE / "containerd" / "root"
+
+
 def containerd_socket() -> Path:
     return node_dir() / "containerd" / "containerd.sock"
 
@@ -1072,7 +1080,7 @@ def clear_node() -> None:
         sh("ip", "netns", "delete", name)
         with contextlib.suppress(OSError):
             Path("/var/run/netns", name).unlink()
-    unmount_under(node_dir())
+    unmount_under(node_dir(), containerd_root())  # the CRI's sandbox /dev/shm mounts live in its root
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         sh("ip", "link", "delete", BRIDGE, check=True)
     remove_iptables_rules()
@@ -1081,6 +1089,20 @@ def clear_node() -> None:
         shutil.rmtree(node_dir() / sub, ignore_errors=True)
     shutil.rmtree(node_dir() / "images", ignore_errors=True)
     log(f"node cleared in {time.monotonic() - started:.1f}s")
+
+
+def clear_stale_containers() -> bool:
+    """Delete the containers a killed stack left in containerd's metadata (its root outlives the stack).
+
+    Called right after containerd starts, before the kubelet: every container there is such a leftover
+    (their tasks died with the shims). True when there were any.
+    """
+    ctr = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io"]
+    if not sh(*ctr, "containers", "list", "-q").stdout.split():
+        return False
+    log("deleting the containers a killed stack left in containerd's metadata")
+    stop_pod_tasks()
+    return True
 
 
 def stop_pod_tasks() -> None:
@@ -1152,7 +1174,7 @@ def containerd_cmd() -> list[str]:
     base.mkdir(parents=True, exist_ok=True)
     (base / "config.toml").write_text("\n".join([
         "version = 2",
-        f'root = "{base / "root"}"',
+        f'root = "{containerd_root()}"',
         f'state = "{base / "state"}"',
         "[grpc]",
         f'  address = "{containerd_socket()}"',
@@ -1280,6 +1302,12 @@ def start_node_services() -> None:
         wait_ready(service)
         assert_no_forwarding()
         log(f"{service.name} ready in {time.monotonic() - started:.1f}s")
+        if service.name == "containerd" and clear_stale_containers():
+            # The CRI plugin loaded those containers into its own store at start: start it again so the
+            # kubelet is not shown sandboxes that no longer exist.
+            stop_process(service.name)
+            start_process(service)
+            wait_ready(service)
 
 
 def import_images_timed() -> None:

@@ -214,7 +214,9 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # 
     assert down.returncode == 0, down.stderr
 
     assert _stack_processes(stack.stack_dir) == []
-    assert _mounts(str(stack.stack_dir), "/var/lib/kubelet", "/run/containerd", "/var/run/netns") == []
+    containerd_root = Path(os.environ.get("LAGPILOT_CACHE_DIR", Path.home() / ".cache" / "lagpilot")) / "containerd"
+    assert _mounts(str(stack.stack_dir), str(containerd_root), "/var/lib/kubelet", "/run/containerd",
+                   "/var/run/netns") == []
     assert not Path(f"/sys/class/net/{BRIDGE}").exists()
     netns = Path("/var/run/netns")
     assert not netns.exists() or [p.name for p in netns.iterdir() if p.name.startswith("cni-")] == []
