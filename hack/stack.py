@@ -1284,6 +1284,49 @@ def kube_proxy_ready() -> bool:
     return SERVICE_IP in nat
 
 
+# No registry is reachable, and none may be contacted: a Pod naming any other image would have the
+# kubelet ask containerd to pull it (a DNS lookup and a connection off this machine). The apiserver
+# refuses such Pods, with a message that says what to do; a Pod that is only there to be counted
+# (Pending, as the operator's tests use them) opts out of the node with a nodeSelector no node has.
+NO_NODE_LABEL = "lagpilot.io/no-node"
+LOCAL_IMAGE_POLICY = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicy",
+    "metadata": {"name": "lagpilot-stack-local-images"},
+    "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}]},
+        "validations": [{
+            "expression": (
+                f"(has(object.spec.nodeSelector) && '{NO_NODE_LABEL}' in object.spec.nodeSelector) || "
+                "(object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : []))"
+                ".all(c, c.image.startsWith('localhost/'))"),
+            "message": ("the local stack's node runs only the images the stack built (localhost/...; see "
+                        "$LAGPILOT_NODE_IMAGES): no registry may be contacted from this machine. A Pod that "
+                        f"must never run sets nodeSelector {NO_NODE_LABEL}: \"true\"."),
+            "reason": "Forbidden",
+        }],
+    },
+}
+LOCAL_IMAGE_POLICY_BINDING = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicyBinding",
+    "metadata": {"name": "lagpilot-stack-local-images"},
+    "spec": {"policyName": "lagpilot-stack-local-images", "validationActions": ["Deny"]},
+}
+
+
+def apply_local_image_policy() -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List",
+                           "items": [LOCAL_IMAGE_POLICY, LOCAL_IMAGE_POLICY_BINDING]})
+    result = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
+                             "--force-conflicts", "--field-manager=lagpilot-stack", "-f", "-"],
+                            input=manifest, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"could not apply the local-images admission policy: {result.stderr.strip()}")
+
+
 def start_node_services() -> None:
     """containerd, the node's images in it, then the kubelet and kube-proxy; sysctls checked on the way.
 
@@ -1724,6 +1767,7 @@ def _up() -> None:
             start_process(service)
             wait_ready(service)
     if node_enabled():
+        apply_local_image_policy()  # before the kubelet runs: no Pod may make it pull from a registry
         start_node_services()
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")

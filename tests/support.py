@@ -194,3 +194,19 @@ def read_all(bootstrap: str, topic: str, isolation: str = "read_committed", time
     finally:
         consumer.close()
     return records
+
+
+# The real node runs only images the stack built, and the apiserver refuses other Pods (hack/stack.py,
+# LOCAL_IMAGE_POLICY) unless they select no node: then they stay Pending, which is all a test that
+# only counts replicas needs, and nothing is ever pulled.
+NO_NODE_SELECTOR = {"lagpilot.io/no-node": "true"}
+
+
+def pending_deployment(name: str, replicas: int, image: str = "registry.invalid/worker:1") -> dict[str, Any]:
+    """A Deployment whose Pods never run (they select no node): a scale target to count replicas of."""
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"nodeSelector": NO_NODE_SELECTOR,
+                                           "containers": [{"name": "worker", "image": image}]}}}}

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from support import pending_deployment
+
 API_VERSION = "lagpilot.io/v1alpha1"
 # Fast loops for tests: a 2 s poll, instant scale-up, a 6 s scale-down window, no DLQ topics created.
 FAST: dict[str, Any] = {
@@ -82,9 +84,8 @@ def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> N
 
 
 def create_deployment(stack: Any, namespace: str, name: str, replicas: int) -> None:
-    # No kubelet in the stack: the pods stay Pending, which is all the replica count needs.
-    stack.kubectl("create", "deployment", name, "-n", namespace, "--image=registry.invalid/worker:1",
-                  f"--replicas={replicas}")
+    # Its Pods select no node: they stay Pending, which is all the replica count needs.
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(pending_deployment(name, replicas)))
 
 
 def replicas_of(stack: Any, namespace: str, name: str) -> int:
