@@ -367,6 +367,20 @@ def wait_ready(service: Service) -> None:
                      f"see {STATE / 'logs' / (service.name + '.log')}")
 
 
+def running_and_ready(service: Service) -> bool:
+    """A running server that does not answer at once may only be slow (a loaded machine, a long GC):
+    it gets its start-up time to answer before `up` replaces it. Replacing a slow apiserver or broker
+    under load would break every client of the stack at once."""
+    if running_pid(service.name) is None:
+        return False
+    try:
+        wait_ready(service)
+    except StackError as exc:
+        log(f"{exc}: replacing it")
+        return False
+    return True
+
+
 def stop_process(name: str, grace: float = 15.0) -> None:
     pid = running_pid(name)
     pidfile(name).unlink(missing_ok=True)
@@ -1336,7 +1350,7 @@ def start_node_services() -> None:
     for service in NODE_SERVICES:
         if service.name == "kubelet":
             import_images_timed()  # before the kubelet, so the Pods it starts find their images
-        if running_pid(service.name) and service.ready():
+        if running_and_ready(service):
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
@@ -1752,7 +1766,7 @@ def _up() -> None:
     mode_file.write_text(mode)
     # Start what is not running yet; the control plane pieces start in dependency order.
     for service in SERVICES:
-        if running_pid(service.name) and service.ready():
+        if running_and_ready(service):
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
