@@ -5,11 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PYTHON) hack/stack.py
 
-.PHONY: help dev test venv lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
+.PHONY: help dev test test-node venv lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
 
 help:
 	@echo "make dev         bring the local stack up, apply crds/, run the operator (kopf run) in the foreground"
 	@echo "make test        install everything, bring the stack up, run lint + unit + integration + e2e tests"
+	@echo "make test-node   start the stack with the real node (root) and run its tests"
 	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
 	@echo "make stack-down  stop every process of the local stack"
 	@echo "make bench       run the benchmarks (JSON out)"
@@ -75,6 +76,12 @@ dev: venv
 # The test command (.ci/run calls exactly this).
 test: venv
 	@bash hack/test.sh
+
+# The real node (containerd, runc, CNI, kubelet, kube-proxy; needs root), opt-in while it is being built:
+# starts the stack with it and runs its tests alone (two of them stop and start the node).
+test-node: venv
+	@LAGPILOT_NODE=1 $(STACK) up >/dev/null
+	LAGPILOT_NODE=1 $(VENV)/bin/pytest tests/integration/test_real_node.py -q -p no:cacheprovider
 
 bench: venv
 	@$(STACK) up >/dev/null

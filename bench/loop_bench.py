@@ -250,7 +250,10 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
         admin.create_topics([NewTopic(t, cfg.partitions, 1)])[t].result(timeout=60)
     wait_for(lambda: all((m := admin.list_topics(t, timeout=10).topics.get(t)) is not None and m.error is None
                          and len(m.partitions) == cfg.partitions for t in (topic, processed)), 30, "topics")
-    extra = {"LAGPILOT_GROUP_ID": name, "LAGPILOT_TOPICS": topic, "LAGPILOT_DEAD_LETTER": "false"}
+    # Info level: the hand-over counts below are read from the workers' "partitions revoked" and
+    # "stopping" log lines (the e2e default, warning, leaves them out).
+    extra = {"LAGPILOT_GROUP_ID": name, "LAGPILOT_TOPICS": topic, "LAGPILOT_DEAD_LETTER": "false",
+             "LAGPILOT_LOG_LEVEL": "info"}
     operator: OperatorProcess | None = None
     keda_loop: KedaLoop | None = None
     if policy == "keda":

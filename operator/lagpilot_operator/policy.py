@@ -26,16 +26,22 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
    * `drainTime`: needed = produce rate x (1 + headroom) + backlog / T, slots = ceil(needed / μ),
      where T = targetDrainSeconds, or targetTimeLagSeconds when the group's time lag exceeds it,
      and μ is the per-slot throughput (msg/s per slot):
-       - measured as consume rate ÷ busy slots once the group has been saturated (backlog larger than
-         `SATURATION_BACKLOG_SECONDS` of consumption and 2 messages per slot) and its busy slots
-         unchanged for a whole consume-rate window; smoothed (EWMA, weight 0.5);
+       - measured as consume rate ÷ busy slots once every slot has been busy for a whole consume-rate
+         window at unchanged busy slots: the group was saturated (backlog larger than
+         `SATURATION_BACKLOG_SECONDS` of consumption and 2 messages per slot), or the backlog's trend
+         showed a steady deficit (the smallest lag per minute grew by `TREND_BACKLOG_SECONDS` of
+         consumption within `TREND_WINDOW_SECONDS` at unchanged capacity, while production exceeds
+         consumption: a group 1 % short crosses the saturation bar only after 1000 s); smoothed
+         (EWMA, weight 0.5);
        - bounded below between measurements by the highest consume rate ÷ busy slots seen (a
          lower bound, since slots are never faster than they are busy), halving every
          `FLOOR_HALF_LIFE_SECONDS` so a slower workload is not hidden by an old fast one;
        - before any measurement ("we know nothing"): a saturated backlog that grew since the last
-         poll at least doubles capacity - but only once every consumer has joined and the member
-         count is unchanged since the last poll (until then the growth says nothing about capacity
-         already added, and doubling again overshoots by a rebalance storm); a saturated, shrinking
+         poll at least doubles capacity, but never past what the lower bound proves enough (that
+         doubling would overshoot and step back down a window later) - and only once every consumer
+         has joined and the member count is unchanged since the last poll (until then the growth
+         says nothing about capacity already added, and doubling again overshoots by a rebalance
+         storm); a saturated, shrinking
          backlog keeps the capacity that drains it; an unsaturated group keeps its capacity, or
          less if the lower bound proves less is enough; no backlog and no production needs 0 slots.
        A lower bound is never used to *add* capacity to an unsaturated group: at low load it is
@@ -53,9 +59,12 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
    grow by at most max(minStep, maxStepPercent % of the capacity at the period's start), and
    shrink likewise. Waking from zero, scaling to zero and enforcing bounds are not step-limited.
 7. Replicas x pool. Pool changes are live, replica changes cost a rebalance, so the pool grows
-   first: the fewest replicas r ≥ min with r x pool.max ≥ slots, then pool = ceil(slots / r) within
-   pool bounds; a scale-up never removes pods and a scale-down never adds them; replicas ≤ partition
-   count unless `allowIdleConsumers` (if `replicas.min` exceeds the partition count, min wins);
+   first: the fewest replicas r ≥ min with r x pool.max ≥ slots, and pool = slots x ceil(P / r) / P
+   within pool bounds: an assignor gives the busiest of r pods ceil(P / r) of the P partitions, so
+   10 partitions on 9 pods size every pod for 2 of them (a scale-down keeps more of its pods when
+   that exceeds pool.max);
+   a scale-up never removes pods and a scale-down never adds them; replicas ≤ partition count
+   unless `allowIdleConsumers` (if `replicas.min` exceeds the partition count, min wins);
    `cooldownSeconds` must pass between two replica changes (the pool still moves meanwhile); and
    for max(3 polls, scaleDown.periodSeconds) after pods were removed, no pods are added back (the
    removal's rebalance paused every consumer; the lag it left is not demand - the pool absorbs it).
@@ -91,6 +100,15 @@ SLOT_RATE_EWMA_WEIGHT = 0.5
 FLOOR_HALF_LIFE_SECONDS = 600.0
 MAX_NAMED_PARTITIONS = 5
 REBALANCE_GRACE_POLLS = 3  # polls after a replica decrease during which replicas do not go back up
+# A steady deficit (capacity just below demand) grows the backlog too slowly to cross the saturation
+# bar soon: 1 % short takes 1000 s to build 10 s of consumption. The backlog's trend finds it sooner:
+# the smallest lag seen in each TREND_BUCKET_SECONDS bucket (the minimum strips most of the commit
+# sawtooth) is compared across up to TREND_WINDOW_SECONDS at unchanged capacity; growth by more than
+# TREND_BACKLOG_SECONDS of consumption says every slot is busy. A deficit too small to grow that much
+# within the window is left to the saturation bar.
+TREND_WINDOW_SECONDS = 600.0
+TREND_BUCKET_SECONDS = 60.0
+TREND_BACKLOG_SECONDS = 3.0
 MIN_RATE = 1e-3  # msg/s; below this a consume rate says nothing about per-slot speed
 MAX_SLOTS = 1_000_000  # far above any pool.max x replicas.max; keeps arithmetic finite
 
@@ -350,6 +368,8 @@ class PolicyMemory:
     last_time: float | None = None
     last_lag: int | None = None                            # effective lag at last_time
     last_members: int | None = None                        # consumers at last_time
+    trend: tuple[tuple[float, int], ...] = ()              # (bucket start, smallest effective lag in it)
+    deficit_since: float | None = None                     # the trend has shown a steady deficit since
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -366,6 +386,8 @@ class PolicyMemory:
             "lastTime": self.last_time,
             "lastLag": self.last_lag,
             "lastMembers": self.last_members,
+            "trend": [[t, lag] for t, lag in self.trend],
+            "deficitSince": self.deficit_since,
         }
 
     @classmethod
@@ -388,6 +410,8 @@ class PolicyMemory:
                 last_time=_opt_float(data.get("lastTime")),
                 last_lag=None if data.get("lastLag") is None else int(data["lastLag"]),
                 last_members=None if data.get("lastMembers") is None else int(data["lastMembers"]),
+                trend=tuple((float(t), int(lag)) for t, lag in data.get("trend", [])),
+                deficit_since=_opt_float(data.get("deficitSince")),
             )
         except (TypeError, ValueError):
             return cls()
@@ -456,6 +480,8 @@ def _remember_hold(memory: PolicyMemory, now: float, capacity: int) -> PolicyMem
         idle_since=None,
         saturated_since=None,
         last_time=now,
+        trend=(),
+        deficit_since=None,
     )
 
 
@@ -561,6 +587,32 @@ def _prune(memory: PolicyMemory, config: PolicyConfig, now: float, observation: 
     return replace(memory, recommendations=tuple(kept), changes=changes, busy=tuple(busy))
 
 
+def _next_trend(trend: tuple[tuple[float, int], ...], now: float, lag: int, *,
+                restart: bool) -> tuple[tuple[float, int], ...]:
+    """The lag trend's buckets after this poll; `restart` when capacity or membership just changed."""
+    if restart or not trend:
+        return ((now, lag),)
+    buckets = list(trend)
+    start, smallest = buckets[-1]
+    if now - start >= TREND_BUCKET_SECONDS:
+        buckets.append((now, lag))
+    else:
+        buckets[-1] = (start, min(smallest, lag))
+    while len(buckets) > 1 and buckets[0][0] < now - TREND_WINDOW_SECONDS:
+        buckets.pop(0)
+    return tuple(buckets)
+
+
+def _steady_deficit(trend: tuple[tuple[float, int], ...], now: float, window: float, consume: float | None,
+                    produce: float | None) -> bool:
+    """A backlog that grew across the trend at unchanged capacity, and still grows: capacity is below demand."""
+    if not trend or consume is None or produce is None or consume < MIN_RATE or produce <= consume:
+        return False
+    start, first = trend[0]
+    growth = trend[-1][1] - first
+    return now - start >= 2 * window and growth > TREND_BACKLOG_SECONDS * consume
+
+
 @dataclass
 class _Raw:
     slots: int
@@ -632,6 +684,20 @@ class _Decider:
         self.saturated = busy_now > 0 and reference is not None and self.effective_lag > threshold
         self.saturated_since = (memory.saturated_since if memory.saturated_since is not None else now) \
             if self.saturated else None
+        stable_since = busy[-1][0]
+        # Pods still starting (replicas > members) will change the capacity soon: no trend across that.
+        joining = self.consumers < (min(self.current_r, self.partitions) if self.partitions > 0 else self.current_r)
+        self.trend = _next_trend(memory.trend, now, self.effective_lag, restart=stable_since >= now or joining)
+        deficit = _steady_deficit(self.trend, now, window, consume, self.obs.produce_rate)
+        self.deficit_since = (memory.deficit_since if memory.deficit_since is not None else now) \
+            if deficit else None
+        # Like saturation, the deficit must have lasted a whole consume-rate window before that window's
+        # rate counts as every slot's: a step up in load grows the lag at once, but the window before
+        # it was mostly idle slots.
+        self.deficit = self.deficit_since is not None and self.deficit_since <= now - window
+        if self.deficit:
+            self.notes.append(f"lag grew {self.trend[-1][1] - self.trend[0][1]:,} msgs in "
+                              f"{now - self.trend[0][0]:,.0f} s at unchanged capacity: every slot is busy")
 
         floor = memory.slot_rate_floor
         if floor is not None and memory.floor_time is not None:
@@ -641,11 +707,9 @@ class _Decider:
             floor = bound if floor is None else max(floor, bound)
         slot_rate = memory.slot_rate
         self.measured: float | None = None
-        stable_since = busy[-1][0]
+        saturated_for_a_window = self.saturated_since is not None and self.saturated_since <= now - window
         if (
-            self.saturated
-            and self.saturated_since is not None
-            and self.saturated_since <= now - window
+            (saturated_for_a_window or self.deficit)
             and stable_since <= now - window
             and consume is not None
             and consume >= MIN_RATE
@@ -709,7 +773,15 @@ class _Decider:
                 return _Raw(capacity, f"lag {self.effective_lag:,} msgs growing while consumers join "
                                       f"({self.consumers} of {expected}): keeping {capacity:,} slots", floor, needed)
             if growing:
-                slots = max(2 * capacity, self.config.pool.initial, bound_slots or 0)
+                doubled = max(2 * capacity, self.config.pool.initial)
+                # The lower bound on the per-slot rate makes `bound_slots` an upper bound on what is
+                # needed: doubling past it only overshoots and steps back down a window later. (A bound
+                # that asks for no more than the capacity has is stale: the lag says otherwise.)
+                if bound_slots is not None and capacity < bound_slots < doubled:
+                    return _Raw(bound_slots, f"lag {self.effective_lag:,} msgs growing, per-slot throughput "
+                                             f"not measured yet: {demand} needs at most {bound_slots:,} slots at "
+                                             f"≥ {_rate(cast(float, floor))} msg/s/slot {drain}", floor, needed)
+                slots = max(doubled, bound_slots or 0)
                 return _Raw(slots, f"lag {self.effective_lag:,} msgs growing, per-slot throughput not measured "
                                    f"yet: at least doubling {capacity:,}→{slots:,} slots", floor, needed)
             # Draining: keep what works until the drain itself measures the per-slot throughput.
@@ -785,7 +857,14 @@ class _Decider:
         # Removing capacity never adds pods; adding capacity never removes pods.
         replicas = min(replicas, max(self.current_r, 1)) if shrinking else max(replicas, self.current_r)
         replicas = _clamp(replicas, low, high)
-        if replicas == high and high * pool_max < slots:
+        # A pod with more partitions than the others needs more slots (the pool is per pod). A scale-down
+        # keeps as many of the current pods as the busiest one's share needs to fit in pool.max (9 pods
+        # of 10 partitions would leave one pod short at the same slots). A scale-up adds no pods for
+        # it: their pools would shrink as they start, a capacity blip; growing, the pool is at its max.
+        if shrinking:
+            while replicas < min(high, self.current_r) and self._pool_for(slots, replicas) > pool_max:
+                replicas += 1
+        if replicas == high and self._pool_for(slots, high) > pool_max:
             self.notes.append(f"capped at {high} replicas x pool {pool_max}"
                               + (f" ({self.partitions} partitions)" if high == self.partitions else ""))
         last = self.memory.last_replica_change
@@ -816,11 +895,33 @@ class _Decider:
             # is not demand. Let the pool absorb it instead of bouncing the replica count right back.
             self.notes.append(f"no new pods within {grace} s of removing one (rebalance lag)")
             replicas = self.current_r
-        pool = _clamp(math.ceil(slots / replicas), pool_min, pool_max)
+        pool = _clamp(self._pool_for(slots, replicas), pool_min, pool_max)
         if shrinking and current_ok and replicas * pool >= self.current_capacity:
             # Pool rounding after consolidating pods would not actually shrink anything: keep as is.
             return self.current_r, self.current_pool
         return replicas, pool
+
+    def _even_capacity(self) -> int:
+        """Slots the current shape gives load spread evenly over partitions: `_pool_for` inverted."""
+        partitions, replicas = self.partitions, self.current_r
+        if partitions <= 0 or replicas <= 0:
+            return self.current_capacity
+        busiest = math.ceil(partitions / min(replicas, partitions))
+        return min(self.current_capacity, self.current_pool * partitions // busiest)
+
+    def _pool_for(self, slots: int, replicas: int) -> int:
+        """Pool that gives the busiest pod its partitions' share of `slots`.
+
+        An assignor spreads P partitions over r consumers as evenly as it can, so the busiest pod has
+        ceil(P / r) of them and, at a load spread evenly over partitions, that share of the work:
+        ceil(P / r) / P of the slots. 10 partitions on 9 pods put 2 on one pod, which then needs twice
+        the pool of the others; sizing every pod for slots / 9 leaves that pod short and the lag grows.
+        """
+        partitions = self.partitions
+        if partitions <= 0 or replicas <= 0:
+            return math.ceil(slots / max(replicas, 1))
+        busiest = math.ceil(partitions / min(replicas, partitions))
+        return math.ceil(slots * busiest / partitions - 1e-9)
 
     # -- the whole thing --------------------------------------------------------------------------
 
@@ -859,11 +960,15 @@ class _Decider:
         else:
             # Waking has activation semantics: no stabilization or step limit from zero.
             target = recommendation if waking else self._limit_steps(self._stabilize(recommendation))
-            shrink = self.current_capacity - target
-            if not waking and 0 < shrink < max(1.0, tolerance * self.current_capacity):
+            # Measured against what the current shape gives evenly spread load: a pool sized for the
+            # busiest pod's partitions counts more slots than that, and every poll would trim one.
+            shrink = self._even_capacity() - target
+            band = max(1.0, tolerance * self.current_capacity)
+            if not waking and target < self.current_capacity and 0 < shrink < band:
                 # The window's maximum decays one expired recommendation at a time; without this band
                 # every small decay would be its own pool change.
-                self.notes.append(f"shrink of {shrink} slots within {config.tolerance_percent}% tolerance")
+                self.notes.append(f"shrink of {self.current_capacity - target} slots within "
+                                  f"{config.tolerance_percent}% tolerance")
                 target = self.current_capacity
             forced = waking
             replicas, pool = self._shape_for(max(target, 1), forced=forced)
@@ -897,6 +1002,8 @@ class _Decider:
             last_time=now,
             last_lag=self.effective_lag,
             last_members=self.consumers,
+            trend=self.trend,
+            deficit_since=self.deficit_since,
         )
         new_memory = _prune(new_memory, config, now, self.obs)
         return Decision(

@@ -7,24 +7,39 @@ well run the items itself, through the same `Processor.run_job`.
 
 Running on the poll thread is only safe while items are short, so the gate
 
-* engages only below `enter_seconds_per_record` (smoothed handler time) and leaves above
-  `leave_seconds_per_record` (hysteresis: the measurement is noisy, slot timings include waits
-  for the GIL);
+* engages only below `enter_seconds_per_record` (the handler's cost per record, the upper median
+  over the last `cost_items` items: one item inflated by a wait that was not the handler's, for
+  the GIL or a preempted lock holder, must not decide) and leaves above
+  `leave_seconds_per_record` (hysteresis: the measurement is noisy);
 * caps the work the poll thread takes per loop iteration (`budget_seconds` of estimated work);
 * leaves at once when an inline item held the poll thread longer than `stall_seconds` (a handler
   that is usually fast but sometimes blocks), and then stays on slots for a cool-down that
   doubles with every stall (up to `max_cooldown_seconds`); the count of stalls is forgotten once
   the last cool-down has been over for `max_cooldown_seconds`.
 
-"Held" is the item's wall time if the thread waited on something during it (a voluntary context
-switch: sleep, I/O, a lock), else only its CPU time: on a busy host the OS may preempt the poll
-thread for tens of milliseconds in the middle of a 1 ms item, and that is not the handler's doing
-(the poll loop would have been held just the same without inline execution).
+The handler's cost of an item (`handler_seconds`) is its thread's CPU time, unless the thread
+waited (voluntary context switches: I/O, sleep, a contended lock) more than `waits_per_record`
+times per record (one in ten): then it is the wall time, because slots would overlap those waits.
+Wall time alone misjudges a loaded host: on 2 busy cores a thread runs a fraction of the time,
+and a no-op handler that costs 1-2 µs of CPU read 10-100 µs per record of wall time in the slots,
+so the gate never engaged. Waiting for the GIL is a voluntary switch too, but a thread waits for
+it at most once per switch interval (5 ms, thousands of fast records), not once per record.
+
+"Held" is the item's wall time less the time the OS kept the poll thread off a CPU although it
+could have run (run-queue time, from schedstat) and, if the thread waited on nothing during it,
+at most its CPU time: on a busy host the OS may preempt the poll thread for tens of milliseconds
+in the middle of a 1 ms item, also right after a short wait for the GIL, and that is not the
+handler's doing (the poll loop would have been held just the same without inline execution).
+A wait for the GIL held by another thread that the OS preempted is not the handler's doing
+either, but nothing tells it apart from a blocking call: on a heavily loaded host it costs a
+cool-down on the slots.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from statistics import median_high
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,10 @@ class InlinePolicy:
     # scheduler noise on a loaded host must not trip it, and 50 ms of poll loop held is harmless
     # (librdkafka fetches and heartbeats on its own threads).
     stall_seconds: float = 0.05
+    # Waits per record above which an item's cost is its wall time (the handler waits on I/O, a
+    # sleep, a lock), not its CPU time. GIL hand-overs come once per 5 ms switch interval.
+    waits_per_record: float = 0.1
+    cost_items: int = 5
     cooldown_seconds: float = 10.0
     max_cooldown_seconds: float = 300.0
 
@@ -50,8 +69,40 @@ class InlinePolicy:
             raise ValueError("need 0 < enter_seconds_per_record <= leave_seconds_per_record")
         if self.budget_seconds <= 0 or self.stall_seconds <= 0:
             raise ValueError("budget_seconds and stall_seconds must be positive")
+        if self.waits_per_record < 0 or self.cost_items < 1:
+            raise ValueError("need waits_per_record >= 0 and cost_items >= 1")
         if not 0 <= self.cooldown_seconds <= self.max_cooldown_seconds:
             raise ValueError("need 0 <= cooldown_seconds <= max_cooldown_seconds")
+
+
+def handler_seconds(policy: InlinePolicy, elapsed: float, *, records: int, cpu_seconds: float | None,
+                    waits: int) -> float:
+    """The handler's cost of an item of `records` records (pure): CPU time unless it waited per record.
+
+    `elapsed`: the item's wall time; `cpu_seconds`: its thread's CPU time meanwhile (None:
+    unknown, then the wall time counts); `waits`: voluntary context switches meanwhile.
+    """
+    if cpu_seconds is None or waits > records * policy.waits_per_record:
+        return elapsed
+    return min(elapsed, cpu_seconds)
+
+
+class HandlerCost:
+    """The handler's cost per record for the gate: the upper median over the last few items (pure).
+
+    Starts from `initial` (assume slow until measured); a single item, however slow, moves it
+    only once it is the majority's reading.
+    """
+
+    def __init__(self, policy: InlinePolicy, initial: float) -> None:
+        self._items: deque[float] = deque([initial], maxlen=policy.cost_items)
+
+    def add(self, seconds_per_record: float) -> None:
+        self._items.append(seconds_per_record)
+
+    @property
+    def seconds_per_record(self) -> float:
+        return median_high(self._items)
 
 
 class InlineGate:
@@ -65,7 +116,7 @@ class InlineGate:
         self._slots_until = 0.0      # no inline execution before this (monotonic seconds)
 
     def update(self, seconds_per_record: float, now: float) -> bool:
-        """Decide for this iteration from the smoothed handler time per record; True: run inline."""
+        """Decide for this iteration from the smoothed handler cost per record; True: run inline."""
         policy = self.policy
         if not self.allowed:
             return False
@@ -83,15 +134,18 @@ class InlineGate:
         return max(1, int(self.policy.budget_seconds / max(seconds_per_record, 1e-9)))
 
     def item_finished(self, elapsed: float, now: float, *, cpu_seconds: float | None = None, waited: bool = True,
-                      handed_back: bool = False) -> bool:
+                      run_queue_seconds: float | None = None, handed_back: bool = False) -> bool:
         """Book an inline item; False when it held the poll thread too long: use the slots.
 
         `elapsed`: its wall time; `cpu_seconds`: the poll thread's CPU time during it (None:
-        unknown); `waited`: the thread waited on something meanwhile (else it was only preempted).
+        unknown); `waited`: the thread waited on something meanwhile (else it was only preempted);
+        `run_queue_seconds`: the time the OS kept it off a CPU while it could run (None: unknown).
         `handed_back`: the item stopped early to let a slot run the rest (a retry in place waits,
         and waiting is not for the poll thread); like a stall, it ends inline execution for a while.
         """
-        held = elapsed if waited or cpu_seconds is None else min(elapsed, cpu_seconds)
+        held = elapsed if run_queue_seconds is None else max(0.0, elapsed - run_queue_seconds)
+        if not waited and cpu_seconds is not None:
+            held = min(held, cpu_seconds)
         if held <= self.policy.stall_seconds and not handed_back:
             return True
         self.stalls += 1

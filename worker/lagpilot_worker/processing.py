@@ -23,6 +23,7 @@ from .metrics import ThreadLocalHistogram
 from .ordering import Segment
 from .record import Deserializer, KafkaMessage, Origin, Record, origin_of
 from .retry import Classifier, DeadLetter, RetryInPlace, RetryPolicy, SendToRetryTier, classify, next_action
+from .threadclock import thread_usage
 
 
 class PartitionView(Protocol):
@@ -65,16 +66,19 @@ SegmentResult = tuple[int, list[Failure] | None]
 
 
 class JobResult:
-    __slots__ = ("elapsed", "failed_attempts", "handled", "job", "retries_in_place", "segments")
+    __slots__ = ("cpu_seconds", "elapsed", "failed_attempts", "handled", "job", "retries_in_place", "segments",
+                 "waits")
 
     def __init__(self, job: Job, segments: list[SegmentResult], failed_attempts: int, retries_in_place: int,
-                 handled: int, elapsed: float) -> None:
+                 handled: int, elapsed: float, cpu_seconds: float | None = None, waits: int = 0) -> None:
         self.job = job
         self.segments = segments
         self.failed_attempts = failed_attempts
         self.retries_in_place = retries_in_place
         self.handled = handled          # records handled (any outcome)
         self.elapsed = elapsed          # seconds the slot spent on the item
+        self.cpu_seconds = cpu_seconds  # the running thread's CPU seconds meanwhile (None: unknown)
+        self.waits = waits              # its voluntary context switches meanwhile
 
 
 class _Abandoned(Exception):
@@ -143,8 +147,8 @@ class Processor:
         return job.cancelled or state.revoked or state.halted or self._stopping.is_set()
 
     def _finish(self, job: Job, segments: list[SegmentResult], failed: int, retries: int, handled: int,
-                elapsed: float) -> None:
-        self._results.append(JobResult(job, segments, failed, retries, handled, elapsed))
+                elapsed: float, cpu_seconds: float | None = None, waits: int = 0) -> None:
+        self._results.append(JobResult(job, segments, failed, retries, handled, elapsed, cpu_seconds, waits))
         self._wake.set()
 
     # -- threads ----------------------------------------------------------------------------
@@ -170,6 +174,9 @@ class Processor:
         out: list[SegmentResult] = []
         failed = retries = total = 0
         failure: Failure | None
+        # The thread's CPU time and waits, read once per item: the inline gate judges the handler's
+        # cost by them, not by wall time, which a loaded host inflates (inline.handler_seconds).
+        cpu_began, waits_began = thread_usage()
         began = previous = perf()
         # Wall-clock time of a perf_counter reading, for end-to-end latency without a second clock call.
         to_wall = time.time() - began
@@ -256,7 +263,11 @@ class Processor:
             latency.total += l_sum
             # Always report, even after an unexpected error: the poll thread puts back what is missing.
             out.extend((0, None) for _ in range(len(job.segments) - len(out)))
-            self._finish(job, out, failed, retries, total, perf() - began)
+            item_seconds = perf() - began
+            cpu_ended, waits_ended = thread_usage()
+            self._finish(job, out, failed, retries, total, item_seconds,
+                         None if cpu_began is None or cpu_ended is None else cpu_ended - cpu_began,
+                         waits_ended - waits_began)
 
     def _retry_in_place(self, job: Job, state: PartitionView, record: Record,
                         exc: Exception) -> tuple[Failure | None, int, int]:

@@ -18,7 +18,6 @@ import inspect
 import itertools
 import logging
 import random
-import resource
 import threading
 import time
 from collections import deque
@@ -35,7 +34,7 @@ from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dlq import FailurePublisher
 from .health import HealthServer
-from .inline import InlineGate, InlinePolicy, runs_directly
+from .inline import HandlerCost, InlineGate, InlinePolicy, handler_seconds, runs_directly
 from .metrics import WorkerMetrics
 from .offset_map import DoneOffsets
 from .offset_map import encode as encode_offset_map
@@ -47,6 +46,7 @@ from .poolsize import FixedPoolSize, PoolSizeSource
 from .processing import Failure, Job, JobResult, Processor
 from .record import Handler, message_headers
 from .retry import DueGate, SendToRetryTier, parse_int_header, retry_due_ms
+from .threadclock import RunQueueClock, thread_usage
 from .write_retry import next_write_retry
 
 log = logging.getLogger("lagpilot_worker")
@@ -70,17 +70,6 @@ _error = Message.error
 _partition = cast(Callable[[Message], int], Message.partition)
 _offset = cast(Callable[[Message], int], Message.offset)
 _key = Message.key
-
-_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)   # Linux
-
-
-def _thread_usage() -> tuple[float | None, int]:
-    """The calling thread's CPU seconds and voluntary context switches (None, 0 where unknown)."""
-    if _RUSAGE_THREAD is None:
-        return None, 0
-    usage = resource.getrusage(_RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
-
 
 def _topic_partition(message: Message) -> tuple[str, int]:
     return cast(str, message.topic()), cast(int, message.partition())
@@ -179,7 +168,12 @@ class Worker:
         self._moved: set[tuple[str, int]] = set()   # partitions rebalance callbacks named during a fetch
         self._room = config.window(config.pool_size)
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
-        self._inline = InlineGate(InlinePolicy(), allowed=not self._is_async)
+        policy = InlinePolicy()
+        self._inline = InlineGate(policy, allowed=not self._is_async)
+        # The handler's cost per record (CPU time unless it waits per record, inline.handler_seconds)
+        # decides inline execution: wall time on a loaded host would never allow it.
+        self._handler_cost = HandlerCost(policy, INITIAL_SECONDS_PER_RECORD)
+        self._run_queue: RunQueueClock | None = None   # the poll thread's, opened by it
         self._inline_running = 0          # 1 while the poll thread runs a work item (in-flight gauge)
         # Runs fetched this iteration that may skip the lanes (runs_directly), for _dispatch.
         self._direct: list[tuple[PartitionState, list[Message]]] = []
@@ -303,6 +297,9 @@ class Worker:
 
     def _cleanup(self) -> None:
         self._stopping.set()
+        if self._run_queue is not None:
+            self._run_queue.close()
+            self._run_queue = None
         if self._consumer_open:
             # Failed before a graceful shutdown: still leave the group instead of lingering in it.
             for state in self._states.values():
@@ -600,7 +597,7 @@ class Worker:
             return
         gate = self._inline
         was_inline = gate.inline
-        if gate.update(self._seconds_per_record, time.monotonic()) != was_inline:
+        if gate.update(self._handler_cost.seconds_per_record, time.monotonic()) != was_inline:
             self._inline_changed()
         if not gate.inline and self._direct:
             self._queue_direct_runs()
@@ -639,7 +636,7 @@ class Worker:
         """
         assert self._processor is not None
         gate = self._inline
-        largest = min(self.config.max_messages_per_item, gate.budget_records(self._seconds_per_record))
+        largest = min(self.config.max_messages_per_item, gate.budget_records(self._handler_cost.seconds_per_record))
         items = self._scheduler.take(1, largest, largest)
         segments: list[Segment[PartitionState, Message]] = items[0] if items else []
         rests: list[tuple[PartitionState, list[Message]]] = []
@@ -661,8 +658,11 @@ class Worker:
             return
         job = Job(segments, inline=True)
         self._hand_out(job)
+        if self._run_queue is None:
+            self._run_queue = RunQueueClock()
         self._inline_running = 1
-        cpu_before, switches_before = _thread_usage()
+        cpu_before, switches_before = thread_usage()
+        queued_before = self._run_queue.read()
         began = time.perf_counter()
         try:
             self._processor.run_job(job)
@@ -671,19 +671,23 @@ class Worker:
         finally:
             self._inline_running = 0
         elapsed = time.perf_counter() - began
-        cpu_after, switches_after = _thread_usage()
+        cpu_after, switches_after = thread_usage()
+        queued_after = self._run_queue.read()
         self._drain_results()
         for state, rest in rests:
             if not state.revoked:
                 self._enqueue(state, rest)
         cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+        queued = None if queued_before is None or queued_after is None else queued_after - queued_before
         if not gate.item_finished(elapsed, time.monotonic(), cpu_seconds=cpu, waited=switches_after > switches_before,
-                                  handed_back=job.handed_back):
+                                  run_queue_seconds=queued, handed_back=job.handed_back):
             self.metrics.inline_execution.set(0)
             log.warning("%s: work items go to the slots again", "a record needs a retry in place" if job.handed_back
                         else "the handler held the poll thread", extra={
                 "item_seconds": round(elapsed, 3), "cpu_seconds": None if cpu is None else round(cpu, 3),
-                "waited": switches_after > switches_before, "records": sum(len(s.messages) for s in job.segments),
+                "waited": switches_after > switches_before,
+                "run_queue_seconds": None if queued is None else round(queued, 3),
+                "records": sum(len(s.messages) for s in job.segments),
                 "retry_in_place": job.handed_back, "stalls": gate.stalls,
                 "slots_for_seconds": round(gate.seconds_until_allowed(time.monotonic()), 1)})
 
@@ -698,7 +702,8 @@ class Worker:
         inline = self._inline.inline
         self.metrics.inline_execution.set(1 if inline else 0)
         log.info("running work items %s", "on the poll thread (fast handler)" if inline else "in the slots",
-                 extra={"seconds_per_record": round(self._seconds_per_record, 7)})
+                 extra={"handler_seconds_per_record": round(self._handler_cost.seconds_per_record, 7),
+                        "seconds_per_record": round(self._seconds_per_record, 7)})
 
     # -- results ----------------------------------------------------------------------------
 
@@ -712,6 +717,9 @@ class Worker:
             if result.handled:
                 # Smoothed handler time per record; sizes the next work items.
                 self._seconds_per_record += 0.2 * (result.elapsed / result.handled - self._seconds_per_record)
+                cost = handler_seconds(self._inline.policy, result.elapsed, records=result.handled,
+                                       cpu_seconds=result.cpu_seconds, waits=result.waits)
+                self._handler_cost.add(cost / result.handled)
             failed += result.failed_attempts
             retried += result.retries_in_place
             for segment, (handled, failures) in zip(result.job.segments, result.segments, strict=True):

@@ -143,7 +143,8 @@ def test_every_dashboard_and_alert_metric_is_exported_by_the_running_operator_an
                 [sys.executable, "-m", "lagpilot_worker.cli", "--handler", "exportedhandlers:handle",
                  "--bootstrap-servers", stack.kafka_bootstrap, "--group", group, "--topic", topic,
                  "--pool-size", "2", "--http-host", "127.0.0.1", "--http-port", str(http_port),
-                 "--commit-interval", "0.5", "--no-breaker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                 "--commit-interval", "0.5", "--no-breaker", "--dead-letter"],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
         steady_traffic(topic)
 
         def worker_text() -> str:

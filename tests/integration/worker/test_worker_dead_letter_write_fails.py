@@ -57,7 +57,7 @@ def test_failing_dead_letter_write_pauses_the_partition_and_resumes_when_the_top
     bound = 3
     config = WorkerConfig(
         bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], ordering=OrderingMode.PARTITION,
-        pool_size=2, http_port=0, http_host="127.0.0.1", commit_interval_seconds=0.2,
+        pool_size=2, http_port=0, http_host="127.0.0.1", commit_interval_seconds=0.2, dead_letter_enabled=True,
         # A write to a missing topic fails when its delivery times out; keep each attempt short, and
         # let the producer look for the topic again soon (it is created later in the test).
         producer_config={"message.timeout.ms": 1500, "topic.metadata.refresh.interval.ms": 1000},
@@ -120,7 +120,7 @@ def test_dead_letter_write_denied_by_an_acl_pauses_the_partition_until_the_acl_g
         config = WorkerConfig(
             bootstrap_servers=stack.kafka_sasl_bootstrap, group_id=group, topics=[source],
             ordering=OrderingMode.PARTITION, pool_size=2, http_port=0, http_host="127.0.0.1",
-            commit_interval_seconds=0.2,
+            commit_interval_seconds=0.2, dead_letter_enabled=True,
             kafka_config={"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
                           "sasl.username": stack.kafka_sasl_username, "sasl.password": stack.kafka_sasl_password},
             write_retry=WriteRetryPolicy(attempts_before_pause=2, backoff_initial_seconds=0.2, backoff_max_seconds=1.0))

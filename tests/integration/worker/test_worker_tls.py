@@ -142,10 +142,10 @@ def test_a_wrong_password_or_an_untrusted_ca_is_named_in_the_log_and_nothing_is_
             "LAGPILOT_KAFKA_SASL_USERNAME": stack.kafka_scram_username}
     bad_password = start_worker(workdir, "badpw", stack.kafka_scram_bootstrap, unique_name("g"), topic, {
         **base, "LAGPILOT_KAFKA_SASL_PASSWORD": wrong_password,
-        "LAGPILOT_KAFKA_SSL_CA_LOCATION": str(stack.kafka_tls_ca_file)}, ["--no-dead-letter"])
+        "LAGPILOT_KAFKA_SSL_CA_LOCATION": str(stack.kafka_tls_ca_file)}, [])
     bad_ca = start_worker(workdir, "badca", stack.kafka_scram_bootstrap, unique_name("g"), topic, {
         **base, "LAGPILOT_KAFKA_SASL_PASSWORD": stack.kafka_scram_password,
-        "LAGPILOT_KAFKA_SSL_CA_LOCATION": str(foreign.ca)}, ["--no-dead-letter"])
+        "LAGPILOT_KAFKA_SSL_CA_LOCATION": str(foreign.ca)}, [])
     try:
         wait_for(lambda: "Authentication failed" in log_text(bad_password), 60,
                  "the wrong password's worker to log the refused login")

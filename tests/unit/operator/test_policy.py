@@ -86,6 +86,12 @@ def spread(total: int, partitions: int = 12) -> list[int]:
         (1, (1, 8), 3, {"replicas": ReplicaBounds(min=5, max=10)}, (5, 1)),  # min wins over partitions
         (21, (1, 20), 12, {}, (1, 20)),         # within the 10 % tolerance: no change
         (23, (1, 20), 12, {}, (1, 23)),
+        # The busiest pod gets ceil(P / r) partitions and needs that share of the slots:
+        (531, (10, 60), 10, {}, (10, 54)),      # not 9 x 59: one of 9 pods would have 2 of 10 partitions
+        (200, (6, 64), 6, {}, (6, 34)),         # not 4 x 50: two of 4 pods would carry 2 of 6 partitions
+        (200, (1, 8), 6, {}, (4, 64)),          # a scale-up adds no pods for it (pools would shrink)
+        (300, (2, 64), 10, {}, (5, 60)),        # 5 pods share 10 partitions evenly: no extra slots
+        (100, (1, 8), 7, {}, (2, 58)),          # 2 pods: the busiest has 4 of 7 partitions
     ],
 )
 def test_slots_to_replicas_and_pool(slots: int, current: tuple[int, int], partitions: int,
@@ -93,6 +99,15 @@ def test_slots_to_replicas_and_pool(slots: int, current: tuple[int, int], partit
     config = threshold_config(**config_changes)
     decision = decide(config, observe(spread(slots, partitions), *current), WARM, NOW)
     assert (decision.replicas, decision.pool) == expected
+
+
+def test_a_pool_sized_for_the_busiest_pod_is_not_trimmed_every_poll() -> None:
+    # 5 x 63 on 9 partitions: the busiest pods carry 2, so the shape gives 63 x 9 / 2 = 283 slots of
+    # evenly spread load, not 315. 277 slots is within the 10 % band of that: no pool change.
+    config = threshold_config()
+    decision = decide(config, observe(spread(277, 9), 5, 63), WARM, NOW)
+    assert (decision.replicas, decision.pool) == (5, 63) and "within 10% tolerance" in decision.reason
+    assert (lambda d: (d.replicas, d.pool))(decide(config, observe(spread(225, 9), 5, 63), WARM, NOW)) == (5, 50)
 
 
 def test_allow_idle_consumers_lifts_the_partition_cap() -> None:
@@ -154,6 +169,61 @@ def test_unknown_throughput_and_growing_backlog_at_least_doubles() -> None:
     decision = decide(FREE, observe(spread(5_000), 1, 8, produce=500.0, consume=160.0), memory, NOW)
     assert decision.slots >= 16
     assert "growing, per-slot throughput not measured yet: at least doubling" in decision.reason
+
+
+def test_growing_backlog_grows_no_further_than_the_lower_bound_proves() -> None:
+    # 8 slots consume 29.68 msg/s of 30: slots are at least 3.71 msg/s fast, so (36 + 400 / 60) msg/s
+    # needs at most 12 slots. Doubling to 16 would only step back down a window later.
+    memory = replace(WARM, last_lag=350, last_members=1)
+    decision = decide(FREE, observe([400], 1, 8, produce=30.0, consume=29.68, members=1), memory, NOW)
+    assert (decision.replicas, decision.pool) == (1, 12)
+    assert "needs at most 12 slots at ≥ 3.7 msg/s/slot" in decision.reason
+    # A bound that asks for no more than the capacity already has is stale: the lag says otherwise.
+    stale = replace(memory, slot_rate_floor=100.0, floor_time=NOW)
+    assert decide(FREE, observe([400], 1, 8, produce=30.0, consume=29.68, members=1), stale, NOW).pool == 16
+
+
+def steady_polls(lag_at: Any, *, produce: float, consume: float, seconds: float, pool: int = 8,
+                 config: PolicyConfig = FREE) -> list[tuple[float, Decision]]:
+    """Poll every 5 s at a fixed capacity (the decision is not applied), lag given by `lag_at(t)`."""
+    memory, out = WARM, []
+    for step in range(int(seconds / 5) + 1):
+        now = NOW + 5 * step
+        decision = decide(config, observe([lag_at(5 * step)], 1, pool, produce=produce, consume=consume, members=1,
+                                          time=now), memory, now)
+        memory = decision.memory
+        out.append((5 * step, decision))
+    return out
+
+
+def test_a_steady_deficit_is_found_from_the_backlog_trend() -> None:
+    # 8 slots x 3.71 msg/s = 29.68 msg/s against 30: the backlog grows 0.32 msg/s and stays below the
+    # saturation bar (10 s x 29.68 = 297 msgs) for the whole 10 minutes. The trend finds the deficit once
+    # the lag grew by 3 s of consumption (89 msgs), i.e. after ~280 s, plus a consume window.
+    polls = steady_polls(lambda t: 100 + round(0.32 * t), produce=30.0, consume=29.68, seconds=600)
+    grown = [(t, d) for t, d in polls if d.replicas * d.pool > 8]
+    assert grown, "a steady 1 % deficit was never found"
+    t, first = grown[0]
+    assert 270 <= t <= 400 and "at unchanged capacity: every slot is busy" in first.reason
+    assert first.memory.slot_rate == pytest.approx(29.68 / 8)
+    assert first.pool == 11  # (30 x 1.2 + lag / 60) / 3.71: no doubling, no step back down
+
+
+def test_a_flat_lag_with_commit_sawtooth_is_no_deficit() -> None:
+    # Commit lag jumps between 0 and 5 s of consumption; the bucket minimum does not grow.
+    for produce, consume in ((30.0, 30.0), (30.0, 29.0)):
+        polls = steady_polls(lambda t: 10 + (150 if (t // 5) % 3 else 0), produce=produce, consume=consume,
+                             seconds=900)
+        assert {d.replicas * d.pool for _, d in polls} == {8}
+        assert all("every slot is busy" not in d.reason for _, d in polls)
+
+
+def test_a_step_up_in_load_is_no_measurement_until_it_lasted_a_window() -> None:
+    # Quiet for 2 minutes, then the lag jumps: the last window's consume rate is mostly idle slots.
+    polls = steady_polls(lambda t: 50 if t < 120 else 50 + 60 * (t - 115), produce=60.0, consume=10.0,
+                         seconds=140, config=replace(FREE, scale_up=replace(FREE_UP, max_step_percent=0, min_step=0)))
+    assert all(d.memory.slot_rate is None for t, d in polls if t < 150)
+    assert polls[-1][1].memory.deficit_since == NOW + 120
 
 
 def test_unknown_throughput_and_no_backlog_keeps_capacity_and_idle_shrinks() -> None:
@@ -326,7 +396,7 @@ def test_memory_round_trips_through_json_and_tolerates_garbage() -> None:
     memory = PolicyMemory(
         recommendations=((1.5, 3), (2.25, 4)), changes=((2.0, 8, 16),), last_replica_change=3.0, slot_rate=9.75,
         slot_rate_floor=4.5, floor_time=3.5, busy=((1.0, 16),), saturated_since=2.0, idle_since=None,
-        last_time=4.0, last_lag=120,
+        last_time=4.0, last_lag=120, trend=((1.0, 100), (61.0, 140)), deficit_since=61.0,
     )
     assert PolicyMemory.from_dict(json.loads(json.dumps(memory.to_dict()))) == memory
     assert PolicyMemory.from_dict(None) == PolicyMemory()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lagpilot_operator import simulate
@@ -163,6 +163,14 @@ def test_parse_trace() -> None:
 
 @settings(max_examples=12, deadline=None)
 @given(st.floats(5.0, 2_000.0), st.floats(0.005, 0.3), st.integers(1, 24))
+# Found by random runs (CI's derandomized profile never drew them): a steady deficit of ~1 % that
+# crossed the saturation bar late and doubled (then stepped back down), and pods sized for an even
+# share when some carry one partition more than the others.
+@example(rate=1611.0, cost=0.005, partitions=1)
+@example(rate=30.0, cost=0.26953125, partitions=1)
+@example(rate=1991.0, cost=0.15625, partitions=10)
+@example(rate=1595.821473870834, cost=0.1272226297937284, partitions=6)
+@example(rate=599.0, cost=0.296875, partitions=9)
 def test_drain_time_does_not_flap_under_steady_load(rate: float, cost: float, partitions: int) -> None:
     trace = Trace("steady", (Segment(1200, rate),))
     result = simulate.compare(trace, WorldModel(partitions=partitions, message_cost_seconds=cost), PolicyConfig(),

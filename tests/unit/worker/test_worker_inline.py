@@ -7,18 +7,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lagpilot_worker.inline import InlineGate, InlinePolicy, runs_directly
+from lagpilot_worker.inline import HandlerCost, InlineGate, InlinePolicy, handler_seconds, runs_directly
 from lagpilot_worker.metrics import WorkerMetrics
 from lagpilot_worker.ordering import Segment
 from lagpilot_worker.processing import Job, JobResult, Processor
 from lagpilot_worker.record import Record
 from lagpilot_worker.retry import PermanentError, RetryPolicy, TransientError
+from lagpilot_worker.threadclock import RunQueueClock
 
 POLICY = InlinePolicy(enter_seconds_per_record=10e-6, leave_seconds_per_record=40e-6, budget_seconds=0.005,
                       stall_seconds=0.05, cooldown_seconds=10.0, max_cooldown_seconds=300.0)
@@ -77,6 +79,56 @@ def test_item_that_held_the_poll_thread_ends_inline(elapsed: float, cpu: float |
     assert g.stalls == (0 if stays else 1)
 
 
+@pytest.mark.parametrize(("elapsed", "cpu", "waited", "run_queue", "stays"), [
+    (0.2, 0.002, True, 0.19, True),      # a short wait (the GIL), then preempted for 190 ms: not the handler
+    (0.2, 0.002, True, 0.0, False),      # slept or waited on I/O for 200 ms
+    (0.2, 0.002, True, 0.1, False),      # preempted for 100 ms and waited for 100 ms
+    (0.2, 0.2, False, 0.0, False),       # computed for 200 ms
+    (0.2, 0.002, True, None, False),     # run-queue time unknown: the wall time of a wait counts
+])
+def test_time_in_the_run_queue_is_not_held_by_the_handler(elapsed: float, cpu: float, waited: bool,
+                                                          run_queue: float | None, stays: bool) -> None:
+    g = gate()
+    assert g.update(FAST, 0.0)
+    assert g.item_finished(elapsed, 0.0, cpu_seconds=cpu, waited=waited, run_queue_seconds=run_queue) is stays
+
+
+@pytest.mark.parametrize(("elapsed", "records", "cpu", "waits", "cost"), [
+    # A no-op handler in a slot on a loaded host: 50 µs per record of wall time, 1.5 µs of CPU, and
+    # a GIL hand-over every few ms: its cost is its CPU time, so the gate can engage.
+    (0.25, 5000, 0.0075, 40, 0.0075),
+    (0.25, 5000, 0.0075, 500, 0.0075),   # one wait in ten records: still CPU
+    (0.25, 5000, 0.0075, 501, 0.25),     # more: the handler waits (I/O, sleep, a lock), slots overlap that
+    (0.1, 100, 0.002, 100, 0.1),         # 1 ms of I/O per record
+    (0.004, 1, 0.0001, 1, 0.004),        # a single record that waited
+    (0.25, 5000, None, 0, 0.25),         # CPU time unknown: wall time
+    (0.001, 10, 0.0012, 0, 0.001),       # clocks of different grain: never more than the wall time
+])
+def test_handler_cost_is_cpu_time_unless_it_waits_per_record(elapsed: float, records: int, cpu: float | None,
+                                                             waits: int, cost: float) -> None:
+    assert handler_seconds(POLICY, elapsed, records=records, cpu_seconds=cpu, waits=waits) == cost
+
+
+def test_handler_cost_is_the_upper_median_of_the_last_items() -> None:
+    cost = HandlerCost(POLICY, 0.05)           # assume slow until measured
+    assert cost.seconds_per_record == 0.05
+    cost.add(FAST)
+    assert cost.seconds_per_record == 0.05, "one item must not decide (upper median)"
+    cost.add(FAST)
+    assert cost.seconds_per_record == FAST
+    # Seen on a loaded host: a 20-record item that waited three times for the GIL read 1.4 ms per
+    # record amid items of 2 µs. An average moved 20 % towards it stayed above the entry bound for
+    # the rest of the test; the median does not move.
+    for reading in [FAST, 1.4e-3, FAST, FAST]:
+        cost.add(reading)
+        assert cost.seconds_per_record == FAST
+    cost.add(1e-3)
+    assert cost.seconds_per_record == FAST
+    cost.add(1e-3)                              # the handler got slower: 3 of the last 5 items are slow
+    assert cost.seconds_per_record >= 1e-3
+    assert gate().update(cost.seconds_per_record, 0.0) is False
+
+
 def test_cooldown_after_a_stall_doubles_up_to_the_cap_and_is_forgotten() -> None:
     g = gate()
     now = 0.0
@@ -106,7 +158,8 @@ def test_slow_measure_after_the_cooldown_keeps_slots() -> None:
 
 @pytest.mark.parametrize("kwargs", [
     {"enter_seconds_per_record": 0.0}, {"enter_seconds_per_record": 5e-5, "leave_seconds_per_record": 4e-5},
-    {"budget_seconds": 0.0}, {"stall_seconds": -1.0}, {"cooldown_seconds": 400.0},
+    {"budget_seconds": 0.0}, {"stall_seconds": -1.0}, {"cooldown_seconds": 400.0}, {"waits_per_record": -0.1},
+    {"cost_items": 0},
 ])
 def test_policy_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -201,6 +254,71 @@ def test_inline_failure_without_retry_in_place_is_booked_as_in_a_slot() -> None:
     [(handled, failures), second] = result.segments
     assert handled == 5 and second == (3, None)
     assert failures is not None and [f.index for f in failures] == [2]
+
+
+def run_in_a_slot(handler: Callable[[Record], None], records: int) -> JobResult:
+    results: deque[JobResult] = deque()
+    metrics = WorkerMetrics()
+    processor = Processor(handler, deserializer=None, classifier=None, policy=RetryPolicy(),
+                          processing=metrics.processing, end_to_end=metrics.end_to_end, results=results,
+                          wake=threading.Event(), stopping=threading.Event())
+    job = Job([Segment(FakePartition(), [message(i) for i in range(records)], [])])
+    slot = threading.Thread(target=processor.run_job, args=(job,), name="lagpilot-slot-test")
+    slot.start()
+    slot.join(30)
+    [result] = results
+    return result
+
+
+def test_a_fast_handler_beside_a_busy_thread_is_judged_by_its_cpu_time() -> None:
+    # Another thread spins on the GIL, as the slots and the poll thread do on a loaded host: the
+    # item's wall time grows with every wait for the GIL, its CPU time does not.
+    spinning = threading.Event()
+    done = threading.Event()
+
+    def spin() -> None:
+        spinning.set()
+        while not done.is_set():
+            pass
+
+    hog = threading.Thread(target=spin, name="gil-hog")
+    hog.start()
+    spinning.wait(5)
+    try:
+        records = 20_000
+        result = run_in_a_slot(lambda record: None, records)
+    finally:
+        done.set()
+        hog.join(5)
+    assert result.handled == records
+    assert result.cpu_seconds is not None and result.cpu_seconds <= result.elapsed
+    assert result.waits <= records * POLICY.waits_per_record, "GIL hand-overs counted as waits of the handler"
+    cost = handler_seconds(POLICY, result.elapsed, records=result.handled, cpu_seconds=result.cpu_seconds,
+                           waits=result.waits)
+    assert cost == result.cpu_seconds
+    assert cost / records <= POLICY.enter_seconds_per_record, f"a no-op costs {cost / records * 1e6:.1f} µs"
+
+
+def test_a_handler_that_sleeps_per_record_is_judged_by_its_wall_time() -> None:
+    records = 20
+    result = run_in_a_slot(lambda record: time.sleep(0.002), records)
+    assert result.waits >= records
+    cost = handler_seconds(POLICY, result.elapsed, records=result.handled, cpu_seconds=result.cpu_seconds,
+                           waits=result.waits)
+    assert cost == result.elapsed >= records * 0.002
+    assert cost / records > POLICY.leave_seconds_per_record
+
+
+def test_run_queue_clock_reads_the_threads_time_off_cpu() -> None:
+    clock = RunQueueClock()
+    try:
+        first = clock.read()
+        assert first is not None and first >= 0.0      # Linux: /proc/thread-self/schedstat
+        second = clock.read()
+        assert second is not None and second >= first
+    finally:
+        clock.close()
+    assert clock.read() is None
 
 
 # -- runs_directly: when a fetched run may skip the key lanes ---------------------------------
