@@ -183,6 +183,7 @@ def test_operator_pod_is_hardened(stack: Stack) -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     env = {item["name"]: item for item in container["env"]}
@@ -190,6 +191,8 @@ def test_operator_pod_is_hardened(stack: Stack) -> None:
     assert env["LAGPILOT_METRICS_PORT"]["value"] == "8080"
     (service,) = only(docs, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    # Discovered by a plain Prometheus (kubernetes_sd_configs) without the Prometheus Operator.
+    assert service["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
     assert not only(docs, "ServiceMonitor")  # off by default
 
 
@@ -236,6 +239,34 @@ def test_operator_script_gives_each_pod_its_own_negative_priority(stack: Stack, 
                            env={"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin",
                                 "POD_ID": "lp-lagpilot-5d8f9c7b6-x2x9k"}).stdout
     assert f"--priority={priorities['lp-lagpilot-5d8f9c7b6-x2x9k']}" in again.splitlines()
+
+
+def test_a_restarted_operator_container_ranks_below_every_fresh_replica(stack: Stack, tmp_path: Path) -> None:
+    """The kubelet restarts a killed leader in the same pod (same peer identity): it must come back
+    below the standby replicas, so one of them takes over at once and a crash-looping replica does
+    not win the leadership back after every restart."""
+    fake = tmp_path / "kopf"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    (deployment,) = only(render(stack, CHART, "--set", "replicaCount=2"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["LAGPILOT_RESTART_MARKER"].startswith("/tmp/")  # the emptyDir: outlives a container only
+    script = container["args"][0]
+
+    def priority(pod: str, marker: Path) -> int:
+        out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True,
+                             env={"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": pod,
+                                  "LAGPILOT_RESTART_MARKER": str(marker)}).stdout
+        (arg,) = [a for a in out.splitlines() if a.startswith("--priority=")]
+        return int(arg.removeprefix("--priority="))
+
+    pods = [f"lp-lagpilot-5d8f9c7b6-{suffix}" for suffix in ("x2x9k", "q7n4m", "b8r2z", "zz1aa")]
+    fresh = {pod: priority(pod, tmp_path / f"{pod}.marker") for pod in pods}
+    restarted = {pod: priority(pod, tmp_path / f"{pod}.marker") for pod in pods}  # the marker is there now
+    assert max(restarted.values()) < min(fresh.values())
+    assert len(set(restarted.values())) == len(pods)  # restarted replicas never tie either
+    assert all(p >= -2_000_000_000 for p in restarted.values())
 
 
 def test_worker_chart_renders_the_pool_contract(stack: Stack) -> None:

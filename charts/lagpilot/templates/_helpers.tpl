@@ -92,6 +92,13 @@ The operator's shell command. kopf pauses *every* peer that sees another with th
 so each pod needs its own: a CRC-32 of the pod name, made negative so a developer's
 `kopf run --dev` (priority 666) or a default `kopf run` (priority 0) against the same peering
 outranks the in-cluster replicas, as kopf intends.
+
+A container the kubelet restarts in the same pod (the leader killed or crashed) keeps its peer
+identity (the pod name) but comes back a billion below every fresh replica: its first keep-alive
+overwrites the dead leader's record with that lower priority, so a standby replica takes over at
+once instead of waiting for the record to expire (peering lifetime, 60 s), and a replica that keeps
+crashing stops winning the leadership back. The marker lives in the pod's /tmp emptyDir, which
+outlives a container but not the pod.
 */}}
 {{- define "lagpilot.operatorScript" -}}
 {{- $args := list "--module=lagpilot_operator.handlers" }}
@@ -115,7 +122,14 @@ outranks the in-cluster replicas, as kopf intends.
 {{- end -}}
 set -eu
 {{- if .Values.peering.enabled }}
-priority=$(( -1 - $(printf '%s' "$POD_ID" | cksum | cut -d ' ' -f 1) % 1000000000 ))
+rank=$(( $(printf '%s' "$POD_ID" | cksum | cut -d ' ' -f 1) % 1000000000 ))
+marker=${LAGPILOT_RESTART_MARKER:-}
+if [ -n "$marker" ] && [ -e "$marker" ]; then
+  priority=$(( -1000000001 - rank ))
+else
+  priority=$(( -1 - rank ))
+fi
+if [ -n "$marker" ]; then : > "$marker"; fi
 {{- end }}
 exec kopf run \
   {{ join " \\\n  " $args }}
