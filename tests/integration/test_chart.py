@@ -223,7 +223,8 @@ def test_operator_script_gives_each_pod_its_own_negative_priority(stack: Stack, 
     fake = tmp_path / "kopf"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    script = operator_container(render(stack, CHART, "--set", "replicaCount=3"))["args"][0]
+    script = operator_container(render(stack, CHART, "--set", "replicaCount=3",
+                                       "--set", "peering.announceSeconds=0"))["args"][0]
     priorities: dict[str, int] = {}
     for pod in ("lp-lagpilot-5d8f9c7b6-x2x9k", "lp-lagpilot-5d8f9c7b6-q7n4m", "lp-lagpilot-77b4c9d5f-2kzt8"):
         env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": pod}
@@ -248,7 +249,8 @@ def test_a_restarted_operator_container_ranks_below_every_fresh_replica(stack: S
     fake = tmp_path / "kopf"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    (deployment,) = only(render(stack, CHART, "--set", "replicaCount=2"), "Deployment")
+    (deployment,) = only(render(stack, CHART, "--set", "replicaCount=2", "--set", "peering.announceSeconds=0"),
+                         "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["LAGPILOT_RESTART_MARKER"].startswith("/tmp/")  # the emptyDir: outlives a container only
@@ -267,6 +269,37 @@ def test_a_restarted_operator_container_ranks_below_every_fresh_replica(stack: S
     assert max(restarted.values()) < min(fresh.values())
     assert len(set(restarted.values())) == len(pods)  # restarted replicas never tie either
     assert all(p >= -2_000_000_000 for p in restarted.values())
+
+
+def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack: Stack, tmp_path: Path) -> None:
+    """Replicas starting together must see each other before either acts: a fresh container writes its
+    peering entry (kopf freeze, same identity and priority as its kopf run) and waits; a restarted
+    container and a single replica do not wait."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "kopf"
+    fake.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {calls}\n')
+    fake.chmod(0o755)
+    marker = tmp_path / "marker"
+    env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": "lp-lagpilot-5d8f9c7b6-x2x9k",
+           "LAGPILOT_RESTART_MARKER": str(marker)}
+    script = operator_container(render(stack, CHART, "--set", "replicaCount=2",
+                                       "--set", "peering.announceSeconds=1"))["args"][0]
+    subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)
+    (freeze, run) = [line.split() for line in calls.read_text().splitlines()]
+    assert freeze[1] == "freeze" and run[1] == "run"
+    assert "--id=lp-lagpilot-5d8f9c7b6-x2x9k" in freeze and "--lifetime=60" in freeze
+    for flag in ("--peering=", "--priority=", "--namespace=", "--all-namespaces"):
+        assert [a for a in freeze if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
+    assert float(run[0]) - float(freeze[0]) >= 1.0  # announceSeconds passed before kopf run
+
+    calls.unlink()
+    subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)  # restarted: the marker is there
+    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["run"]
+    calls.unlink()
+    single = operator_container(render(stack, CHART, "--set", "peering.announceSeconds=1"))["args"][0]
+    subprocess.run(["/bin/sh", "-c", single], env={**env, "LAGPILOT_RESTART_MARKER": str(tmp_path / "new")},
+                   check=True, timeout=30)
+    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["run"]
 
 
 def test_worker_chart_renders_the_pool_contract(stack: Stack) -> None:

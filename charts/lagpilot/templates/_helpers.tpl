@@ -99,6 +99,12 @@ overwrites the dead leader's record with that lower priority, so a standby repli
 once instead of waiting for the record to expire (peering lifetime, 60 s), and a replica that keeps
 crashing stops winning the leadership back. The marker lives in the pod's /tmp emptyDir, which
 outlives a container but not the pod.
+
+Replicas that start together (an install, a node coming back) would each resume if their first look
+at the peering object does not show the other yet: kopf only learns of a peer from its keep-alive.
+So with several replicas a fresh container first writes its own entry (`kopf freeze` with the pod's
+identity and priority; `kopf run` then keeps that entry alive as its own) and waits
+peering.announceSeconds, by which time the others starting with it have written theirs.
 */}}
 {{- define "lagpilot.operatorScript" -}}
 {{- $args := list "--module=lagpilot_operator.handlers" }}
@@ -110,13 +116,15 @@ outlives a container but not the pod.
 {{- else }}
 {{- $args = append $args "--standalone" }}
 {{- end }}
+{{- $scope := list }}
 {{- if eq .Values.rbac.scope "cluster" }}
-{{- $args = append $args "--all-namespaces" }}
+{{- $scope = append $scope "--all-namespaces" }}
 {{- else }}
 {{- range $ns := (include "lagpilot.watchNamespaces" . | fromJsonArray) }}
-{{- $args = append $args (printf "--namespace=%s" $ns) }}
+{{- $scope = append $scope (printf "--namespace=%s" $ns) }}
 {{- end }}
 {{- end }}
+{{- $args = concat $args $scope }}
 {{- range .Values.extraArgs }}
 {{- $args = append $args (squote .) }}
 {{- end -}}
@@ -125,11 +133,19 @@ set -eu
 rank=$(( $(printf '%s' "$POD_ID" | cksum | cut -d ' ' -f 1) % 1000000000 ))
 marker=${LAGPILOT_RESTART_MARKER:-}
 if [ -n "$marker" ] && [ -e "$marker" ]; then
-  priority=$(( -1000000001 - rank ))
+  priority=$(( -1000000001 - rank )); fresh=false
 else
-  priority=$(( -1 - rank ))
+  priority=$(( -1 - rank )); fresh=true
 fi
 if [ -n "$marker" ]; then : > "$marker"; fi
+{{- if and (gt (int .Values.replicaCount) 1) (gt (int .Values.peering.announceSeconds) 0) }}
+if $fresh; then
+  # Announce this replica in the peering before it may act (lagpilot.operatorScript's comment).
+  kopf freeze --quiet --peering={{ include "lagpilot.peeringName" . }} --id="$POD_ID" --priority="$priority" \
+    --lifetime=60 {{ join " " $scope }} || echo "peering announcement failed; starting anyway" >&2
+  sleep {{ int .Values.peering.announceSeconds }}
+fi
+{{- end }}
 {{- end }}
 exec kopf run \
   {{ join " \\\n  " $args }}
