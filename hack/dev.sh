@@ -2,9 +2,7 @@
 # The main job: the local stack, our CRDs applied, and the operator in the foreground (kopf run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# With the real node (root; LAGPILOT_NODE=0 for the control plane only): the workers run as Pods next
-# to the operator this script runs from the checkout.
-LAGPILOT_NODE="${LAGPILOT_NODE:-1}" python3 hack/stack.py up >/dev/null
+python3 hack/stack.py up >/dev/null
 # shellcheck disable=SC1091
 source .stack/env
 kubectl apply --server-side -f crds/

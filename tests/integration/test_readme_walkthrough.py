@@ -30,7 +30,7 @@ def walkthrough_commands() -> list[str]:
 
 def test_walkthrough_has_the_promised_steps() -> None:
     commands = walkthrough_commands()
-    assert commands[0] == 'eval "$(LAGPILOT_NODE=1 make -s stack-up)"'  # the stack with its real node
+    assert commands[0] == 'eval "$(make -s stack-up)"'  # the stack with its real node (the default)
     assert any(c.startswith("kubectl apply --server-side -f crds/") for c in commands)
     # The operator runs as a Pod from the chart; the workers from the example handler image.
     assert any(c.startswith("helm install lagpilot charts/lagpilot") for c in commands)
