@@ -1668,11 +1668,24 @@ def import_node_images() -> None:
         sh(*ctr, "images", "import", "--snapshotter", "overlayfs", str(archive), check=True)
     node_images_file().parent.mkdir(parents=True, exist_ok=True)
     node_images_file().write_text(json.dumps(node_images_table(), indent=2))
+    write_operator_values()
 
 
 def node_images_file() -> Path:
     """The image table of THIS checkout: clones and worktrees sharing one stack each run their own code."""
     return node_dir() / "images" / (hashlib.sha256(str(REPO).encode()).hexdigest()[:12] + ".json")
+
+
+def operator_values_file() -> Path:
+    """Values for `helm install ... charts/lagpilot -f <this>`: the node's own operator image, never pulled."""
+    return node_images_file().with_suffix(".operator-values.yaml")
+
+
+def write_operator_values() -> None:
+    repository, _, tag = node_images_table()["operator"].rpartition(":")
+    operator_values_file().write_text(
+        "# Written by hack/stack.py: the operator image this checkout built and the node imported.\n"
+        f"image:\n  repository: {repository}\n  tag: \"{tag}\"\n  pullPolicy: Never\n")
 
 
 def node_images_table() -> dict[str, str]:
@@ -1726,6 +1739,10 @@ def env_lines() -> list[str]:
         f"export LAGPILOT_NODE_IP={NODE_IP}",
         f"export KAFKA_PODS_BOOTSTRAP_SERVERS={NODE_IP}:{PORTS['kafka-pods']}",
         f"export LAGPILOT_NODE_IMAGES={node_images_file()}",
+        # The README walkthrough's images (this checkout's builds): the operator chart's values for
+        # them, and the example worker for examples/walkthrough.yaml.
+        f"export LAGPILOT_OPERATOR_VALUES={operator_values_file()}",
+        f"export LAGPILOT_EXAMPLE_WORKER_IMAGE={node_images_table()['example-worker']}",
     ] if node_enabled() else [])
 
 
