@@ -27,17 +27,7 @@ from typing import Any
 
 from e2e.harness import api_client, apply_crd
 from e2e.pods import REPO, PodBackend, free_port, wait_until_broker_answers
-from support import wait_for_group_coordinator
-
-
-def parse_env_lines(text: str) -> dict[str, str]:
-    """`export KEY=value` lines (the stack's env file, and what `stack.py up` prints)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key] = value
-    return values
+from support import parse_env_lines, wait_for_group_coordinator
 
 
 def read_env_file(path: Path) -> dict[str, str]:
