@@ -394,6 +394,9 @@ class Scenario:
         parts = [f"operator log (tail):\n{self.operator.log_tail()}"]
         for group in self.groups:
             parts.append(f"group {group.name}: {group.watch.describe()}")
+        # What the kubelet and the controllers say (probe failures, restarts, scheduling): the Pods' side.
+        events = self.kubectl("get", "events", "-n", self.namespace, "--sort-by=.lastTimestamp", check=False)
+        parts.append("events (last 40):\n" + "\n".join(events.stdout.splitlines()[-40:]))
         return "\n".join(parts)
 
 

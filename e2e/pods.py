@@ -108,7 +108,8 @@ class PodBackend:
         self.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump_all(documents))
 
     def worker_pod_spec(self) -> dict[str, Any]:
-        """The worker chart's Pod settings around the container: ServiceAccount, security context, /tmp."""
+        """The worker chart's Pod settings around the container: ServiceAccount, security context, /tmp,
+        resources."""
         if self._worker_pod_spec is None:
             (deployment,) = self._render_worker_chart("default", "deployment.yaml")
             pod = deployment["spec"]["template"]["spec"]
@@ -116,8 +117,10 @@ class PodBackend:
             # ConfigMap, and the operator's template mode always does.
             self._worker_pod_spec = {key: pod[key] for key in ("serviceAccountName", "securityContext", "volumes")
                                      if key in pod}
+            # Its resources too: without a CPU request a Pod is BestEffort, and the kubelet gives the
+            # BestEffort cgroup cpu.shares=2: on a busy machine such workers starve (minutes to get ready).
             self._worker_pod_spec["_container"] = {
-                key: pod["containers"][0][key] for key in ("securityContext", "volumeMounts")
+                key: pod["containers"][0][key] for key in ("securityContext", "volumeMounts", "resources")
                 if key in pod["containers"][0]}
         return self._worker_pod_spec
 
