@@ -38,7 +38,7 @@ def _require_node(node_enabled: bool, images: dict[str, str]) -> None:
     missing = [key for key in ("e2e-worker", "operator") if key not in images]
     if not node_enabled or missing:
         raise RuntimeError("the e2e scenarios and the loop benchmark run on the real node: start the stack with "
-                           "it (LAGPILOT_NODE=1 hack/stack.py up, or make test-node)"
+                           "it (the default; this one was started with LAGPILOT_NODE=0)"
                            + (f"; images missing from the node's table: {missing}" if missing else ""))
 
 

@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(autouse=True)
 def _node_is_up(stack: Stack) -> None:
     if not stack.node_images:
-        pytest.fail("these tests need the real node: run `make test-node` (LAGPILOT_NODE=1 hack/stack.py up)",
+        pytest.fail("these tests need the real node, which LAGPILOT_NODE=0 turned off",
                     pytrace=False)
 
 
