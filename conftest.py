@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,9 @@ class Stack:
     prometheus_targets_dir: Path
     bin_dir: Path
     stack_dir: Path
+    # With the real node: short name (pause, base, worker, operator, e2e-worker, example-worker) -> the
+    # image reference this checkout's code built and the node has imported. Empty without the node.
+    node_images: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         """os.environ plus the stack's endpoints and binaries first on PATH."""
@@ -125,9 +128,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for pair in zip(long_running, fillers, strict=True) for item in pair] + rest
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
+def _read_env_lines(text: str) -> dict[str, str]:
     values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.startswith("export ") and "=" in line:
             key, _, value = line.removeprefix("export ").partition("=")
             values[key] = value
@@ -141,8 +144,9 @@ def stack() -> Stack:
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.fail(f"could not start the local stack:\n{result.stderr[-4000:]}", pytrace=False)
-    env_file = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack")) / "env"
-    values = _read_env_file(env_file)
+    # `up` prints the endpoints; read them from its output rather than the shared env file: the
+    # node's image table is this checkout's (worktrees and clones may share one stack).
+    values = _read_env_lines(result.stdout)
     stack_dir = Path(values["LAGPILOT_STACK_DIR"])
     wait_for_group_coordinator(values["KAFKA_BOOTSTRAP_SERVERS"])
     return Stack(
@@ -163,6 +167,8 @@ def stack() -> Stack:
         prometheus_targets_dir=Path(values["PROMETHEUS_TARGETS_DIR"]),
         bin_dir=Path(values["LAGPILOT_BIN_DIR"]),
         stack_dir=stack_dir,
+        node_images=json.loads(Path(values["LAGPILOT_NODE_IMAGES"]).read_text())
+        if "LAGPILOT_NODE_IMAGES" in values else {},
     )
 
 

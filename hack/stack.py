@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import ipaddress
@@ -1076,7 +1077,7 @@ def clear_node() -> None:
     restore_node_baseline()
     for sub in ("containerd", "kubelet", "kube-proxy", "cni", "pod-logs"):
         shutil.rmtree(node_dir() / sub, ignore_errors=True)
-    (node_dir() / "images.json").unlink(missing_ok=True)
+    shutil.rmtree(node_dir() / "images", ignore_errors=True)
     log(f"node cleared in {time.monotonic() - started:.1f}s")
 
 
@@ -1260,8 +1261,14 @@ def kube_proxy_ready() -> bool:
 
 
 def start_node_services() -> None:
-    """containerd, the node's images in it, then the kubelet and kube-proxy; sysctls checked on the way."""
+    """containerd, the node's images in it, then the kubelet and kube-proxy; sysctls checked on the way.
+
+    The images are built and imported on every `up`, not only when containerd starts: a code change
+    since the node started makes new images (cached by content, so an unchanged checkout costs seconds).
+    """
     for service in NODE_SERVICES:
+        if service.name == "kubelet":
+            import_images_timed()  # before the kubelet, so the Pods it starts find their images
         if running_pid(service.name) and service.ready():
             continue
         stop_process(service.name)
@@ -1271,10 +1278,12 @@ def start_node_services() -> None:
         wait_ready(service)
         assert_no_forwarding()
         log(f"{service.name} ready in {time.monotonic() - started:.1f}s")
-        if service.name == "containerd":
-            started = time.monotonic()
-            import_node_images()
-            log(f"images built/imported in {time.monotonic() - started:.1f}s")
+
+
+def import_images_timed() -> None:
+    started = time.monotonic()
+    import_node_images()
+    log(f"images built/imported in {time.monotonic() - started:.1f}s")
 
 
 NODE_SERVICES = [
@@ -1436,22 +1445,84 @@ def build_project_image(image: str, base: str) -> str:
     return name
 
 
-def prune_images(repository: str, keep: str) -> None:
-    """Older builds of one image (each code change makes one): out of buildah storage and the archives."""
-    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}}", repository)).stdout.split()
-    for old in listing:
-        if old != keep:
-            sh(*buildah("rmi", old))
+@dataclasses.dataclass(frozen=True)
+class DerivedImage:
+    """An image built FROM a project image the way docs/worker.md tells users to add their handler.
+
+    The build context is the Dockerfile's folder (only the handler files go in); the parent image is
+    the build argument WORKER_IMAGE, so the same Dockerfile builds with Docker against a registry.
+    """
+
+    dockerfile: str
+    parent: str
+    context: str
+
+
+DERIVED_IMAGES = {
+    "lagpilot-e2e-worker": DerivedImage("e2e/worker.Dockerfile", "lagpilot-worker", "e2e"),
+    "lagpilot-example-worker": DerivedImage("examples/orders-worker/Dockerfile", "lagpilot-worker",
+                                            "examples/orders-worker"),
+}
+
+
+def derived_image_inputs(image: str) -> list[Path]:
+    """What a derived image's content hash covers: its Dockerfile and the files it copies."""
+    derived = DERIVED_IMAGES[image]
+    context = REPO / derived.context
+    if image == "lagpilot-e2e-worker":
+        return [REPO / derived.dockerfile, context / "handlers.py"]
+    return [REPO / derived.dockerfile, context]
+
+
+def derived_image_name(image: str, base: str) -> str:
+    parent = project_image_name(DERIVED_IMAGES[image].parent, base)
+    return f"localhost/{image}:" + content_hash(parent.encode(), *derived_image_inputs(image))
+
+
+def build_derived_image(image: str, base: str) -> str:
+    name = derived_image_name(image, base)
+    if image_exists(name):
+        return name
+    derived = DERIVED_IMAGES[image]
+    parent = build_project_image(derived.parent, base)
+    log(f"building {name} from {derived.dockerfile} on {parent}")
+    started = time.monotonic()
+    run(buildah("bud", "--pull-never", "--isolation", "chroot", "--layers=false", "--build-arg",
+                f"WORKER_IMAGE={parent}", "-f", str(REPO / derived.dockerfile), "-t", name,
+                str(REPO / derived.context)), what=f"build {image}")
+    log(f"built {name} in {time.monotonic() - started:.0f}s")
+    prune_images(f"localhost/{image}", keep=name)
+    return name
+
+
+def prune_images(repository: str, keep: str, keep_newest: int = 4) -> None:
+    """Older builds of one image (each code change makes one): out of buildah storage and the archives.
+
+    The newest few stay: clones and worktrees of one machine share this cache, each with its own code,
+    and pruning each other's builds would make every `up` rebuild.
+    """
+    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}}\t{{.CreatedAtRaw}}", repository)).stdout
+    builds = sorted((line.split("\t") for line in listing.splitlines() if "\t" in line),
+                    key=lambda row: row[1], reverse=True)
+    kept = {keep} | {name for name, _ in builds[:keep_newest]}
+    for name, _ in builds:
+        if name not in kept:
+            sh(*buildah("rmi", name))
     for archive in (CACHE / "images" / "archives").glob(repository.split("/")[-1] + "_*.tar"):
-        if archive.name != keep.split("/")[-1].replace(":", "_") + ".tar":
+        if not any(archive.name == image_archive_name(name) for name in kept):
             archive.unlink()
+
+
+def image_archive_name(image: str) -> str:
+    return image.split("/")[-1].replace(":", "_") + ".tar"
 
 
 def node_images() -> list[str]:
     """Build (cached by content) what the node runs: the sandbox image and the project's images."""
     with buildah_session():
         base = build_base_image()
-        return [build_pause_image()] + [build_project_image(image, base) for image in PROJECT_IMAGES]
+        return ([build_pause_image()] + [build_project_image(image, base) for image in PROJECT_IMAGES]
+                + [build_derived_image(image, base) for image in DERIVED_IMAGES])
 
 
 @contextlib.contextmanager
@@ -1481,7 +1552,7 @@ def import_node_images() -> None:
     for name in node_images():
         if name in present:
             continue
-        archive = archives / (name.split("/")[-1].replace(":", "_") + ".tar")
+        archive = archives / image_archive_name(name)
         if not archive.exists():
             tmp = archive.with_suffix(".tmp")
             tmp.unlink(missing_ok=True)
@@ -1489,13 +1560,20 @@ def import_node_images() -> None:
                 sh(*buildah("push", name, f"docker-archive:{tmp}:{name}"), check=True)
             tmp.rename(archive)
         sh(*ctr, "images", "import", "--snapshotter", "overlayfs", str(archive), check=True)
-    (node_dir() / "images.json").write_text(json.dumps(node_images_table(), indent=2))
+    node_images_file().parent.mkdir(parents=True, exist_ok=True)
+    node_images_file().write_text(json.dumps(node_images_table(), indent=2))
+
+
+def node_images_file() -> Path:
+    """The image table of THIS checkout: clones and worktrees sharing one stack each run their own code."""
+    return node_dir() / "images" / (hashlib.sha256(str(REPO).encode()).hexdigest()[:12] + ".json")
 
 
 def node_images_table() -> dict[str, str]:
     base = base_image_name()
     return {"pause": pause_image_name(), "base": base,
-            **{image.removeprefix("lagpilot-"): project_image_name(image, base) for image in PROJECT_IMAGES}}
+            **{image.removeprefix("lagpilot-"): project_image_name(image, base) for image in PROJECT_IMAGES},
+            **{image.removeprefix("lagpilot-"): derived_image_name(image, base) for image in DERIVED_IMAGES}}
 
 
 def up_node() -> None:
@@ -1540,7 +1618,7 @@ def env_lines() -> list[str]:
         "export LAGPILOT_NODE=1",  # a later `stack.py up` in this shell keeps the node
         f"export LAGPILOT_NODE_IP={NODE_IP}",
         f"export KAFKA_PODS_BOOTSTRAP_SERVERS={NODE_IP}:{PORTS['kafka-pods']}",
-        f"export LAGPILOT_NODE_IMAGES={node_dir() / 'images.json'}",
+        f"export LAGPILOT_NODE_IMAGES={node_images_file()}",
     ] if node_enabled() else [])
 
 

@@ -57,10 +57,6 @@ print(sorted(metadata.brokers))
 """
 
 
-def node_images(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return dict(json.loads((stack.stack_dir / "node" / "images.json").read_text()))
-
-
 def env_value(stack, key: str) -> str:  # type: ignore[no-untyped-def]
     for line in (stack.stack_dir / "env").read_text().splitlines():
         if line.startswith(f"export {key}="):
@@ -96,7 +92,7 @@ def test_node_is_ready(stack) -> None:  # type: ignore[no-untyped-def]
 
 def test_worker_pod_runs_non_root_read_only_and_reaches_apiserver_and_kafka(stack, namespace) -> None:  # type: ignore[no-untyped-def]
     name = unique_name("worker")
-    image = node_images(stack)["worker"]
+    image = stack.node_images["worker"]
     started = time.monotonic()
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(name, namespace, image)))
     stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
@@ -125,7 +121,7 @@ def test_worker_pod_runs_non_root_read_only_and_reaches_apiserver_and_kafka(stac
 
 def test_pod_has_no_dns_and_no_route_off_the_machine(stack, namespace) -> None:  # type: ignore[no-untyped-def]
     name = unique_name("net")
-    stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(name, namespace, node_images(stack)["worker"])))
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(name, namespace, stack.node_images["worker"])))
     stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
     resolv = stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/etc/resolv.conf", check=False).stdout
     # The kubelet's way of "no DNS" (resolvConf ""): the Pod's own loopback, where nothing listens.
@@ -180,7 +176,7 @@ def _shims(stack_dir: Path) -> set[int]:
 
 @pytest.mark.slow
 def test_up_after_a_killed_node_clears_what_it_left_and_runs_pods_again(stack, namespace) -> None:  # type: ignore[no-untyped-def]
-    image = node_images(stack)["worker"]
+    image = stack.node_images["worker"]
     first = unique_name("before-kill")
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(first, namespace, image)))
     stack.kubectl("wait", "-n", namespace, f"pod/{first}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")

@@ -1,0 +1,1 @@
+"""The walkthrough's example handler package."""
