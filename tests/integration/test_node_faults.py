@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from e2e import faults
+
 from support import unique_name, wait_for
 
 pytestmark = pytest.mark.integration
