@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from e2e import faults, netdelay
+from e2e import chaos, faults, netdelay
 
 
 def test_container_id_is_read_from_the_named_containers_status() -> None:
@@ -105,3 +107,62 @@ def test_delay_line_releases_in_order_once_due() -> None:
     assert line.due(10.3) == [2]
     assert line.next_due_in(10.3, idle=1.0) == 1.0
     assert line.released == 2
+
+
+# --- e2e/chaos.py ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    time: float
+    status: dict[str, Any]
+
+
+def test_decision_timeline_lists_changes_inside_the_window_only() -> None:
+    def status(replicas: int, pool: int, reason: str, lag: int = 0) -> dict[str, Any]:
+        return {"desiredReplicas": replicas, "poolSize": pool, "lastDecision": reason, "totalLag": lag}
+
+    snapshots = [Snapshot(100, status(2, 2, "steady")), Snapshot(105, status(2, 2, "steady", lag=50)),
+                 Snapshot(110, status(3, 2, "scale up: lag")), Snapshot(130, status(3, 3, "pool up")),
+                 Snapshot(150, status(2, 3, "scale down"))]
+    lines = chaos.decision_timeline(snapshots, since=104, until=140, origin=100)
+    assert lines == ["+ 10.0s replicas=3 pool=2 lag=0: scale up: lag", "+ 30.0s replicas=3 pool=3 lag=0: pool up"]
+
+
+def test_progress_slices_show_a_stall_as_zero_and_filter_workers() -> None:
+    entries = [{"worker": "a", "processedMs": 1000_500}, {"worker": "b", "processedMs": 1001_500},
+               {"worker": "a", "processedMs": 1005_500}]
+    assert chaos.progress_slices(entries, 1000, 1006, 2) == [2, 0, 1]
+    assert chaos.progress_slices(entries, 1000, 1006, 2, exclude=["a"]) == [1, 0, 0]
+    assert chaos.progress_slices(entries, 1000, 1006, 2, workers=["a"]) == [1, 0, 1]
+
+
+def test_takeover_is_the_first_entry_of_another_worker_after_the_fault() -> None:
+    entries = [{"worker": "v", "partition": 1, "processedMs": 99_000}, {"worker": "v", "partition": 2,
+                                                                          "processedMs": 99_500},
+               {"worker": "o", "partition": 1, "processedMs": 98_000},   # before the fault: not a takeover
+               {"worker": "o", "partition": 1, "processedMs": 112_000}, {"worker": "o", "partition": 1,
+                                                                          "processedMs": 111_000},
+               {"worker": "v", "partition": 2, "processedMs": 105_000}]
+    held = chaos.partitions_of(entries, "v", 98.5, 100)
+    assert held == {1, 2}
+    assert chaos.takeover_seconds(entries, held, "v", 100) == {1: 11.0}
+
+
+def test_shutdowns_read_from_the_workers_json_lines() -> None:
+    lines = [
+        '{"time": "2026-12-04T23:00:00.000Z", "message": "worker started"}',
+        "%7|librdkafka noise",
+        '{"time": "2026-12-04T23:00:10.250Z", "message": "stopping: finishing the records in hand",'
+        ' "in_flight_records": 12}',
+        '{"time": "2026-12-04T23:00:10.900Z", "message": "stopped", "group": "g"}',
+        '{"time": "2026-12-04T23:01:00.000Z", "message": "stopping: finishing the records in hand",'
+        ' "in_flight_records": 40}',
+        '{"time": "2026-12-04T23:01:10.000Z", "message": "shutdown deadline reached: abandoned work will be '
+        'delivered again", "records": 5, "abandoned_records": 7}',
+    ]
+    first, second = chaos.shutdowns(chaos.log_records(lines))
+    assert first.in_flight == 12 and first.abandoned == 0
+    assert first.seconds == pytest.approx(0.65)
+    assert chaos.log_time("2026-12-04T23:00:10.250Z") == pytest.approx(1796425210.25)
+    assert second.stopped is None and second.seconds is None and second.abandoned == 7
