@@ -1,30 +1,35 @@
-"""Fixtures of the end-to-end scenarios: a backend (local stack + kubelet double, or kind), the operator
-as a killable process, one namespace/topic/group per scenario, and the ledger that accounts for ids.
+"""Fixtures of the end-to-end scenarios: a backend (the local stack's real node, or kind), the operator
+installed from its chart in each scenario's namespace, one namespace/topic/group per scenario, and the
+ledger that accounts for ids.
 
-`--e2e-backend=local` (default, CI): the project's local Kafka and Kubernetes control plane; worker
-Pods run as local processes through the kubelet test double (e2e/node_agent.py).
+`--e2e-backend=node` (default, CI): the project's local Kafka and Kubernetes control plane and its real
+node (containerd, kubelet, kube-proxy); worker and operator Pods run in containers from the images the
+stack built from this checkout (e2e/node_backend.py).
 `--e2e-backend=kind`: a kind cluster with images built from docker/*.Dockerfile; skipped with the
 reason when no Docker engine answers.
+
+Every worker Pod's create -> Running time is recorded; the session's summary prints median and max.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.harness import LocalBackend, Scenario
+from e2e.harness import Scenario
+from e2e.pods import timing_summary
 from support import unique_name, wait_for
 
-BACKENDS = ("local", "kind")
+BACKENDS = ("node", "kind")
+CREATE_TO_RUNNING = "worker_pod_create_to_running_seconds"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--e2e-backend", choices=BACKENDS, default="local",
-                     help="where the e2e scenarios run: local (stack + kubelet double, default) or kind")
+    parser.addoption("--e2e-backend", choices=BACKENDS, default="node",
+                     help="where the e2e scenarios run: node (the local stack's real node, default) or kind")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,12 +62,16 @@ def backend(request: pytest.FixtureRequest, e2e_backend_name: str,
         yield kind
         kind.stop()
         return
+    from e2e.node_backend import NodeBackend
+
     stack = request.getfixturevalue("stack")
-    local = LocalBackend(kubeconfig=stack.kubeconfig, kafka_bootstrap=stack.kafka_bootstrap, bin_dir=stack.bin_dir,
-                         stack_dir=stack.stack_dir, work_dir=work_dir, node_name=unique_name("e2e-node"))
-    local.start()
-    yield local
-    local.stop()
+    try:
+        node = NodeBackend.from_stack(stack, work_dir)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    node.start()
+    yield node
+    node.stop()
 
 
 @pytest.fixture
@@ -71,6 +80,7 @@ def e2e_namespace(backend: Any) -> Iterator[str]:
     backend.kubectl("create", "namespace", name)
     wait_for(lambda: backend.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
              30, f"default service account in {name}")
+    backend.prepare_namespace(name)
     yield name
     backend.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -107,6 +117,7 @@ def e2e_topics(backend: Any) -> Iterator[Callable[..., str]]:
 def scenario(backend: Any, e2e_namespace: str, e2e_topics: Callable[..., str], tmp_path: Path,
              request: pytest.FixtureRequest) -> Iterator[Scenario]:
     """A namespace, the operator watching it (already running), and cleanup of loads, ledgers and watches."""
+    recorder = backend.pod_recorder(e2e_namespace, tmp_path / "pods").start()
     operator = backend.operator(e2e_namespace, tmp_path / "operator.log")
     operator.start()
     run = Scenario(backend=backend, namespace=e2e_namespace, work_dir=tmp_path, make_topic=e2e_topics,
@@ -126,12 +137,13 @@ def scenario(backend: Any, e2e_namespace: str, e2e_topics: Callable[..., str], t
         group.watch.stop()
     for ledger in run.ledgers:
         ledger.stop()
+    recorder.stop()
+    timings = recorder.create_to_running()
+    request.node.user_properties.append((CREATE_TO_RUNNING, timings))
+    print(f"{e2e_namespace}: {timing_summary(timings)}")
     if failed:
         # pytest keeps the temporary folders of its last runs: the operator's and the pods' output stay there.
-        pod_logs = Path(getattr(backend, "work_dir", tmp_path)) / "pods"
-        for log in pod_logs.glob(f"{e2e_namespace}_*.log"):
-            shutil.copy2(log, tmp_path / log.name)
-        print(f"scenario logs (operator, pods) in {tmp_path}")
+        print(f"scenario logs (operator.log, pods/) in {tmp_path}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -140,3 +152,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report: Any = yield
     setattr(item, f"rep_{report.when}", report)
     return report  # type: ignore[no-any-return]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Worker Pod create -> Running over the session (also from xdist workers: reports carry them)."""
+    seconds: list[float] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown":
+                continue
+            for key, value in getattr(report, "user_properties", ()):
+                if key == CREATE_TO_RUNNING:
+                    seconds.extend(value)
+    if seconds:
+        terminalreporter.write_line(f"e2e: {timing_summary(sorted(seconds))}")

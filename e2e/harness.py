@@ -1,18 +1,15 @@
-"""The end-to-end harness: the operator as a killable process, watches that record every scale, and
-KafkaConsumerGroup manifests. Shared by the e2e fixtures (e2e/conftest.py) and bench/loop_bench.py.
+"""The end-to-end harness: watches that record every scale, KafkaConsumerGroup manifests and the
+scenario's parts. Shared by the e2e fixtures (e2e/conftest.py) and bench/loop_bench.py.
 
-Only the kubelet is a test double (e2e/node_agent.py); the operator, the worker runtime, Kafka and
-the Kubernetes control plane are the real ones.
+Nothing here is a test double: the Pods run in containers on a real node (e2e/node_backend.py, or
+kind), the operator is installed from its Helm chart (e2e/pods.py), and Kafka and the Kubernetes
+control plane are the real ones.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +23,8 @@ import yaml
 from kubernetes import client, watch
 
 from e2e.loadgen import Ledger, LoadGenerator, LoadResult, Profile
-from support import unique_name, wait_for, wait_for_group_coordinator
+from e2e.pods import ChartOperator
+from support import unique_name, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 E2E_DIR = Path(__file__).resolve().parent
@@ -36,79 +34,7 @@ KCG_GROUP = "lagpilot.io"
 KCG_VERSION = "v1alpha1"
 KCG_PLURAL = "kafkaconsumergroups"
 KCG_API_VERSION = f"{KCG_GROUP}/{KCG_VERSION}"
-WORKER_CONTAINER = "worker"
-HANDLER = "handlers:handle"
-
-
-# --- the operator, as a process the scenarios can SIGKILL ----------------------------------------------
-
-
-class OperatorProcess:
-    """`kopf run --standalone --namespace <ns> -m lagpilot_operator.handlers`, one per scenario.
-
-    A subprocess (not kopf's in-thread test runner) so a scenario can SIGKILL it mid-scale and start a
-    new one, exactly as a crashed operator pod would be replaced.
-    """
-
-    def __init__(self, namespace: str, env: Mapping[str, str], log_path: Path,
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.namespace = namespace
-        self.env = dict(env)
-        self.log_path = log_path
-        self.extra_args = extra_args
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def command(self) -> list[str]:
-        return [str(VENV_BIN / "kopf"), "run", "--standalone", f"--namespace={self.namespace}",
-                "-m", "lagpilot_operator.handlers", *self.extra_args]
-
-    def start(self) -> None:
-        if self.alive:
-            raise RuntimeError("operator already running")
-        self.starts += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== operator start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, cwd=str(REPO), start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no final status write, like a node losing the operator pod."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self, grace: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+HANDLER = "handlers:handle"   # e2e/handlers.py, in /app of the e2e worker image
 
 
 # --- watching what the operator does ---------------------------------------------------------------------
@@ -296,7 +222,7 @@ class GroupSpec:
         "stabilizationSeconds": 15, "maxStepPercent": 100, "minStep": 1, "periodSeconds": 2})
     dead_letter: Mapping[str, Any] | None = None
     fallback: Mapping[str, Any] | None = None
-    pod_spec_extra: Mapping[str, Any] = field(default_factory=dict)   # e.g. the kubelet double's placement
+    pod_spec_extra: Mapping[str, Any] = field(default_factory=dict)   # the worker chart's ServiceAccount, security
     extra_spec: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -371,165 +297,6 @@ def api_client(kubeconfig: str) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-class LocalBackend:
-    """The project's local stack plus the kubelet test double: worker pods are local processes.
-
-    Kafka is the stack's broker (the same address for the test, the operator and the pods). The broker
-    "outage" is SIGSTOP/SIGCONT of its JVM: unreachable (connections hang, requests time out) while its
-    data stays, because `hack/stack.py` formats fresh storage on every start.
-    """
-
-    name = "local"
-
-    def __init__(self, *, kubeconfig: str, kafka_bootstrap: str, bin_dir: Path, stack_dir: Path, work_dir: Path,
-                 node_name: str) -> None:
-        from e2e.node_agent import KubeletDouble
-
-        self.kubeconfig = kubeconfig
-        self.kafka_bootstrap = kafka_bootstrap
-        self.pod_kafka_bootstrap = kafka_bootstrap
-        self.bin_dir = bin_dir
-        self.stack_dir = stack_dir
-        self.work_dir = work_dir
-        self.api = api_client(kubeconfig)
-        self.kubelet = KubeletDouble(
-            kubeconfig, node_name, work_dir / "pods",
-            # `handlers:handle` (e2e/handlers.py) is importable in every worker process.
-            extra_env={"PYTHONPATH": os.pathsep.join([str(E2E_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep)},
-            working_dir=E2E_DIR,
-        )
-
-    def start(self) -> None:
-        apply_crd(self.kubectl)
-        self.kubelet.start()
-
-    def stop(self) -> None:
-        self.kubelet.stop()
-
-    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input_text, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def worker_container(self, env: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "name": WORKER_CONTAINER,
-            "image": "lagpilot-e2e-worker:dev",   # not pulled here: the kubelet double maps the command
-            "command": ["lagpilot-worker"],
-            "env": env,
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
-        }
-
-    def pod_spec_extra(self) -> dict[str, Any]:
-        return self.kubelet.placement()
-
-    def kill_worker(self, namespace: str, pod: str) -> None:
-        self.kubelet.kill_pod_process(pod, signal.SIGKILL, namespace=namespace)
-
-    def operator_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(KUBECONFIG=self.kubeconfig, KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap,
-                   PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                   # Its metrics server would bind 0.0.0.0:8080; several scenarios' operators must coexist.
-                   LAGPILOT_METRICS_PORT="0")
-        return env
-
-    def operator(self, namespace: str, log_path: Path) -> OperatorProcess:
-        return OperatorProcess(namespace, self.operator_env(), log_path)
-
-    # -- broker outage --------------------------------------------------------------------------------
-
-    def with_broker(self, broker: PrivateBroker) -> LocalBackend:
-        """This backend with its own Kafka broker: same control plane and kubelet double, other Kafka.
-
-        A scenario that takes its broker down does it to a private one, so scenarios running at the same
-        time on the shared broker never see the outage.
-        """
-        view = copy.copy(self)
-        view.kafka_bootstrap = view.pod_kafka_bootstrap = broker.bootstrap
-        view.stack_dir = broker.stack_dir
-        return view
-
-    def _broker_pid(self) -> int:
-        pid = int((self.stack_dir / "pids" / "kafka.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"kafka.Kafka" not in cmdline:
-            raise RuntimeError(f"pid {pid} from the stack's kafka.pid is not the broker")
-        return pid
-
-    @contextlib.contextmanager
-    def broker_unresponsive(self) -> Iterator[None]:
-        """SIGSTOP the broker for the duration of the block, SIGCONT it after, and wait until it answers.
-
-        Holds the stack's own lock (`.stack/lock`, the one `hack/stack.py up/down` take) meanwhile: an
-        `up` from a concurrent run would otherwise see a broker that does not answer, replace it and
-        format fresh storage (every topic gone). With the lock held, that `up` waits until the broker
-        answers again.
-        """
-        import fcntl
-
-        from confluent_kafka.admin import AdminClient
-
-        with (self.stack_dir / "lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            pid = self._broker_pid()
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                yield
-            finally:
-                os.kill(pid, signal.SIGCONT)
-                admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap})
-                wait_for(lambda: _answers(admin), 60, "the broker to answer after SIGCONT")
-
-
-class PrivateBroker:
-    """A Kafka broker of its own (`hack/stack.py`'s recipe, its own folder and free ports), stopped by pid."""
-
-    def __init__(self, stack_dir: Path) -> None:
-        self.stack_dir = stack_dir
-        self.ports = {name: _free_port()
-                      for name in ("KAFKA", "KAFKA_CONTROLLER", "KAFKA_SASL", "KAFKA_SCRAM", "KAFKA_MTLS")}
-        self.bootstrap = f"127.0.0.1:{self.ports['KAFKA']}"
-        self._env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack_dir),
-                     **{f"LAGPILOT_{name}_PORT": str(number) for name, number in self.ports.items()}}
-
-    def start(self) -> PrivateBroker:
-        script = ("import sys; sys.path.insert(0, 'hack'); import stack;"
-                  "svc = next(s for s in stack.SERVICES if s.name == 'kafka');"
-                  "stack.start_process(svc); stack.wait_ready(svc)")
-        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=self._env, capture_output=True,
-                                text=True, timeout=180, check=False)
-        if result.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"the private Kafka broker did not start:\n{result.stderr[-3000:]}")
-        wait_for_group_coordinator(self.bootstrap, 90)
-        return self
-
-    def stop(self) -> None:
-        # `down` with this folder stops what its pidfiles name: only this broker.
-        subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "down"], cwd=REPO, env=self._env,
-                       capture_output=True, text=True, timeout=90, check=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(admin: Any) -> bool:
-    try:
-        admin.list_topics(timeout=2)
-    except Exception:  # any failure: not answering yet
-        return False
-    return True
-
-
 def apply_crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """Server-side apply (other runs apply the same file concurrently), then wait until it is served."""
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=lagpilot-e2e", "-f", str(CRD_FILE))
@@ -561,7 +328,7 @@ class Scenario:
     namespace: str
     work_dir: Path
     make_topic: Callable[..., str]
-    operator: OperatorProcess
+    operator: ChartOperator
     groups: list[Group] = field(default_factory=list)
     ledgers: list[Ledger] = field(default_factory=list)
     loads: list[LoadGenerator] = field(default_factory=list)

@@ -1,17 +1,16 @@
 """`--e2e-backend=kind`: the same scenarios on a kind cluster, with images built from docker/*.Dockerfile.
 
-What differs from the local backend, and why:
+What differs from the node backend (e2e/node_backend.py), and why:
 
-* Worker Pods run the image built from docker/worker.Dockerfile plus e2e/handlers.py (a real kubelet
-  and containerd, no test double).
+* The images are built with Docker: docker/worker.Dockerfile, then e2e/worker.Dockerfile on it (the
+  handler added the way docs/worker.md tells users), and docker/operator.Dockerfile.
 * Kafka runs inside the cluster (apache/kafka, the version pinned in hack/versions.env, KRaft, one
   node) with two listeners: `kafka.<ns>.svc:9092` for Pods and the operator, and a NodePort mapped to
   127.0.0.1:<free port> on this machine (kind `extraPortMappings`) for the load generator and the ledger.
-* The operator runs in the cluster too (image from docker/operator.Dockerfile, one Pod per scenario
-  namespace), because it must reach Kafka at the in-cluster address the resource names. "SIGKILL the
-  operator" is a forced Pod deletion (`--grace-period=0 --force`); the Deployment starts a new one.
-* A worker crash is a SIGKILL of the container's process from the kind node (`crictl inspect` gives its
-  pid); the broker outage is SIGSTOP/SIGCONT of the broker's JVM from the node, as locally.
+* As on the node backend, the operator is `helm install`ed from charts/lagpilot into each scenario's
+  namespace, and a worker or operator crash is `ctr task kill --signal SIGKILL` (run in the kind node);
+  e2e/pods.py has that code for both. The broker outage is SIGSTOP/SIGCONT of the broker's JVM from
+  the node.
 
 Not run on the machine this was written on (no Docker engine there): `docker info` failing skips the
 backend with the reason. kind and kubectl come through pytest-kind (KIND_VERSION pinned below).
@@ -21,17 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from e2e.harness import E2E_DIR, REPO, WORKER_CONTAINER, api_client, apply_crd
-from support import unique_name, wait_for
+from e2e.harness import api_client, apply_crd
+from e2e.pods import E2E_DIR, REPO, PodBackend, free_port, wait_until_broker_answers
+from support import unique_name
 
 os.environ.setdefault("KIND_VERSION", "v0.27.0")  # read by pytest_kind at import: node image Kubernetes 1.32
 
@@ -55,12 +53,6 @@ def docker_unavailable_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _kafka_version() -> str:
     for line in (REPO / "hack" / "versions.env").read_text().splitlines():
         if line.startswith("KAFKA_VERSION="):
@@ -75,62 +67,7 @@ def _run(*args: str, cwd: Path | None = None, timeout: float = 1800) -> str:
     return result.stdout
 
 
-class KindOperator:
-    """The operator as a Deployment in the scenario's namespace; same interface as OperatorProcess."""
-
-    def __init__(self, backend: KindBackend, namespace: str, log_path: Path) -> None:
-        self.backend, self.namespace, self.log_path = backend, namespace, log_path
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        if self.starts > 1:
-            return  # the Deployment already started a replacement Pod after kill()
-        manifests: list[dict[str, Any]] = [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "lagpilot-e2e"}},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-             "metadata": {"name": f"lagpilot-e2e-{self.namespace}"},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-             "subjects": [{"kind": "ServiceAccount", "name": "lagpilot-e2e", "namespace": self.namespace}]},
-            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "lagpilot-operator"},
-             "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
-                      "selector": {"matchLabels": {"app": "lagpilot-operator"}},
-                      "template": {"metadata": {"labels": {"app": "lagpilot-operator"}}, "spec": {
-                          "serviceAccountName": "lagpilot-e2e",
-                          "containers": [{"name": "operator", "image": OPERATOR_IMAGE, "imagePullPolicy": "Never",
-                                          "command": ["kopf", "run", "--standalone",
-                                                      f"--namespace={self.namespace}",
-                                                      "-m", "lagpilot_operator.handlers"],
-                                          "env": [{"name": "LAGPILOT_METRICS_PORT", "value": "0"}]}]}}}},
-        ]
-        self.backend.kubectl("apply", "-n", self.namespace, "-f", "-",
-                             input_text=yaml.safe_dump_all(manifests))
-
-    def kill(self) -> None:
-        self.backend.kubectl("delete", "pod", "-n", self.namespace, "-l", "app=lagpilot-operator",
-                             "--grace-period=0", "--force", "--wait=false", check=False)
-
-    def stop(self, grace: float = 15.0) -> None:
-        self.log_path.write_text(self.log_tail(10_000))
-        self.backend.kubectl("delete", "deployment", "lagpilot-operator", "-n", self.namespace, "--wait=false",
-                             check=False)
-        self.backend.kubectl("delete", "clusterrolebinding", f"lagpilot-e2e-{self.namespace}", check=False)
-
-    def restart(self) -> None:
-        self.kill()
-
-    @property
-    def alive(self) -> bool:
-        out = self.backend.kubectl("get", "deployment", "lagpilot-operator", "-n", self.namespace, "-o",
-                                   "jsonpath={.status.readyReplicas}", check=False)
-        return out.stdout.strip() == "1"
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self.backend.kubectl("logs", "-n", self.namespace, "deployment/lagpilot-operator",
-                                    f"--tail={lines}", check=False).stdout
-
-
-class KindBackend:
+class KindBackend(PodBackend):
     name = "kind"
 
     def __init__(self, *, work_dir: Path, keep_cluster: bool = False) -> None:
@@ -138,14 +75,18 @@ class KindBackend:
 
         self.work_dir = work_dir
         self.keep_cluster = keep_cluster
-        self.host_port = _free_port()
+        self.host_port = free_port()
         self.kafka_bootstrap = f"127.0.0.1:{self.host_port}"
         self.pod_kafka_bootstrap = f"kafka.{KAFKA_NAMESPACE}.svc.cluster.local:9092"
-        kubectl = Path(os.environ.get("LAGPILOT_BIN_DIR", "/nonexistent")) / "kubectl"
+        bin_dir = Path(os.environ.get("LAGPILOT_BIN_DIR", "/nonexistent"))
+        kubectl = bin_dir / "kubectl"
         self.cluster = KindCluster(unique_name("lagpilot-e2e"), work_dir / "kubeconfig",
                                    kubectl_path=kubectl if kubectl.exists() else None)
+        self.kubeconfig = work_dir / "kubeconfig"
+        self.helm_path = bin_dir / "helm"
+        self.worker_image = WORKER_IMAGE
+        self.operator_image = OPERATOR_IMAGE
         self.node = f"{self.cluster.name}-control-plane"
-        self.api: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -158,6 +99,8 @@ class KindBackend:
                 {"containerPort": KAFKA_NODE_PORT, "hostPort": self.host_port, "listenAddress": "127.0.0.1"}]}],
         }))
         self.cluster.create(config_file=config)
+        self.cluster.ensure_kubectl()
+        self.kubectl_path = Path(self.cluster.kubectl_path)
         for image in (WORKER_IMAGE, OPERATOR_IMAGE):
             self.cluster.load_docker_image(image)
         self.api = api_client(str(self.cluster.kubeconfig_path))
@@ -171,11 +114,8 @@ class KindBackend:
     def _build_images(self) -> None:
         _run("docker", "build", "-f", "docker/worker.Dockerfile", "-t", WORKER_BASE_IMAGE, ".", cwd=REPO)
         _run("docker", "build", "-f", "docker/operator.Dockerfile", "-t", OPERATOR_IMAGE, ".", cwd=REPO)
-        with tempfile.TemporaryDirectory() as context:
-            (Path(context) / "handlers.py").write_bytes((E2E_DIR / "handlers.py").read_bytes())
-            (Path(context) / "Dockerfile").write_text(
-                f"FROM {WORKER_BASE_IMAGE}\nCOPY --chown=10001:10001 handlers.py /app/handlers.py\n")
-            _run("docker", "build", "-t", WORKER_IMAGE, context)
+        _run("docker", "build", "-f", str(E2E_DIR / "worker.Dockerfile"), "--build-arg",
+             f"WORKER_IMAGE={WORKER_BASE_IMAGE}", "-t", WORKER_IMAGE, str(E2E_DIR))
 
     def _deploy_kafka(self) -> None:
         version = _kafka_version()
@@ -207,44 +147,15 @@ class KindBackend:
         ]
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(manifests))
         self.kubectl("rollout", "status", "deployment/kafka", "-n", KAFKA_NAMESPACE, "--timeout=300s", timeout=330)
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap})
-        wait_for(lambda: _answers(admin), 120, "in-cluster Kafka reachable from this machine")
+        wait_until_broker_answers(self.kafka_bootstrap, 120)
 
     # -- what the scenarios use ---------------------------------------------------------------------------
 
-    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        self.cluster.ensure_kubectl()
-        result = subprocess.run([str(self.cluster.kubectl_path), f"--kubeconfig={self.cluster.kubeconfig_path}",
-                                 *args], input=input_text, capture_output=True, text=True, timeout=timeout,
-                                check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def worker_container(self, env: list[dict[str, Any]]) -> dict[str, Any]:
-        # `command` set: the image's CMD (--help) is not appended; the handler comes from LAGPILOT_HANDLER.
-        return {"name": WORKER_CONTAINER, "image": WORKER_IMAGE, "imagePullPolicy": "Never",
-                "command": ["lagpilot-worker"], "env": env,
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1}}
-
-    def pod_spec_extra(self) -> dict[str, Any]:
-        return {}
-
-    def operator(self, namespace: str, log_path: Path) -> KindOperator:
-        return KindOperator(self, namespace, log_path)
+    def runtime_command(self, *args: str) -> list[str]:
+        return ["docker", "exec", self.node, "ctr", "-n", "k8s.io", *args]
 
     def _node_exec(self, *command: str) -> str:
         return _run("docker", "exec", self.node, *command, timeout=60)
-
-    def kill_worker(self, namespace: str, pod: str) -> None:
-        container_id = self.kubectl("get", "pod", pod, "-n", namespace, "-o",
-                                    "jsonpath={.status.containerStatuses[0].containerID}").stdout
-        pid = self._node_exec("crictl", "inspect", "--output", "go-template", "--template", "{{.info.pid}}",
-                              container_id.split("://", 1)[-1]).strip()
-        self._node_exec("kill", "-KILL", pid)
 
     @contextlib.contextmanager
     def broker_unresponsive(self) -> Iterator[None]:
@@ -253,15 +164,5 @@ class KindBackend:
             yield
         finally:
             self._node_exec("pkill", "-CONT", "-f", "kafka.Kafka")
-            from confluent_kafka.admin import AdminClient
+            wait_until_broker_answers(self.kafka_bootstrap)
 
-            admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap})
-            wait_for(lambda: _answers(admin), 60, "the broker to answer after SIGCONT")
-
-
-def _answers(admin: Any) -> bool:
-    try:
-        admin.list_topics(timeout=2)
-    except Exception:  # not reachable yet
-        return False
-    return True

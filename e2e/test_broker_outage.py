@@ -1,13 +1,14 @@
 """Scenario 3b, the broker is unresponsive for 30 s mid-load.
 
-The local backend SIGSTOPs the broker's JVM and SIGCONTs it 30 s later: connections hang and every
+The node backend SIGSTOPs the broker's JVM (a local process) and SIGCONTs it 30 s later: connections hang and every
 request times out, as with a broker that is down, but its data survives (`hack/stack.py` formats
 fresh storage whenever it starts Kafka, so a real stop/start would lose every topic). Nothing may be
 lost, the operator must say it is blind (KafkaReachable=False) and hold the replicas (never fewer
 than before, never zero), and everything converges once the broker answers again.
 
-The scenario has a broker of its own (`PrivateBroker`, the stack's recipe on free ports): the scenarios
-and tests running alongside it on the shared broker never see the outage.
+The scenario has a broker of its own (`PrivateBroker`, the stack's recipe on free ports, with a listener
+for Pods on the node's bridge address): the scenarios and tests running alongside it on the shared
+broker never see the outage.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import PrivateBroker, Scenario, duplicate_report, finish_load, phase, read_entries
+from e2e.harness import Scenario, duplicate_report, finish_load, phase, read_entries
 from e2e.loadgen import constant
 from support import wait_for
 
@@ -35,7 +36,10 @@ def backend(backend: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """The session's backend, but with a broker of this module's own."""
     if not hasattr(backend, "with_broker"):
         pytest.skip(f"the {backend.name} backend has no private broker to take down")
-    broker = PrivateBroker(Path(tmp_path_factory.mktemp("outage-broker"))).start()
+    from e2e.node_backend import PrivateBroker
+
+    node_ip = backend.pod_kafka_bootstrap.rsplit(":", 1)[0]
+    broker = PrivateBroker(Path(tmp_path_factory.mktemp("outage-broker")), node_ip).start()
     try:
         yield backend.with_broker(broker)
     finally:
