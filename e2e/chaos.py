@@ -47,14 +47,17 @@ def processed_between(entries: Iterable[Mapping[str, Any]], since: float, until:
 
 def progress_slices(entries: Sequence[Mapping[str, Any]], since: float, until: float, slice_seconds: float,
                     workers: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[int]:
-    """Entries per `slice_seconds` slice of [since, until]: a zero is a slice in which the group stalled."""
-    counts: list[int] = []
-    start = since
-    while start < until - 1e-9:
-        end = min(until, start + slice_seconds)
-        counts.append(processed_between(entries, start, end, workers, exclude))
-        start = end
-    return counts
+    """Entries per slice of [since, until] (slices of about `slice_seconds`, all of the same length, so no
+    sliver at the end reads as a stall): a zero is a slice in which the group processed nothing."""
+    count = max(1, round((until - since) / slice_seconds))
+    width = (until - since) / count
+    return [processed_between(entries, since + i * width, since + (i + 1) * width, workers, exclude)
+            for i in range(count)]
+
+
+def last_processed(entries: Iterable[Mapping[str, Any]]) -> float:
+    """When the last ledger entry was written (epoch seconds): after it the group had nothing left to do."""
+    return max((float(e.get("processedMs") or 0) for e in entries), default=0.0) / 1000
 
 
 def partitions_of(entries: Iterable[Mapping[str, Any]], worker: str, since: float, until: float) -> set[int]:

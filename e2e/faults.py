@@ -17,6 +17,7 @@ Undo runs in `finally`; a rule left in a Pod's netns would vanish with the Pod a
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import os
@@ -102,6 +103,31 @@ def iptables_args(action: str, rule: Sequence[str]) -> list[str]:
     return ["iptables", "-w", table_flag, table, action, chain, *rest]
 
 
+@dataclass(frozen=True)
+class TaskExit:
+    """A container's process exited (containerd's /tasks/exit event)."""
+
+    container_id: str
+    exited_at: float        # epoch seconds
+    exit_status: int        # 0 after a clean exit (omitted from the event's JSON), 137 after SIGKILL
+
+
+def rfc3339_seconds(text: str) -> float:
+    """'2026-12-04T23:50:02.42154528Z' -> epoch seconds (containerd writes up to nanoseconds)."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def parse_task_exit(line: str) -> TaskExit | None:
+    """A /tasks/exit line of `ctr events` (`<date> <time> <zone> UTC <ns> <topic> <json>`), else None."""
+    fields = line.split(" ", 6)
+    if len(fields) < 7 or fields[5] != "/tasks/exit":
+        return None
+    payload = json.loads(fields[6])
+    return TaskExit(str(payload.get("container_id") or payload.get("id")),
+                    rfc3339_seconds(str(payload["exited_at"])), int(payload.get("exit_status") or 0))
+
+
 def fault_comment() -> str:
     return f"{RULE_COMMENT_PREFIX}-{uuid.uuid4().hex[:8]}"
 
@@ -167,6 +193,53 @@ class NodeRuntime:
         handle = self.pod(namespace, pod, container)
         self.ctr("task", "kill", "--signal", sig.name, handle.container_id)
         return handle
+
+
+class TaskExits:
+    """containerd's task exit events while the block runs (`ctr events`, a process of our own)."""
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+        self.exits: list[TaskExit] = []
+        self._changed = threading.Condition()
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> TaskExits:
+        self._process = subprocess.Popen(["ctr", "--address", self.runtime.address, "-n", "k8s.io", "events"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                         start_new_session=True)
+        self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            event = parse_task_exit(line.strip())
+            if event is not None:
+                with self._changed:
+                    self.exits.append(event)
+                    self._changed.notify_all()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+
+    def wait_exit(self, container_id: str, timeout: float) -> TaskExit | None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [e for e in self.exits if e.container_id == container_id]
+                if found:
+                    return found[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
 
 
 def _netns_exists(netns: str) -> bool:

@@ -45,7 +45,7 @@ def _pod(stack: Any, namespace: str) -> str:
 
 
 def _connects(stack: Any, namespace: str, pod: str, broker: faults.Endpoint) -> list[str]:
-    out = stack.kubectl("exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT_TIMES, broker.host,
+    out: str = stack.kubectl("exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT_TIMES, broker.host,
                         str(broker.port), timeout=60).stdout
     return out.split()
 

@@ -38,6 +38,21 @@ def test_task_pid_only_for_a_running_task() -> None:
     assert faults.task_pid(listing, "xyz") is None
 
 
+def test_task_exit_events_from_ctr_events_lines() -> None:
+    clean = ('2026-12-04 23:50:02.421695261 +0000 UTC k8s.io /tasks/exit {"container_id":"ae87","id":"ae87",'
+             '"pid":10981,"exited_at":"2026-12-04T23:50:02.42154528Z"}')
+    killed = ('2026-12-04 23:50:03.073145239 +0000 UTC k8s.io /tasks/exit {"container_id":"1c0e","id":"1c0e",'
+              '"pid":10939,"exit_status":137,"exited_at":"2026-12-04T23:50:03.072920537Z"}')
+    delete = ('2026-12-04 23:50:03.096348875 +0000 UTC k8s.io /tasks/delete {"container_id":"1c0e","pid":10939,'
+              '"exit_status":137,"exited_at":"2026-12-04T23:50:03.072920537Z"}')
+    first = faults.parse_task_exit(clean)
+    assert first is not None and first.container_id == "ae87" and first.exit_status == 0
+    assert first.exited_at == pytest.approx(1796428202.42154528)
+    second = faults.parse_task_exit(killed)
+    assert second is not None and second.exit_status == 137
+    assert faults.parse_task_exit(delete) is None
+
+
 def test_partition_rules_drop_both_directions_of_the_broker_port_only() -> None:
     broker = faults.Endpoint.parse("10.88.77.1:19097,10.88.77.1:19098")
     assert broker == faults.Endpoint("10.88.77.1", 19097)
@@ -135,6 +150,9 @@ def test_progress_slices_show_a_stall_as_zero_and_filter_workers() -> None:
     assert chaos.progress_slices(entries, 1000, 1006, 2) == [2, 0, 1]
     assert chaos.progress_slices(entries, 1000, 1006, 2, exclude=["a"]) == [1, 0, 0]
     assert chaos.progress_slices(entries, 1000, 1006, 2, workers=["a"]) == [1, 0, 1]
+    # A window a little longer than whole slices has no sliver of a slice at its end.
+    assert chaos.progress_slices(entries, 1000, 1006.3, 2) == [2, 0, 1]
+    assert chaos.last_processed(entries) == 1005.5
 
 
 def test_takeover_is_the_first_entry_of_another_worker_after_the_fault() -> None:
