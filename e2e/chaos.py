@@ -139,6 +139,20 @@ def shutdowns(records: Iterable[Mapping[str, Any]]) -> list[Shutdown]:
     return found
 
 
+def commit_trouble(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How often a worker's commits failed and its partitions were lost, from its warnings."""
+    counts = {"async_commit_failed": 0, "commit_failed": 0, "partitions_lost": 0}
+    for record in records:
+        message = str(record.get("message", ""))
+        if message.startswith("asynchronous commit failed"):
+            counts["async_commit_failed"] += 1
+        elif message.startswith("commit failed"):
+            counts["commit_failed"] += 1
+        elif message.startswith("partitions lost"):
+            counts["partitions_lost"] += 1
+    return counts
+
+
 def worker_log(out_dir: Path, namespace: str, pod: str) -> list[dict[str, Any]]:
     """The JSON records a Pod's containers wrote, as the PodRecorder copied them (<ns>_<pod>.log)."""
     path = out_dir / f"{namespace}_{pod}.log"

@@ -149,9 +149,11 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         start = time.time()
         load = scenario.load(topic, steps([(10, 60), (40, 250), (20, 60)]))
         wait_for(lambda: group.watch.max_replicas(start) >= 3 or time.time() - start > 25, 40, "the burst to start")
-        old_pods = set(scenario.worker_pods(group))
         deployment = group.watch.deployment_name
         assert deployment is not None
+        # Every Pod of the old template, also those a scale-up adds while the rollout starts.
+        old_hash = _template_hashes(scenario, group)
+        old_pods = set(scenario.worker_pods(group))
 
         # A change a user makes: new env in the group's template, rolled out to the Deployment's Pods.
         rollout_at = time.time()
@@ -165,6 +167,8 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         scenario.kubectl("rollout", "status", f"deployment/{deployment}", "-n", scenario.namespace,
                          "--timeout=240s", timeout=300)
         # The rollout is over for the group once the old Pods have finished their graceful shutdown.
+        old_pods |= {p.name.split("_", 1)[1].removesuffix(".log") for p in logs.glob(f"{scenario.namespace}_*.log")
+                     if any(f"-{h}-" in p.name for h in old_hash)}
         for pod in old_pods:
             _pods_gone(scenario, pod, GRACE_SECONDS + 30)
         rolled_at = time.time()
@@ -175,6 +179,10 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         accounting, entries = _account(scenario, group, ledger, result, start)
         recording.flush()
         stops = {pod: chaos.shutdowns(chaos.worker_log(logs, scenario.namespace, pod)) for pod in old_pods}
+        # What the worker runtime says about its commits and assignments: the cause, if duplicates exceed
+        # what the stops gave up.
+        commit_trouble = {pod: chaos.commit_trouble(chaos.worker_log(logs, scenario.namespace, pod))
+                          for pod in sorted(old_pods)}
         _assert_host_clean()
 
         # Up to the last record processed: once the burst is drained there is nothing left to progress on.
@@ -190,8 +198,17 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         print(_decisions(group, rollout_at, rolled_at, start))
         assert all(slices), f"the group stalled during the rollout: {slices}"
         assert all(found and found[-1].seconds is not None for found in stops.values()), stops
+        print(f"  commit trouble of the old Pods: {commit_trouble}")
+        # docs/worker.md: "A graceful revoke or shutdown commits synchronously and repeats only records
+        # still running when its bound ran out."
         bound = sum(found[-1].abandoned for found in stops.values())
-        assert accounting.duplicates <= bound, (accounting.summary(), stops)
+        assert accounting.duplicates <= bound, (accounting.summary(), stops, commit_trouble)
+
+
+def _template_hashes(scenario: Scenario, group: Group) -> set[str]:
+    out = scenario.kubectl("get", "pods", "-n", scenario.namespace, "-l", f"app={group.name}", "-o",
+                           "jsonpath={.items[*].metadata.labels.pod-template-hash}").stdout
+    return set(out.split())
 
 
 def _pod_template_env(scenario: Scenario, deployment: str) -> str:

@@ -184,3 +184,12 @@ def test_shutdowns_read_from_the_workers_json_lines() -> None:
     assert first.seconds == pytest.approx(0.65)
     assert chaos.log_time("2026-12-04T23:00:10.250Z") == pytest.approx(1796425210.25)
     assert second.stopped is None and second.seconds is None and second.abandoned == 7
+
+
+def test_commit_trouble_counts_failed_commits_and_lost_partitions() -> None:
+    records = [{"message": "asynchronous commit failed, will commit again: KafkaError{code=ILLEGAL_GENERATION}"},
+               {"message": "asynchronous commit failed, will commit again: x"},
+               {"message": "commit failed for [('t', 1, 'x')]"},
+               {"message": "partitions lost (another member may own them now); nothing is committed for them"},
+               {"message": "partitions revoked"}]
+    assert chaos.commit_trouble(records) == {"async_commit_failed": 2, "commit_failed": 1, "partitions_lost": 1}
