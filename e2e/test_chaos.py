@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from e2e import chaos, faults
 from e2e.harness import Group, Scenario, duplicate_report, finish_load, phase, read_entries
 from e2e.loadgen import constant, steps
@@ -141,6 +143,7 @@ def test_worker_pods_deleted_with_and_without_grace_lose_nothing(scenario: Scena
 
 
 def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_path: Path) -> None:
+    _containerd(scenario)
     topic = scenario.make_topic("chaos-rollout", PARTITIONS)
     logs = tmp_path / "worker-logs"
     with contextlib.closing(_Recording(scenario, logs)) as recording:
@@ -313,6 +316,10 @@ def test_30s_partition_of_one_worker_fails_over_and_loses_nothing(scenario: Scen
 
 
 def _containerd(scenario: Scenario) -> str | None:
+    """The node's containerd: the faults enter Pod netns on this machine, which only the node backend has."""
+    if getattr(scenario.backend, "name", None) != "node":
+        pytest.fail("the chaos scenarios inject faults through the local node's containerd and Pod netns: "
+                    "run them with --e2e-backend=node", pytrace=False)
     socket = getattr(scenario.backend, "containerd_socket", None)
     return str(socket) if socket is not None else None
 
