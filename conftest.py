@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # `support` for tests/ and e2e/
-from support import release_finalizers, wait_for, wait_for_group_coordinator
+from support import parse_env_lines, release_finalizers, wait_for, wait_for_group_coordinator
 from support import unique_name as _unique_name
 
 REPO = Path(__file__).resolve().parent
@@ -128,15 +128,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for pair in zip(long_running, fillers, strict=True) for item in pair] + rest
 
 
-def _read_env_lines(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key] = value
-    return values
-
-
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     """The running local stack; `up` starts what is not running and reuses what is (seconds when warm)."""
@@ -146,7 +137,7 @@ def stack() -> Stack:
         pytest.fail(f"could not start the local stack:\n{result.stderr[-4000:]}", pytrace=False)
     # `up` prints the endpoints; read them from its output rather than the shared env file: the
     # node's image table is this checkout's (worktrees and clones may share one stack).
-    values = _read_env_lines(result.stdout)
+    values = parse_env_lines(result.stdout)
     stack_dir = Path(values["LAGPILOT_STACK_DIR"])
     wait_for_group_coordinator(values["KAFKA_BOOTSTRAP_SERVERS"])
     return Stack(

@@ -1,7 +1,8 @@
 """The whole loop, side by side: Lagpilot's drainTime and lagThreshold policies against a KEDA-equivalent one.
 
-Same trace, real Kafka, real control plane, real worker runtime (Pods run as local processes through
-the kubelet test double, e2e/node_agent.py), real operator (`kopf run`, one per policy run):
+Same trace, real Kafka, real control plane, real node: worker Pods run the e2e worker image in containers
+on the local stack's node (e2e/node_backend.py), the operator is `helm install`ed from charts/lagpilot
+(one per policy run, in the run's namespace):
 
 * drainTime / lagThreshold: a KafkaConsumerGroup in template mode; the operator scales the Deployment
   and publishes the pool size (CRD defaults except the bounds below).
@@ -18,16 +19,19 @@ Measured per run (same definitions as `lagpilot simulate`):
 * p99 end-to-end latency: processed time minus produce time (record timestamp), first processing of
   each message, from the ledger entries the e2e handler writes;
 * pod-seconds: the Deployment's spec.replicas integrated over the trace;
-* duplicates: records processed more than once (from the ledger), beside what the workers' logs say was in
+* duplicates: records processed more than once (from the ledger), beside what the workers' logs (the
+  kubelet's log files, copied while the Pods exist: e2e/pods.py PodRecorder) say was in
   flight when partitions were revoked or a worker stopped (`in_flight_at_revocations`: handler calls running and
   dead-letter writes unacknowledged, the most a hand-over may repeat), what was still running when the revoke or
   shutdown bound ran out (`abandoned_at_revocations`: these do repeat), and the records new owners skipped
   because the committed offset map said an earlier owner had finished them (`skipped_by_offset_map`);
+* worker Pod create -> Running: median and max over the run's worker Pods;
 * reaction: from the first message of the burst to the Deployment's replicas changing
   (`reaction_seconds`), and to the first capacity change of any kind, pool or replicas
   (`capacity_reaction_seconds`; for KEDA the two are the same).
 
-Run (stack up, env from .stack/env):
+Run (the stack with its node, env from .stack/env; the bench runs `hack/stack.py up` itself, which reuses
+what runs and builds this checkout's images if they are new):
 
     source .stack/env && .venv/bin/python bench/loop_bench.py [--quick]
 
@@ -40,8 +44,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -59,13 +63,13 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from e2e.harness import (  # noqa: E402
     GroupSpec,
     GroupWatch,
-    LocalBackend,
-    OperatorProcess,
     kcg_manifest,
     read_entries,
     worker_env,
 )
 from e2e.loadgen import Ledger, LoadGenerator, steps  # noqa: E402
+from e2e.node_backend import NodeBackend  # noqa: E402
+from e2e.pods import ChartOperator  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 from lagpilot_operator import keda  # noqa: E402
@@ -238,11 +242,20 @@ def hand_over_counts(pod_logs: list[Path]) -> dict[str, int]:
     return counts
 
 
-def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: Path) -> dict[str, Any]:
+def create_to_running(seconds: list[float]) -> dict[str, Any]:
+    return {"worker_pods": len(seconds),
+            "pod_create_to_running_median_seconds": round(statistics.median(seconds), 2) if seconds else None,
+            "pod_create_to_running_max_seconds": round(max(seconds), 2) if seconds else None}
+
+
+def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Path) -> dict[str, Any]:
     namespace = unique_name("bench")
     backend.kubectl("create", "namespace", namespace)
     wait_for(lambda: backend.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0, 30,
              "default service account")
+    backend.prepare_namespace(namespace)
+    # Before any Pod exists: it times every worker Pod's start and copies the workers' output while they run.
+    recorder = backend.pod_recorder(namespace, work_dir / "pods").start()
     admin = AdminClient({"bootstrap.servers": backend.kafka_bootstrap})
     name = unique_name(policy.lower())
     topic, processed = f"{name}-in", f"{name}-processed"
@@ -254,7 +267,7 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
     # "stopping" log lines (the e2e default, warning, leaves them out).
     extra = {"LAGPILOT_GROUP_ID": name, "LAGPILOT_TOPICS": topic, "LAGPILOT_DEAD_LETTER": "false",
              "LAGPILOT_LOG_LEVEL": "info"}
-    operator: OperatorProcess | None = None
+    operator: ChartOperator | None = None
     keda_loop: KedaLoop | None = None
     if policy == "keda":
         extra["LAGPILOT_POOL_SIZE"] = "1"
@@ -342,7 +355,7 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
             "missing": len(accounting.missing),
             "duplicates": accounting.duplicates,
             # Pods still running write on; what they logged until now covers every hand-over of the run.
-            **hand_over_counts(sorted((work_dir / "pods").glob(f"{namespace}_*.log"))),
+            **hand_over_counts(recorder.log_files()),
             "time_to_drain_seconds": round(drained_at - burst_start, 1) if drained_at else None,
             "peak_lag": max((b for _, b in backlog), default=0),
             "p99_latency_seconds": round(quantile(list(first_seen.values()), 0.99), 2),
@@ -353,6 +366,7 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
             "capacity_reaction_seconds": (round(first_capacity_change - burst_start, 1)
                                           if first_capacity_change else None),
             "replica_timeline": [[round(t - start, 1), r] for t, r in replicas],
+            **create_to_running(recorder.create_to_running()),
         }
         emit(event="run_finished", **summary)
         return summary
@@ -363,9 +377,12 @@ def run_policy(policy: str, cfg: BenchConfig, backend: LocalBackend, work_dir: P
             keda_loop.stop()
         ledger.stop()
         watch.stop()
-        backend.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         if operator is not None:
+            # The group goes while its operator runs (kopf's finalizer), then the operator, then the rest.
+            backend.kubectl("delete", "kcg", name, "-n", namespace, "--timeout=60s", check=False, timeout=90)
             operator.stop()
+        recorder.stop()
+        backend.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         admin.delete_topics([topic, processed])
 
 
@@ -380,14 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     policies = [p for p in args.policies.split(",") if p]
     if unknown := set(policies) - set(POLICIES):
         parser.error(f"unknown policies: {sorted(unknown)}")
-    kubeconfig, bootstrap = os.environ.get("KUBECONFIG"), os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kubeconfig or not bootstrap:
-        parser.error("KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS must be set (source .stack/env)")
-    kubectl = str(Path(os.environ["LAGPILOT_BIN_DIR"]) / "kubectl")
-    stack_dir = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack"))
     work_dir = Path(tempfile.mkdtemp(prefix="lagpilot-loop-bench-"))
-    backend = LocalBackend(kubeconfig=kubeconfig, kafka_bootstrap=bootstrap, bin_dir=Path(kubectl).parent,
-                           stack_dir=stack_dir, work_dir=work_dir, node_name=unique_name("bench-node"))
+    # `stack.py up` with the node: reuses the running stack, and gives this checkout's images.
+    backend = NodeBackend.from_stack_up(work_dir)
     emit(event="bench_started", config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
          trace=cfg.profile().description, policies=policies)
     backend.start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -26,16 +27,19 @@ from typing import Any
 
 from e2e.harness import api_client, apply_crd
 from e2e.pods import REPO, PodBackend, free_port, wait_until_broker_answers
-from support import wait_for_group_coordinator
+from support import parse_env_lines, wait_for_group_coordinator
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key] = value
-    return values
+    return parse_env_lines(path.read_text())
+
+
+def _require_node(node_enabled: bool, images: dict[str, str]) -> None:
+    missing = [key for key in ("e2e-worker", "operator") if key not in images]
+    if not node_enabled or missing:
+        raise RuntimeError("the e2e scenarios and the loop benchmark run on the real node: start the stack with "
+                           "it (LAGPILOT_NODE=1 hack/stack.py up, or make test-node)"
+                           + (f"; images missing from the node's table: {missing}" if missing else ""))
 
 
 class NodeBackend(PodBackend):
@@ -60,14 +64,25 @@ class NodeBackend(PodBackend):
     def from_stack(cls, stack: Any, work_dir: Path) -> NodeBackend:
         """From the `stack` fixture; the address for Pods is stack-wide, so it comes from the env file."""
         env = read_env_file(stack.stack_dir / "env")
-        missing = [key for key in ("e2e-worker", "operator") if key not in stack.node_images]
-        if env.get("LAGPILOT_NODE") != "1" or missing:
-            raise RuntimeError("the e2e scenarios run on the real node: start the stack with it "
-                               "(LAGPILOT_NODE=1 hack/stack.py up, or make test-node)"
-                               + (f"; images missing from the node's table: {missing}" if missing else ""))
+        _require_node(env.get("LAGPILOT_NODE") == "1", stack.node_images)
         return cls(kubeconfig=stack.kubeconfig, bin_dir=stack.bin_dir, stack_dir=stack.stack_dir,
                    kafka_bootstrap=stack.kafka_bootstrap, pod_kafka_bootstrap=env["KAFKA_PODS_BOOTSTRAP_SERVERS"],
                    images=stack.node_images, work_dir=work_dir)
+
+    @classmethod
+    def from_stack_up(cls, work_dir: Path) -> NodeBackend:
+        """Runs `hack/stack.py up` (reuses what runs; builds this checkout's images if they are new) and
+        reads the endpoints and this checkout's image table from what it prints."""
+        result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"], capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"could not start the local stack:\n{result.stderr[-4000:]}")
+        env = parse_env_lines(result.stdout)
+        images = json.loads(Path(env["LAGPILOT_NODE_IMAGES"]).read_text()) if "LAGPILOT_NODE_IMAGES" in env else {}
+        _require_node(env.get("LAGPILOT_NODE") == "1", images)
+        return cls(kubeconfig=env["KUBECONFIG"], bin_dir=Path(env["LAGPILOT_BIN_DIR"]),
+                   stack_dir=Path(env["LAGPILOT_STACK_DIR"]), kafka_bootstrap=env["KAFKA_BOOTSTRAP_SERVERS"],
+                   pod_kafka_bootstrap=env["KAFKA_PODS_BOOTSTRAP_SERVERS"], images=images, work_dir=work_dir)
 
     def start(self) -> None:
         apply_crd(self.kubectl)

@@ -293,7 +293,7 @@ class PodRecorder:
 
     def _watch_pods(self) -> None:
         core = client.CoreV1Api(self.api)
-        resource_version = core.list_namespaced_pod(self.namespace).metadata.resource_version
+        resource_version = self._list_version(core)
         self._ready.set()
         while not self._stop.is_set():
             self._watch = watch.Watch()  # type: ignore[no-untyped-call]
@@ -306,7 +306,11 @@ class PodRecorder:
             except Exception:  # an expired resourceVersion or a dropped connection: list again
                 if self._stop.wait(0.5):
                     return
-                resource_version = core.list_namespaced_pod(self.namespace).metadata.resource_version
+                resource_version = self._list_version(core)
+
+    def _list_version(self, core: Any) -> str:
+        """The resourceVersion to watch from: Pods created after it are seen being created."""
+        return str(core.list_namespaced_pod(self.namespace).metadata.resource_version)
 
     def _observe(self, kind: str, pod: Any) -> None:
         now = time.time()

@@ -33,6 +33,16 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
         time.sleep(interval)
 
 
+def parse_env_lines(text: str) -> dict[str, str]:
+    """`export KEY=value` lines: the stack's env file, and what `hack/stack.py up` prints."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = value
+    return values
+
+
 def unique_name(prefix: str) -> str:
     """A name unique to this test run, legal as a Kafka topic, a group id and a DNS-1123 label."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}".lower()
