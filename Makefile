@@ -77,11 +77,11 @@ dev: venv
 test: venv
 	@bash hack/test.sh
 
-# The real node (containerd, runc, CNI, kubelet, kube-proxy; needs root), opt-in while it is being built:
-# starts the stack with it and runs its tests alone (two of them stop and start the node).
+# The real node's own tests only (containerd, runc, CNI, kubelet, kube-proxy; two of them stop and
+# start the node). `make test` runs them too.
 test-node: venv
-	@LAGPILOT_NODE=1 $(STACK) up >/dev/null
-	LAGPILOT_NODE=1 $(VENV)/bin/pytest tests/integration/test_real_node.py -q -p no:cacheprovider
+	@$(STACK) up >/dev/null
+	$(VENV)/bin/pytest tests/integration/test_real_node.py -q -p no:cacheprovider
 
 bench: venv
 	@$(STACK) up >/dev/null

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -84,7 +85,7 @@ PORTS = {
     "etcd-peer": port("ETCD_PEER", 12380),
     "apiserver": port("APISERVER", 16443),
     "prometheus": port("PROMETHEUS", 19090),
-    # The real node (LAGPILOT_NODE=1 / `up --node`): Kafka's listener for Pods on the bridge address,
+    # The real node (on unless LAGPILOT_NODE=0): Kafka's listener for Pods on the bridge address,
     # the kubelet's API on the bridge address, and health/metrics ports on 127.0.0.1.
     "kafka-pods": port("KAFKA_PODS", 19097),
     "kubelet": port("KUBELET", 19250),
@@ -364,6 +365,20 @@ def wait_ready(service: Service) -> None:
         time.sleep(0.25)  # polling a server we just started; there is no event to await
     raise StackError(f"{service.name} was not ready within {service.timeout:.0f}s; "
                      f"see {STATE / 'logs' / (service.name + '.log')}")
+
+
+def running_and_ready(service: Service) -> bool:
+    """A running server that does not answer at once may only be slow (a loaded machine, a long GC):
+    it gets its start-up time to answer before `up` replaces it. Replacing a slow apiserver or broker
+    under load would break every client of the stack at once."""
+    if running_pid(service.name) is None:
+        return False
+    try:
+        wait_ready(service)
+    except StackError as exc:
+        log(f"{exc}: replacing it")
+        return False
+    return True
 
 
 def stop_process(name: str, grace: float = 15.0) -> None:
@@ -784,7 +799,7 @@ SERVICES = [
 
 
 # --------------------------------------------------------------------------------------------- the real node
-# Optional while it is being built (LAGPILOT_NODE=1 or `stack.py up --node`): containerd + runc + CNI +
+# Part of the stack unless LAGPILOT_NODE=0 (or `stack.py up --no-node`): containerd + runc + CNI +
 # a kubelet and kube-proxy built from the same Kubernetes module, so Pods run in containers from the
 # project's own images. The network stays on this machine: a bridge with an address of its own, no
 # gateway, no masquerade, ip_forward left at 0; Pods get one route (the Service range, via the bridge
@@ -820,11 +835,20 @@ IPTABLES = ("iptables", "ip6tables")
 
 
 def node_enabled() -> bool:
-    return os.environ.get("LAGPILOT_NODE", "") == "1"
+    """The real node is part of the stack unless LAGPILOT_NODE=0 (a control plane without nodes)."""
+    return os.environ.get("LAGPILOT_NODE", "1") != "0"
 
 
 def node_dir() -> Path:
     return STATE / "node"
+
+
+def containerd_root() -> Path:
+    """containerd's content and snapshots, kept in the cache across `down`/`up`: importing the images
+    again after every `down` cost about a minute. Its runtime state (tasks, the shims' folders) stays
+    under the stack folder, and the containers a killed stack left in its metadata are deleted at the
+    next start (clear_stale_containers)."""
+    return CACHE / "containerd" / "root"
 
 
 def containerd_socket() -> Path:
@@ -1070,7 +1094,7 @@ def clear_node() -> None:
         sh("ip", "netns", "delete", name)
         with contextlib.suppress(OSError):
             Path("/var/run/netns", name).unlink()
-    unmount_under(node_dir())
+    unmount_under(node_dir(), containerd_root())  # the CRI's sandbox /dev/shm mounts live in its root
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         sh("ip", "link", "delete", BRIDGE, check=True)
     remove_iptables_rules()
@@ -1079,6 +1103,20 @@ def clear_node() -> None:
         shutil.rmtree(node_dir() / sub, ignore_errors=True)
     shutil.rmtree(node_dir() / "images", ignore_errors=True)
     log(f"node cleared in {time.monotonic() - started:.1f}s")
+
+
+def clear_stale_containers() -> bool:
+    """Delete the containers a killed stack left in containerd's metadata (its root outlives the stack).
+
+    Called right after containerd starts, before the kubelet: every container there is such a leftover
+    (their tasks died with the shims). True when there were any.
+    """
+    ctr = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io"]
+    if not sh(*ctr, "containers", "list", "-q").stdout.split():
+        return False
+    log("deleting the containers a killed stack left in containerd's metadata")
+    stop_pod_tasks()
+    return True
 
 
 def stop_pod_tasks() -> None:
@@ -1150,7 +1188,7 @@ def containerd_cmd() -> list[str]:
     base.mkdir(parents=True, exist_ok=True)
     (base / "config.toml").write_text("\n".join([
         "version = 2",
-        f'root = "{base / "root"}"',
+        f'root = "{containerd_root()}"',
         f'state = "{base / "state"}"',
         "[grpc]",
         f'  address = "{containerd_socket()}"',
@@ -1260,6 +1298,49 @@ def kube_proxy_ready() -> bool:
     return SERVICE_IP in nat
 
 
+# No registry is reachable, and none may be contacted: a Pod naming any other image would have the
+# kubelet ask containerd to pull it (a DNS lookup and a connection off this machine). The apiserver
+# refuses such Pods, with a message that says what to do; a Pod that is only there to be counted
+# (Pending, as the operator's tests use them) opts out of the node with a nodeSelector no node has.
+NO_NODE_LABEL = "lagpilot.io/no-node"
+LOCAL_IMAGE_POLICY = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicy",
+    "metadata": {"name": "lagpilot-stack-local-images"},
+    "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}]},
+        "validations": [{
+            "expression": (
+                f"(has(object.spec.nodeSelector) && '{NO_NODE_LABEL}' in object.spec.nodeSelector) || "
+                "(object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : []))"
+                ".all(c, c.image.startsWith('localhost/'))"),
+            "message": ("the local stack's node runs only the images the stack built (localhost/...; see "
+                        "$LAGPILOT_NODE_IMAGES): no registry may be contacted from this machine. A Pod that "
+                        f"must never run sets nodeSelector {NO_NODE_LABEL}: \"true\"."),
+            "reason": "Forbidden",
+        }],
+    },
+}
+LOCAL_IMAGE_POLICY_BINDING = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicyBinding",
+    "metadata": {"name": "lagpilot-stack-local-images"},
+    "spec": {"policyName": "lagpilot-stack-local-images", "validationActions": ["Deny"]},
+}
+
+
+def apply_local_image_policy() -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List",
+                           "items": [LOCAL_IMAGE_POLICY, LOCAL_IMAGE_POLICY_BINDING]})
+    result = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
+                             "--force-conflicts", "--field-manager=lagpilot-stack", "-f", "-"],
+                            input=manifest, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"could not apply the local-images admission policy: {result.stderr.strip()}")
+
+
 def start_node_services() -> None:
     """containerd, the node's images in it, then the kubelet and kube-proxy; sysctls checked on the way.
 
@@ -1269,7 +1350,7 @@ def start_node_services() -> None:
     for service in NODE_SERVICES:
         if service.name == "kubelet":
             import_images_timed()  # before the kubelet, so the Pods it starts find their images
-        if running_pid(service.name) and service.ready():
+        if running_and_ready(service):
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
@@ -1278,6 +1359,12 @@ def start_node_services() -> None:
         wait_ready(service)
         assert_no_forwarding()
         log(f"{service.name} ready in {time.monotonic() - started:.1f}s")
+        if service.name == "containerd" and clear_stale_containers():
+            # The CRI plugin loaded those containers into its own store at start: start it again so the
+            # kubelet is not shown sandboxes that no longer exist.
+            stop_process(service.name)
+            start_process(service)
+            wait_ready(service)
 
 
 def import_images_timed() -> None:
@@ -1501,8 +1588,10 @@ def prune_images(repository: str, keep: str, keep_newest: int = 4) -> None:
     The newest few stay: clones and worktrees of one machine share this cache, each with its own code,
     and pruning each other's builds would make every `up` rebuild.
     """
-    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}}\t{{.CreatedAtRaw}}", repository)).stdout
-    builds = sorted((line.split("\t") for line in listing.splitlines() if "\t" in line),
+    # (`buildah images REPOSITORY` answers "image not known" without a tag: list all, keep this one's.)
+    # buildah aligns the columns with spaces whatever the format says: split at the first blank.
+    listing = sh(*buildah("images", "--format", "{{.Name}}:{{.Tag}} {{.CreatedAtRaw}}")).stdout
+    builds = sorted((line.split(None, 1) for line in listing.splitlines() if line.startswith(repository + ":")),
                     key=lambda row: row[1], reverse=True)
     kept = {keep} | {name for name, _ in builds[:keep_newest]}
     for name, _ in builds:
@@ -1544,12 +1633,29 @@ def buildah_session() -> Iterator[None]:
                 shutil.rmtree(blob_cache_root, ignore_errors=True)
 
 
+# The images build in the background while the Go binaries compile and the control plane starts:
+# a cold build is mostly downloads and unpacking (debootstrap, pip), the Go builds are CPU.
+_image_build: concurrent.futures.Future[list[str]] | None = None
+
+
+def start_image_build() -> None:
+    global _image_build
+    if _image_build is None:
+        _image_build = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="images").submit(node_images)
+
+
+def built_node_images() -> list[str]:
+    if _image_build is not None:
+        return _image_build.result()  # re-raises a failed build here, in the main thread
+    return node_images()
+
+
 def import_node_images() -> None:
     ctr = ["ctr", "--address", str(containerd_socket()), "-n", "k8s.io"]
     present = set(sh(*ctr, "images", "list", "-q").stdout.split())
     archives = CACHE / "images" / "archives"
     archives.mkdir(parents=True, exist_ok=True)
-    for name in node_images():
+    for name in built_node_images():
         if name in present:
             continue
         archive = archives / image_archive_name(name)
@@ -1578,7 +1684,8 @@ def node_images_table() -> dict[str, str]:
 
 def up_node() -> None:
     if os.geteuid() != 0:
-        raise StackError("the real node (LAGPILOT_NODE=1) needs root: it runs containerd and a kubelet")
+        raise StackError("the real node needs root (it runs containerd and a kubelet); "
+                         "LAGPILOT_NODE=0 starts the control plane without it")
     assert_no_forwarding()
     install_node_packages()
     install_node_binaries()
@@ -1614,8 +1721,8 @@ def env_lines() -> list[str]:
         f"export LAGPILOT_STACK_DIR={STATE}",
         f"export LAGPILOT_BIN_DIR={BIN}",
         f"export PATH={BIN}:$PATH",
+        f"export LAGPILOT_NODE={1 if node_enabled() else 0}",  # a later `stack.py up` in this shell keeps the mode
     ] + ([
-        "export LAGPILOT_NODE=1",  # a later `stack.py up` in this shell keeps the node
         f"export LAGPILOT_NODE_IP={NODE_IP}",
         f"export KAFKA_PODS_BOOTSTRAP_SERVERS={NODE_IP}:{PORTS['kafka-pods']}",
         f"export LAGPILOT_NODE_IMAGES={node_images_file()}",
@@ -1641,6 +1748,12 @@ def up() -> None:
 
 
 def _up() -> None:
+    if node_enabled():
+        if os.geteuid() != 0:
+            raise StackError("the real node needs root (it runs containerd and a kubelet); "
+                             "LAGPILOT_NODE=0 starts the control plane without it")
+        install_node_packages()  # buildah and debootstrap, for the image build that starts now
+        start_image_build()
     install()
     mode_file = STATE / "node-mode"
     mode = "node" if node_enabled() else "control-plane"
@@ -1653,7 +1766,7 @@ def _up() -> None:
     mode_file.write_text(mode)
     # Start what is not running yet; the control plane pieces start in dependency order.
     for service in SERVICES:
-        if running_pid(service.name) and service.ready():
+        if running_and_ready(service):
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
@@ -1668,6 +1781,7 @@ def _up() -> None:
             start_process(service)
             wait_ready(service)
     if node_enabled():
+        apply_local_image_policy()  # before the kubelet runs: no Pod may make it pull from a registry
         start_node_services()
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")
@@ -1699,11 +1813,12 @@ def status() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images"])
-    parser.add_argument("--node", action="store_true",
-                        help="also run the real node (containerd, kubelet, kube-proxy); same as LAGPILOT_NODE=1")
+    parser.add_argument("--no-node", action="store_true",
+                        help="the control plane without the real node (no containerd, kubelet, kube-proxy; "
+                             "Pods stay Pending); same as LAGPILOT_NODE=0")
     args = parser.parse_args(argv)
-    if args.node:
-        os.environ["LAGPILOT_NODE"] = "1"
+    if args.no_node:
+        os.environ["LAGPILOT_NODE"] = "0"
     try:
         if args.command == "install":
             install()
@@ -1714,7 +1829,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             return status()
         elif args.command == "images":
-            print(json.dumps(dict(zip(["pause", "worker", "operator"], node_images(), strict=True)), indent=2))
+            node_images()
+            print(json.dumps(node_images_table(), indent=2))
         else:
             print("\n".join(env_lines()))
     except StackError as exc:

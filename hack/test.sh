@@ -15,7 +15,7 @@ echo "== lint (ruff, mypy)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
 
-echo "== local stack (Kafka, Kubernetes control plane, Prometheus)"
+echo "== local stack (Kafka, Kubernetes control plane with a real node, Prometheus)"
 SECONDS=0
 python3 hack/stack.py up >/dev/null
 echo "stack ready after ${SECONDS}s"
@@ -25,6 +25,12 @@ source .stack/env
 echo "== tests (unit, integration, e2e)"
 # Most tests wait on real servers (rebalances, polls, scale-downs), not on the CPU: run them side by side.
 # Every test has its own namespace, topics and group; the scenario that stops a broker has its own broker.
-# The real node is opt-in while it is being built and has its own command, `make test-node`.
+SECONDS=0
 "$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist load --maxschedchunk 1 \
-  --ignore=tests/integration/test_real_node.py "$@"
+  -m "not node_lifecycle" "$@"
+echo "tests took ${SECONDS}s"
+
+echo "== the node's own lifecycle (stop, kill, start): alone, nothing else may share the node meanwhile"
+SECONDS=0
+"$VENV/bin/pytest" tests/integration/test_real_node.py -q -p no:cacheprovider -m node_lifecycle "$@"
+echo "node lifecycle tests took ${SECONDS}s"

@@ -1,9 +1,7 @@
 """The real node: Pods run in containers (containerd + runc) from the project's own images.
 
-The node is opt-in while it is being built: `make test-node` starts the stack with it (`LAGPILOT_NODE=1`)
-and runs this module on its own, because two of its tests stop and start the node, which no other test
-may share. `make test` leaves this module out (hack/test.sh); run against a stack without the node, every
-test here fails at once and says how to start the node.
+Two tests here stop and start the node (`node_lifecycle`), which no other test may share: hack/test.sh
+runs them alone, after everything else. `make test-node` runs this module on its own.
 """
 
 from __future__ import annotations
@@ -25,10 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(autouse=True)
-def _node_is_up() -> None:
-    if os.environ.get("LAGPILOT_NODE") != "1":
-        pytest.fail("these tests need the real node: run `make test-node` (LAGPILOT_NODE=1 hack/stack.py up)",
-                    pytrace=False)
+def _node_is_up(stack) -> None:  # type: ignore[no-untyped-def]
+    if not stack.node_images:
+        pytest.fail("these tests need the real node, which LAGPILOT_NODE=0 turned off", pytrace=False)
+
 
 BRIDGE = os.environ.get("LAGPILOT_NODE_BRIDGE", "lagpilot0")
 NODE_SYSCTLS_FILE = "baseline.json"
@@ -174,7 +172,7 @@ def _shims(stack_dir: Path) -> set[int]:
     return {int(line.split(":")[0]) for line in _stack_processes(stack_dir) if "containerd-shim" in line}
 
 
-@pytest.mark.slow
+@pytest.mark.node_lifecycle
 def test_up_after_a_killed_node_clears_what_it_left_and_runs_pods_again(stack, namespace) -> None:  # type: ignore[no-untyped-def]
     image = stack.node_images["worker"]
     first = unique_name("before-kill")
@@ -198,7 +196,7 @@ def test_up_after_a_killed_node_clears_what_it_left_and_runs_pods_again(stack, n
     assert uid == "10001"
 
 
-@pytest.mark.slow
+@pytest.mark.node_lifecycle
 def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # type: ignore[no-untyped-def]
     """`stack.py down` removes every process, mount, bridge, netns, iptables rule and sysctl change.
 
@@ -216,7 +214,9 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # 
     assert down.returncode == 0, down.stderr
 
     assert _stack_processes(stack.stack_dir) == []
-    assert _mounts(str(stack.stack_dir), "/var/lib/kubelet", "/run/containerd", "/var/run/netns") == []
+    containerd_root = Path(os.environ.get("LAGPILOT_CACHE_DIR", Path.home() / ".cache" / "lagpilot")) / "containerd"
+    assert _mounts(str(stack.stack_dir), str(containerd_root), "/var/lib/kubelet", "/run/containerd",
+                   "/var/run/netns") == []
     assert not Path(f"/sys/class/net/{BRIDGE}").exists()
     netns = Path("/var/run/netns")
     assert not netns.exists() or [p.name for p in netns.iterdir() if p.name.startswith("cni-")] == []

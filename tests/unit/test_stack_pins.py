@@ -66,11 +66,16 @@ def test_a_broker_without_the_tls_listeners_is_not_ready_so_up_replaces_it(monke
     # A broker started by an older stack.py answers on PLAINTEXT but has no SCRAM/mTLS listener: `up`
     # must restart it instead of reusing it, or the TLS tests could never connect.
     stack = _load_stack(monkeypatch)
-    monkeypatch.setattr(stack, "kafka_answers", lambda: True)
-    listening = {stack.PORTS[key] for key in ("kafka", "kafka-controller", "kafka-sasl")}
+    listening = {stack.PORTS[key] for key in ("kafka", "kafka-controller", "kafka-sasl", "kafka-pods")}
+    monkeypatch.setattr(stack, "kafka_answers",
+                        lambda host=stack.HOST, port_number=None: (port_number or stack.PORTS["kafka"]) in listening)
     monkeypatch.setattr(stack, "port_open", lambda number: number in listening)
     assert not stack.kafka_ready()
     listening |= {stack.PORTS["kafka-scram"], stack.PORTS["kafka-mtls"]}
+    assert stack.kafka_ready()
+    listening.discard(stack.PORTS["kafka-pods"])  # with the node (the default), the Pods' listener too
+    assert not stack.kafka_ready()
+    monkeypatch.setenv("LAGPILOT_NODE", "0")
     assert stack.kafka_ready()
 
 
