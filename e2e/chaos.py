@@ -60,6 +60,21 @@ def last_processed(entries: Iterable[Mapping[str, Any]]) -> float:
     return max((float(e.get("processedMs") or 0) for e in entries), default=0.0) / 1000
 
 
+def duplicates_by_first_worker(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Runs beyond the first of each id, charged to the worker that ran it first: whose hand-over (a stop,
+    a revocation, a crash) left it uncommitted."""
+    by_id: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in entries:
+        by_id.setdefault(str(entry.get("id")), []).append(entry)
+    charged: dict[str, int] = {}
+    for runs in by_id.values():
+        if len(runs) > 1:
+            first = min(runs, key=lambda e: float(e.get("processedMs") or 0))
+            worker = str(first.get("worker"))
+            charged[worker] = charged.get(worker, 0) + len(runs) - 1
+    return dict(sorted(charged.items()))
+
+
 def partitions_of(entries: Iterable[Mapping[str, Any]], worker: str, since: float, until: float) -> set[int]:
     """Partitions `worker` wrote entries for in [since, until]: what it held then."""
     low, high = since * 1000, until * 1000

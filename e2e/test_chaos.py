@@ -126,17 +126,20 @@ def test_worker_pods_deleted_with_and_without_grace_lose_nothing(scenario: Scena
         others = chaos.processed_between(entries, since, max(until, since + 2), exclude=[m["pod"]])
         assert others > 0, f"no record processed by the other workers while the {label} deletion ran"
 
+    charged = chaos.duplicates_by_first_worker(entries)
+    print(f"  duplicates by the worker that ran them first: {charged}")
     graceful = measured["grace"]
     # Graceful: SIGTERM is handled, the records in hand finish, the final commit is made, the worker
     # leaves the group and exits 0, well within the shutdown timeout and the grace period.
     assert graceful["exit_status"] == 0, graceful
     assert graceful["sigterm_to_final_commit"] is not None, f"no 'stopped' line: {graceful}"
     assert graceful["sigterm_to_exit"] <= SHUTDOWN_TIMEOUT_SECONDS + 2, graceful
-    # What a stop gives up (`abandoned`, its own count) is all it may deliver again; a stop whose log or
-    # final commit is missing (SIGKILLed, or its lines lost with a force-deleted Pod) may replay its window.
-    bound = sum(int(m["abandoned"]) if m["sigterm_to_final_commit"] is not None else WINDOW
-                for m in measured.values())
-    assert accounting.duplicates <= bound, (accounting.summary(), measured)
+    # docs/worker.md: a graceful shutdown repeats only the records still running when its bound ran out
+    # (what it reports abandoned). A stop SIGKILLed before its final commit is a crash: what runs again is
+    # what its last stored commit did not cover, which the docs do not bound by the window.
+    for m in measured.values():
+        if m["sigterm_to_final_commit"] is not None:
+            assert charged.get(m["pod"], 0) <= int(m["abandoned"]), (m, charged, accounting.summary())
 
 
 # --- a rolling update during a burst -------------------------------------------------------------------------
@@ -202,10 +205,14 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         assert all(slices), f"the group stalled during the rollout: {slices}"
         assert all(found and found[-1].seconds is not None for found in stops.values()), stops
         print(f"  commit trouble of the old Pods: {commit_trouble}")
+        charged = chaos.duplicates_by_first_worker(entries)
+        print(f"  duplicates by the worker that ran them first: {charged}")
         # docs/worker.md: "A graceful revoke or shutdown commits synchronously and repeats only records
-        # still running when its bound ran out."
+        # still running when its bound ran out." Every old Pod stopped gracefully: what it ran first and
+        # the new Pods ran again is bounded by what its stops reported abandoned.
         bound = sum(found[-1].abandoned for found in stops.values())
-        assert accounting.duplicates <= bound, (accounting.summary(), stops, commit_trouble)
+        replayed = sum(charged.get(pod, 0) for pod in old_pods)
+        assert replayed <= bound, (accounting.summary(), charged, stops, commit_trouble)
 
 
 def _template_hashes(scenario: Scenario, group: Group) -> set[str]:

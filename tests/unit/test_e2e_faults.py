@@ -193,3 +193,10 @@ def test_commit_trouble_counts_failed_commits_and_lost_partitions() -> None:
                {"message": "partitions lost (another member may own them now); nothing is committed for them"},
                {"message": "partitions revoked"}]
     assert chaos.commit_trouble(records) == {"async_commit_failed": 2, "commit_failed": 1, "partitions_lost": 1}
+
+
+def test_duplicates_are_charged_to_the_worker_that_ran_the_record_first() -> None:
+    entries = [{"id": "a", "worker": "w2", "processedMs": 20}, {"id": "a", "worker": "w1", "processedMs": 10},
+               {"id": "b", "worker": "w2", "processedMs": 5}, {"id": "b", "worker": "w3", "processedMs": 30},
+               {"id": "b", "worker": "w3", "processedMs": 31}, {"id": "c", "worker": "w1", "processedMs": 1}]
+    assert chaos.duplicates_by_first_worker(entries) == {"w1": 1, "w2": 2}
