@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from e2e import chaos
 from e2e.harness import Scenario, duplicate_report, finish_load, phase, read_entries
 from e2e.loadgen import burst
 from support import wait_for
@@ -43,6 +44,7 @@ def test_worker_and_operator_crashes_lose_nothing(scenario: Scenario) -> None:
     assert pods, "no running worker pod to kill"
     killed_pod = pods[0]
     scenario.backend.kill_worker(scenario.namespace, killed_pod)
+    worker_killed_at = time.time()
 
     # Restart resumes from status: no scale-down while the load still runs (before the operator had even
     # a scale-down window of samples again).
@@ -59,6 +61,7 @@ def test_worker_and_operator_crashes_lose_nothing(scenario: Scenario) -> None:
         return int(out or 0)
 
     wait_for(lambda: restart_count() >= 1, 30, f"pod {killed_pod} restarted after the SIGKILL")
+    worker_restarted_at = time.time()
 
     result = finish_load(load)
     accounting = ledger.wait_for(result.ids, 120)
@@ -70,8 +73,14 @@ def test_worker_and_operator_crashes_lose_nothing(scenario: Scenario) -> None:
     print(f"faults: produced {result.produced}, duplicates {accounting.duplicates}, operator down "
           f"{restarted_at - killed_at:.0f}s at {replicas_at_kill} replicas, "
           f"{group.watch.describe(start)}")
-    if accounting.duplicates:
-        print(duplicate_report(read_entries(scenario.bootstrap, group.processed_topic, ledger.records)))
+    entries = read_entries(scenario.bootstrap, group.processed_topic, ledger.records)
+    print(duplicate_report(entries))
+    print(f"  worker {killed_pod}: SIGKILL -> restarted {worker_restarted_at - worker_killed_at:.1f}s; the group "
+          f"processed {chaos.processed_between(entries, worker_killed_at, worker_restarted_at)} records meanwhile")
+    for label, since, until in (("operator down and restarting", killed_at, restarted_at + 10),
+                                ("worker killed and restarting", worker_killed_at, worker_restarted_at + 10)):
+        lines = chaos.decision_timeline(group.watch.status_history(), since, until, start)
+        print(f"  operator decisions, {label}:\n" + "\n".join(f"    {line}" for line in lines))
     # A SIGKILL replays at most the killed pod's uncommitted window (commits every second).
     assert accounting.duplicates <= 0.1 * result.produced, accounting.summary()
     assert scenario.operator.starts == 2
