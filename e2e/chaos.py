@@ -154,6 +154,20 @@ def shutdowns(records: Iterable[Mapping[str, Any]]) -> list[Shutdown]:
     return found
 
 
+def replays_reported(records: Iterable[Mapping[str, Any]]) -> int:
+    """What a worker said would run again elsewhere (docs/worker.md, Rebalances and Shutdown): per
+    "partitions revoked" line the records still running when the revoke bound ran out and those of a
+    final commit the broker refused, plus what a shutdown abandoned at its deadline."""
+    total = 0
+    for record in records:
+        message = str(record.get("message", ""))
+        if message == "partitions revoked":
+            total += int(record.get("abandoned_records") or 0) + int(record.get("refused_records") or 0)
+        elif message.startswith("shutdown deadline reached"):
+            total += int(record.get("abandoned_records") or record.get("records") or 0)
+    return total
+
+
 def commit_trouble(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """How often a worker's commits failed and its partitions were lost, from its warnings."""
     counts = {"async_commit_failed": 0, "commit_failed": 0, "partitions_lost": 0}

@@ -200,3 +200,15 @@ def test_duplicates_are_charged_to_the_worker_that_ran_the_record_first() -> Non
                {"id": "b", "worker": "w2", "processedMs": 5}, {"id": "b", "worker": "w3", "processedMs": 30},
                {"id": "b", "worker": "w3", "processedMs": 31}, {"id": "c", "worker": "w1", "processedMs": 1}]
     assert chaos.duplicates_by_first_worker(entries) == {"w1": 1, "w2": 2}
+
+
+def test_replays_reported_sum_revoke_abandoned_refused_and_shutdown_abandoned() -> None:
+    records = [
+        {"message": "partitions revoked", "abandoned_records": 2, "refused_records": 40},
+        {"message": "partitions revoked", "abandoned_records": 0, "refused_records": 0},
+        {"message": "partitions revoked", "abandoned_records": 1},  # a worker before refused_records
+        {"message": "shutdown deadline reached: abandoned work will be delivered again", "abandoned_records": 3},
+        {"message": "asynchronous commit failed, will commit again: ILLEGAL_GENERATION"},
+    ]
+    assert chaos.replays_reported(records) == 46
+    assert chaos.replays_reported([]) == 0
