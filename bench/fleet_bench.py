@@ -51,7 +51,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # e2e.harness imports tests/support.py
 from e2e.harness import PrivateBroker  # noqa: E402
 
 GROUP, VERSION, PLURAL = "lagpilot.io", "v1alpha1", "kafkaconsumergroups"
@@ -87,7 +87,7 @@ def wait_until(check: Any, timeout: float, what: str, every: float = 1.0) -> Non
 
 def prepare_kafka(bootstrap: str, topics: list[str], groups: list[str], partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for topic, future in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).items():
+    for future in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
         future.result(timeout=300)
     produce(bootstrap, topics, partitions, 1)
 
@@ -246,7 +246,7 @@ def _kind(parts: list[str]) -> str:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2):
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (http to the local proxy)
             return True
     except OSError:
         return False
@@ -277,7 +277,8 @@ class Operator:
         return values["VmRSS"], values["VmHWM"]
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         values: dict[str, float] = {}
         for line in text.splitlines():
