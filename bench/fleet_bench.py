@@ -176,6 +176,13 @@ def statuses(namespace: str) -> dict[str, dict[str, Any]]:
     return {item["metadata"]["name"]: dict(item.get("status") or {}) for item in found["items"]}
 
 
+def events_by_reason(namespace: str) -> Counter[str]:
+    """Events in the namespace by reason, each weighted by its repeat count."""
+    found = client.CoreV1Api().list_namespaced_event(namespace)
+    return sum(
+        (Counter({event.reason or "?": event.count or 1}) for event in found.items), Counter())
+
+
 def drop_finalizers(namespace: str, names: list[str]) -> None:
     api = client.CustomObjectsApi()
 
@@ -366,9 +373,11 @@ def main() -> int:
         time.sleep(3 * args.interval)
 
         log(f"steady window: {args.steady_seconds:.0f} s")
+        events0 = events_by_reason(namespace)
         cpu0, requests0, metrics0, t0 = operator.cpu_seconds(), proxy.requests(), operator.metrics(), time.monotonic()
         time.sleep(args.steady_seconds)
         cpu1, requests1, metrics1, t1 = operator.cpu_seconds(), proxy.requests(), operator.metrics(), time.monotonic()
+        events1 = events_by_reason(namespace)
         rss, rss_peak = operator.rss_mib()
         window = t1 - t0
         reconciles = (metrics1.get("lagpilot_reconcile_duration_seconds_count", 0)
@@ -389,6 +398,7 @@ def main() -> int:
             "api_writes_per_second": round(sum(v for k, v in api.items() if k.split()[0] in WRITE_VERBS), 2),
             "api_reads_per_second": round(sum(v for k, v in api.items() if k.split()[0] == "GET"), 2),
             "api_requests_per_second": dict(sorted(api.items())),
+            "events_in_window_by_reason": dict(events1 - events0),
             "kafka_requests_per_second": round(sum(kafka.values()), 2),
             "kafka_requests_by_type_per_second": dict(sorted(kafka.items())),
         })

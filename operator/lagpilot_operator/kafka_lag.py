@@ -321,7 +321,7 @@ def connection_failure(reason: str, detail: str, what: str, bootstrap: str) -> L
         "certificate in spec.kafka.security.tls.certSecretRef")
 
 
-def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
+def translate_error(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     code = error.code() if isinstance(error, KafkaError) else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
@@ -346,7 +346,7 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise _translate(exc, "reading cluster metadata", bootstrap, admin) from exc
+        raise translate_error(exc, "reading cluster metadata", bootstrap, admin) from exc
     partitions: list[TopicPartition] = []
     for topic in topics:
         found = metadata.topics.get(topic)
@@ -367,7 +367,7 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
         starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
         members = len(group_future.result(timeout=timeout).members)
     except (KafkaException, TimeoutError) as exc:
-        raise _translate(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
+        raise translate_error(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
     _last_client_error.pop(id(admin), None)  # a read that worked: older login errors are history
     admin.poll(0)  # serves the statistics callback (the request counter)
     offsets = tuple(
