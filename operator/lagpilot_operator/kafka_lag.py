@@ -193,7 +193,7 @@ def request_count_deltas(seen: dict[tuple[str, str], int], stats_json: str) -> d
     return deltas
 
 
-def _count_requests() -> Any:
+def count_requests() -> Any:
     seen: dict[tuple[str, str], int] = {}
 
     def on_statistics(stats_json: str) -> None:
@@ -263,7 +263,7 @@ class AdminClientPool:
                 config["error_cb"] = remember
                 if STATISTICS_INTERVAL_MS > 0:
                     config["statistics.interval.ms"] = str(STATISTICS_INTERVAL_MS)
-                    config["stats_cb"] = _count_requests()
+                    config["stats_cb"] = count_requests()
                 client = self._clients[key] = AdminClient(config)
                 created.append(id(client))
             return client
@@ -283,6 +283,11 @@ class AdminClientPool:
         with self._lock:
             for unused in self._leases.release(owner):
                 self._clients.pop(unused, None)
+
+    def in_use(self) -> set[str]:
+        """The fingerprints of the settings some resource uses."""
+        with self._lock:
+            return set(self._clients)
 
     def __len__(self) -> int:
         return len(self._clients)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TOP_PARTITIONS = 10
 DEAD_LETTER_INTERVAL_SECONDS = 30.0
+POOL_RECHECK_SECONDS = 60.0
 # The stuck-partition window (verdicts.py). An operator setting rather than a spec field: it is about
 # how patient the operator is with commit gaps, the same for every group it serves.
 VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS))
@@ -69,6 +70,9 @@ class ResourceState:
     last_written: dict[str, Any] | None = None
     """The status this process wrote last, and when (status_writes: only changes are written)."""
     last_write_time: float = 0.0
+    published_pool: int | None = None
+    """The pool size this process last published in the pool ConfigMap, and when it last looked."""
+    pool_checked_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,11 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         # A refused scale holds the pool too: the decision is one shape (replicas x pool).
         pool = decision.pool if refusal is None else current_pool
         try:
-            await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+            # Read (and, if it differs, written) when the size changes, else once a minute: a deleted or
+            # edited ConfigMap is put back without a read per poll.
+            if pool != state.published_pool or now - state.pool_checked_at >= POOL_RECHECK_SECONDS:
+                await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+                state.published_pool, state.pool_checked_at = pool, now
         except ApiException as exc:
             refusal = refusal or scale_apply.refusal(
                 f"publishing pool size {pool} in ConfigMap {namespace}/{pool_configmap_name(name)}", exc.status,
@@ -320,7 +328,7 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
         assert settings is not None
         pool = shared.admin_clients
         pool.get(settings, owner=(namespace, name))  # the lease: rotated credentials retire the old client
-        observer = shared.observers.for_settings(settings, lambda: pool.get(settings))
+        observer = shared.observers.for_settings(settings, lambda: pool.get(settings), pool.in_use())
         try:
             sample = await observer.sample((namespace, name), Watch(spec.group_id, tuple(spec.topics)))
         except kafka_lag.KafkaUnreachable:
