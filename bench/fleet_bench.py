@@ -262,8 +262,10 @@ def _answers(url: str) -> bool:
 class Operator:
     def __init__(self, namespace: str, kubeconfig: Path, workdir: Path, operator_path: str | None) -> None:
         self.metrics_port = free_port()
+        # A 20 s stuck-partition window: the groups never commit, so their partitions turn STALLED once
+        # (a real change, written and announced); the steady window starts after that.
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LAGPILOT_METRICS_PORT": str(self.metrics_port),
-               "LAGPILOT_METRICS_ADDRESS": "127.0.0.1"}
+               "LAGPILOT_METRICS_ADDRESS": "127.0.0.1", "LAGPILOT_VERDICT_WINDOW_SECONDS": "20"}
         if operator_path:
             env["PYTHONPATH"] = os.pathsep.join([operator_path, env.get("PYTHONPATH", "")])
         self.log_path = workdir / "operator.log"
@@ -369,8 +371,15 @@ def main() -> int:
 
         wait_until(all_decided, 900, "every resource's first decision", every=2)
         result["all_decided_seconds"] = round(time.monotonic() - started, 1)
-        log(f"every resource decided after {result['all_decided_seconds']} s; settling 3 intervals")
-        time.sleep(3 * args.interval)
+        log(f"every resource decided after {result['all_decided_seconds']} s; waiting for the stalled verdicts")
+
+        def all_stalled() -> bool:
+            found = statuses(namespace)
+            return sum(1 for s in found.values() if any(c.get("type") == "PartitionsStuck" and c.get("status") == "True"
+                                                        for c in s.get("conditions") or [])) == args.resources
+
+        wait_until(all_stalled, 300, "every resource's PartitionsStuck condition", every=2)
+        time.sleep(2 * args.interval)
 
         log(f"steady window: {args.steady_seconds:.0f} s")
         events0 = events_by_reason(namespace)
@@ -419,7 +428,7 @@ def main() -> int:
                     seen[name] = now
             return len(seen) == args.resources
 
-        wait_until(all_seen, 300, "every resource deciding on the lag change", every=0.5)
+        wait_until(all_seen, 300, "every resource deciding on the lag change", every=1.0)
         times = sorted(seen.values())
         result["lag_change_seconds"] = {"produced_in": round(produced, 2), "p50": round(statistics.median(times), 2),
                                         "max": round(times[-1], 2)}
