@@ -6,8 +6,8 @@ operator as `kopf run` in a subprocess watching a namespace of its own. Every re
 `--partitions / --resources` partitions with one record per partition and a group that committed it
 (caught up: lag 0, nothing moves), `lagThreshold` with `lagPerConsumer` = partitions, replicas 1-3, so
 the steady decision is 1 replica. Half the resources scale a Deployment of their own
-(`scaleTargetRef`), the other half own one (`template` mode). The Deployments are paused with a nodeSelector no node matches: replicas are
-set, no Pod ever runs.
+(`scaleTargetRef`), the other half own one (`template` mode). The Deployments are paused with a
+nodeSelector no node matches: replicas are set, no Pod ever runs.
 
 Measured, in a steady window after every resource has decided (nothing changes in Kafka):
 * CPU of the operator process (every thread, librdkafka's included) per resource-poll, and the
