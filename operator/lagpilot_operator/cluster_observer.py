@@ -182,7 +182,8 @@ class ClusterObservers:
         """The observer of `settings`; observers of settings no resource uses any more (`in_use`: the
         fingerprints with users, e.g. after a credential rotation) are closed."""
         key = kafka_lag.settings_fingerprint(settings)
-        for stale in [k for k, o in self.observers.items() if k not in in_use and k != key and not o.waiting]:
+        for stale in [k for k, o in self.observers.items()
+                      if k not in in_use and k != key and not o.waiting and (o.running is None or o.running.done())]:
             self.observers.pop(stale).close()
         observer = self.observers.get(key)
         if observer is None:
