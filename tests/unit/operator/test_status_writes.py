@@ -7,7 +7,14 @@ from dataclasses import replace
 from typing import Any
 
 from lagpilot_operator.observations import LagSample, PartitionOffsets
-from lagpilot_operator.policy import LagThresholdConfig, Observation, PolicyConfig, PolicyMemory, ScalingBehavior, decide
+from lagpilot_operator.policy import (
+    LagThresholdConfig,
+    Observation,
+    PolicyConfig,
+    PolicyMemory,
+    ScalingBehavior,
+    decide,
+)
 from lagpilot_operator.status_writes import differs, leading_digit, material, resumed_memory, should_write
 
 STATUS: dict[str, Any] = {
