@@ -58,7 +58,14 @@ def prepare(bootstrap: str, namespace: str, partitions: int) -> dict[str, Any]:
                 raise
             time.sleep(0.5)
     consumer.close()
-    kubectl("create", "deployment", name, "-n", namespace, "--image=registry.invalid/worker:1", "--replicas=1")
+    # Its Pods select no node (the stack's node runs only local images): Pending, only counted.
+    labels = {"app": name}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                           "template": {"metadata": {"labels": labels},
+                                        "spec": {"nodeSelector": {"lagpilot.io/no-node": "true"},
+                                                 "containers": [{"name": "worker", "image": "registry.invalid/w:1"}]}}}}
+    kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(deployment))
     manifest = {"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup",
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {"kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic],

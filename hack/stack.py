@@ -367,6 +367,20 @@ def wait_ready(service: Service) -> None:
                      f"see {STATE / 'logs' / (service.name + '.log')}")
 
 
+def running_and_ready(service: Service) -> bool:
+    """A running server that does not answer at once may only be slow (a loaded machine, a long GC):
+    it gets its start-up time to answer before `up` replaces it. Replacing a slow apiserver or broker
+    under load would break every client of the stack at once."""
+    if running_pid(service.name) is None:
+        return False
+    try:
+        wait_ready(service)
+    except StackError as exc:
+        log(f"{exc}: replacing it")
+        return False
+    return True
+
+
 def stop_process(name: str, grace: float = 15.0) -> None:
     pid = running_pid(name)
     pidfile(name).unlink(missing_ok=True)
@@ -1284,6 +1298,49 @@ def kube_proxy_ready() -> bool:
     return SERVICE_IP in nat
 
 
+# No registry is reachable, and none may be contacted: a Pod naming any other image would have the
+# kubelet ask containerd to pull it (a DNS lookup and a connection off this machine). The apiserver
+# refuses such Pods, with a message that says what to do; a Pod that is only there to be counted
+# (Pending, as the operator's tests use them) opts out of the node with a nodeSelector no node has.
+NO_NODE_LABEL = "lagpilot.io/no-node"
+LOCAL_IMAGE_POLICY = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicy",
+    "metadata": {"name": "lagpilot-stack-local-images"},
+    "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}]},
+        "validations": [{
+            "expression": (
+                f"(has(object.spec.nodeSelector) && '{NO_NODE_LABEL}' in object.spec.nodeSelector) || "
+                "(object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : []))"
+                ".all(c, c.image.startsWith('localhost/'))"),
+            "message": ("the local stack's node runs only the images the stack built (localhost/...; see "
+                        "$LAGPILOT_NODE_IMAGES): no registry may be contacted from this machine. A Pod that "
+                        f"must never run sets nodeSelector {NO_NODE_LABEL}: \"true\"."),
+            "reason": "Forbidden",
+        }],
+    },
+}
+LOCAL_IMAGE_POLICY_BINDING = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicyBinding",
+    "metadata": {"name": "lagpilot-stack-local-images"},
+    "spec": {"policyName": "lagpilot-stack-local-images", "validationActions": ["Deny"]},
+}
+
+
+def apply_local_image_policy() -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List",
+                           "items": [LOCAL_IMAGE_POLICY, LOCAL_IMAGE_POLICY_BINDING]})
+    result = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
+                             "--force-conflicts", "--field-manager=lagpilot-stack", "-f", "-"],
+                            input=manifest, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"could not apply the local-images admission policy: {result.stderr.strip()}")
+
+
 def start_node_services() -> None:
     """containerd, the node's images in it, then the kubelet and kube-proxy; sysctls checked on the way.
 
@@ -1293,7 +1350,7 @@ def start_node_services() -> None:
     for service in NODE_SERVICES:
         if service.name == "kubelet":
             import_images_timed()  # before the kubelet, so the Pods it starts find their images
-        if running_pid(service.name) and service.ready():
+        if running_and_ready(service):
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
@@ -1611,11 +1668,24 @@ def import_node_images() -> None:
         sh(*ctr, "images", "import", "--snapshotter", "overlayfs", str(archive), check=True)
     node_images_file().parent.mkdir(parents=True, exist_ok=True)
     node_images_file().write_text(json.dumps(node_images_table(), indent=2))
+    write_operator_values()
 
 
 def node_images_file() -> Path:
     """The image table of THIS checkout: clones and worktrees sharing one stack each run their own code."""
     return node_dir() / "images" / (hashlib.sha256(str(REPO).encode()).hexdigest()[:12] + ".json")
+
+
+def operator_values_file() -> Path:
+    """Values for `helm install ... charts/lagpilot -f <this>`: the node's own operator image, never pulled."""
+    return node_images_file().with_suffix(".operator-values.yaml")
+
+
+def write_operator_values() -> None:
+    repository, _, tag = node_images_table()["operator"].rpartition(":")
+    operator_values_file().write_text(
+        "# Written by hack/stack.py: the operator image this checkout built and the node imported.\n"
+        f"image:\n  repository: {repository}\n  tag: \"{tag}\"\n  pullPolicy: Never\n")
 
 
 def node_images_table() -> dict[str, str]:
@@ -1669,6 +1739,10 @@ def env_lines() -> list[str]:
         f"export LAGPILOT_NODE_IP={NODE_IP}",
         f"export KAFKA_PODS_BOOTSTRAP_SERVERS={NODE_IP}:{PORTS['kafka-pods']}",
         f"export LAGPILOT_NODE_IMAGES={node_images_file()}",
+        # The README walkthrough's images (this checkout's builds): the operator chart's values for
+        # them, and the example worker for examples/walkthrough.yaml.
+        f"export LAGPILOT_OPERATOR_VALUES={operator_values_file()}",
+        f"export LAGPILOT_EXAMPLE_WORKER_IMAGE={node_images_table()['example-worker']}",
     ] if node_enabled() else [])
 
 
@@ -1709,7 +1783,7 @@ def _up() -> None:
     mode_file.write_text(mode)
     # Start what is not running yet; the control plane pieces start in dependency order.
     for service in SERVICES:
-        if running_pid(service.name) and service.ready():
+        if running_and_ready(service):
             continue
         stop_process(service.name)
         log(f"starting {service.name}")
@@ -1724,6 +1798,7 @@ def _up() -> None:
             start_process(service)
             wait_ready(service)
     if node_enabled():
+        apply_local_image_policy()  # before the kubelet runs: no Pod may make it pull from a registry
         start_node_services()
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")

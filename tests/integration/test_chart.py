@@ -71,6 +71,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# These installs check what the chart creates, not a running operator (tests/integration of the node run
+# it): its Pods select no node, so the default image (from a registry) is never pulled.
+PENDING = ("--set-string", "nodeSelector.lagpilot\\.io/no-node=true")
+
+
 @pytest.fixture
 def helm_release(stack: Stack) -> Iterator[Callable[..., str]]:
     """install(chart, namespace, *args) -> release name; every release is uninstalled afterwards
@@ -80,7 +85,7 @@ def helm_release(stack: Stack) -> Iterator[Callable[..., str]]:
     def install(chart: Path, namespace: str, *args: str) -> str:
         release = unique_name("lp")
         installed.append((release, namespace))
-        stack.helm("install", release, str(chart), "-n", namespace, *args)
+        stack.helm("install", release, str(chart), "-n", namespace, *PENDING, *args)
         return release
 
     yield install
@@ -183,6 +188,7 @@ def test_operator_pod_is_hardened(stack: Stack) -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     env = {item["name"]: item for item in container["env"]}
@@ -190,6 +196,8 @@ def test_operator_pod_is_hardened(stack: Stack) -> None:
     assert env["LAGPILOT_METRICS_PORT"]["value"] == "8080"
     (service,) = only(docs, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    # Discovered by a plain Prometheus (kubernetes_sd_configs) without the Prometheus Operator.
+    assert service["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
     assert not only(docs, "ServiceMonitor")  # off by default
 
 
@@ -220,7 +228,8 @@ def test_operator_script_gives_each_pod_its_own_negative_priority(stack: Stack, 
     fake = tmp_path / "kopf"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    script = operator_container(render(stack, CHART, "--set", "replicaCount=3"))["args"][0]
+    script = operator_container(render(stack, CHART, "--set", "replicaCount=3",
+                                       "--set", "peering.announceSeconds=0"))["args"][0]
     priorities: dict[str, int] = {}
     for pod in ("lp-lagpilot-5d8f9c7b6-x2x9k", "lp-lagpilot-5d8f9c7b6-q7n4m", "lp-lagpilot-77b4c9d5f-2kzt8"):
         env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": pod}
@@ -236,6 +245,66 @@ def test_operator_script_gives_each_pod_its_own_negative_priority(stack: Stack, 
                            env={"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin",
                                 "POD_ID": "lp-lagpilot-5d8f9c7b6-x2x9k"}).stdout
     assert f"--priority={priorities['lp-lagpilot-5d8f9c7b6-x2x9k']}" in again.splitlines()
+
+
+def test_a_restarted_operator_container_ranks_below_every_fresh_replica(stack: Stack, tmp_path: Path) -> None:
+    """The kubelet restarts a killed leader in the same pod (same peer identity): it must come back
+    below the standby replicas, so one of them takes over at once and a crash-looping replica does
+    not win the leadership back after every restart."""
+    fake = tmp_path / "kopf"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    (deployment,) = only(render(stack, CHART, "--set", "replicaCount=2", "--set", "peering.announceSeconds=0"),
+                         "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["LAGPILOT_RESTART_MARKER"].startswith("/tmp/")  # the emptyDir: outlives a container only
+    script = container["args"][0]
+
+    def priority(pod: str, marker: Path) -> int:
+        out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True,
+                             env={"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": pod,
+                                  "LAGPILOT_RESTART_MARKER": str(marker)}).stdout
+        (arg,) = [a for a in out.splitlines() if a.startswith("--priority=")]
+        return int(arg.removeprefix("--priority="))
+
+    pods = [f"lp-lagpilot-5d8f9c7b6-{suffix}" for suffix in ("x2x9k", "q7n4m", "b8r2z", "zz1aa")]
+    fresh = {pod: priority(pod, tmp_path / f"{pod}.marker") for pod in pods}
+    restarted = {pod: priority(pod, tmp_path / f"{pod}.marker") for pod in pods}  # the marker is there now
+    assert max(restarted.values()) < min(fresh.values())
+    assert len(set(restarted.values())) == len(pods)  # restarted replicas never tie either
+    assert all(p >= -2_000_000_000 for p in restarted.values())
+
+
+def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack: Stack, tmp_path: Path) -> None:
+    """Replicas starting together must see each other before either acts: a fresh container writes its
+    peering entry (kopf freeze, same identity and priority as its kopf run) and waits; a restarted
+    container and a single replica do not wait."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "kopf"
+    fake.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {calls}\n')
+    fake.chmod(0o755)
+    marker = tmp_path / "marker"
+    env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": "lp-lagpilot-5d8f9c7b6-x2x9k",
+           "LAGPILOT_RESTART_MARKER": str(marker)}
+    script = operator_container(render(stack, CHART, "--set", "replicaCount=2",
+                                       "--set", "peering.announceSeconds=1"))["args"][0]
+    subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)
+    (freeze, run) = [line.split() for line in calls.read_text().splitlines()]
+    assert freeze[1] == "freeze" and run[1] == "run"
+    assert "--id=lp-lagpilot-5d8f9c7b6-x2x9k" in freeze and "--lifetime=60" in freeze
+    for flag in ("--peering=", "--priority=", "--namespace=", "--all-namespaces"):
+        assert [a for a in freeze if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
+    assert float(run[0]) - float(freeze[0]) >= 1.0  # announceSeconds passed before kopf run
+
+    calls.unlink()
+    subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)  # restarted: the marker is there
+    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["run"]
+    calls.unlink()
+    single = operator_container(render(stack, CHART, "--set", "peering.announceSeconds=1"))["args"][0]
+    subprocess.run(["/bin/sh", "-c", single], env={**env, "LAGPILOT_RESTART_MARKER": str(tmp_path / "new")},
+                   check=True, timeout=30)
+    assert [line.split()[1] for line in calls.read_text().splitlines()] == ["run"]
 
 
 def test_worker_chart_renders_the_pool_contract(stack: Stack) -> None:
@@ -350,7 +419,7 @@ def test_install_cluster_scope_creates_everything_and_uninstall_removes_it(
     assert exists(stack, "clusterkopfpeering", cluster_name)
 
     # The ReplicaSet controller creates the pod: the hardened pod spec passes admission. It stays
-    # Pending (no kubelet here).
+    # Pending (it selects no node).
     selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator"
     pods = wait_for(lambda: kubectl_json(stack, "pods", "-n", namespace, "-l", selector)["items"], 60,
                     "the operator pod to be created")

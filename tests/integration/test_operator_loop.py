@@ -18,7 +18,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from support import metric_value, wait_for
+from support import NO_NODE_SELECTOR, metric_value, pending_deployment, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -103,8 +103,7 @@ def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> N
 
 
 def deployment(stack: Any, namespace: str, name: str, replicas: int) -> None:
-    stack.kubectl("create", "deployment", name, "-n", namespace, "--image=registry.invalid/worker:1",
-                  f"--replicas={replicas}")
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(pending_deployment(name, replicas)))
 
 
 def replicas_of(stack: Any, namespace: str, name: str) -> int:
@@ -226,7 +225,8 @@ def test_template_mode_owns_its_deployment(stack: Any, namespace: str, operator:
     template = {"metadata": {"labels": {"app": "tw"}},
                 "spec": {"selector": {"matchLabels": {"app": "tw"}},
                          "template": {"metadata": {"labels": {"app": "tw"}},
-                                      "spec": {"containers": [{"name": "worker", "image": "registry.invalid/w:1"}]}}}}
+                                      "spec": {"nodeSelector": NO_NODE_SELECTOR,
+                                               "containers": [{"name": "worker", "image": "registry.invalid/w:1"}]}}}}
     kcg(stack, namespace, "owned", {
         "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": unique_name("g"), "topics": [topic],
         "template": template, "replicas": {"min": 2, "max": 4}, **FAST})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -30,41 +30,48 @@ def walkthrough_commands() -> list[str]:
 
 def test_walkthrough_has_the_promised_steps() -> None:
     commands = walkthrough_commands()
-    assert commands[0] == 'eval "$(make -s stack-up)"'
+    assert commands[0] == 'eval "$(make -s stack-up)"'  # the stack with its real node (the default)
     assert any(c.startswith("kubectl apply --server-side -f crds/") for c in commands)
+    # The operator runs as a Pod from the chart; the workers from the example handler image.
     assert any(c.startswith("helm install lagpilot charts/lagpilot") for c in commands)
+    assert not any("kopf run" in c for c in commands)
+    assert any("$LAGPILOT_EXAMPLE_WORKER_IMAGE" in c and "examples/walkthrough.yaml" in c for c in commands)
     assert commands[-1] == "kubectl get kcg -n demo -w"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def clean_walkthrough(stack: Any) -> Iterator[None]:
-    """The walkthrough uses fixed names (demo, lagpilot-system, walkthrough-orders): clear them around it."""
+    """The walkthrough uses fixed names (demo, lagpilot-system, walkthrough-orders): clear them around it.
+
+    Other checkouts run it against the same stack: one at a time on this machine (a machine-wide lock),
+    or one run's clean-up deletes the other's namespaces mid-run.
+    """
 
     def clean() -> None:
-        release_finalizers(stack, "demo")
-        stack.helm("uninstall", "lagpilot", "--namespace", "lagpilot-system", check=False)
+        stack.helm("uninstall", "lagpilot", "--namespace", "lagpilot-system", "--wait", "--timeout=120s",
+                   check=False)
+        release_finalizers(stack, "demo")  # the operator is gone: nobody else releases them
         for namespace in ("demo", "lagpilot-system"):
-            stack.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=60s", check=False)
+            stack.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
         if "walkthrough-orders" in admin.list_topics(timeout=10).topics:
             admin.delete_topics(["walkthrough-orders"])["walkthrough-orders"].result(timeout=30)
+        # The workers committed: a second run must start from an unconsumed backlog again.
+        with contextlib.suppress(Exception):  # no such group (first run)
+            admin.delete_consumer_groups(["walkthrough-orders"])["walkthrough-orders"].result(timeout=30)
 
-    clean()
-    yield
-    clean()
+    with Path("/tmp/lagpilot-walkthrough.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        clean()
+        yield
+        clean()
 
 
 @pytest.mark.slow
 def test_walkthrough_runs_and_scales(stack: Any, clean_walkthrough: None) -> None:
-    env = {**stack.env(), "LAGPILOT_METRICS_PORT": str(_free_port())}
+    env = stack.env()
     background: list[subprocess.Popen[bytes]] = []
     shell_prefix = ""  # `eval "$(...)"` sets variables for the commands after it, as in a person's shell
     try:
@@ -78,7 +85,7 @@ def test_walkthrough_runs_and_scales(stack: Any, clean_walkthrough: None) -> Non
                                                    start_new_session=True))
                 continue
             if command.endswith(" -w"):
-                watch_until_scaled(shell_prefix, command, env)
+                watch_until_drained(shell_prefix, command, env)
                 continue
             result = subprocess.run(["bash", "-c", shell_prefix + command], cwd=REPO, env=env, capture_output=True,
                                     text=True, timeout=300, check=False)
@@ -89,26 +96,42 @@ def test_walkthrough_runs_and_scales(stack: Any, clean_walkthrough: None) -> Non
             process.wait(30)
 
 
-def watch_until_scaled(shell_prefix: str, command: str, env: dict[str, str]) -> None:
-    """Read `kubectl get kcg -w` lines until the printer columns show the scaled shape."""
+COLUMNS = ["NAME", "LAG", "TIMELAG", "REPLICAS", "DESIRED", "POOL", "READY", "PAUSED", "AGE"]
+
+
+def watch_until_drained(shell_prefix: str, command: str, env: dict[str, str]) -> None:
+    """Read `kubectl get kcg -w` lines until they show the backlog, the scale-up and then lag 0.
+
+    The operator runs in its Pod and the example workers in theirs: lag 0 means the workers consumed
+    and committed all 3,000 messages.
+    """
     watch = subprocess.Popen(["bash", "-c", shell_prefix + "exec " + command], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     lines: list[str] = []
+    backlog = scaled = False
     # The deadline ends the watch (and so the loop below) even if kubectl prints nothing more.
-    timer = threading.Timer(90, lambda: os.killpg(watch.pid, signal.SIGTERM))
+    timer = threading.Timer(300, lambda: os.killpg(watch.pid, signal.SIGTERM))
     timer.start()
     try:
         assert watch.stdout is not None
         for line in watch.stdout:  # each line is an event kubectl prints: no polling needed
             lines.append(line.rstrip())
-            columns = line.split()
-            if lines[0].split()[:7] == ["NAME", "LAG", "TIMELAG", "REPLICAS", "DESIRED", "POOL", "READY"] and \
-                    len(columns) >= 7 and columns[0] == "orders" and columns[1] == "3000" and \
-                    columns[3] == "4" and columns[5] == "8" and columns[6] == "True":
+            assert lines[0].split() == COLUMNS, lines[0]
+            row = dict(zip(COLUMNS, line.split(), strict=False))
+            if row.get("NAME") != "orders" or len(row) != len(COLUMNS):
+                continue  # no status yet (empty columns)
+            lag, replicas, pool = int(row["LAG"]), int(row["REPLICAS"]), int(row["POOL"])
+            backlog |= lag >= 1000
+            # The operator scaled up for it: a larger pool (from the initial 2) or more replicas; which
+            # of the two first, and how far, depends on how fast the workers drain on this machine.
+            scaled |= backlog and (pool > 2 or replicas > 1)
+            if backlog and scaled and lag == 0 and row["READY"] == "True":
+                print("\n" + "\n".join(lines))  # what the README shows
                 return
     finally:
         timer.cancel()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(watch.pid, signal.SIGTERM)
         watch.wait(10)
-    raise AssertionError("the walkthrough never showed orders at 4 replicas, pool 8:\n" + "\n".join(lines))
+    raise AssertionError("the walkthrough never showed the backlog, a scale-up (pool or replicas), then lag 0:\n"
+                         + "\n".join(lines))

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_api_client import PrometheusConnect
 
-from support import unique_name, wait_for
+from support import pending_deployment, unique_name, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,11 +79,12 @@ def test_control_plane_runs_deployments_and_crds(stack, namespace: str) -> None:
                         input_text=json.dumps({**widget, "spec": {"size": 0}}))
     assert bad.returncode != 0 and "should be greater than or equal to 1" in bad.stderr
 
-    stack.kubectl("create", "deployment", "web", "-n", namespace, "--image=registry.invalid/web:1", "--replicas=2")
+    stack.kubectl("apply", "-n", namespace, "-f", "-",
+                  input_text=json.dumps(pending_deployment("web", 2, image="registry.invalid/web:1")))
     wait_for(lambda: stack.kubectl("get", "replicasets", "-n", namespace, "-l", "app=web", "-o", "name").stdout,
              60, "the controller-manager to create a ReplicaSet")
     wait_for(lambda: len(stack.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
-                         .stdout.split()) == 2, 60, "two Pods (Pending: there is no kubelet)")
+                         .stdout.split()) == 2, 60, "two Pods (Pending: they select no node)")
 
     stack.kubectl("patch", "deployment", "web", "-n", namespace, "--subresource=scale", "--type=merge",
                   "-p", '{"spec":{"replicas":4}}')

@@ -92,6 +92,19 @@ The operator's shell command. kopf pauses *every* peer that sees another with th
 so each pod needs its own: a CRC-32 of the pod name, made negative so a developer's
 `kopf run --dev` (priority 666) or a default `kopf run` (priority 0) against the same peering
 outranks the in-cluster replicas, as kopf intends.
+
+A container the kubelet restarts in the same pod (the leader killed or crashed) keeps its peer
+identity (the pod name) but comes back a billion below every fresh replica: its first keep-alive
+overwrites the dead leader's record with that lower priority, so a standby replica takes over at
+once instead of waiting for the record to expire (peering lifetime, 60 s), and a replica that keeps
+crashing stops winning the leadership back. The marker lives in the pod's /tmp emptyDir, which
+outlives a container but not the pod.
+
+Replicas that start together (an install, a node coming back) would each resume if their first look
+at the peering object does not show the other yet: kopf only learns of a peer from its keep-alive.
+So with several replicas a fresh container first writes its own entry (`kopf freeze` with the pod's
+identity and priority; `kopf run` then keeps that entry alive as its own) and waits
+peering.announceSeconds, by which time the others starting with it have written theirs.
 */}}
 {{- define "lagpilot.operatorScript" -}}
 {{- $args := list "--module=lagpilot_operator.handlers" }}
@@ -103,19 +116,36 @@ outranks the in-cluster replicas, as kopf intends.
 {{- else }}
 {{- $args = append $args "--standalone" }}
 {{- end }}
+{{- $scope := list }}
 {{- if eq .Values.rbac.scope "cluster" }}
-{{- $args = append $args "--all-namespaces" }}
+{{- $scope = append $scope "--all-namespaces" }}
 {{- else }}
 {{- range $ns := (include "lagpilot.watchNamespaces" . | fromJsonArray) }}
-{{- $args = append $args (printf "--namespace=%s" $ns) }}
+{{- $scope = append $scope (printf "--namespace=%s" $ns) }}
 {{- end }}
 {{- end }}
+{{- $args = concat $args $scope }}
 {{- range .Values.extraArgs }}
 {{- $args = append $args (squote .) }}
 {{- end -}}
 set -eu
 {{- if .Values.peering.enabled }}
-priority=$(( -1 - $(printf '%s' "$POD_ID" | cksum | cut -d ' ' -f 1) % 1000000000 ))
+rank=$(( $(printf '%s' "$POD_ID" | cksum | cut -d ' ' -f 1) % 1000000000 ))
+marker=${LAGPILOT_RESTART_MARKER:-}
+if [ -n "$marker" ] && [ -e "$marker" ]; then
+  priority=$(( -1000000001 - rank )); fresh=false
+else
+  priority=$(( -1 - rank )); fresh=true
+fi
+if [ -n "$marker" ]; then : > "$marker"; fi
+{{- if and (gt (int .Values.replicaCount) 1) (gt (int .Values.peering.announceSeconds) 0) }}
+if $fresh; then
+  # Announce this replica in the peering before it may act (lagpilot.operatorScript's comment).
+  kopf freeze --quiet --peering={{ include "lagpilot.peeringName" . }} --id="$POD_ID" --priority="$priority" \
+    --lifetime=60 {{ join " " $scope }} || echo "peering announcement failed; starting anyway" >&2
+  sleep {{ int .Values.peering.announceSeconds }}
+fi
+{{- end }}
 {{- end }}
 exec kopf run \
   {{ join " \\\n  " $args }}

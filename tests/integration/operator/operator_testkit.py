@@ -8,12 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+from support import pending_deployment
 
 API_VERSION = "lagpilot.io/v1alpha1"
 # Fast loops for tests: a 2 s poll, instant scale-up, a 6 s scale-down window, no DLQ topics created.
@@ -87,9 +88,8 @@ def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> N
 
 
 def create_deployment(stack: Any, namespace: str, name: str, replicas: int) -> None:
-    # No kubelet in the stack: the pods stay Pending, which is all the replica count needs.
-    stack.kubectl("create", "deployment", name, "-n", namespace, "--image=registry.invalid/worker:1",
-                  f"--replicas={replicas}")
+    # Its Pods select no node: they stay Pending, which is all the replica count needs.
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(pending_deployment(name, replicas)))
 
 
 def replicas_of(stack: Any, namespace: str, name: str) -> int:
@@ -169,37 +169,6 @@ def produce_dead_letters(bootstrap: str, dlq: str, source_topic: str, group: str
         producer.produce(dlq, key=f"k{i}".encode(), value=str(i).encode(), partition=partition,
                          headers=[("trace-id", f"t-{i}".encode()), *((k, v.encode()) for k, v in contract.items())])
     assert producer.flush(30) == 0
-
-
-def read_committed(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
-    """Every record a read_committed consumer can read from `topic` now, up to each partition's end."""
-    from confluent_kafka import KafkaError
-    from confluent_kafka.admin import AdminClient
-
-    partitions = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-                     .topics[topic].partitions)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "op-test-reader", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "isolation.level": "read_committed",
-                         "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records: list[Any] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_end) < partitions:
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            at_end.discard(message.partition())
-            records.append(message)
-    finally:
-        consumer.close()
-    return records
 
 
 class ApiRequestLog:

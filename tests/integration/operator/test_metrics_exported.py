@@ -21,7 +21,14 @@ import yaml
 from confluent_kafka import Producer
 from operator_testkit import API_VERSION, OperatorProcess, backlog, free_port
 
-from support import dashboard_expressions, metric_samples, metric_value, promql_metric_names, wait_for
+from support import (
+    dashboard_expressions,
+    metric_samples,
+    metric_value,
+    pending_deployment,
+    promql_metric_names,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,8 +110,7 @@ def test_every_dashboard_and_alert_metric_is_exported_by_the_running_operator_an
     operator.start()
     worker: subprocess.Popen[bytes] | None = None
     try:
-        stack.kubectl("create", "deployment", "worker", "-n", namespace, "--image=registry.invalid/worker:1",
-                      "--replicas=1")
+        stack.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(pending_deployment("worker", 1)))
         policy = {"mode": "lagThreshold", "lagThreshold": {"lagPerConsumer": 10},
                   "scaleUp": {"stabilizationSeconds": 0, "maxStepPercent": 1000, "minStep": 100, "periodSeconds": 1}}
         apply(stack, {"apiVersion": API_VERSION, "kind": "KafkaConsumerGroup",

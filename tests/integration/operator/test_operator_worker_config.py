@@ -28,7 +28,7 @@ from operator_testkit import (
     status_of,
 )
 
-from support import wait_for
+from support import NO_NODE_SELECTOR, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_template_mode_writes_the_cr_into_every_worker_container(
         "groupId": group, "topics": [topic],
         "template": {"spec": {"selector": {"matchLabels": {"app": "w"}}, "template": {
             "metadata": {"labels": {"app": "w"}},
-            "spec": {"containers": [
+            "spec": {"nodeSelector": NO_NODE_SELECTOR, "containers": [
                 {"name": "worker", "image": "registry.invalid/worker:1",
                  "env": [{"name": "LAGPILOT_GROUP_ID", "value": "typed-twice"}, {"name": "KEEP", "value": "me"}]},
                 {"name": "sidecar", "image": "registry.invalid/sidecar:1"}]}}}},
