@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,9 +70,7 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
             status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body))
             logger.debug("reconciled: %s", status.get("lastDecision"))
             interval = int(((body.get("spec") or {}).get("lag") or {}).get("pollIntervalSeconds") or 5)
-            # Wake on the interval's grid (wall clock), not `interval` after this reconcile: resources with
-            # the same or multiple intervals then ask their cluster together and share one observation.
-            await stopped.wait(interval - time.time() % interval)
+            await stopped.wait(interval)
     finally:
         # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
         await reconcile.forget(state, SHARED, meta.get("namespace") or "", meta.get("name") or "")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
-import os
 import threading
 import time
 from collections.abc import Collection, Hashable, Mapping
@@ -21,7 +19,6 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.models import KafkaConnection
 from lagpilot_operator.observations import LagSample, PartitionOffsets
 
@@ -173,36 +170,6 @@ def redacted(settings: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if k in SECRET_SETTINGS else v) for k, v in settings.items()}
 
 
-# librdkafka's statistics, read for the request counter (lagpilot_kafka_requests_total); 0 turns them off.
-STATISTICS_INTERVAL_MS = int(os.environ.get("LAGPILOT_KAFKA_STATISTICS_INTERVAL_MS", "5000"))
-
-
-def request_count_deltas(seen: dict[tuple[str, str], int], stats_json: str) -> dict[str, int]:
-    """Requests by type sent since the last statistics of the same client (pure; updates `seen`).
-
-    librdkafka reports cumulative counts per broker connection (`brokers.<name>.req`); `seen` holds the
-    last counts of one client, so the deltas can feed a Prometheus counter.
-    """
-    deltas: dict[str, int] = {}
-    for broker, data in (json.loads(stats_json).get("brokers") or {}).items():
-        for request, count in (data.get("req") or {}).items():
-            before = seen.get((broker, request), 0)
-            seen[(broker, request)] = int(count)
-            if count > before:
-                deltas[request] = deltas.get(request, 0) + int(count) - before
-    return deltas
-
-
-def count_requests() -> Any:
-    seen: dict[tuple[str, str], int] = {}
-
-    def on_statistics(stats_json: str) -> None:
-        for request, delta in request_count_deltas(seen, stats_json).items():
-            metrics.KAFKA_REQUESTS.labels(request).inc(delta)
-
-    return on_statistics
-
-
 class ClientLeases:
     """Which resources use which client key (pure bookkeeping): a key nobody uses any more is returned
     for eviction, when its last user moved to other credentials or went away."""
@@ -261,9 +228,6 @@ class AdminClientPool:
                         _last_client_error[created[0]] = error
 
                 config["error_cb"] = remember
-                if STATISTICS_INTERVAL_MS > 0:
-                    config["statistics.interval.ms"] = str(STATISTICS_INTERVAL_MS)
-                    config["stats_cb"] = count_requests()
                 client = self._clients[key] = AdminClient(config)
                 created.append(id(client))
             return client
@@ -283,11 +247,6 @@ class AdminClientPool:
         with self._lock:
             for unused in self._leases.release(owner):
                 self._clients.pop(unused, None)
-
-    def in_use(self) -> set[str]:
-        """The fingerprints of the settings some resource uses."""
-        with self._lock:
-            return set(self._clients)
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -326,7 +285,7 @@ def connection_failure(reason: str, detail: str, what: str, bootstrap: str) -> L
         "certificate in spec.kafka.security.tls.certSecretRef")
 
 
-def translate_error(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
+def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     code = error.code() if isinstance(error, KafkaError) else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
@@ -351,7 +310,7 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise translate_error(exc, "reading cluster metadata", bootstrap, admin) from exc
+        raise _translate(exc, "reading cluster metadata", bootstrap, admin) from exc
     partitions: list[TopicPartition] = []
     for topic in topics:
         found = metadata.topics.get(topic)
@@ -372,9 +331,8 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
         starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
         members = len(group_future.result(timeout=timeout).members)
     except (KafkaException, TimeoutError) as exc:
-        raise translate_error(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
+        raise _translate(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
     _last_client_error.pop(id(admin), None)  # a read that worked: older login errors are history
-    admin.poll(0)  # serves the statistics callback (the request counter)
     offsets = tuple(
         PartitionOffsets(
             topic=tp.topic,

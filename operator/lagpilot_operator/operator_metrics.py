@@ -33,9 +33,6 @@ RECONCILE_SECONDS = Histogram("lagpilot_reconcile_duration_seconds", "Duration o
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that hit an error, by kind.",
                            (*RESOURCE, "kind"))
-KAFKA_REQUESTS = Counter("lagpilot_kafka_requests_total",
-                         "Kafka protocol requests sent by the operator's admin clients (from librdkafka's "
-                         "statistics), by request type.", ("request",))
 DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
 
 

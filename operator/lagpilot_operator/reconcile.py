@@ -21,9 +21,8 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, status_writes, worker_config
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, worker_config
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.cluster_observer import ClusterObservers
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
     DeadLetterMemory,
@@ -31,7 +30,6 @@ from lagpilot_operator.dead_letter import (
     next_dead_letter_check,
     reconcile_dead_letter,
 )
-from lagpilot_operator.fleet_reads import Watch
 from lagpilot_operator.models import ConditionStatus
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
 from lagpilot_operator.pause import pause_from
@@ -44,7 +42,6 @@ log = logging.getLogger(__name__)
 
 TOP_PARTITIONS = 10
 DEAD_LETTER_INTERVAL_SECONDS = 30.0
-POOL_RECHECK_SECONDS = 60.0
 # The stuck-partition window (verdicts.py). An operator setting rather than a spec field: it is about
 # how patient the operator is with commit gaps, the same for every group it serves.
 VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS))
@@ -67,12 +64,6 @@ class ResourceState:
     dead_letter_condition: tuple[str, str, str] | None = None
     redrive_sessions: RedriveSessions = field(default_factory=RedriveSessions)
     """The running redrive's transactional producer and consumer, reused across polls."""
-    last_written: dict[str, Any] | None = None
-    """The status this process wrote last, and when (status_writes: only changes are written)."""
-    last_write_time: float = 0.0
-    published_pool: int | None = None
-    """The pool size this process last published in the pool ConfigMap, and when it last looked."""
-    pool_checked_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +71,6 @@ class Shared:
     """Process-wide clients."""
 
     admin_clients: kafka_lag.AdminClientPool = field(default_factory=kafka_lag.AdminClientPool)
-    observers: ClusterObservers = field(default_factory=ClusterObservers)
 
 
 async def forget(state: ResourceState, shared: Shared, namespace: str, name: str) -> None:
@@ -108,14 +98,11 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
                                    f"unexpected error: {type(exc).__name__}: {exc}", meta.get("generation"),
                                    time.time())
         status = {"conditions": conditions_to_k8s(conditions)}
-    written_at = time.time() if now is None else now
-    if status_writes.should_write(status, state.last_written, state.last_write_time, written_at):
-        try:
-            await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
-            state.last_written, state.last_write_time = status, written_at
-        except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
-            log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
-            metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
+    try:
+        await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
+    except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
+        log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
+        metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     return status
 
@@ -148,26 +135,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     condition(models.PAUSED, pause.paused, pause.reason, pause.message)
     metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
 
-    # The lag read starts first: it joins its cluster's next observation round with the other resources
-    # of this tick (cluster_observer), while the target is read.
-    settings: dict[str, str] | None = None
-    try:
-        settings = await kafka_settings(spec, namespace)
-    except kafka_lag.LagReadError as exc:
-        settings_error: kafka_lag.LagReadError | None = exc
-    else:
-        settings_error = None
-    lag_read = None
-    if spec.lag.source != "kafka" or settings is not None:
-        lag_read = asyncio.create_task(_read_lag(spec, settings, shared, namespace, name))
-
-    # 1. The target Deployment (created in template mode, so the group has somewhere to run).
-    try:
-        target = await _target(body, spec, config)
-    except BaseException:
-        if lag_read is not None:
-            lag_read.cancel()
-        raise
+    # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
+    target = await _target(body, spec, config)
     if target is None:
         wanted = spec.scale_target_ref.name if spec.scale_target_ref else name
         condition(models.TARGET_FOUND, False, "DeploymentNotFound",
@@ -181,12 +150,18 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     current_pool = int(previous.get("poolSize") or spec.pool.initial)
 
     # 2. Lag.
-    if lag_read is None:
+    settings: dict[str, str] | None = None
+    try:
+        settings = await kafka_settings(spec, namespace)
+    except kafka_lag.LagReadError as exc:
+        settings_error: kafka_lag.LagReadError | None = exc
+    else:
+        settings_error = None
+    if spec.lag.source == "kafka" and settings is None:
         sample, lag_error = None, settings_error
     else:
-        sample, lag_error = await lag_read
-    memory = state.memory or status_writes.resumed_memory(PolicyMemory.from_dict(previous.get("policyMemory")),
-                                                          now, current_replicas * current_pool)
+        sample, lag_error = await _read_lag(spec, settings, shared, namespace, name)
+    memory = state.memory or PolicyMemory.from_dict(previous.get("policyMemory"))
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
     if sample is None:
@@ -235,11 +210,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         # A refused scale holds the pool too: the decision is one shape (replicas x pool).
         pool = decision.pool if refusal is None else current_pool
         try:
-            # Read (and, if it differs, written) when the size changes, else once a minute: a deleted or
-            # edited ConfigMap is put back without a read per poll.
-            if pool != state.published_pool or now - state.pool_checked_at >= POOL_RECHECK_SECONDS:
-                await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
-                state.published_pool, state.pool_checked_at = pool, now
+            await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
         except ApiException as exc:
             refusal = refusal or scale_apply.refusal(
                 f"publishing pool size {pool} in ConfigMap {namespace}/{pool_configmap_name(name)}", exc.status,
@@ -326,11 +297,10 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
-        pool = shared.admin_clients
-        pool.get(settings, owner=(namespace, name))  # the lease: rotated credentials retire the old client
-        observer = shared.observers.for_settings(settings, lambda: pool.get(settings), pool.in_use())
+        admin = shared.admin_clients.get(settings, owner=(namespace, name))
         try:
-            sample = await observer.sample((namespace, name), Watch(spec.group_id, tuple(spec.topics)))
+            sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
+                                             list(spec.topics))
         except kafka_lag.KafkaUnreachable:
             shared.admin_clients.discard(settings)
             raise

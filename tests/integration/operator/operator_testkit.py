@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -48,10 +47,7 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        # These tests tell one poll from the next by the status, so by default every poll writes it
-        # (status_writes: 0). test_operator_writes runs the operator's default.
-        env = {"LAGPILOT_STATUS_REFRESH_SECONDS": "0", **self.env, "LAGPILOT_METRICS_PORT": str(self.metrics_port),
-               "LAGPILOT_METRICS_ADDRESS": "127.0.0.1"}
+        env = {**self.env, "LAGPILOT_METRICS_PORT": str(self.metrics_port), "LAGPILOT_METRICS_ADDRESS": "127.0.0.1"}
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "kopf"), "run", "--standalone", "--namespace", self.namespace,
@@ -171,36 +167,3 @@ def produce_dead_letters(bootstrap: str, dlq: str, source_topic: str, group: str
     assert producer.flush(30) == 0
 
 
-class ApiRequestLog:
-    """`kubectl proxy -v=6` in front of the API server: an operator given `kubeconfig` sends every request
-    through it, and its log lists each one (verb and URL), so a test counts the operator's API writes."""
-
-    LINE = re.compile(r'verb="(?P<verb>[A-Z]+)" url="(?P<url>[^"]+)"')
-    WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-    def __init__(self, stack: Any, workdir: Path) -> None:
-        self.port = free_port()
-        self.log_path = workdir / "kubectl-proxy.log"
-        self.kubeconfig = workdir / "via-proxy.kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
-            "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
-            "users": [{"name": "proxy", "user": {}}],
-            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}]}))
-        self.process = subprocess.Popen(
-            [str(Path(stack.env()["LAGPILOT_BIN_DIR"]) / "kubectl"), "proxy", f"--port={self.port}",
-             "--address=127.0.0.1", "-v=6"], env=stack.env(), stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT)
-
-    def writes(self) -> list[str]:
-        """'VERB path' of every write so far."""
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            match = self.LINE.search(line)
-            if match and match.group("verb") in self.WRITES:
-                found.append(f"{match.group('verb')} {match.group('url').split('?')[0]}")
-        return found
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)

@@ -174,14 +174,3 @@ def test_a_discarded_client_is_replaced_by_a_new_one() -> None:
     assert pool.get(settings) is not first
 
 
-
-
-def test_request_count_deltas_count_each_request_once_across_statistics() -> None:
-    from lagpilot_operator.kafka_lag import request_count_deltas
-
-    seen: dict[tuple[str, str], int] = {}
-    first = '{"brokers": {"b1/1": {"req": {"Metadata": 2, "ListOffsets": 0}}, "b2/2": {"req": {"Metadata": 1}}}}'
-    assert request_count_deltas(seen, first) == {"Metadata": 3}
-    second = '{"brokers": {"b1/1": {"req": {"Metadata": 2, "ListOffsets": 4}}, "b2/2": {"req": {"Metadata": 3}}}}'
-    assert request_count_deltas(seen, second) == {"ListOffsets": 4, "Metadata": 2}
-    assert request_count_deltas(seen, second) == {}
