@@ -163,6 +163,8 @@ def replays_reported(records: Iterable[Mapping[str, Any]]) -> int:
         message = str(record.get("message", ""))
         if message == "partitions revoked":
             total += int(record.get("abandoned_records") or 0) + int(record.get("refused_records") or 0)
+        elif message.startswith("the broker refused the final commit at shutdown"):
+            total += int(record.get("refused_records") or 0)
         elif message.startswith("shutdown deadline reached"):
             total += int(record.get("abandoned_records") or record.get("records") or 0)
     return total

@@ -209,6 +209,8 @@ def test_replays_reported_sum_revoke_abandoned_refused_and_shutdown_abandoned() 
         {"message": "partitions revoked", "abandoned_records": 1},  # a worker before refused_records
         {"message": "shutdown deadline reached: abandoned work will be delivered again", "abandoned_records": 3},
         {"message": "asynchronous commit failed, will commit again: ILLEGAL_GENERATION"},
+        {"message": "the broker refused the final commit at shutdown: its uncommitted records run again on the "
+                    "next owner", "refused_records": 5},
     ]
-    assert chaos.replays_reported(records) == 46
+    assert chaos.replays_reported(records) == 51
     assert chaos.replays_reported([]) == 0
