@@ -17,17 +17,24 @@ log = logging.getLogger(__name__)
 
 RebalanceCallback = Callable[[list[TopicPartition]], None]
 CommitErrorCallback = Callable[[KafkaError, list[TopicPartition]], None]
+CommitAckCallback = Callable[[list[TopicPartition]], None]
 
 
 class GroupConsumer:
     def __init__(self, settings: dict[str, Any], topics: Sequence[str], *, on_assign: RebalanceCallback,
                  on_revoke: RebalanceCallback, on_lost: RebalanceCallback,
-                 on_commit_error: CommitErrorCallback) -> None:
+                 on_commit_error: CommitErrorCallback, on_commit_ack: CommitAckCallback) -> None:
+        # librdkafka queues commit answers ahead of fetched records (high priority), so any
+        # consume()/poll() serves them, also one that returns a single record.
         def committed(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-            failed = [tp for tp in partitions if tp.error is not None]
             if err is not None:
                 on_commit_error(err, partitions)
-            elif failed and failed[0].error is not None:
+                return
+            failed = [tp for tp in partitions if tp.error is not None]
+            stored = [tp for tp in partitions if tp.error is None]
+            if stored:
+                on_commit_ack(stored)
+            if failed and failed[0].error is not None:
                 on_commit_error(failed[0].error, failed)
 
         def error(err: KafkaError) -> None:

@@ -6,6 +6,11 @@ that is still unfinished: everything below it is done, and a slow message is nev
 Done messages above it would be re-delivered after a crash: done_flags() hands them to the
 commit's offset map (offset_map.py), so a new owner skips them.
 
+The window (`uncommitted`) counts a record until a commit covering it is ACKNOWLEDGED by the
+broker, not merely sent: asynchronous commits may be stored late under load, and a crash repeats
+everything above the last stored commit. So a record stays counted from fetch until the broker
+answered a commit at or above it (`mark_committed` when sent, `acknowledged` when answered).
+
 Revocation: the runtime creates a fresh tracker for every assignment of a partition and revokes
 the old one, so completions of work started under an earlier assignment can never advance a
 later one (they hold the revoked object, which ignores them).
@@ -14,6 +19,7 @@ later one (they hold the revoked object, which ignores them).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import deque
 
 
 class PartitionOffsets:
@@ -24,7 +30,7 @@ class PartitionOffsets:
     """
 
     __slots__ = ("_committed_completions", "_completions", "_done_above", "_finished", "_head", "_last_added",
-                 "_pending", "_released_uncommitted", "committed", "revoked")
+                 "_pending", "_released", "_released_acked", "_released_sent", "_sent", "committed", "revoked")
 
     def __init__(self, committed: int | None = None) -> None:
         # Offsets added and not yet released, in increasing order, from index `_head` on (a list
@@ -36,8 +42,13 @@ class PartitionOffsets:
         self._finished = bytearray()
         self._done_above = 0      # finished entries from `_head` on (behind an unfinished one)
         self._last_added: int | None = None
-        # Released (finished, below the committable offset) but not yet committed.
-        self._released_uncommitted = 0
+        # Released records (finished, below the committable offset), counted since the start: all
+        # of them, those covered by the last commit sent, those covered by an acknowledged commit.
+        self._released = 0
+        self._released_sent = 0
+        self._released_acked = 0
+        # Commits sent and not yet answered: (offset, released records below it), in send order.
+        self._sent: deque[tuple[int, int]] = deque()
         # Calls that finished offsets, and their number at the last commit: a commit is due when
         # either the committable offset or the done set above it (the offset map) changed.
         self._completions = 0
@@ -93,7 +104,7 @@ class PartitionOffsets:
                 end = len(pending)
             self._done_above += count - (end - head)
             head = end
-        self._released_uncommitted += head - self._head
+        self._released += head - self._head
         self._completions += 1
         if head > 4096 and head * 2 > len(pending):
             del pending[:head]     # compact now and then; amortised O(1) per offset
@@ -122,18 +133,39 @@ class PartitionOffsets:
                                                self._completions != self._committed_completions)
 
     def mark_committed(self, offset: int) -> None:
-        """Record that `offset` (with the done set as it is now) was sent as this partition's commit."""
+        """Record that `offset` (with the done set as it is now) was sent as this partition's commit.
+
+        The records it covers stay in `uncommitted` until acknowledged(offset)."""
         if self.committed is None or offset > self.committed:
             self.committed = offset
         if offset == self.committable():
-            self._released_uncommitted = 0
+            self._released_sent = self._released
             self._committed_completions = self._completions
+        # An older offset covers at most what the last commit sent covered (never a later release).
+        covers = self._released if offset == self.committable() else min(self._released_sent, self._released)
+        self._sent.append((offset, covers))
+
+    def acknowledged(self, offset: int) -> None:
+        """The broker stored a commit of `offset`: the released records below it leave the window.
+
+        Answers may cover several commits sent (a later one answers for the earlier ones below it);
+        an answer for an offset never sent here (an earlier assignment's commit) frees only what
+        this tracker sent at or below it, which that stored offset covers too.
+        """
+        sent = self._sent
+        covered = self._released_acked
+        while sent and sent[0][0] <= offset:
+            covered = max(covered, sent.popleft()[1])
+        self._released_acked = covered
 
     def commit_failed(self, offset: int) -> None:
         """An asynchronous commit of `offset` failed: the next commit sends it (and its map) again."""
         if self.committed == offset:
             self.committed = None
         self._committed_completions = -1
+        # Its records stay in the window and become releasable again: the next commit covers them.
+        self._sent = deque(entry for entry in self._sent if entry[0] != offset)
+        self._released_sent = max((covers for _, covers in self._sent), default=self._released_acked)
 
     @property
     def done_above(self) -> int:
@@ -178,13 +210,18 @@ class PartitionOffsets:
 
     @property
     def releasable(self) -> int:
-        """Finished and below the committable offset, not yet committed: a commit frees these."""
-        return self._released_uncommitted
+        """Finished and below the committable offset, not covered by a commit sent: a commit frees these."""
+        return self._released - self._released_sent
+
+    @property
+    def awaiting_ack(self) -> int:
+        """Released records covered by commits sent but not yet acknowledged: their answer frees these."""
+        return self._released_sent - self._released_acked
 
     @property
     def uncommitted(self) -> int:
-        """Added and not yet committed: what a crash now would deliver again, at most."""
-        return len(self._pending) - self._head + self._released_uncommitted
+        """Added and not covered by an acknowledged commit: what a crash now would deliver again, at most."""
+        return len(self._pending) - self._head + self._released - self._released_acked
 
     def revoke(self) -> int | None:
         """Stop tracking: later completions are ignored. Returns the last committable offset."""

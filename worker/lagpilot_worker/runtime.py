@@ -160,6 +160,10 @@ class Worker:
         self._only_topic = only if len(self._topics) == 1 and not only.startswith("^") else None
         self._uncommitted_total = 0
         self._releasable_total = 0
+        self._awaiting_total = 0          # released records whose commit is sent, not yet answered
+        # Records consumed while the window was full (to serve commit answers), not yet admitted:
+        # never processed, so not in the window (a crash repeats none of them); at most one batch.
+        self._held: list[Message] = []
         self._room = config.window(config.pool_size)
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
         policy = InlinePolicy()
@@ -282,7 +286,7 @@ class Worker:
         topics = self._topics
         self._consumer = GroupConsumer(
             config.consumer_settings(), topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_lost, on_commit_error=self._on_commit_error)
+            on_lost=self._on_lost, on_commit_error=self._on_commit_error, on_commit_ack=self._on_commit_ack)
         self._consumer_open = True
         log.info("worker started", extra={"group": config.group_id, "topics": topics,
                                           "ordering": str(config.ordering), "pool_size": config.pool_size,
@@ -383,19 +387,32 @@ class Worker:
         now = time.monotonic()
         self._last_loop = now
         self._apply_pool_size()
-        if self._room > 0 or (self._states and len(self._paused) == len(self._states)):
+        room = self._room
+        if self._held and room > 0:
+            room -= self._admit_held(room)
+        messages: list[Message] = []
+        if room > 0 or (self._states and len(self._paused) == len(self._states)):
             if self._results or (self._scheduler.queued and len(self._jobs) < self._capacity()):
                 wait = 0.0
             else:
                 wait = self._idle_wait(now)
             # Never take more than the window has room for (at least 1: a paused consumer returns nothing).
-            messages = self._consumer.fetch(min(self.config.consume_batch_size, max(1, self._room)), wait)
-        else:
-            # The window is full: leave records in librdkafka's queue and wait for slots to finish.
-            messages = []
-            if not self._results:
-                self._wake.wait(BUSY_WAIT_SECONDS)
-                self._wake.clear()
+            fetched = self._consumer.fetch(min(self.config.consume_batch_size, max(1, room)), wait)
+            if room > 0:
+                messages = fetched
+            else:
+                self._held.extend(fetched)
+        elif self._awaiting_total and len(self._held) < self.config.consume_batch_size:
+            # The window is full and a commit answer would free it: keep consuming, which serves the
+            # answer (see consumer.py), and hold what comes aside, unprocessed. Once a batch is held,
+            # _update_pauses pauses every partition, so consume() serves answers and returns nothing.
+            wait = 0.0 if self._results else BUSY_WAIT_SECONDS
+            self._held.extend(self._consumer.fetch(self.config.consume_batch_size - len(self._held), wait))
+        elif not self._results:
+            # The window is full of unfinished records: leave records in librdkafka's queue and wait
+            # for slots to finish.
+            self._wake.wait(BUSY_WAIT_SECONDS)
+            self._wake.clear()
         if messages:
             self._ingest(messages)
         if self._results:
@@ -407,6 +424,21 @@ class Worker:
         self._maybe_commit(now)
         if now >= self._next_gauges:
             self._update_gauges(now)
+
+    def _admit_held(self, room: int) -> int:
+        """Ingest up to `room` held records, oldest first (they precede anything consumed later)."""
+        held = self._held
+        batch = held[:room]
+        del held[:room]
+        self._ingest(batch)
+        return len(batch)
+
+    def _drop_held(self, partitions: list[TopicPartition]) -> None:
+        """Forget held records of partitions that are revoked, lost or assigned afresh: a new
+        assignment fetches from the committed offset, and an old record must not enter it."""
+        if self._held:
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
 
     def _capacity(self) -> int:
         return PREFETCH_PER_SLOT * self._pool_size
@@ -941,9 +973,14 @@ class Worker:
             counts = {state: state.tracker.uncommitted for state in states.values()}
             self._uncommitted_total = sum(counts.values())
             self._releasable_total = sum(state.tracker.releasable for state in states.values())
+            self._awaiting_total = sum(state.tracker.awaiting_ack for state in states.values())
             decision = self._backpressure.update(counts, time.monotonic())
             self._room = decision.room
             desired = decision.paused
+            if self._room <= 0 and self._awaiting_total and len(self._held) >= self.config.consume_batch_size:
+                # Waiting for a commit answer with a batch held: consume() must go on serving answers
+                # without returning records.
+                desired = set(states.values())
             desired |= self._due_gate.waiting_partitions()
             for state in self._open_breakers:
                 if state.breaker.state is BreakerState.OPEN:
@@ -966,7 +1003,7 @@ class Worker:
         on_interval = now >= self._next_commit
         if not on_interval:
             window = self._backpressure.limits.max_uncommitted
-            if self._room <= 0 and self._releasable_total:
+            if self._room <= 0 and self._releasable_total and not self._awaiting_total:
                 pass
             elif self._uncommitted_total < window // 2 or now < self._last_commit + MIN_COMMIT_GAP_SECONDS:
                 return
@@ -997,6 +1034,8 @@ class Worker:
         if ok:
             for state, offset in requests:
                 state.tracker.mark_committed(offset)
+                if not asynchronous:
+                    state.tracker.acknowledged(offset)
             self.metrics.commits.inc()
 
     def _offset_map(self, state: PartitionState) -> str:
@@ -1017,6 +1056,13 @@ class Worker:
             state = self._states.get((tp.topic, tp.partition))
             if state is not None:
                 state.tracker.commit_failed(tp.offset)
+
+    def _on_commit_ack(self, partitions: list[TopicPartition]) -> None:
+        # The broker stored these offsets: the records below them leave the window.
+        for tp in partitions:
+            state = self._states.get((tp.topic, tp.partition))
+            if state is not None and tp.offset >= 0:
+                state.tracker.acknowledged(tp.offset)
 
     def _update_gauges(self, now: float) -> None:
         self._next_gauges = now + GAUGE_INTERVAL_SECONDS
@@ -1043,6 +1089,7 @@ class Worker:
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
         self.metrics.rebalances.inc()
+        self._drop_held(partitions)
         for tp in partitions:
             tier = self._retry_tiers.get(tp.topic, 0)
             self._states[(tp.topic, tp.partition)] = PartitionState(
@@ -1097,6 +1144,7 @@ class Worker:
 
     def _release(self, partitions: list[TopicPartition], commit: bool) -> None:
         """Give partitions back: stop handing them out, wait (bounded) for their work, commit, forget."""
+        self._drop_held(partitions)
         states = [s for tp in partitions if (s := self._states.pop((tp.topic, tp.partition), None)) is not None]
         if not states:
             return
