@@ -164,6 +164,7 @@ class Worker:
         # Records consumed while the window was full (to serve commit answers), not yet admitted:
         # never processed, so not in the window (a crash repeats none of them); at most one batch.
         self._held: list[Message] = []
+        self._assignment_changes = 0      # counts rebalance callbacks (see _hold)
         self._room = config.window(config.pool_size)
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
         policy = InlinePolicy()
@@ -397,17 +398,21 @@ class Worker:
             else:
                 wait = self._idle_wait(now)
             # Never take more than the window has room for (at least 1: a paused consumer returns nothing).
+            changes = self._assignment_changes
             fetched = self._consumer.fetch(min(self.config.consume_batch_size, max(1, room)), wait)
             if room > 0:
                 messages = fetched
-            else:
-                self._held.extend(fetched)
+            elif fetched:
+                self._hold(fetched, changes)
         elif self._awaiting_total and len(self._held) < self.config.consume_batch_size:
             # The window is full and a commit answer would free it: keep consuming, which serves the
             # answer (see consumer.py), and hold what comes aside, unprocessed. Once a batch is held,
             # _update_pauses pauses every partition, so consume() serves answers and returns nothing.
             wait = 0.0 if self._results else BUSY_WAIT_SECONDS
-            self._held.extend(self._consumer.fetch(self.config.consume_batch_size - len(self._held), wait))
+            changes = self._assignment_changes
+            fetched = self._consumer.fetch(self.config.consume_batch_size - len(self._held), wait)
+            if fetched:
+                self._hold(fetched, changes)
         elif not self._results:
             # The window is full of unfinished records: leave records in librdkafka's queue and wait
             # for slots to finish.
@@ -433,12 +438,21 @@ class Worker:
         self._ingest(batch)
         return len(batch)
 
+    def _hold(self, fetched: list[Message], changes: int) -> None:
+        """Set aside records consumed while the window is full (admitted later, in order)."""
+        if changes != self._assignment_changes:
+            # A rebalance ran inside this consume(): keep only records of partitions still ours.
+            states = self._states
+            fetched = [m for m in fetched if m.error() is not None or (m.topic(), m.partition()) in states]
+        self._held.extend(fetched)
+
     def _drop_held(self, partitions: list[TopicPartition]) -> None:
         """Forget held records of partitions that are revoked, lost or assigned afresh: a new
         assignment fetches from the committed offset, and an old record must not enter it."""
+        self._assignment_changes += 1
         if self._held:
             gone = {(tp.topic, tp.partition) for tp in partitions}
-            self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
+            self._held[:] = [m for m in self._held if (m.topic(), m.partition()) not in gone]
 
     def _capacity(self) -> int:
         return PREFETCH_PER_SLOT * self._pool_size
