@@ -165,6 +165,7 @@ class Worker:
         # never processed, so not in the window (a crash repeats none of them); at most one batch.
         self._held: list[Message] = []
         self._assignment_changes = 0      # counts rebalance callbacks (see _hold)
+        self._moved: set[tuple[str, int]] = set()   # partitions rebalance callbacks named during a fetch
         self._room = config.window(config.pool_size)
         self._seconds_per_record = INITIAL_SECONDS_PER_RECORD
         policy = InlinePolicy()
@@ -389,9 +390,13 @@ class Worker:
         self._last_loop = now
         self._apply_pool_size()
         room = self._room
-        if self._held and room > 0:
-            room -= self._admit_held(room)
         messages: list[Message] = []
+        if self._held and room > 0:
+            # Held records go first and in the same _ingest call as this iteration's fetch: one
+            # call per iteration keeps runs_directly's "nothing else of the partition" true.
+            messages = self._held[:room]
+            del self._held[:room]
+            room -= len(messages)
         if room > 0 or (self._states and len(self._paused) == len(self._states)):
             if self._results or (self._scheduler.queued and len(self._jobs) < self._capacity()):
                 wait = 0.0
@@ -399,9 +404,14 @@ class Worker:
                 wait = self._idle_wait(now)
             # Never take more than the window has room for (at least 1: a paused consumer returns nothing).
             changes = self._assignment_changes
+            self._moved.clear()
             fetched = self._consumer.fetch(min(self.config.consume_batch_size, max(1, room)), wait)
+            if messages and changes != self._assignment_changes:
+                # A rebalance ran inside consume(): held records of the partitions it moved are not ours.
+                moved = self._moved
+                messages = [m for m in messages if (m.topic(), m.partition()) not in moved]
             if room > 0:
-                messages = fetched
+                messages += fetched
             elif fetched:
                 self._hold(fetched, changes)
         elif self._awaiting_total and len(self._held) < self.config.consume_batch_size:
@@ -430,14 +440,6 @@ class Worker:
         if now >= self._next_gauges:
             self._update_gauges(now)
 
-    def _admit_held(self, room: int) -> int:
-        """Ingest up to `room` held records, oldest first (they precede anything consumed later)."""
-        held = self._held
-        batch = held[:room]
-        del held[:room]
-        self._ingest(batch)
-        return len(batch)
-
     def _hold(self, fetched: list[Message], changes: int) -> None:
         """Set aside records consumed while the window is full (admitted later, in order)."""
         if changes != self._assignment_changes:
@@ -450,8 +452,9 @@ class Worker:
         """Forget held records of partitions that are revoked, lost or assigned afresh: a new
         assignment fetches from the committed offset, and an old record must not enter it."""
         self._assignment_changes += 1
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._moved.update(gone)
         if self._held:
-            gone = {(tp.topic, tp.partition) for tp in partitions}
             self._held[:] = [m for m in self._held if (m.topic(), m.partition()) not in gone]
 
     def _capacity(self) -> int:
