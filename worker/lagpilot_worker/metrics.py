@@ -108,6 +108,11 @@ class WorkerMetrics:
         self.rebalances = Counter(f"{PREFIX}rebalances", "Partition assignments received from the group.",
                                   registry=r)
         self.commits = Counter(f"{PREFIX}commits", "Offset commits sent.", registry=r)
+        self.window_commit_waits = Counter(
+            f"{PREFIX}window_commit_waits",
+            "Synchronous commits made because the in-flight window was full and only the broker's answer "
+            "to a commit would free it (often: the window is small for the throughput and commit round trip).",
+            registry=r)
         self.offset_map_overflows = Counter(
             f"{PREFIX}offset_map_overflow",
             "Partition commits sent without an offset map because the map of records finished above "
@@ -144,7 +149,8 @@ class WorkerMetrics:
                                       "1 while work items run on the poll thread (a handler too fast for a "
                                       "thread hand-off), 0 while they go to the slots.", registry=r)
         self.uncommitted = Gauge(f"{PREFIX}uncommitted_messages",
-                                 "Records fetched and not yet committed (the in-flight window).", registry=r)
+                                 "Records fetched and not covered by a commit the broker acknowledged (the "
+                                 "in-flight window): what a crash now would deliver again, at most.", registry=r)
         self.assigned_partitions = Gauge(f"{PREFIX}assigned_partitions", "Partitions assigned to this worker.",
                                          registry=r)
         self.paused_partitions = Gauge(f"{PREFIX}paused_partitions", "Assigned partitions not being fetched.",

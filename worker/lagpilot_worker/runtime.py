@@ -61,6 +61,7 @@ MIN_ITEM_SECONDS = 0.005
 MAX_ITEM_SECONDS = 0.1
 INITIAL_SECONDS_PER_RECORD = 0.05   # assume slow until measured: small first items
 MIN_COMMIT_GAP_SECONDS = 0.02
+SYNC_COMMIT_BACKOFF_SECONDS = 0.5   # after a failed synchronous commit: serve the consumer queue (a rebalance) first
 COMMITTED_READ_TIMEOUT_SECONDS = 10.0   # reading the offset maps at assignment; on timeout: no maps
 
 
@@ -181,6 +182,7 @@ class Worker:
         self._processor: Processor | None = None
         self._next_commit = 0.0
         self._last_commit = 0.0
+        self._sync_commit_after = 0.0
         self._next_gauges = 0.0
         self._last_loop = time.monotonic()
         self._assigned_once = False
@@ -279,6 +281,9 @@ class Worker:
         pool.start()
         self.metrics.pool_size.set(config.pool_size)
         self.metrics.in_flight.set_function(lambda: float(pool.busy() + self._inline_running))
+        # Computed when read, from the trackers: exact at any moment (a scrape, or a test that reads
+        # it in-process right before killing the worker), not as of the last gauge update.
+        self.metrics.uncommitted.set_function(self._window_use)
         if config.dlq_topic is not None or config.retry_topics:
             self._publisher = FailurePublisher(
                 config.producer_settings(), group_id=config.group_id, worker_id=config.worker_id,
@@ -414,16 +419,17 @@ class Worker:
                 messages += fetched
             elif fetched:
                 self._hold(fetched, changes)
-        elif self._awaiting_total and len(self._held) < self.config.consume_batch_size:
+        elif self._awaiting_total and len(self._held) < self._hold_limit():
             # The window is full and a commit answer would free it: keep consuming, which serves the
-            # answer (see consumer.py), and hold what comes aside, unprocessed. Once a batch is held,
-            # _update_pauses pauses every partition, so consume() serves answers and returns nothing.
+            # answers that arrived (see consumer.py), and hold what comes aside, unprocessed. Once a
+            # batch is held, _maybe_commit commits synchronously (see _commit_and_wait).
             wait = 0.0 if self._results else BUSY_WAIT_SECONDS
             changes = self._assignment_changes
-            fetched = self._consumer.fetch(self.config.consume_batch_size - len(self._held), wait)
+            room_to_hold = self._hold_limit() - len(self._held)
+            fetched = self._consumer.fetch(min(self.config.consume_batch_size, room_to_hold), wait)
             if fetched:
                 self._hold(fetched, changes)
-        elif not self._results:
+        elif not self._results and not self._commit_would_free_window(now):
             # The window is full of unfinished records: leave records in librdkafka's queue and wait
             # for slots to finish.
             self._wake.wait(BUSY_WAIT_SECONDS)
@@ -456,6 +462,11 @@ class Worker:
         self._moved.update(gone)
         if self._held:
             self._held[:] = [m for m in self._held if (m.topic(), m.partition()) not in gone]
+
+    def _hold_limit(self) -> int:
+        """Records held aside while the window waits for a commit answer: half the window (at least a
+        batch), enough for the answer of a commit sent at half the window to arrive first at most speeds."""
+        return max(self.config.consume_batch_size, self._backpressure.limits.max_uncommitted // 2)
 
     def _capacity(self) -> int:
         return PREFETCH_PER_SLOT * self._pool_size
@@ -994,9 +1005,10 @@ class Worker:
             decision = self._backpressure.update(counts, time.monotonic())
             self._room = decision.room
             desired = decision.paused
-            if self._room <= 0 and self._awaiting_total and len(self._held) >= self.config.consume_batch_size:
-                # Waiting for a commit answer with a batch held: consume() must go on serving answers
-                # without returning records.
+            if (self._room <= 0 and self._awaiting_total and len(self._held) >= self._hold_limit()
+                    and time.monotonic() < self._sync_commit_after):
+                # Waiting for a commit answer with a batch held (the synchronous commit failed):
+                # consume() must go on serving answers without returning records.
                 desired = set(states.values())
             desired |= self._due_gate.waiting_partitions()
             for state in self._open_breakers:
@@ -1012,41 +1024,82 @@ class Worker:
         self._paused = desired
 
     def _maybe_commit(self, now: float) -> None:
-        # Commit on the interval, and sooner (at most every MIN_COMMIT_GAP) once half the window is
-        # used; at once when the window is full of finished records: committing frees the window.
-        # The interval's commit also sends partitions whose offset map alone changed; the sooner
-        # ones only partitions whose offset moved (they carry the current map too): a slow record
-        # holding the offset back must not turn every iteration into a commit request.
+        # A record leaves the window only when the broker answers a commit covering it, so commits
+        # go out early enough for the answer to arrive before the window fills: on the interval,
+        # and sooner once half the window is used (at most every MIN_COMMIT_GAP, or at once when a
+        # quarter of the window is finished and unsent: a fast handler fills the rest in less than
+        # the gap). The interval's commit also sends partitions whose offset map alone changed;
+        # the sooner ones only partitions whose offset moved (they carry the current map too): a
+        # slow record holding the offset back must not turn every iteration into a commit request.
+        releasable = self._releasable_total
+        if self._commit_would_free_window(now):
+            self._commit_and_wait(now)
+            return
         on_interval = now >= self._next_commit
         if not on_interval:
             window = self._backpressure.limits.max_uncommitted
-            if self._room <= 0 and self._releasable_total and not self._awaiting_total:
+            if self._room <= 0 and releasable and not self._awaiting_total:
                 pass
-            elif self._uncommitted_total < window // 2 or now < self._last_commit + MIN_COMMIT_GAP_SECONDS:
+            elif self._uncommitted_total < window // 2 or (
+                    releasable < window // 4 and now < self._last_commit + MIN_COMMIT_GAP_SECONDS):
                 return
         self._next_commit = now + self.config.commit_interval_seconds
         self._last_commit = now
         self._commit(list(self._states.values()), asynchronous=True, map_changes=on_interval)
-        if self._releasable_total:
-            self._update_pauses()     # the window has room again: fetch in this very iteration
+        if releasable:
+            self._update_pauses()     # count what now awaits an answer (the next fetch decision uses it)
 
-    def _commit(self, states: list[PartitionState], asynchronous: bool, map_changes: bool = True) -> None:
+    def _commit_would_free_window(self, now: float) -> bool:
+        """The window is full, a batch is held, and only a commit answer would make room."""
+        return (self._room <= 0 and bool(self._releasable_total or self._awaiting_total)
+                and len(self._held) >= self._hold_limit() and now >= self._sync_commit_after
+                and not self._stopping.is_set())
+
+    def _commit_and_wait(self, now: float) -> None:
+        """The window is full and only a commit answer would free it: commit synchronously.
+
+        An asynchronous commit's answer is served only by consume(), which also hands out records
+        the window has no room for: the loop holds one batch of them aside (see _iterate), and
+        beyond that it would have to pause every partition, which costs a refetch that librdkafka
+        starts only about a second after the resume. A synchronous commit waits one round trip,
+        which the loop would wait anyway, and needs no poll. It resends the offsets still awaiting
+        an answer: the broker stores them again, and its answer covers the earlier asynchronous
+        commits too (a partition's commits are stored in the order they were sent). If it fails
+        (a rebalance is under way), every partition is paused for a while so that consume()
+        serves the rebalance and the answers without handing out records (see _update_pauses)."""
+        states = [s for s in self._states.values()
+                  if not s.revoked and (s.tracker.needs_commit() or s.tracker.awaiting_ack)]
+        if not states:
+            # Nothing to send (the totals are from before this iteration's changes): wait as usual.
+            self._sync_commit_after = now + BUSY_WAIT_SECONDS
+            return
+        self._next_commit = now + self.config.commit_interval_seconds
+        self._last_commit = now
+        if self._commit(states, asynchronous=False, resend=True):
+            self.metrics.window_commit_waits.inc()
+            self._update_pauses()     # the window has room again: fetch in the next iteration
+        else:
+            self._sync_commit_after = now + SYNC_COMMIT_BACKOFF_SECONDS
+
+    def _commit(self, states: list[PartitionState], asynchronous: bool, map_changes: bool = True,
+                resend: bool = False) -> bool:
         """Commit each partition's lowest unfinished offset, with the map of finished ones above it.
 
-        `map_changes`: also partitions whose offset did not move but whose map did."""
+        `map_changes`: also partitions whose offset did not move but whose map did. `resend`: also
+        partitions with commits awaiting the broker's answer. False when a synchronous commit failed."""
         assert self._consumer is not None
         requests: list[tuple[PartitionState, int]] = []
         offsets: list[TopicPartition] = []
         for state in states:
             tracker = state.tracker
-            if state.revoked or not tracker.needs_commit(map_changes):
+            if state.revoked or not (tracker.needs_commit(map_changes) or (resend and tracker.awaiting_ack)):
                 continue
             offset = tracker.committable()
-            assert offset is not None      # needs_commit() is False without one
+            assert offset is not None      # needs_commit() is False and nothing awaits an answer without one
             requests.append((state, offset))
             offsets.append(TopicPartition(state.topic, state.partition, offset, metadata=self._offset_map(state)))
         if not requests:
-            return
+            return True
         ok = self._consumer.commit(offsets, asynchronous)
         if ok:
             for state, offset in requests:
@@ -1054,6 +1107,7 @@ class Worker:
                 if not asynchronous:
                     state.tracker.acknowledged(offset)
             self.metrics.commits.inc()
+        return ok
 
     def _offset_map(self, state: PartitionState) -> str:
         """The commit metadata of `state`: its finished offsets above the committable one, or ""."""
@@ -1081,10 +1135,14 @@ class Worker:
             if state is not None and tp.offset >= 0:
                 state.tracker.acknowledged(tp.offset)
 
+    def _window_use(self) -> float:
+        """Records fetched and not covered by a commit the broker acknowledged (held records are not
+        in it: they never started). Called from the metrics thread too: list() copies the dict at once."""
+        return float(sum(state.tracker.uncommitted for state in list(self._states.values())))
+
     def _update_gauges(self, now: float) -> None:
         self._next_gauges = now + GAUGE_INTERVAL_SECONDS
         metrics = self.metrics
-        metrics.uncommitted.set(self._uncommitted_total)
         metrics.assigned_partitions.set(len(self._states))
         metrics.paused_partitions.set(len(self._paused))
         if self._consumer is None:
