@@ -3,7 +3,8 @@ rebalances in the middle. Every produced id ends up processed or dead-lettered.
 
 Duplicates are bounded by what was unfinished, not by timing: a commit carries the offset map of
 the records finished above the committed offset, and the next owner skips those. What may run
-twice is only what the last commit did not cover (in flight, or finished after it)."""
+twice is only what the last commit did not cover: at most the records the worker reported in
+flight at the kill (not covered by a commit the broker acknowledged), and at most its window."""
 
 from __future__ import annotations
 
