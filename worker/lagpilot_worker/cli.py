@@ -132,7 +132,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=e(pool_contract.ENV_NAMESPACE),
                    help=f"namespace of the ConfigMap [{pool_contract.ENV_NAMESPACE}]")
     p.add_argument("--max-uncommitted", type=int, default=e("LAGPILOT_MAX_UNCOMMITTED"),
-                   help="in-flight window: records fetched but not committed; default max(10000, 100 x pool) "
+                   help="in-flight window: records fetched and not covered by a commit the broker acknowledged; "
+                        "default max(10000, 100 x pool) "
                         "[LAGPILOT_MAX_UNCOMMITTED]")
     p.add_argument("--commit-interval", type=float, default=float(e("LAGPILOT_COMMIT_INTERVAL_SECONDS", 1.0)),
                    help="seconds between commits [LAGPILOT_COMMIT_INTERVAL_SECONDS]")

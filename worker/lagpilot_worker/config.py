@@ -53,8 +53,9 @@ class WorkerConfig:
     ordering: OrderingMode = OrderingMode.KEY
     pool_size: int = 8
     max_pool_size: int = 1024
-    # The in-flight window: records fetched but not committed. Bounds memory and the records
-    # handled again after a crash. None: max(10 x consume batch, 100 x pool size), following resizes.
+    # The in-flight window: records fetched and not covered by a commit the broker acknowledged.
+    # Bounds memory and the records handled again after a crash.
+    # None: max(10 x consume batch, 100 x pool size), following resizes.
     max_uncommitted: int | None = None
     max_messages_per_item: int = 4096         # work items are sized by measured handler time, up to this
     consume_batch_size: int = 1000
