@@ -135,6 +135,10 @@ class WorkerMetrics:
             f"{PREFIX}revoked_abandoned_records",
             "Records of revoked partitions still in flight when the revoke or shutdown bound ran out: handled "
             "here, not committed, they run again on the next owner.", registry=r)
+        self.revoke_commit_refused = Counter(
+            f"{PREFIX}revoke_commit_refused_records",
+            "Records of revoked partitions not covered by a stored commit because the broker refused the final "
+            "commit (the group was rebalancing again): they run again on the next owner.", registry=r)
         self.write_errors = Counter(f"{PREFIX}dead_letter_write_errors",
                                     "Failed writes to the dead-letter or retry topics (they are retried).",
                                     registry=r)

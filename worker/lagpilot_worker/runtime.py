@@ -1253,8 +1253,15 @@ class Worker:
                 self._wake.clear()
         abandoned = 0 if stopping else self._in_flight_records(states)
         self.metrics.revoked_abandoned.inc(abandoned)
-        if commit:
-            self._commit(states, asynchronous=False)
+        refused = 0
+        if commit and not self._commit(states, asynchronous=False, resend=True):
+            # The broker refused the final commit (ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS while the
+            # group rebalances again, as in a rolling update): everything it would have covered runs
+            # again on the next owner. Said here, so duplicates are accounted for, not a mystery.
+            refused = sum(state.tracker.uncommitted for state in states)
+            self.metrics.revoke_commit_refused.inc(refused)
+            log.warning("the broker refused the commit of revoked partitions: their uncommitted records run "
+                        "again on the next owner", extra={"refused_records": refused})
         unfinished = 0
         for state in states:
             unfinished += state.tracker.in_flight
@@ -1264,6 +1271,7 @@ class Worker:
         log.info("partitions revoked", extra={
             "partitions": [f"{s.topic}[{s.partition}]" for s in states], "committed": commit,
             "unfinished_records": unfinished, "in_flight_records": in_flight, "abandoned_records": abandoned,
+            "refused_records": refused,
             "assigned": len(self._states)})
 
     def _in_flight_records(self, states: list[PartitionState]) -> int:
