@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -148,3 +149,48 @@ def dashboard_expressions(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for item in node:
             yield from dashboard_expressions(item)
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+def read_all(bootstrap: str, topic: str, isolation: str = "read_committed", timeout: float = 30) -> list[TopicRecord]:
+    """Every readable record of `topic` (up to the end each partition has now), per partition in order.
+
+    `read_committed` (the default) leaves out what aborted or still-open transactions wrote, as a
+    consumer of a transactional producer (the redrive, the dead-letter writer) would see it.
+    """
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    partitions = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+                     .topics[topic].partitions)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": "false",
+                         "enable.partition.eof": "true", "isolation.level": isolation,
+                         "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[TopicRecord] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            records.append(TopicRecord(message.partition(), message.offset(), message.key(), message.value(),
+                                       list(message.headers() or [])))
+    finally:
+        consumer.close()
+    return records

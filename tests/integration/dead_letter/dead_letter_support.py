@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from lagpilot_contract import headers as h
@@ -29,15 +28,6 @@ def dlq_headers(source_topic: str, partition: int, offset: int, group: str) -> l
     return [("trace-id", f"t-{offset}".encode()), *((k, v.encode()) for k, v in values.items())]
 
 
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
-
-
 def produce_dead_letters(bootstrap: str, dlq: str, source_topic: str, group: str, ids: range,
                          partitions: int) -> None:
     """Record i: key k<i % 5>, value str(i), from source partition i % partitions, into the same
@@ -50,34 +40,6 @@ def produce_dead_letters(bootstrap: str, dlq: str, source_topic: str, group: str
     assert producer.flush(30) == 0
 
 
-def read_all(bootstrap: str, topic: str, isolation: str = "read_committed",
-             timeout: float = 30) -> list[Record]:
-    """Every readable record of `topic` (up to the end each partition has now), per partition in order."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dl-test-reader",
-                         "enable.auto.commit": "false", "enable.partition.eof": "true",
-                         "isolation.level": isolation, "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records: list[Record] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_end) < partitions:
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            at_end.discard(message.partition())
-            records.append(Record(message.partition(), message.offset(), message.key(), message.value(),
-                                  list(message.headers() or [])))
-    finally:
-        consumer.close()
-    return records
 
 
 def topic_level_configs(admin: AdminClient, topic: str) -> dict[str, str]:

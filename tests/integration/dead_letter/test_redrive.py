@@ -24,7 +24,7 @@ from confluent_kafka.admin import (
     ResourcePatternType,
     ResourceType,
 )
-from dead_letter_support import Record, produce_dead_letters, read_all
+from dead_letter_support import produce_dead_letters
 
 from lagpilot_contract.naming import dead_letter_topic
 from lagpilot_operator.dead_letter import reconcile_dead_letter
@@ -36,7 +36,8 @@ from lagpilot_operator.redrive import (
     run_redrive_to_completion,
     transactional_id,
 )
-from support import wait_for
+from support import TopicRecord as Record
+from support import read_all, wait_for
 
 pytestmark = pytest.mark.integration
 

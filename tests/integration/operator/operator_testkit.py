@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -167,32 +166,3 @@ def produce_dead_letters(bootstrap: str, dlq: str, source_topic: str, group: str
     assert producer.flush(30) == 0
 
 
-def read_committed(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
-    """Every record a read_committed consumer can read from `topic` now, up to each partition's end."""
-    from confluent_kafka import KafkaError
-    from confluent_kafka.admin import AdminClient
-
-    partitions = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-                     .topics[topic].partitions)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "op-test-reader", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "isolation.level": "read_committed",
-                         "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records: list[Any] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_end) < partitions:
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            at_end.discard(message.partition())
-            records.append(message)
-    finally:
-        consumer.close()
-    return records
