@@ -353,7 +353,14 @@ class Worker:
             self._publisher.flush(max(0.0, deadline - time.monotonic()))
             self._poll_publisher()
         self._drain_results()
-        self._commit(list(self._states.values()), asynchronous=False)
+        # resend: an asynchronous commit still awaiting its answer may yet be refused (the group
+        # rebalancing as Pods come and go); this synchronous one covers its records for sure.
+        states = list(self._states.values())
+        if not self._commit(states, asynchronous=False, resend=True):
+            refused = sum(state.tracker.uncommitted for state in states)
+            self.metrics.revoke_commit_refused.inc(refused)
+            log.warning("the broker refused the final commit at shutdown: its uncommitted records run again on "
+                        "the next owner", extra={"refused_records": refused})
         if abandoned:
             log.warning("shutdown deadline reached: abandoned work will be delivered again",
                         extra={"records": abandoned, "abandoned_records": abandoned_in_flight})
