@@ -391,15 +391,61 @@ class LagThresholdPolicy(SpecModel):
                                                             "offset does not move (KEDA `excludePersistentLag`).")
 
 
+# A Kubernetes (Go) duration with the units a latency target needs: "200ms", "1.5s", "1m30s", "2h".
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DURATION_UNITS_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+MIN_TIME_LAG_SECONDS = 0.001
+MAX_TIME_LAG_SECONDS = 86400.0
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds of a duration string in DURATION_PATTERN's form (what CEL's `duration()` reads)."""
+    if re.fullmatch(DURATION_PATTERN, value) is None:
+        raise ValueError(f"{value!r} is not a duration such as 200ms, 1.5s or 1m30s")
+    return sum(float(number) * DURATION_UNITS_SECONDS[unit] for number, unit in _DURATION_PART.findall(value))
+
+
+TIME_LAG_ONE_FORM = CelRule(
+    cel="!has(self.targetTimeLag) || !has(self.targetTimeLagSeconds)",
+    message="policy.drainTime: set targetTimeLag or targetTimeLagSeconds, not both")
+TIME_LAG_IN_RANGE = CelRule(
+    cel="!has(self.targetTimeLag) || "
+        "(duration(self.targetTimeLag) >= duration('1ms') && duration(self.targetTimeLag) <= duration('24h'))",
+    message="policy.drainTime.targetTimeLag must be between 1ms and 24h")
+
+
 class DrainTimePolicy(SpecModel):
     """Rate-based: keep up with the produce rate plus headroom, and drain the backlog in time."""
 
+    cel_rules = (TIME_LAG_ONE_FORM, TIME_LAG_IN_RANGE)
+
     target_drain_seconds: int = Field(60, ge=1, le=86400, description="Drain the current backlog within this "
                                                                       "many seconds.")
+    target_time_lag: str | None = Field(None, max_length=32, pattern=DURATION_PATTERN,
+                                        description="Also stay under this much time behind (time lag), as a "
+                                                    "duration: `200ms`, `1.5s`, `1m30s` (1ms..24h). Absent: "
+                                                    "targetTimeLagSeconds, or no time-lag target.")
     target_time_lag_seconds: int | None = Field(None, ge=1, le=86400,
-                                                description="Also stay under this many seconds behind "
-                                                            "(time lag). Absent: no time-lag target.")
+                                                description="Also stay under this many whole seconds behind "
+                                                            "(time lag); targetTimeLag takes fractions. Set at "
+                                                            "most one of the two. Absent: no time-lag target.")
     headroom_percent: int = Field(20, ge=0, le=1000, description="Capacity kept above the produce rate, in percent.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        _require(TIME_LAG_ONE_FORM, self.target_time_lag is None or self.target_time_lag_seconds is None)
+        if self.target_time_lag is not None:
+            seconds = duration_seconds(self.target_time_lag)
+            _require(TIME_LAG_IN_RANGE, MIN_TIME_LAG_SECONDS - 1e-12 <= seconds <= MAX_TIME_LAG_SECONDS)
+        return self
+
+    @property
+    def time_lag_target_seconds(self) -> float | None:
+        """The time-lag target in seconds, from whichever of the two fields is set."""
+        if self.target_time_lag is not None:
+            return duration_seconds(self.target_time_lag)
+        return None if self.target_time_lag_seconds is None else float(self.target_time_lag_seconds)
 
 
 SCALE_UP_MOVES = CelRule(cel="self.minStep > 0 || self.maxStepPercent > 0",

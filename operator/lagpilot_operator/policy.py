@@ -24,7 +24,8 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
    * `drainTime` with a lag-only source (`Observation.lag_only`, e.g. Prometheus: no offsets, so no
      rates): the `lagThreshold` rule, said so in the reason.
    * `drainTime`: needed = produce rate x (1 + headroom) + backlog / T, slots = ceil(needed / μ),
-     where T = targetDrainSeconds, or targetTimeLagSeconds when the group's time lag exceeds it,
+     where T = targetDrainSeconds, or the time-lag target (targetTimeLag, e.g. 200ms, or
+     targetTimeLagSeconds) when the group's time lag exceeds it,
      and μ is the per-slot throughput (msg/s per slot):
        - measured as consume rate ÷ busy slots once every slot has been busy for a whole consume-rate
          window at unchanged busy slots: the group was saturated (backlog larger than
@@ -79,6 +80,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
+from lagpilot_operator.models import TIME_LAG_ONE_FORM, duration_seconds
 from lagpilot_operator.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
     DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
@@ -141,7 +143,7 @@ class LagThresholdConfig:
 @dataclass(frozen=True)
 class DrainTimeConfig:
     target_drain_seconds: int = 60
-    target_time_lag_seconds: int | None = None
+    target_time_lag_seconds: float | None = None  # fractions allowed: a 200 ms latency target is 0.2
     headroom_percent: int = 20
 
 
@@ -215,7 +217,7 @@ class PolicyConfig:
             ),
             drain_time=DrainTimeConfig(
                 target_drain_seconds=_int(drain, "targetDrainSeconds", 60),
-                target_time_lag_seconds=_optional_int(drain, "targetTimeLagSeconds"),
+                target_time_lag_seconds=_time_lag_target(drain),
                 headroom_percent=_int(drain, "headroomPercent", 20),
             ),
             scale_up=_behavior(_mapping(policy.get("scaleUp"), "policy.scaleUp"), DEFAULT_SCALE_UP),
@@ -244,8 +246,8 @@ class PolicyConfig:
         if self.drain_time.target_drain_seconds < 1:
             problems.append("policy.drainTime.targetDrainSeconds must be >= 1")
         tl = self.drain_time.target_time_lag_seconds
-        if tl is not None and tl < 1:
-            problems.append("policy.drainTime.targetTimeLagSeconds must be >= 1")
+        if tl is not None and not (tl > 0 and math.isfinite(tl)):
+            problems.append("policy.drainTime: the time-lag target must be > 0 seconds")
         for name, behavior in (("scaleUp", self.scale_up), ("scaleDown", self.scale_down)):
             if behavior.period_seconds < 1 or behavior.min_step < 0 or behavior.max_step_percent < 0:
                 problems.append(f"policy.{name}: periodSeconds >= 1, minStep >= 0, maxStepPercent >= 0")
@@ -277,6 +279,19 @@ def _int(source: Mapping[str, Any], key: str, default: int) -> int:
 def _optional_int(source: Mapping[str, Any], key: str) -> int | None:
     value = source.get(key)
     return None if value is None else _int(source, key, 0)
+
+
+def _time_lag_target(drain: Mapping[str, Any]) -> float | None:
+    """targetTimeLag (a duration string, e.g. "200ms") or targetTimeLagSeconds (whole seconds), in seconds."""
+    duration = drain.get("targetTimeLag")
+    whole = _optional_int(drain, "targetTimeLagSeconds")
+    if duration is None:
+        return None if whole is None else float(whole)
+    if whole is not None:
+        raise ValueError(TIME_LAG_ONE_FORM.message)
+    if not isinstance(duration, str):
+        raise ValueError(f"targetTimeLag must be a duration string such as 200ms, got {duration!r}")
+    return duration_seconds(duration)
 
 
 def _bool(source: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -743,12 +758,12 @@ class _Decider:
         time_lag = max((v for k, v in self.obs.time_lags.items() if k not in self.stuck), default=0.0)
         if target_lag is not None and time_lag > target_lag and target_lag < drain_seconds:
             drain_seconds = float(target_lag)
-            self.notes.append(f"time lag {time_lag:,.0f} s > target {target_lag} s")
+            self.notes.append(f"time lag {_seconds(time_lag)} > target {_seconds(target_lag)}")
         headroom = 1 + settings.headroom_percent / 100
         needed = produce * headroom + self.effective_lag / drain_seconds
         demand = (f"backlog {self.effective_lag:,} msgs + {_rate(produce)} msg/s "
                   f"(+{settings.headroom_percent}%)")
-        drain = f"to drain in {drain_seconds:,.0f} s"
+        drain = f"to drain in {_seconds(drain_seconds)}"
 
         def slots_at(rate: float) -> int:
             if needed <= 0:
@@ -1056,6 +1071,15 @@ def _max_in_window(values: list[tuple[float, int]], window_start: float) -> int:
         if ends > window_start:
             largest = max(largest, value)
     return largest
+
+
+def _seconds(value: float) -> str:
+    """A duration for a reason: "45 s", "1.5 s", below a second in milliseconds ("200 ms")."""
+    if value >= 10:
+        return f"{value:,.0f} s"
+    if value >= 1:
+        return f"{value:.1f}".removesuffix(".0") + " s"
+    return f"{value * 1000:,.0f} ms"
 
 
 def _rate(value: float) -> str:

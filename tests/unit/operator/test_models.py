@@ -389,3 +389,42 @@ def test_transition_time_moves_exactly_when_status_changes(statuses: list[models
         assert current is not None and len(conditions) == 1
         changed = previous is None or previous.status != status
         assert (current.last_transition_time == models.rfc3339(T0.timestamp() + 60 * step)) == changed
+
+
+# --- the time-lag target as a duration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("200ms", 0.2), ("1.5s", 1.5), ("1m30s", 90.0), ("2h", 7200.0),
+                                               ("1ms", 0.001), ("0.5ms", 0.0005), ("1h0m0.25s", 3600.25)])
+def test_duration_strings_read_as_kubernetes_writes_them(text: str, seconds: float) -> None:
+    assert models.duration_seconds(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["0.2", "200", "ms", "1.s", "-1s", "1 s", "1d", "200us", ""])
+def test_duration_strings_without_a_unit_or_with_others_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        models.duration_seconds(text)
+
+
+def test_time_lag_target_from_either_field_never_both() -> None:
+    def drain(**fields: Any) -> models.DrainTimePolicy:
+        return KafkaConsumerGroupSpec.from_k8s(base_spec(policy={"drainTime": fields})).policy.drain_time
+
+    assert drain(targetTimeLag="200ms").time_lag_target_seconds == pytest.approx(0.2)
+    assert drain(targetTimeLagSeconds=3).time_lag_target_seconds == 3.0
+    assert drain().time_lag_target_seconds is None
+    assert drain(targetTimeLag="24h").time_lag_target_seconds == 86400.0
+    both = rejection(base_spec(policy={"drainTime": {"targetTimeLag": "200ms", "targetTimeLagSeconds": 1}}))
+    assert both is not None and models.TIME_LAG_ONE_FORM.message in both
+    for out_of_range in ("0ms", "0.5ms", "24h1s", "25h"):
+        message = rejection(base_spec(policy={"drainTime": {"targetTimeLag": out_of_range}}))
+        assert message is not None and models.TIME_LAG_IN_RANGE.message in message, out_of_range
+    # The policy reads the same spec as a float number of seconds.
+    config = PolicyConfig.from_spec({"policy": {"drainTime": {"targetTimeLag": "1.5s"}}})
+    assert config.drain_time.target_time_lag_seconds == 1.5
+    assert PolicyConfig.from_spec({"policy": {"drainTime": {"targetTimeLagSeconds": 2}}}
+                                  ).drain_time.target_time_lag_seconds == 2.0
+    with pytest.raises(ValueError, match="not both"):
+        PolicyConfig.from_spec({"policy": {"drainTime": {"targetTimeLag": "1s", "targetTimeLagSeconds": 1}}})
+    with pytest.raises(ValueError, match="not a duration"):
+        PolicyConfig.from_spec({"policy": {"drainTime": {"targetTimeLag": "0.2"}}})

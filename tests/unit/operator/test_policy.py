@@ -417,6 +417,19 @@ def test_memory_stays_small_over_a_long_run() -> None:
 # --- config ------------------------------------------------------------------------------------------
 
 
+def test_a_sub_second_time_lag_target_is_a_float_and_reads_in_milliseconds() -> None:
+    config = replace(FREE, drain_time=DrainTimeConfig(target_drain_seconds=60, target_time_lag_seconds=0.2))
+    memory = replace(WARM, slot_rate=10.0)
+    decision = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 0.45}), memory,
+                      NOW)
+    assert decision.slots == 96  # 300 x 1.2 + 120 / 0.2 = 960 msg/s
+    assert "time lag 450 ms > target 200 ms" in decision.reason and "to drain in 200 ms" in decision.reason
+    within = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 0.15}), memory, NOW)
+    assert within.slots == 37  # 360 + 120 / 60 = 362 msg/s
+    with pytest.raises(ValueError, match="time-lag target must be > 0"):
+        replace(config, drain_time=DrainTimeConfig(target_time_lag_seconds=0.0)).validate()
+
+
 def test_config_from_a_kafkaconsumergroup_spec() -> None:
     spec = {
         "replicas": {"min": 0, "max": 20},
