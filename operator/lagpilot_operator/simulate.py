@@ -6,11 +6,16 @@ The world model, in fixed ticks (default 0.5 s):
 
 * Production: the trace's rate (msg/s), spread evenly over the partitions.
 * Consumption: each pod that has joined the group works on its assigned partitions with `pool`
-  slots; a slot finishes 1 / `cost` messages per second. Records are assumed keyed (key ordering),
-  so all slots of a pod are usable whatever its partition count; a pod shares its slots between its
-  partitions by backlog (water-filling). Pods beyond the partition count get no partitions.
-  Slots are independent, i.e. the per-message cost is waiting (I/O), not CPU: a CPU-bound handler
-  would not speed up with the pool, and this model would flatter pools.
+  slots. A message costs `cpu` seconds of CPU plus `io` seconds of waiting (`--cost cpu=2ms,io=20ms`;
+  a bare number is all waiting, the model before CPU was modelled), and a pod may use at most
+  `pod_cpu` cores (a Python handler that holds the GIL gets about one core however many slots it
+  has). A pod then finishes min(pool / (cpu + io), pod_cpu / cpu) messages per second
+  (`pod_throughput`): slots add throughput until the CPU is saturated, at pool = pod_cpu x
+  (cpu + io) / cpu (`saturating_pool`), and nothing after. A message holds its slot
+  max(cpu + io, busy slots x cpu / pod_cpu) seconds (waiting for the CPU counts in its latency).
+  Records are assumed keyed (key ordering), so all slots of a pod are usable whatever its
+  partition count; a pod shares its throughput between its partitions by backlog (water-filling).
+  Pods beyond the partition count get no partitions.
 * A new pod consumes only after `startup_seconds`; whenever the group's membership changes (a pod
   joins or leaves) all consumption stops for `rebalance_seconds` (eager rebalance). Pool changes are
   live: they apply `pool_apply_seconds` after the decision, without a rebalance.
@@ -28,18 +33,28 @@ The world model, in fixed ticks (default 0.5 s):
 Reported per policy: time to drain (from the start of the trace's first peak-rate segment until the
 backlog, after that segment ends, is at most one second of the following rate), peak lag (the true
 backlog, messages produced and not yet processed), p99 end-to-end latency (each processed message's
-wait since it was produced, plus its cost), and pod-seconds (pods existing, starting ones included).
+wait since it was produced, plus its time in a slot), and pod-seconds (pods existing, starting ones
+included). Per tick, each point also carries the latency of the oldest message finished in it.
+
+Traces: a list of {seconds, rate} segments (YAML/JSON), a list of {t_seconds, msgs_per_s} points, or
+a CSV of `t_seconds,msgs_per_s` rows (a header line allowed; what Grafana or Prometheus export): each
+point's rate holds until the next point's time, the last one for the median step.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import csv
+import io
 import json
 import math
+import re
+import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -136,12 +151,79 @@ BUILTIN_TRACES: dict[str, Trace] = {
 }
 
 
+TIME_KEYS = ("t_seconds", "t")
+RATE_KEYS = ("msgs_per_s", "rate")
+
+
+def trace_from_points(points: Sequence[tuple[float, float]], name: str = "trace",
+                      where: Sequence[str] | None = None) -> Trace:
+    """Timestamped rates (time, msg/s) as a step function: each rate holds until the next time, the last
+    for the median step between points (one point: 60 s). Times are relative to the first one (epoch
+    seconds from a Prometheus export work as well as 0, 10, 20 ...). `where` names each point in errors."""
+    if not points:
+        raise ValueError("no data: a trace needs at least one (t_seconds, msgs_per_s) point")
+    labels = list(where) if where is not None else [f"point {i}" for i in range(len(points))]
+    for (time, rate), label in zip(points, labels, strict=True):
+        if not (math.isfinite(time) and math.isfinite(rate)):
+            raise ValueError(f"{label}: t_seconds and msgs_per_s must be finite numbers")
+        if rate < 0:
+            raise ValueError(f"{label}: msgs_per_s must be >= 0, got {rate:g}")
+    steps = []
+    for (before, _), (after, _), label in zip(points, points[1:], labels[1:], strict=False):
+        if after <= before:
+            raise ValueError(f"{label}: t_seconds must increase ({after:g} after {before:g})")
+        steps.append(after - before)
+    last = statistics.median(steps) if steps else 60.0
+    return Trace(name, tuple(Segment(step, rate) for step, (_, rate) in zip([*steps, last], points, strict=True)))
+
+
+def _number_or_time(text: str) -> float:
+    """A number of seconds, or an ISO 8601 time (Grafana's CSV export writes those)."""
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def parse_csv_trace(text: str, name: str = "trace") -> Trace:
+    """`t_seconds,msgs_per_s` rows; a first line that is not numbers is a header. Errors name the line."""
+    points: list[tuple[float, float]] = []
+    where: list[str] = []
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        cells = [cell.strip() for cell in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if len(cells) != 2:
+            raise ValueError(f"line {number}: expected 2 comma-separated values (t_seconds,msgs_per_s), "
+                             f"got {len(cells)}")
+        try:
+            point = (_number_or_time(cells[0]), float(cells[1]))
+        except ValueError as exc:
+            if not points and not where and number == _first_line(text):
+                continue  # the header
+            raise ValueError(f"line {number}: {cells[0]!r},{cells[1]!r} is not a time and a rate") from exc
+        points.append(point)
+        where.append(f"line {number}")
+    return trace_from_points(points, name, where)
+
+
+def _first_line(text: str) -> int:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            return number
+    return 0
+
+
 def parse_trace(data: object, name: str = "trace") -> Trace:
-    """A list of {seconds, rate} mappings, or a mapping with such a list under `segments`."""
+    """A list of {seconds, rate} mappings (or a mapping with such a list under `segments`), or a list of
+    timestamped {t_seconds, msgs_per_s} points (`t` and `rate` also accepted; see trace_from_points)."""
     if isinstance(data, Mapping):
         data = data.get("segments")
     if not isinstance(data, list):
-        raise ValueError("a trace is a list of {seconds, rate} segments (or {segments: [...]})")
+        raise ValueError("a trace is a list of {seconds, rate} segments (or {segments: [...]}) or of "
+                         "{t_seconds, msgs_per_s} points")
+    if data and isinstance(data[0], Mapping) and any(key in data[0] for key in TIME_KEYS):
+        return _parse_points(data, name)
     segments = []
     for index, item in enumerate(data):
         if not isinstance(item, Mapping) or "seconds" not in item or "rate" not in item:
@@ -153,22 +235,109 @@ def parse_trace(data: object, name: str = "trace") -> Trace:
     return Trace(name, tuple(segments))
 
 
+def _parse_points(data: list[object], name: str) -> Trace:
+    points = []
+    for index, item in enumerate(data):
+        time_key = next((k for k in TIME_KEYS if isinstance(item, Mapping) and k in item), None)
+        rate_key = next((k for k in RATE_KEYS if isinstance(item, Mapping) and k in item), None)
+        if not isinstance(item, Mapping) or time_key is None or rate_key is None:
+            raise ValueError(f"point {index}: expected a mapping with 't_seconds' and 'msgs_per_s'")
+        try:
+            points.append((float(item[time_key]), float(item[rate_key])))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"point {index}: t_seconds and msgs_per_s must be numbers") from exc
+    return trace_from_points(points, name)
+
+
 # --- the world ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class WorldModel:
     partitions: int = 12
-    message_cost_seconds: float = 0.05
+    message_cost_seconds: float = 0.05  # a message's time in a slot without CPU contention: cpu + io
     rebalance_seconds: float = 3.0
     startup_seconds: float = 5.0
     pool_apply_seconds: float = 1.0
     commit_interval_seconds: float = 5.0
     tick_seconds: float = 0.5
+    cpu_seconds: float = 0.0  # the CPU part of message_cost_seconds (0: all waiting, slots are free)
+    pod_cpu: float = 1.0      # cores a pod can use: a Python handler holding the GIL gets about one
 
     def __post_init__(self) -> None:
         if self.partitions < 1 or self.message_cost_seconds <= 0 or self.tick_seconds <= 0:
             raise ValueError("partitions >= 1, message cost > 0 and tick > 0 are required")
+        if not 0 <= self.cpu_seconds <= self.message_cost_seconds:
+            raise ValueError("the CPU part of a message's cost must be between 0 and the whole cost")
+        if not self.pod_cpu > 0:
+            raise ValueError("pod CPU must be > 0 cores")
+
+    @property
+    def io_seconds(self) -> float:
+        return self.message_cost_seconds - self.cpu_seconds
+
+    @classmethod
+    def with_cost(cls, cost: MessageCost, **fields: Any) -> WorldModel:
+        return cls(message_cost_seconds=cost.total_seconds, cpu_seconds=cost.cpu_seconds, **fields)
+
+
+@dataclass(frozen=True)
+class MessageCost:
+    """What one message costs a slot: CPU seconds plus waiting (I/O) seconds."""
+
+    cpu_seconds: float = 0.0
+    io_seconds: float = 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return self.cpu_seconds + self.io_seconds
+
+
+_COST_VALUE = re.compile(r"^([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(ms|s)?$")
+
+
+def _cost_seconds(text: str, where: str) -> float:
+    match = _COST_VALUE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"--cost {where}: {text!r} is not a duration (e.g. 20ms, 0.02 or 0.02s)")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
+def parse_cost(text: str) -> MessageCost:
+    """`0.05`, `50ms` (all waiting, as before CPU was modelled), or `cpu=2ms,io=20ms` (either part may be
+    left out: `cpu=5ms` is all CPU). Numbers without a unit are seconds."""
+    if "=" not in text:
+        return MessageCost(io_seconds=_cost_seconds(text, "value"))
+    parts: dict[str, float] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ("cpu", "io"):
+            raise ValueError(f"--cost: {item.strip()!r}: expected cpu=<duration> and/or io=<duration>")
+        if key in parts:
+            raise ValueError(f"--cost: {key} given twice")
+        parts[key] = _cost_seconds(value, key)
+    cost = MessageCost(cpu_seconds=parts.get("cpu", 0.0), io_seconds=parts.get("io", 0.0))
+    if cost.total_seconds <= 0:
+        raise ValueError("--cost: a message must cost more than 0 s")
+    return cost
+
+
+def pod_throughput(model: WorldModel, slots: float) -> float:
+    """Messages per second one pod finishes with `slots` busy slots: each slot does 1 / (cpu + io), and
+    all of them together at most pod_cpu / cpu (the CPU limit; a GIL-bound handler: one core)."""
+    by_slots = slots / model.message_cost_seconds
+    if model.cpu_seconds <= 0:
+        return by_slots
+    return min(by_slots, model.pod_cpu / model.cpu_seconds)
+
+
+def saturating_pool(model: WorldModel) -> float:
+    """The pool at which a pod's CPU saturates: more slots add no throughput (inf: never)."""
+    if model.cpu_seconds <= 0:
+        return math.inf
+    return model.pod_cpu * model.message_cost_seconds / model.cpu_seconds
 
 
 @dataclass
@@ -197,6 +366,7 @@ class World:
         self.rebalances = 0
         self.pod_seconds = 0.0
         self.latencies: list[tuple[float, float]] = []  # (latency seconds, messages)
+        self.tick_latency: float | None = None  # the oldest message finished in the last tick
         self._assignment = self._assign()
 
     # actions of the autoscaler ------------------------------------------------------------------
@@ -271,17 +441,22 @@ class World:
                 pod.joined = joined = True
         if joined:
             self._rebalance()
+        self.tick_latency = None
         if now >= self.rebalance_until:
-            capacity = self.pool * dt / model.message_cost_seconds
             for partitions in self._assignment:
-                self._consume(partitions, capacity, now + dt)
+                waiting = sum(self.produced[p] - self.consumed[p] for p in partitions)
+                # Slots with a message to work on this tick (every message a slot could start).
+                busy = min(float(self.pool), waiting * model.message_cost_seconds / dt)
+                capacity = pod_throughput(model, self.pool) * dt
+                in_slot = max(model.message_cost_seconds, busy * model.cpu_seconds / model.pod_cpu)
+                self._consume(partitions, capacity, now + dt, in_slot)
         self.time = now + dt
         if self.time >= self.next_commit - 1e-9:
             self._commit()
             self.next_commit += model.commit_interval_seconds
         self.pod_seconds += len(self.pods) * dt
 
-    def _consume(self, partitions: list[int], capacity: float, done_at: float) -> None:
+    def _consume(self, partitions: list[int], capacity: float, done_at: float, in_slot: float) -> None:
         """Water-filling: equal shares, what a partition cannot use goes to the others."""
         waiting = sorted(partitions, key=lambda p: self.produced[p] - self.consumed[p])
         remaining = capacity
@@ -292,7 +467,10 @@ class World:
                 continue
             middle = (self.consumed[p] + amount / 2) * self.model.partitions
             wait = max(0.0, done_at - self.trace.time_of(middle) - self.model.tick_seconds / 2)
-            self.latencies.append((wait + self.model.message_cost_seconds, amount))
+            self.latencies.append((wait + in_slot, amount))
+            oldest = self.consumed[p] * self.model.partitions
+            oldest_latency = max(0.0, done_at - self.trace.time_of(oldest) - self.model.tick_seconds / 2) + in_slot
+            self.tick_latency = max(self.tick_latency or 0.0, oldest_latency)
             self.consumed[p] += amount
             remaining -= amount
 
@@ -355,7 +533,7 @@ class LagpilotController:
 class KedaController:
     name: str
     config: keda.KedaConfig
-    pool: int = 1
+    pool: int  # fixed consumer threads per pod: no default, so no caller gets the one-slot straw man by accident
     poll_phase: float = -1.0
     sync_phase: float = -1.0
     state: keda.KedaState = field(default_factory=keda.KedaState)
@@ -398,6 +576,7 @@ class Point:
     committed_lag: int  # what a lag exporter shows
     replicas: int
     pool: int
+    latency: float | None = None  # end-to-end seconds of the oldest message finished in the tick
 
 
 @dataclass(frozen=True)
@@ -455,7 +634,7 @@ def run(trace: Trace, model: WorldModel, controller: Controller) -> RunResult:
         controller.on_tick(world)
         world.step()
         points.append(Point(world.time, trace.rate_at(world.time - model.tick_seconds), world.backlog,
-                            world.committed_lag, len(world.pods), world.pool))
+                            world.committed_lag, len(world.pods), world.pool, world.tick_latency))
     summary = _summarize(trace, world, points)
     reasons: list[tuple[float, str]] = getattr(controller, "reasons", [])
     return RunResult(controller.name, tuple(points), summary, tuple(reasons))
@@ -611,9 +790,13 @@ def load_trace(value: str) -> Trace:
     path = Path(value)
     if not path.exists():
         raise ValueError(f"trace {value!r}: not a built-in ({', '.join(BUILTIN_TRACES)}) nor a file")
-    with path.open() as handle:
-        data = yaml.safe_load(handle)  # YAML is a superset of JSON
-    return parse_trace(data, path.stem)
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".csv":
+            return parse_csv_trace(text, path.stem)
+        return parse_trace(yaml.safe_load(text), path.stem)  # YAML is a superset of JSON
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -623,9 +806,18 @@ def _parser() -> argparse.ArgumentParser:
                     "KEDA-equivalent (Kafka scaler + HPA) side by side. The last line is one JSON object.",
     )
     parser.add_argument("--trace", default="burst",
-                        help=f"built-in ({', '.join(BUILTIN_TRACES)}) or a YAML/JSON file: [{{seconds, rate}}, ...]")
-    parser.add_argument("--cost", type=float, default=WorldModel.message_cost_seconds,
-                        help="seconds of one slot per message (default %(default)s)")
+                        help=f"built-in ({', '.join(BUILTIN_TRACES)}), a YAML/JSON file ([{{seconds, rate}}, ...] "
+                             "or [{t_seconds, msgs_per_s}, ...]) or a .csv of t_seconds,msgs_per_s rows "
+                             "(header line allowed)")
+    parser.add_argument("--cost", default=str(WorldModel.message_cost_seconds),
+                        help="what one message costs a slot: cpu=2ms,io=20ms (CPU plus waiting), or one duration "
+                             "(0.05, 50ms: all waiting) (default %(default)s)")
+    parser.add_argument("--pod-cpu", type=float, default=WorldModel.pod_cpu,
+                        help="cores one pod can use for the CPU part of the cost (default %(default)s: a Python "
+                             "handler holding the GIL; inf for no limit)")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="draw lag, replicas x pool and end-to-end latency over time, one column per policy "
+                             "(needs matplotlib: pip install 'lagpilot[plot]')")
     parser.add_argument("--partitions", type=int, default=WorldModel.partitions, help="default %(default)s")
     parser.add_argument("--config", type=Path, help="a KafkaConsumerGroup YAML: its spec.policy, replicas, pool "
                                                      "and lag.pollIntervalSeconds are used (default: CRD defaults)")
@@ -653,9 +845,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trace = load_trace(args.trace)
         config = load_config(args.config) if args.config else PolicyConfig()
+        cost = parse_cost(args.cost)
         model = WorldModel(
             partitions=args.partitions,
-            message_cost_seconds=args.cost,
+            message_cost_seconds=cost.total_seconds,
+            cpu_seconds=cost.cpu_seconds,
+            pod_cpu=args.pod_cpu,
             rebalance_seconds=args.rebalance_seconds,
             startup_seconds=args.startup_seconds,
             pool_apply_seconds=args.pool_delay,
@@ -676,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     peak_start, peak_end, _ = trace.peak()
     print(f"trace {trace.name}: {trace.duration:.0f} s, peak {max(s.rate for s in trace.segments):,.0f} msg/s "
           f"from {peak_start:.0f} s to {peak_end:.0f} s; {model.partitions} partitions, "
-          f"{model.message_cost_seconds * 1000:g} ms/msg per slot; "
+          f"{_describe_cost(model)}; "
           f"replicas {config.replicas.min}..{config.replicas.max}, "
           f"pool {config.pool.min}..{config.pool.max} (initial {config.pool.initial}); KEDA pods run a fixed "
           f"{keda_pool} consumer thread{'s' if keda_pool != 1 else ''}, maxReplicaCount {keda_config.max_replicas}")
@@ -684,8 +879,26 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results, args.table_step))
         print()
     print(format_summary(results))
+    if args.plot is not None:
+        from lagpilot_operator import plot  # matplotlib is an optional extra
+
+        try:
+            plot.save(results, args.plot, title=f"trace {trace.name}: {_describe_cost(model)}")
+        except (plot.PlotUnavailable, OSError) as exc:
+            print(f"lagpilot simulate: {exc}", file=sys.stderr)
+            return 2
+        print(f"plot written to {args.plot}")
     print(json.dumps(comparison_json(results), sort_keys=True))
     return 0
+
+
+def _describe_cost(model: WorldModel) -> str:
+    if model.cpu_seconds <= 0:
+        return f"{model.message_cost_seconds * 1000:g} ms/msg per slot"
+    knee = saturating_pool(model)
+    return (f"{model.cpu_seconds * 1000:g} ms CPU + {model.io_seconds * 1000:g} ms I/O per msg, "
+            f"{model.pod_cpu:g} core{'s' if model.pod_cpu != 1 else ''} per pod "
+            f"(slots stop adding throughput at pool {knee:.1f})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -247,3 +250,188 @@ def test_main_rejects_a_config_without_a_spec(tmp_path: Path, capsys: pytest.Cap
     bad.write_text("kind: ConfigMap\ndata: {}\n")
     code, _, err = run_main(["--config", str(bad)], capsys)
     assert code == 2 and "no KafkaConsumerGroup" in err
+
+
+# --- CPU: a message costs CPU plus waiting, a pod has a CPU limit --------------------------------------------
+
+
+def test_cost_syntax_old_and_new() -> None:
+    assert simulate.parse_cost("0.05") == simulate.MessageCost(io_seconds=0.05)
+    assert simulate.parse_cost("50ms") == simulate.MessageCost(io_seconds=0.05)
+    assert simulate.parse_cost("cpu=2ms,io=20ms") == simulate.MessageCost(cpu_seconds=0.002, io_seconds=0.02)
+    assert simulate.parse_cost("cpu=0.005") == simulate.MessageCost(cpu_seconds=0.005)
+    assert simulate.parse_cost(" io = 1s , cpu=1e-3 ") == simulate.MessageCost(cpu_seconds=0.001, io_seconds=1.0)
+    for bad, message in (("cpu=2ms,gpu=1ms", "expected cpu="), ("cpu=2ms,cpu=3ms", "given twice"),
+                         ("fast", "not a duration"), ("cpu=0,io=0", "more than 0"), ("io=-1ms", "not a duration")):
+        with pytest.raises(ValueError, match=message):
+            simulate.parse_cost(bad)
+
+
+def test_a_pods_throughput_grows_with_slots_until_its_cpu_is_saturated() -> None:
+    io_only = WorldModel(message_cost_seconds=0.022)
+    assert simulate.pod_throughput(io_only, 64) == pytest.approx(64 / 0.022)
+    assert simulate.saturating_pool(io_only) == float("inf")
+    cpu_bound = WorldModel.with_cost(simulate.MessageCost(cpu_seconds=0.002, io_seconds=0.02), pod_cpu=1.0)
+    assert simulate.saturating_pool(cpu_bound) == pytest.approx(11.0)
+    assert simulate.pod_throughput(cpu_bound, 4) == pytest.approx(4 / 0.022)
+    assert simulate.pod_throughput(cpu_bound, 11) == pytest.approx(500.0)
+    assert simulate.pod_throughput(cpu_bound, 64) == pytest.approx(500.0)  # one core: 1 / 2 ms
+    two_cores = replace(cpu_bound, pod_cpu=2.0)
+    assert simulate.pod_throughput(two_cores, 64) == pytest.approx(1000.0)
+    with pytest.raises(ValueError, match="between 0 and the whole cost"):
+        WorldModel(message_cost_seconds=0.01, cpu_seconds=0.02)
+    with pytest.raises(ValueError, match="pod CPU"):
+        WorldModel(pod_cpu=0.0)
+
+
+def test_the_world_consumes_no_faster_than_a_pods_cpu_and_waiting_counts_in_latency() -> None:
+    model = WorldModel.with_cost(simulate.MessageCost(cpu_seconds=0.005, io_seconds=0.02), partitions=4,
+                                 commit_interval_seconds=1.0)
+    world = World(model, Trace("t", (Segment(100, 10_000.0),)), replicas=1, pool=64)
+    for _ in range(20):
+        world.step()
+    # 64 slots would do 2,560 msg/s; one core does 200 msg/s of 5 ms CPU each.
+    assert sum(world.consumed) == pytest.approx(200 * 10.0)
+    # A message holds its slot while 63 others queue for the core: 64 x 5 ms, not 25 ms.
+    last = world.latencies[-1]
+    assert last[0] >= 64 * 0.005
+    free = World(WorldModel(message_cost_seconds=0.025, partitions=4), Trace("t", (Segment(100, 10_000.0),)),
+                 replicas=1, pool=64)
+    for _ in range(20):
+        free.step()
+    assert sum(free.consumed) == pytest.approx(64 / 0.025 * 10.0)
+
+
+def test_cli_takes_cpu_and_io_cost_and_a_pod_cpu_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["--trace", "steady", "--cost", "cpu=5ms,io=20ms", "--pod-cpu", "2",
+                             "--policies", "keda"], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0
+    assert "5 ms CPU + 20 ms I/O per msg, 2 cores per pod (slots stop adding throughput at pool 10.0)" in lines[0]
+    code, out, _ = run_main(["--trace", "steady", "--cost", "0.05", "--policies", "keda"], capsys)
+    assert code == 0 and "50 ms/msg per slot" in out.splitlines()[0]
+    code, _, err = run_main(["--cost", "cpu=1ms,disk=2ms"], capsys)
+    assert code == 2 and "expected cpu=" in err
+
+
+# --- traces with timestamps ----------------------------------------------------------------------------------
+
+
+def test_csv_trace_of_timestamped_rates(tmp_path: Path) -> None:
+    trace = simulate.parse_csv_trace("t_seconds,msgs_per_s\n0,10\n60,500\n180,10\n190,10\n")
+    assert trace.segments == (Segment(60, 10), Segment(120, 500), Segment(10, 10), Segment(60, 10))
+    # Epoch seconds (a Prometheus export), no header, quoted cells, comments and blank lines.
+    epoch = simulate.parse_csv_trace('# exported\n"1796400000","5"\n\n1796400010,7.5\n1796400030,0\n')
+    assert epoch.segments == (Segment(10, 5), Segment(20, 7.5), Segment(15, 0))
+    iso = simulate.parse_csv_trace("Time,Value\n2026-12-04T10:00:00Z,1\n2026-12-04T10:00:30Z,2\n")
+    assert iso.segments == (Segment(30, 1), Segment(30, 2))
+    one = simulate.parse_csv_trace("0,100\n")
+    assert one.segments == (Segment(60, 100),)
+    path = tmp_path / "grafana.csv"
+    path.write_text("t_seconds,msgs_per_s\n0,10\n60,500\n")
+    assert simulate.load_trace(str(path)).segments == (Segment(60, 10), Segment(60, 500))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("t_seconds,msgs_per_s\n0,10\n60\n", "line 3: expected 2 comma-separated values"),
+    ("t_seconds,msgs_per_s\n0,10\n60,lots\n", "line 3: '60','lots' is not a time and a rate"),
+    ("0,10\nt,r\n", "line 2: 't','r' is not a time and a rate"),
+    ("t_seconds,msgs_per_s\n0,10\n0,20\n", "line 3: t_seconds must increase"),
+    ("t_seconds,msgs_per_s\n0,10\n10,-1\n", "line 3: msgs_per_s must be >= 0"),
+    ("t_seconds,msgs_per_s\n", "no data"),
+    ("0,10,5\n", "line 1: expected 2"),
+    ("0,nan\n", "line 1: t_seconds and msgs_per_s must be finite"),
+])
+def test_malformed_csv_traces_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        simulate.parse_csv_trace(text)
+
+
+def test_a_timestamped_yaml_list_is_a_trace_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: 'seconds must be > 0' (the first timestamp, 0, was read as a duration)."""
+    assert simulate.parse_trace([{"t_seconds": 0, "msgs_per_s": 5}, {"t_seconds": 30, "msgs_per_s": 300},
+                                 {"t": 90, "rate": 5}]).segments == (Segment(30, 5), Segment(60, 300),
+                                                                     Segment(45, 5))
+    with pytest.raises(ValueError, match="point 1: expected a mapping"):
+        simulate.parse_trace([{"t_seconds": 0, "msgs_per_s": 5}, {"seconds": 3}])
+    path = tmp_path / "export.csv"
+    path.write_text("t_seconds,msgs_per_s\n0,10\n30,400\n150,10\n900,10\n")
+    code, out, _ = run_main(["--trace", str(path), "--policies", "drainTime"], capsys)
+    assert code == 0 and out.startswith("trace export: ")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t_seconds,msgs_per_s\n0,10\n30\n")
+    code, _, err = run_main(["--trace", str(bad)], capsys)
+    assert code == 2 and "bad.csv: line 3: expected 2 comma-separated values" in err
+
+
+# --- a sub-second latency target -----------------------------------------------------------------------------
+
+
+def test_a_200ms_time_lag_target_holds_under_steady_load() -> None:
+    """Steady 300 msg/s at 20 ms a message, starting short (one pod, one slot: 50 msg/s) with the worker's
+    1 s commits: with `targetTimeLag: 200ms` the backlog of the start is drained at the target's pace and
+    then every message is done within 200 ms of being produced; with only the default 60 s drain target
+    the same start leaves messages seconds late for minutes."""
+    spec = {"pool": {"min": 1, "initial": 1, "max": 64}, "policy": {"drainTime": {"targetTimeLag": "200ms"}}}
+    config = PolicyConfig.from_spec(spec)
+    assert config.drain_time.target_time_lag_seconds == pytest.approx(0.2)
+    # A tick well below the target: a message is dated to its tick, so latency resolution is tick / 2.
+    model = WorldModel(message_cost_seconds=0.02, commit_interval_seconds=1.0, tick_seconds=0.05)
+    trace = Trace("steady", (Segment(600, 300.0),))
+    results = {name: simulate.compare(trace, model, c, policies=["drainTime"])["drainTime"]
+               for name, c in (("200ms", config), ("default", PolicyConfig.from_spec({**spec, "policy": {}})))}
+    late = [p for p in results["200ms"].points if p.time >= 120]
+    assert max(p.latency or 0.0 for p in late) <= 0.2
+    needed = 300 * 0.02  # 6 slots
+    assert max(p.replicas * p.pool for p in late) <= 4 * needed  # holds it without running away
+    default_late = [p.latency or 0.0 for p in results["default"].points if 30 <= p.time <= 120]
+    assert max(default_late) > 1.0
+    assert results["200ms"].summary.unprocessed_at_end == 0
+
+
+# --- pictures ------------------------------------------------------------------------------------------------
+
+
+def test_plot_draws_one_column_per_policy_on_a_shared_time_axis(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from lagpilot_operator import plot
+
+    results = simulate.compare(BUILTIN_TRACES["burst"], WorldModel(), PolicyConfig())
+    fig = plot.figure(results, title="burst")
+    try:
+        assert plot.panel_titles(fig) == ["drainTime", "lagThreshold", "keda"]
+        assert len(fig.axes) == 3 * len(plot.ROWS)
+        grid = fig.axes[0].get_gridspec()
+        assert (grid.nrows, grid.ncols) == (3, 3)
+        for axis in fig.axes[1:]:  # one time axis for every panel
+            assert axis.get_shared_x_axes().joined(fig.axes[0], axis)
+        assert [fig.axes[i].get_ylabel() for i in (0, 3, 6)] == list(plot.ROWS)
+        slots_line = fig.axes[3].get_lines()[0]  # drainTime's replicas x pool
+        drain = results["drainTime"].points
+        assert list(slots_line.get_ydata()) == [p.replicas * p.pool for p in drain]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    out = tmp_path / "burst.png"
+    code, printed, _ = run_main(["--trace", "burst", "--plot", str(out), "--policies", "drainTime,keda"], capsys)
+    assert code == 0 and f"plot written to {out}" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["policies"].keys() == {"drainTime", "keda"}
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code, _, err = run_main(["--trace", "steady", "--plot", str(tmp_path / "x.png"), "--policies", "keda"], capsys)
+    assert code == 2 and "pip install 'lagpilot[plot]'" in err
+    assert not (tmp_path / "x.png").exists()
