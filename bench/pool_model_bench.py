@@ -18,7 +18,6 @@ GIL). Progress as JSON lines; the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -28,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from lagpilot_operator.simulate import WorldModel, pod_throughput, saturating_pool
 from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
 from lagpilot_worker.record import Record
-from worker_bench import create_topic, emit, group, processed, produce, run_worker
+from worker_bench import create_topic, delete_topics, emit, group, processed, produce, run_worker, stack_bootstrap
 
 
 def burn_cpu(seconds: float) -> Callable[[Record], None]:
@@ -107,9 +105,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=30_000)
     parser.add_argument("--partitions", type=int, default=8)
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        print("KAFKA_BOOTSTRAP_SERVERS is not set (source .stack/env)", file=sys.stderr)
+    bootstrap = stack_bootstrap()
+    if bootstrap is None:
         return 2
     logging.basicConfig(level=logging.WARNING)
     pools = [int(p) for p in args.pools.split(",") if p.strip()]
@@ -148,9 +145,7 @@ def main() -> int:
         result["rows"] = rows
         result["load_avg_end"] = os.getloadavg()
     finally:
-        for future in admin.delete_topics([topic], operation_timeout=30).values():
-            with contextlib.suppress(KafkaException):
-                future.result(timeout=60)
+        delete_topics(admin, [topic])
     print(json.dumps(result), flush=True)
     return 0
 

@@ -72,6 +72,23 @@ def produce(bootstrap: str, topic: str, count: int, keys: int, value_bytes: int,
     return count / (time.perf_counter() - started)
 
 
+def stack_bootstrap() -> str | None:
+    """The local stack's Kafka (`source .stack/env`), or None after saying how to get it."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        print("KAFKA_BOOTSTRAP_SERVERS is not set (source .stack/env)", file=sys.stderr)
+    return bootstrap or None
+
+
+def delete_topics(admin: AdminClient, topics: list[str]) -> None:
+    """The bench's own topics, gone again; a topic already gone is fine."""
+    if not topics:
+        return
+    for future in admin.delete_topics(topics, operation_timeout=30).values():
+        with contextlib.suppress(KafkaException):
+            future.result(timeout=60)
+
+
 def group() -> str:
     return f"bench-{uuid.uuid4().hex[:8]}"
 
@@ -183,9 +200,8 @@ def main() -> int:
     parser.add_argument("--io-warmup", type=float, default=2.0)
     parser.add_argument("--io-measure", type=float, default=6.0)
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        print("KAFKA_BOOTSTRAP_SERVERS is not set (source .stack/env)", file=sys.stderr)
+    bootstrap = stack_bootstrap()
+    if bootstrap is None:
         return 2
     logging.basicConfig(level=logging.WARNING)
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -252,10 +268,7 @@ def main() -> int:
         )
         result["load_avg_end"] = os.getloadavg()
     finally:
-        if created:
-            for future in admin.delete_topics(created, operation_timeout=30).values():
-                with contextlib.suppress(KafkaException):
-                    future.result(timeout=60)
+        delete_topics(admin, created)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -22,7 +22,7 @@ import pytest
 
 from e2e.harness import Scenario, duplicate_report, finish_load, phase, read_entries
 from e2e.loadgen import constant
-from support import wait_for
+from support import WaitTimeout, wait_for
 
 PARTITIONS = 4
 COST_MS = 20
@@ -67,8 +67,12 @@ def test_broker_outage_holds_replicas_and_loses_nothing(scenario: Scenario) -> N
         phase(max(0.0, OUTAGE_SECONDS - (time.time() - paused_at)))
     resumed_at = time.time()
 
-    wait_for(lambda: _condition(group.watch.status, "KafkaReachable") == "True", 90,
-             "KafkaReachable=True after the broker answers again")
+    try:
+        wait_for(lambda: _condition(group.watch.status, "KafkaReachable") == "True", 90,
+                 "KafkaReachable=True after the broker answers again")
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}; the condition says {_condition_text(group.watch.status, 'KafkaReachable')}; "
+                          f"{group.watch.describe(start)}") from None
     seen_again_at = time.time()
     blind_replicas = [c.replicas for c in group.watch.replica_history(paused_at) if c.time <= seen_again_at]
     assert min(blind_replicas) >= replicas_before, (
@@ -95,3 +99,10 @@ def _condition(status: dict[str, object], kind: str) -> str | None:
         if isinstance(item, dict) and item.get("type") == kind:
             return str(item.get("status"))
     return None
+
+
+def _condition_text(status: dict[str, object], kind: str) -> str:
+    for item in status.get("conditions") or []:  # type: ignore[attr-defined]
+        if isinstance(item, dict) and item.get("type") == kind:
+            return f"{item.get('status')} {item.get('reason')}: {item.get('message')}"
+    return "no condition"

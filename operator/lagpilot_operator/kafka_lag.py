@@ -236,8 +236,9 @@ class AdminClientPool:
         """Forget the client of `settings`: the next `get` builds a new one.
 
         After a broker stops answering for a while, librdkafka's admin client can keep failing long
-        after the broker is back (seen with a 30 s outage: > 2 min of timeouts, while a new client
-        succeeded at once), so a read that found the cluster unreachable retires its client.
+        after the broker is back (seen with a 30 s outage: > 2 min of failures, while a new client
+        succeeded at once), so a read that failed in a way the cluster may recover from retires its
+        client (`retire_client_after`).
         """
         with self._lock:
             self._clients.pop(settings_fingerprint(settings), None)
@@ -250,6 +251,19 @@ class AdminClientPool:
 
     def __len__(self) -> int:
         return len(self._clients)
+
+
+def retire_client_after(error: LagReadError) -> bool:
+    """Whether a read that failed with `error` should retire its client (pure).
+
+    After a broker stops answering for a while, librdkafka's admin client can keep failing long after
+    the broker is back, not only with timeouts: its cached view of leaders and coordinators from the
+    outage makes the offset calls fail with errors such as NOT_LEADER_OR_FOLLOWER or
+    COORDINATOR_NOT_AVAILABLE, while a new client succeeds at once. So every failure the cluster may
+    recover from retires the client. Failures a new client would repeat (a missing topic, refused
+    credentials, authorization, TLS, unreadable Secrets) keep it: rebuilding would only add connections.
+    """
+    return type(error) in (LagReadError, KafkaUnreachable)
 
 
 def connection_failure_reason(code: int | None, text: str) -> str | None:

@@ -168,12 +168,16 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         state.failures += 1
         metrics.RECONCILE_ERRORS.labels(namespace, name, lag_error.reason if lag_error else "lag").inc()
         message = str(lag_error) if lag_error else "lag could not be read"
+        if state.failures == 1:  # the first of a run: the condition and Events carry the rest
+            log.warning("%s/%s: lag not read: %s", namespace, name, message)
         if spec.lag.source == "kafka":
             condition(models.KAFKA_REACHABLE, False, lag_error.reason if lag_error else "KafkaError", message)
         condition(models.LAG_METRIC_AVAILABLE, False, lag_error.reason if lag_error else "LagUnavailable", message)
         observation = Observation(sample=None, current_replicas=current_replicas, current_pool=current_pool,
                                   consecutive_failures=state.failures)
     else:
+        if state.failures:
+            log.info("%s/%s: lag read again after %d failed reads", namespace, name, state.failures)
         state.failures = 0
         if spec.lag.source == "kafka":
             condition(models.KAFKA_REACHABLE, True, "Connected", f"read offsets of {len(sample.partitions)} "
@@ -301,8 +305,9 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
         try:
             sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
                                              list(spec.topics))
-        except kafka_lag.KafkaUnreachable:
-            shared.admin_clients.discard(settings)
+        except kafka_lag.LagReadError as exc:
+            if kafka_lag.retire_client_after(exc):
+                shared.admin_clients.discard(settings)
             raise
         return sample, None
     except kafka_lag.LagReadError as exc:

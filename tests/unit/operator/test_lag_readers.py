@@ -174,3 +174,21 @@ def test_a_discarded_client_is_replaced_by_a_new_one() -> None:
     assert pool.get(settings) is not first
 
 
+
+
+@pytest.mark.parametrize(("error", "retire"), [
+    (kafka_lag.KafkaUnreachable("timed out"), True),
+    # After an outage the old client's cached leaders and coordinators fail the offset calls with
+    # errors like these while a new client succeeds at once: the client is retired for them too.
+    (kafka_lag.LagReadError("reading offsets of group g: Broker: Not leader or follower"), True),
+    (kafka_lag.LagReadError("reading offsets of group g: Broker: Coordinator not available"), True),
+    # A new client would fail the same way: keep the connection.
+    (kafka_lag.TopicMissing("topic t does not exist"), False),
+    (kafka_lag.KafkaAuthenticationFailed("refused the login"), False),
+    (kafka_lag.KafkaAuthorizationFailed("not authorized"), False),
+    (kafka_lag.KafkaTlsVerificationFailed("verify failed"), False),
+    (kafka_lag.SecretKeyUnreadable("Secret s key k is not PEM"), False),
+])
+def test_only_failures_the_cluster_recovers_from_retire_the_client(error: kafka_lag.LagReadError,
+                                                                  retire: bool) -> None:
+    assert kafka_lag.retire_client_after(error) is retire
