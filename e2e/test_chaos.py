@@ -27,7 +27,8 @@ import pytest
 
 from e2e import chaos, faults
 from e2e.harness import Group, Scenario, duplicate_report, finish_load, phase, read_entries
-from e2e.loadgen import constant
+from e2e.loadgen import constant, steps
+from support import wait_for
 
 PARTITIONS = 6
 COST_MS = 20
@@ -141,6 +142,97 @@ def test_worker_pods_deleted_with_and_without_grace_lose_nothing(scenario: Scena
         if m["sigterm_to_final_commit"] is not None:
             reported = chaos.replays_reported(chaos.worker_log(logs, scenario.namespace, m["pod"]))
             assert charged.get(m["pod"], 0) <= reported, (m, reported, charged, accounting.summary())
+
+
+# --- a rolling update during a burst -------------------------------------------------------------------------
+
+
+def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_path: Path) -> None:
+    _containerd(scenario)
+    topic = scenario.make_topic("chaos-rollout", PARTITIONS)
+    logs = tmp_path / "worker-logs"
+    with contextlib.closing(_Recording(scenario, logs)) as recording:
+        group = _group(scenario, topic, replicas_min=2, replicas_max=4)
+        ledger = scenario.ledger(group.processed_topic)
+        start = time.time()
+        load = scenario.load(topic, steps([(10, 60), (40, 250), (20, 60)]))
+        wait_for(lambda: group.watch.max_replicas(start) >= 3 or time.time() - start > 25, 40, "the burst to start")
+        deployment = group.watch.deployment_name
+        assert deployment is not None
+        # Every Pod of the old template, also those a scale-up adds while the rollout starts.
+        old_hash = _template_hashes(scenario, group)
+        old_pods = set(scenario.worker_pods(group))
+
+        # A change a user makes: new env in the group's template, rolled out to the Deployment's Pods.
+        rollout_at = time.time()
+        container = dict(group.spec.container)
+        container["env"] = [*container["env"], {"name": "E2E_ROLLOUT", "value": "2"}]
+        scenario.kubectl("patch", "kcg", group.name, "-n", scenario.namespace, "--type=json", "-p",
+                         _json([{"op": "replace", "path": "/spec/template/spec/template/spec/containers/0",
+                                 "value": container}]))
+        wait_for(lambda: "E2E_ROLLOUT" in _pod_template_env(scenario, deployment), 60,
+                 "the operator to carry the template change to the Deployment")
+        scenario.kubectl("rollout", "status", f"deployment/{deployment}", "-n", scenario.namespace,
+                         "--timeout=240s", timeout=300)
+        # The rollout is over for the group once the old Pods have finished their graceful shutdown.
+        old_pods |= {p.name.split("_", 1)[1].removesuffix(".log") for p in logs.glob(f"{scenario.namespace}_*.log")
+                     if any(f"-{h}-" in p.name for h in old_hash)}
+        for pod in old_pods:
+            _pods_gone(scenario, pod, GRACE_SECONDS + 30)
+        rolled_at = time.time()
+        new_pods = set(scenario.worker_pods(group))
+        assert new_pods and not old_pods & new_pods, f"old Pods still running after the rollout: {old_pods & new_pods}"
+
+        result = finish_load(load)
+        accounting, entries = _account(scenario, group, ledger, result, start)
+        recording.flush()
+        stops = {pod: chaos.shutdowns(chaos.worker_log(logs, scenario.namespace, pod)) for pod in old_pods}
+        # What the worker runtime says about its commits and assignments: the cause, if duplicates exceed
+        # what the stops gave up.
+        commit_trouble = {pod: chaos.commit_trouble(chaos.worker_log(logs, scenario.namespace, pod))
+                          for pod in sorted(old_pods)}
+        _assert_host_clean()
+
+        # Up to the last record processed: once the burst is drained there is nothing left to progress on.
+        slices = chaos.progress_slices(entries, rollout_at, min(rolled_at, chaos.last_processed(entries)), 5)
+        print(f"\nrollout: {len(old_pods)} Pods replaced in {rolled_at - rollout_at:.1f}s; produced {result.produced}, "
+              f"duplicates {accounting.duplicates}; {duplicate_report(entries)}")
+        print(f"  processed per 5 s during the rollout: {slices}")
+        for pod, found in stops.items():
+            print(f"  {pod}: " + ", ".join(f"SIGTERM -> final commit, exit {s.seconds:.2f}s, in flight {s.in_flight}, "
+                                           f"abandoned {s.abandoned}" if s.seconds is not None else "no 'stopped' line"
+                                           for s in found))
+        print("  operator decisions during the rollout:")
+        print(_decisions(group, rollout_at, rolled_at, start))
+        assert all(slices), f"the group stalled during the rollout: {slices}"
+        assert all(found and found[-1].seconds is not None for found in stops.values()), stops
+        print(f"  commit trouble of the old Pods: {commit_trouble}")
+        charged = chaos.duplicates_by_first_worker(entries)
+        print(f"  duplicates by the worker that ran them first: {charged}")
+        # docs/worker.md: a graceful revoke or shutdown commits synchronously and repeats only the records
+        # still running when its bound ran out and those of a final commit the broker refused (the group
+        # rebalances several times in a rollout), all reported by the worker. Every old Pod stopped
+        # gracefully: what it ran first and others ran again is bounded by what it reported.
+        bound = sum(chaos.replays_reported(chaos.worker_log(logs, scenario.namespace, pod)) for pod in old_pods)
+        replayed = sum(charged.get(pod, 0) for pod in old_pods)
+        assert replayed <= bound, (accounting.summary(), charged, stops, commit_trouble)
+
+
+def _template_hashes(scenario: Scenario, group: Group) -> set[str]:
+    out = scenario.kubectl("get", "pods", "-n", scenario.namespace, "-l", f"app={group.name}", "-o",
+                           "jsonpath={.items[*].metadata.labels.pod-template-hash}").stdout
+    return set(out.split())
+
+
+def _pod_template_env(scenario: Scenario, deployment: str) -> str:
+    return str(scenario.kubectl("get", "deployment", deployment, "-n", scenario.namespace, "-o",
+                                "jsonpath={.spec.template.spec.containers[0].env[*].name}").stdout)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
 
 
 # --- 200 ms between the workers and the broker -------------------------------------------------------------
