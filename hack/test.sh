@@ -27,7 +27,7 @@ echo "== tests (unit, integration, e2e)"
 # Every test has its own namespace, topics and group; the scenario that stops a broker has its own broker.
 SECONDS=0
 "$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist load --maxschedchunk 1 \
-  -m "not node_lifecycle" "$@"
+  -m "not node_lifecycle" --durations=30 "$@"
 echo "tests took ${SECONDS}s"
 
 echo "== the node's own lifecycle (stop, kill, start): alone, nothing else may share the node meanwhile"
