@@ -118,5 +118,18 @@ class GroupConsumer:
         return int(high) if high is not None and high >= 0 else None
 
     def close(self) -> None:
-        """Leave the group (triggers the revoke callback for what is still assigned)."""
+        """Leave the group (triggers the revoke callback for what is still assigned), then close.
+
+        unsubscribe() first: with the cooperative protocol, librdkafka's close() alone sends no
+        LeaveGroup when the member holds no partitions (seen with 2.16: "consumer is terminating,
+        skipping rejoin", then straight to term). That is a Pod that joined moments ago and is stopped
+        mid-rebalance, as in a rolling update, or one of more replicas than partitions. The coordinator
+        then waits `session.timeout.ms` (45 s by default) for the member while the whole group's
+        rebalance hangs. An explicit unsubscribe() leaves in every join state, and close() waits for
+        the answer.
+        """
+        try:
+            self._consumer.unsubscribe()
+        except KafkaException as exc:  # closing anyway; the group notices after the session timeout
+            log.warning("leaving the group failed: %s", exc)
         self._consumer.close()

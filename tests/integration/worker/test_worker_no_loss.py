@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -346,3 +347,56 @@ def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_t
     # finished above one still queued (key order completes out of offset order). Worker a hands
     # over twice (to b when b joins, and everything when a leaves).
     assert duplicates <= 2 * WINDOW
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_mid_rebalance_leaves_the_group_at_once(kafka_bootstrap: str,
+                                                                 create_topic: Callable[..., str],
+                                                                 unique_name: Callable[[str], str], topics: Topics,
+                                                                 workdir: Path) -> None:
+    """A rolling update stops a Pod that joined seconds ago, while the group is between the two phases of
+    its cooperative rebalance. The stopping worker must still leave the group: if it does not, the
+    coordinator waits for it for `session.timeout.ms` (45 s by default) and the whole group processes
+    nothing meanwhile. Worker b is stopped right after a gave up partitions for it (the first phase)."""
+    topic = create_topic("leave", partitions=4)
+    group = unique_name("g")
+    topics.create(naming.dead_letter_topic(group), partitions=4)
+    ids = {str(i) for i in range(20000)}
+    produce(kafka_bootstrap, topic, [(f"k{int(i) % 300}".encode(), i.encode()) for i in sorted(ids, key=int)])
+    processed = workdir / "processed.txt"
+    session = {"LAGPILOT_KAFKA_SESSION_TIMEOUT_MS": "45000"}  # librdkafka's default, said out loud
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2, **session).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2, **session)
+    try:
+        port_a = a.http_port()
+        wait_for(lambda: metric(port_a, "lagpilot_worker_assigned_partitions") == 4, 60, "a owns all partitions")
+        wait_for(lambda: len(processed_lines(processed)) >= 200, 60, "a processing")
+        revoked_before = sum(1 for e in a.logs() if e.get("message") == "partitions revoked")
+        b.start()
+        wait_for(lambda: sum(1 for e in a.logs() if e.get("message") == "partitions revoked") > revoked_before, 60,
+                 "a to give up partitions for b (the first phase of the rebalance)")
+        assert b.terminate() == 0
+        left_at = time.monotonic()
+        assert any(e.get("message") == "stopped" for e in b.logs()), f"b did not stop gracefully: {b.logs()[-10:]}"
+        # From a's log, not its gauge: the gauge is refreshed every few seconds and may not have
+        # seen the revoke at all.
+        wait_for(lambda: _assigned_after_revoke(a.logs()) == 4, 40, "a to own every partition again")
+        back_after = time.monotonic() - left_at
+        done_before = len(processed_lines(processed))
+        wait_for(lambda: len(processed_lines(processed)) > done_before, 30, "a to go on processing")
+        assert a.terminate() == 0
+    finally:
+        a.stop_if_running()
+        b.stop_if_running()
+    print(f"after b stopped mid-rebalance, a owned every partition again in {back_after:.1f}s")
+    # The coordinator needs one more rebalance once b has left: seconds, not the 45 s session timeout.
+    assert back_after < 15, f"the group waited {back_after:.0f}s for b: b did not leave the group"
+
+
+def _assigned_after_revoke(entries: list[dict[str, object]]) -> int | None:
+    """The partitions a worker holds by its last assignment line, once it has given some up."""
+    revoked = [i for i, e in enumerate(entries) if e.get("message") == "partitions revoked"]
+    if not revoked:
+        return None
+    later = [e for e in entries[revoked[-1]:] if e.get("message") == "partitions assigned"]
+    return int(later[-1]["assigned"]) if later else None  # type: ignore[call-overload]
