@@ -202,6 +202,14 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
                    TEST_IN_FLIGHT_FILE=str(in_flight_report)).start()
     try:
         wait_for(lambda: len(processed_lines(processed)) >= 1200, 120, "a third of the ids processed")
+
+        def map_stored() -> bool:
+            return any(m is not None and m.count for _, m in committed_maps(kafka_bootstrap, group, topic, 4).values())
+
+        # Kill while the stored commit carries an offset map, so the map path is what the kill tests: under
+        # load, a full window can hold every record above a slow one unstarted, and a commit then has no map
+        # (2 of 40 runs under -n 8 killed at such a moment).
+        wait_for(map_stored, 60, "a stored commit that carries an offset map", interval=0.02)
         # The next record the worker starts kills it with SIGKILL and reports its in-flight gauge at that instant.
         kill.touch()
         assert first.process.wait(60) == -signal.SIGKILL  # type: ignore[union-attr]
