@@ -178,6 +178,12 @@ def prometheus_url(stack: Stack) -> str:
     return stack.prometheus_url
 
 
+@pytest.fixture(params=["classic", "consumer"])
+def group_protocol(request: pytest.FixtureRequest) -> str:
+    """The worker's group protocol: classic (cooperative-sticky) and KIP-848's consumer protocol."""
+    return str(request.param)
+
+
 @pytest.fixture
 def unique_name() -> Callable[[str], str]:
     return _unique_name

@@ -184,6 +184,18 @@ class GroupWatch:
         return (f"replicas [{timeline}]; pool {status.get('poolSize')}; lag {status.get('totalLag')}; "
                 f"last decision: {status.get('lastDecision')!r}")
 
+    def decisions(self, since: float = 0.0) -> str:
+        """Every change of the operator's decision after `since`: when, replicas x pool, lag, and why."""
+        lines, last = [], None
+        for snapshot in self.status_history(since):
+            status = snapshot.status
+            seen = (status.get("desiredReplicas"), status.get("poolSize"), status.get("lastDecision"))
+            if seen != last and status.get("lastDecision"):
+                lines.append(f"  +{snapshot.time - since:5.1f}s {seen[0]}x{seen[1]} lag {status.get('totalLag')}: "
+                             f"{seen[2]}")
+                last = seen
+        return "\n".join(lines)
+
 
 @contextlib.contextmanager
 def watching(api: client.ApiClient, namespace: str, kcg_name: str) -> Iterator[GroupWatch]:

@@ -24,7 +24,7 @@ from lagpilot_contract import pool as pool_contract
 from lagpilot_contract import worker_env as env_contract
 
 from .breaker import BreakerConfig
-from .config import WorkerConfig, default_worker_id
+from .config import GroupProtocol, WorkerConfig, default_worker_id
 from .logs import configure_json_logging
 from .ordering import OrderingMode
 from .poolsize import ConfigMapPoolSize, FixedPoolSize, PoolSizeSource
@@ -123,6 +123,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="source topic; repeat or comma-separate [LAGPILOT_TOPICS]")
     p.add_argument("--ordering", choices=[m.value for m in OrderingMode], default=e("LAGPILOT_ORDERING", "key"),
                    help="partition | key | unordered (default key) [LAGPILOT_ORDERING]")
+    p.add_argument("--group-protocol", choices=[m.value for m in GroupProtocol],
+                   default=e("LAGPILOT_GROUP_PROTOCOL", "classic"),
+                   help="classic (cooperative-sticky) | consumer (KIP-848, Kafka 4.0+) (default classic) "
+                        "[LAGPILOT_GROUP_PROTOCOL]")
     p.add_argument("--pool-size", type=int, default=int(e(pool_contract.ENV_POOL_SIZE, 8)),
                    help=f"concurrent slots, standalone or until the ConfigMap is read [{pool_contract.ENV_POOL_SIZE}]")
     p.add_argument("--max-pool-size", type=int, default=int(e("LAGPILOT_MAX_POOL_SIZE", 1024)),
@@ -215,11 +219,29 @@ def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerCon
     handler = import_object(args.handler)
     classifier: Classifier | None = import_object(args.classifier) if args.classifier else None
     delays = tuple(float(d) for d in args.retry_delays.split(",") if d.strip())
-    config = WorkerConfig(
+    try:
+        config = _config(args, topics, classifier, delays, env)
+    except ValueError as exc:
+        parser.error(str(exc))
+    source: PoolSizeSource
+    if args.pool_configmap:
+        if not args.namespace:
+            parser.error("--pool-configmap needs --namespace (or LAGPILOT_NAMESPACE)")
+        source = ConfigMapPoolSize(args.pool_configmap, args.namespace)
+    else:
+        source = FixedPoolSize(args.pool_size)
+    return config, handler, source, args.log_level
+
+
+def _config(args: argparse.Namespace, topics: list[str], classifier: Classifier | None,
+            delays: tuple[float, ...], env: Mapping[str, str]) -> WorkerConfig:
+    """The WorkerConfig the flags describe; ValueError names a combination that cannot work."""
+    return WorkerConfig(
         bootstrap_servers=args.bootstrap_servers,
         group_id=args.group,
         topics=topics,
         ordering=OrderingMode(args.ordering),
+        group_protocol=GroupProtocol(args.group_protocol),
         pool_size=args.pool_size,
         max_pool_size=args.max_pool_size,
         max_uncommitted=int(args.max_uncommitted) if args.max_uncommitted else None,
@@ -244,14 +266,6 @@ def build(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[WorkerCon
         revoke_timeout_seconds=args.revoke_timeout,
         ready_requires_closed_breakers=not args.ready_ignores_breaker,
     )
-    source: PoolSizeSource
-    if args.pool_configmap:
-        if not args.namespace:
-            parser.error("--pool-configmap needs --namespace (or LAGPILOT_NAMESPACE)")
-        source = ConfigMapPoolSize(args.pool_configmap, args.namespace)
-    else:
-        source = FixedPoolSize(args.pool_size)
-    return config, handler, source, args.log_level
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,3 +292,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from lagpilot_contract import naming
@@ -17,10 +18,27 @@ from .write_retry import WriteRetryPolicy
 
 # Settings the runtime depends on for its guarantees; user Kafka settings cannot override them.
 CONSUMER_FIXED: dict[str, Any] = {
-    "partition.assignment.strategy": "cooperative-sticky",
     "enable.auto.commit": False,          # the runtime commits only offsets below unfinished work
     "enable.auto.offset.store": False,
 }
+
+
+class GroupProtocol(StrEnum):
+    """How the group assigns partitions (librdkafka's `group.protocol`).
+
+    CLASSIC: the client-side protocol, with the cooperative-sticky assignor (incremental rebalances
+    driven by the members). CONSUMER: KIP-848 (Kafka 4.0+): the broker assigns, each member
+    reconciles on its own heartbeat and no member waits for the others.
+    """
+
+    CLASSIC = "classic"
+    CONSUMER = "consumer"
+
+
+# With KIP-848 these live on the broker (group.consumer.session.timeout.ms, ...); librdkafka refuses
+# them with group.protocol=consumer.
+CLASSIC_ONLY_SETTINGS = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms",
+                         "group.protocol.type")
 CONSUMER_DEFAULTS: dict[str, Any] = {
     # A new group starts at the beginning: a work queue should not silently skip its backlog.
     "auto.offset.reset": "earliest",
@@ -51,6 +69,7 @@ class WorkerConfig:
     group_id: str
     topics: list[str]
     ordering: OrderingMode = OrderingMode.KEY
+    group_protocol: GroupProtocol = GroupProtocol.CLASSIC
     pool_size: int = 8
     max_pool_size: int = 1024
     # The in-flight window: records fetched and not covered by a commit the broker acknowledged.
@@ -93,6 +112,17 @@ class WorkerConfig:
         if self.offset_metadata_max_bytes < 0:
             raise ValueError("offset_metadata_max_bytes must be 0 (no offset map) or more")
         self.ordering = OrderingMode(self.ordering)
+        self.group_protocol = GroupProtocol(self.group_protocol)
+        user = {**self.kafka_config, **self.consumer_config}
+        if "group.protocol" in user and str(user["group.protocol"]) != self.group_protocol.value:
+            raise ValueError(f"group.protocol={user['group.protocol']} in the Kafka settings disagrees with the "
+                             f"group protocol {self.group_protocol.value}; set the protocol with --group-protocol")
+        if self.group_protocol is GroupProtocol.CONSUMER:
+            classic = sorted(key for key in user if key in CLASSIC_ONLY_SETTINGS)
+            if classic:
+                raise ValueError(f"{', '.join(classic)}: not used with --group-protocol consumer (KIP-848 moves "
+                                 "them to the broker: group.consumer.session.timeout.ms, "
+                                 "group.consumer.heartbeat.interval.ms, group.consumer.assignors)")
 
     @property
     def dlq_topic(self) -> str | None:
@@ -113,6 +143,10 @@ class WorkerConfig:
         settings: dict[str, Any] = {**CONSUMER_DEFAULTS, **self.kafka_config, **self.consumer_config}
         settings.update({"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id})
         settings.update(CONSUMER_FIXED)
+        if self.group_protocol is GroupProtocol.CONSUMER:
+            settings["group.protocol"] = GroupProtocol.CONSUMER.value
+        else:
+            settings["partition.assignment.strategy"] = "cooperative-sticky"
         return settings
 
     def producer_settings(self) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""The Kafka consumer as the runtime uses it: a group member with cooperative-sticky assignment.
+"""The Kafka consumer as the runtime uses it: a group member with incremental assignment (the classic
+protocol's cooperative-sticky assignor, or KIP-848's broker-side assignment: the same incremental
+assign and revoke callbacks either way).
 
 Offsets are never auto-committed or auto-stored; the runtime commits explicit offsets (the
 lowest unfinished per partition). Every call happens in the poll thread, including the rebalance

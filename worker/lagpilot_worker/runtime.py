@@ -297,6 +297,7 @@ class Worker:
         self._consumer_open = True
         log.info("worker started", extra={"group": config.group_id, "topics": topics,
                                           "ordering": str(config.ordering), "pool_size": config.pool_size,
+                                          "group_protocol": str(config.group_protocol),
                                           "worker_id": config.worker_id, "http_port": self.http_port})
         self._started.set()
 

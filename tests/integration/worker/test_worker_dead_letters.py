@@ -13,7 +13,7 @@ from worker_testkit import Topics, committed_offsets, produce, read_topic, runni
 
 from lagpilot_contract import headers as h
 from lagpilot_contract import naming
-from lagpilot_worker.config import WorkerConfig
+from lagpilot_worker.config import GroupProtocol, WorkerConfig
 from lagpilot_worker.record import Record
 from lagpilot_worker.retry import PermanentError, RetryLaterError, RetryPolicy
 from support import wait_for
@@ -38,7 +38,7 @@ class OrderRejected(PermanentError):
 
 def test_dead_letter_record_and_headers_exactly_as_documented(
         kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str],
-        topics: Topics) -> None:
+        topics: Topics, group_protocol: str) -> None:
     source = create_topic("orders", partitions=3)
     group = unique_name("g")
     dlq = topics.create(naming.dead_letter_topic(group), partitions=3)
@@ -54,7 +54,8 @@ def test_dead_letter_record_and_headers_exactly_as_documented(
         handled.append(record.key)
 
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=group, topics=[source], pool_size=2,
-                          dead_letter_enabled=True, http_port=None, worker_id="worker-under-test")
+                          dead_letter_enabled=True, http_port=None, worker_id="worker-under-test",
+                          group_protocol=GroupProtocol(group_protocol))
     with running_worker(config, handler):
         records = wait_for(lambda: read_topic(kafka_bootstrap, dlq) or None, 60, "a dead-letter record")
         wait_for(lambda: committed_offsets(kafka_bootstrap, group, source, 3)[2] == 2, 30,

@@ -119,9 +119,10 @@ def processed_lines(path: Path) -> list[tuple[str, str]]:
 
 
 def worker(workdir: Path, kafka_bootstrap: str, group: str, topic: str, name: str, processed: Path,
-           pool: int = 8, window: int = WINDOW, **extra_env: str) -> CliWorker:
+           pool: int = 8, window: int = WINDOW, protocol: str = "classic", **extra_env: str) -> CliWorker:
     env = cli_env(workdir)
-    env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01", **extra_env)
+    env.update(TEST_PROCESSED_FILE=str(processed), TEST_WORKER_NAME=name, TEST_MAX_SLEEP="0.01",
+               LAGPILOT_GROUP_PROTOCOL=protocol, **extra_env)
     env["LAGPILOT_DEAD_LETTER"] = "true"  # rejected ids must land in the DLQ (the worker's default is off)
     args = ["--handler", "losshandlers:handle", "--bootstrap-servers", kafka_bootstrap, "--group", group,
             "--topic", topic, "--pool-size", str(pool), "--max-uncommitted", str(window), "--commit-interval", "0.5",
@@ -177,7 +178,8 @@ def positions(kafka_bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Callable[..., str],
-                                       unique_name: Callable[[str], str], topics: Topics, workdir: Path) -> None:
+                                       unique_name: Callable[[str], str], topics: Topics, workdir: Path,
+                                       group_protocol: str) -> None:
     """After a SIGKILL only records the last commit did not cover run again: every duplicate was at or
     above its partition's committed offset and not in the commit's offset map, and the next owner
     skipped exactly the records the map marked done."""
@@ -194,11 +196,20 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
     # Every 50th record of each partition takes 300 ms: the records after it finish first, so each commit of
     # a busy partition carries an offset map (without slow records a commit may land just when nothing is
     # above the offset; by id instead of offset, the partition in work at the kill may hold no slow id).
-    first = worker(workdir, kafka_bootstrap, group, topic, "first", processed, TEST_STARTED_FILE=str(started),
+    first = worker(workdir, kafka_bootstrap, group, topic, "first", processed, protocol=group_protocol,
+                   TEST_STARTED_FILE=str(started),
                    TEST_SLOW_EVERY="50", TEST_SLOW_SECONDS="0.3", TEST_KILL_FILE=str(kill),
                    TEST_IN_FLIGHT_FILE=str(in_flight_report)).start()
     try:
         wait_for(lambda: len(processed_lines(processed)) >= 1200, 120, "a third of the ids processed")
+
+        def map_stored() -> bool:
+            return any(m is not None and m.count for _, m in committed_maps(kafka_bootstrap, group, topic, 4).values())
+
+        # Kill while the stored commit carries an offset map, so the map path is what the kill tests: under
+        # load, a full window can hold every record above a slow one unstarted, and a commit then has no map
+        # (2 of 40 runs under -n 8 killed at such a moment).
+        wait_for(map_stored, 60, "a stored commit that carries an offset map", interval=0.02)
         # The next record the worker starts kills it with SIGKILL and reports its in-flight gauge at that instant.
         kill.touch()
         assert first.process.wait(60) == -signal.SIGKILL  # type: ignore[union-attr]
@@ -210,7 +221,7 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
         # so this one covers no more than the one the second worker reads, and the coverage checks below
         # hold for both.
         commit = committed_maps(kafka_bootstrap, group, topic, 4)
-        second = worker(workdir, kafka_bootstrap, group, topic, "second", processed).start()
+        second = worker(workdir, kafka_bootstrap, group, topic, "second", processed, protocol=group_protocol).start()
         try:
             port = second.http_port()
             seen = assert_nothing_lost(kafka_bootstrap, dlq, processed, ids)
@@ -258,7 +269,7 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
 @pytest.mark.slow
 def test_new_owner_skips_what_the_old_owner_finished(kafka_bootstrap: str, create_topic: Callable[..., str],
                                                      unique_name: Callable[[str], str], topics: Topics,
-                                                     workdir: Path) -> None:
+                                                     workdir: Path, group_protocol: str) -> None:
     """A second worker joins mid-run (cooperative rebalance, no fault): the revoked partitions' records
     that worker a finished above the committed offset are skipped by b, not run again."""
     topic = create_topic("handover", partitions=4)
@@ -273,8 +284,10 @@ def test_new_owner_skips_what_the_old_owner_finished(kafka_bootstrap: str, creat
     # A window of 4000 lets a fetch from every partition at once (with 200, one partition's batch fills
     # it and the partitions b takes may not have been started by a at all).
     slow = {"TEST_SLOW_EVERY": "25", "TEST_SLOW_SECONDS": "0.2"}
-    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2, window=4000, **slow).start()
-    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2, window=4000, **slow)
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, protocol=group_protocol, pool=2, window=4000,
+               **slow).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, protocol=group_protocol, pool=2, window=4000,
+               **slow)
     try:
         port_a = a.http_port()
         # b joins once a has worked on every partition (it takes them roughly one after another): the
@@ -307,7 +320,7 @@ def test_new_owner_skips_what_the_old_owner_finished(kafka_bootstrap: str, creat
 @pytest.mark.slow
 def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_topic: Callable[..., str],
                                                   unique_name: Callable[[str], str], topics: Topics,
-                                                  workdir: Path) -> None:
+                                                  workdir: Path, group_protocol: str) -> None:
     topic = create_topic("noloss", partitions=4)
     group = unique_name("g")
     dlq = topics.create(naming.dead_letter_topic(group), partitions=4)
@@ -316,8 +329,8 @@ def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_t
     processed = workdir / "processed.txt"
     # Two slots each (~400 records/s at 5 ms a record): a is still busy when b has started and joined, however
     # slowly a loaded machine starts b's process.
-    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2).start()
-    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2)
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, protocol=group_protocol, pool=2).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, protocol=group_protocol, pool=2)
     try:
         port_a = a.http_port()
         wait_for(lambda: len(processed_lines(processed)) >= 1000, 120, "a sixth processed by worker a alone")
@@ -353,7 +366,7 @@ def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_t
 def test_a_worker_stopped_mid_rebalance_leaves_the_group_at_once(kafka_bootstrap: str,
                                                                  create_topic: Callable[..., str],
                                                                  unique_name: Callable[[str], str], topics: Topics,
-                                                                 workdir: Path) -> None:
+                                                                 workdir: Path, group_protocol: str) -> None:
     """A rolling update stops a Pod that joined seconds ago, while the group is between the two phases of
     its cooperative rebalance. The stopping worker must still leave the group: if it does not, the
     coordinator waits for it for `session.timeout.ms` (45 s by default) and the whole group processes
@@ -364,9 +377,11 @@ def test_a_worker_stopped_mid_rebalance_leaves_the_group_at_once(kafka_bootstrap
     ids = {str(i) for i in range(20000)}
     produce(kafka_bootstrap, topic, [(f"k{int(i) % 300}".encode(), i.encode()) for i in sorted(ids, key=int)])
     processed = workdir / "processed.txt"
-    session = {"LAGPILOT_KAFKA_SESSION_TIMEOUT_MS": "45000"}  # librdkafka's default, said out loud
-    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, pool=2, **session).start()
-    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, pool=2, **session)
+    # librdkafka's default, said out loud (KIP-848 sets it on the broker: 45 s by default too)
+    session = {"LAGPILOT_KAFKA_SESSION_TIMEOUT_MS": "45000"} if group_protocol == "classic" else {}
+    a = worker(workdir, kafka_bootstrap, group, topic, "a", processed, protocol=group_protocol, pool=2,
+               **session).start()
+    b = worker(workdir, kafka_bootstrap, group, topic, "b", processed, protocol=group_protocol, pool=2, **session)
     try:
         port_a = a.http_port()
         wait_for(lambda: metric(port_a, "lagpilot_worker_assigned_partitions") == 4, 60, "a owns all partitions")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 from worker_testkit import produce, running_worker
 
-from lagpilot_worker.config import WorkerConfig
+from lagpilot_worker.config import GroupProtocol, WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
 from lagpilot_worker.record import Record
 from support import wait_for
@@ -61,14 +61,15 @@ def overlapping(calls: list[Call], same: Callable[[Call, Call], bool]) -> int:
 
 
 def run_mode(kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str],
-             mode: OrderingMode) -> list[Call]:
+             mode: OrderingMode, group_protocol: str) -> list[Call]:
     topic = create_topic("order", partitions=2)
     keys = [f"key-{k}".encode() for k in range(12)]
     records = [(keys[i % len(keys)], f"{i}".encode()) for i in range(240)]
     produce(kafka_bootstrap, topic, records)
     recorder = Recorder(seed=7)
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"), topics=[topic],
-                          ordering=mode, pool_size=8, http_port=None, dead_letter_enabled=False)
+                          ordering=mode, pool_size=8, http_port=None, dead_letter_enabled=False,
+                          group_protocol=GroupProtocol(group_protocol))
     with running_worker(config, recorder):
         wait_for(lambda: len(recorder.calls) >= len(records), 60, "every record handled")
     assert sorted((c.partition, c.offset) for c in recorder.calls) == sorted(
@@ -83,8 +84,8 @@ def in_offset_order_without_overlap(calls: list[Call]) -> bool:
 
 
 def test_key_mode_orders_each_key_and_overlaps_keys(kafka_bootstrap: str, create_topic: Callable[..., str],
-                                                   unique_name: Callable[[str], str]) -> None:
-    calls = run_mode(kafka_bootstrap, create_topic, unique_name, OrderingMode.KEY)
+                                                   unique_name: Callable[[str], str], group_protocol: str) -> None:
+    calls = run_mode(kafka_bootstrap, create_topic, unique_name, OrderingMode.KEY, group_protocol)
     by_key: dict[bytes | None, list[Call]] = defaultdict(list)
     for call in calls:
         by_key[call.key].append(call)
@@ -95,14 +96,14 @@ def test_key_mode_orders_each_key_and_overlaps_keys(kafka_bootstrap: str, create
 
 
 def test_partition_mode_orders_each_partition(kafka_bootstrap: str, create_topic: Callable[..., str],
-                                              unique_name: Callable[[str], str]) -> None:
-    calls = run_mode(kafka_bootstrap, create_topic, unique_name, OrderingMode.PARTITION)
+                                              unique_name: Callable[[str], str], group_protocol: str) -> None:
+    calls = run_mode(kafka_bootstrap, create_topic, unique_name, OrderingMode.PARTITION, group_protocol)
     for partition in (0, 1):
         assert in_offset_order_without_overlap([c for c in calls if c.partition == partition])
     assert overlapping(calls, lambda a, b: a.partition != b.partition) > 0
 
 
 def test_unordered_mode_overlaps_within_a_partition(kafka_bootstrap: str, create_topic: Callable[..., str],
-                                                    unique_name: Callable[[str], str]) -> None:
-    calls = run_mode(kafka_bootstrap, create_topic, unique_name, OrderingMode.UNORDERED)
+                                                    unique_name: Callable[[str], str], group_protocol: str) -> None:
+    calls = run_mode(kafka_bootstrap, create_topic, unique_name, OrderingMode.UNORDERED, group_protocol)
     assert overlapping(calls, lambda a, b: a.partition == b.partition and a.key == b.key) > 0

@@ -11,7 +11,7 @@ import pytest
 from worker_testkit import http_get, metric, produce, running_worker
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_worker.config import WorkerConfig
+from lagpilot_worker.config import GroupProtocol, WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
 from lagpilot_worker.poolsize import ConfigMapPoolSize, ManualPoolSize, load_kube_api_client
 from lagpilot_worker.record import Record
@@ -47,14 +47,14 @@ class ConcurrencyProbe:
 
 
 def test_live_resize_2_16_4_without_rebalance(kafka_bootstrap: str, create_topic: Callable[..., str],
-                                              unique_name: Callable[[str], str]) -> None:
+                                              unique_name: Callable[[str], str], group_protocol: str) -> None:
     topic = create_topic("resize", partitions=4)
     produce(kafka_bootstrap, topic, [(f"k{i % 500}".encode(), b"x") for i in range(20_000)])
     probe = ConcurrencyProbe()
     source = ManualPoolSize(2)
     config = WorkerConfig(bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"), topics=[topic],
                           ordering=OrderingMode.KEY, pool_size=8, http_port=0, http_host="127.0.0.1",
-                          dead_letter_enabled=False)
+                          dead_letter_enabled=False, group_protocol=GroupProtocol(group_protocol))
     with running_worker(config, probe, pool_size_source=source) as worker:
         port = worker.http_port
         assert port is not None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lagpilot_worker.cli import build, kafka_settings, value_deserializer
-from lagpilot_worker.config import WorkerConfig
+from lagpilot_worker.config import GroupProtocol, WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
 from lagpilot_worker.poolsize import ConfigMapPoolSize, FixedPoolSize
 
@@ -124,3 +124,30 @@ def test_the_worker_default_offset_reset_is_the_crds_offset_reset_policy_default
     default = models.LagThresholdPolicy().offset_reset_policy
     assert WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"]).consumer_settings()[
         "auto.offset.reset"] == default == "earliest"
+
+
+def test_group_protocol_consumer_sends_no_client_side_assignor(handler_module: str) -> None:
+    base = ["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:1", "--group", "g", "--topic", "t"]
+    classic = build(base, env={})[0]
+    assert classic.group_protocol is GroupProtocol.CLASSIC
+    assert classic.consumer_settings()["partition.assignment.strategy"] == "cooperative-sticky"
+    assert "group.protocol" not in classic.consumer_settings()
+    for config in (build([*base, "--group-protocol", "consumer"], env={})[0],
+                   build(base, env={"LAGPILOT_GROUP_PROTOCOL": "consumer"})[0]):
+        settings = config.consumer_settings()
+        # librdkafka refuses partition.assignment.strategy together with group.protocol=consumer.
+        assert settings["group.protocol"] == "consumer" and "partition.assignment.strategy" not in settings
+        assert settings["enable.auto.commit"] is False and settings["enable.auto.offset.store"] is False
+        assert "group.protocol" not in config.producer_settings()
+
+
+@pytest.mark.parametrize("setting", ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"])
+def test_classic_only_settings_with_the_consumer_protocol_are_refused_by_name(
+        handler_module: str, setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build(["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:1", "--group", "g", "--topic", "t",
+               "--group-protocol", "consumer", "--kafka-config", f"{setting}=10000"], env={})
+    error = capsys.readouterr().err
+    assert setting in error and "group.consumer." in error     # what to set on the broker instead
+    with pytest.raises(ValueError, match="disagrees"):
+        WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"], kafka_config={"group.protocol": "consumer"})
