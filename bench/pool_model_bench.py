@@ -33,7 +33,17 @@ from lagpilot_operator.simulate import WorldModel, pod_throughput, saturating_po
 from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
 from lagpilot_worker.record import Record
-from worker_bench import create_topic, delete_topics, emit, group, processed, produce, run_worker, stack_bootstrap
+from worker_bench import (
+    create_topic,
+    delete_topics,
+    emit,
+    group,
+    processed,
+    produce,
+    run_worker,
+    stack_bootstrap,
+    steady_window,
+)
 
 
 def burn_cpu(seconds: float) -> Callable[[Record], None]:
@@ -54,25 +64,8 @@ def wait_io(seconds: float) -> Callable[[Record], None]:
 
 def measure(bootstrap: str, topic: str, pool: int, handler: Callable[[Record], None], warmup: float,
             window: float) -> dict[str, float]:
-    marks: dict[str, float] = {}
-
-    def done(worker: Any, now: float) -> bool:
-        value = processed(worker)
-        if value > 0 and "first" not in marks:
-            marks["first"] = now
-        if "first" in marks and "t0" not in marks and now - marks["first"] >= warmup:
-            marks["t0"], marks["c0"], marks["cpu0"] = now, value, time.process_time()
-        if "t0" in marks and now - marks["t0"] >= window:
-            marks["t1"], marks["c1"], marks["cpu1"] = now, value, time.process_time()
-            return True
-        return False
-
-    config = WorkerConfig(bootstrap_servers=bootstrap, group_id=group(), topics=[topic],
-                          ordering=OrderingMode.KEY, pool_size=pool, http_port=None, dead_letter_enabled=False)
-    run_worker(config, handler, done)
-    messages = marks["c1"] - marks["c0"]
-    wall = marks["t1"] - marks["t0"]
-    cpu = marks["cpu1"] - marks["cpu0"]
+    steady = steady_window(bootstrap, topic, pool, handler, warmup, window)
+    messages, wall, cpu = steady["messages"], steady["wall"], steady["cpu"]
     return {"msgs_per_s": messages / wall, "cpu_ms_per_msg": 1000 * cpu / max(messages, 1.0), "cores": cpu / wall}
 
 

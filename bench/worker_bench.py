@@ -160,10 +160,10 @@ def runtime_noop(bootstrap: str, topic: str, count: int, pool: int, ordering: Or
     return (count - marks["start_count"]) / (marks["end"] - marks["start"])
 
 
-def runtime_io_bound(bootstrap: str, topic: str, pool: int, warmup: float, measure: float) -> dict[str, float]:
-    def wait_10ms(record: Record) -> None:
-        time.sleep(0.01)
-
+def steady_window(bootstrap: str, topic: str, pool: int, handler: Callable[[Record], Any], warmup: float,
+                  window: float) -> dict[str, float]:
+    """Run a key-ordered worker; from `warmup` s after its first record, measure `window` s of it:
+    messages, wall seconds and this process's CPU seconds over that window."""
     marks: dict[str, float] = {}
 
     def done(worker: Worker, now: float) -> bool:
@@ -171,16 +171,25 @@ def runtime_io_bound(bootstrap: str, topic: str, pool: int, warmup: float, measu
         if value > 0 and "first" not in marks:
             marks["first"] = now
         if "first" in marks and "t0" not in marks and now - marks["first"] >= warmup:
-            marks["t0"], marks["c0"] = now, value
-        if "t0" in marks and now - marks["t0"] >= measure:
-            marks["t1"], marks["c1"] = now, value
+            marks["t0"], marks["c0"], marks["cpu0"] = now, value, time.process_time()
+        if "t0" in marks and now - marks["t0"] >= window:
+            marks["t1"], marks["c1"], marks["cpu1"] = now, value, time.process_time()
             return True
         return False
 
     config = WorkerConfig(bootstrap_servers=bootstrap, group_id=group(), topics=[topic],
                           ordering=OrderingMode.KEY, pool_size=pool, http_port=None, dead_letter_enabled=False)
-    run_worker(config, wait_10ms, done)
-    rate = (marks["c1"] - marks["c0"]) / (marks["t1"] - marks["t0"])
+    run_worker(config, handler, done)
+    return {"messages": marks["c1"] - marks["c0"], "wall": marks["t1"] - marks["t0"],
+            "cpu": marks["cpu1"] - marks["cpu0"]}
+
+
+def runtime_io_bound(bootstrap: str, topic: str, pool: int, warmup: float, measure: float) -> dict[str, float]:
+    def wait_10ms(record: Record) -> None:
+        time.sleep(0.01)
+
+    window = steady_window(bootstrap, topic, pool, wait_10ms, warmup, measure)
+    rate = window["messages"] / window["wall"]
     return {"msgs_per_s": rate, "ideal_msgs_per_s": pool * 100.0, "of_ideal": rate / (pool * 100.0)}
 
 

@@ -57,6 +57,19 @@ class Profile:
     def expected(self, start: float, end: float) -> float:
         return self.cumulative(end) - self.cumulative(start)
 
+    def due_at(self, count: float) -> float:
+        """The earliest t with cumulative(t) >= count: when the plan has the count-th message due."""
+        low, high = 0.0, self.duration
+        if self.cumulative(high) < count:
+            return high
+        for _ in range(48):  # bisection to well under a microsecond for any run shorter than a day
+            middle = (low + high) / 2
+            if self.cumulative(middle) >= count:
+                high = middle
+            else:
+                low = middle
+        return high
+
     @property
     def total(self) -> int:
         return math.floor(self.cumulative(self.duration) + 1e-9)
@@ -96,6 +109,15 @@ class Steps(Profile):
             total += rate * (min(t, start + seconds) - start)
             start += seconds
         return total
+
+    def due_at(self, count: float) -> float:
+        total, start = 0.0, 0.0
+        for seconds, rate in self.segments:
+            if rate > 0 and total + rate * seconds >= count:
+                return start + max(0.0, count - total) / rate
+            total += rate * seconds
+            start += seconds
+        return start
 
 
 @dataclass(frozen=True)
@@ -230,6 +252,7 @@ class LoadResult:
     ids: list[str]                   # acknowledged by the broker, in acknowledgement order
     failed: list[str]                # not acknowledged (delivery error or still queued at the end)
     per_second: list[int]            # messages handed to the producer in each second of the run
+    lateness_s: list[float]          # per message: when it was handed to the producer minus when the plan had it due
     dropped: int                     # tokens expired because the producer fell behind
     started_at: float                # epoch seconds of the first planned message
     duration_s: float                # wall time of the produce loop (without the final flush)
@@ -238,13 +261,22 @@ class LoadResult:
     def produced(self) -> int:
         return len(self.ids)
 
+    def lateness_summary(self) -> dict[str, float]:
+        """Median, 99th percentile and extremes of the send lateness: how closely the run kept to its plan."""
+        ordered = sorted(self.lateness_s)
+        if not ordered:
+            return {}
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+        return {"min": round(ordered[0], 4), "p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 4)}
+
     def summary(self, include_ids: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
             "topic": self.topic, "profile": self.profile, "planned": self.planned, "produced": self.produced,
             "failed": len(self.failed), "dropped": self.dropped, "started_at": self.started_at,
             "duration_s": round(self.duration_s, 3),
             "mean_rate": round(self.produced / self.duration_s, 2) if self.duration_s > 0 else 0.0,
-            "per_second": self.per_second,
+            "per_second": self.per_second, "lateness_s": self.lateness_summary(),
         }
         if include_ids:
             body["ids"] = self.ids
@@ -320,6 +352,7 @@ class LoadGenerator:
         acked: list[str] = []
         failed: list[str] = []
         per_second = [0] * max(1, math.ceil(self.profile.duration))
+        lateness: list[float] = []
 
         def on_delivery(error: KafkaError | None, message: Message) -> None:
             ident = _id_from_value(message.value())
@@ -334,8 +367,12 @@ class LoadGenerator:
             due = bucket.available(elapsed)
             second = min(int(elapsed), len(per_second) - 1)
             for _ in range(due):
+                # The token this message spends: the plan's (issued + dropped + 1)-th, the same count
+                # `available` compares against, so a message is never late before it was due.
+                due_at = self.profile.due_at(bucket.issued + bucket.dropped + 1)
                 if not self._produce(producer, seq, on_delivery):
                     break
+                lateness.append(elapsed - due_at)
                 seq += 1
                 bucket.take(1)
                 per_second[second] += 1
@@ -352,7 +389,8 @@ class LoadGenerator:
             acked_set = set(acked) | set(failed)
             failed.extend(i for i in (self.message_id(n) for n in range(seq)) if i not in acked_set)
         return LoadResult(topic=self.topic, profile=self.profile.description, planned=self.profile.total, ids=acked,
-                          failed=failed, per_second=per_second, dropped=math.floor(bucket.dropped),
+                          failed=failed, per_second=per_second, lateness_s=lateness,
+                          dropped=math.floor(bucket.dropped),
                           started_at=started_at, duration_s=duration)
 
     def _produce(self, producer: Producer, seq: int, on_delivery: Callable[[KafkaError | None, Message], None],

@@ -94,15 +94,20 @@ def test_broker_outage_holds_replicas_and_loses_nothing(scenario: Scenario) -> N
     assert accounting.duplicates <= 0.1 * result.produced, accounting.summary()
 
 
-def _condition(status: dict[str, object], kind: str) -> str | None:
+def _find_condition(status: dict[str, object], kind: str) -> dict[str, object] | None:
     for item in status.get("conditions") or []:  # type: ignore[attr-defined]
         if isinstance(item, dict) and item.get("type") == kind:
-            return str(item.get("status"))
+            return item
     return None
 
 
+def _condition(status: dict[str, object], kind: str) -> str | None:
+    found = _find_condition(status, kind)
+    return None if found is None else str(found.get("status"))
+
+
 def _condition_text(status: dict[str, object], kind: str) -> str:
-    for item in status.get("conditions") or []:  # type: ignore[attr-defined]
-        if isinstance(item, dict) and item.get("type") == kind:
-            return f"{item.get('status')} {item.get('reason')}: {item.get('message')}"
-    return "no condition"
+    found = _find_condition(status, kind)
+    if found is None:
+        return "no condition"
+    return f"{found.get('status')} {found.get('reason')}: {found.get('message')}"

@@ -15,6 +15,7 @@ from e2e.loadgen import (
     FunctionProfile,
     Ledger,
     LoadGenerator,
+    Profile,
     TokenBucket,
     account,
     burst,
@@ -43,10 +44,19 @@ def test_burst_is_produced_at_the_requested_rate_and_the_ledger_finds_every_id(
     assert result.produced == result.planned - result.dropped
     assert len(set(result.ids)) == result.produced
     assert 6.9 <= result.duration_s <= 7.6, result.summary()
-    before, during, after = result.per_second[0], result.per_second[1:6], result.per_second[6]
+    before, after = result.per_second[0], result.per_second[6]
     assert before == 0
-    assert all(360 <= n <= 440 for n in during), f"per-second counts off the 400/s plan: {result.per_second}"
     assert after <= 20  # only the burst's last few milliseconds may land in the tail second
+    # Kept to the 400/s plan, judged per message rather than per wall-clock second: a CPU stall of the
+    # (2-core, shared) host moves the messages due during it into the next second, which per-second
+    # counts would blame on the generator. Never early; typically within a few milliseconds; a stall
+    # may make a few late, and the generator catches up instead of dropping.
+    lateness = result.lateness_summary()
+    assert len(result.lateness_s) == result.produced
+    assert lateness["min"] >= -1e-6, f"sent before it was due: {lateness}"
+    assert lateness["p50"] <= 0.005, f"not keeping to the plan: {lateness} {result.per_second}"
+    late = sum(1 for seconds in result.lateness_s if seconds > 0.05)
+    assert late <= 0.05 * result.produced, f"{late} messages over 50 ms late: {lateness} {result.per_second}"
 
     with Ledger(kafka_bootstrap, topic) as ledger:
         accounting = ledger.wait_for(result.ids, timeout=60)
@@ -130,6 +140,17 @@ def test_exact_integrals_agree_with_the_numeric_one() -> None:
     for t in (0.0, 0.3, 1.5, 3.49, 4.0, 11.1, 20.0):
         assert wave.cumulative(t) == pytest.approx(numeric.cumulative(t), abs=0.05)
         assert stepped.cumulative(min(t, 4.0)) == pytest.approx(numeric_steps.cumulative(min(t, 4.0)), abs=0.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.floats(min_value=0.001, max_value=2000))
+def test_due_at_is_the_inverse_of_the_plan(count: float) -> None:
+    stepped = steps([(1.5, 10), (2, 0), (0.5, 300), (5, 400)])
+    numeric = FunctionProfile(stepped.rate, stepped.duration, resolution=0.0005)
+    due = stepped.due_at(count)
+    assert stepped.cumulative(due) == pytest.approx(count, abs=1e-6)
+    assert stepped.cumulative(max(0.0, due - 1e-4)) < count  # the earliest such time, not a later one
+    assert Profile.due_at(numeric, count) == pytest.approx(due, abs=0.01)  # the generic bisection agrees
 
 
 @settings(max_examples=200, deadline=None)
