@@ -16,11 +16,17 @@ import time
 from collections.abc import Collection, Hashable, Mapping
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    ConsumerGroupType,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from lagpilot_operator.models import KafkaConnection
-from lagpilot_operator.observations import LagSample, PartitionOffsets
+from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionOffsets
 
 SECRET_SETTINGS = frozenset({"sasl.password", "ssl.key.pem", "sasl.username"})
 _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
@@ -343,7 +349,7 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
                      for tp in committed_future.result(timeout=timeout).topic_partitions}
         ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
         starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
-        members = len(group_future.result(timeout=timeout).members)
+        group = group_future.result(timeout=timeout)
     except (KafkaException, TimeoutError) as exc:
         raise _translate(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
     _last_client_error.pop(id(admin), None)  # a read that worked: older login errors are history
@@ -358,4 +364,14 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
         )
         for tp in partitions
     )
-    return LagSample(time=sampled_at, partitions=offsets, members=members)
+    return LagSample(time=sampled_at, partitions=offsets, members=len(group.members),
+                     protocol=group_protocol(group.type))
+
+
+def group_protocol(group_type: object) -> GroupProtocol | None:
+    """The rebalance protocol of a described group: `classic`, `consumer` (KIP-848), or unknown."""
+    if group_type == ConsumerGroupType.CONSUMER:
+        return "consumer"
+    if group_type == ConsumerGroupType.CLASSIC:
+        return "classic"
+    return None

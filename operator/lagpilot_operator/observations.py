@@ -41,11 +41,17 @@ class PartitionOffsets:
         return (self.topic, self.partition)
 
 
+GroupProtocol = Literal["classic", "consumer"]
+
+
 @dataclass(frozen=True)
 class LagSample:
     time: float                  # epoch seconds of the sample
     partitions: tuple[PartitionOffsets, ...]
     members: int | None = None   # consumer-group members, if known
+    # The group's rebalance protocol as the broker reports it: "consumer" is KIP-848 (assignment on the
+    # broker, incremental rebalances); None when unknown (no such group yet, or a lag-only source).
+    protocol: GroupProtocol | None = None
 
     def by_key(self) -> dict[PartitionKey, PartitionOffsets]:
         return {(p.topic, p.partition): p for p in self.partitions}

@@ -649,6 +649,9 @@ class _Decider:
         self.current_r = max(0, observation.current_replicas)
         self.current_pool = observation.current_pool
         self.current_capacity = self.current_r * self.current_pool
+        # KIP-848: the broker assigns and moves only the partitions that change owner, with no group-wide
+        # join barrier, so a pod added or removed costs the others (almost) nothing.
+        self.incremental = self.sample.protocol == "consumer"
         self.notes: list[str] = []
         # Fresh memory (first decision, lost status): as if the current capacity was just recommended,
         # so nothing scales down before a full window has been observed.
@@ -867,8 +870,17 @@ class _Decider:
         current_ok = (low <= self.current_r <= high) and pool_min <= self.current_pool <= pool_max
         if slots == self.current_capacity and current_ok:
             return self.current_r, self.current_pool
-        replicas = math.ceil(slots / pool_max)
         shrinking = slots < self.current_capacity
+        replicas = math.ceil(slots / pool_max)
+        if self.incremental and not shrinking:
+            # Pool first is for the classic protocol, where each new pod is a rebalance of the group.
+            # With incremental rebalances, new capacity goes to new pods at the current pool (more
+            # CPU and memory, smaller failure domain); the pool grows once pods reach their cap.
+            spread = math.ceil(slots / _clamp(max(self.current_pool, config.pool.initial), pool_min, pool_max))
+            if _clamp(spread, low, high) > _clamp(replicas, low, high):
+                self.notes.append("consumer-protocol group (KIP-848): pods before a bigger pool, as adding one "
+                                  "moves only the partitions it takes")
+            replicas = spread
         # Removing capacity never adds pods; adding capacity never removes pods.
         replicas = min(replicas, max(self.current_r, 1)) if shrinking else max(replicas, self.current_r)
         replicas = _clamp(replicas, low, high)
@@ -899,13 +911,17 @@ class _Decider:
                 replicas = held
         decreased = self.memory.last_replica_decrease
         grace = max(REBALANCE_GRACE_POLLS * config.poll_interval_seconds, config.scale_down.period_seconds)
-        if (
+        recently_decreased = (
             not forced
             and replicas > self.current_r > 0
             and decreased is not None
             and self.now - decreased < grace
             and low <= self.current_r <= high
-        ):
+        )
+        if recently_decreased and self.incremental:
+            self.notes.append("consumer-protocol group (KIP-848): no rebalance grace after removing a pod, "
+                              "its rebalance paused only the partitions it moved")
+        elif recently_decreased:
             # Removing a pod paused the whole group for a rebalance; the lag that built up meanwhile
             # is not demand. Let the pool absorb it instead of bouncing the replica count right back.
             self.notes.append(f"no new pods within {grace} s of removing one (rebalance lag)")

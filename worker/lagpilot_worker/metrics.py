@@ -7,13 +7,14 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "lagpilot_worker_"
 
 PROCESSING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REBALANCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -107,6 +108,18 @@ class WorkerMetrics:
                                      ["kind"], registry=r)
         self.rebalances = Counter(f"{PREFIX}rebalances", "Partition assignments received from the group.",
                                   registry=r)
+        # A few observations per rebalance: prometheus_client's locked Histogram is cheap enough here.
+        self.rebalance_seconds = Histogram(
+            f"{PREFIX}rebalance_seconds",
+            "This member's time in a rebalance, by what started it: join (subscribe to first assignment), "
+            "revoke (partitions revoked to the assignment that ends the rebalance), lost (partitions lost "
+            "to the next assignment).", ["reason"], buckets=REBALANCE_BUCKETS, registry=r)
+        self.partitions_gained = Counter(f"{PREFIX}partitions_gained",
+                                         "Partitions assigned to this member by rebalances.", registry=r)
+        self.partitions_lost = Counter(f"{PREFIX}partitions_lost",
+                                       "Partitions taken from this member: revoke (handed over, finished work "
+                                       "committed) or lost (session expired or fenced, nothing committed).",
+                                       ["reason"], registry=r)
         self.commits = Counter(f"{PREFIX}commits", "Offset commits sent.", registry=r)
         self.window_commit_waits = Counter(
             f"{PREFIX}window_commit_waits",

@@ -44,6 +44,7 @@ from .ordering import Backpressure, Lane, OrderingMode, Scheduler, Segment, Wind
 from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
 from .poolsize import FixedPoolSize, PoolSizeSource
 from .processing import Failure, Job, JobResult, Processor
+from .rebalance_clock import RebalanceClock, RebalanceReason
 from .record import Handler, message_headers
 from .retry import DueGate, SendToRetryTier, parse_int_header, retry_due_ms
 from .threadclock import RunQueueClock, thread_usage
@@ -189,6 +190,7 @@ class Worker:
         self._http: HealthServer | None = None
         self._consumer: GroupConsumer | None = None
         self._consumer_open = False
+        self._rebalance_clock = RebalanceClock()
         self._publisher: FailurePublisher | None = None
         self._pool: SlotPool[Job] | None = None
         self.error: BaseException | None = None
@@ -291,6 +293,7 @@ class Worker:
             self._publisher.load_partition_counts()
         self._pool_source.start(self._on_pool_size)
         topics = self._topics
+        self._rebalance_clock.subscribed(time.monotonic())
         self._consumer = GroupConsumer(
             config.consumer_settings(), topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_lost, on_commit_error=self._on_commit_error, on_commit_ack=self._on_commit_ack)
@@ -1172,6 +1175,10 @@ class Worker:
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
         self.metrics.rebalances.inc()
+        self.metrics.partitions_gained.inc(len(partitions))
+        span = self._rebalance_clock.assigned(time.monotonic())
+        if span is not None:
+            self.metrics.rebalance_seconds.labels(str(span.reason)).observe(span.seconds)
         self._drop_held(partitions)
         for tp in partitions:
             tier = self._retry_tiers.get(tp.topic, 0)
@@ -1184,8 +1191,9 @@ class Worker:
         # assignment starts fetching, whatever an earlier one was doing.
         self._consumer.resume(partitions)
         self._assigned_once = True
+        rebalance = {"rebalance": str(span.reason), "rebalance_seconds": round(span.seconds, 3)} if span else {}
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions],
-                                               "assigned": len(self._states)})
+                                               "assigned": len(self._states), **rebalance})
 
     def _load_offset_maps(self, partitions: list[TopicPartition]) -> None:
         """Read the committed offsets' maps: records an earlier owner finished are skipped when fetched.
@@ -1215,6 +1223,9 @@ class Worker:
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
+        if partitions:
+            self._rebalance_clock.revoked(time.monotonic())
+            self.metrics.partitions_lost.labels(str(RebalanceReason.REVOKE)).inc(len(partitions))
         self._release(partitions, commit=True)
         self._consumer.incremental_unassign(partitions)
 
@@ -1222,6 +1233,8 @@ class Worker:
         assert self._consumer is not None
         log.warning("partitions lost (another member may own them now); nothing is committed for them",
                     extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})
+        self._rebalance_clock.lost(time.monotonic())
+        self.metrics.partitions_lost.labels(str(RebalanceReason.LOST)).inc(len(partitions))
         self._release(partitions, commit=False)
         self._consumer.incremental_unassign(partitions)
 

@@ -48,3 +48,4 @@ def test_lag_and_members_of_a_group_of_either_protocol(kafka_bootstrap: str, cre
     assert sum(p.end_offset for p in sample.partitions) == 400 and len(sample.partitions) == 4
     # The broker says which protocol the group runs: the one the worker asked for.
     assert str(description.type).lower().endswith(group_protocol), description.type
+    assert sample.protocol == group_protocol  # what the policy reads to relax its rebalance rules

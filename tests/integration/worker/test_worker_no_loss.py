@@ -340,6 +340,19 @@ def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_t
         wait_for(lambda: (metric(port_b, "lagpilot_worker_assigned_partitions") or 0) >= 1, 60, "b assigned")
         wait_for(lambda: any(name == "b" for _, name in processed_lines(processed)), 60, "b processing")
         assert (metric(port_a, "lagpilot_worker_assigned_partitions") or 0) >= 1
+        # Rebalance metrics: each worker's wait for its first assignment, and a's revocation for b, ended
+        # by the assignment that closes that rebalance; the partitions moved add up on both sides.
+        join = {"reason": "join"}
+        for port in (port_a, port_b):
+            assert metric(port, "lagpilot_worker_rebalance_seconds_count", join) == 1
+            assert 0 < (metric(port, "lagpilot_worker_rebalance_seconds_sum", join) or 0) < 60
+        wait_for(lambda: metric(port_a, "lagpilot_worker_rebalance_seconds_count", {"reason": "revoke"}) == 1, 30,
+                 "a's revocation span ended by an assignment")
+        given_up = metric(port_a, "lagpilot_worker_partitions_lost_total", {"reason": "revoke"}) or 0
+        gained_b = metric(port_b, "lagpilot_worker_partitions_gained_total") or 0
+        assert given_up == gained_b >= 1, (given_up, gained_b)
+        assert metric(port_a, "lagpilot_worker_partitions_gained_total") == 4
+        assert metric(port_a, "lagpilot_worker_partitions_lost_total", {"reason": "lost"}) in (None, 0)
         wait_for(lambda: len(processed_lines(processed)) >= 3000, 120, "half processed")
         # a leaves gracefully: its partitions are revoked, finished work committed, b takes over.
         assert a.terminate() == 0
@@ -348,6 +361,7 @@ def test_two_workers_with_rebalances_lose_nothing(kafka_bootstrap: str, create_t
         seen = assert_nothing_lost(kafka_bootstrap, dlq, processed, ids)
         wait_for(lambda: metric(port_b, "lagpilot_worker_assigned_partitions") == 4, 10, "b owns all partitions")
         assert (metric(port_b, "lagpilot_worker_rebalances_total") or 0) >= 2
+        assert metric(port_b, "lagpilot_worker_partitions_gained_total") == 4
         assert b.terminate() == 0
     finally:
         a.stop_if_running()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from confluent_kafka import ConsumerGroupType
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -192,3 +193,9 @@ def test_a_discarded_client_is_replaced_by_a_new_one() -> None:
 def test_only_failures_the_cluster_recovers_from_retire_the_client(error: kafka_lag.LagReadError,
                                                                   retire: bool) -> None:
     assert kafka_lag.retire_client_after(error) is retire
+
+
+def test_the_group_type_the_broker_reports_names_the_protocol() -> None:
+    assert kafka_lag.group_protocol(ConsumerGroupType.CONSUMER) == "consumer"
+    assert kafka_lag.group_protocol(ConsumerGroupType.CLASSIC) == "classic"
+    assert kafka_lag.group_protocol(ConsumerGroupType.UNKNOWN) is None  # e.g. a group with no members yet

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -251,6 +251,44 @@ def test_pods_just_removed_are_not_added_back_for_a_grace_period() -> None:
     assert "no new pods within 15 s of removing one (rebalance lag)" in held.reason
     later = decide(config, observe(spread(200), 1, 64), memory, NOW + 10)
     assert (later.replicas, later.pool) == (4, 50)
+
+
+def kip848(observation: Observation) -> Observation:
+    """The same observation of a group whose members use the consumer protocol (KIP-848)."""
+    return replace(observation, sample=replace(cast(LagSample, observation.sample), protocol="consumer"))
+
+
+@pytest.mark.parametrize(
+    ("slots", "current", "partitions", "classic", "consumer"),
+    [
+        (64, (1, 8), 12, (1, 64), (8, 11)),     # 64 / 8 pods, not one pod at 64 (the busiest has 2 of 12)
+        (200, (1, 8), 12, (4, 50), (10, 34)),   # pods up to replicas.max (10), then the pool grows
+        (40, (2, 16), 12, (2, 20), (3, 14)),    # the current pool (above pool.initial) is the unit
+        (20, (3, 8), 12, (1, 20), (1, 20)),     # a scale-down consolidates either way
+    ],
+)
+def test_a_consumer_protocol_group_grows_pods_before_the_pool(slots: int, current: tuple[int, int], partitions: int,
+                                                              classic: tuple[int, int],
+                                                              consumer: tuple[int, int]) -> None:
+    config = threshold_config()
+    observation = observe(spread(slots, partitions), *current)
+    before = decide(config, observation, WARM, NOW)
+    after = decide(config, kip848(observation), WARM, NOW)
+    assert ((before.replicas, before.pool), (after.replicas, after.pool)) == (classic, consumer)
+    assert "KIP-848" not in before.reason
+    said = "consumer-protocol group (KIP-848): pods before a bigger pool" in after.reason
+    assert said == (consumer[0] > classic[0]), after.reason
+
+
+def test_a_consumer_protocol_group_has_no_rebalance_grace() -> None:
+    config = threshold_config()
+    memory = replace(WARM, last_replica_decrease=NOW - 10)
+    classic = decide(config, observe(spread(200), 1, 64), memory, NOW)
+    assert (classic.replicas, classic.pool) == (1, 64)
+    consumer = decide(config, kip848(observe(spread(200), 1, 64)), memory, NOW)
+    assert (consumer.replicas, consumer.pool) == (4, 50)  # the current pool (64) is the unit: 200 / 64
+    assert "consumer-protocol group (KIP-848): no rebalance grace after removing a pod" in consumer.reason
+    assert "rebalance lag" not in consumer.reason
 
 
 def test_lag_only_source_falls_back_to_the_lag_threshold_rule() -> None:
