@@ -57,12 +57,16 @@ class Profile:
     def expected(self, start: float, end: float) -> float:
         return self.cumulative(end) - self.cumulative(start)
 
-    def due_at(self, count: float) -> float:
-        """The earliest t with cumulative(t) >= count: when the plan has the count-th message due."""
-        low, high = 0.0, self.duration
+    def due_at(self, count: float, after: float = 0.0, before: float | None = None) -> float:
+        """The earliest t with cumulative(t) >= count: when the plan has the count-th message due.
+
+        `after` and `before` narrow the search when the caller knows them (the previous message's due
+        time, now): a numeric integral then costs about a dozen evaluations per message, not thirty.
+        """
+        low, high = after, self.duration if before is None else min(before, self.duration)
         if self.cumulative(high) < count:
             return high
-        for _ in range(48):  # bisection to well under a microsecond for any run shorter than a day
+        while high - low > 1e-7:  # bisection to a tenth of a microsecond
             middle = (low + high) / 2
             if self.cumulative(middle) >= count:
                 high = middle
@@ -110,7 +114,7 @@ class Steps(Profile):
             start += seconds
         return total
 
-    def due_at(self, count: float) -> float:
+    def due_at(self, count: float, after: float = 0.0, before: float | None = None) -> float:
         total, start = 0.0, 0.0
         for seconds, rate in self.segments:
             if rate > 0 and total + rate * seconds >= count:
@@ -353,6 +357,7 @@ class LoadGenerator:
         failed: list[str] = []
         per_second = [0] * max(1, math.ceil(self.profile.duration))
         lateness: list[float] = []
+        last_due = 0.0
 
         def on_delivery(error: KafkaError | None, message: Message) -> None:
             ident = _id_from_value(message.value())
@@ -369,7 +374,8 @@ class LoadGenerator:
             for _ in range(due):
                 # The token this message spends: the plan's (issued + dropped + 1)-th, the same count
                 # `available` compares against, so a message is never late before it was due.
-                due_at = self.profile.due_at(bucket.issued + bucket.dropped + 1)
+                due_at = self.profile.due_at(bucket.issued + bucket.dropped + 1, after=last_due, before=elapsed)
+                last_due = due_at
                 if not self._produce(producer, seq, on_delivery):
                     break
                 lateness.append(elapsed - due_at)
