@@ -162,4 +162,4 @@ class PrivateBroker:
         return self
 
     def stop(self) -> None:
-        self._stack("stack.stop_process(svc.name)", 90)
+        self._stack("stack.stop_process(svc.name); stack.remove_kafka_data()", 90)
