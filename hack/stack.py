@@ -1287,8 +1287,8 @@ def kubelet_cmd() -> list[str]:
         "serializeImagePulls": False,
         # Images cannot be pulled again (no registry): the kubelet must never collect them.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                         "nodefs.inodesFree": "1%"},
+        "evictionHard": {"memory.available": "50Mi", "nodefs.available": f"{EVICTION_FREE_PERCENT:g}%",
+                         "imagefs.available": f"{EVICTION_FREE_PERCENT:g}%", "nodefs.inodesFree": "1%"},
         "maxPods": 60,
         "nodeStatusReportFrequency": "10s",
     }
@@ -1734,11 +1734,38 @@ def node_images_table() -> dict[str, str]:
             **{image.removeprefix("lagpilot-"): derived_image_name(image, base) for image in DERIVED_IMAGES}}
 
 
+# The kubelet's hard eviction threshold for the node's disk (evictionHard nodefs/imagefs above), and the
+# margin `up` wants on top of it: below, the node reports DiskPressure and no Pod is admitted.
+EVICTION_FREE_PERCENT = 1.0
+NODE_DISK_MARGIN_PERCENT = 1.0
+
+
+def node_disk_problem(free_bytes: int, total_bytes: int) -> str | None:
+    """Why the node could not run Pods on a disk this full (None: enough room)."""
+    if total_bytes <= 0:
+        return None
+    free_percent = 100.0 * free_bytes / total_bytes
+    if free_percent >= EVICTION_FREE_PERCENT + NODE_DISK_MARGIN_PERCENT:
+        return None
+    return (f"only {free_bytes / 2**30:.1f} GiB ({free_percent:.1f} %) of the disk holding {node_dir()} is free: "
+            f"the kubelet reports DiskPressure below {EVICTION_FREE_PERCENT:g} % and then admits no Pod. "
+            "Free some space (old LAGPILOT_CACHE_DIR folders, clones) and run stack-up again")
+
+
+def assert_node_disk_room() -> None:
+    node_dir().mkdir(parents=True, exist_ok=True)
+    usage = shutil.disk_usage(node_dir())
+    problem = node_disk_problem(usage.free, usage.total)
+    if problem:
+        raise StackError(problem)
+
+
 def up_node() -> None:
     if os.geteuid() != 0:
         raise StackError("the real node needs root (it runs containerd and a kubelet); "
                          "LAGPILOT_NODE=0 starts the control plane without it")
     assert_no_forwarding()
+    assert_node_disk_room()
     install_node_packages()
     install_node_binaries()
     if not all(running_pid(service.name) for service in NODE_SERVICES):

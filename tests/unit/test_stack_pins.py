@@ -93,3 +93,14 @@ def test_the_broker_config_has_the_scram_and_mtls_listeners_on_their_ports(monke
     env = "\n".join(stack.env_lines())
     assert "KAFKA_SCRAM_BOOTSTRAP_SERVERS=127.0.0.1:29095" in env
     assert "KAFKA_MTLS_BOOTSTRAP_SERVERS=127.0.0.1:29096" in env
+
+
+def test_a_disk_too_full_for_the_kubelet_is_named_before_the_node_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CI rehearsal on a disk 98 % full: the kubelet reported DiskPressure and admitted no Pod, and every
+    # Pod-running test timed out waiting. `up` now says so first.
+    stack = _load_stack(monkeypatch)
+    gib = 2**30
+    assert stack.node_disk_problem(34 * gib, 252 * gib) is None
+    problem = stack.node_disk_problem(int(2.6 * gib), 252 * gib)
+    assert problem is not None and "2.6 GiB" in problem and "DiskPressure" in problem
+    assert stack.node_disk_problem(0, 0) is None  # unknown size: no verdict
