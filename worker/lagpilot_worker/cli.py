@@ -31,6 +31,7 @@ from .poolsize import ConfigMapPoolSize, FixedPoolSize, PoolSizeSource
 from .record import Deserializer
 from .retry import Classifier, RetryPolicy
 from .runtime import Worker
+from .share_runtime import ShareWorker
 from .write_retry import WriteRetryPolicy
 
 KAFKA_ENV_PREFIX = env_contract.KAFKA_ENV_PREFIX
@@ -127,6 +128,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=e("LAGPILOT_GROUP_PROTOCOL", "classic"),
                    help="classic (cooperative-sticky) | consumer (KIP-848, Kafka 4.0+) (default classic) "
                         "[LAGPILOT_GROUP_PROTOCOL]")
+    p.add_argument("--share-group", action="store_true", default=_env_bool(env, "LAGPILOT_SHARE_GROUP", False),
+                   help="consume as a member of share group --group (KIP-932, Kafka 4.2+): records are acquired "
+                        "and acknowledged one by one, more workers than partitions all get work "
+                        "[LAGPILOT_SHARE_GROUP]")
+    p.add_argument("--share-max-deliveries", type=int, default=int(e("LAGPILOT_SHARE_MAX_DELIVERIES", 5)),
+                   help="share groups: deliveries of a failing record before it is dead-lettered, at most the "
+                        "broker's group.share.delivery.count.limit (default 5) [LAGPILOT_SHARE_MAX_DELIVERIES]")
     p.add_argument("--pool-size", type=int, default=int(e(pool_contract.ENV_POOL_SIZE, 8)),
                    help=f"concurrent slots, standalone or until the ConfigMap is read [{pool_contract.ENV_POOL_SIZE}]")
     p.add_argument("--max-pool-size", type=int, default=int(e("LAGPILOT_MAX_POOL_SIZE", 1024)),
@@ -242,6 +250,8 @@ def _config(args: argparse.Namespace, topics: list[str], classifier: Classifier 
         topics=topics,
         ordering=OrderingMode(args.ordering),
         group_protocol=GroupProtocol(args.group_protocol),
+        share_group=args.share_group,
+        share_max_deliveries=args.share_max_deliveries,
         pool_size=args.pool_size,
         max_pool_size=args.max_pool_size,
         max_uncommitted=int(args.max_uncommitted) if args.max_uncommitted else None,
@@ -271,7 +281,8 @@ def _config(args: argparse.Namespace, topics: list[str], classifier: Classifier 
 def main(argv: Sequence[str] | None = None) -> int:
     config, handler, source, log_level = build(argv, os.environ)
     configure_json_logging(log_level)
-    worker = Worker(config, handler, pool_size_source=source)
+    worker: Worker | ShareWorker = (ShareWorker if config.share_group else Worker)(
+        config, handler, pool_size_source=source)
     signals_seen = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -87,6 +87,11 @@ class WorkerConfig:
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
     # Off by default, as for a KafkaConsumerGroup without spec.deadLetter (docs/dead-letter.md).
+    # Share-group mode (KIP-932): records are acquired and acknowledged one by one (share_runtime.py).
+    share_group: bool = False
+    # Deliveries of one record before it is dead-lettered (share groups): at most the broker's
+    # group.share.delivery.count.limit (5 by default), which archives a record silently.
+    share_max_deliveries: int = 5
     dead_letter_enabled: bool = False
     dead_letter_topic: str | None = None        # override; default <group>.dlq (lagpilot_contract.naming)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -117,6 +122,10 @@ class WorkerConfig:
         if "group.protocol" in user and str(user["group.protocol"]) != self.group_protocol.value:
             raise ValueError(f"group.protocol={user['group.protocol']} in the Kafka settings disagrees with the "
                              f"group protocol {self.group_protocol.value}; set the protocol with --group-protocol")
+        if not 1 <= self.share_max_deliveries <= 10:
+            raise ValueError("share_max_deliveries must be 1..10 (the broker's delivery count limit is at most 10)")
+        if self.share_group and self.retry.tier_delays_seconds:
+            raise ValueError("a share group retries by redelivery (share_max_deliveries), not with retry tier topics")
         if self.group_protocol is GroupProtocol.CONSUMER:
             classic = sorted(key for key in user if key in CLASSIC_ONLY_SETTINGS)
             if classic:
@@ -147,6 +156,15 @@ class WorkerConfig:
             settings["group.protocol"] = GroupProtocol.CONSUMER.value
         else:
             settings["partition.assignment.strategy"] = "cooperative-sticky"
+        return settings
+
+    def share_consumer_settings(self) -> dict[str, Any]:
+        """The share consumer's: the cluster and security settings, never the consumer-group ones."""
+        settings: dict[str, Any] = {key: value for key, value in {**self.kafka_config, **self.consumer_config}.items()
+                                    if key not in CONSUMER_DEFAULTS and key not in CLASSIC_ONLY_SETTINGS
+                                    and key != "group.protocol"}
+        settings.update({"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
+                         "share.acknowledgement.mode": "explicit"})
         return settings
 
     def producer_settings(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.poolsize import PoolSizeSource
 from lagpilot_worker.record import Record
 from lagpilot_worker.runtime import Worker
+from lagpilot_worker.share_runtime import ShareWorker
 from support import metric_value, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -165,6 +166,22 @@ def running_worker(config: WorkerConfig, handler: Callable[[Record], Any],
         thread.join(60)
         assert not thread.is_alive(), "worker did not stop"
     assert worker.error is None, f"worker failed: {worker.error!r}"
+
+
+@contextmanager
+def running_share_worker(config: WorkerConfig, handler: Callable[[Record], Any]) -> Iterator[ShareWorker]:
+    """A ShareWorker in a background thread; stopped gracefully (and checked for errors) on exit."""
+    worker = ShareWorker(config, handler)
+    thread = threading.Thread(target=worker.run, name="test-share-worker", daemon=True)
+    thread.start()
+    assert worker.wait_started(30), "share worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(60)
+        assert not thread.is_alive(), "share worker did not stop"
+    assert worker.error is None, f"share worker failed: {worker.error!r}"
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

@@ -151,3 +151,22 @@ def test_classic_only_settings_with_the_consumer_protocol_are_refused_by_name(
     assert setting in error and "group.consumer." in error     # what to set on the broker instead
     with pytest.raises(ValueError, match="disagrees"):
         WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"], kafka_config={"group.protocol": "consumer"})
+
+
+def test_share_group_mode_from_flags_or_env(handler_module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:1", "--group", "g", "--topic", "t",
+            "--kafka-config", "security.protocol=SSL"]
+    assert build(base, env={})[0].share_group is False
+    for config in (build([*base, "--share-group", "--share-max-deliveries", "3"], env={})[0],
+                   build(base, env={"LAGPILOT_SHARE_GROUP": "true", "LAGPILOT_SHARE_MAX_DELIVERIES": "3"})[0]):
+        assert config.share_group is True and config.share_max_deliveries == 3
+        settings = config.share_consumer_settings()
+        # Only what a ShareConsumer takes: the cluster's and security settings, explicit acknowledgement.
+        assert settings == {"bootstrap.servers": "b:1", "group.id": "g", "security.protocol": "SSL",
+                            "share.acknowledgement.mode": "explicit"}
+    with pytest.raises(SystemExit):
+        build([*base, "--share-group", "--retry-delays", "5,30"], env={})
+    assert "redelivery" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build([*base, "--share-group", "--share-max-deliveries", "11"], env={})
+    assert "share_max_deliveries" in capsys.readouterr().err
