@@ -135,6 +135,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--share-max-deliveries", type=int, default=int(e("LAGPILOT_SHARE_MAX_DELIVERIES", 5)),
                    help="share groups: deliveries of a failing record before it is dead-lettered, at most the "
                         "broker's group.share.delivery.count.limit (default 5) [LAGPILOT_SHARE_MAX_DELIVERIES]")
+    p.add_argument("--share-batch-seconds", type=float, default=float(e("LAGPILOT_SHARE_BATCH_SECONDS", 20)),
+                   help="share groups: seconds a fetched batch may run before its records not yet started are "
+                        "released; keep below the group's share.record.lock.duration.ms [LAGPILOT_SHARE_BATCH_SECONDS]")
     p.add_argument("--pool-size", type=int, default=int(e(pool_contract.ENV_POOL_SIZE, 8)),
                    help=f"concurrent slots, standalone or until the ConfigMap is read [{pool_contract.ENV_POOL_SIZE}]")
     p.add_argument("--max-pool-size", type=int, default=int(e("LAGPILOT_MAX_POOL_SIZE", 1024)),
@@ -252,6 +255,7 @@ def _config(args: argparse.Namespace, topics: list[str], classifier: Classifier 
         group_protocol=GroupProtocol(args.group_protocol),
         share_group=args.share_group,
         share_max_deliveries=args.share_max_deliveries,
+        share_batch_seconds=args.share_batch_seconds,
         pool_size=args.pool_size,
         max_pool_size=args.max_pool_size,
         max_uncommitted=int(args.max_uncommitted) if args.max_uncommitted else None,

@@ -92,6 +92,9 @@ class WorkerConfig:
     # Deliveries of one record before it is dead-lettered (share groups): at most the broker's
     # group.share.delivery.count.limit (5 by default), which archives a record silently.
     share_max_deliveries: int = 5
+    # Share groups: seconds a fetched batch may run before its records not yet started are released;
+    # below the group's share.record.lock.duration.ms (30 s by default), or records are lost to the lock.
+    share_batch_seconds: float = 20.0
     dead_letter_enabled: bool = False
     dead_letter_topic: str | None = None        # override; default <group>.dlq (lagpilot_contract.naming)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -124,6 +127,8 @@ class WorkerConfig:
                              f"group protocol {self.group_protocol.value}; set the protocol with --group-protocol")
         if not 1 <= self.share_max_deliveries <= 10:
             raise ValueError("share_max_deliveries must be 1..10 (the broker's delivery count limit is at most 10)")
+        if self.share_batch_seconds <= 0:
+            raise ValueError("share_batch_seconds must be > 0")
         if self.share_group and self.retry.tier_delays_seconds:
             raise ValueError("a share group retries by redelivery (share_max_deliveries), not with retry tier topics")
         if self.group_protocol is GroupProtocol.CONSUMER:

@@ -251,17 +251,32 @@ class ShareWorker:
         """
         assert self._pool is not None and self._consumer is not None
         waiting: dict[int, Message] = {}
+        jobs: dict[int, Job] = {}
         for message in records:
             job = Job([Segment(_Acquired(delivery_tier(message.delivery_count())), [message], [])])
             waiting[id(job)] = message
+            jobs[id(job)] = job
             self._pool.submit(job)
         next_commit = time.monotonic() + ACK_COMMIT_SECONDS
+        # The broker sizes a share fetch (thousands of small records; librdkafka 2.16 has no record
+        # limit for it) and each record's lock runs out after share.record.lock.duration.ms: records
+        # still queued when the batch's time is up are released unstarted rather than lost to the lock.
+        deadline = time.monotonic() + self.config.share_batch_seconds
+        cancelled = False
         while waiting:
             self._wake.wait(0.05)
             self._wake.clear()
-            self._last_loop = time.monotonic()
+            self._last_loop = now = time.monotonic()
+            self._apply_pool_size()
             if self._stop_requested.is_set():
-                self._stopping.set()    # slots stop retrying in place; records not run are released
+                self._stopping.set()    # slots stop retrying in place
+            if not cancelled and (self._stop_requested.is_set() or now >= deadline):
+                cancelled = True
+                for job in jobs.values():
+                    job.cancelled = True    # a record in a slot finishes; the queued ones are released
+                log.info("share batch cut short: records not started are released", extra={
+                    "records": len(waiting), "stopping": self._stop_requested.is_set(),
+                    "batch_seconds": self.config.share_batch_seconds})
             while self._results:
                 result = self._results.popleft()
                 if id(result.job) in waiting:

@@ -19,11 +19,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
     ResourceType,
 )
-from worker_testkit import CliWorker, Topics, cli_env, produce, read_topic, running_share_worker
+from test_worker_pool_resize import ConcurrencyProbe
+from worker_testkit import CliWorker, Topics, cli_env, http_get, metric, produce, read_topic, running_share_worker
 
 from lagpilot_contract import headers as h
 from lagpilot_contract import naming
 from lagpilot_worker.config import WorkerConfig
+from lagpilot_worker.poolsize import ManualPoolSize
 from lagpilot_worker.record import Record
 from lagpilot_worker.retry import PermanentError, RetryLaterError, RetryPolicy, TransientError
 from support import wait_for
@@ -184,3 +186,27 @@ def test_a_killed_share_worker_s_records_are_delivered_again(
     print(f"killed with {len(in_hand)} records in hand; the other worker ran {len(fast_tiers)}, "
           f"{sum(1 for t in fast_tiers.values() if t)} of them redelivered; finished twice: {len(twice)}")
     assert len(twice) <= 8, f"{len(twice)} records finished twice: {twice}"
+
+
+def test_a_share_worker_s_pool_resizes_live(kafka_bootstrap: str, create_topic: Callable[..., str],
+                                           unique_name: Callable[[str], str]) -> None:
+    topic = create_topic("share-resize", partitions=PARTITIONS)
+    group = share_group(kafka_bootstrap, unique_name("sg"))
+    produce(kafka_bootstrap, topic, [(None, b"x") for _ in range(20_000)])
+    probe = ConcurrencyProbe()
+    source = ManualPoolSize(2)
+    with running_share_worker(config(kafka_bootstrap, group, topic, pool_size=8, http_port=0, http_host="127.0.0.1",
+                                     dead_letter_enabled=False), probe, pool_size_source=source) as worker:
+        port = worker.http_port
+        assert port is not None
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200 and probe.handled > 50, 30, "ready, records flowing")
+        assert http_get(port, "/healthz")[0] == 200
+        assert metric(port, "lagpilot_worker_pool_size") == 2 and probe.peak_over(1.0) == 2
+        source.set(16)
+        wait_for(lambda: metric(port, "lagpilot_worker_pool_size") == 16, 5, "pool size 16 in /metrics")
+        wait_for(lambda: probe.peak_over(0.5) == 16, 10, "16 handlers running at once")
+        source.set(4)
+        wait_for(lambda: metric(port, "lagpilot_worker_pool_size") == 4, 5, "pool size 4 in /metrics")
+        wait_for(lambda: probe.peak_over(0.5) == 4, 10, "at most (and at least) 4 running at once")
+        assert probe.peak_over(1.0) == 4
+        assert (metric(port, "lagpilot_worker_messages_processed_total") or 0) >= probe.handled - 16

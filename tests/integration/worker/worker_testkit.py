@@ -169,9 +169,10 @@ def running_worker(config: WorkerConfig, handler: Callable[[Record], Any],
 
 
 @contextmanager
-def running_share_worker(config: WorkerConfig, handler: Callable[[Record], Any]) -> Iterator[ShareWorker]:
+def running_share_worker(config: WorkerConfig, handler: Callable[[Record], Any],
+                         pool_size_source: PoolSizeSource | None = None) -> Iterator[ShareWorker]:
     """A ShareWorker in a background thread; stopped gracefully (and checked for errors) on exit."""
-    worker = ShareWorker(config, handler)
+    worker = ShareWorker(config, handler, pool_size_source=pool_size_source)
     thread = threading.Thread(target=worker.run, name="test-share-worker", daemon=True)
     thread.start()
     assert worker.wait_started(30), "share worker did not start"

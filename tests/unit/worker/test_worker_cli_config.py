@@ -157,9 +157,11 @@ def test_share_group_mode_from_flags_or_env(handler_module: str, capsys: pytest.
     base = ["--handler", f"{handler_module}:handle", "--bootstrap-servers", "b:1", "--group", "g", "--topic", "t",
             "--kafka-config", "security.protocol=SSL"]
     assert build(base, env={})[0].share_group is False
-    for config in (build([*base, "--share-group", "--share-max-deliveries", "3"], env={})[0],
-                   build(base, env={"LAGPILOT_SHARE_GROUP": "true", "LAGPILOT_SHARE_MAX_DELIVERIES": "3"})[0]):
-        assert config.share_group is True and config.share_max_deliveries == 3
+    for config in (build([*base, "--share-group", "--share-max-deliveries", "3", "--share-batch-seconds", "9"],
+                         env={})[0],
+                   build(base, env={"LAGPILOT_SHARE_GROUP": "true", "LAGPILOT_SHARE_MAX_DELIVERIES": "3",
+                                    "LAGPILOT_SHARE_BATCH_SECONDS": "9"})[0]):
+        assert config.share_group is True and config.share_max_deliveries == 3 and config.share_batch_seconds == 9
         settings = config.share_consumer_settings()
         # Only what a ShareConsumer takes: the cluster's and security settings, explicit acknowledgement.
         assert settings == {"bootstrap.servers": "b:1", "group.id": "g", "security.protocol": "SSL",
