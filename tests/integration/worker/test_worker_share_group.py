@@ -87,13 +87,16 @@ def test_three_share_workers_on_two_partitions_settle_every_record(
                 by_worker[name] += 1
         return handle
 
-    ids = [str(i) for i in range(1, 601)]
+    ids: list[str] = []
     with running_share_worker(config(kafka_bootstrap, group, topic, share_max_deliveries=3), handler_for("a")), \
             running_share_worker(config(kafka_bootstrap, group, topic, share_max_deliveries=3), handler_for("b")), \
             running_share_worker(config(kafka_bootstrap, group, topic, share_max_deliveries=3), handler_for("c")):
-        # A trickle, not one backlog: each worker's fetch acquires what is there, and all three keep asking.
-        for start in range(0, len(ids), 50):
-            produce(kafka_bootstrap, topic, [(f"k{int(i) % 13}".encode(), i.encode()) for i in ids[start:start + 50]])
+        # A trickle, not one backlog (a fetch acquires whatever is there): at least 600 records, and on
+        # until each of the three workers got some (bounded: 2,000).
+        while len(ids) < 600 or (len(by_worker) < 3 and len(ids) < 2000):
+            batch = [str(i) for i in range(len(ids) + 1, len(ids) + 51)]
+            produce(kafka_bootstrap, topic, [(f"k{int(i) % 13}".encode(), i.encode()) for i in batch])
+            ids += batch
             time.sleep(0.2)
         permanent = [i for i in ids if int(i) % 50 == 0]
         exhausted = [i for i in ids if int(i) % 41 == 0 and int(i) % 50 != 0]
