@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source .stack/env
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop rebalance}
+only=${BENCH_ONLY:-worker operator loop rebalance share}
 loop_args=()
 if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fi
 for name in $only; do
@@ -19,7 +19,8 @@ for name in $only; do
     operator) cmd=(.venv/bin/python bench/operator_bench.py) ;;
     loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}") ;;
     rebalance) cmd=(.venv/bin/python bench/rebalance_bench.py) ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, rebalance)" >&2; exit 2 ;;
+    share) cmd=(.venv/bin/python bench/share_bench.py) ;;
+    *) echo "unknown benchmark '$name' (worker, operator, loop, rebalance, share)" >&2; exit 2 ;;
   esac
   echo "== bench: $name" >&2
   "${cmd[@]}" | tee "$out/$name.jsonl" >&2
