@@ -52,6 +52,7 @@ from worker_bench import create_topic, delete_topics, emit, stack_bootstrap  # n
 PARTITIONS = 16
 WINDOW_SECONDS = 20.0
 
+# Each finished record: "<finished at> <produced at>" (epoch seconds), one line, to BENCH_PROCESSED_FILE.
 HANDLER = '''
 import os, threading, time
 _out = open(os.environ["BENCH_PROCESSED_FILE"], "a", buffering=1)
@@ -112,6 +113,17 @@ def window_stats(finished: list[tuple[float, float]], start: float, end: float) 
 # --- workers ------------------------------------------------------------------------------------------------
 
 
+def worker_env(work_dir: Path, processed: Path, cost_seconds: float, **extra: str) -> dict[str, str]:
+    """The environment of a `lagpilot-worker` process running HANDLER (written to work_dir/benchhandler.py)."""
+    (work_dir / "benchhandler.py").write_text(HANDLER)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work_dir), env.get("PYTHONPATH", "")]))
+    env.update(BENCH_PROCESSED_FILE=str(processed), BENCH_COST_SECONDS=str(cost_seconds), **extra)
+    for name in [n for n in env if n.startswith("LAGPILOT_KAFKA_") and n.endswith("_PORT")]:
+        env.pop(name)  # hack/stack.py port overrides would read as librdkafka settings
+    return env
+
+
 @dataclass
 class WorkerProcess:
     name: str
@@ -155,14 +167,10 @@ class Group:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def start(self, name: str) -> WorkerProcess:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.work_dir), env.get("PYTHONPATH", "")]))
-        env.update(BENCH_PROCESSED_FILE=str(self.work_dir / f"{self.protocol}-processed.txt"),
-                   BENCH_COST_SECONDS=str(self.cost_seconds), LAGPILOT_GROUP_PROTOCOL=self.protocol)
-        for name_ in [n for n in env if n.startswith("LAGPILOT_KAFKA_") and n.endswith("_PORT")]:
-            env.pop(name_)  # hack/stack.py port overrides would read as librdkafka settings
+        env = worker_env(self.work_dir, self.work_dir / f"{self.protocol}-processed.txt", self.cost_seconds,
+                         LAGPILOT_GROUP_PROTOCOL=self.protocol)
         log_path = self.work_dir / f"{self.protocol}-{name}.log"
-        args = ["--handler", "rebalancehandler:handle", "--bootstrap-servers", self.bootstrap, "--group",
+        args = ["--handler", "benchhandler:handle", "--bootstrap-servers", self.bootstrap, "--group",
                 self.group_id, "--topic", self.topic, "--pool-size", str(self.pool), "--http-host", "127.0.0.1",
                 "--http-port", "0", "--worker-id", name, "--shutdown-timeout", "20", "--commit-interval", "0.5"]
         with log_path.open("ab") as log:
@@ -232,7 +240,6 @@ def run_protocol(bootstrap: str, admin: AdminClient, protocol: str, rate: float,
     topic = create_topic(admin, PARTITIONS)
     with tempfile.TemporaryDirectory(prefix=f"rebalance-bench-{protocol}-") as tmp:
         work_dir = Path(tmp)
-        (work_dir / "rebalancehandler.py").write_text(HANDLER)
         group = Group(bootstrap, topic, protocol, work_dir, pool, cost)
         total = 4 * steady_seconds + 4 * WINDOW_SECONDS + 120  # the load outlasts every phase
         load = LoadGenerator(bootstrap, topic, constant(rate, total), key_space=256, seed=11)

@@ -33,20 +33,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from rebalance_bench import worker_env
 from worker_bench import create_topic, delete_topics, emit, stack_bootstrap
 
 PARTITIONS = 2
-HANDLER = '''
-import os, threading, time
-_out = open(os.environ["BENCH_PROCESSED_FILE"], "a", buffering=1)
-_lock = threading.Lock()
-_cost = float(os.environ["BENCH_COST_SECONDS"])
-
-def handle(record):
-    time.sleep(_cost)
-    with _lock:
-        _out.write(f"{time.time():.4f}\\n")
-'''
 
 
 def fill(bootstrap: str, topic: str, count: int) -> None:
@@ -68,7 +58,7 @@ def start_share_group(admin: AdminClient, group: str) -> None:
 def finished_per_second(path: Path, start: float, end: float) -> float:
     if not path.exists():
         return 0.0
-    done = sum(1 for line in path.read_text().splitlines() if line and start <= float(line) < end)
+    done = sum(1 for line in path.read_text().splitlines() if line and start <= float(line.split()[0]) < end)
     return done / (end - start)
 
 
@@ -79,20 +69,15 @@ def measure(bootstrap: str, admin: AdminClient, kind: str, workers: int, backlog
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix=f"share-bench-{kind}-") as tmp:
         work = Path(tmp)
-        (work / "sharebenchhandler.py").write_text(HANDLER)
         processed = work / "processed.txt"
         try:
             fill(bootstrap, topic, backlog)
             if kind == "share":
                 start_share_group(admin, group)
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH", "")]))
-            env.update(BENCH_PROCESSED_FILE=str(processed), BENCH_COST_SECONDS=str(cost))
-            for name in [n for n in env if n.startswith("LAGPILOT_KAFKA_") and n.endswith("_PORT")]:
-                env.pop(name)
+            env = worker_env(work, processed, cost)
             mode = ["--share-group"] if kind == "share" else ["--group-protocol", "consumer"]
             for n in range(workers):
-                args = ["--handler", "sharebenchhandler:handle", "--bootstrap-servers", bootstrap, "--group", group,
+                args = ["--handler", "benchhandler:handle", "--bootstrap-servers", bootstrap, "--group", group,
                         "--topic", topic, "--pool-size", str(pool), "--http-port", "-1", "--worker-id", f"w{n}",
                         "--ordering", "unordered", *mode]
                 with (work / f"w{n}.log").open("ab") as log:

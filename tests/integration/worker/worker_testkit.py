@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -151,12 +151,13 @@ def assert_each_record_ran_once_in_order_and_committed(
         assert offsets == sorted(offsets), f"{lane} ran out of order"
 
 
+W = TypeVar("W", Worker, ShareWorker)
+
+
 @contextmanager
-def running_worker(config: WorkerConfig, handler: Callable[[Record], Any],
-                   pool_size_source: PoolSizeSource | None = None) -> Iterator[Worker]:
-    """A Worker in a background thread; stopped gracefully (and checked for errors) on exit."""
-    worker = Worker(config, handler, pool_size_source=pool_size_source)
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+def _running(worker: W) -> Iterator[W]:
+    """`worker` in a background thread; stopped gracefully (and checked for errors) on exit."""
+    thread = threading.Thread(target=worker.run, name=f"test-{type(worker).__name__}", daemon=True)
     thread.start()
     assert worker.wait_started(30), "worker did not start"
     try:
@@ -169,20 +170,17 @@ def running_worker(config: WorkerConfig, handler: Callable[[Record], Any],
 
 
 @contextmanager
+def running_worker(config: WorkerConfig, handler: Callable[[Record], Any],
+                   pool_size_source: PoolSizeSource | None = None) -> Iterator[Worker]:
+    with _running(Worker(config, handler, pool_size_source=pool_size_source)) as worker:
+        yield worker
+
+
+@contextmanager
 def running_share_worker(config: WorkerConfig, handler: Callable[[Record], Any],
                          pool_size_source: PoolSizeSource | None = None) -> Iterator[ShareWorker]:
-    """A ShareWorker in a background thread; stopped gracefully (and checked for errors) on exit."""
-    worker = ShareWorker(config, handler, pool_size_source=pool_size_source)
-    thread = threading.Thread(target=worker.run, name="test-share-worker", daemon=True)
-    thread.start()
-    assert worker.wait_started(30), "share worker did not start"
-    try:
+    with _running(ShareWorker(config, handler, pool_size_source=pool_size_source)) as worker:
         yield worker
-    finally:
-        worker.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "share worker did not stop"
-    assert worker.error is None, f"share worker failed: {worker.error!r}"
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
