@@ -14,13 +14,10 @@ back to the slots when the handler turns out to block).
 from __future__ import annotations
 
 import heapq
-import inspect
 import itertools
 import logging
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -33,20 +30,18 @@ from .breaker import BreakerState, PartitionBreaker
 from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dlq import FailurePublisher
-from .health import HealthServer
 from .inline import HandlerCost, InlineGate, InlinePolicy, handler_seconds, runs_directly
-from .metrics import WorkerMetrics
 from .offset_map import DoneOffsets
 from .offset_map import encode as encode_offset_map
 from .offset_map import read as read_offset_map
 from .offsets import PartitionOffsets
 from .ordering import Backpressure, Lane, OrderingMode, Scheduler, Segment, WindowLimits
-from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
-from .poolsize import FixedPoolSize, PoolSizeSource
-from .processing import Failure, Job, JobResult, Processor
+from .poolsize import PoolSizeSource
+from .processing import Failure, Job, Processor
 from .rebalance_clock import RebalanceClock, RebalanceReason
 from .record import Handler, message_headers
 from .retry import DueGate, SendToRetryTier, parse_int_header, retry_due_ms
+from .shell import WorkerShell
 from .threadclock import RunQueueClock, thread_usage
 from .write_retry import next_write_retry
 
@@ -119,7 +114,7 @@ class DirectSegment(Segment[PartitionState, Message]):
     __slots__ = ()
 
 
-class Worker:
+class Worker(WorkerShell):
     """Consume `config.topics` in group `config.group_id` and run `handler` for every record.
 
     `handler(record)` may be a function or a coroutine function. run() blocks until stop() is
@@ -128,20 +123,7 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, handler: Handler, *, pool_size_source: PoolSizeSource | None = None,
                  registry: CollectorRegistry | None = None) -> None:
-        self.config = config
-        self._handler = handler
-        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None))  # noqa: B004 - async callable objects
-        self.metrics = WorkerMetrics(registry)
-        self._pool_source: PoolSizeSource = pool_size_source or FixedPoolSize(config.pool_size)
-        self._desired_pool_size = config.pool_size
-        self._pool_size = config.pool_size
-        self._stop_requested = threading.Event()
-        self._stopping = threading.Event()
-        self._started = threading.Event()
-        self._finished = threading.Event()
-        self._wake = threading.Event()
-        self._results: deque[JobResult] = deque()
+        super().__init__(config, handler, pool_size_source=pool_size_source, registry=registry)
         self._states: dict[tuple[str, int], PartitionState] = {}
         self._scheduler: Scheduler[PartitionState, Message] = Scheduler(config.ordering)
         self._keyed = config.ordering is OrderingMode.KEY
@@ -185,50 +167,12 @@ class Worker:
         self._last_commit = 0.0
         self._sync_commit_after = 0.0
         self._next_gauges = 0.0
-        self._last_loop = time.monotonic()
         self._assigned_once = False
-        self._http: HealthServer | None = None
         self._consumer: GroupConsumer | None = None
         self._consumer_open = False
         self._rebalance_clock = RebalanceClock()
-        self._publisher: FailurePublisher | None = None
-        self._pool: SlotPool[Job] | None = None
-        self.error: BaseException | None = None
 
     # -- public -----------------------------------------------------------------------------
-
-    def run(self) -> None:
-        try:
-            self._start()
-            while not self._stop_requested.is_set():
-                self._iterate()
-            self._shutdown()
-        except BaseException as exc:
-            self.error = exc
-            log.exception("worker failed")
-            raise
-        finally:
-            self._cleanup()
-            self._finished.set()
-
-    def stop(self) -> None:
-        """Ask for a graceful shutdown (safe from any thread and from signal handlers)."""
-        self._stop_requested.set()
-
-    def wait_started(self, timeout: float) -> bool:
-        """Wait until the HTTP port is open and the consumer has subscribed."""
-        return self._started.wait(timeout)
-
-    def wait_finished(self, timeout: float) -> bool:
-        return self._finished.wait(timeout)
-
-    @property
-    def http_port(self) -> int | None:
-        return self._http.port if self._http is not None else None
-
-    @property
-    def pool_size(self) -> int:
-        return self._pool_size
 
     def assignment(self) -> list[tuple[str, int]]:
         return sorted(self._states)
@@ -264,25 +208,8 @@ class Worker:
 
     def _start(self) -> None:
         config = self.config
-        if config.http_port is not None:
-            self._http = HealthServer(config.http_host, config.http_port, self.metrics.registry,
-                                      self.alive, self.ready)
-            self._http.start()
-        processor = Processor(
-            self._handler, deserializer=config.value_deserializer, classifier=config.classifier,
-            policy=config.retry, processing=self.metrics.processing, end_to_end=self.metrics.end_to_end,
-            results=self._results, wake=self._wake, stopping=self._stopping,
-            dead_letter_run_limit=config.breaker.max_consecutive if config.breaker.enabled else None)
-        self._processor = processor
-        pool: SlotPool[Job]
-        if self._is_async:
-            pool = AsyncSlotPool(processor.run_job_async, config.pool_size)
-        else:
-            pool = ThreadSlotPool(processor.run_job, config.pool_size)
-        self._pool = pool
-        pool.start()
-        self.metrics.pool_size.set(config.pool_size)
-        self.metrics.in_flight.set_function(lambda: float(pool.busy() + self._inline_running))
+        self._processor = self._start_slots(
+            config.retry, dead_letter_run_limit=config.breaker.max_consecutive if config.breaker.enabled else None)
         # Computed when read, from the trackers: exact at any moment (a scrape, or a test that reads
         # it in-process right before killing the worker), not as of the last gauge update.
         self.metrics.uncommitted.set_function(self._window_use)
@@ -314,16 +241,7 @@ class Worker:
             for state in self._states.values():
                 state.revoked = True
             self._close_consumer()
-        try:
-            self._pool_source.stop()
-        except Exception:
-            log.exception("stopping the pool-size source failed")
-        if self._pool is not None:
-            self._pool.shutdown()
-        if self._publisher is not None:
-            self._publisher.close(timeout=1.0)
-        if self._http is not None:
-            self._http.stop()
+        self._stop_slots()
 
     def _shutdown(self) -> None:
         """Stop fetching, let handed-out work finish until the deadline, commit, leave the group."""
@@ -384,19 +302,15 @@ class Worker:
 
     # -- pool size --------------------------------------------------------------------------
 
-    def _on_pool_size(self, size: int) -> None:
-        # Called from the pool-size source's thread: only record the wish, the poll thread applies it.
-        self._desired_pool_size = max(1, min(self.config.max_pool_size, size))
+    def _in_flight(self) -> float:
+        # The poll thread counts too while it runs a work item itself (inline execution).
+        return super()._in_flight() + self._inline_running
 
-    def _apply_pool_size(self) -> None:
-        desired = self._desired_pool_size
-        if desired == self._pool_size or self._pool is None:
-            return
-        log.info("resizing pool", extra={"from": self._pool_size, "to": desired})
-        self._pool_size = desired
-        self._pool.resize(desired)
-        self.metrics.pool_size.set(desired)
-        self._backpressure.limits = WindowLimits(self.config.window(desired))
+    def _apply_pool_size(self) -> bool:
+        resized = super()._apply_pool_size()
+        if resized:
+            self._backpressure.limits = WindowLimits(self.config.window(self._pool_size))
+        return resized
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -16,12 +16,9 @@ the record is delivered to someone else as well.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,15 +27,13 @@ from prometheus_client import CollectorRegistry
 
 from .config import WorkerConfig
 from .dlq import FailureInfo, FailurePublisher
-from .health import HealthServer
-from .metrics import WorkerMetrics
 from .ordering import Segment
-from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
-from .poolsize import FixedPoolSize, PoolSizeSource
-from .processing import Job, JobResult, Processor
+from .poolsize import PoolSizeSource
+from .processing import Job, JobResult
 from .record import Handler
 from .retry import DeadLetter, SendToRetryTier
 from .share_ack import Outcome, Settlement, delivery_tier, settle, share_retry_policy
+from .shell import WorkerShell
 from .write_retry import next_write_retry
 
 log = logging.getLogger("lagpilot_worker")
@@ -72,68 +67,16 @@ class _DeadLetterWrite:
         self.state = "pending"       # pending -> written | failed (give the record back)
 
 
-class ShareWorker:
+class ShareWorker(WorkerShell):
     """Consume `config.topics` as a member of share group `config.group_id`; run `handler` for each record."""
 
     def __init__(self, config: WorkerConfig, handler: Handler, *, pool_size_source: PoolSizeSource | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         if config.retry_topics:
             raise ValueError("a share group retries by redelivery (--share-max-deliveries), not retry topics")
-        self.config = config
-        self._handler = handler
-        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None))  # noqa: B004 - async callable objects
-        self.metrics = WorkerMetrics(registry)
-        self._pool_source: PoolSizeSource = pool_size_source or FixedPoolSize(config.pool_size)
-        self._desired_pool_size = self._pool_size = config.pool_size
-        self._stop_requested = threading.Event()
-        self._stopping = threading.Event()
-        self._started = threading.Event()
-        self._finished = threading.Event()
-        self._wake = threading.Event()
-        self._results: deque[JobResult] = deque()
+        super().__init__(config, handler, pool_size_source=pool_size_source, registry=registry)
         self._random = random.Random()
-        self._last_loop = time.monotonic()
-        self._acquired_once = False
-        self._http: HealthServer | None = None
         self._consumer: ShareConsumer | None = None
-        self._publisher: FailurePublisher | None = None
-        self._pool: SlotPool[Job] | None = None
-        self.error: BaseException | None = None
-
-    # -- public -----------------------------------------------------------------------------
-
-    def run(self) -> None:
-        try:
-            self._start()
-            while not self._stop_requested.is_set():
-                self._iterate()
-            log.info("stopping", extra={"group": self.config.group_id})
-        except BaseException as exc:
-            self.error = exc
-            log.exception("worker failed")
-            raise
-        finally:
-            self._cleanup()
-            self._finished.set()
-
-    def stop(self) -> None:
-        """Ask for a graceful shutdown (safe from any thread and from signal handlers)."""
-        self._stop_requested.set()
-
-    def wait_started(self, timeout: float) -> bool:
-        return self._started.wait(timeout)
-
-    def wait_finished(self, timeout: float) -> bool:
-        return self._finished.wait(timeout)
-
-    @property
-    def http_port(self) -> int | None:
-        return self._http.port if self._http is not None else None
-
-    @property
-    def pool_size(self) -> int:
-        return self._pool_size
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         reasons: list[str] = []
@@ -155,24 +98,7 @@ class ShareWorker:
 
     def _start(self) -> None:
         config = self.config
-        if config.http_port is not None:
-            self._http = HealthServer(config.http_host, config.http_port, self.metrics.registry,
-                                      self.alive, self.ready)
-            self._http.start()
-        processor = Processor(
-            self._handler, deserializer=config.value_deserializer, classifier=config.classifier,
-            policy=share_retry_policy(config.retry, config.share_max_deliveries),
-            processing=self.metrics.processing, end_to_end=self.metrics.end_to_end,
-            results=self._results, wake=self._wake, stopping=self._stopping)
-        pool: SlotPool[Job]
-        if self._is_async:
-            pool = AsyncSlotPool(processor.run_job_async, config.pool_size)
-        else:
-            pool = ThreadSlotPool(processor.run_job, config.pool_size)
-        self._pool = pool
-        pool.start()
-        self.metrics.pool_size.set(config.pool_size)
-        self.metrics.in_flight.set_function(lambda: float(pool.busy()))
+        self._start_slots(share_retry_policy(config.retry, config.share_max_deliveries))
         if config.dlq_topic is not None:
             self._publisher = FailurePublisher(
                 config.producer_settings(), group_id=config.group_id, worker_id=config.worker_id,
@@ -188,6 +114,9 @@ class ShareWorker:
                                           "http_port": self.http_port})
         self._started.set()
 
+    def _shutdown(self) -> None:
+        log.info("stopping", extra={"group": self.config.group_id})
+
     def _cleanup(self) -> None:
         self._stopping.set()
         if self._consumer is not None:
@@ -198,28 +127,8 @@ class ShareWorker:
             except Exception:
                 log.exception("closing the share consumer failed; its acquired records return after their lock")
             self._consumer = None
-        try:
-            self._pool_source.stop()
-        except Exception:
-            log.exception("stopping the pool-size source failed")
-        if self._pool is not None:
-            self._pool.shutdown()
-        if self._publisher is not None:
-            self._publisher.close(timeout=1.0)
-        if self._http is not None:
-            self._http.stop()
+        self._stop_slots()
         log.info("stopped", extra={"group": self.config.group_id})
-
-    def _on_pool_size(self, size: int) -> None:
-        self._desired_pool_size = max(1, min(self.config.max_pool_size, size))
-
-    def _apply_pool_size(self) -> None:
-        desired = self._desired_pool_size
-        if desired != self._pool_size and self._pool is not None:
-            log.info("resizing pool", extra={"from": self._pool_size, "to": desired})
-            self._pool_size = desired
-            self._pool.resize(desired)
-            self.metrics.pool_size.set(desired)
 
     # -- the loop ---------------------------------------------------------------------------
 

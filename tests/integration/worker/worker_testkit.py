@@ -157,7 +157,7 @@ W = TypeVar("W", Worker, ShareWorker)
 @contextmanager
 def _running(worker: W) -> Iterator[W]:
     """`worker` in a background thread; stopped gracefully (and checked for errors) on exit."""
-    thread = threading.Thread(target=worker.run, name=f"test-{type(worker).__name__}", daemon=True)
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)  # tests look for this name
     thread.start()
     assert worker.wait_started(30), "worker did not start"
     try:
