@@ -160,14 +160,27 @@ def test_stack_down_stops_what_it_started(tmp_path: Path, stack) -> None:  # typ
     script = (
         "import sys; sys.path.insert(0, 'hack'); import stack;"
         "svc = next(s for s in stack.SERVICES if s.name == 'prometheus');"
-        "stack.start_process(svc); stack.wait_ready(svc); print(stack.running_pid('prometheus'))"
+        "stack.start_process(svc); stack.wait_ready(svc); print(stack.running_pid('prometheus'));"
+        # what prepare_kafka leaves in memory for a broker of this stack
+        "memory = stack.kafka_memory_dir(); (memory / 'data').mkdir(parents=True);"
+        "(memory / 'owner').write_text(str(stack.STATE.resolve())); print(memory)"
     )
     started = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=120, check=True)
-    pid = int(started.stdout.strip())
-    assert Path(f"/proc/{pid}").exists()
+    pid_line, memory_line = started.stdout.split()
+    pid, memory = int(pid_line), Path(memory_line)
+    assert Path(f"/proc/{pid}").exists() and (memory / "data").is_dir()
     subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "down"], env=env, check=True, timeout=60)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    assert not memory.exists(), "stack-down left the broker's in-memory data behind"
+
+
+def test_the_broker_keeps_its_logs_in_memory(stack) -> None:  # type: ignore[no-untyped-def]
+    """KRaft fsyncs its metadata log on every write; on a busy disk that stalled the broker for seconds."""
+    properties = (Path(stack.stack_dir) / "kafka" / "server.properties").read_text().splitlines()
+    log_dirs = Path(next(line.split("=", 1)[1] for line in properties if line.startswith("log.dirs=")))
+    assert log_dirs.parent.parent == Path("/dev/shm") and (log_dirs / "meta.properties").exists()
+    assert (log_dirs.parent / "owner").read_text().strip() == str(Path(stack.stack_dir).resolve())
 
 
 def test_tls_listeners_take_the_minted_certificates_and_the_mtls_principal_is_the_cn(  # type: ignore[no-untyped-def]
