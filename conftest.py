@@ -93,8 +93,8 @@ LONG_RUNNING = SLOW  # this and below run for tens of seconds or more
 def _run_order(item: pytest.Item) -> int:
     """Longest first: the end-to-end scenarios, tests marked slow, integration tests, then unit tests.
 
-    With pytest-xdist (`make test` runs `-n`), the scenarios of minutes start at once on separate workers
-    while the many short tests fill the gaps, instead of one scenario starting last and running alone.
+    With pytest-xdist (`make test` runs `-n`), the two lanes of e2e scenarios and the slow tests start
+    first while the many short tests fill the gaps, instead of one scenario starting last and running alone.
     """
     path = Path(str(item.fspath)).resolve()
     if (REPO / "e2e") in path.parents:
@@ -110,11 +110,12 @@ def _run_order(item: pytest.Item) -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Longest first, and every long test followed by a unit test.
 
-    `make test` runs pytest-xdist's `load` scheduling with `--maxschedchunk 1`: each worker holds
-    the test it runs and the next one, and takes the next from the front of this list when one
-    ends. A long test queued behind another long one on a busy worker would run late while other
-    workers idle; queued behind a unit test of milliseconds, the next long test goes to whichever
-    worker is free first (longest-processing-time-first scheduling).
+    `make test` runs pytest-xdist's `loadgroup` scheduling: the e2e scenarios are two groups (lanes,
+    e2e/conftest.py) that start first, each on one worker; every other test is a unit of its own, taken
+    from the front of this list by whichever worker is free (xdist keeps a worker's queue at two or
+    three units). A long test queued behind another long one on a busy worker would run late while
+    other workers idle; queued behind a unit test of milliseconds, the next long test goes to
+    whichever worker is free first (longest-processing-time-first scheduling).
     """
     order = {item: _run_order(item) for item in items}
     items.sort(key=order.__getitem__)  # stable: the order within each kind stays as collected

@@ -128,7 +128,10 @@ class PodBackend:
         # `command` set: the image's CMD is not appended; the handler comes from LAGPILOT_HANDLER.
         return {"name": WORKER_CONTAINER, "image": self.worker_image, "imagePullPolicy": "Never",
                 "command": ["lagpilot-worker"], "env": env,
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+                # Probed every second so a scenario sees a worker Ready soon after it is; given the
+                # chart's 3 s to answer (the default 1 s times out on a busy node and flips Ready).
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1,
+                                   "timeoutSeconds": 3},
                 **self.worker_pod_spec()["_container"]}
 
     def pod_spec_extra(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ echo "== tests (unit, integration, e2e)"
 # Most tests wait on real servers (rebalances, polls, scale-downs), not on the CPU: run them side by side.
 # Every test has its own namespace, topics and group; the scenario that stops a broker has its own broker.
 SECONDS=0
-"$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist load --maxschedchunk 1 \
+"$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist loadgroup \
   -m "not node_lifecycle" --durations=30 "$@"
 echo "tests took ${SECONDS}s"
 
