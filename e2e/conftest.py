@@ -59,6 +59,8 @@ def e2e_lane(nodeid: str) -> str:
     return E2E_LANES.get(key, (DEFAULT_LANE, 0))[0]
 
 
+# tryfirst: pytest-xdist's worker reads the xdist_group marks in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     e2e_dir = Path(__file__).parent
     for item in items:
