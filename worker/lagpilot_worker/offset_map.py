@@ -68,6 +68,41 @@ class DoneOffsets:
         return index >= 0 and offset < self.ends[index]
 
 
+# The widest inherited map carried into a commit (flags, one byte each): a map an earlier owner wrote spans
+# at most its window of uncommitted records; one claiming more is not carried (its records run again).
+MAX_CARRIED_SPAN = 1 << 20
+
+
+def carry_inherited(own: tuple[int, bytes] | None, committable: int, inherited: DoneOffsets | None,
+                    fetched_through: int | None) -> tuple[int, bytes] | None:
+    """The flags to commit at `committable`: this owner's finished offsets (`own`, from the tracker),
+    and, above the last offset it fetched, the ones the earlier owner's map (`inherited`) marks done.
+
+    Without the carry, an owner that commits before it has fetched past the inherited map (a revoke soon
+    after it took the partition over, in a rolling update or a scale-up) writes a map of only its own
+    records, and the next owner runs the earlier owner's finished ones again. The committed offset is
+    always unfinished in the format; if the inherited map marks it done, it is written as unfinished:
+    at most that one record runs again.
+    """
+    if inherited is None:
+        return own
+    base = own[0] if own is not None else committable
+    floor = base if fetched_through is None else max(base, fetched_through + 1)
+    high = inherited.high
+    if high < floor or high - base + 1 > MAX_CARRIED_SPAN:
+        return own
+    flags = bytearray(own[1]) if own is not None else bytearray()
+    flags.extend(bytes(high - base + 1 - len(flags)))
+    for start, end in zip(inherited.starts, inherited.ends, strict=True):
+        low, top = max(start, floor), min(end, high + 1)
+        if low < top:
+            flags[low - base:top - base] = b"\x01" * (top - low)
+    flags[0] = 0
+    last = flags.rfind(1)
+    if last < 0:
+        return own
+    return base, bytes(flags[:last + 1])
+
 # -- encoding ---------------------------------------------------------------------------------
 
 def _varint(value: int) -> bytes:

@@ -31,7 +31,7 @@ from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dlq import FailurePublisher
 from .inline import HandlerCost, InlineGate, InlinePolicy, handler_seconds, runs_directly
-from .offset_map import DoneOffsets
+from .offset_map import DoneOffsets, carry_inherited
 from .offset_map import encode as encode_offset_map
 from .offset_map import read as read_offset_map
 from .offsets import PartitionOffsets
@@ -1022,7 +1022,8 @@ class Worker(WorkerShell):
             offset = tracker.committable()
             assert offset is not None      # needs_commit() is False and nothing awaits an answer without one
             requests.append((state, offset))
-            offsets.append(TopicPartition(state.topic, state.partition, offset, metadata=self._offset_map(state)))
+            offsets.append(TopicPartition(state.topic, state.partition, offset,
+                                          metadata=self._offset_map(state, offset)))
         if not requests:
             return True
         ok = self._consumer.commit(offsets, asynchronous)
@@ -1034,10 +1035,13 @@ class Worker(WorkerShell):
             self.metrics.commits.inc()
         return ok
 
-    def _offset_map(self, state: PartitionState) -> str:
-        """The commit metadata of `state`: its finished offsets above the committable one, or ""."""
+    def _offset_map(self, state: PartitionState, committable: int) -> str:
+        """The commit metadata of `state`: its finished offsets above the committable one, and those of
+        an earlier owner's map it has not fetched up to yet; or ""."""
         limit = self.config.offset_metadata_max_bytes
-        flags = state.tracker.done_flags() if limit else None
+        if not limit:
+            return ""
+        flags = carry_inherited(state.tracker.done_flags(), committable, state.done_map, state.tracker.last_added)
         if flags is None:
             return ""
         text = encode_offset_map(flags[0], flags[1], limit)

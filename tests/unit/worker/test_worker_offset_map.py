@@ -153,3 +153,97 @@ def test_tracker_needs_commit_when_the_map_grows() -> None:
     assert not tracker.needs_commit()
     tracker.commit_failed(0)
     assert tracker.needs_commit() and tracker.committed is None
+
+
+# -- an inherited map carried into the next owner's commits ------------------------------------------------
+
+
+def inherited_map(base: int, done: set[int]) -> offset_map.DoneOffsets:
+    text = encode(base, flags_of(base, done, max(done)))
+    assert text is not None
+    done_map = decode(text, base)
+    assert done_map is not None
+    return done_map
+
+
+def test_an_owner_that_commits_before_fetching_past_the_inherited_map_keeps_it() -> None:
+    """Offsets 100..; the earlier owner finished 103-105 and 110-119 above its commit at 100. The new owner
+    fetched 100-104 (103, 104 skipped as done), finished 100, and is revoked: its commit at 101 must still
+    say 105 and 110-119 are done, or the next owner runs them again."""
+    earlier = inherited_map(100, {103, 104, 105, *range(110, 120)})
+    tracker = PartitionOffsets()
+    tracker.add_many([100, 101, 102, 103, 104])
+    tracker.done_many([103, 104, 100])
+    committable = tracker.committable()
+    assert committable == 101
+    carried = offset_map.carry_inherited(tracker.done_flags(), committable, earlier, tracker.last_added)
+    assert carried is not None
+    text = encode(*carried)
+    assert text is not None
+    assert decoded_set(text, 101) == {103, 104, 105, *range(110, 120)}
+    # Without the carry the commit names only what this owner saw.
+    own = tracker.done_flags()
+    assert own is not None
+    own_text = encode(*own)
+    assert own_text is not None
+    assert decoded_set(own_text, 101) == {103, 104}
+
+
+def test_nothing_is_carried_below_what_the_owner_fetched_or_once_it_fetched_past_the_map() -> None:
+    earlier = inherited_map(100, {101, 102, 108})
+    # Fetched through 104, all but 103 done: the earlier owner's 101, 102 are the tracker's to say.
+    tracker = PartitionOffsets()
+    tracker.add_many([100, 101, 102, 103, 104])
+    tracker.done_many([100, 101, 104])
+    committable = tracker.committable()
+    assert committable == 102
+    carried = offset_map.carry_inherited(tracker.done_flags(), committable, earlier, tracker.last_added)
+    assert carried is not None and carried[0] == 102
+    text = encode(*carried)
+    assert text is not None
+    assert decoded_set(text, 102) == {104, 108}
+    # Past the map's highest offset there is nothing left to carry.
+    assert offset_map.carry_inherited(None, 109, earlier, 108) is None
+    assert offset_map.carry_inherited(None, 109, None, 108) is None
+
+
+def test_a_carried_map_whose_first_offset_is_done_still_starts_unfinished() -> None:
+    """Everything fetched is finished and the next offset is one the earlier owner finished: the format
+    needs the committed offset unfinished, so that one record is written as unfinished (it may run again)."""
+    earlier = inherited_map(100, {101, 102, 105})
+    carried = offset_map.carry_inherited(None, 101, earlier, 100)
+    assert carried is not None
+    text = encode(*carried)
+    assert text is not None
+    assert decoded_set(text, 101) == {102, 105}
+    # Only the committed offset itself was done: nothing left to say.
+    assert offset_map.carry_inherited(None, 105, inherited_map(100, {105}), 104) is None
+
+
+def test_a_map_claiming_a_huge_span_is_not_carried() -> None:
+    huge = offset_map.DoneOffsets(0, (5, offset_map.MAX_CARRIED_SPAN + 10), (6, offset_map.MAX_CARRIED_SPAN + 11))
+    assert offset_map.carry_inherited(None, 1, huge, 0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(min_value=1, max_value=60), min_size=1), st.integers(min_value=0, max_value=40),
+       st.data())
+def test_carry_covers_exactly_the_owner_s_done_and_the_inherited_done_above_its_fetch(
+        earlier_done: set[int], fetched: int, data: st.DataObject) -> None:
+    earlier = inherited_map(0, earlier_done)
+    offsets = list(range(fetched + 1))
+    tracker = PartitionOffsets()
+    tracker.add_many(offsets)
+    # The new owner skips what the map marks done, and finishes some of the rest.
+    own_done = {o for o in offsets if o in earlier} | set(data.draw(st.lists(st.sampled_from(offsets))))
+    tracker.done_many(sorted(own_done))
+    committable = tracker.committable()
+    assert committable is not None
+    carried = offset_map.carry_inherited(tracker.done_flags(), committable, earlier, tracker.last_added)
+    expected = {o for o in own_done if o > committable} | {o for o in earlier_done if o > max(fetched, committable)}
+    if carried is None:
+        assert not expected
+        return
+    text = encode(*carried, max_bytes=1 << 20)
+    assert text is not None
+    assert decoded_set(text, committable) == expected
