@@ -133,7 +133,10 @@ def test_port_taken_stops_with_cause_and_fix(tmp_path: Path, stack) -> None:  # 
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         taken = blocker.getsockname()[1]
-        env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_KAFKA_PORT": str(taken)}
+        # Control plane only (LAGPILOT_NODE=0): the node's bridge, iptables and containerd are the machine's,
+        # and they belong to the running stack; this second one only has to stop at the port check.
+        env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_KAFKA_PORT": str(taken),
+               "LAGPILOT_NODE": "0"}
         result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"], env=env,
                                 capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2
@@ -157,7 +160,8 @@ def test_missing_java_names_the_fix(tmp_path: Path) -> None:
 
 def test_stack_down_stops_what_it_started(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
     """A second, Prometheus-only stack in its own folder: `down` leaves none of its processes running."""
-    env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_PROMETHEUS_PORT": str(_free_port())}
+    env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_PROMETHEUS_PORT": str(_free_port()),
+           "LAGPILOT_NODE": "0"}  # not the machine's node, which the running stack owns
     script = (
         "import sys; sys.path.insert(0, 'hack'); import stack;"
         "svc = next(s for s in stack.SERVICES if s.name == 'prometheus');"
