@@ -301,6 +301,8 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
+        if spec.group_type == "share":
+            share_lag.require_plaintext(settings)  # before an AdminClient connects for nothing
         admin = shared.admin_clients.get(settings, owner=(namespace, name))
         try:
             if spec.group_type == "share":
