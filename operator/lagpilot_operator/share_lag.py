@@ -43,6 +43,12 @@ class ShareGroupOffsetsUnsupported(LagReadError):
     reason = "ShareGroupOffsetsUnsupported"
 
 
+class ShareGroupReadError(LagReadError):
+    """The share-group exchange failed (a coordinator error, a garbled answer). The same reason as any Kafka
+    error, but its own type: the shared AdminClient had no part in it, so it is not retired for it
+    (`kafka_lag.retire_client_after`)."""
+
+
 # --- pure -------------------------------------------------------------------------------------------------------
 
 
@@ -54,10 +60,10 @@ def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
             continue
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            raise LagReadError(f"bootstrap server {item!r} is not host:port")
+            raise ShareGroupReadError(f"bootstrap server {item!r} is not host:port")
         addresses.append((host.strip("[]"), int(port)))
     if not addresses:
-        raise LagReadError("no bootstrap servers")
+        raise ShareGroupReadError("no bootstrap servers")
     return addresses
 
 
@@ -120,10 +126,10 @@ def group_result(groups: Sequence[proto.ShareGroupOffsets], group_id: str) -> pr
             raise KafkaAuthorizationFailed(f"reading offsets of share group {group_id}: not authorized; grant the "
                                            "operator's Kafka principal Describe on the group")
         if group.error_code != proto.NONE:
-            raise LagReadError(f"reading offsets of share group {group_id}: {proto.error_name(group.error_code)}"
+            raise ShareGroupReadError(f"reading offsets of share group {group_id}: {proto.error_name(group.error_code)}"
                                + (f" ({group.error_message})" if group.error_message else ""))
         return group
-    raise LagReadError(f"reading offsets of share group {group_id}: the coordinator's answer has no such group")
+    raise ShareGroupReadError(f"reading offsets of share group {group_id}: the coordinator's answer has no such group")
 
 
 # --- I/O --------------------------------------------------------------------------------------------------------
@@ -172,7 +178,7 @@ async def _connect(host: str, port: int) -> _Connection:
                                         flexible_header=False)
         result = proto.parse_api_versions_response(body)
         if result.error_code != proto.NONE:
-            raise LagReadError(f"ApiVersions at {host}:{port}: {proto.error_name(result.error_code)}")
+            raise ShareGroupReadError(f"ApiVersions at {host}:{port}: {proto.error_name(result.error_code)}")
         connection.versions = result.versions
     except BaseException:
         await connection.close()
@@ -205,7 +211,7 @@ async def describe_share_group_offsets(bootstrap: str, group_id: str, topics: Ma
         if not found or found[0].error_code != proto.NONE:
             why = proto.error_name(found[0].error_code) if found else "no answer for the group"
             # COORDINATOR_NOT_AVAILABLE and the like pass: the next poll asks again.
-            raise LagReadError(f"finding the coordinator of share group {group_id}: {why}")
+            raise ShareGroupReadError(f"finding the coordinator of share group {group_id}: {why}")
         coordinator = found[0]
         if f"{coordinator.host}:{coordinator.port}" == bootstrap_connection.where:
             connection = bootstrap_connection
@@ -247,5 +253,5 @@ async def read_share_lag(admin: AdminClient, settings: Mapping[str, str], group_
         raise KafkaUnreachable(f"reading offsets of share group {group_id}: Kafka at {bootstrap} did not answer "
                                f"within {timeout:g} s") from exc
     except (proto.ProtocolError, asyncio.IncompleteReadError, OSError) as exc:
-        raise LagReadError(f"reading offsets of share group {group_id}: {type(exc).__name__}: {exc}") from exc
+        raise ShareGroupReadError(f"reading offsets of share group {group_id}: {type(exc).__name__}: {exc}") from exc
     return share_sample(sampled_at, log_offsets, group)

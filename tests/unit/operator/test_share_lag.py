@@ -69,8 +69,10 @@ def test_authorization_errors_are_named() -> None:
 
 def test_group_errors() -> None:
     assert share_lag.group_result([group(error=proto.GROUP_ID_NOT_FOUND)], "sg") is None
-    with pytest.raises(kafka_lag.LagReadError, match="COORDINATOR_LOAD_IN_PROGRESS"):
+    with pytest.raises(kafka_lag.LagReadError, match="COORDINATOR_LOAD_IN_PROGRESS") as caught:
         share_lag.group_result([group(error=proto.COORDINATOR_LOAD_IN_PROGRESS)], "sg")
+    # Retried on the next poll like any Kafka error, but the shared AdminClient was not at fault: kept.
+    assert caught.value.reason == "KafkaError" and not kafka_lag.retire_client_after(caught.value)
     with pytest.raises(kafka_lag.LagReadError, match="no such group"):
         share_lag.group_result([group()], "other")
 
