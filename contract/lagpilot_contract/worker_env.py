@@ -14,12 +14,14 @@ ENV_TOPICS = "LAGPILOT_TOPICS"
 ENV_DEAD_LETTER = "LAGPILOT_DEAD_LETTER"
 ENV_DLQ_TOPIC = "LAGPILOT_DLQ_TOPIC"
 ENV_RETRY_DELAYS = "LAGPILOT_RETRY_DELAYS"
+ENV_SHARE_GROUP = "LAGPILOT_SHARE_GROUP"  # "true": consume as a member of a share group (KIP-932)
 KAFKA_ENV_PREFIX = "LAGPILOT_KAFKA_"
 
 # The worker's command-line flags for the same three values (flags win over env).
 FLAG_BOOTSTRAP_SERVERS = "--bootstrap-servers"
 FLAG_GROUP_ID = "--group"
 FLAG_TOPIC = "--topic"
+FLAG_SHARE_GROUP = "--share-group"  # a switch: present means a share group
 
 
 def kafka_setting_env(setting: str) -> str:

@@ -50,6 +50,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "priority": 1, "description": "Reason of the Ready condition."},
     {"name": "Group", "type": "string", "jsonPath": ".spec.groupId", "priority": 1,
      "description": "Kafka consumer group id."},
+    {"name": "GroupType", "type": "string", "jsonPath": ".spec.groupType", "priority": 1,
+     "description": "consumer or share (KIP-932 share group)."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -26,7 +26,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from lagpilot_operator.models import KafkaConnection
-from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionOffsets
+from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
 
 SECRET_SETTINGS = frozenset({"sasl.password", "ssl.key.pem", "sasl.username"})
 _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
@@ -324,9 +324,8 @@ def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient
     return LagReadError(f"{what}: {text}")
 
 
-def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str], timeout: float = 10.0) -> LagSample:
-    """One sample of the group's committed offsets and the topics' start and end offsets."""
-    sampled_at = time.time()
+def _topic_partitions(admin: AdminClient, bootstrap: str, topics: list[str], timeout: float) -> list[TopicPartition]:
+    """Every partition of `topics`, from one metadata call; TopicMissing names a topic that does not exist."""
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -338,6 +337,31 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
             raise TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; create it or fix "
                                "spec.topics")
         partitions += [TopicPartition(topic, p) for p in sorted(found.partitions)]
+    return partitions
+
+
+def read_log_offsets(admin: AdminClient, bootstrap: str, topics: list[str], timeout: float = 10.0,
+                     ) -> dict[PartitionKey, tuple[int, int]]:
+    """(log-start, log-end) offset of every partition of `topics`, for readers that get the group's side
+    elsewhere (share groups: `share_lag`)."""
+    partitions = _topic_partitions(admin, bootstrap, topics, timeout)
+    try:
+        latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+        end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
+        start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+        ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
+        starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
+    except (KafkaException, TimeoutError) as exc:
+        raise _translate(exc, f"reading the offsets of topics {', '.join(topics)}", bootstrap, admin) from exc
+    _last_client_error.pop(id(admin), None)
+    return {(tp.topic, tp.partition): (max(0, starts[(tp.topic, tp.partition)]), max(0, ends[(tp.topic, tp.partition)]))
+            for tp in partitions}
+
+
+def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str], timeout: float = 10.0) -> LagSample:
+    """One sample of the group's committed offsets and the topics' start and end offsets."""
+    sampled_at = time.time()
+    partitions = _topic_partitions(admin, bootstrap, topics, timeout)
     try:
         committed_future = admin.list_consumer_group_offsets(
             [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=timeout)[group_id]

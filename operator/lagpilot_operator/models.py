@@ -43,6 +43,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LagSourceKind = Literal["kafka", "prometheus"]
+GroupType = Literal["consumer", "share"]
 PolicyMode = Literal["drainTime", "lagThreshold"]
 OffsetResetPolicy = Literal["latest", "earliest"]
 FallbackMode = Literal["hold", "replicas"]
@@ -595,14 +596,29 @@ DEAD_LETTER_NOT_A_SOURCE = CelRule(
     message="deadLetter.topic must not be one of spec.topics (failed records would be consumed again)",
 )
 
+SHARE_GROUP_NO_RETRY_TIERS = CelRule(
+    cel="!has(self.groupType) || self.groupType != 'share' || !has(self.deadLetter) "
+        "|| !has(self.deadLetter.retryTiers) || size(self.deadLetter.retryTiers) == 0",
+    message="a share group retries by redelivery (the broker's delivery count), not with deadLetter.retryTiers; "
+            "the share-group worker refuses retry tiers",
+)
+
 
 class KafkaConsumerGroupSpec(SpecModel):
     """Desired state of a KafkaConsumerGroup: which group to watch and how to scale its workers."""
 
-    cel_rules = (EXACTLY_ONE_TARGET, FALLBACK_WITHIN_BOUNDS, DEAD_LETTER_NOT_A_SOURCE, REDRIVE_NEEDS_DEAD_LETTER)
+    cel_rules = (EXACTLY_ONE_TARGET, FALLBACK_WITHIN_BOUNDS, DEAD_LETTER_NOT_A_SOURCE, REDRIVE_NEEDS_DEAD_LETTER,
+                 SHARE_GROUP_NO_RETRY_TIERS)
 
     kafka: KafkaConnection = Field(description="The Kafka cluster.")
     group_id: str = Field(min_length=1, max_length=255, description="The consumer group's id.")
+    group_type: GroupType = Field(
+        "consumer", description="`consumer`: a consumer group, whose consumers each own some partitions (replicas "
+                                "are capped at the partition count). `share`: a share group (KIP-932, Kafka 4.2+), "
+                                "whose consumers share partitions record by record: replicas are not capped at the "
+                                "partition count, templated workers run with LAGPILOT_SHARE_GROUP=true, and the lag "
+                                "is the broker's count of records not yet acknowledged (read over a PLAINTEXT "
+                                "listener only).")
     topics: list[TopicName] = Field(
         min_length=1, max_length=100, json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Topics the group consumes (1 to 100, unique).")
@@ -645,6 +661,8 @@ class KafkaConsumerGroupSpec(SpecModel):
         _require(DEAD_LETTER_NOT_A_SOURCE, self.dead_letter is None or self.dead_letter.topic is None
                    or self.dead_letter.topic not in self.topics)
         _require(REDRIVE_NEEDS_DEAD_LETTER, self.redrive is None or self.dead_letter is not None)
+        _require(SHARE_GROUP_NO_RETRY_TIERS, self.group_type != "share" or self.dead_letter is None
+                 or not self.dead_letter.retry_tiers)
         return self
 
 

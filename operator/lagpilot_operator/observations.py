@@ -33,7 +33,10 @@ class PartitionOffsets:
     topic: str
     partition: int
     end_offset: int              # log-end offset (high watermark)
-    committed: int | None        # None: group never committed this partition
+    # None: group never committed this partition. For a share group (KIP-932), the offset below which the
+    # group has nothing left to deliver as far as its lag goes: end offset minus the broker's share-partition
+    # lag (share_lag.share_sample), so that end - committed is that lag and its progress the consume rate.
+    committed: int | None
     start_offset: int = 0        # log-start offset (for offsetResetPolicy=earliest)
 
     @property
@@ -41,7 +44,8 @@ class PartitionOffsets:
         return (self.topic, self.partition)
 
 
-GroupProtocol = Literal["classic", "consumer"]
+# "share": a share group (KIP-932), whose consumers share partitions instead of owning them.
+GroupProtocol = Literal["classic", "consumer", "share"]
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
    10 partitions on 9 pods size every pod for 2 of them (a scale-down keeps more of its pods when
    that exceeds pool.max);
    a scale-up never removes pods and a scale-down never adds them; replicas ≤ partition count
-   unless `allowIdleConsumers` (if `replicas.min` exceeds the partition count, min wins);
+   unless `allowIdleConsumers` (if `replicas.min` exceeds the partition count, min wins) or the
+   group is a share group (`groupType: share`, KIP-932): its consumers share partitions record by
+   record, so neither the cap nor the busiest-pod pool applies (pool = slots / r), and, as with the
+   consumer protocol, a pod joining or leaving pauses no other;
    `cooldownSeconds` must pass between two replica changes (the pool still moves meanwhile); and
    for max(3 polls, scaleDown.periodSeconds) after pods were removed, no pods are added back (the
    removal's rebalance paused every consumer; the lag it left is not demand - the pool absorbs it).
@@ -184,6 +187,8 @@ class PolicyConfig:
     fallback: FallbackConfig = FallbackConfig()
     poll_interval_seconds: int = 5
     tolerance_percent: int = 10  # not in the CRD: HPA's default tolerance
+    # spec.groupType share (KIP-932): consumers share partitions, so the partition count bounds nothing.
+    share_group: bool = False
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> PolicyConfig:
@@ -230,6 +235,7 @@ class PolicyConfig:
                 failure_threshold=_int(fallback, "failureThreshold", 3),
             ),
             poll_interval_seconds=_int(lag, "pollIntervalSeconds", 5),
+            share_group=_choice(spec, "groupType", ("consumer", "share"), "consumer") == "share",
         )
         config.validate()
         return config
@@ -474,8 +480,15 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
+def _owned_partitions(config: PolicyConfig, partitions: int) -> int:
+    """Partitions the consumers split among themselves, each owning some; 0 (no bound) for a share group,
+    whose consumers all fetch from every partition."""
+    return 0 if config.share_group else partitions
+
+
 def _replica_cap(config: PolicyConfig, partitions: int) -> int:
     cap = config.replicas.max
+    partitions = _owned_partitions(config, partitions)
     if not config.lag_threshold.allow_idle_consumers and partitions > 0:
         cap = min(cap, partitions)
     return max(cap, config.replicas.min)  # min wins over the partition cap
@@ -541,7 +554,7 @@ def _pause(config: PolicyConfig, observation: Observation, memory: PolicyMemory,
     lag = _sample_lag(config, observation.sample)
     held = _remember_hold(memory, now, replicas * pool)
     if observation.sample is not None:
-        partitions = observation.partitions or len(observation.sample.partitions)
+        partitions = _owned_partitions(config, observation.partitions or len(observation.sample.partitions))
         held = replace(held, last_lag=lag, last_members=_consumers(observation, observation.sample, partitions))
     direction: Direction = "none" if replicas == current_r else "up" if replicas > current_r else "down"
     return Decision(replicas, pool, reason, lag, lag, _prune(held, config, now, observation),
@@ -646,12 +659,20 @@ class _Decider:
         self.now = now
         self.sample = cast(LagSample, observation.sample)
         self.partitions = observation.partitions or len(self.sample.partitions)
+        # What bounds consumers and sizes the busiest pod: the partitions, except in a share group.
+        self.owned = _owned_partitions(config, self.partitions)
         self.current_r = max(0, observation.current_replicas)
         self.current_pool = observation.current_pool
         self.current_capacity = self.current_r * self.current_pool
         # KIP-848: the broker assigns and moves only the partitions that change owner, with no group-wide
-        # join barrier, so a pod added or removed costs the others (almost) nothing.
-        self.incremental = self.sample.protocol == "consumer"
+        # join barrier, so a pod added or removed costs the others (almost) nothing. A share group's
+        # consumers own no partitions at all: one joining or leaving stops nobody.
+        self.incremental = self.sample.protocol == "consumer" or config.share_group
+        self.group_kind = "share group (KIP-932)" if config.share_group else "consumer-protocol group (KIP-848)"
+        self.cheap_join = ("adding one stops no other consumer" if config.share_group
+                           else "adding one moves only the partitions it takes")
+        self.cheap_leave = ("its consumers share partitions, removing one paused no other" if config.share_group
+                            else "its rebalance paused only the partitions it moved")
         self.notes: list[str] = []
         # Fresh memory (first decision, lost status): as if the current capacity was just recommended,
         # so nothing scales down before a full window has been observed.
@@ -679,7 +700,7 @@ class _Decider:
     # -- throughput -----------------------------------------------------------------------------
 
     def _consumers(self) -> int:
-        return _consumers(self.obs, self.sample, self.partitions)
+        return _consumers(self.obs, self.sample, self.owned)
 
     def _busy_slots(self) -> int:
         return self.consumers * self.current_pool
@@ -704,7 +725,7 @@ class _Decider:
             if self.saturated else None
         stable_since = busy[-1][0]
         # Pods still starting (replicas > members) will change the capacity soon: no trend across that.
-        joining = self.consumers < (min(self.current_r, self.partitions) if self.partitions > 0 else self.current_r)
+        joining = self.consumers < (min(self.current_r, self.owned) if self.owned > 0 else self.current_r)
         self.trend = _next_trend(memory.trend, now, self.effective_lag, restart=stable_since >= now or joining)
         deficit = _steady_deficit(self.trend, now, window, consume, self.obs.produce_rate)
         self.deficit_since = (memory.deficit_since if memory.deficit_since is not None else now) \
@@ -783,7 +804,7 @@ class _Decider:
         bound_slots = slots_at(floor) if floor else None
         if self.saturated:
             growing = self.memory.last_lag is None or self.effective_lag > self.memory.last_lag
-            expected = min(self.current_r, self.partitions) if self.partitions > 0 else self.current_r
+            expected = min(self.current_r, self.owned) if self.owned > 0 else self.current_r
             settled = self.consumers >= expected and self.memory.last_members in (None, self.consumers)
             if growing and not settled:
                 # Pods are still starting or just joined (a rebalance pause): the lag's growth says
@@ -878,8 +899,7 @@ class _Decider:
             # CPU and memory, smaller failure domain); the pool grows once pods reach their cap.
             spread = math.ceil(slots / _clamp(max(self.current_pool, config.pool.initial), pool_min, pool_max))
             if _clamp(spread, low, high) > _clamp(replicas, low, high):
-                self.notes.append("consumer-protocol group (KIP-848): pods before a bigger pool, as adding one "
-                                  "moves only the partitions it takes")
+                self.notes.append(f"{self.group_kind}: pods before a bigger pool, as {self.cheap_join}")
             replicas = spread
         # Removing capacity never adds pods; adding capacity never removes pods.
         replicas = min(replicas, max(self.current_r, 1)) if shrinking else max(replicas, self.current_r)
@@ -893,7 +913,7 @@ class _Decider:
                 replicas += 1
         if replicas == high and self._pool_for(slots, high) > pool_max:
             self.notes.append(f"capped at {high} replicas x pool {pool_max}"
-                              + (f" ({self.partitions} partitions)" if high == self.partitions else ""))
+                              + (f" ({self.owned} partitions)" if high == self.owned else ""))
         last = self.memory.last_replica_change
         cooling = (
             not forced
@@ -919,8 +939,7 @@ class _Decider:
             and low <= self.current_r <= high
         )
         if recently_decreased and self.incremental:
-            self.notes.append("consumer-protocol group (KIP-848): no rebalance grace after removing a pod, "
-                              "its rebalance paused only the partitions it moved")
+            self.notes.append(f"{self.group_kind}: no rebalance grace after removing a pod, {self.cheap_leave}")
         elif recently_decreased:
             # Removing a pod paused the whole group for a rebalance; the lag that built up meanwhile
             # is not demand. Let the pool absorb it instead of bouncing the replica count right back.
@@ -934,7 +953,7 @@ class _Decider:
 
     def _even_capacity(self) -> int:
         """Slots the current shape gives load spread evenly over partitions: `_pool_for` inverted."""
-        partitions, replicas = self.partitions, self.current_r
+        partitions, replicas = self.owned, self.current_r
         if partitions <= 0 or replicas <= 0:
             return self.current_capacity
         busiest = math.ceil(partitions / min(replicas, partitions))
@@ -947,8 +966,9 @@ class _Decider:
         ceil(P / r) of them and, at a load spread evenly over partitions, that share of the work:
         ceil(P / r) / P of the slots. 10 partitions on 9 pods put 2 on one pod, which then needs twice
         the pool of the others; sizing every pod for slots / 9 leaves that pod short and the lag grows.
+        A share group's records go to whichever consumer fetches: slots / r each.
         """
-        partitions = self.partitions
+        partitions = self.owned
         if partitions <= 0 or replicas <= 0:
             return math.ceil(slots / max(replicas, 1))
         busiest = math.ceil(partitions / min(replicas, partitions))
@@ -1013,6 +1033,9 @@ class _Decider:
             direction = "up"
         elif capacity < self.current_capacity:
             direction = "down"
+        if config.share_group and replicas > self.partitions > 0:
+            self.notes.append(f"share group: {replicas} replicas on {self.partitions} partitions, not capped at the "
+                              "partition count (its consumers share partitions)")
         reason = self._reason(head, raw, replicas, pool, direction, target, staying_at_zero or replicas == 0)
 
         memory = self.memory

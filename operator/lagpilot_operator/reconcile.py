@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, worker_config
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, share_lag, worker_config
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
@@ -301,10 +301,15 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
+        if spec.group_type == "share":
+            share_lag.require_plaintext(settings)  # before an AdminClient connects for nothing
         admin = shared.admin_clients.get(settings, owner=(namespace, name))
         try:
-            sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers, spec.group_id,
-                                             list(spec.topics))
+            if spec.group_type == "share":
+                sample = await share_lag.read_share_lag(admin, settings, spec.group_id, list(spec.topics))
+            else:
+                sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers,
+                                                 spec.group_id, list(spec.topics))
         except kafka_lag.LagReadError as exc:
             if kafka_lag.retire_client_after(exc):
                 shared.admin_clients.discard(settings)

@@ -7,6 +7,8 @@ comparison of an existing Deployment's worker settings with the KafkaConsumerGro
 Injected (worker names from `lagpilot_contract.worker_env`):
 * the pool-size contract (`LAGPILOT_POOL_CONFIGMAP`, `LAGPILOT_NAMESPACE`);
 * `LAGPILOT_BOOTSTRAP_SERVERS`, `LAGPILOT_GROUP_ID`, `LAGPILOT_TOPICS`;
+* `LAGPILOT_SHARE_GROUP`: `true` for `spec.groupType: share`, else `false` (always set: a strategic merge
+  keeps env items the patch leaves out, so a `true` left from a share group would outlive a switch back);
 * `LAGPILOT_KAFKA_AUTO_OFFSET_RESET` = `policy.lagThreshold.offsetResetPolicy`, so a never-committed
   partition is counted as lag exactly when the worker will consume it;
 * security: protocol and SASL mechanism as values; username, password and PEMs as
@@ -60,6 +62,7 @@ def injected_env(spec: models.KafkaConsumerGroupSpec, kcg_name: str) -> list[dic
         _value(env_contract.ENV_BOOTSTRAP_SERVERS, spec.kafka.bootstrap_servers),
         _value(env_contract.ENV_GROUP_ID, spec.group_id),
         _value(env_contract.ENV_TOPICS, ",".join(spec.topics)),
+        _value(env_contract.ENV_SHARE_GROUP, "true" if spec.group_type == "share" else "false"),
         _value(kafka("auto.offset.reset"), spec.policy.lag_threshold.offset_reset_policy),
     ]
     security = spec.kafka.security
@@ -96,6 +99,7 @@ class DeclaredWorkerConfig:
     bootstrap_servers: str | None = None
     group_id: str | None = None
     topics: tuple[str, ...] | None = None
+    share_group: bool | None = None  # None: neither the --share-group flag nor a literal LAGPILOT_SHARE_GROUP
 
     @property
     def declares_anything(self) -> bool:
@@ -144,8 +148,14 @@ def declared_config(container: Mapping[str, Any]) -> DeclaredWorkerConfig:
     else:
         value = env.get(env_contract.ENV_TOPICS)
         topics_raw = None if value is None else [value]
+    share_group: bool | None = None
+    if env_contract.FLAG_SHARE_GROUP in argv:
+        share_group = True
+    elif (share_env := env.get(env_contract.ENV_SHARE_GROUP)) is not None:
+        share_group = share_env.strip().lower() in ("1", "true", "yes", "on")  # the worker CLI's _env_bool
     return DeclaredWorkerConfig(
         container=str(container.get("name", "")),
+        share_group=share_group,
         bootstrap_servers=setting(env_contract.FLAG_BOOTSTRAP_SERVERS, env_contract.ENV_BOOTSTRAP_SERVERS,
                                   env_contract.ENV_BOOTSTRAP_SERVERS_FALLBACK),
         group_id=setting(env_contract.FLAG_GROUP_ID, env_contract.ENV_GROUP_ID),
@@ -158,7 +168,7 @@ def _brokers(value: str) -> frozenset[str]:
 
 
 def mismatches(spec: models.KafkaConsumerGroupSpec, declared: DeclaredWorkerConfig) -> list[str]:
-    """`field: worker says X, spec says Y` for each of group id, topics and brokers that disagree."""
+    """`field: worker says X, spec says Y` for each of group id, topics, brokers and group type that disagree."""
     found: list[str] = []
     if declared.group_id is not None and declared.group_id != spec.group_id:
         found.append(f"groupId (container {declared.container} has {declared.group_id!r}, "
@@ -166,6 +176,10 @@ def mismatches(spec: models.KafkaConsumerGroupSpec, declared: DeclaredWorkerConf
     if declared.topics is not None and set(declared.topics) != set(spec.topics):
         found.append(f"topics (container {declared.container} has {','.join(declared.topics)!r}, "
                      f"spec.topics is {','.join(spec.topics)!r})")
+    if declared.share_group is not None and declared.share_group != (spec.group_type == "share"):
+        kind = "a share-group member" if declared.share_group else "a consumer-group member"
+        found.append(f"groupType (container {declared.container} runs as {kind}, spec.groupType is "
+                     f"{spec.group_type!r})")
     if (declared.bootstrap_servers is not None
             and _brokers(declared.bootstrap_servers) != _brokers(spec.kafka.bootstrap_servers)):
         found.append(f"bootstrapServers (container {declared.container} has {declared.bootstrap_servers!r}, "

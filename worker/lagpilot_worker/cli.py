@@ -128,7 +128,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=e("LAGPILOT_GROUP_PROTOCOL", "classic"),
                    help="classic (cooperative-sticky) | consumer (KIP-848, Kafka 4.0+) (default classic) "
                         "[LAGPILOT_GROUP_PROTOCOL]")
-    p.add_argument("--share-group", action="store_true", default=_env_bool(env, "LAGPILOT_SHARE_GROUP", False),
+    p.add_argument(env_contract.FLAG_SHARE_GROUP, action="store_true",
+                   default=_env_bool(env, env_contract.ENV_SHARE_GROUP, False),
                    help="consume as a member of share group --group (KIP-932, Kafka 4.2+): records are acquired "
                         "and acknowledged one by one, more workers than partitions all get work "
                         "[LAGPILOT_SHARE_GROUP]")

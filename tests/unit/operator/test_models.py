@@ -170,6 +170,12 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("dlq topic named ..", {"deadLetter": {"topic": ".."}}, models.TOPIC_NOT_DOTS.message),
     ("redrive with a dead letter", {"deadLetter": {}, "redrive": {"requestId": "r-1"}}, None),
     ("redrive without a dead letter", {"redrive": {"requestId": "r-1"}}, models.REDRIVE_NEEDS_DEAD_LETTER.message),
+    ("share group", {"groupType": "share", "deadLetter": {}}, None),
+    ("share group with retry tiers", {"groupType": "share", "deadLetter": {"retryTiers": [{"delaySeconds": 5}]}},
+     models.SHARE_GROUP_NO_RETRY_TIERS.message),
+    ("consumer group with retry tiers", {"groupType": "consumer", "deadLetter": {"retryTiers": [{"delaySeconds": 5}]}},
+     None),
+    ("unknown group type", {"groupType": "streams"}, "Input should be 'consumer' or 'share'"),
     ("101 topics", {"topics": [f"t{i}" for i in range(101)]}, "at most 100 items"),
     ("secret name not DNS", {"kafka": {"bootstrapServers": "k:9093", "security": {
         "protocol": "SASL_PLAINTEXT", "sasl": {"mechanism": "PLAIN", "usernameSecretRef": {"name": "S_", "key": "u"},

@@ -687,3 +687,56 @@ def test_scale_down_waits_for_the_stabilization_window(config: PolicyConfig, hig
             break
         memory, shape = decision.memory, (decision.replicas, decision.pool)
         capacity = decision.replicas * decision.pool
+
+
+# --- share groups (KIP-932) ----------------------------------------------------------------------------
+
+
+def share(config: PolicyConfig) -> PolicyConfig:
+    return replace(config, share_group=True)
+
+
+def test_the_group_type_comes_from_the_spec() -> None:
+    assert PolicyConfig.from_spec({"groupType": "share"}).share_group
+    assert not PolicyConfig.from_spec({"groupType": "consumer"}).share_group
+    assert not PolicyConfig.from_spec({}).share_group
+
+
+def test_a_share_group_is_not_capped_at_the_partition_count() -> None:
+    config = threshold_config()
+    consumer = decide(config, observe(spread(5000, 2), 1, 8), WARM, NOW)
+    assert (consumer.replicas, consumer.pool) == (2, 64)
+    assert "capped at 2 replicas x pool 64 (2 partitions)" in consumer.reason
+    shared = decide(share(config), observe(spread(5000, 2), 1, 8), WARM, NOW)
+    assert (shared.replicas, shared.pool) == (10, 64)  # replicas.max, the CR's own bound, still holds
+    assert "share group: 10 replicas on 2 partitions, not capped at the partition count" in shared.reason
+    assert "(2 partitions)" not in shared.reason
+
+
+def test_a_share_group_sizes_every_pod_for_an_even_share_and_adds_pods_first() -> None:
+    config = threshold_config()
+    # 3 partitions: a consumer group keeps 3 of its 4 pods and sizes them for one partition each.
+    consumer = decide(config, observe(spread(100, 3), 4, 20), WARM, NOW)
+    assert (consumer.replicas, consumer.pool) == (3, 34)
+    # A share group's records go to whichever consumer fetches: new pods at the current pool, 100 / 5 each.
+    shared = decide(share(config), observe(spread(100, 3), 4, 20), WARM, NOW)
+    assert (shared.replicas, shared.pool) == (5, 20)
+    assert "share group (KIP-932): pods before a bigger pool, as adding one stops no other consumer" in shared.reason
+
+
+def test_a_share_group_has_no_rebalance_grace() -> None:
+    memory = replace(WARM, last_replica_decrease=NOW - 10)
+    shared = decide(share(threshold_config()), observe(spread(200), 1, 64), memory, NOW)
+    assert (shared.replicas, shared.pool) == (4, 50)
+    assert "share group (KIP-932): no rebalance grace after removing a pod" in shared.reason
+
+
+def test_a_blind_share_group_falls_back_beyond_the_partition_count() -> None:
+    config = replace(FREE, fallback=FallbackConfig(mode="replicas", replicas=5, failure_threshold=1))
+    blind = observe(None, 1, 8, partitions=2, failures=1)
+    assert decide(config, blind, WARM, NOW).replicas == 2
+    assert decide(share(config), blind, WARM, NOW).replicas == 5
+    # Holding clamps to the bounds, and a share group's bound is replicas.max, not the 2 partitions.
+    hold = replace(config, fallback=FallbackConfig(mode="hold"))
+    assert decide(hold, observe(None, 6, 8, partitions=2, failures=1), WARM, NOW).replicas == 2
+    assert decide(share(hold), observe(None, 6, 8, partitions=2, failures=1), WARM, NOW).replicas == 6

@@ -119,6 +119,30 @@ def test_the_default_offset_reset_policy_is_injected_as_the_workers_own_default(
     assert config.consumer_settings()["auto.offset.reset"] == "earliest"
 
 
+@pytest.mark.parametrize("group_type, share", [("share", True), ("consumer", False), (None, False)])
+def test_the_worker_is_a_share_group_member_exactly_for_a_share_group(handler_module: str, group_type: str | None,
+                                                                       share: bool) -> None:
+    cr = spec(**({} if group_type is None else {"groupType": group_type}))
+    env = kubelet_env(worker_config.injected_env(cr, "orders"))
+    # Always written, "false" too: a strategic merge would keep a "true" left from a share group.
+    assert env["LAGPILOT_SHARE_GROUP"] == ("true" if share else "false")
+    config, _, _, _ = build([], {**env, "LAGPILOT_HANDLER": handler_module})
+    assert config.share_group is share and config.group_id == "orders-workers"
+
+
+def test_a_worker_of_the_other_group_type_is_a_mismatch() -> None:
+    share = spec(groupType="share")
+    consumer_worker = container({**MATCHING, "LAGPILOT_SHARE_GROUP": "false"})
+    found = worker_config.mismatch_condition(share, "shop/w", [consumer_worker])
+    assert found.status == "True" and "groupType (container worker runs as a consumer-group member" in found.message
+    found = worker_config.mismatch_condition(spec(), "shop/w", [container(MATCHING, args=["--share-group"])])
+    assert found.status == "True" and "runs as a share-group member, spec.groupType is 'consumer'" in found.message
+    agreeing = container({**MATCHING, "LAGPILOT_SHARE_GROUP": "true"})
+    assert worker_config.mismatch_condition(share, "shop/w", [agreeing]).status == "False"
+    # Not said at all: not compared (it may come from envFrom or the image).
+    assert worker_config.mismatch_condition(share, "shop/w", [container(MATCHING)]).status == "False"
+
+
 def test_the_cr_wins_over_a_containers_own_values_and_other_env_stays() -> None:
     kcg = {"metadata": {"name": "orders", "namespace": "shop", "uid": "u-1"}}
     template = models.DeploymentTemplate.from_k8s({"spec": {"template": {"spec": {"containers": [
