@@ -358,9 +358,15 @@ class Scenario:
                             check=check)
 
     def create_group(self, *, topic: str, cost_ms: int = 20, worker_extra_env: dict[str, str] | None = None,
-                     dead_letter: dict[str, Any] | None = None, **spec_fields: Any) -> Group:
-        """A KafkaConsumerGroup in template mode running the e2e handler, and a watch on it."""
+                     dead_letter: dict[str, Any] | None = None,
+                     before_apply: Callable[[str], None] | None = None, **spec_fields: Any) -> Group:
+        """A KafkaConsumerGroup in template mode running the e2e handler, and a watch on it.
+
+        `before_apply(group_id)` runs before the resource exists (so before any worker joins the group):
+        broker-side group configs go there."""
         name = unique_name("grp")
+        if before_apply is not None:
+            before_apply(name)
         processed = self.make_topic(f"{name}-processed", 4)
         extra = {"LAGPILOT_GROUP_ID": name, "LAGPILOT_TOPICS": topic, **(worker_extra_env or {})}
         if dead_letter is None:
