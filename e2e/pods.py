@@ -374,7 +374,17 @@ class _LogTail:
         self.partial = ""
 
     def read(self) -> bool:
-        """Copy what is new; False once the file is gone (deleted or rotated) and read to its end."""
+        """Copy what is new; False once the file is gone (deleted or rotated) and read to its end.
+
+        Whether the file is still there is checked before reading, not after: checked after, a Pod's
+        last lines (its SIGTERM -> final commit), written between the read and the check by a container
+        that then exited and was removed, were never copied (most likely how a rolling update's old Pod
+        lost its 'stopping'/'stopped' lines once, in a cold run under load, where this thread can be
+        descheduled between the two). The open handle still reads a deleted file to its end."""
+        try:
+            alive = self.path.stat().st_ino == self.inode
+        except FileNotFoundError:
+            alive = False
         data = self.pending + self.handle.read()
         *lines, self.pending = data.split(b"\n")
         if lines:
@@ -388,10 +398,7 @@ class _LogTail:
                         continue
                     out.write(self.partial + parts[3] + "\n")
                     self.partial = ""
-        try:
-            return self.path.stat().st_ino == self.inode
-        except FileNotFoundError:
-            return False
+        return alive
 
     def close(self) -> None:
         self.handle.close()

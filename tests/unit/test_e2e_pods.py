@@ -64,3 +64,24 @@ def test_create_to_running_counts_pods_seen_created_with_the_container(tmp_path:
     assert recorder.create_to_running() == [1.5]
     assert recorder.create_to_running("operator") == [pytest.approx(2.8)]
     assert timing_summary([1.0, 2.0, 4.0]) == "3 worker Pods, create -> Running median 2.00 s, max 4.00 s"
+
+
+def test_log_tail_copies_the_last_lines_written_just_before_the_file_went(tmp_path: Path) -> None:
+    """The container writes its last lines and the kubelet removes the file between two steps of a read:
+    the liveness check comes first, so the read that follows still copies them from the open handle."""
+    log = tmp_path / "0.log"
+    out = tmp_path / "out.log"
+    log.write_text('2026-12-05T11:06:28.871Z stdout F {"message": "partitions assigned"}\n')
+    tail = _LogTail(log, out)
+
+    class VanishingPath:
+        def stat(self) -> Any:
+            with log.open("a") as handle:
+                handle.write('2026-12-05T11:06:29.001Z stdout F {"message": "stopped"}\n')
+            log.unlink()
+            raise FileNotFoundError(str(log))
+
+    tail.path = VanishingPath()  # type: ignore[assignment]
+    assert tail.read() is False
+    assert out.read_text().splitlines() == ['{"message": "partitions assigned"}', '{"message": "stopped"}']
+    tail.close()
