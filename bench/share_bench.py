@@ -24,17 +24,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests")]
 
-from rebalance_bench import worker_env
-from worker_bench import create_topic, delete_topics, emit, stack_bootstrap
+from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # noqa: E402
+
+from rebalance_bench import worker_env  # noqa: E402
+from support import configure_share_group  # noqa: E402
+from worker_bench import create_topic, delete_topics, emit, stack_bootstrap  # noqa: E402
 
 PARTITIONS = 2
 
@@ -47,12 +45,6 @@ def fill(bootstrap: str, topic: str, count: int) -> None:
             producer.poll(0)
     if producer.flush(60):
         raise RuntimeError("could not produce the backlog")
-
-
-def start_share_group(admin: AdminClient, group: str) -> None:
-    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
-        ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
-    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
 
 
 def finished_per_second(path: Path, start: float, end: float) -> float:
@@ -73,7 +65,7 @@ def measure(bootstrap: str, admin: AdminClient, kind: str, workers: int, backlog
         try:
             fill(bootstrap, topic, backlog)
             if kind == "share":
-                start_share_group(admin, group)
+                configure_share_group(bootstrap, group)
             env = worker_env(work, processed, cost)
             mode = ["--share-group"] if kind == "share" else ["--group-protocol", "consumer"]
             for n in range(workers):

@@ -359,7 +359,7 @@ class Scenario:
 
     def create_group(self, *, topic: str, cost_ms: int = 20, worker_extra_env: dict[str, str] | None = None,
                      dead_letter: dict[str, Any] | None = None,
-                     before_apply: Callable[[str], None] | None = None, **spec_fields: Any) -> Group:
+                     before_apply: Callable[[str], object] | None = None, **spec_fields: Any) -> Group:
         """A KafkaConsumerGroup in template mode running the e2e handler, and a watch on it.
 
         `before_apply(group_id)` runs before the resource exists (so before any worker joins the group):

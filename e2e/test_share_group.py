@@ -10,20 +10,12 @@ it had acquired and not acknowledged are delivered again once their acquisition 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from functools import partial
 
 from e2e import chaos
 from e2e.harness import Scenario, finish_load, read_entries
 from e2e.loadgen import constant
-from support import wait_for
+from support import configure_share_group, wait_for
 
 PARTITIONS = 2
 COST_MS = 100                          # 10 records/s per slot
@@ -35,24 +27,15 @@ REPLICAS_MAX = 8
 SLICE_SECONDS = 5
 
 
-def _from_the_earliest_record(bootstrap: str) -> Callable[[str], None]:
-    """The group config `share.auto.offset.reset=earliest`, as a queue's users set it. At the default
-    (`latest`) a share-partition starts where the log ends when a member first fetches from it, and a
-    member is Ready before the assignment reaches it: one run lost the first 207 records that way."""
-    def configure(group_id: str) -> None:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        resource = ConfigResource(ResourceType.GROUP, group_id, incremental_configs=[
-            ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
-        admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    return configure
-
-
 def test_share_group_scales_past_its_partitions_and_a_killed_worker_loses_nothing(scenario: Scenario) -> None:
     topic = scenario.make_topic("share", PARTITIONS)
     group = scenario.create_group(topic=topic, cost_ms=COST_MS, replicas_min=1, replicas_max=REPLICAS_MAX,
                                   pool_min=POOL, pool_initial=POOL, pool_max=POOL, poll_seconds=2,
                                   target_drain_seconds=20, extra_spec={"groupType": "share"},
-                                  before_apply=_from_the_earliest_record(scenario.bootstrap))
+                                  # Before any worker joins: at the group's default, `latest`, a worker is
+                                  # Ready before its assignment arrives and the first records are skipped
+                                  # (one run lost the first 207 that way).
+                                  before_apply=partial(configure_share_group, scenario.bootstrap))
     scenario.wait_ready(group)
     ledger = scenario.ledger(group.processed_topic)
     start = time.time()

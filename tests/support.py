@@ -1,4 +1,5 @@
-"""Helpers shared by the test suites: waiting on a condition with a deadline, unique names."""
+"""Helpers shared by the test suites: waiting on a condition with a deadline, unique names, a share group's
+broker-side configs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 T = TypeVar("T")
 
@@ -220,3 +229,18 @@ def pending_deployment(name: str, replicas: int, image: str = "registry.invalid/
                      "template": {"metadata": {"labels": labels},
                                   "spec": {"nodeSelector": NO_NODE_SELECTOR,
                                            "containers": [{"name": "worker", "image": image}]}}}}
+
+
+def configure_share_group(bootstrap: str, group: str, **settings: str) -> str:
+    """Set a share group's broker-side group configs (its consumers can set none) and return the group id.
+
+    `share.auto.offset.reset` is `earliest` unless `settings` says otherwise: at the broker's default
+    (`latest`) a share-partition starts at the log end when a member first fetches from it, so records
+    produced before then are never delivered. Works before the group exists (before any member joins).
+    """
+    entries = {"share.auto.offset.reset": "earliest", **settings}
+    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in entries.items()])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    return group

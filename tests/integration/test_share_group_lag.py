@@ -9,17 +9,11 @@ from collections import Counter
 from collections.abc import Callable
 
 from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from lagpilot_operator import share_lag
 from lagpilot_operator.observations import LagSample, partition_lag
-from support import WaitTimeout, wait_for
+from support import WaitTimeout, configure_share_group, wait_for
 
 PER_PARTITION = 50
 ACCEPT = {0: 15, 1: 25}  # records accepted per partition; every other delivery is released
@@ -33,12 +27,9 @@ def lags(sample: LagSample) -> dict[int, int]:
 def test_share_lag_is_the_count_of_records_not_yet_acknowledged(
         kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str]) -> None:
     topic = create_topic("share-lag", partitions=2)
-    group = unique_name("sg")
+    group = configure_share_group(kafka_bootstrap, unique_name("sg"))
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     settings = {"bootstrap.servers": kafka_bootstrap}
-    earliest = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
-        ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
-    admin.incremental_alter_configs([earliest])[earliest].result(timeout=30)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     for partition in (0, 1):
         for i in range(PER_PARTITION):

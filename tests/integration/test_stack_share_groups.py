@@ -8,13 +8,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+
+from support import configure_share_group
 
 RECORDS = 300
 CONSUMERS = 3  # on a 2-partition topic: a consumer group would leave one idle
@@ -23,12 +18,8 @@ CONSUMERS = 3  # on a 2-partition topic: a consumer group would leave one idle
 def test_three_share_consumers_split_a_two_partition_topic(kafka_bootstrap: str, create_topic: Callable[..., str],
                                                          unique_name: Callable[[str], str]) -> None:
     topic = create_topic("share", partitions=2)
-    group = unique_name("sg")
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     # A share group starts at the end of the log unless its (broker-side) group config says otherwise.
-    earliest = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
-        ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
-    admin.incremental_alter_configs([earliest])[earliest].result(timeout=30)
+    group = configure_share_group(kafka_bootstrap, unique_name("sg"))
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     for i in range(RECORDS):
         producer.produce(topic, key=f"k{i % 11}".encode(), value=str(i).encode())

@@ -12,13 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
 from test_worker_pool_resize import ConcurrencyProbe
 from worker_testkit import CliWorker, Topics, cli_env, http_get, metric, produce, read_topic, running_share_worker
 
@@ -28,7 +21,7 @@ from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.poolsize import ManualPoolSize
 from lagpilot_worker.record import Record
 from lagpilot_worker.retry import PermanentError, RetryLaterError, RetryPolicy, TransientError
-from support import wait_for
+from support import configure_share_group, wait_for
 
 PARTITIONS = 2
 
@@ -38,16 +31,6 @@ def topics(kafka_bootstrap: str) -> Iterator[Topics]:
     made = Topics(kafka_bootstrap)
     yield made
     made.delete_all()
-
-
-def share_group(bootstrap: str, group: str, **settings: str) -> str:
-    """Group-level settings a share group takes from the broker (none can be set by its consumers)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    entries = {"share.auto.offset.reset": "earliest", **settings}
-    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
-        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in entries.items()])
-    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    return group
 
 
 def config(bootstrap: str, group: str, topic: str, **changes: object) -> WorkerConfig:
@@ -63,7 +46,7 @@ def test_three_share_workers_on_two_partitions_settle_every_record(
         kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str],
         topics: Topics) -> None:
     topic = create_topic("share", partitions=PARTITIONS)
-    group = share_group(kafka_bootstrap, unique_name("sg"))
+    group = configure_share_group(kafka_bootstrap, unique_name("sg"))
     dlq = topics.create(naming.dead_letter_topic(group), partitions=PARTITIONS)
     done: Counter[str] = Counter()
     by_worker: Counter[str] = Counter()
@@ -150,7 +133,7 @@ def test_a_killed_share_worker_s_records_are_delivered_again(
         tmp_path: Path) -> None:
     topic = create_topic("share-kill", partitions=PARTITIONS)
     # The shortest acquisition lock the broker allows by default: a killed member's records return then.
-    group = share_group(kafka_bootstrap, unique_name("sg"), **{"share.record.lock.duration.ms": "15000"})
+    group = configure_share_group(kafka_bootstrap, unique_name("sg"), **{"share.record.lock.duration.ms": "15000"})
     (tmp_path / "sharehandler.py").write_text(HANDLER)
     processed, started = tmp_path / "processed.txt", tmp_path / "started.txt"
     ids = [str(i) for i in range(200)]
@@ -194,7 +177,7 @@ def test_a_killed_share_worker_s_records_are_delivered_again(
 def test_a_share_worker_s_pool_resizes_live(kafka_bootstrap: str, create_topic: Callable[..., str],
                                            unique_name: Callable[[str], str]) -> None:
     topic = create_topic("share-resize", partitions=PARTITIONS)
-    group = share_group(kafka_bootstrap, unique_name("sg"))
+    group = configure_share_group(kafka_bootstrap, unique_name("sg"))
     produce(kafka_bootstrap, topic, [(None, b"x") for _ in range(20_000)])
     probe = ConcurrencyProbe()
     source = ManualPoolSize(2)
