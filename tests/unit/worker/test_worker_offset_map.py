@@ -166,6 +166,14 @@ def inherited_map(base: int, done: set[int]) -> offset_map.DoneOffsets:
     return done_map
 
 
+def committed(flags: tuple[int, bytes] | None, max_bytes: int = offset_map.DEFAULT_MAX_BYTES) -> tuple[int, set[int]]:
+    """What a commit with these flags says, read back: its offset and the done offsets its metadata names."""
+    assert flags is not None
+    text = encode(*flags, max_bytes=max_bytes)
+    assert text is not None
+    return flags[0], decoded_set(text, flags[0])
+
+
 def test_an_owner_that_commits_before_fetching_past_the_inherited_map_keeps_it() -> None:
     """Offsets 100..; the earlier owner finished 103-105 and 110-119 above its commit at 100. The new owner
     fetched 100-104 (103, 104 skipped as done), finished 100, and is revoked: its commit at 101 must still
@@ -177,16 +185,9 @@ def test_an_owner_that_commits_before_fetching_past_the_inherited_map_keeps_it()
     committable = tracker.committable()
     assert committable == 101
     carried = offset_map.carry_inherited(tracker.done_flags(), committable, earlier, tracker.last_added)
-    assert carried is not None
-    text = encode(*carried)
-    assert text is not None
-    assert decoded_set(text, 101) == {103, 104, 105, *range(110, 120)}
+    assert committed(carried) == (101, {103, 104, 105, *range(110, 120)})
     # Without the carry the commit names only what this owner saw.
-    own = tracker.done_flags()
-    assert own is not None
-    own_text = encode(*own)
-    assert own_text is not None
-    assert decoded_set(own_text, 101) == {103, 104}
+    assert committed(tracker.done_flags()) == (101, {103, 104})
 
 
 def test_nothing_is_carried_below_what_the_owner_fetched_or_once_it_fetched_past_the_map() -> None:
@@ -198,10 +199,7 @@ def test_nothing_is_carried_below_what_the_owner_fetched_or_once_it_fetched_past
     committable = tracker.committable()
     assert committable == 102
     carried = offset_map.carry_inherited(tracker.done_flags(), committable, earlier, tracker.last_added)
-    assert carried is not None and carried[0] == 102
-    text = encode(*carried)
-    assert text is not None
-    assert decoded_set(text, 102) == {104, 108}
+    assert committed(carried) == (102, {104, 108})
     # Past the map's highest offset there is nothing left to carry.
     assert offset_map.carry_inherited(None, 109, earlier, 108) is None
     assert offset_map.carry_inherited(None, 109, None, 108) is None
@@ -211,11 +209,7 @@ def test_a_carried_map_whose_first_offset_is_done_still_starts_unfinished() -> N
     """Everything fetched is finished and the next offset is one the earlier owner finished: the format
     needs the committed offset unfinished, so that one record is written as unfinished (it may run again)."""
     earlier = inherited_map(100, {101, 102, 105})
-    carried = offset_map.carry_inherited(None, 101, earlier, 100)
-    assert carried is not None
-    text = encode(*carried)
-    assert text is not None
-    assert decoded_set(text, 101) == {102, 105}
+    assert committed(offset_map.carry_inherited(None, 101, earlier, 100)) == (101, {102, 105})
     # Only the committed offset itself was done: nothing left to say.
     assert offset_map.carry_inherited(None, 105, inherited_map(100, {105}), 104) is None
 
@@ -244,6 +238,4 @@ def test_carry_covers_exactly_the_owner_s_done_and_the_inherited_done_above_its_
     if carried is None:
         assert not expected
         return
-    text = encode(*carried, max_bytes=1 << 20)
-    assert text is not None
-    assert decoded_set(text, committable) == expected
+    assert committed(carried, max_bytes=1 << 20) == (committable, expected)
