@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import threading
 import time
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -340,22 +340,34 @@ def _topic_partitions(admin: AdminClient, bootstrap: str, topics: list[str], tim
     return partitions
 
 
+def _ask_log_offsets(admin: AdminClient, partitions: list[TopicPartition], timeout: float,
+                     ) -> Callable[[], dict[PartitionKey, tuple[int, int]]]:
+    """Send the ListOffsets requests for the log start and end of `partitions`; the returned call waits for
+    the answers: (log-start, log-end) per partition. Sent first, awaited later, so a reader can have its
+    other requests in flight meanwhile."""
+    latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+    end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
+    start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+
+    def answers() -> dict[PartitionKey, tuple[int, int]]:
+        ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
+        starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
+        return {key: (max(0, starts[key]), max(0, ends[key])) for key in ends}
+
+    return answers
+
+
 def read_log_offsets(admin: AdminClient, bootstrap: str, topics: list[str], timeout: float = 10.0,
                      ) -> dict[PartitionKey, tuple[int, int]]:
     """(log-start, log-end) offset of every partition of `topics`, for readers that get the group's side
     elsewhere (share groups: `share_lag`)."""
     partitions = _topic_partitions(admin, bootstrap, topics, timeout)
     try:
-        latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-        end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
-        start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
-        ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
-        starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
+        log_offsets = _ask_log_offsets(admin, partitions, timeout)()
     except (KafkaException, TimeoutError) as exc:
         raise _translate(exc, f"reading the offsets of topics {', '.join(topics)}", bootstrap, admin) from exc
     _last_client_error.pop(id(admin), None)
-    return {(tp.topic, tp.partition): (max(0, starts[(tp.topic, tp.partition)]), max(0, ends[(tp.topic, tp.partition)]))
-            for tp in partitions}
+    return log_offsets
 
 
 def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str], timeout: float = 10.0) -> LagSample:
@@ -365,14 +377,11 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
     try:
         committed_future = admin.list_consumer_group_offsets(
             [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=timeout)[group_id]
-        latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-        end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
-        start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+        log_offsets_answers = _ask_log_offsets(admin, partitions, timeout)
         group_future = admin.describe_consumer_groups([group_id], request_timeout=timeout)[group_id]
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in committed_future.result(timeout=timeout).topic_partitions}
-        ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
-        starts = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in start_futures.items()}
+        log_offsets = log_offsets_answers()
         group = group_future.result(timeout=timeout)
     except (KafkaException, TimeoutError) as exc:
         raise _translate(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
@@ -381,10 +390,10 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
         PartitionOffsets(
             topic=tp.topic,
             partition=tp.partition,
-            end_offset=max(0, ends[(tp.topic, tp.partition)]),
+            end_offset=log_offsets[(tp.topic, tp.partition)][1],
             # librdkafka reports "no committed offset" as a negative logical offset (-1001).
             committed=c if (c := committed.get((tp.topic, tp.partition), -1)) >= 0 else None,
-            start_offset=max(0, starts[(tp.topic, tp.partition)]),
+            start_offset=log_offsets[(tp.topic, tp.partition)][0],
         )
         for tp in partitions
     )

@@ -238,20 +238,19 @@ async def read_share_lag(admin: AdminClient, settings: Mapping[str, str], group_
     """One sample of a share group's lag: log offsets from the AdminClient, the group's from its coordinator.
 
     `request_timeout` bounds each of the two reads (the AdminClient's calls, then the coordinator's)."""
-    timeout = request_timeout
     require_plaintext(settings)
     bootstrap = settings["bootstrap.servers"]
     sampled_at = time.time()
-    log_offsets = await asyncio.to_thread(kafka_lag.read_log_offsets, admin, bootstrap, topics, timeout)
+    log_offsets = await asyncio.to_thread(kafka_lag.read_log_offsets, admin, bootstrap, topics, request_timeout)
     by_topic: dict[str, list[int]] = {}
     for topic, partition in sorted(log_offsets):
         by_topic.setdefault(topic, []).append(partition)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(request_timeout):
             _, group = await describe_share_group_offsets(bootstrap, group_id, by_topic)
     except TimeoutError as exc:
         raise KafkaUnreachable(f"reading offsets of share group {group_id}: Kafka at {bootstrap} did not answer "
-                               f"within {timeout:g} s") from exc
+                               f"within {request_timeout:g} s") from exc
     except (proto.ProtocolError, asyncio.IncompleteReadError, OSError) as exc:
         raise ShareGroupReadError(f"reading offsets of share group {group_id}: {type(exc).__name__}: {exc}") from exc
     return share_sample(sampled_at, log_offsets, group)
