@@ -23,6 +23,7 @@ Profile specs: `steps:10@50,20@200,10@0` (seconds@rate, ...), `burst:rate=500,se
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import random
@@ -245,6 +246,46 @@ class TokenBucket:
         return min(0.02, max(0.0005, (1.0 - (owed - math.floor(owed))) / rate))
 
 
+class RunQueueWaits:
+    """How long the producing thread waited for a CPU it was ready to use, between then and now.
+
+    On a shared host the thread can be ready to send yet not running: the scheduler gave both cores to
+    other processes. That wait is the host's, not the pacing's, so lateness is split into the two. Samples
+    of the thread's cumulative run-queue wait are taken at each wake of the loop; a message due at `d` is
+    charged the wait since the last sample at or before `d` (an upper bound by at most one loop period,
+    which is at most 20 ms).
+    """
+
+    def __init__(self, horizon_s: float) -> None:
+        self.horizon_s = horizon_s
+        self._at: list[float] = []
+        self._waited: list[float] = []
+
+    def sample(self, elapsed: float, waited_s: float) -> None:
+        self._at.append(elapsed)
+        self._waited.append(waited_s)
+        # Messages are at most `horizon_s` behind (older tokens expire), so older samples are never asked for.
+        drop = bisect.bisect_left(self._at, elapsed - self.horizon_s - 0.1)
+        if drop > 64:
+            del self._at[:drop], self._waited[:drop]
+
+    def since(self, due: float) -> float:
+        """Run-queue wait from the last sample at or before `due` to the latest sample."""
+        if not self._at:
+            return 0.0
+        index = max(0, bisect.bisect_right(self._at, due) - 1)
+        return self._waited[-1] - self._waited[index]
+
+
+def thread_run_queue_wait_s() -> float:
+    """This thread's cumulative time runnable but not running (Linux schedstat); 0.0 where unavailable."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 # --- producing ------------------------------------------------------------------------------------------
 
 
@@ -257,6 +298,7 @@ class LoadResult:
     failed: list[str]                # not acknowledged (delivery error or still queued at the end)
     per_second: list[int]            # messages handed to the producer in each second of the run
     lateness_s: list[float]          # per message: when it was handed to the producer minus when the plan had it due
+    host_wait_s: list[float]         # per message: of its lateness, the time the thread was runnable but got no CPU
     dropped: int                     # tokens expired because the producer fell behind
     started_at: float                # epoch seconds of the first planned message
     duration_s: float                # wall time of the produce loop (without the final flush)
@@ -265,14 +307,20 @@ class LoadResult:
     def produced(self) -> int:
         return len(self.ids)
 
+    @property
+    def pacing_lateness_s(self) -> list[float]:
+        """Per message, the lateness left once the host's CPU starvation is taken out: the pacing's own."""
+        return [max(0.0, late - waited) for late, waited in zip(self.lateness_s, self.host_wait_s, strict=True)]
+
     def lateness_summary(self) -> dict[str, float]:
-        """Median, 99th percentile and extremes of the send lateness: how closely the run kept to its plan."""
-        ordered = sorted(self.lateness_s)
-        if not ordered:
+        """How closely the run kept to its plan: send lateness (median, 99th percentile, extremes), the same
+        without the host's CPU starvation (`pacing_*`), and the longest starvation a message saw."""
+        if not self.lateness_s:
             return {}
-        def at(q: float) -> float:
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
-        return {"min": round(ordered[0], 4), "p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 4)}
+        summary = _quantiles(self.lateness_s)
+        summary.update({f"pacing_{name}": value for name, value in _quantiles(self.pacing_lateness_s).items()})
+        summary["host_wait_max"] = round(max(self.host_wait_s), 4)
+        return summary
 
     def summary(self, include_ids: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -286,6 +334,13 @@ class LoadResult:
             body["ids"] = self.ids
             body["failed_ids"] = self.failed
         return body
+
+
+def _quantiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+    return {"min": round(ordered[0], 4), "p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 4)}
 
 
 class LoadGenerator:
@@ -357,6 +412,8 @@ class LoadGenerator:
         failed: list[str] = []
         per_second = [0] * max(1, math.ceil(self.profile.duration))
         lateness: list[float] = []
+        host_wait: list[float] = []
+        waits = RunQueueWaits(self.max_backlog_seconds)
         last_due = 0.0
 
         def on_delivery(error: KafkaError | None, message: Message) -> None:
@@ -368,6 +425,7 @@ class LoadGenerator:
         start = time.monotonic()
         while not self._stop.is_set():
             elapsed = time.monotonic() - start
+            waits.sample(elapsed, thread_run_queue_wait_s())
             finished = elapsed >= self.profile.duration
             due = bucket.available(elapsed)
             second = min(int(elapsed), len(per_second) - 1)
@@ -379,6 +437,7 @@ class LoadGenerator:
                 if not self._produce(producer, seq, on_delivery):
                     break
                 lateness.append(elapsed - due_at)
+                host_wait.append(waits.since(due_at))
                 seq += 1
                 bucket.take(1)
                 per_second[second] += 1
@@ -395,7 +454,7 @@ class LoadGenerator:
             acked_set = set(acked) | set(failed)
             failed.extend(i for i in (self.message_id(n) for n in range(seq)) if i not in acked_set)
         return LoadResult(topic=self.topic, profile=self.profile.description, planned=self.profile.total, ids=acked,
-                          failed=failed, per_second=per_second, lateness_s=lateness,
+                          failed=failed, per_second=per_second, lateness_s=lateness, host_wait_s=host_wait,
                           dropped=math.floor(bucket.dropped),
                           started_at=started_at, duration_s=duration)
 
