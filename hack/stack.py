@@ -873,6 +873,9 @@ UNTOUCHED_PATHS = (Path("/etc/cni"), Path("/usr/libexec/kubernetes"), Path("/var
 IPTABLES = ("iptables", "ip6tables")
 
 
+NODE_SERVICE_NAMES = ("kubelet", "containerd", "kube-proxy")
+
+
 def node_enabled() -> bool:
     """The real node is part of the stack unless LAGPILOT_NODE=0 (a control plane without nodes)."""
     return os.environ.get("LAGPILOT_NODE", "1") != "0"
@@ -880,6 +883,52 @@ def node_enabled() -> bool:
 
 def node_dir() -> Path:
     return STATE / "node"
+
+
+# The node is machine-wide (one kubelet, one bridge, the sysctls), but its folder is the stack's: a second
+# checkout's stack has a folder of its own. So which folder the machine's node belongs to, and the sysctls
+# and paths from before it started, are recorded machine-wide. /run is emptied at boot, as is all of a
+# node's state (processes, mounts, bridge, sysctls). This is how a fresh clone's `up` finds and clears a
+# node that a killed stack of another checkout left behind, and refuses to start next to one that runs.
+NODE_RECORD = Path("/run/lagpilot-node")
+
+
+def node_owner_file() -> Path:
+    return NODE_RECORD / "owner"
+
+
+def node_baseline_file() -> Path:
+    return NODE_RECORD / "baseline.json"
+
+
+def recorded_node_owner() -> Path | None:
+    """The node folder of the stack that last started the machine's node and has not cleared it."""
+    with contextlib.suppress(OSError):
+        text = node_owner_file().read_text().strip()
+        return Path(text) if text else None
+    return None
+
+
+def node_services_alive(node_root: Path) -> list[int]:
+    """Pids of a kubelet, containerd or kube-proxy started for the node folder `node_root`."""
+    marker = str(node_root).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if Path(argv[0].decode(errors="replace")).name in NODE_SERVICE_NAMES and any(marker in a for a in argv):
+                pids.append(int(entry.name))
+    return pids
+
+
+def node_takeover(owner: Path | None, ours: Path, owner_alive: bool) -> str:
+    """What `up` does about the machine's node: "ours" (none recorded, or ours), "clear" (another stack's,
+    left behind by a killed stack: clear it first) or "refuse" (another stack's, running)."""
+    if owner is None or owner == ours:
+        return "ours"
+    return "refuse" if owner_alive else "clear"
 
 
 def containerd_root() -> Path:
@@ -1002,9 +1051,9 @@ def unmount_under(*roots: Path) -> None:
         raise StackError(f"could not unmount {remaining[:5]}")
 
 
-def our_processes() -> list[int]:
-    """Processes whose command line names this stack's node folder: containerd's shims, mostly."""
-    marker = str(node_dir())
+def our_processes(node_root: Path | None = None) -> list[int]:
+    """Processes whose command line names the node folder (this stack's by default): containerd's shims, mostly."""
+    marker = str(node_root or node_dir())
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -1090,10 +1139,10 @@ def record_node_baseline() -> None:
 
     Written once: after a killed stack, the file still holds the values from before that stack.
     """
-    baseline = node_dir() / "baseline.json"
+    baseline = node_baseline_file()
     if baseline.exists():
         return
-    node_dir().mkdir(parents=True, exist_ok=True)
+    NODE_RECORD.mkdir(parents=True, exist_ok=True)
     baseline.write_text(json.dumps({
         "sysctls": {key: read_sysctl(key) for key in NODE_SYSCTLS},
         "paths": [str(p) for p in NODE_GLOBAL_PATHS if p.exists()],
@@ -1101,9 +1150,10 @@ def record_node_baseline() -> None:
     }, indent=2))
 
 
-def restore_node_baseline() -> None:
-    baseline = node_dir() / "baseline.json"
-    if not baseline.exists():
+def restore_node_baseline(node_root: Path) -> None:
+    # A stack.py from before the machine-wide record kept the baseline in the node folder.
+    baseline = next((b for b in (node_baseline_file(), node_root / "baseline.json") if b.exists()), None)
+    if baseline is None:
         return
     recorded = json.loads(baseline.read_text())
     for key, value in recorded["sysctls"].items():
@@ -1116,16 +1166,26 @@ def restore_node_baseline() -> None:
     baseline.unlink()
 
 
-def clear_node() -> None:
-    """Remove everything of the node, whether stopped cleanly (`down`) or left behind by a killed stack."""
-    if not node_dir().exists():
+def clear_node(node_root: Path | None = None) -> None:
+    """Remove everything of the node, whether stopped cleanly (`down`) or left behind by a killed stack.
+
+    `node_root` is the node folder of the stack whose node it is: this stack's by default, or another
+    checkout's whose stack was killed (its folder may be gone with its clone; the machine-wide parts are not).
+    """
+    root = (node_root or node_dir()).resolve()
+    owner = recorded_node_owner()
+    if not root.exists() and owner != root:
+        return
+    if owner is not None and owner != root and node_services_alive(owner):
+        log(f"the machine's node belongs to the running stack of {owner.parent}: left alone")
         return
     started = time.monotonic()
-    with contextlib.suppress(StackError):
-        stop_pod_tasks()
-    for name in ("kube-proxy", "kubelet", "containerd"):
-        stop_process(name)
-    for pid in our_processes():  # shims of a containerd that is gone
+    if root == node_dir().resolve():
+        with contextlib.suppress(StackError):
+            stop_pod_tasks()
+        for name in ("kube-proxy", "kubelet", "containerd"):
+            stop_process(name)
+    for pid in our_processes(root):  # shims of a containerd that is gone (and, for another stack's, all of it)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     kill_pod_processes()
@@ -1133,14 +1193,15 @@ def clear_node() -> None:
         sh("ip", "netns", "delete", name)
         with contextlib.suppress(OSError):
             Path("/var/run/netns", name).unlink()
-    unmount_under(node_dir(), containerd_root())  # the CRI's sandbox /dev/shm mounts live in its root
+    unmount_under(root, containerd_root())  # the CRI's sandbox /dev/shm mounts live in its root
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         sh("ip", "link", "delete", BRIDGE, check=True)
     remove_iptables_rules()
-    restore_node_baseline()
+    restore_node_baseline(root)
     for sub in ("containerd", "kubelet", "kube-proxy", "cni", "pod-logs"):
-        shutil.rmtree(node_dir() / sub, ignore_errors=True)
-    shutil.rmtree(node_dir() / "images", ignore_errors=True)
+        shutil.rmtree(root / sub, ignore_errors=True)
+    shutil.rmtree(root / "images", ignore_errors=True)
+    node_owner_file().unlink(missing_ok=True)
     log(f"node cleared in {time.monotonic() - started:.1f}s")
 
 
@@ -1768,12 +1829,30 @@ def up_node() -> None:
     assert_node_disk_room()
     install_node_packages()
     install_node_binaries()
+    owner = recorded_node_owner()
+    # A running node of another stack was refused before anything started: here the owner is gone.
+    if node_takeover(owner, node_dir().resolve(), False) == "clear":
+        assert owner is not None
+        log(f"clearing the node that a killed stack of {owner.parent} left behind")
+        clear_node(owner)
     if not all(running_pid(service.name) for service in NODE_SERVICES):
         # Never started, stopped, or killed: clear whatever a killed stack left behind (stale mounts,
         # shims, netns, the bridge, iptables chains; sysctls back to the recorded values) first.
         clear_node()
     record_node_baseline()
+    node_owner_file().write_text(f"{node_dir().resolve()}\n")
     make_bridge()
+
+
+def refuse_a_running_node_of_another_stack() -> None:
+    """Before anything starts: the machine runs one node, and another checkout's stack may be using it."""
+    owner = recorded_node_owner()
+    alive = owner is not None and bool(node_services_alive(owner))
+    if node_takeover(owner, node_dir().resolve(), alive) == "refuse":
+        assert owner is not None
+        raise StackError(f"the machine's node is running for the stack of {owner.parent}: stop that stack "
+                         "(`make stack-down` in its checkout) first, or start this one without a node "
+                         "(LAGPILOT_NODE=0)")
 
 
 
@@ -1835,6 +1914,7 @@ def _up() -> None:
         if os.geteuid() != 0:
             raise StackError("the real node needs root (it runs containerd and a kubelet); "
                              "LAGPILOT_NODE=0 starts the control plane without it")
+        refuse_a_running_node_of_another_stack()
         install_node_packages()  # buildah and debootstrap, for the image build that starts now
         start_image_build()
     install()

@@ -29,7 +29,7 @@ def _node_is_up(stack) -> None:  # type: ignore[no-untyped-def]
 
 
 BRIDGE = os.environ.get("LAGPILOT_NODE_BRIDGE", "lagpilot0")
-NODE_SYSCTLS_FILE = "baseline.json"
+NODE_RECORD = Path("/run/lagpilot-node")  # machine-wide, as the node is: its owner and the sysctls before it
 
 # Talks to the apiserver the way an in-cluster client does: the `kubernetes` Service's address from
 # the environment the kubelet sets, the ServiceAccount token and CA the kubelet mounts.
@@ -203,7 +203,8 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # 
     It stops the session's stack (the kubelet is machine-wide: there is only one node), so it brings
     the stack up again at the end; run this module on its own, not next to other tests of the stack.
     """
-    baseline = json.loads((stack.stack_dir / "node" / NODE_SYSCTLS_FILE).read_text())
+    baseline = json.loads((NODE_RECORD / "baseline.json").read_text())
+    assert (NODE_RECORD / "owner").read_text().strip() == str((stack.stack_dir / "node").resolve())
     env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack.stack_dir), "LAGPILOT_NODE": "1"}
     stack_py = [sys.executable, str(REPO / "hack" / "stack.py")]
     # The running node has mounts under the stack folder: otherwise the check after `down` proves nothing.
@@ -228,6 +229,7 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # 
     assert [p for p in Path("/sys/fs/cgroup").glob("*/kubepods")] == []
     # Defaults the stack moves into its own folders (buildah's CNI lock, containerd's root, flex volumes).
     assert {path: Path(path).exists() for path in baseline["untouched"]} == baseline["untouched"]
+    assert not (NODE_RECORD / "owner").exists() and not (NODE_RECORD / "baseline.json").exists()
 
     up = subprocess.run([*stack_py, "up"], env=env, capture_output=True, text=True, check=False, timeout=900)
     assert up.returncode == 0, up.stderr[-4000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -143,6 +144,30 @@ def test_port_taken_stops_with_cause_and_fix(tmp_path: Path, stack) -> None:  # 
     assert f"port {taken} on 127.0.0.1 (kafka) is already in use" in result.stderr
     assert "LAGPILOT_KAFKA_PORT=<free port>" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_checkout_s_stack_refuses_to_start_next_to_the_running_node(
+        tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
+    """The machine runs one node; another checkout's `up` stops before it starts anything, and says why."""
+    kubelet_before = _pids_named("kubelet")
+    env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_NODE": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "up"], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"the machine's node is running for the stack of {stack.stack_dir.resolve()}" in result.stderr
+    assert "LAGPILOT_NODE=0" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state" / "kafka").exists(), "nothing of the second stack may have started"
+    assert _pids_named("kubelet") == kubelet_before != []
+
+
+def _pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if Path((entry / "cmdline").read_bytes().split(b"\0")[0].decode()).name == name:
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
 def test_missing_java_names_the_fix(tmp_path: Path) -> None:

@@ -104,3 +104,12 @@ def test_a_disk_too_full_for_the_kubelet_is_named_before_the_node_starts(monkeyp
     problem = stack.node_disk_problem(int(2.6 * gib), 252 * gib)
     assert problem is not None and "2.6 GiB" in problem and "DiskPressure" in problem
     assert stack.node_disk_problem(0, 0) is None  # unknown size: no verdict
+
+
+def test_the_machine_s_node_is_taken_over_only_from_a_stack_that_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = _load_stack(monkeypatch)
+    ours, theirs = Path("/work/a/.stack/node"), Path("/tmp/clone/.stack/node")
+    assert stack.node_takeover(None, ours, owner_alive=False) == "ours"
+    assert stack.node_takeover(ours, ours, owner_alive=True) == "ours"
+    assert stack.node_takeover(theirs, ours, owner_alive=False) == "clear"   # killed with its session
+    assert stack.node_takeover(theirs, ours, owner_alive=True) == "refuse"   # another checkout's, running
