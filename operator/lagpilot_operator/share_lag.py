@@ -615,6 +615,10 @@ class ShareLagClients:
     def __len__(self) -> int:
         return len(self._clusters)
 
+    def open_connections(self) -> int:
+        """Broker connections open across every cluster (at most one per broker of each)."""
+        return sum(cluster.open_connections for cluster in self._clusters.values())
+
     async def _retire(self, use: tuple[str, str]) -> None:
         key, group_id = use
         if use in self._uses.values():

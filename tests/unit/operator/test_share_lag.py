@@ -395,6 +395,7 @@ def test_the_pool_shares_a_cluster_and_closes_it_with_its_last_user() -> None:
         first = await pool.get(settings, ("ns", "a"), "sg")
         assert await pool.get(dict(settings), ("ns", "b"), "sg") is first and len(pool) == 1
         await first.describe("sg", {"orders": [0]})
+        assert pool.open_connections() == 1
         await pool.release(("ns", "a"))
         assert first.open_connections == 1  # b still reads through it
         # b moves to another group: sg's coordinator is forgotten, the connection stays.
@@ -404,7 +405,7 @@ def test_the_pool_shares_a_cluster_and_closes_it_with_its_last_user() -> None:
         second = await pool.get({**settings, "client.id": "x"}, ("ns", "b"), "other")
         assert second is not first and len(pool) == 1 and first.open_connections == 0
         await pool.release(("ns", "b"))
-        assert len(pool) == 0
+        assert len(pool) == 0 and pool.open_connections() == 0
         await pool.release(("ns", "never-seen"))  # harmless
         await pool.close()
 
