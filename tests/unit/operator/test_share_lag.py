@@ -5,8 +5,10 @@ negotiation, kept connections and coordinators, SASL logins, and the pool's leas
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -15,6 +17,7 @@ import scramp
 from lagpilot_operator import kafka_lag, share_lag
 from lagpilot_operator import kafka_protocol as proto
 from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, total_lag
+from tls_testkit import mint_foreign_pki
 
 T = TypeVar("T")
 LOG = {("orders", 0): (0, 100), ("orders", 1): (40, 100)}  # (log start, log end)
@@ -410,3 +413,16 @@ def test_the_pool_shares_a_cluster_and_closes_it_with_its_last_user() -> None:
         await pool.close()
 
     asyncio.run(FakeBroker().run(use))
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+def test_a_client_certificate_loads_without_a_file_left_behind(
+        memfd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pki = mint_foreign_pki(tmp_path / "pki")
+    monkeypatch.setattr(share_lag.tempfile, "tempdir", str(tmp_path))  # where a fallback folder would go
+    if not memfd:
+        monkeypatch.delattr(share_lag.os, "memfd_create")
+    context = share_lag.tls_context(share_lag.Security(
+        "SSL", ca_pem=pki.ca.read_text(), cert_pem=pki.client_cert.read_text(), key_pem=pki.client_key.read_text()))
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pki"]  # the key was written nowhere else
