@@ -54,6 +54,12 @@ async def io_threads(**_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="lagpilot-io"))
 
 
+@kopf.on.cleanup()
+async def close_connections(**_: Any) -> None:
+    # Every daemon releases its share-group connections as it stops; this closes whatever is left.
+    await SHARED.share_clients.close()
+
+
 def _emitter(body: kopf.Body) -> reconcile.EventSink:
     def emit(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)

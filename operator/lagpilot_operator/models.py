@@ -617,8 +617,7 @@ class KafkaConsumerGroupSpec(SpecModel):
                                 "are capped at the partition count). `share`: a share group (KIP-932, Kafka 4.2+), "
                                 "whose consumers share partitions record by record: replicas are not capped at the "
                                 "partition count, templated workers run with LAGPILOT_SHARE_GROUP=true, and the lag "
-                                "is the broker's count of records not yet acknowledged (read over a PLAINTEXT "
-                                "listener only).")
+                                "is the broker's count of records not yet acknowledged.")
     topics: list[TopicName] = Field(
         min_length=1, max_length=100, json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Topics the group consumes (1 to 100, unique).")

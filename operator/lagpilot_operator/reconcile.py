@@ -71,11 +71,14 @@ class Shared:
     """Process-wide clients."""
 
     admin_clients: kafka_lag.AdminClientPool = field(default_factory=kafka_lag.AdminClientPool)
+    share_clients: share_lag.ShareLagClients = field(default_factory=share_lag.ShareLagClients)
+    """The share-group lag reader's kept broker connections, per cluster and credentials."""
 
 
 async def forget(state: ResourceState, shared: Shared, namespace: str, name: str) -> None:
     """The resource's loop ends (deleted, or the operator stops): close what it held open."""
     shared.admin_clients.release((namespace, name))
+    await shared.share_clients.release((namespace, name))
     await asyncio.to_thread(state.redrive_sessions.close)
 
 
@@ -294,6 +297,9 @@ async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) ->
 
 async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None, shared: Shared,
                     namespace: str, name: str) -> tuple[LagSample | None, kafka_lag.LagReadError | None]:
+    owner = (namespace, name)
+    if spec.lag.source != "kafka" or spec.group_type != "share":
+        await shared.share_clients.release(owner)  # no share-group read (any more): its connections can go
     try:
         if spec.lag.source == "prometheus":
             assert spec.lag.prometheus is not None  # the CRD's CEL rule
@@ -301,12 +307,12 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
-        if spec.group_type == "share":
-            share_lag.require_plaintext(settings)  # before an AdminClient connects for nothing
-        admin = shared.admin_clients.get(settings, owner=(namespace, name))
+        admin = shared.admin_clients.get(settings, owner=owner)
         try:
             if spec.group_type == "share":
-                sample = await share_lag.read_share_lag(admin, settings, spec.group_id, list(spec.topics))
+                cluster = await shared.share_clients.get(settings, owner, spec.group_id)
+                sample = await share_lag.read_share_lag(admin, settings, spec.group_id, list(spec.topics),
+                                                        cluster=cluster)
             else:
                 sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers,
                                                  spec.group_id, list(spec.topics))

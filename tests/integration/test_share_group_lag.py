@@ -1,19 +1,26 @@
 """The operator's share-group lag read (share_lag, KIP-932) against a real Kafka 4.4 broker: after a share
 consumer accepted some records of a 2-partition topic and released the rest, the lag read per partition is
-exactly what is left."""
+exactly what is left, through the PLAINTEXT listener and through each secured one (SASL_PLAINTEXT with PLAIN,
+SASL_SSL with SCRAM-SHA-512, mutual TLS); a wrong password, an untrusted CA and a refused client certificate
+are named."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
 from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-from lagpilot_operator import share_lag
+from lagpilot_operator import kafka_lag, share_lag
 from lagpilot_operator.observations import LagSample, partition_lag
 from support import WaitTimeout, configure_share_group, wait_for
+from tls_testkit import key_material, mint_foreign_pki
 
 PER_PARTITION = 50
 ACCEPT = {0: 15, 1: 25}  # records accepted per partition; every other delivery is released
@@ -24,8 +31,25 @@ def lags(sample: LagSample) -> dict[int, int]:
     return {p.partition: partition_lag(p, "earliest") for p in sample.partitions}
 
 
+def secured_listeners(stack: Any) -> dict[str, dict[str, str]]:
+    """The librdkafka settings of the stack's secured listeners, as `kafka_lag.client_settings` resolves them
+    from a resource's Secrets."""
+    ca = stack.kafka_tls_ca_file.read_text()
+    return {
+        "SASL_PLAINTEXT/PLAIN": {"bootstrap.servers": stack.kafka_sasl_bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                                 "sasl.mechanism": "PLAIN", "sasl.username": stack.kafka_sasl_username,
+                                 "sasl.password": stack.kafka_sasl_password},
+        "SASL_SSL/SCRAM-SHA-512": {"bootstrap.servers": stack.kafka_scram_bootstrap, "security.protocol": "SASL_SSL",
+                                   "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": stack.kafka_scram_username,
+                                   "sasl.password": stack.kafka_scram_password, "ssl.ca.pem": ca},
+        "SSL/mutual TLS": {"bootstrap.servers": stack.kafka_mtls_bootstrap, "security.protocol": "SSL",
+                           "ssl.ca.pem": ca, "ssl.certificate.pem": stack.kafka_tls_client_cert_file.read_text(),
+                           "ssl.key.pem": stack.kafka_tls_client_key_file.read_text()},
+    }
+
+
 def test_share_lag_is_the_count_of_records_not_yet_acknowledged(
-        kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str]) -> None:
+        stack: Any, kafka_bootstrap: str, create_topic: Callable[..., str], unique_name: Callable[[str], str]) -> None:
     topic = create_topic("share-lag", partitions=2)
     group = configure_share_group(kafka_bootstrap, unique_name("sg"))
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
@@ -82,3 +106,61 @@ def test_share_lag_is_the_count_of_records_not_yet_acknowledged(
     # share state, so neither is counted from the offsetResetPolicy.
     assert all(p.committed is not None for p in sample.partitions), sample
     assert [p.end_offset for p in sample.partitions] == [PER_PARTITION, PER_PARTITION]
+
+    # The same lag through every secured listener: the AdminClient and a kept ShareCluster built from the same
+    # settings, as the operator does; two polls, one connection (the single broker is its own coordinator).
+    async def two_polls(settings: dict[str, str]) -> tuple[LagSample, LagSample, int]:
+        admin = AdminClient(settings)
+        async with share_lag.ShareCluster(settings) as cluster:
+            first = await share_lag.read_share_lag(admin, settings, group, [topic], cluster=cluster)
+            second = await share_lag.read_share_lag(admin, settings, group, [topic], cluster=cluster)
+            return first, second, cluster.open_connections
+
+    for listener, settings in secured_listeners(stack).items():
+        first, second, connections = asyncio.run(two_polls(settings))
+        assert lags(first) == lags(second) == expected, listener
+        assert all(p.committed is not None for p in first.partitions), (listener, first)
+        assert connections == 1, listener
+
+
+def refusal(settings: dict[str, str]) -> kafka_lag.LagReadError:
+    """What the share-group reader raises for `settings` (the AdminClient is not asked: it would name the
+    failure itself, before the reader ever connects)."""
+    async def ask() -> None:
+        async with share_lag.ShareCluster(settings) as cluster:
+            await cluster.describe("no-such-share-group", {"no-such-topic": [0]})
+
+    with pytest.raises(kafka_lag.LagReadError) as caught:
+        asyncio.run(asyncio.wait_for(ask(), 30))
+    return caught.value
+
+
+def test_a_wrong_password_an_untrusted_ca_and_a_refused_client_certificate_are_named(
+        stack: Any, tmp_path: Path) -> None:
+    listeners = secured_listeners(stack)
+    foreign = mint_foreign_pki(tmp_path / "foreign")
+    wrong_password = f"wrong-{uuid.uuid4().hex}"
+    cases = {
+        "PLAIN, wrong password": ({**listeners["SASL_PLAINTEXT/PLAIN"], "sasl.password": wrong_password},
+                                  "AuthenticationFailed", "spec.kafka.security"),
+        "SCRAM, wrong password": ({**listeners["SASL_SSL/SCRAM-SHA-512"], "sasl.password": wrong_password},
+                                  "AuthenticationFailed", "spec.kafka.security"),
+        "SCRAM, untrusted CA": ({**listeners["SASL_SSL/SCRAM-SHA-512"], "ssl.ca.pem": foreign.ca.read_text()},
+                                "TLSVerificationFailed", "caSecretRef"),
+        "mTLS, client certificate of a foreign CA": (
+            {**listeners["SSL/mutual TLS"], "ssl.certificate.pem": foreign.client_cert.read_text(),
+             "ssl.key.pem": foreign.client_key.read_text()}, "TLSHandshakeFailed", "certSecretRef"),
+        "TLS client at the PLAINTEXT listener": (
+            {"bootstrap.servers": stack.kafka_bootstrap, "security.protocol": "SSL",
+             "ssl.ca.pem": stack.kafka_tls_ca_file.read_text()}, "TLSHandshakeFailed", "protocol"),
+        "PLAINTEXT client at a TLS listener": ({"bootstrap.servers": stack.kafka_mtls_bootstrap}, "KafkaUnreachable",
+                                               "speaks TLS"),
+    }
+    secrets = [wrong_password, stack.kafka_sasl_password, stack.kafka_scram_password,
+               *key_material(foreign.client_key.read_text()),
+               *key_material(stack.kafka_tls_client_key_file.read_text())]
+    for case, (settings, reason, hint) in cases.items():
+        error = refusal(settings)
+        assert (error.reason, hint in str(error)) == (reason, True), (case, str(error))
+        chain = f"{error!s} {error.__cause__!s} {error.__context__!s}"
+        assert not [secret for secret in secrets if secret in chain], f"{case}: a credential in the error"

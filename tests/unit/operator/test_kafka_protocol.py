@@ -149,3 +149,91 @@ def test_a_long_string_gets_a_multi_byte_varint_length() -> None:
 def test_version_negotiation_takes_the_highest_common_version(broker: tuple[int, int] | None,
                                                               expected: int | None) -> None:
     assert proto.pick_version(proto.DESCRIBE_SHARE_GROUP_OFFSETS, broker) == expected
+
+
+# --- SaslHandshake, SaslAuthenticate (KIP-152) -----------------------------------------------------------------
+
+
+def str16(s: str | None) -> bytes:
+    """(NULLABLE_)STRING of non-flexible versions: int16 length (-1: null), then UTF-8."""
+    return i16(-1) if s is None else i16(len(s.encode())) + s.encode()
+
+
+def test_request_header_v1_for_versions_that_are_not_flexible() -> None:
+    # SaslHandshake is never flexible: header v1 has no tagged-field section after the client id.
+    frame = proto.request_frame(17, 1, 3, "lagpilot-operator", b"BODY")
+    header = i16(17) + i16(1) + i32(3) + str16("lagpilot-operator")
+    assert frame == i32(len(header) + 4) + header + b"BODY"
+    # SaslAuthenticate v0-v1 are not, v2 is: header v2 with its (empty) tagged fields.
+    assert proto.request_frame(36, 1, 3, None, b"") == i32(10) + i16(36) + i16(1) + i32(3) + i16(-1)
+    assert proto.request_frame(36, 2, 3, None, b"") == i32(11) + i16(36) + i16(2) + i32(3) + i16(-1) + TAGS
+
+
+def test_which_response_headers_are_flexible() -> None:
+    assert not proto.response_header_is_flexible(proto.API_VERSIONS, 3)  # always header v0
+    assert not proto.response_header_is_flexible(proto.SASL_HANDSHAKE, 1)
+    assert not proto.response_header_is_flexible(proto.SASL_AUTHENTICATE, 1)
+    assert proto.response_header_is_flexible(proto.SASL_AUTHENTICATE, 2)
+    assert proto.response_header_is_flexible(proto.FIND_COORDINATOR, 4)
+    assert proto.response_header_is_flexible(proto.DESCRIBE_SHARE_GROUP_OFFSETS, 0)
+
+
+def test_sasl_handshake_request_v1() -> None:
+    # Mechanism: a classic int16-length string.
+    assert proto.sasl_handshake_request("SCRAM-SHA-512") == i16(13) + b"SCRAM-SHA-512"
+
+
+def test_sasl_handshake_response_lists_the_enabled_mechanisms() -> None:
+    # ErrorCode, Mechanisms: an int32-length array of int16-length strings.
+    body = i16(0) + i32(2) + str16("PLAIN") + str16("SCRAM-SHA-512")
+    assert proto.parse_sasl_handshake_response(body) == proto.SaslHandshakeResult(0, ("PLAIN", "SCRAM-SHA-512"))
+    refused = i16(proto.UNSUPPORTED_SASL_MECHANISM) + i32(1) + str16("PLAIN")
+    assert proto.parse_sasl_handshake_response(refused) == proto.SaslHandshakeResult(33, ("PLAIN",))
+    assert proto.parse_sasl_handshake_response(i16(34) + i32(0)) == proto.SaslHandshakeResult(34, ())
+    with pytest.raises(proto.ProtocolError):
+        proto.parse_sasl_handshake_response(body + b"\x00")
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_sasl_authenticate_request_v0_v1(version: int) -> None:
+    # AuthBytes: int32 length, then the bytes.
+    assert proto.sasl_authenticate_request(b"n,,n=u,r=abc", version) == i32(12) + b"n,,n=u,r=abc"
+
+
+def test_sasl_authenticate_request_v2_is_flexible() -> None:
+    # AuthBytes as COMPACT_BYTES (varint length + 1), then the request's tags.
+    assert proto.sasl_authenticate_request(b"n,,n=u,r=abc", 2) == bytes([13]) + b"n,,n=u,r=abc" + TAGS
+
+
+def test_sasl_authenticate_response_v0() -> None:
+    # ErrorCode, ErrorMessage (nullable int16 string), AuthBytes (int32 length); no SessionLifetimeMs.
+    body = i16(0) + str16(None) + i32(3) + b"r=x"
+    assert proto.parse_sasl_authenticate_response(body, 0) == proto.SaslAuthenticateResult(0, None, b"r=x", 0)
+
+
+def test_sasl_authenticate_response_v1_has_the_session_lifetime() -> None:
+    body = i16(58) + str16("Authentication failed") + i32(0) + i64(3_600_000)
+    assert proto.parse_sasl_authenticate_response(body, 1) == proto.SaslAuthenticateResult(
+        58, "Authentication failed", b"", 3_600_000)
+    with pytest.raises(proto.ProtocolError):  # v1 bytes read as v0 leave the lifetime over
+        proto.parse_sasl_authenticate_response(body, 0)
+
+
+def test_sasl_authenticate_response_v2_is_flexible() -> None:
+    body = i16(0) + cstr(None) + bytes([4]) + b"v=s" + i64(0) + TAGS
+    assert proto.parse_sasl_authenticate_response(body, 2) == proto.SaslAuthenticateResult(0, None, b"v=s", 0)
+
+
+def test_the_auth_bytes_are_not_in_the_repr() -> None:
+    assert "secret" not in repr(proto.SaslAuthenticateResult(0, None, b"secret", 0))
+
+
+def test_sasl_plain_token_is_rfc_4616() -> None:
+    # [authzid] NUL authcid NUL passwd, UTF-8; the operator sends no authzid.
+    assert proto.sasl_plain_token("lagpilot", "pässword") == b"\x00lagpilot\x00p\xc3\xa4ssword"
+
+
+@pytest.mark.parametrize("prefix, tls", [(b"\x15\x03\x03\x00", True), (b"\x16\x03\x01\x02", True),
+                                         (b"\x00\x00\x00\x10", False), (b"\x15\x00\x00\x00", False)])
+def test_a_tls_record_where_a_size_should_be_is_recognized(prefix: bytes, tls: bool) -> None:
+    assert proto.looks_like_tls_record(prefix) is tls
