@@ -710,9 +710,73 @@ def etcd_cmd() -> list[str]:
     ]
 
 
+def aggregation_enabled() -> bool:
+    """LAGPILOT_AGGREGATION=1 starts the apiserver with the aggregation layer's front proxy configured, so
+    an extension apiserver (KEDA's metrics adapter, for the benchmarks) can serve an APIService. Off by
+    default: it changes nothing for the stack the tests use."""
+    return os.environ.get("LAGPILOT_AGGREGATION", "0") == "1"
+
+
+def front_proxy_files() -> dict[str, Path]:
+    pki = kube_dir() / "pki"
+    return {"ca": pki / "front-proxy-ca.crt", "ca-key": pki / "front-proxy-ca.key",
+            "client-cert": pki / "front-proxy-client.crt", "client-key": pki / "front-proxy-client.key"}
+
+
+FRONT_PROXY_CLIENT_CN = "front-proxy-client"
+
+
+def make_front_proxy_certificates() -> None:
+    """The aggregation layer's own CA (as kubeadm does it, not the cluster CA: a certificate it signs may
+    assert any user name in the X-Remote-* headers) and the apiserver's client certificate from it."""
+    files = front_proxy_files()
+    if files["client-cert"].exists() and files["client-key"].exists():
+        return
+    files["ca"].parent.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-front-proxy-ca",
+            "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
+    ext = files["ca"].parent / "front-proxy-client.cnf"
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    csr = files["ca"].parent / "front-proxy-client.csr"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={FRONT_PROXY_CLIENT_CN}",
+            "-keyout", str(files["client-key"]), "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
+            "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(files["client-cert"]))
+
+
+def aggregation_flags(files: dict[str, Path]) -> list[str]:
+    """The kube-apiserver flags of the aggregation layer. The apiserver publishes the request-header CA,
+    allowed names and header names in kube-system/extension-apiserver-authentication, where an extension
+    apiserver's delegated authentication reads them. --enable-aggregator-routing stays off: with it the
+    aggregator dials a Service's EndpointSlice addresses, and the API refuses loopback ones; without it
+    an ExternalName Service (externalName 127.0.0.1) routes to an adapter on this machine's loopback."""
+    return [
+        f"--requestheader-client-ca-file={files['ca']}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_CN}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={files['client-cert']}",
+        f"--proxy-client-key-file={files['client-key']}",
+        "--enable-aggregator-routing=false",
+    ]
+
+
+def apiserver_has_aggregation(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.startswith(b"--proxy-client-cert-file=") for arg in cmdline)
+
+
 def apiserver_cmd() -> list[str]:
     make_certificates()
     pki, api = kube_dir() / "pki", PORTS["apiserver"]
+    aggregation = []
+    if aggregation_enabled():
+        make_front_proxy_certificates()
+        aggregation = aggregation_flags(front_proxy_files())
     node_flags = []
     if node_enabled():
         node_certificates()
@@ -731,6 +795,7 @@ def apiserver_cmd() -> list[str]:
         f"--etcd-servers=http://{HOST}:{PORTS['etcd']}",
         f"--bind-address={api_host()}", f"--advertise-address={api_host()}", f"--secure-port={api}",
         *node_flags,
+        *aggregation,
         f"--cert-dir={kube_dir() / 'certs'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
@@ -1847,6 +1912,11 @@ def _up() -> None:
     if node_enabled():
         up_node()  # the bridge first: the apiserver and Kafka listen on its address
     mode_file.write_text(mode)
+    apiserver_pid = running_pid("kube-apiserver")
+    if aggregation_enabled() and apiserver_pid and not apiserver_has_aggregation(apiserver_pid):
+        # Asked for explicitly (LAGPILOT_AGGREGATION=1): the running apiserver lacks the flags.
+        log("LAGPILOT_AGGREGATION=1 but the running kube-apiserver has no aggregation layer: restarting it")
+        stop_process("kube-apiserver")
     # Start what is not running yet; the control plane pieces start in dependency order.
     for service in SERVICES:
         if running_and_ready(service):
