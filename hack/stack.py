@@ -5,6 +5,7 @@
     python3 hack/stack.py up        # install, start what is not running, print `export` lines
     python3 hack/stack.py down      # stop every process this stack started (by pidfile)
     python3 hack/stack.py status    # what runs, where
+    python3 hack/stack.py keda      # build KEDA, extract its CRDs, mint its certs (benchmarks; starts nothing)
 
 Standard library only, so it runs before the project's virtualenv exists. Everything binds to
 127.0.0.1; state (data, pidfiles, logs, certificates, the env file) lives in .stack/ (git-ignored),
@@ -92,6 +93,14 @@ PORTS = {
     "kubelet-healthz": port("KUBELET_HEALTHZ", 19248),
     "kube-proxy-healthz": port("KUBE_PROXY_HEALTHZ", 19256),
     "kube-proxy-metrics": port("KUBE_PROXY_METRICS", 19249),
+    # KEDA, for the benchmarks only (`stack.py keda`; nothing here starts it): the operator's gRPC
+    # metrics service, metrics and health probes; the adapter's secure port (the APIService's backend)
+    # and its plain /metrics server (KEDA binds that one on every address: it takes a port only).
+    "keda-metrics-service": port("KEDA_METRICS_SERVICE", 19666),
+    "keda-operator-metrics": port("KEDA_OPERATOR_METRICS", 19680),
+    "keda-operator-health": port("KEDA_OPERATOR_HEALTH", 19681),
+    "keda-adapter": port("KEDA_ADAPTER", 19443),
+    "keda-adapter-metrics": port("KEDA_ADAPTER_METRICS", 19682),
 }
 ADMIN_TOKEN_FILE = STATE / "kube" / "admin.token"
 SASL_USER = "lagpilot"
@@ -1842,6 +1851,208 @@ def up_node() -> None:
 
 
 
+# --------------------------------------------------------------------------------------------- KEDA
+# The real KEDA for the benchmarks (`make bench` runs `stack.py keda`; `make test` never builds it): the
+# operator and the external-metrics adapter built from the Go module proxy through hack/keda, KEDA's
+# CRDs, the certificates, and the commands and objects that run it against this stack. Running it needs
+# the apiserver's aggregation layer (LAGPILOT_AGGREGATION=1, see aggregation_flags); docs/benchmarks.md
+# has the whole recipe.
+
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+KEDA_BINARIES = {"operator": "keda-operator", "adapter": "keda-adapter"}
+KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_scaledjobs.yaml", "keda.sh_triggerauthentications.yaml",
+             "keda.sh_clustertriggerauthentications.yaml")
+KEDA_NAMESPACE = "keda"
+KEDA_ADAPTER_SERVICE = "keda-metrics-apiserver"  # the APIService's Service; its name is in the TLS check
+KEDA_OPERATOR_SERVICE = "keda-operator"
+
+
+def keda_dir() -> Path:
+    return STATE / "keda"
+
+
+def keda_ldflags(version: str) -> str:
+    # As KEDA's Makefile sets them; its release builds use the tag without the 'v'.
+    return (f"-s -w -X={KEDA_MODULE}/version.Version={version.lstrip('v')} "
+            f"-X={KEDA_MODULE}/version.GitCommit={version}")
+
+
+def install_keda() -> None:
+    """KEDA's operator and metrics adapter. Built with one package at a time and GOMAXPROCS=1 (the
+    compiler's own parallelism follows it): a cold build takes long, but one of the two cores stays
+    free for the stack and the benchmark that wait for it. Cached like the other components."""
+    version = PINS["KEDA_VERSION"]
+    if stamped("keda", version) and all((BIN / b).exists() for b in KEDA_BINARIES.values()):
+        return
+    require_tool("go", "build KEDA", "install Go >= 1.26 (KEDA's go.mod asks for it)")
+    log(f"building KEDA {version} (operator, metrics adapter) from the Go module proxy on one core "
+        "(first time: long)")
+    BIN.mkdir(parents=True, exist_ok=True)
+    env = go_env() | {"GOMAXPROCS": "1"}
+    for command, binary in KEDA_BINARIES.items():
+        run(["go", "build", "-p", "1", "-trimpath", "-ldflags", keda_ldflags(version), "-o", str(BIN / binary),
+             f"{KEDA_MODULE}/cmd/{command}"],
+            cwd=HACK / "keda", env=env, what=f"build {binary}")
+    stamp("keda", version)
+
+
+def keda_module_dir() -> Path:
+    """KEDA's source in the module cache (the version hack/keda/go.mod requires), downloaded if absent."""
+    result = subprocess.run(["go", "mod", "download", "-json", KEDA_MODULE], cwd=HACK / "keda", env=go_env(),
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"go mod download {KEDA_MODULE} failed: {result.stderr.strip() or result.stdout.strip()}")
+    directory = json.loads(result.stdout).get("Dir", "")
+    if not directory:
+        raise StackError(f"go mod download {KEDA_MODULE} named no directory: {result.stdout.strip()}")
+    return Path(directory)
+
+
+def extract_keda_crds(module_dir: Path) -> list[Path]:
+    """ScaledObject, ScaledJob, TriggerAuthentication and ClusterTriggerAuthentication, from the release's
+    config/crd/bases, into .stack/keda/crds (`kubectl apply -f` that folder)."""
+    target = keda_dir() / "crds"
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in KEDA_CRDS:
+        source = module_dir / "config" / "crd" / "bases" / name
+        if not source.exists():
+            raise StackError(f"{source} is missing: KEDA {PINS['KEDA_VERSION']} has no CRD file {name}")
+        copied.append(target / name)
+        shutil.copyfile(source, copied[-1])
+    return copied
+
+
+def keda_cert_dir() -> Path:
+    """ca.crt, tls.crt and tls.key, as KEDA reads them from its --cert-dir: the operator's gRPC metrics
+    service and the adapter's client of it both use mutual TLS with this one certificate (as KEDA's own
+    cert rotation makes it), and the adapter serves the APIService with it too."""
+    return keda_dir() / "certs"
+
+
+def keda_cert_san() -> str:
+    names = [f"DNS:{KEDA_ADAPTER_SERVICE}.{KEDA_NAMESPACE}.svc", f"DNS:{KEDA_OPERATOR_SERVICE}.{KEDA_NAMESPACE}.svc",
+             "DNS:localhost", f"IP:{HOST}"]
+    return f"subjectAltName={','.join(names)}\nextendedKeyUsage=serverAuth,clientAuth\n"
+
+
+def make_keda_certificates() -> None:
+    certs, pki = keda_cert_dir(), keda_dir() / "pki"
+    san_file = pki / "san.cnf"
+    if (certs / "tls.crt").exists() and san_file.exists() and san_file.read_text() == keda_cert_san():
+        return
+    certs.mkdir(parents=True, exist_ok=True)
+    pki.mkdir(parents=True, exist_ok=True)
+    if not (pki / "ca.crt").exists():
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-keda-ca",
+                "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    san_file.write_text(keda_cert_san())
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={KEDA_OPERATOR_SERVICE}",
+            "-keyout", str(certs / "tls.key"), "-out", str(pki / "tls.csr"))
+    openssl("x509", "-req", "-in", str(pki / "tls.csr"), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+            "-CAcreateserial", "-days", "3650", "-extfile", str(san_file), "-out", str(certs / "tls.crt"))
+    shutil.copyfile(pki / "ca.crt", certs / "ca.crt")
+
+
+def keda_env() -> dict[str, str]:
+    """What KEDA reads from its environment that a Pod would have had: WATCH_NAMESPACE must be set ("" is
+    every namespace), KEDA_CLUSTER_OBJECT_NAMESPACE replaces the service account's namespace file, and
+    POD_NAMESPACE is where leader election (off here) and the adapter's default gRPC address would point."""
+    return {
+        "WATCH_NAMESPACE": "",
+        "POD_NAMESPACE": KEDA_NAMESPACE,
+        "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE,
+        "KEDA_HTTP_DEFAULT_TIMEOUT": "3000",
+        "KUBECONFIG": str(kubeconfig_path()),
+    }
+
+
+def keda_operator_cmd() -> list[str]:
+    return [
+        str(BIN / KEDA_BINARIES["operator"]),
+        f"--kubeconfig={kubeconfig_path()}",
+        "--leader-elect=false",
+        f"--metrics-bind-address={HOST}:{PORTS['keda-operator-metrics']}",
+        f"--health-probe-bind-address={HOST}:{PORTS['keda-operator-health']}",
+        f"--metrics-service-bind-address={HOST}:{PORTS['keda-metrics-service']}",
+        f"--cert-dir={keda_cert_dir()}",
+        "--enable-cert-rotation=false",  # the default; the certificates come from make_keda_certificates
+        f"--ca-dir={keda_dir() / 'ca'}",  # extra CAs for scalers' TLS (its default, /custom/ca, is a Pod path)
+        "--zap-log-level=info",
+    ]
+
+
+def keda_adapter_cmd() -> list[str]:
+    certs, kubeconfig = keda_cert_dir(), kubeconfig_path()
+    return [
+        str(BIN / KEDA_BINARIES["adapter"]),
+        f"--bind-address={HOST}", f"--secure-port={PORTS['keda-adapter']}",
+        f"--tls-cert-file={certs / 'tls.crt'}", f"--tls-private-key-file={certs / 'tls.key'}",
+        f"--cert-dir={certs}",  # where the adapter's gRPC client reads ca.crt, tls.crt and tls.key
+        f"--metrics-service-address={HOST}:{PORTS['keda-metrics-service']}",
+        # Outside a Pod every client needs a kubeconfig: controller-runtime's (--kubeconfig), the
+        # adapter's lister and discovery (--lister-kubeconfig), and the delegated authentication
+        # (TokenReview, the extension-apiserver-authentication ConfigMap) and authorization
+        # (SubjectAccessReview), which would otherwise want the in-cluster config.
+        f"--kubeconfig={kubeconfig}", f"--lister-kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+        f"--port={PORTS['keda-adapter-metrics']}",
+        "--zap-log-level=info",
+    ]
+
+
+def keda_objects(ca_bundle: bytes) -> list[dict[str, object]]:
+    """The cluster objects of KEDA's metrics API outside a Pod: the namespace, an ExternalName Service
+    to this machine's loopback (see aggregation_flags), the APIService that the aggregator proxies
+    external.metrics.k8s.io to (checked against KEDA's CA, for the Service's DNS name), and KEDA's RBAC
+    that lets the HPA controller read external metrics. The operator and adapter use the admin
+    kubeconfig, so KEDA's own service account RBAC (auth-delegator, the authentication reader) is not
+    needed."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": KEDA_ADAPTER_SERVICE, "namespace": KEDA_NAMESPACE},
+         "spec": {"type": "ExternalName", "externalName": HOST,
+                  "ports": [{"name": "https", "port": PORTS["keda-adapter"], "protocol": "TCP"}]}},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+         "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+         "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
+                  "service": {"name": KEDA_ADAPTER_SERVICE, "namespace": KEDA_NAMESPACE, "port": PORTS["keda-adapter"]},
+                  "caBundle": base64.b64encode(ca_bundle).decode(),
+                  "groupPriorityMinimum": 100, "versionPriority": 100}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "keda-external-metrics-reader"},
+         "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["*"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "keda-hpa-controller-external-metrics"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "keda-external-metrics-reader"},
+         "subjects": [{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}]},
+    ]
+
+
+def prepare_keda() -> None:
+    """Build KEDA, extract its CRDs, mint its certificates and write the objects and the run recipe into
+    .stack/keda. Starts nothing and applies nothing: the stack that runs stays as it is."""
+    install_keda()
+    crds = extract_keda_crds(keda_module_dir())
+    make_keda_certificates()
+    (keda_dir() / "ca").mkdir(exist_ok=True)
+    objects = keda_objects((keda_cert_dir() / "ca.crt").read_bytes())
+    (keda_dir() / "objects.json").write_text(
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n")
+    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in keda_env().items())
+    recipe = [
+        "# KEDA against the local stack (the apiserver must run with LAGPILOT_AGGREGATION=1)",
+        f"kubectl apply -f {keda_dir() / 'crds'} -f {keda_dir() / 'objects.json'}",
+        f"{env} {shlex.join(keda_operator_cmd())}",
+        f"{env} {shlex.join(keda_adapter_cmd())}",
+    ]
+    (keda_dir() / "run.sh").write_text("\n".join(recipe) + "\n")
+    log(f"KEDA {PINS['KEDA_VERSION']}: binaries in {BIN}, {len(crds)} CRDs in {keda_dir() / 'crds'}, "
+        f"run recipe in {keda_dir() / 'run.sh'}")
+
+
 # --------------------------------------------------------------------------------------------- commands
 
 
@@ -1966,7 +2177,7 @@ def status() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images"])
+    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images", "keda"])
     parser.add_argument("--no-node", action="store_true",
                         help="the control plane without the real node (no containerd, kubelet, kube-proxy; "
                              "Pods stay Pending); same as LAGPILOT_NODE=0")
@@ -1982,6 +2193,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "status":
             return status()
+        elif args.command == "keda":
+            prepare_keda()
         elif args.command == "images":
             node_images()
             print(json.dumps(node_images_table(), indent=2))
