@@ -1860,8 +1860,12 @@ def up_node() -> None:
 
 KEDA_MODULE = "github.com/kedacore/keda/v2"
 KEDA_BINARIES = {"operator": "keda-operator", "adapter": "keda-adapter"}
+# The operator also starts controllers for (Cluster)CloudEventSource: without those CRDs it logs "if kind is a
+# CRD, it should be installed before calling Start", and after controller-runtime's cache sync timeout (2 min)
+# the manager stops and the operator exits.
 KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_scaledjobs.yaml", "keda.sh_triggerauthentications.yaml",
-             "keda.sh_clustertriggerauthentications.yaml")
+             "keda.sh_clustertriggerauthentications.yaml", "eventing.keda.sh_cloudeventsources.yaml",
+             "eventing.keda.sh_clustercloudeventsources.yaml")
 KEDA_NAMESPACE = "keda"
 KEDA_ADAPTER_SERVICE = "keda-metrics-apiserver"  # the APIService's Service; its name is in the TLS check
 KEDA_OPERATOR_SERVICE = "keda-operator"
@@ -1909,8 +1913,8 @@ def keda_module_dir() -> Path:
 
 
 def extract_keda_crds(module_dir: Path) -> list[Path]:
-    """ScaledObject, ScaledJob, TriggerAuthentication and ClusterTriggerAuthentication, from the release's
-    config/crd/bases, into .stack/keda/crds (`kubectl apply -f` that folder)."""
+    """ScaledObject, ScaledJob, TriggerAuthentication, ClusterTriggerAuthentication and the two eventing
+    CRDs, from the release's config/crd/bases, into .stack/keda/crds (`kubectl apply --server-side -f`)."""
     target = keda_dir() / "crds"
     target.mkdir(parents=True, exist_ok=True)
     copied = []
@@ -2044,7 +2048,8 @@ def prepare_keda() -> None:
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in keda_env().items())
     recipe = [
         "# KEDA against the local stack (the apiserver must run with LAGPILOT_AGGREGATION=1)",
-        f"kubectl apply -f {keda_dir() / 'crds'} -f {keda_dir() / 'objects.json'}",
+        # Server-side: the ScaledJob CRD is too large for the last-applied annotation of a client-side apply.
+        f"kubectl apply --server-side -f {keda_dir() / 'crds'} -f {keda_dir() / 'objects.json'}",
         f"{env} {shlex.join(keda_operator_cmd())}",
         f"{env} {shlex.join(keda_adapter_cmd())}",
     ]

@@ -109,7 +109,7 @@ def test_crds_are_copied_from_the_modules_config_crd_bases(stack: Any, tmp_path:
     bases.mkdir(parents=True)
     for name in stack.KEDA_CRDS:
         (bases / name).write_text(f"# {name}\n")
-    (bases / "eventing.keda.sh_cloudeventsources.yaml").write_text("# not wanted\n")
+    (bases / "keda.sh_notakind.yaml").write_text("# not wanted\n")
     copied = stack.extract_keda_crds(tmp_path / "keda")
     assert sorted(path.name for path in (stack.keda_dir() / "crds").iterdir()) == sorted(stack.KEDA_CRDS)
     assert [path.read_text() for path in copied] == [f"# {name}\n" for name in stack.KEDA_CRDS]
