@@ -13,7 +13,7 @@ help:
 	@echo "make test-node   start the stack with the real node (root) and run its tests"
 	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
 	@echo "make stack-down  stop every process of the local stack"
-	@echo "make bench       run the benchmarks (JSON out)"
+	@echo "make bench       build KEDA (first time), then run the benchmarks (JSON out)"
 	@echo "make lock        re-pin the Python dependencies in requirements.lock (commit it)"
 
 # Every dependency is pinned by requirements.lock (pip-compile of pyproject's extras), so a new release
@@ -87,7 +87,9 @@ test-node: venv
 	@$(STACK) up >/dev/null
 	$(VENV)/bin/pytest tests/integration/test_real_node.py -q -p no:cacheprovider
 
+# KEDA (the benchmarks' baseline) is built, cached and prepared here only: `make test` never builds it.
 bench: venv
+	@$(STACK) keda
 	@$(STACK) up >/dev/null
 	@bash hack/bench.sh
 

@@ -5,6 +5,7 @@
     python3 hack/stack.py up        # install, start what is not running, print `export` lines
     python3 hack/stack.py down      # stop every process this stack started (by pidfile)
     python3 hack/stack.py status    # what runs, where
+    python3 hack/stack.py keda      # build KEDA, extract its CRDs, mint its certs (benchmarks; starts nothing)
 
 Standard library only, so it runs before the project's virtualenv exists. Everything binds to
 127.0.0.1; state (data, pidfiles, logs, certificates, the env file) lives in .stack/ (git-ignored),
@@ -92,6 +93,14 @@ PORTS = {
     "kubelet-healthz": port("KUBELET_HEALTHZ", 19248),
     "kube-proxy-healthz": port("KUBE_PROXY_HEALTHZ", 19256),
     "kube-proxy-metrics": port("KUBE_PROXY_METRICS", 19249),
+    # KEDA, for the benchmarks only (`stack.py keda`; nothing here starts it): the operator's gRPC
+    # metrics service, metrics and health probes; the adapter's secure port (the APIService's backend)
+    # and its plain /metrics server (KEDA binds that one on every address: it takes a port only).
+    "keda-metrics-service": port("KEDA_METRICS_SERVICE", 19666),
+    "keda-operator-metrics": port("KEDA_OPERATOR_METRICS", 19680),
+    "keda-operator-health": port("KEDA_OPERATOR_HEALTH", 19681),
+    "keda-adapter": port("KEDA_ADAPTER", 19443),
+    "keda-adapter-metrics": port("KEDA_ADAPTER_METRICS", 19682),
 }
 ADMIN_TOKEN_FILE = STATE / "kube" / "admin.token"
 SASL_USER = "lagpilot"
@@ -710,9 +719,73 @@ def etcd_cmd() -> list[str]:
     ]
 
 
+def aggregation_enabled() -> bool:
+    """LAGPILOT_AGGREGATION=1 starts the apiserver with the aggregation layer's front proxy configured, so
+    an extension apiserver (KEDA's metrics adapter, for the benchmarks) can serve an APIService. Off by
+    default: it changes nothing for the stack the tests use."""
+    return os.environ.get("LAGPILOT_AGGREGATION", "0") == "1"
+
+
+def front_proxy_files() -> dict[str, Path]:
+    pki = kube_dir() / "pki"
+    return {"ca": pki / "front-proxy-ca.crt", "ca-key": pki / "front-proxy-ca.key",
+            "client-cert": pki / "front-proxy-client.crt", "client-key": pki / "front-proxy-client.key"}
+
+
+FRONT_PROXY_CLIENT_CN = "front-proxy-client"
+
+
+def make_front_proxy_certificates() -> None:
+    """The aggregation layer's own CA (as kubeadm does it, not the cluster CA: a certificate it signs may
+    assert any user name in the X-Remote-* headers) and the apiserver's client certificate from it."""
+    files = front_proxy_files()
+    if files["client-cert"].exists() and files["client-key"].exists():
+        return
+    files["ca"].parent.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-front-proxy-ca",
+            "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
+    ext = files["ca"].parent / "front-proxy-client.cnf"
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    csr = files["ca"].parent / "front-proxy-client.csr"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={FRONT_PROXY_CLIENT_CN}",
+            "-keyout", str(files["client-key"]), "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
+            "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(files["client-cert"]))
+
+
+def aggregation_flags(files: dict[str, Path]) -> list[str]:
+    """The kube-apiserver flags of the aggregation layer. The apiserver publishes the request-header CA,
+    allowed names and header names in kube-system/extension-apiserver-authentication, where an extension
+    apiserver's delegated authentication reads them. --enable-aggregator-routing stays off: with it the
+    aggregator dials a Service's EndpointSlice addresses, and the API refuses loopback ones; without it
+    an ExternalName Service (externalName 127.0.0.1) routes to an adapter on this machine's loopback."""
+    return [
+        f"--requestheader-client-ca-file={files['ca']}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_CN}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={files['client-cert']}",
+        f"--proxy-client-key-file={files['client-key']}",
+        "--enable-aggregator-routing=false",
+    ]
+
+
+def apiserver_has_aggregation(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.startswith(b"--proxy-client-cert-file=") for arg in cmdline)
+
+
 def apiserver_cmd() -> list[str]:
     make_certificates()
     pki, api = kube_dir() / "pki", PORTS["apiserver"]
+    aggregation = []
+    if aggregation_enabled():
+        make_front_proxy_certificates()
+        aggregation = aggregation_flags(front_proxy_files())
     node_flags = []
     if node_enabled():
         node_certificates()
@@ -731,6 +804,7 @@ def apiserver_cmd() -> list[str]:
         f"--etcd-servers=http://{HOST}:{PORTS['etcd']}",
         f"--bind-address={api_host()}", f"--advertise-address={api_host()}", f"--secure-port={api}",
         *node_flags,
+        *aggregation,
         f"--cert-dir={kube_dir() / 'certs'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
@@ -1856,6 +1930,213 @@ def refuse_a_running_node_of_another_stack() -> None:
 
 
 
+# --------------------------------------------------------------------------------------------- KEDA
+# The real KEDA for the benchmarks (`make bench` runs `stack.py keda`; `make test` never builds it): the
+# operator and the external-metrics adapter built from the Go module proxy through hack/keda, KEDA's
+# CRDs, the certificates, and the commands and objects that run it against this stack. Running it needs
+# the apiserver's aggregation layer (LAGPILOT_AGGREGATION=1, see aggregation_flags); docs/benchmarks.md
+# has the whole recipe.
+
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+KEDA_BINARIES = {"operator": "keda-operator", "adapter": "keda-adapter"}
+# The operator also starts controllers for (Cluster)CloudEventSource: without those CRDs it logs "if kind is a
+# CRD, it should be installed before calling Start", and after controller-runtime's cache sync timeout (2 min)
+# the manager stops and the operator exits.
+KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_scaledjobs.yaml", "keda.sh_triggerauthentications.yaml",
+             "keda.sh_clustertriggerauthentications.yaml", "eventing.keda.sh_cloudeventsources.yaml",
+             "eventing.keda.sh_clustercloudeventsources.yaml")
+KEDA_NAMESPACE = "keda"
+KEDA_ADAPTER_SERVICE = "keda-metrics-apiserver"  # the APIService's Service; its name is in the TLS check
+KEDA_OPERATOR_SERVICE = "keda-operator"
+
+
+def keda_dir() -> Path:
+    return STATE / "keda"
+
+
+def keda_ldflags(version: str) -> str:
+    # As KEDA's Makefile sets them; its release builds use the tag without the 'v'.
+    return (f"-s -w -X={KEDA_MODULE}/version.Version={version.lstrip('v')} "
+            f"-X={KEDA_MODULE}/version.GitCommit={version}")
+
+
+def install_keda() -> None:
+    """KEDA's operator and metrics adapter. Built with one package at a time and GOMAXPROCS=1 (the
+    compiler's own parallelism follows it): a cold build takes long, but one of the two cores stays
+    free for the stack and the benchmark that wait for it. Cached like the other components."""
+    version = PINS["KEDA_VERSION"]
+    if stamped("keda", version) and all((BIN / b).exists() for b in KEDA_BINARIES.values()):
+        return
+    require_tool("go", "build KEDA", "install Go >= 1.26 (KEDA's go.mod asks for it)")
+    log(f"building KEDA {version} (operator, metrics adapter) from the Go module proxy on one core "
+        "(first time: long)")
+    BIN.mkdir(parents=True, exist_ok=True)
+    env = go_env() | {"GOMAXPROCS": "1"}
+    for command, binary in KEDA_BINARIES.items():
+        run(["go", "build", "-p", "1", "-trimpath", "-ldflags", keda_ldflags(version), "-o", str(BIN / binary),
+             f"{KEDA_MODULE}/cmd/{command}"],
+            cwd=HACK / "keda", env=env, what=f"build {binary}")
+    stamp("keda", version)
+
+
+def keda_module_dir() -> Path:
+    """KEDA's source in the module cache (the version hack/keda/go.mod requires), downloaded if absent."""
+    result = subprocess.run(["go", "mod", "download", "-json", KEDA_MODULE], cwd=HACK / "keda", env=go_env(),
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"go mod download {KEDA_MODULE} failed: {result.stderr.strip() or result.stdout.strip()}")
+    directory = json.loads(result.stdout).get("Dir", "")
+    if not directory:
+        raise StackError(f"go mod download {KEDA_MODULE} named no directory: {result.stdout.strip()}")
+    return Path(directory)
+
+
+def extract_keda_crds(module_dir: Path) -> list[Path]:
+    """ScaledObject, ScaledJob, TriggerAuthentication, ClusterTriggerAuthentication and the two eventing
+    CRDs, from the release's config/crd/bases, into .stack/keda/crds (`kubectl apply --server-side -f`)."""
+    target = keda_dir() / "crds"
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in KEDA_CRDS:
+        source = module_dir / "config" / "crd" / "bases" / name
+        if not source.exists():
+            raise StackError(f"{source} is missing: KEDA {PINS['KEDA_VERSION']} has no CRD file {name}")
+        copied.append(target / name)
+        shutil.copyfile(source, copied[-1])
+    return copied
+
+
+def keda_cert_dir() -> Path:
+    """ca.crt, tls.crt and tls.key, as KEDA reads them from its --cert-dir: the operator's gRPC metrics
+    service and the adapter's client of it both use mutual TLS with this one certificate (as KEDA's own
+    cert rotation makes it), and the adapter serves the APIService with it too."""
+    return keda_dir() / "certs"
+
+
+def keda_cert_san() -> str:
+    names = [f"DNS:{KEDA_ADAPTER_SERVICE}.{KEDA_NAMESPACE}.svc", f"DNS:{KEDA_OPERATOR_SERVICE}.{KEDA_NAMESPACE}.svc",
+             "DNS:localhost", f"IP:{HOST}"]
+    return f"subjectAltName={','.join(names)}\nextendedKeyUsage=serverAuth,clientAuth\n"
+
+
+def make_keda_certificates() -> None:
+    certs, pki = keda_cert_dir(), keda_dir() / "pki"
+    san_file = pki / "san.cnf"
+    if (certs / "tls.crt").exists() and san_file.exists() and san_file.read_text() == keda_cert_san():
+        return
+    certs.mkdir(parents=True, exist_ok=True)
+    pki.mkdir(parents=True, exist_ok=True)
+    if not (pki / "ca.crt").exists():
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=lagpilot-keda-ca",
+                "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    san_file.write_text(keda_cert_san())
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={KEDA_OPERATOR_SERVICE}",
+            "-keyout", str(certs / "tls.key"), "-out", str(pki / "tls.csr"))
+    openssl("x509", "-req", "-in", str(pki / "tls.csr"), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+            "-CAcreateserial", "-days", "3650", "-extfile", str(san_file), "-out", str(certs / "tls.crt"))
+    shutil.copyfile(pki / "ca.crt", certs / "ca.crt")
+
+
+def keda_env() -> dict[str, str]:
+    """What KEDA reads from its environment that a Pod would have had: WATCH_NAMESPACE must be set ("" is
+    every namespace), KEDA_CLUSTER_OBJECT_NAMESPACE replaces the service account's namespace file, and
+    POD_NAMESPACE is where leader election (off here) and the adapter's default gRPC address would point."""
+    return {
+        "WATCH_NAMESPACE": "",
+        "POD_NAMESPACE": KEDA_NAMESPACE,
+        "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE,
+        "KEDA_HTTP_DEFAULT_TIMEOUT": "3000",
+        "KUBECONFIG": str(kubeconfig_path()),
+    }
+
+
+def keda_operator_cmd() -> list[str]:
+    return [
+        str(BIN / KEDA_BINARIES["operator"]),
+        f"--kubeconfig={kubeconfig_path()}",
+        "--leader-elect=false",
+        f"--metrics-bind-address={HOST}:{PORTS['keda-operator-metrics']}",
+        f"--health-probe-bind-address={HOST}:{PORTS['keda-operator-health']}",
+        f"--metrics-service-bind-address={HOST}:{PORTS['keda-metrics-service']}",
+        f"--cert-dir={keda_cert_dir()}",
+        "--enable-cert-rotation=false",  # the default; the certificates come from make_keda_certificates
+        f"--ca-dir={keda_dir() / 'ca'}",  # extra CAs for scalers' TLS (its default, /custom/ca, is a Pod path)
+        "--zap-log-level=info",
+    ]
+
+
+def keda_adapter_cmd() -> list[str]:
+    certs, kubeconfig = keda_cert_dir(), kubeconfig_path()
+    return [
+        str(BIN / KEDA_BINARIES["adapter"]),
+        f"--bind-address={HOST}", f"--secure-port={PORTS['keda-adapter']}",
+        f"--tls-cert-file={certs / 'tls.crt'}", f"--tls-private-key-file={certs / 'tls.key'}",
+        f"--cert-dir={certs}",  # where the adapter's gRPC client reads ca.crt, tls.crt and tls.key
+        f"--metrics-service-address={HOST}:{PORTS['keda-metrics-service']}",
+        # Outside a Pod every client needs a kubeconfig: controller-runtime's (--kubeconfig), the
+        # adapter's lister and discovery (--lister-kubeconfig), and the delegated authentication
+        # (TokenReview, the extension-apiserver-authentication ConfigMap) and authorization
+        # (SubjectAccessReview), which would otherwise want the in-cluster config.
+        f"--kubeconfig={kubeconfig}", f"--lister-kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+        f"--port={PORTS['keda-adapter-metrics']}",
+        "--zap-log-level=info",
+    ]
+
+
+def keda_objects(ca_bundle: bytes) -> list[dict[str, object]]:
+    """The cluster objects of KEDA's metrics API outside a Pod: the namespace, an ExternalName Service
+    to this machine's loopback (see aggregation_flags), the APIService that the aggregator proxies
+    external.metrics.k8s.io to (checked against KEDA's CA, for the Service's DNS name), and KEDA's RBAC
+    that lets the HPA controller read external metrics. The operator and adapter use the admin
+    kubeconfig, so KEDA's own service account RBAC (auth-delegator, the authentication reader) is not
+    needed."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": KEDA_ADAPTER_SERVICE, "namespace": KEDA_NAMESPACE},
+         "spec": {"type": "ExternalName", "externalName": HOST,
+                  "ports": [{"name": "https", "port": PORTS["keda-adapter"], "protocol": "TCP"}]}},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+         "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+         "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
+                  "service": {"name": KEDA_ADAPTER_SERVICE, "namespace": KEDA_NAMESPACE, "port": PORTS["keda-adapter"]},
+                  "caBundle": base64.b64encode(ca_bundle).decode(),
+                  "groupPriorityMinimum": 100, "versionPriority": 100}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "keda-external-metrics-reader"},
+         "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["*"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "keda-hpa-controller-external-metrics"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "keda-external-metrics-reader"},
+         "subjects": [{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}]},
+    ]
+
+
+def prepare_keda() -> None:
+    """Build KEDA, extract its CRDs, mint its certificates and write the objects and the run recipe into
+    .stack/keda. Starts nothing and applies nothing: the stack that runs stays as it is."""
+    install_keda()
+    crds = extract_keda_crds(keda_module_dir())
+    make_keda_certificates()
+    (keda_dir() / "ca").mkdir(exist_ok=True)
+    objects = keda_objects((keda_cert_dir() / "ca.crt").read_bytes())
+    (keda_dir() / "objects.json").write_text(
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n")
+    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in keda_env().items())
+    recipe = [
+        "# KEDA against the local stack (the apiserver must run with LAGPILOT_AGGREGATION=1)",
+        # Server-side: the ScaledJob CRD is too large for the last-applied annotation of a client-side apply.
+        f"kubectl apply --server-side -f {keda_dir() / 'crds'} -f {keda_dir() / 'objects.json'}",
+        f"{env} {shlex.join(keda_operator_cmd())}",
+        f"{env} {shlex.join(keda_adapter_cmd())}",
+    ]
+    (keda_dir() / "run.sh").write_text("\n".join(recipe) + "\n")
+    log(f"KEDA {PINS['KEDA_VERSION']}: binaries in {BIN}, {len(crds)} CRDs in {keda_dir() / 'crds'}, "
+        f"run recipe in {keda_dir() / 'run.sh'}")
+
+
 # --------------------------------------------------------------------------------------------- commands
 
 
@@ -1927,6 +2208,11 @@ def _up() -> None:
     if node_enabled():
         up_node()  # the bridge first: the apiserver and Kafka listen on its address
     mode_file.write_text(mode)
+    apiserver_pid = running_pid("kube-apiserver")
+    if aggregation_enabled() and apiserver_pid and not apiserver_has_aggregation(apiserver_pid):
+        # Asked for explicitly (LAGPILOT_AGGREGATION=1): the running apiserver lacks the flags.
+        log("LAGPILOT_AGGREGATION=1 but the running kube-apiserver has no aggregation layer: restarting it")
+        stop_process("kube-apiserver")
     # Start what is not running yet; the control plane pieces start in dependency order.
     for service in SERVICES:
         if running_and_ready(service):
@@ -1976,7 +2262,7 @@ def status() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images"])
+    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images", "keda"])
     parser.add_argument("--no-node", action="store_true",
                         help="the control plane without the real node (no containerd, kubelet, kube-proxy; "
                              "Pods stay Pending); same as LAGPILOT_NODE=0")
@@ -1992,6 +2278,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "status":
             return status()
+        elif args.command == "keda":
+            prepare_keda()
         elif args.command == "images":
             node_images()
             print(json.dumps(node_images_table(), indent=2))
