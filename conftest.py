@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from support import parse_env_lines, release_finalizers, wait_for, wait_for_grou
 from support import unique_name as _unique_name
 
 REPO = Path(__file__).resolve().parent
+_API_CLIENTS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class Stack:
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self._tool("kubectl", args, input_text, check, timeout)
+
+    def api(self) -> Any:
+        """An API client of this process, for reads and writes that tests repeat (polled in wait_for):
+        one kubectl process costs ~80 ms of CPU, a call on this kept connection a few milliseconds."""
+        if self.kubeconfig not in _API_CLIENTS:
+            from kubernetes import config
+
+            _API_CLIENTS[self.kubeconfig] = config.new_client_from_config(config_file=self.kubeconfig)
+        return _API_CLIENTS[self.kubeconfig]
 
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return self._tool("helm", args, None, check, timeout)
@@ -228,14 +239,27 @@ def create_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def namespace(stack: Stack) -> Iterator[str]:
     """A fresh Kubernetes namespace for one test, deleted afterwards (without waiting)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(stack.api())
     name = _unique_name("t")
-    stack.kubectl("create", "namespace", name)
+    core.create_namespace({"metadata": {"name": name}})
+
+    def default_account_exists() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return False
+        return True
+
     # The service-account controller creates `default`; pods are rejected until it exists.
-    wait_for(
-        lambda: stack.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-        30,
-        f"default service account in {name}",
-    )
+    wait_for(default_account_exists, 30, f"default service account in {name}")
     yield name
     release_finalizers(stack, name)
-    stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    try:
+        core.delete_namespace(name, propagation_policy="Background")  # without waiting
+    except ApiException as exc:
+        print(f"cleanup: could not delete namespace {name}: {exc.reason}")

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
 
 from e2e.loadgen import Ledger, LoadGenerator, LoadResult, Profile
 from e2e.pods import ChartOperator
@@ -393,17 +395,20 @@ class Scenario:
         return generator
 
     def worker_pods(self, group: Group) -> list[str]:
-        out = self.kubectl("get", "pods", "-n", self.namespace, "-l", f"app={group.name}",
-                           "-o", "jsonpath={range .items[?(@.status.phase=='Running')]}{.metadata.name}{'\\n'}{end}")
-        return [line for line in out.stdout.splitlines() if line]
+        core = client.CoreV1Api(self.backend.api)
+        pods = core.list_namespaced_pod(self.namespace, label_selector=f"app={group.name}")
+        return [pod.metadata.name for pod in pods.items if pod.status.phase == "Running"]
 
     def ready_pods(self, group: Group) -> int:
+        """Ready replicas of the group's Deployment (polled: read in process, not by a kubectl process)."""
         deployment = group.watch.deployment_name
         if deployment is None:
             return 0
-        out = self.kubectl("get", "deployment", deployment, "-n", self.namespace, "-o",
-                           "jsonpath={.status.readyReplicas}", check=False)
-        return int(out.stdout or 0) if out.returncode == 0 else 0
+        try:
+            found = client.AppsV1Api(self.backend.api).read_namespaced_deployment_status(deployment, self.namespace)
+        except (ApiException, urllib3.exceptions.HTTPError):
+            return 0  # not created yet, or the API server busy: the caller polls again
+        return int(found.status.ready_replicas or 0)
 
     def wait_ready(self, group: Group, count: int = 1, timeout: float = 60) -> None:
         wait_for(lambda: self.ready_pods(group) >= count, timeout, f"{count} ready worker pod(s) of {group.name}")

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
 
 from support import wait_for
 
@@ -192,10 +194,14 @@ class ChartOperator:
         wait_for(lambda: self._running_restarts() >= 0, 120, f"the operator Pod in {self.namespace} to run")
 
     def _pod(self) -> dict[str, Any] | None:
-        out = self.backend.kubectl("get", "pods", "-n", self.namespace, "-l",
-                                   f"app.kubernetes.io/instance={OPERATOR_RELEASE},"
-                                   "app.kubernetes.io/component=operator", "-o", "yaml", check=False)
-        items = (yaml.safe_load(out.stdout) or {}).get("items") or [] if out.returncode == 0 else []
+        """The operator's live Pod as the API returns it (polled: read in process, not by kubectl)."""
+        try:
+            pods = client.CoreV1Api(self.backend.api).list_namespaced_pod(
+                self.namespace, label_selector=f"app.kubernetes.io/instance={OPERATOR_RELEASE},"
+                                               "app.kubernetes.io/component=operator")
+        except (ApiException, urllib3.exceptions.HTTPError):
+            return None  # the API server busy: the caller polls again
+        items: list[dict[str, Any]] = self.backend.api.sanitize_for_serialization(pods).get("items") or []
         live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
         return live[0] if live else None
 

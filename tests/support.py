@@ -19,6 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 T = TypeVar("T")
+KCG_API = ("lagpilot.io", "v1alpha1", "kafkaconsumergroups")  # group, version, plural
 
 
 class WaitTimeout(AssertionError):
@@ -81,10 +82,39 @@ def release_finalizers(stack: Any, namespace: str) -> None:
     Tests stop their operator before the namespace goes; without an operator the finalizer would hold
     the namespace in Terminating forever (in a real cluster the operator is there to release it).
     """
-    found = stack.kubectl("get", "kafkaconsumergroups.lagpilot.io", "-n", namespace, "-o", "name", check=False)
-    for resource in found.stdout.split() if found.returncode == 0 else []:
-        stack.kubectl("patch", resource, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                      check=False)
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    groups = client.CustomObjectsApi(stack.api())
+    group, version, plural = KCG_API
+    try:
+        found = groups.list_namespaced_custom_object(group, version, namespace, plural)["items"]
+    except ApiException:
+        return  # no such namespace (any more), or the CRD is not installed: nothing holds it
+    for resource in found:
+        if resource["metadata"].get("finalizers"):
+            try:
+                groups.patch_namespaced_custom_object(group, version, namespace, plural, resource["metadata"]["name"],
+                                                      {"metadata": {"finalizers": None}})
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def kcg_status(stack: Any, namespace: str, name: str) -> dict[str, Any]:
+    """A KafkaConsumerGroup's status, read in process (tests poll it: see Stack.api)."""
+    from kubernetes import client
+
+    group, version, plural = KCG_API
+    body = client.CustomObjectsApi(stack.api()).get_namespaced_custom_object(group, version, namespace, plural, name)
+    return dict(body.get("status") or {})
+
+
+def deployment_replicas(stack: Any, namespace: str, name: str) -> int:
+    """A Deployment's spec.replicas (0 when unset), read in process (tests poll it: see Stack.api)."""
+    from kubernetes import client
+
+    return int(client.AppsV1Api(stack.api()).read_namespaced_deployment(name, namespace).spec.replicas or 0)
 
 
 def wait_for_group_coordinator(bootstrap: str, timeout: float = 120) -> None:

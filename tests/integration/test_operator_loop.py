@@ -17,7 +17,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from support import NO_NODE_SELECTOR, metric_value, pending_deployment, wait_for
+from support import NO_NODE_SELECTOR, deployment_replicas, kcg_status, metric_value, pending_deployment, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -102,8 +102,7 @@ def deployment(stack: Any, namespace: str, name: str, replicas: int) -> None:
 
 
 def replicas_of(stack: Any, namespace: str, name: str) -> int:
-    out = stack.kubectl("get", "deployment", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}").stdout
-    return int(out or 0)
+    return deployment_replicas(stack, namespace, name)
 
 
 def kcg(stack: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -113,8 +112,7 @@ def kcg(stack: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
 
 
 def status_of(stack: Any, namespace: str, name: str) -> dict[str, Any]:
-    out = stack.kubectl("get", "kcg", name, "-n", namespace, "-o", "json").stdout
-    return dict(json.loads(out).get("status") or {})
+    return kcg_status(stack, namespace, name)
 
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

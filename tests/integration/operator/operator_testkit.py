@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from support import pending_deployment
+from support import deployment_replicas, kcg_status, pending_deployment
 
 API_VERSION = "lagpilot.io/v1alpha1"
 # Fast loops for tests: a 2 s poll, instant scale-up, a 6 s scale-down window, no DLQ topics created.
@@ -89,8 +89,7 @@ def create_deployment(stack: Any, namespace: str, name: str, replicas: int) -> N
 
 
 def replicas_of(stack: Any, namespace: str, name: str) -> int:
-    return int(stack.kubectl("get", "deployment", name, "-n", namespace, "-o",
-                             "jsonpath={.spec.replicas}").stdout or 0)
+    return deployment_replicas(stack, namespace, name)
 
 
 def apply_kcg(stack: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -106,8 +105,7 @@ def apply_secret(stack: Any, namespace: str, name: str, data: dict[str, str]) ->
 
 
 def status_of(stack: Any, namespace: str, name: str) -> dict[str, Any]:
-    out = stack.kubectl("get", "kcg", name, "-n", namespace, "-o", "json").stdout
-    return dict(json.loads(out).get("status") or {})
+    return kcg_status(stack, namespace, name)
 
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
