@@ -87,7 +87,7 @@ class ShareWorker(WorkerShell):
         alive, _ = self.alive()
         if not alive:
             reasons.append("poll loop stuck")
-        return not reasons, {"reasons": reasons, "pool_size": self._pool_size, "share_group": True}
+        return not reasons, {"reasons": reasons, "pool_size": self.pool_size, "share_group": True}
 
     def alive(self) -> tuple[bool, dict[str, object]]:
         """Liveness: a batch finished recently (a batch may take up to the broker's acquisition lock)."""
