@@ -15,7 +15,7 @@ candidate/baseline ratios of the medians.
 Progress goes to stdout as JSON lines; the last line is the summary object.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/runtime_compare_bench.py
-    ... --baseline c47d1fb --candidate HEAD --runs 3 --messages 200000
+    ... --baseline c47d1fb --candidate HEAD --runs 5 --messages 1000000
 
 The same file is the child that runs one version (`--child`, started with that version's
 interpreter and -I, so only its installed lagpilot_worker is importable).
@@ -209,8 +209,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="commit of the version to compare against")
     parser.add_argument("--candidate", default="HEAD", help="commit of the version under test")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each version (alternating)")
-    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=5, help="runs of each version (alternating)")
+    parser.add_argument("--messages", type=int, default=1_000_000,
+                        help="records per run (a run of 200,000 lasts about half a second here: too noisy)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--pool", type=int, default=8)
