@@ -8,8 +8,8 @@ Like the processing strategies of Sentry's arroyo, each part has one job and pas
 the next; the loop below calls each in turn once per iteration (submit what arrived, poll what is
 due), and joins them at a revocation or shutdown (serve until the work in hand is done, bounded):
 
-    GroupConsumer.fetch ──> Admission.submit ──> Dispatcher.poll ──> slots / the poll thread
-       (consumer.py)         (admission.py)       (dispatch.py)         (pool.py, processing.py)
+    GroupConsumer.fetch ──> Admission.submit ──> Dispatcher.poll ──> slots / InlineRunner
+       (consumer.py)         (admission.py)       (dispatch.py)         (pool.py / inline_runner.py)
                                                                               │ results
     OffsetCommits.poll <── trackers <── ResultBook.poll <─────────────────────┘
        (commits.py)                      (results.py) ──> FailureRouter.submit ──> RetriedWrites
@@ -21,7 +21,7 @@ Beside the chain: Assignment (assignment.py, the rebalance callbacks), FlowContr
 brings its own consumer and completion path (acknowledgements instead of offset commits).
 
 A sync handler of a few microseconds per record, for which a hand-off to a slot costs more than
-the work, runs on the poll thread itself (see dispatch.py and inline.py).
+the work, runs on the poll thread itself (see inline_runner.py and inline.py).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Worker(WorkerShell):
     @property
     def direct_records(self) -> int:
         """Records run inline without lanes (read by tests)."""
-        return self._dispatcher.direct_records
+        return self._dispatcher.inline.direct_records
 
     def assignment(self) -> list[tuple[str, int]]:
         return sorted(self._states)
@@ -336,7 +336,7 @@ class Worker(WorkerShell):
 
     def _in_flight(self) -> float:
         # The poll thread counts too while it runs a work item itself (inline execution).
-        return super()._in_flight() + self._dispatcher.inline_running
+        return super()._in_flight() + self._dispatcher.inline.running
 
     def _window_use(self) -> float:
         """Records fetched and not covered by a commit the broker acknowledged (held records are not
