@@ -10,12 +10,18 @@ group, so both see the same broker and the same machine load.
 A run measures from its first processed record (group join is not throughput) to the last:
 records/s over that window, and the process's CPU time (every thread: the poll thread, the slots,
 librdkafka's) divided by the records in it. The summary gives each run and the medians, and the
-candidate/baseline ratios of the medians.
+candidate/baseline ratios of the medians and of each pair.
+
+Two modes, both by default (`--modes`): `broker` reads the topic from the local broker; `offline`
+replaces the runtime's GroupConsumer with an in-memory stand-in (OfflineConsumer below) that hands
+out records built beforehand, so only the runtime's own Python work is measured, without the
+broker's and librdkafka's share of the CPU and of the noise (on a shared 2-core host single broker
+runs of the same version vary by 10-20%).
 
 Progress goes to stdout as JSON lines; the last line is the summary object.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 .venv/bin/python bench/runtime_compare_bench.py
-    ... --baseline c47d1fb --candidate HEAD --runs 5 --messages 1000000
+    ... --baseline c47d1fb --candidate HEAD --runs 5 --messages 1000000 --modes broker,offline
 
 The same file is the child that runs one version (`--child`, started with that version's
 interpreter and -I, so only its installed lagpilot_worker is importable).
@@ -48,6 +54,94 @@ def emit(**fields: Any) -> None:
 # -- child: one run of one version -------------------------------------------------------------
 
 
+class OfflineConsumer:
+    """A stand-in for lagpilot_worker.consumer.GroupConsumer with no broker behind it (`--offline`).
+
+    It hands out records built beforehand, a run of one partition per fetch as librdkafka does, never
+    of a paused partition; it answers asynchronous commits in the next fetch (as librdkafka serves
+    them inside consume()) and synchronous ones at once. What is measured is then the runtime's own
+    Python work per record, without the broker's or librdkafka's share and their noise.
+    """
+
+    def __init__(self, settings: dict[str, Any], topics: Any, *, on_assign: Any, on_revoke: Any, on_lost: Any,
+                 on_commit_error: Any, on_commit_ack: Any) -> None:
+        self._on_assign = on_assign
+        self._on_commit_ack = on_commit_ack
+        self._queues = OFFLINE_RECORDS
+        self._next = [0] * len(self._queues)
+        self._turn = 0
+        self._paused: set[int] = set()
+        self._answers: list[Any] = []
+        self._assigned = False
+
+    def fetch(self, max_messages: int, wait: float) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        if not self._assigned:
+            self._assigned = True
+            self._on_assign([TopicPartition(OFFLINE_TOPIC, p) for p in range(len(self._queues))])
+        if self._answers:
+            answers, self._answers = self._answers, []
+            for offsets in answers:
+                self._on_commit_ack(offsets)
+        for _ in range(len(self._queues)):
+            partition = self._turn
+            self._turn = (self._turn + 1) % len(self._queues)
+            queue, start = self._queues[partition], self._next[partition]
+            if partition in self._paused or start >= len(queue):
+                continue
+            end = min(len(queue), start + max(1, max_messages))
+            self._next[partition] = end
+            return queue[start:end]
+        if wait > 0:
+            time.sleep(min(wait, 0.01))
+        return []
+
+    def pause(self, partitions: list[Any]) -> None:
+        self._paused.update(tp.partition for tp in partitions)
+
+    def resume(self, partitions: list[Any]) -> None:
+        self._paused.difference_update(tp.partition for tp in partitions)
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> bool:
+        if asynchronous:
+            self._answers.append(offsets)
+        return True
+
+    def committed(self, partitions: list[Any], timeout: float) -> None:
+        return None
+
+    def incremental_assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def incremental_unassign(self, partitions: list[Any]) -> None:
+        pass
+
+    def high_watermark(self, topic: str, partition: int) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+OFFLINE_TOPIC = "offline"
+OFFLINE_RECORDS: list[list[Any]] = []
+
+
+def build_offline_records(messages: int, partitions: int, keys: int, value_bytes: int) -> None:
+    """The records the OfflineConsumer hands out, built before the measurement (shared keys and value)."""
+    from confluent_kafka import Message
+
+    value = b"x" * value_bytes
+    key_bytes = [f"k{i}".encode() for i in range(keys)]
+    per_partition = -(-messages // partitions)
+    OFFLINE_RECORDS[:] = [
+        [Message(topic=OFFLINE_TOPIC, partition=p, offset=o, key=key_bytes[(o * partitions + p) % keys], value=value,
+                 timestamp=(1, int(time.time() * 1000)))
+         for o in range(per_partition)]
+        for p in range(partitions)]
+
+
 def child(args: argparse.Namespace) -> int:
     import logging
 
@@ -61,8 +155,15 @@ def child(args: argparse.Namespace) -> int:
     def noop(record: object) -> None:
         pass
 
+    topic = args.topic
+    if args.offline:
+        import lagpilot_worker.runtime
+
+        build_offline_records(args.messages, args.partitions, 1000, args.value_bytes)
+        lagpilot_worker.runtime.GroupConsumer = OfflineConsumer  # type: ignore[misc,assignment]
+        topic = OFFLINE_TOPIC
     config = WorkerConfig(bootstrap_servers=args.bootstrap, group_id=f"bench-cmp-{uuid.uuid4().hex[:8]}",
-                          topics=[args.topic], ordering=OrderingMode(args.ordering), pool_size=args.pool,
+                          topics=[topic], ordering=OrderingMode(args.ordering), pool_size=args.pool,
                           http_port=None, dead_letter_enabled=False)
     worker = Worker(config, noop)
     thread = threading.Thread(target=worker.run, name="bench-worker", daemon=True)
@@ -122,10 +223,12 @@ def install(commit: str, into: Path) -> Path:
     return python
 
 
-def one_run(python: Path, args: argparse.Namespace, topic: str) -> dict[str, Any]:
+def one_run(python: Path, args: argparse.Namespace, topic: str | None) -> dict[str, Any]:
     command = [str(python), "-I", str(Path(__file__).resolve()), "--child", "--bootstrap", args.bootstrap,
-               "--topic", topic, "--messages", str(args.messages), "--pool", str(args.pool),
-               "--ordering", args.ordering, "--timeout", str(args.run_timeout)]
+               "--messages", str(args.messages), "--pool", str(args.pool), "--ordering", args.ordering,
+               "--timeout", str(args.run_timeout), "--partitions", str(args.partitions),
+               "--value-bytes", str(args.value_bytes)]
+    command += ["--offline"] if topic is None else ["--topic", topic]
     # From a neutral directory: -I keeps this checkout off sys.path, the cwd must not put it back.
     done = subprocess.run(command, cwd=tempfile.gettempdir(), capture_output=True, text=True,
                           timeout=args.run_timeout + 90)
@@ -134,6 +237,19 @@ def one_run(python: Path, args: argparse.Namespace, topic: str) -> dict[str, Any
         raise RuntimeError(f"run failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+def compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each version's runs and medians, and the candidate/baseline ratios (of the medians, and per pair)."""
+    base, cand = summarize(runs["baseline"]), summarize(runs["candidate"])
+    return {"baseline": base, "candidate": cand, "candidate_vs_baseline": {
+        "records_per_s_ratio": round(cand["median_records_per_s"] / base["median_records_per_s"], 3),
+        "cpu_per_record_ratio": round(cand["median_cpu_us_per_record"] / base["median_cpu_us_per_record"], 3),
+        "paired_records_per_s_ratios": [round(c["records_per_s"] / b["records_per_s"], 3)
+                                        for b, c in zip(runs["baseline"], runs["candidate"], strict=True)],
+        "paired_cpu_per_record_ratios": [round(c["cpu_us_per_record"] / b["cpu_us_per_record"], 3)
+                                         for b, c in zip(runs["baseline"], runs["candidate"], strict=True)],
+    }}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -167,32 +283,27 @@ def parent(args: argparse.Namespace) -> int:
             started = time.monotonic()
             pythons[label] = install(commit, work / label)
             emit(phase="install", version=label, commit=commit, seconds=round(time.monotonic() - started, 1))
-        topic = create_topic(admin, args.partitions)
-        rate = produce(bootstrap, topic, args.messages, 1000, args.value_bytes, "none")
-        emit(phase="produce", topic=topic, messages=args.messages, msgs_per_s=round(rate))
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in versions}
-        for index in range(args.runs):
-            for label in versions:          # baseline, candidate, baseline, candidate, ...
-                run = one_run(pythons[label], args, topic)
-                expected_split = label == "candidate"
-                emit(phase="run", run=index, version=label, records_per_s=round(run["records_per_s"]),
-                     cpu_us_per_record=round(run["cpu_us_per_record"], 3), records=run["records"],
-                     seconds=round(run["seconds"], 3), cpu_seconds=round(run["cpu_seconds"], 3),
-                     split_runtime=run["split_runtime"], expected_split=expected_split)
-                runs[label].append(run)
-        for label in versions:
-            result[label] = summarize(runs[label])
-        base, cand = result["baseline"], result["candidate"]
-        result["candidate_vs_baseline"] = {
-            "records_per_s_ratio": round(cand["median_records_per_s"] / base["median_records_per_s"], 3),
-            "cpu_per_record_ratio": round(cand["median_cpu_us_per_record"] / base["median_cpu_us_per_record"], 3),
-            "paired_records_per_s_ratios": [
-                round(c["records_per_s"] / b["records_per_s"], 3)
-                for b, c in zip(runs["baseline"], runs["candidate"], strict=True)],
-        }
+        for mode in args.modes.split(","):
+            source: str | None = None      # offline: the child's OfflineConsumer, no topic
+            if mode == "broker":
+                topic = source = create_topic(admin, args.partitions)
+                rate = produce(bootstrap, topic, args.messages, 1000, args.value_bytes, "none")
+                emit(phase="produce", topic=topic, messages=args.messages, msgs_per_s=round(rate))
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in versions}
+            for index in range(args.runs):
+                for label in versions:          # baseline, candidate, baseline, candidate, ...
+                    run = one_run(pythons[label], args, source)
+                    emit(phase="run", mode=mode, run=index, version=label, records_per_s=round(run["records_per_s"]),
+                         cpu_us_per_record=round(run["cpu_us_per_record"], 3), records=run["records"],
+                         seconds=round(run["seconds"], 3),
+                         cpu_seconds=round(run["cpu_seconds"], 3), split_runtime=run["split_runtime"])
+                    runs[label].append(run)
+            result[mode] = compare(runs)
         result["setup"] = {"messages": args.messages, "partitions": args.partitions, "value_bytes": args.value_bytes,
                            "pool": args.pool, "ordering": args.ordering, "handler": "no-op (sync)",
-                           "runs_each": args.runs, "order": "baseline, candidate, alternating"}
+                           "runs_each": args.runs, "order": "baseline, candidate, alternating",
+                           "modes": {"broker": "the local broker, librdkafka and all",
+                                     "offline": "records built in memory, no broker: the runtime's own Python work"}}
         result["load_avg_end"] = os.getloadavg()
     finally:
         if topic is not None:
@@ -219,12 +330,18 @@ def main() -> int:
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds one run may take")
     parser.add_argument("--keep", action="store_true", help="keep the temporary venvs (their path is printed)")
     parser.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
+    parser.add_argument("--modes", default="broker,offline",
+                        help="broker: read a topic of the local broker; offline: records built in memory, no broker "
+                             "(the runtime's own work, far less noise); both by default")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--offline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=240.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if not set(args.modes.split(",")) <= {"broker", "offline"}:
+        parser.error("--modes takes broker and/or offline")
     return child(args) if args.child else parent(args)
 
 
