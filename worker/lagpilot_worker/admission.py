@@ -11,13 +11,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message
 
 from lagpilot_contract import headers as h
 
 from .dispatch import Dispatcher
+from .flow import FlowControl
 from .metrics import WorkerMetrics
 from .partition import (
     PartitionState,
@@ -36,16 +36,15 @@ log = logging.getLogger("lagpilot_worker")
 class Admission:
     """Fetched records in, tracked and routed; retry-tier records wait here until they are due."""
 
-    def __init__(self, states: PartitionStates, dispatcher: Dispatcher, metrics: WorkerMetrics,
-                 stopping: threading.Event, *, only_topic: str | None, is_paused: Callable[[PartitionState], bool]
-                 ) -> None:
+    def __init__(self, states: PartitionStates, dispatcher: Dispatcher, flow: FlowControl, metrics: WorkerMetrics,
+                 stopping: threading.Event, *, only_topic: str | None) -> None:
         self._states = states
         self._dispatcher = dispatcher
+        self._flow = flow                 # read only: which partitions are paused (direct runs skip those)
         self._metrics = metrics
         self._stopping = stopping
         # Subscribed to one topic by name: every record is of that topic, no need to ask each.
         self._only_topic = only_topic
-        self._is_paused = is_paused
         self.due_gate: DueGate[PartitionState, Message] = DueGate()
 
     def submit(self, messages: list[Message]) -> None:
@@ -84,8 +83,11 @@ class Admission:
                 runs[state] = run
         count = 0
         dispatcher = self._dispatcher
-        inline = dispatcher.inline.inline
+        scheduler = dispatcher.scheduler
+        runner = dispatcher.inline
+        inline = runner.inline
         stopping = self._stopping.is_set()
+        paused = self._flow.paused
         for state, batch in runs.items():
             offsets = list(map(message_offset, batch))
             last = state.tracker.last_added
@@ -100,8 +102,8 @@ class Admission:
             if state.done_map is not None:
                 batch, skipped = self._skip_done(state, batch, offsets)
             # Decided before the run is added: in_flight counts only what was there already.
-            direct = bool(batch) and inline and dispatcher.may_run_directly(
-                state, paused=self._is_paused(state), stopping=stopping)
+            direct = bool(batch) and inline and runner.may_run_directly(
+                state, blocked=scheduler.is_blocked(state), paused=state in paused, stopping=stopping)
             state.tracker.add_many(offsets)
             count += len(offsets)
             if skipped:

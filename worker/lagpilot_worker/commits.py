@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -37,8 +37,9 @@ class CommitChoice(Enum):
     WAIT_FOR_ANSWER = "wait"          # synchronous: only its answer would free the full window
 
 
-@dataclass(frozen=True, slots=True)
-class WindowCounts:
+class WindowCounts(NamedTuple):
+    """The window's numbers for one decision (a tuple: made every iteration, it must be cheap)."""
+
     room: int
     window: int
     uncommitted: int
@@ -89,21 +90,17 @@ class OffsetCommits:
         self.consumer: GroupConsumer | None = None
         self.next_commit = 0.0
         self._last_commit = 0.0
+        # A synchronous commit failed a moment ago: until then the consumer queue (a rebalance) is served first.
         self.sync_commit_after = 0.0
 
     def counts(self) -> WindowCounts:
         flow = self._flow
-        return WindowCounts(room=flow.room, window=flow.window, uncommitted=flow.uncommitted_total,
-                            releasable=flow.releasable_total, awaiting=flow.awaiting_total,
-                            holding_full=flow.holding_full())
+        return WindowCounts(flow.room, flow.window, flow.uncommitted_total, flow.releasable_total,
+                            flow.awaiting_total, flow.holding_full())
 
     def needs_answer(self, now: float, *, stopping: bool) -> bool:
         return window_needs_answer(self.counts(), now=now, sync_commit_after=self.sync_commit_after,
                                    stopping=stopping)
-
-    def backing_off(self, now: float) -> bool:
-        """A synchronous commit failed a moment ago: the consumer queue (a rebalance) is served first."""
-        return now < self.sync_commit_after
 
     def poll(self, now: float, *, stopping: bool) -> None:
         choice = choose_commit(self.counts(), now=now, next_commit=self.next_commit, last_commit=self._last_commit,

@@ -77,11 +77,6 @@ class Dispatcher:
         else:
             self.scheduler.enqueue(state, batch)
 
-    def may_run_directly(self, state: PartitionState, *, paused: bool, stopping: bool) -> bool:
-        """Decided before the run is tracked: in_flight counts only what was there already."""
-        return self.inline.may_run_directly(state, blocked=self.scheduler.is_blocked(state), paused=paused,
-                                            stopping=stopping)
-
     def add_direct(self, state: PartitionState, batch: list[Message]) -> None:
         self.inline.add_direct(state, batch)
 
@@ -97,11 +92,11 @@ class Dispatcher:
     def poll(self) -> None:
         """Hand out what the slots (or the poll thread) can take now."""
         inline = self.inline
-        if not self.scheduler.queued and not inline.has_direct_runs:
+        if not self.scheduler.queued and not inline.direct:
             return
         if inline.update(self.seconds_per_record, self.enqueue):
             inline.run_one(self.scheduler, self._hand_out, self.book_results, self.enqueue)
-            if inline.inline or not self.scheduler.queued:
+            if inline.gate.inline or not self.scheduler.queued:
                 return
         capacity = self.capacity() - len(self.jobs)
         if capacity <= 0:

@@ -9,8 +9,7 @@ decides, from those numbers alone, what the poll loop asks of the consumer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from confluent_kafka import Message, TopicPartition
 
@@ -19,10 +18,10 @@ from .ordering import Backpressure, WindowLimits
 from .partition import PartitionState, PartitionStates
 
 
-@dataclass(frozen=True, slots=True)
-class FetchPlan:
+class FetchPlan(NamedTuple):
     """What one iteration of the poll loop takes: held records first, then a fetch of up to `fetch`
-    records (0: no fetch) whose records are admitted, or held aside when `hold` (no room)."""
+    records (0: no fetch) whose records are admitted, or held aside when `hold` (no room).
+    (A tuple: made every iteration, it must cost next to nothing.)"""
 
     admit_held: int
     fetch: int
@@ -45,11 +44,10 @@ def plan_fetch(*, room: int, held: int, hold_limit: int, batch: int, all_paused:
     room -= admit_held
     held -= admit_held
     if room > 0 or all_paused:
-        return FetchPlan(admit_held, min(batch, max(1, room)), hold=room <= 0, for_answer=False,
-                         wait_for_slots=False)
+        return FetchPlan(admit_held, min(batch, max(1, room)), room <= 0, False, False)
     if awaiting_answer and held < hold_limit:
-        return FetchPlan(admit_held, min(batch, hold_limit - held), hold=True, for_answer=True, wait_for_slots=False)
-    return FetchPlan(admit_held, 0, hold=False, for_answer=False, wait_for_slots=True)
+        return FetchPlan(admit_held, min(batch, hold_limit - held), True, True, False)
+    return FetchPlan(admit_held, 0, False, False, True)
 
 
 class HeldRecords:
@@ -111,24 +109,26 @@ class FlowControl:
         self.uncommitted_total = 0
         self.releasable_total = 0
         self.awaiting_total = 0       # released records whose commit is sent, not yet answered
+        # Both change with the pool size only; attributes, not computed each iteration.
+        self.window = 0
+        self.hold_limit = 0
+        self._set_window()
 
     def resized(self, pool_size: int) -> None:
         self.backpressure.limits = WindowLimits(self._config.window(pool_size))
+        self._set_window()
 
-    @property
-    def window(self) -> int:
-        return self.backpressure.limits.max_uncommitted
-
-    def hold_limit(self) -> int:
-        """Records held aside while the window waits for a commit answer: half the window (at least a
-        batch), enough for the answer of a commit sent at half the window to arrive first at most speeds."""
-        return max(self._config.consume_batch_size, self.window // 2)
+    def _set_window(self) -> None:
+        self.window = self.backpressure.limits.max_uncommitted
+        # Records held aside while the window waits for a commit answer: half the window (at least a
+        # batch), enough for the answer of a commit sent at half the window to arrive first at most speeds.
+        self.hold_limit = max(self._config.consume_batch_size, self.window // 2)
 
     def holding_full(self) -> bool:
-        return len(self.held) >= self.hold_limit()
+        return len(self.held.records) >= self.hold_limit
 
     def desired_pauses(self, states: PartitionStates, now: float, *, stopping: bool, commit_backoff: bool,
-                       also: Iterable[PartitionState]) -> set[PartitionState]:
+                       also: set[PartitionState]) -> set[PartitionState]:
         """Count the window and decide which partitions to pause; `also`: paused for other reasons
         (a retry-tier record not yet due, an open breaker, stalled writes). `commit_backoff`: a
         synchronous commit failed a moment ago and the loop waits before the next."""
@@ -148,7 +148,8 @@ class FlowControl:
             # Waiting for a commit answer with a batch held (the synchronous commit failed):
             # consume() must go on serving answers without returning records.
             desired = set(states.values())
-        desired |= set(also)
+        if also:
+            desired |= also
         return desired
 
     def forget(self, states: list[PartitionState]) -> None:

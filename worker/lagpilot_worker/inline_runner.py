@@ -43,7 +43,7 @@ class InlineRunner:
         self._run_queue: RunQueueClock | None = None   # the poll thread's, opened by it
         self.running = 0                  # 1 while the poll thread runs a work item (in-flight gauge)
         # Runs fetched this iteration that may skip the lanes (runs_directly), for the next run_one().
-        self._direct: list[Run] = []
+        self.direct: list[Run] = []
         self.direct_records = 0           # records run inline without lanes (read by tests)
         self._processor: Processor | None = None
 
@@ -59,10 +59,6 @@ class InlineRunner:
     def inline(self) -> bool:
         return self.gate.inline
 
-    @property
-    def has_direct_runs(self) -> bool:
-        return bool(self._direct)
-
     def measured(self, result: JobResult) -> None:
         """A work item's handler cost per record (called for every item with handled records)."""
         cost = handler_seconds(self.gate.policy, result.elapsed, records=result.handled,
@@ -77,7 +73,7 @@ class InlineRunner:
             held=len(state.held), blocked=blocked, paused=paused, stopping=stopping)
 
     def add_direct(self, state: PartitionState, batch: list[Message]) -> None:
-        self._direct.append((state, batch))
+        self.direct.append((state, batch))
 
     def update(self, seconds_per_record: float, enqueue: Callable[[PartitionState, list[Message]], None]) -> bool:
         """Ask the gate again; when inline execution ended, this iteration's direct runs take the lanes
@@ -89,8 +85,8 @@ class InlineRunner:
             log.info("running work items %s", "on the poll thread (fast handler)" if gate.inline else "in the slots",
                      extra={"handler_seconds_per_record": round(self._handler_cost.seconds_per_record, 7),
                             "seconds_per_record": round(seconds_per_record, 7)})
-        if not gate.inline and self._direct:
-            direct, self._direct = self._direct, []
+        if not gate.inline and self.direct:
+            direct, self.direct = self.direct, []
             for state, batch in direct:
                 if not state.revoked:
                     enqueue(state, batch)
@@ -113,9 +109,9 @@ class InlineRunner:
         items = scheduler.take(1, largest, largest)
         segments: list[Segment[PartitionState, Message]] = items[0] if items else []
         rests: list[Run] = []
-        if self._direct:
+        if self.direct:
             room = largest - sum(len(segment.messages) for segment in segments)
-            for state, batch in self._direct:
+            for state, batch in self.direct:
                 self.direct_records += min(room, len(batch)) if room > 0 else 0
                 if room >= len(batch):
                     segments.append(DirectSegment(state, batch, []))
@@ -126,7 +122,7 @@ class InlineRunner:
                     room = 0
                 else:
                     rests.append((state, batch))
-            self._direct = []
+            self.direct = []
         if not segments:
             return
         job = Job(segments, inline=True)

@@ -82,9 +82,8 @@ class Worker(WorkerShell):
         self._book = ResultBook(self._results, self._dispatcher, self._states, self._failures, self.metrics,
                                 self._stopping)
         self._dispatcher.book_results = self._book.poll
-        flow = self._flow
-        self._admission = Admission(self._states, self._dispatcher, self.metrics, self._stopping,
-                                    only_topic=only_topic, is_paused=lambda state: state in flow.paused)
+        self._admission = Admission(self._states, self._dispatcher, self._flow, self.metrics, self._stopping,
+                                    only_topic=only_topic)
         self._commits = OffsetCommits(config, self.metrics, self._states, self._flow,
                                       update_pauses=self._update_pauses)
         self._assignment = Assignment(config, self.metrics, self._states, self._flow.held, self._commits,
@@ -226,7 +225,7 @@ class Worker(WorkerShell):
         flow = self._flow
         held = flow.held
         states = self._states
-        plan = plan_fetch(room=flow.room, held=len(held), hold_limit=flow.hold_limit(),
+        plan = plan_fetch(room=flow.room, held=len(held.records), hold_limit=flow.hold_limit,
                           batch=self.config.consume_batch_size,
                           all_paused=bool(states) and len(flow.paused) == len(states),
                           awaiting_answer=bool(flow.awaiting_total))
@@ -266,11 +265,15 @@ class Worker(WorkerShell):
             self._update_gauges(now)
 
     def _serve(self, now: float) -> None:
-        """Everything due that does not hand out new work: results, writes, timers."""
-        self._book.poll()
-        self._failures.poll(now)
+        """Everything due that does not hand out new work: results, writes, timers. (Each part is asked
+        only when it has something: this runs every iteration, a few records apart at times.)"""
+        if self._results:
+            self._book.poll()
+        if self._publisher is not None:
+            self._failures.poll(now)
         self._admission.poll()
-        self._breakers.poll(now)
+        if self._breakers.open:
+            self._breakers.poll(now)
 
     def _serve_until(self, busy: Callable[[], bool], deadline: float, serve_consumer: bool = False) -> None:
         """Join: serve results, writes and timers until `busy()` is False or the deadline passes.
@@ -293,12 +296,14 @@ class Worker(WorkerShell):
         due = self._admission.seconds_until_due()
         if due is not None:
             wait = min(wait, due)
-        probe = self._breakers.seconds_until_probe(now)
-        if probe is not None:
-            wait = min(wait, probe)
-        write_at = self._failures.next_attempt_at()
-        if write_at is not None:
-            wait = min(wait, max(0.0, write_at - now))
+        if self._breakers.open:
+            probe = self._breakers.seconds_until_probe(now)
+            if probe is not None:
+                wait = min(wait, probe)
+        if self._publisher is not None:
+            write_at = self._failures.next_attempt_at()
+            if write_at is not None:
+                wait = min(wait, max(0.0, write_at - now))
         return wait
 
     def _update_pauses(self) -> None:
@@ -307,10 +312,15 @@ class Worker(WorkerShell):
         flow = self._flow
         now = time.monotonic()
         stopping = self._stopping.is_set()
-        also: list[PartitionState] = [] if stopping else [
-            *self._admission.waiting_partitions(), *self._breakers.paused(), *self._failures.stalled_partitions()]
+        # Paused for reasons other than the window: a retry-tier record not yet due, an open breaker,
+        # writes stuck (rare: the sets are looked at only when there is something in them).
+        also = self._admission.waiting_partitions()
+        if self._breakers.open:
+            also.update(self._breakers.paused())
+        if self._failures.stalled:
+            also.update(self._failures.stalled_partitions())
         desired = flow.desired_pauses(self._states, now, stopping=stopping,
-                                      commit_backoff=self._commits.backing_off(now), also=also)
+                                      commit_backoff=now < self._commits.sync_commit_after, also=also)
         paused = flow.paused
         if desired == paused:
             return
