@@ -73,6 +73,7 @@ class OfflineConsumer:
         self._paused: set[int] = set()
         self._answers: list[Any] = []
         self._assigned = False
+        self._batch_limit = OFFLINE_BATCH_LIMIT[0] or None
 
     def fetch(self, max_messages: int, wait: float) -> list[Any]:
         from confluent_kafka import TopicPartition
@@ -90,7 +91,8 @@ class OfflineConsumer:
             queue, start = self._queues[partition], self._next[partition]
             if partition in self._paused or start >= len(queue):
                 continue
-            end = min(len(queue), start + max(1, max_messages))
+            take = max(1, max_messages) if self._batch_limit is None else min(max(1, max_messages), self._batch_limit)
+            end = min(len(queue), start + take)
             self._next[partition] = end
             return queue[start:end]
         if wait > 0:
@@ -126,6 +128,7 @@ class OfflineConsumer:
 
 OFFLINE_TOPIC = "offline"
 OFFLINE_RECORDS: list[list[Any]] = []
+OFFLINE_BATCH_LIMIT = [0]     # records per fetch at most (0: as many as asked); set from --offline-batch
 
 
 def build_offline_records(messages: int, partitions: int, keys: int, value_bytes: int) -> None:
@@ -160,6 +163,7 @@ def child(args: argparse.Namespace) -> int:
         import lagpilot_worker.runtime
 
         build_offline_records(args.messages, args.partitions, 1000, args.value_bytes)
+        OFFLINE_BATCH_LIMIT[0] = args.offline_batch
         lagpilot_worker.runtime.GroupConsumer = OfflineConsumer  # type: ignore[misc,assignment]
         topic = OFFLINE_TOPIC
     config = WorkerConfig(bootstrap_servers=args.bootstrap, group_id=f"bench-cmp-{uuid.uuid4().hex[:8]}",
@@ -227,7 +231,7 @@ def one_run(python: Path, args: argparse.Namespace, topic: str | None) -> dict[s
     command = [str(python), "-I", str(Path(__file__).resolve()), "--child", "--bootstrap", args.bootstrap,
                "--messages", str(args.messages), "--pool", str(args.pool), "--ordering", args.ordering,
                "--timeout", str(args.run_timeout), "--partitions", str(args.partitions),
-               "--value-bytes", str(args.value_bytes)]
+               "--value-bytes", str(args.value_bytes), "--offline-batch", str(args.offline_batch)]
     command += ["--offline"] if topic is None else ["--topic", topic]
     # From a neutral directory: -I keeps this checkout off sys.path, the cwd must not put it back.
     done = subprocess.run(command, cwd=tempfile.gettempdir(), capture_output=True, text=True,
@@ -300,6 +304,7 @@ def parent(args: argparse.Namespace) -> int:
                     runs[label].append(run)
             result[mode] = compare(runs)
         result["setup"] = {"messages": args.messages, "partitions": args.partitions, "value_bytes": args.value_bytes,
+                           "offline_batch": args.offline_batch or None,
                            "pool": args.pool, "ordering": args.ordering, "handler": "no-op (sync)",
                            "runs_each": args.runs, "order": "baseline, candidate, alternating",
                            "modes": {"broker": "the local broker, librdkafka and all",
@@ -333,6 +338,9 @@ def main() -> int:
     parser.add_argument("--modes", default="broker,offline",
                         help="broker: read a topic of the local broker; offline: records built in memory, no broker "
                              "(the runtime's own work, far less noise); both by default")
+    parser.add_argument("--offline-batch", type=int, default=0,
+                        help="offline: at most this many records per fetch (0: as many as asked). Small fetches "
+                             "make the loop go round per few records: its per-iteration cost shows")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--offline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
