@@ -4,13 +4,16 @@
 # every benchmark's full output in bench-results/<name>.jsonl and prints one JSON object at the end that
 # holds each benchmark's summary, so one invocation gives all numbers side by side.
 # BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop benchmark.
+# `compare` installs the runtime of two commits (BENCH_COMPARE_BASELINE, default c47d1fb: the runtime
+# before it was split into parts; BENCH_COMPARE_CANDIDATE, default HEAD) into temporary venvs and runs
+# them in turns with a no-op handler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 source .stack/env
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop rebalance share}
+only=${BENCH_ONLY:-worker operator loop rebalance share compare}
 loop_args=()
 if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fi
 for name in $only; do
@@ -20,7 +23,9 @@ for name in $only; do
     loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}") ;;
     rebalance) cmd=(.venv/bin/python bench/rebalance_bench.py) ;;
     share) cmd=(.venv/bin/python bench/share_bench.py) ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, rebalance, share)" >&2; exit 2 ;;
+    compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
+                  --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
+    *) echo "unknown benchmark '$name' (worker, operator, loop, rebalance, share, compare)" >&2; exit 2 ;;
   esac
   echo "== bench: $name" >&2
   "${cmd[@]}" | tee "$out/$name.jsonl" >&2

@@ -2,9 +2,12 @@
 
 A share group hands records out one by one instead of assigning partitions, so a group may have more
 workers than its topic has partitions. There are no offsets to commit: each record is settled with
-the broker (share_ack.py decides how). The pool, the handler API, retries in place, the dead-letter
-record, the metrics and the probes are the ones of the consumer-group worker (runtime.py); what
-differs is the consumer and the completion path, which live here.
+the broker (share_ack.py decides how). The lifecycle and probes (shell.py), the slots that run the
+handler with its retries in place (pool.py, processing.py), live pool resizing (resize.py), the
+dead-letter record and its retried write (dlq.py, writes.py) and the metrics are the parts the
+consumer-group worker (runtime.py) is made of too; what differs is the consumer and the completion
+path (acknowledgements instead of offset commits), which live here. Partitions, lanes, the window
+and offset maps are consumer-group matters: a share group has none of them.
 
 The client (confluent-kafka's preview `ShareConsumer`, explicit acknowledgement mode) must have every
 record of one poll acknowledged before it polls again, so the loop is batch by batch: poll, run the
@@ -17,9 +20,9 @@ the record is delivered to someone else as well.
 from __future__ import annotations
 
 import logging
-import random
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import AcknowledgeType, KafkaError, Message, ShareConsumer
@@ -34,7 +37,8 @@ from .record import Handler
 from .retry import DeadLetter, SendToRetryTier
 from .share_ack import Outcome, Settlement, delivery_tier, settle, share_retry_policy
 from .shell import WorkerShell
-from .write_retry import next_write_retry
+from .write_retry import WriteRetry
+from .writes import RetriedWrites, Send
 
 log = logging.getLogger("lagpilot_worker")
 
@@ -54,17 +58,38 @@ class _Acquired:
 
 
 class _DeadLetterWrite:
-    """A dead-letter record being written for one acquired record; REJECT waits for its acknowledgement."""
+    """The dead-letter write of one acquired record (a writes.WriteOwner): REJECT once the broker has the
+    dead-letter record; RELEASE (another delivery) when the writes keep failing or the worker stops."""
 
-    __slots__ = ("attempts", "failures", "info", "kind", "message", "state")
+    __slots__ = ("acknowledge", "kind", "message", "metrics_dead_lettered", "stopping", "written_ok")
 
-    def __init__(self, message: Message, info: FailureInfo, kind: str, attempts: int) -> None:
+    def __init__(self, message: Message, kind: str, acknowledge: Callable[[Message, Settlement], None],
+                 stopping: Callable[[], bool], on_written: Callable[[], None]) -> None:
         self.message = message
-        self.info = info
         self.kind = kind
-        self.attempts = attempts
-        self.failures = 0
-        self.state = "pending"       # pending -> written | failed (give the record back)
+        self.acknowledge = acknowledge
+        self.stopping = stopping
+        self.metrics_dead_lettered = on_written
+        self.written_ok = False
+
+    def abandoned(self) -> bool:
+        return False      # the record stays acquired (its lock bounds it): the write decides its fate
+
+    def written(self) -> None:
+        self.written_ok = True
+        self.metrics_dead_lettered()
+
+    def failed(self, error: str, failures: int, retry: WriteRetry) -> bool:
+        log.warning("dead-letter write failed: %s", error, extra={"topic": self.message.topic(),
+                                                                  "offset": self.message.offset()})
+        if retry.pause_partition or self.stopping():
+            log.error("dead-letter writes keep failing: the record is released for another delivery",
+                      extra={"topic": self.message.topic(), "offset": self.message.offset(), "failures": failures})
+            return False
+        return True
+
+    def ended(self) -> None:
+        self.acknowledge(self.message, Settlement.DEAD_LETTER if self.written_ok else Settlement.RELEASE)
 
 
 class ShareWorker(WorkerShell):
@@ -75,8 +100,9 @@ class ShareWorker(WorkerShell):
         if config.retry_topics:
             raise ValueError("a share group retries by redelivery (--share-max-deliveries), not retry topics")
         super().__init__(config, handler, pool_size_source=pool_size_source, registry=registry)
-        self._random = random.Random()
+        self._writes = RetriedWrites(config.write_retry, self.metrics)
         self._consumer: ShareConsumer | None = None
+        self._dead_letter_writes = 0     # records of the batch whose REJECT waits for their dead-letter write
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         reasons: list[str] = []
@@ -87,7 +113,7 @@ class ShareWorker(WorkerShell):
         alive, _ = self.alive()
         if not alive:
             reasons.append("poll loop stuck")
-        return not reasons, {"reasons": reasons, "pool_size": self._pool_size, "share_group": True}
+        return not reasons, {"reasons": reasons, "pool_size": self.pool_size, "share_group": True}
 
     def alive(self) -> tuple[bool, dict[str, object]]:
         """Liveness: a batch finished recently (a batch may take up to the broker's acquisition lock)."""
@@ -156,7 +182,8 @@ class ShareWorker(WorkerShell):
 
         Acknowledgements are committed every ACK_COMMIT_SECONDS while the batch runs, not only at its
         end: a worker killed mid-batch then has the broker deliver again only what it had in hand and
-        what finished in the last moments, not the whole batch.
+        what finished in the last moments, not the whole batch. A record to dead-letter is
+        acknowledged (REJECT) once its dead-letter write is, so the batch also waits for those.
         """
         assert self._pool is not None and self._consumer is not None
         waiting: dict[int, Message] = {}
@@ -172,13 +199,15 @@ class ShareWorker(WorkerShell):
         # still queued when the batch's time is up are released unstarted rather than lost to the lock.
         deadline = time.monotonic() + self.config.share_batch_seconds
         cancelled = False
-        while waiting:
+        while waiting or self._dead_letter_writes:
             self._wake.wait(0.05)
             self._wake.clear()
             self._last_loop = now = time.monotonic()
             self._apply_pool_size()
             if self._stop_requested.is_set():
                 self._stopping.set()    # slots stop retrying in place
+                # Writes waiting for their backoff get one last try now; failing, their records are released.
+                self._writes.poll(math.inf)
             if not cancelled and (self._stop_requested.is_set() or now >= deadline):
                 cancelled = True
                 for job in jobs.values():
@@ -189,21 +218,20 @@ class ShareWorker(WorkerShell):
             while self._results:
                 result = self._results.popleft()
                 if id(result.job) in waiting:
-                    message = waiting.pop(id(result.job))
-                    self._consumer.acknowledge(message, _ACKNOWLEDGE[self._settle(message, result)])
+                    self._settle(waiting.pop(id(result.job)), result)
             if self._publisher is not None:
                 self._publisher.poll()
-            if waiting and time.monotonic() >= next_commit:
+            self._writes.poll(time.monotonic())
+            if (waiting or self._dead_letter_writes) and time.monotonic() >= next_commit:
                 self._consumer.commit_async()
                 next_commit = time.monotonic() + ACK_COMMIT_SECONDS
 
-    def _settle(self, message: Message, result: JobResult) -> Settlement:
-        settlement, write = self._settlement(message, result)
-        if write is not None and not self._write_dead_letter(write):
-            return Settlement.RELEASE
-        return settlement
+    def _acknowledge(self, message: Message, settlement: Settlement) -> None:
+        assert self._consumer is not None
+        self._consumer.acknowledge(message, _ACKNOWLEDGE[settlement])
 
-    def _settlement(self, message: Message, result: JobResult) -> tuple[Settlement, _DeadLetterWrite | None]:
+    def _settle(self, message: Message, result: JobResult) -> None:
+        """Acknowledge a finished record now, or once its dead-letter write is acknowledged."""
         handled, failures = result.segments[0]
         self.metrics.failed.inc(result.failed_attempts)
         if result.retries_in_place:
@@ -218,7 +246,8 @@ class ShareWorker(WorkerShell):
         elif settlement is Settlement.RELEASE and outcome.handled:
             self.metrics.retried.labels("redelivery").inc()
         if settlement is not Settlement.DEAD_LETTER:
-            return settlement, None
+            self._acknowledge(message, settlement)
+            return
         assert failure is not None and isinstance(failure.action, DeadLetter)
         if self._publisher is None:
             # No dead-letter topic configured: as in the consumer-group worker, a record given up on is
@@ -226,44 +255,30 @@ class ShareWorker(WorkerShell):
             log.error("record given up and no dead-letter topic configured: rejected", extra={
                 "topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
                 "kind": failure.action.kind, "exception": failure.info.exception_class})
-            return Settlement.DEAD_LETTER, None
+            self._acknowledge(message, Settlement.DEAD_LETTER)
+            return
         # The broker's delivery count is the record's attempt count in the dead-letter contract.
-        attempts = max(1, message.delivery_count() or 1)
-        return settlement, _DeadLetterWrite(message, failure.info, failure.action.kind, attempts)
+        self._write_dead_letter(message, failure.info, failure.action.kind, max(1, message.delivery_count() or 1))
 
-    def _write_dead_letter(self, write: _DeadLetterWrite) -> bool:
-        """Write and wait for the broker's acknowledgement (retrying with backoff); False: give it back."""
+    def _write_dead_letter(self, message: Message, info: FailureInfo, kind: str, attempts: int) -> None:
+        """Write the dead-letter record, retried with backoff (writes.py); REJECT once it is written,
+        RELEASE (another delivery) if the writes keep failing."""
         publisher = self._publisher
         assert publisher is not None
+        self._dead_letter_writes += 1
 
-        def done(error: KafkaError | None) -> None:
-            if error is None:
-                write.state = "written"
-            else:
-                write.failures += 1
-                write.state = "failed"
-                self.metrics.write_errors.inc()
-                log.warning("dead-letter write failed: %s", error, extra={"topic": write.message.topic(),
-                                                                          "offset": write.message.offset()})
-
-        while True:
-            write.state = "pending"
-            while not publisher.send_dead_letter(write.message, write.info, kind=write.kind,
-                                                 attempts=write.attempts, on_done=done):
+        def send(done: Callable[[KafkaError | None], None]) -> bool:
+            while not publisher.send_dead_letter(message, info, kind=kind, attempts=attempts, on_done=done):
                 publisher.poll()        # local queue full: make room
-            while write.state == "pending":
-                publisher.flush(0.1)
-                self._last_loop = time.monotonic()
-            if write.state == "written":
-                self.metrics.dead_lettered.labels(write.kind).inc()
-                return True
-            retry = next_write_retry(self.config.write_retry, write.failures, self._random.random())
-            if retry.pause_partition or self._stop_requested.is_set():
-                log.error("dead-letter writes keep failing: the record is released for another delivery",
-                          extra={"topic": write.message.topic(), "offset": write.message.offset(),
-                                 "failures": write.failures})
-                return False
-            self._stop_requested.wait(retry.delay_seconds)
+            return True
+
+        def acknowledge(message: Message, settlement: Settlement) -> None:
+            self._dead_letter_writes -= 1
+            self._acknowledge(message, settlement)
+
+        sent: Send = send
+        self._writes.write(sent, _DeadLetterWrite(message, kind, acknowledge, self._stop_requested.is_set,
+                                                  lambda: self.metrics.dead_lettered.labels(kind).inc()))
 
     def _on_acknowledged(self, offsets: Any, error: Exception | None) -> None:
         if error is not None:

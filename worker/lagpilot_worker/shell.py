@@ -24,6 +24,7 @@ from .pool import AsyncSlotPool, SlotPool, ThreadSlotPool
 from .poolsize import FixedPoolSize, PoolSizeSource
 from .processing import Job, JobResult, Processor
 from .record import Handler
+from .resize import PoolResizer
 from .retry import RetryPolicy
 
 log = logging.getLogger("lagpilot_worker")
@@ -40,8 +41,7 @@ class WorkerShell:
             getattr(handler, "__call__", None))  # noqa: B004 - async callable objects
         self.metrics = WorkerMetrics(registry)
         self._pool_source: PoolSizeSource = pool_size_source or FixedPoolSize(config.pool_size)
-        self._desired_pool_size = config.pool_size
-        self._pool_size = config.pool_size
+        self._resizer = PoolResizer(config.pool_size, config.max_pool_size, self.metrics.pool_size)
         self._stop_requested = threading.Event()
         self._stopping = threading.Event()
         self._started = threading.Event()
@@ -87,7 +87,7 @@ class WorkerShell:
 
     @property
     def pool_size(self) -> int:
-        return self._pool_size
+        return self._resizer.size
 
     def alive(self) -> tuple[bool, dict[str, object]]:
         raise NotImplementedError
@@ -151,16 +151,8 @@ class WorkerShell:
             self._http.stop()
 
     def _on_pool_size(self, size: int) -> None:
-        # Called from the pool-size source's thread: only record the wish, the poll thread applies it.
-        self._desired_pool_size = max(1, min(self.config.max_pool_size, size))
+        self._resizer.wish(size)
 
     def _apply_pool_size(self) -> bool:
         """Resize the pool to the latest wish, in the poll thread; True when it changed."""
-        desired = self._desired_pool_size
-        if desired == self._pool_size or self._pool is None:
-            return False
-        log.info("resizing pool", extra={"from": self._pool_size, "to": desired})
-        self._pool_size = desired
-        self._pool.resize(desired)
-        self.metrics.pool_size.set(desired)
-        return True
+        return self._resizer.apply(self._pool)
