@@ -13,7 +13,7 @@ help:
 	@echo "make test-node   start the stack with the real node (root) and run its tests"
 	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
 	@echo "make stack-down  stop every process of the local stack"
-	@echo "make bench       build KEDA (first time), then run the benchmarks (JSON out; BENCH_ONLY="share compare" runs some)"
+	@echo "make bench       build KEDA (first time), then run the benchmarks (JSON out; BENCH_ONLY='share compare' runs some)"
 	@echo "make lock        re-pin the Python dependencies in requirements.lock (commit it)"
 
 # Every dependency is pinned by requirements.lock (pip-compile of pyproject's extras), so a new release
