@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, share_lag, worker_config
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, share_lag, worker_config, writes
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
@@ -64,6 +64,8 @@ class ResourceState:
     dead_letter_condition: tuple[str, str, str] | None = None
     redrive_sessions: RedriveSessions = field(default_factory=RedriveSessions)
     """The running redrive's transactional producer and consumer, reused across polls."""
+    events: writes.EventMemory = field(default_factory=writes.EventMemory)
+    """The last Event per subject, so the same news is not posted twice."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
-        status = await _reconcile(body, state, shared, emit, time.time() if now is None else now)
+        status = await _reconcile(body, state, shared, _deduplicated(state.events, emit),
+                                  time.time() if now is None else now)
     except Exception as exc:  # one resource's bug must never stop the others: report it, keep looping
         log.exception("reconcile of %s/%s failed", namespace, name)
         metrics.RECONCILE_ERRORS.labels(namespace, name, "unexpected").inc()
@@ -108,6 +111,15 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
         metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     return status
+
+
+def _deduplicated(events: writes.EventMemory, emit: EventSink) -> EventSink:
+    """`emit`, minus an Event whose subject last said exactly the same (`writes.EventMemory`)."""
+    def send(kind: str, reason: str, message: str) -> None:
+        if events.admit(kind, reason, message):
+            emit(kind, reason, message)
+
+    return send
 
 
 def _conditions(body: dict[str, Any]) -> list[Any]:

@@ -1,12 +1,14 @@
-"""What changed enough to write (pure): the templated Deployment.
+"""What changed enough to write (pure): the templated Deployment, and Events.
 
 A patch per group per poll does not scale to thousands of groups: the owned Deployment is patched
-only when the live object lacks something the template sets (docs/operator.md, "Apply").
+only when the live object lacks something the template sets, and an Event is posted only when its
+subject says something new (docs/operator.md, "Apply").
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 # --- the templated Deployment --------------------------------------------------------------------------
@@ -42,3 +44,27 @@ def deployment_patch(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dic
              "spec": {k: v for k, v in (desired.get("spec") or {}).items() if k != "replicas"}}
     return None if contained(patch, {"metadata": live.get("metadata") or {}, "spec": live.get("spec") or {}}) \
         else patch
+
+
+# --- Events ----------------------------------------------------------------------------------------
+
+
+EVENT_TOPICS = {"ScaledUp": "scale", "ScaledDown": "scale"}
+"""Reasons that report on one subject: a scale up, then down, then the same up again is news each time."""
+
+
+@dataclass
+class EventMemory:
+    """The last Event per subject (its reason, or `EVENT_TOPICS`) a resource posted; kept in the operator's
+    memory so the same news is not posted again (a decision re-applied after a failed status write, the
+    same dead-letter finding on the next look)."""
+
+    last: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+    def admit(self, kind: str, reason: str, message: str) -> bool:
+        """Whether to post: not when the subject's last Event said exactly this."""
+        topic = EVENT_TOPICS.get(reason, reason)
+        if self.last.get(topic) == (kind, reason, message):
+            return False
+        self.last[topic] = (kind, reason, message)
+        return True

@@ -1,10 +1,10 @@
-"""What changed enough to write (`writes`): the templated Deployment."""
+"""What changed enough to write (`writes`): the templated Deployment, Events."""
 
 from __future__ import annotations
 
 import json
 
-from lagpilot_operator.writes import contained, deployment_patch
+from lagpilot_operator.writes import EventMemory, contained, deployment_patch
 
 
 def test_a_matching_deployment_is_not_patched() -> None:
@@ -32,3 +32,18 @@ def test_a_matching_deployment_is_not_patched() -> None:
     env_changed["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "9"
     assert deployment_patch(env_changed, live) is not None
     assert not contained({"args": ["a", "b"]}, {"args": ["a"]}) and contained({"args": ["a"]}, {"args": ["a"]})
+
+
+def test_the_same_event_is_posted_once() -> None:
+    events = EventMemory()
+    assert events.admit("Warning", "PartitionsStuck", "t-0")
+    assert not events.admit("Warning", "PartitionsStuck", "t-0")
+    assert events.admit("Normal", "ScaledUp", "t-0")  # another reason keeps its own last message
+    assert events.admit("Warning", "PartitionsStuck", "t-1")
+    assert events.admit("Warning", "PartitionsStuck", "t-0")  # news again once something else was said
+    # one subject: up, down, and the same up again are three Events; the same up twice is one
+    assert events.admit("Normal", "ScaledDown", "t-0")
+    assert events.admit("Normal", "ScaledUp", "t-0")
+    assert not events.admit("Normal", "ScaledUp", "t-0")
+
+
