@@ -11,6 +11,12 @@ librdkafka's included).
 
 Prints one JSON line per size and, last, one JSON object with `reconcile_ms` and
 `resources_per_core_at_5s`.
+
+`--writes N` measures API writes instead: N polls (5 s apart on the reconcile's clock) of two
+unchanging groups (no lag, no traffic), one with `scaleTargetRef` and one in template mode, counting
+the operator's write calls (status patches, Deployment create/patch/scale, pool ConfigMap
+create/patch, Events) after `--warmup` polls (creation, first decision, the scale-down to the
+minimum); it prints one JSON object with the counts and `writes_per_second`.
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ def kubectl(*args: str, input_text: str | None = None) -> str:
     return result.stdout
 
 
-def prepare(bootstrap: str, namespace: str, partitions: int) -> dict[str, Any]:
-    """A topic, a group that committed every partition, a Deployment and a KafkaConsumerGroup."""
+def prepare(bootstrap: str, namespace: str, partitions: int, template: bool = False) -> dict[str, Any]:
+    """A topic, a group that committed every partition, a Deployment and a KafkaConsumerGroup (in
+    template mode, the KafkaConsumerGroup creates its own Deployment)."""
     suffix = uuid.uuid4().hex[:6]
-    topic, group, name = f"bench-{partitions}-{suffix}", f"bench-group-{suffix}", f"bench-{partitions}"
+    topic, group = f"bench-{partitions}-{suffix}", f"bench-group-{suffix}"
+    name = f"bench-{partitions}" + ("-template" if template else "")
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=120)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
@@ -65,11 +73,16 @@ def prepare(bootstrap: str, namespace: str, partitions: int) -> dict[str, Any]:
                            "template": {"metadata": {"labels": labels},
                                         "spec": {"nodeSelector": {"lagpilot.io/no-node": "true"},
                                                  "containers": [{"name": "worker", "image": "registry.invalid/w:1"}]}}}}
-    kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(deployment))
+    target: dict[str, Any] = {"scaleTargetRef": {"name": name}}
+    if template:
+        target = {"template": {"metadata": {"labels": labels}, "spec": {k: v for k, v in deployment["spec"].items()
+                                                                        if k != "replicas"}}}
+    else:
+        kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(deployment))
     manifest = {"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup",
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": {"kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic],
-                         "scaleTargetRef": {"name": name}, "replicas": {"min": 1, "max": 10}}}
+                "spec": {"kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic], **target,
+                         "replicas": {"min": 1, "max": 10}}}
     kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
     body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
         "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups", name)
@@ -92,16 +105,95 @@ async def measure(body: dict[str, Any], iterations: int) -> dict[str, float]:
     return {"wall_ms_median": statistics.median(walls) * 1000, "cpu_ms_median": statistics.median(cpus) * 1000}
 
 
+WRITE_CALLS = {
+    "status": [(client.CustomObjectsApi, "patch_namespaced_custom_object_status")],
+    "deployment": [(client.AppsV1Api, "patch_namespaced_deployment"),
+                   (client.AppsV1Api, "create_namespaced_deployment"),
+                   (client.AppsV1Api, "patch_namespaced_deployment_scale")],
+    "configmap": [(client.CoreV1Api, "patch_namespaced_config_map"),
+                  (client.CoreV1Api, "create_namespaced_config_map")],
+}
+
+
+def count_writes(counts: dict[str, int]) -> None:
+    """Wrap the kubernetes client's write methods the operator uses so each call adds to `counts`."""
+    for kind, methods in WRITE_CALLS.items():
+        counts.setdefault(kind, 0)
+        for cls, method in methods:
+            original = getattr(cls, method)
+
+            def counted(self: Any, *args: Any, _original: Any = original, _kind: str = kind, **kwargs: Any) -> Any:
+                counts[_kind] += 1
+                return _original(self, *args, **kwargs)
+
+            setattr(cls, method, counted)
+
+
+async def measure_writes(bodies: list[dict[str, Any]], polls: int, interval: float, warmup: int,
+                         counts: dict[str, int]) -> dict[str, Any]:
+    """`polls` reconciles of each (unchanging) group after `warmup` ones, `interval` s apart on the
+    reconcile's clock; the body is read again before each poll, as kopf's daemon sees the live object."""
+    api = client.CustomObjectsApi()
+    results: dict[str, Any] = {}
+    start = time.time()
+    for body in bodies:
+        meta = body["metadata"]
+        state, shared = reconcile.ResourceState(), reconcile.Shared()
+        events: list[tuple[str, str]] = []
+
+        def emit(kind: str, reason: str, message: str, _events: list[tuple[str, str]] = events) -> None:
+            _events.append((kind, reason))
+
+        def live(_meta: dict[str, Any] = meta) -> dict[str, Any]:
+            found: dict[str, Any] = api.get_namespaced_custom_object(
+                "lagpilot.io", "v1alpha1", _meta["namespace"], "kafkaconsumergroups", _meta["name"])
+            return found
+
+        # Warm-up: creation, the first decision, and the scale-down to the minimum once its window passed.
+        for i in range(warmup):
+            await reconcile.reconcile(live(), state, shared, emit, now=start + i * interval)
+        before, events_before = dict(counts), len(events)
+        for i in range(warmup, warmup + polls):
+            await reconcile.reconcile(live(), state, shared, emit, now=start + i * interval)
+        writes = {kind: counts[kind] - before[kind] for kind in counts}
+        writes["events"] = len(events) - events_before
+        await reconcile.forget(state, shared, meta["namespace"], meta["name"])
+        total = sum(writes.values())
+        results["template" if "template" in (body.get("spec") or {}) else "scaleTargetRef"] = {
+            **writes, "total": total, "writes_per_second": round(total / (polls * interval), 4)}
+    return results
+
+
+def main_writes(bootstrap: str, namespace: str, polls: int, interval: float, warmup: int) -> int:
+    counts: dict[str, int] = {}
+    bodies = [prepare(bootstrap, namespace, 4), prepare(bootstrap, namespace, 4, template=True)]
+    count_writes(counts)
+    results = asyncio.run(measure_writes(bodies, polls, interval, warmup, counts))
+    print(json.dumps({"polls": polls, "warmup_polls": warmup, "poll_interval_seconds": interval, "writes": results,
+                      "basis": "write calls to the API server over the polls after the warm-up, per group"}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--sizes", default="1,100,1000")
+    parser.add_argument("--writes", type=int, default=0, metavar="POLLS",
+                        help="count API writes over POLLS polls of unchanging groups instead")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (--writes)")
+    parser.add_argument("--warmup", type=int, default=80,
+                        help="polls before counting (--writes; 80 x 5 s passes the 300 s scale-down window)")
     args = parser.parse_args()
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     config.load_kube_config()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
+    if args.writes:
+        try:
+            return main_writes(bootstrap, namespace, args.writes, args.interval, args.warmup)
+        finally:
+            kubectl("delete", "namespace", namespace, "--wait=false")
     results: dict[int, dict[str, float]] = {}
     try:
         for partitions in (int(s) for s in args.sizes.split(",")):

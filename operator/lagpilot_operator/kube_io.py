@@ -16,7 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_operator import kafka_lag, models
+from lagpilot_operator import kafka_lag, models, writes
 from lagpilot_operator.worker_config import with_injected_env
 
 
@@ -45,18 +45,23 @@ def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
 
 def read_target(namespace: str, name: str) -> TargetScale | None:
     """The Deployment's replicas, or None when it does not exist."""
+    found = _read_deployment(namespace, name)
+    return None if found is None else found[0]
+
+
+def _read_deployment(namespace: str, name: str) -> tuple[TargetScale, dict[str, Any]] | None:
+    """The Deployment's replicas and the object as a camelCase dict, or None when it does not exist."""
     try:
         deployment = client.AppsV1Api().read_namespaced_deployment(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
-    pod_spec = deployment.spec.template.spec
-    containers = client.ApiClient().sanitize_for_serialization(  # type: ignore[no-untyped-call]
-        pod_spec.containers if pod_spec is not None else []) or []
-    return TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
-                       ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0),
-                       containers=tuple(containers))
+    live: dict[str, Any] = client.ApiClient().sanitize_for_serialization(deployment)  # type: ignore[no-untyped-call]
+    containers = ((live.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    return (TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
+                        ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0),
+                        containers=tuple(containers)), live)
 
 
 def scale_target(namespace: str, name: str, replicas: int) -> None:
@@ -88,19 +93,21 @@ def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplat
 
 def ensure_templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate,
                                 initial_replicas: int, injected_env: list[dict[str, Any]]) -> TargetScale:
-    """Create the owned Deployment, or bring its template back to the spec (replicas stay ours)."""
+    """Create the owned Deployment, or bring its template back to the spec (replicas stay ours); no
+    write when the live object already matches (`writes.deployment_patch`)."""
     namespace, name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
     apps = client.AppsV1Api()
-    current = read_target(namespace, name)
-    if current is None:
+    found = _read_deployment(namespace, name)
+    if found is None:
         manifest: Any = templated_deployment(kcg, template, initial_replicas, injected_env)  # plain dicts work
         apps.create_namespaced_deployment(namespace, manifest)
         return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0,
                            containers=tuple(manifest["spec"]["template"]["spec"].get("containers", [])))
+    current, live = found
     desired = templated_deployment(kcg, template, current.spec_replicas, injected_env)
-    apps.patch_namespaced_deployment(name, namespace, {"metadata": {"labels": desired["metadata"]["labels"]},
-                                                       "spec": {k: v for k, v in desired["spec"].items()
-                                                                if k != "replicas"}})
+    patch = writes.deployment_patch(desired, live)
+    if patch is not None:
+        apps.patch_namespaced_deployment(name, namespace, patch)
     # What the workers are told from now on: a strategic merge replaces env items by name, so every
     # name the operator sets holds the operator's value.
     return TargetScale(name=name, spec_replicas=current.spec_replicas, ready_replicas=current.ready_replicas,

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, share_lag, worker_config
+from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, share_lag, worker_config, writes
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
@@ -64,6 +64,11 @@ class ResourceState:
     dead_letter_condition: tuple[str, str, str] | None = None
     redrive_sessions: RedriveSessions = field(default_factory=RedriveSessions)
     """The running redrive's transactional producer and consumer, reused across polls."""
+    written: dict[str, Any] | None = None
+    """The status this process last wrote, and when (`writes.status_write_reason` compares to it)."""
+    written_at: float | None = None
+    events: writes.EventMemory = field(default_factory=writes.EventMemory)
+    """The last Event per subject, so the same news is not posted twice."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +93,14 @@ def _utc(now: float) -> str:
 
 async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, emit: EventSink,
                     now: float | None = None) -> dict[str, Any]:
-    """Run one reconcile and write the status; returns the status written (for tests and logs)."""
+    """Run one reconcile and write the status when something worth writing changed (`writes`);
+    returns the status computed (for tests and logs)."""
     started = time.perf_counter()
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    now = time.time() if now is None else now
     try:
-        status = await _reconcile(body, state, shared, emit, time.time() if now is None else now)
+        status = await _reconcile(body, state, shared, _deduplicated(state.events, emit), now)
     except Exception as exc:  # one resource's bug must never stop the others: report it, keep looping
         log.exception("reconcile of %s/%s failed", namespace, name)
         metrics.RECONCILE_ERRORS.labels(namespace, name, "unexpected").inc()
@@ -101,13 +108,26 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
                                    f"unexpected error: {type(exc).__name__}: {exc}", meta.get("generation"),
                                    time.time())
         status = {"conditions": conditions_to_k8s(conditions)}
-    try:
-        await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
-    except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
-        log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
-        metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
+    why = writes.status_write_reason(state.written, state.written_at, status, now)
+    if why is not None:
+        log.debug("writing the status of %s/%s (%s)", namespace, name, why)
+        try:
+            await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
+            state.written, state.written_at = status, now
+        except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
+            log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
+            metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     return status
+
+
+def _deduplicated(events: writes.EventMemory, emit: EventSink) -> EventSink:
+    """`emit`, minus an Event whose subject last said exactly the same (`writes.EventMemory`)."""
+    def send(kind: str, reason: str, message: str) -> None:
+        if events.admit(kind, reason, message):
+            emit(kind, reason, message)
+
+    return send
 
 
 def _conditions(body: dict[str, Any]) -> list[Any]:
@@ -164,7 +184,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         sample, lag_error = None, settings_error
     else:
         sample, lag_error = await _read_lag(spec, settings, shared, namespace, name)
-    memory = state.memory or PolicyMemory.from_dict(previous.get("policyMemory"))
+    # After a restart: the memory as last written, its skipped timestamp refreshes restored (`writes`).
+    memory = state.memory or writes.resume_memory(PolicyMemory.from_dict(previous.get("policyMemory")), now)
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
     if sample is None:

@@ -29,7 +29,9 @@ def crd_applied(stack: Any) -> None:
 
 @pytest.fixture
 def operator(stack: Any, namespace: str, crd_applied: None, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(stack.env(), namespace, tmp_path)
+    # A status write every poll (no skipped refreshes, docs/operator.md "Writes"): these tests tell one
+    # reconcile from the next by policyMemory.lastTime (operator_testkit.poll_time).
+    process = OperatorProcess({**stack.env(), "LAGPILOT_STATUS_REFRESH_SECONDS": "1"}, namespace, tmp_path)
     process.start()
     yield process
     process.stop()

@@ -1,0 +1,240 @@
+"""What changed enough to write (pure): status patches, the templated Deployment, and Events.
+
+The reconcile computes the full status every poll; most polls change nothing a person or a
+controller reads, and a write to the API server per group per poll does not scale to thousands of
+groups. The rules (docs/operator.md, "Writes"):
+
+* Immediately, when it changes: every status field except the coarse ones below — observedGeneration,
+  desired/current replicas, pool size, partitions, lastScaleTime, deadLetter, redrive, conditions
+  (type, status, reason, observedGeneration, and message wording), lastDecision's wording, a lag-read
+  failure run starting or ending (and its first 10 reads, then powers of two), and the policy's
+  memory (except its timestamp refreshes).
+* Coarse: totalLag, topPartitions, time lags and rates are written when one moves by at least
+  `RELATIVE_CHANGE` (and an absolute floor) or reaches or leaves zero, and with any other write;
+  numbers inside lastDecision and condition messages, consecutiveLagFailures and the memory's
+  timestamp refreshes ride along.
+* At least every `refresh_seconds` (LAGPILOT_STATUS_REFRESH_SECONDS, default 300) the whole status
+  is written, so nothing shown is older than that.
+
+The policy's memory is what a restarted operator resumes from. A refresh-only change (its
+`lastTime`, the newest recommendation seen again with the same value at a later time, the rate floor
+decaying on schedule) is skipped; `resume_memory` moves the first two forward on a restart, to the
+latest time the dead operator can have polled without writing, which holds every window at least as
+long as the live memory would have (never an earlier scale); the floor decays from the time it was
+written to now exactly as the live one did. Everything else in the memory (the changes, cooldown
+and grace times, the windows' values, saturation, idleness, the deficit clock, the rates, the last lag
+and member count) is written on the poll it changes. The lag trend (minute buckets of the smallest
+lag, for the steady deficit) is not a reason to write: a restarted operator starts it again
+(`resume_memory`), as the policy itself does at every capacity or membership change, so a deficit
+must show again over two consume-rate windows before it counts — a restart can delay that
+measurement, never advance it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lagpilot_operator.policy import FLOOR_HALF_LIFE_SECONDS, PolicyMemory
+
+REFRESH_SECONDS = float(os.environ.get("LAGPILOT_STATUS_REFRESH_SECONDS", "300"))
+RELATIVE_CHANGE = 0.10
+"""A coarse number is written when it moves by at least this fraction of its last written value..."""
+ABSOLUTE_FLOORS = {"totalLag": 100.0, "maxTimeLagSeconds": 5.0, "meanTimeLagSeconds": 5.0,
+                   "produceRatePerSecond": 1.0, "consumeRatePerSecond": 1.0}
+"""...and by at least this much (lag 0 -> 3 is not news)."""
+FAILURES_EACH = 10
+TEXT_FIELDS = ("lastDecision",)
+_NUMBER = re.compile(r"\d[\d,.]*")
+
+
+def wording(text: str) -> str:
+    """A message with its numbers masked: what it says, not how much."""
+    return _NUMBER.sub("#", text)
+
+
+def _moved(old: Any, new: Any, floor: float) -> bool:
+    if not isinstance(old, int | float) or not isinstance(new, int | float):
+        return bool(old != new)
+    if (old == 0) != (new == 0):
+        return True  # caught up, or a backlog again: news at once
+    delta = abs(float(new) - float(old))
+    return delta >= floor and delta >= RELATIVE_CHANGE * abs(float(old))
+
+
+def _top_moved(old: Any, new: Any) -> bool:
+    """topPartitions: a different set or order of partitions, a verdict change, or a lag that moved."""
+    if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+        return bool(old != new)
+    for a, b in zip(old, new, strict=True):
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            return bool(a != b)
+        if (a.get("topic"), a.get("partition"), a.get("verdict")) != (b.get("topic"), b.get("partition"),
+                                                                      b.get("verdict")):
+            return True
+        if _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]) or \
+                _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), ABSOLUTE_FLOORS["maxTimeLagSeconds"]):
+            return True
+    return False
+
+
+def _failures_news(old: Any, new: Any) -> bool:
+    """A lag-read failure run starting or ending, each of its first `FAILURES_EACH` reads (where the
+    fallback thresholds usually are), then at each power of two: 16, 32, 64..."""
+    if not isinstance(old, int) or not isinstance(new, int):
+        return bool(old != new)
+    return old == 0 or new == 0 or new <= FAILURES_EACH or (new & (new - 1)) == 0
+
+
+def _conditions_key(conditions: Any) -> Any:
+    if not isinstance(conditions, list):
+        return conditions
+    return [(c.get("type"), c.get("status"), c.get("reason"), wording(str(c.get("message", ""))),
+             c.get("observedGeneration"), c.get("lastTransitionTime")) if isinstance(c, dict) else c
+            for c in conditions]
+
+
+def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory) -> bool:
+    """`new` differs from `persisted` only by timestamp refreshes that `resume_memory` restores safely."""
+    if persisted.last_time is None or new.last_time is None or new.last_time < persisted.last_time:
+        return False
+    old_recs, new_recs = persisted.recommendations, new.recommendations
+    if len(old_recs) != len(new_recs) or old_recs[:-1] != new_recs[:-1]:
+        return False
+    if old_recs and (old_recs[-1][1] != new_recs[-1][1] or new_recs[-1][0] < old_recs[-1][0]):
+        return False
+    if persisted.recommendations and persisted.recommendations[-1][0] != persisted.last_time:
+        return False  # only the newest recommendation made at lastTime is a refresh of the poll
+    if not _floor_refresh(persisted, new):
+        return False
+    return replace(new, last_time=persisted.last_time, recommendations=old_recs, trend=persisted.trend,
+                   slot_rate_floor=persisted.slot_rate_floor, floor_time=persisted.floor_time) == persisted
+
+
+def _floor_refresh(persisted: PolicyMemory, new: PolicyMemory) -> bool:
+    if persisted.slot_rate_floor is None or new.slot_rate_floor is None:
+        return (persisted.slot_rate_floor, persisted.floor_time) == (new.slot_rate_floor, new.floor_time)
+    if persisted.floor_time is None or new.floor_time is None:
+        return False
+    decayed = persisted.slot_rate_floor * 0.5 ** (max(0.0, new.floor_time - persisted.floor_time)
+                                                 / FLOOR_HALF_LIFE_SECONDS)
+    return math.isclose(decayed, new.slot_rate_floor, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def resume_memory(persisted: PolicyMemory, now: float, refresh_seconds: float = REFRESH_SECONDS) -> PolicyMemory:
+    """The memory a restarted operator decides from: `persisted` with its refreshable timestamps moved
+    to the latest poll the previous operator can have made without writing (before its next refresh).
+
+    Every skipped write was a refresh of the newest recommendation (same value, later time); moving it
+    later keeps that value in the stabilization windows at least as long as the live memory did.
+    """
+    if persisted.last_time is None:
+        return persisted
+    latest = min(now, persisted.last_time + refresh_seconds)
+    if latest <= persisted.last_time:
+        return persisted
+    recs = persisted.recommendations
+    if recs and recs[-1][0] == persisted.last_time:
+        recs = (*recs[:-1], (latest, recs[-1][1]))
+    # The rate floor stays as written: the policy decays it from its floorTime to now, which is what the
+    # live memory's skipped refreshes held (`memory_refresh_only` checks exactly that). The lag trend
+    # starts again, as the policy starts it at every capacity or membership change.
+    return replace(persisted, recommendations=recs, last_time=latest, trend=())
+
+
+def status_write_reason(written: Mapping[str, Any] | None, written_at: float | None, new: Mapping[str, Any],
+                        now: float, refresh_seconds: float = REFRESH_SECONDS) -> str | None:
+    """Why `new` must be written given the status last written at `written_at` (None: skip this poll)."""
+    if written is None or written_at is None:
+        return "first"
+    if now - written_at >= refresh_seconds:
+        return "refresh"
+    for key in sorted(set(written) | set(new)):
+        old, value = written.get(key), new.get(key)
+        if old == value:
+            continue
+        if key in ABSOLUTE_FLOORS:
+            if _moved(old, value, ABSOLUTE_FLOORS[key]):
+                return key
+        elif key == "topPartitions":
+            if _top_moved(old, value):
+                return key
+        elif key in TEXT_FIELDS:
+            if not isinstance(old, str) or not isinstance(value, str) or wording(old) != wording(value):
+                return key
+        elif key == "conditions":
+            if _conditions_key(old) != _conditions_key(value):
+                return key
+        elif key == "consecutiveLagFailures":
+            if _failures_news(old, value):
+                return key
+        elif key == "policyMemory":
+            if not isinstance(old, Mapping) or not isinstance(value, Mapping) or not memory_refresh_only(
+                    PolicyMemory.from_dict(old), PolicyMemory.from_dict(value)):
+                return key
+        else:
+            return key
+    return None
+
+
+# --- the templated Deployment --------------------------------------------------------------------------
+
+
+def _named(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(i, dict) and "name" in i for i in items)
+
+
+def contained(desired: Any, live: Any) -> bool:
+    """Whether `live` already holds everything `desired` sets (what a strategic merge patch would write).
+
+    Dicts: every desired key is in live with a contained value (the API server adds defaults). Lists of
+    named items (containers, env, volumes, ports with names) merge by name; other lists must match
+    item for item.
+    """
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and contained(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return False
+        if _named(desired) and _named(live):
+            by_name = {item["name"]: item for item in live}
+            return all(item["name"] in by_name and contained(item, by_name[item["name"]]) for item in desired)
+        return len(desired) == len(live) and all(contained(d, v) for d, v in zip(desired, live, strict=True))
+    return bool(desired == live)
+
+
+def deployment_patch(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The patch that brings the live Deployment to the template (labels and spec except replicas, which
+    the scale subresource owns), or None when the live object already has it."""
+    patch = {"metadata": {"labels": dict((desired.get("metadata") or {}).get("labels") or {})},
+             "spec": {k: v for k, v in (desired.get("spec") or {}).items() if k != "replicas"}}
+    return None if contained(patch, {"metadata": live.get("metadata") or {}, "spec": live.get("spec") or {}}) \
+        else patch
+
+
+# --- Events ----------------------------------------------------------------------------------------
+
+
+EVENT_TOPICS = {"ScaledUp": "scale", "ScaledDown": "scale"}
+"""Reasons that report on one subject: a scale up, then down, then the same up again is news each time."""
+
+
+@dataclass
+class EventMemory:
+    """The last Event per subject (its reason, or `EVENT_TOPICS`) a resource posted; kept in the operator's
+    memory so the same news is not posted again (a decision re-applied after a failed status write, the
+    same dead-letter finding on the next look)."""
+
+    last: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+    def admit(self, kind: str, reason: str, message: str) -> bool:
+        """Whether to post: not when the subject's last Event said exactly this."""
+        topic = EVENT_TOPICS.get(reason, reason)
+        if self.last.get(topic) == (kind, reason, message):
+            return False
+        self.last[topic] = (kind, reason, message)
+        return True

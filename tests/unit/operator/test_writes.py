@@ -1,0 +1,201 @@
+"""What changed enough to write (`writes`): status fields, the policy's memory across a restart, the
+templated Deployment, Events."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_policy import NOW, histories, observations, observe, threshold_config
+
+from lagpilot_operator.policy import PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.writes import (
+    EventMemory,
+    contained,
+    deployment_patch,
+    memory_refresh_only,
+    resume_memory,
+    status_write_reason,
+    wording,
+)
+
+REFRESH = 300.0
+
+
+def status(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "observedGeneration": 3, "desiredReplicas": 2, "currentReplicas": 2, "poolSize": 8,
+        "lastDecision": "hold 2x8: lag 1,200 needs 2 consumers", "consecutiveLagFailures": 0,
+        "totalLag": 1200, "partitions": 4, "produceRatePerSecond": 50.0, "consumeRatePerSecond": 50.0,
+        "topPartitions": [{"topic": "t", "partition": 0, "lag": 600}, {"topic": "t", "partition": 1, "lag": 600}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "hold 2x8: lag 1,200",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 3}],
+        "policyMemory": PolicyMemory(recommendations=((100.0, 16),), last_time=100.0).to_dict(),
+    }
+    base.update(changes)
+    return base
+
+
+def test_the_first_status_and_a_refresh_are_always_written() -> None:
+    assert status_write_reason(None, None, status(), 100.0) == "first"
+    assert status_write_reason(status(), 100.0, status(), 100.0 + REFRESH, REFRESH) == "refresh"
+    assert status_write_reason(status(), 100.0, status(), 100.0 + REFRESH - 1, REFRESH) is None
+
+
+def test_what_people_and_controllers_read_is_written_at_once() -> None:
+    for changes in ({"observedGeneration": 4}, {"desiredReplicas": 3}, {"currentReplicas": 3}, {"poolSize": 9},
+                    {"partitions": 5}, {"lastScaleTime": "2026-01-01T00:01:00Z"}, {"deadLetter": {"topic": "d"}},
+                    {"lastDecision": "scale up 2x8 -> 3x8: lag 1,200"}, {"consecutiveLagFailures": 1}):
+        assert status_write_reason(status(), 100.0, status(**changes), 105.0) == next(iter(changes)), changes
+    cond = status()["conditions"][0]
+    for change in ({"status": "False"}, {"reason": "NotReady"}, {"observedGeneration": 4},
+                   {"message": "see the KafkaReachable condition"}):
+        assert status_write_reason(status(), 100.0, status(conditions=[{**cond, **change}]), 105.0) == "conditions"
+
+
+def test_numbers_move_coarsely() -> None:
+    top = [{"topic": "t", "partition": 0, "lag": 625}, {"topic": "t", "partition": 1, "lag": 625}]
+    quiet = status(totalLag=1250, produceRatePerSecond=52.0, lastDecision="hold 2x8: lag 1,250 needs 2 consumers",
+                   topPartitions=top,
+                   conditions=[{**status()["conditions"][0], "message": "hold 2x8: lag 1,250"}],
+                   consecutiveLagFailures=0)
+    assert status_write_reason(status(), 100.0, quiet, 105.0) is None
+    assert status_write_reason(status(), 100.0, status(totalLag=1400), 105.0) == "totalLag"
+    assert status_write_reason(status(totalLag=200), 100.0, status(totalLag=250), 105.0) is None  # under the floor
+    assert status_write_reason(status(totalLag=0), 100.0, status(totalLag=5), 105.0) == "totalLag"  # leaves zero
+    assert status_write_reason(status(totalLag=80), 100.0, status(totalLag=0), 105.0) == "totalLag"  # caught up
+    assert status_write_reason(status(), 100.0, status(consumeRatePerSecond=30.0), 105.0) == "consumeRatePerSecond"
+    assert status_write_reason(status(), 100.0, status(topPartitions=[{"topic": "t", "partition": 1, "lag": 600}]),
+                               105.0) == "topPartitions"
+    assert status_write_reason(status(), 100.0, status(maxTimeLagSeconds=3.0), 105.0) == "maxTimeLagSeconds"
+    # a failure run: its start and end at once, its count coarsely
+    assert status_write_reason(status(consecutiveLagFailures=2), 100.0, status(consecutiveLagFailures=3),
+                               105.0) == "consecutiveLagFailures"  # the first ten, each
+    assert status_write_reason(status(consecutiveLagFailures=11), 100.0, status(consecutiveLagFailures=12),
+                               105.0) is None
+    assert status_write_reason(status(consecutiveLagFailures=15), 100.0, status(consecutiveLagFailures=16),
+                               105.0) == "consecutiveLagFailures"
+    assert status_write_reason(status(consecutiveLagFailures=3), 100.0, status(), 105.0) == "consecutiveLagFailures"
+    assert wording("hold 2x8: lag 1,250.5 in 30 s") == "hold #x#: lag # in # s"
+
+
+def steady(config: PolicyConfig, polls: int) -> list[PolicyMemory]:
+    """The memories of `polls` polls of a group with no lag and no traffic that follows its decisions."""
+    memory, out, shape = PolicyMemory(), [], (2, 8)
+    for i in range(polls):
+        now = NOW + 5 * i
+        decision = decide(config, observe([0] * 4, *shape, produce=0.0, consume=0.0, time=now), memory, now)
+        memory, shape = decision.memory, (decision.replicas, decision.pool)
+        out.append(memory)
+    return out
+
+
+def test_an_unchanging_group_only_refreshes_its_memory() -> None:
+    memories = steady(threshold_config(), 60)  # 5 minutes
+    settled = list(itertools.pairwise(memories[8:]))
+    # Once settled, every poll is a refresh, the lag trend's new bucket each minute included.
+    assert [b.last_time for a, b in settled if a.trend != b.trend] == [NOW + 65, NOW + 125, NOW + 185, NOW + 245]
+    assert all(memory_refresh_only(a, b) for a, b in settled)
+    assert status_write_reason(status(policyMemory=memories[5].to_dict()), 100.0,
+                               status(policyMemory=memories[6].to_dict()), 105.0) is None
+    # a new recommendation value, a scale (changes, cooldown) or a fresh memory is not a refresh
+    last = memories[-1]
+    assert not memory_refresh_only(last, replace(last, recommendations=((last.last_time or 0.0, 99),)))
+    assert not memory_refresh_only(last, replace(last, last_replica_change=last.last_time))
+    assert not memory_refresh_only(PolicyMemory(), last)
+
+
+def test_resume_moves_the_refreshed_timestamps_to_the_latest_unwritten_poll() -> None:
+    memory = PolicyMemory(recommendations=((50.0, 4), (100.0, 1)), last_time=100.0, slot_rate_floor=8.0,
+                          floor_time=100.0)
+    resumed = resume_memory(memory, now=1000.0, refresh_seconds=REFRESH)
+    assert resumed.last_time == 400.0 and resumed.recommendations == ((50.0, 4), (400.0, 1))
+    assert (resumed.slot_rate_floor, resumed.floor_time) == (8.0, 100.0)  # decayed by the policy from its own time
+    assert resume_memory(memory, now=130.0, refresh_seconds=REFRESH).last_time == 130.0
+    assert resume_memory(PolicyMemory(), now=1000.0) == PolicyMemory()
+    assert resume_memory(replace(memory, trend=((40.0, 7), (100.0, 5))), now=1000.0).trend == ()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_a_restart_from_the_memory_as_written_never_scales_earlier(
+        history: tuple[PolicyConfig, PolicyMemory, float], data: st.DataObject) -> None:
+    """The operator writes its memory by the rules (refreshes skipped, a refresh every REFRESH s) and dies
+    after any poll; the restarted one resumes from what was written and decides, poll by poll, as the
+    live one would have, or holds (part of) the capacity where the live one moves: never a scale the
+    live one does not make."""
+    config, memory, now = history
+    steady_obs = data.draw(st.booleans())
+    fixed = data.draw(observations(now))
+    written, written_at = memory, now
+    for _ in range(data.draw(st.integers(1, 12))):
+        now += data.draw(st.sampled_from([2.0, 5.0, 15.0, 30.0]))
+        obs = replace(fixed, sample=fixed.sample and replace(fixed.sample, time=now)) if steady_obs \
+            else data.draw(observations(now))
+        memory = decide(config, obs, memory, now).memory
+        if now - written_at >= REFRESH or not memory_refresh_only(written, memory):
+            written, written_at = memory, now
+        stored = PolicyMemory.from_dict(json.loads(json.dumps(written.to_dict())))
+    # Down for a while (the live operator, had it run, would have polled next at the same time).
+    now += data.draw(st.sampled_from([2.0, 5.0, 15.0, 30.0])) + data.draw(st.floats(0.0, 2 * REFRESH))
+    restarted, live = resume_memory(stored, now, REFRESH), memory
+    for poll in range(4):
+        now += data.draw(st.sampled_from([2.0, 5.0, 15.0, 30.0])) if poll else 0.0
+        obs = replace(fixed, sample=fixed.sample and replace(fixed.sample, time=now)) if steady_obs \
+            else data.draw(observations(now))
+        a, b = decide(config, obs, live, now), decide(config, obs, restarted, now)
+        if (a.replicas, a.pool) != (b.replicas, b.pool):
+            # Apart, the capacity the restarted one aims at (after windows and step limits) lies between
+            # the current one and the live one's: it holds, or goes part of the way, never further or
+            # the other way. (Its shape may still differ: a capacity held within new bounds.)
+            current = obs.current_replicas * obs.current_pool
+            low, high = sorted((current, a.slots))
+            assert low <= b.slots <= high, "the restart scaled where the live did not"
+            break
+        live, restarted = a.memory, b.memory
+
+
+def test_a_matching_deployment_is_not_patched() -> None:
+    desired = {"metadata": {"labels": {"app": "w", "lagpilot.io/group": "g"}},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "w"}},
+                        "template": {"metadata": {"labels": {"app": "w"}},
+                                     "spec": {"containers": [{"name": "worker", "image": "w:1",
+                                                              "env": [{"name": "A", "value": "1"}]}]}}}}
+    live = {"metadata": {"labels": {"app": "w", "lagpilot.io/group": "g", "extra": "x"}, "uid": "u"},
+            "spec": {"replicas": 5, "strategy": {"type": "RollingUpdate"}, "selector": {"matchLabels": {"app": "w"}},
+                     "template": {"metadata": {"labels": {"app": "w"}},
+                                  "spec": {"dnsPolicy": "ClusterFirst",
+                                           "containers": [
+                                               {"name": "sidecar", "image": "s:1"},
+                                               {"name": "worker", "image": "w:1", "imagePullPolicy": "IfNotPresent",
+                                                "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]}]}}}}
+    assert deployment_patch(desired, live) is None  # defaults, other replicas, extra items: nothing to write
+    changed = json.loads(json.dumps(desired))
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = "w:2"
+    patch = deployment_patch(changed, live)
+    assert patch is not None and "replicas" not in patch["spec"]
+    assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == "w:2"
+    assert deployment_patch({**desired, "metadata": {"labels": {"app": "v"}}}, live) is not None
+    env_changed = json.loads(json.dumps(desired))
+    env_changed["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "9"
+    assert deployment_patch(env_changed, live) is not None
+    assert not contained({"args": ["a", "b"]}, {"args": ["a"]}) and contained({"args": ["a"]}, {"args": ["a"]})
+
+
+def test_the_same_event_is_posted_once() -> None:
+    events = EventMemory()
+    assert events.admit("Warning", "PartitionsStuck", "t-0")
+    assert not events.admit("Warning", "PartitionsStuck", "t-0")
+    assert events.admit("Normal", "ScaledUp", "t-0")  # another reason keeps its own last message
+    assert events.admit("Warning", "PartitionsStuck", "t-1")
+    assert events.admit("Warning", "PartitionsStuck", "t-0")  # news again once something else was said
+    # one subject: up, down, and the same up again are three Events; the same up twice is one
+    assert events.admit("Normal", "ScaledDown", "t-0")
+    assert events.admit("Normal", "ScaledUp", "t-0")
+    assert not events.admit("Normal", "ScaledUp", "t-0")
+
+
