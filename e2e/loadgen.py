@@ -299,6 +299,7 @@ class LoadResult:
     per_second: list[int]            # messages handed to the producer in each second of the run
     lateness_s: list[float]          # per message: when it was handed to the producer minus when the plan had it due
     host_wait_s: list[float]         # per message: of its lateness, the time the thread was runnable but got no CPU
+    due_s: list[float]               # per message: when the plan had it due (seconds into the run)
     dropped: int                     # tokens expired because the producer fell behind
     started_at: float                # epoch seconds of the first planned message
     duration_s: float                # wall time of the produce loop (without the final flush)
@@ -413,6 +414,7 @@ class LoadGenerator:
         per_second = [0] * max(1, math.ceil(self.profile.duration))
         lateness: list[float] = []
         host_wait: list[float] = []
+        due_times: list[float] = []
         waits = RunQueueWaits(self.max_backlog_seconds)
         last_due = 0.0
 
@@ -438,6 +440,7 @@ class LoadGenerator:
                     break
                 lateness.append(elapsed - due_at)
                 host_wait.append(waits.since(due_at))
+                due_times.append(due_at)
                 seq += 1
                 bucket.take(1)
                 per_second[second] += 1
@@ -455,7 +458,7 @@ class LoadGenerator:
             failed.extend(i for i in (self.message_id(n) for n in range(seq)) if i not in acked_set)
         return LoadResult(topic=self.topic, profile=self.profile.description, planned=self.profile.total, ids=acked,
                           failed=failed, per_second=per_second, lateness_s=lateness, host_wait_s=host_wait,
-                          dropped=math.floor(bucket.dropped),
+                          due_s=due_times, dropped=math.floor(bucket.dropped),
                           started_at=started_at, duration_s=duration)
 
     def _produce(self, producer: Producer, seq: int, on_delivery: Callable[[KafkaError | None, Message], None],

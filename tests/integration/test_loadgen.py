@@ -50,7 +50,12 @@ def test_burst_is_produced_at_the_requested_rate_and_the_ledger_finds_every_id(
     assert 6.9 <= result.duration_s <= 7.6, result.summary()
     before, after = result.per_second[0], result.per_second[6]
     assert before == 0
-    assert after <= 20  # only the burst's last few milliseconds may land in the tail second
+    # Only the burst's last few milliseconds may land in the tail second, judged on the generator's own
+    # schedule: a message due at d with pacing lateness p is sent at d + p when the host does not stall
+    # the thread (one CI run's stall put 40 messages there by the wall clock).
+    assert len(result.due_s) == result.produced and max(result.due_s) <= 6.0 + 1e-6
+    in_tail = sum(1 for due, pacing in zip(result.due_s, result.pacing_lateness_s, strict=True) if due + pacing >= 6.0)
+    assert in_tail <= 20, f"{in_tail} messages in the tail second by the pacing ({after} by the clock)"
     # Kept to the 400/s plan, judged per message rather than per wall-clock second: a CPU stall of the
     # (2-core, shared) host moves the messages due during it into the next second, which per-second
     # counts would blame on the generator. Never early. The pacing's own lateness (without the time the
