@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # `support` for tests/ and e2e/
-from support import parse_env_lines, release_finalizers, wait_for, wait_for_group_coordinator
+from support import api_client, parse_env_lines, release_finalizers, wait_for, wait_for_group_coordinator
 from support import unique_name as _unique_name
 
 REPO = Path(__file__).resolve().parent
@@ -69,9 +69,7 @@ class Stack:
         """An API client of this process, for reads and writes that tests repeat (polled in wait_for):
         one kubectl process costs ~80 ms of CPU, a call on this kept connection a few milliseconds."""
         if self.kubeconfig not in _API_CLIENTS:
-            from kubernetes import config
-
-            _API_CLIENTS[self.kubeconfig] = config.new_client_from_config(config_file=self.kubeconfig)
+            _API_CLIENTS[self.kubeconfig] = api_client(self.kubeconfig)
         return _API_CLIENTS[self.kubeconfig]
 
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:

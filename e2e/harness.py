@@ -302,15 +302,6 @@ CRD_FILE = REPO / "crds" / "kafkaconsumergroups.lagpilot.io.yaml"
 CRD_NAME = "kafkaconsumergroups.lagpilot.io"
 
 
-def api_client(kubeconfig: str) -> client.ApiClient:
-    from kubernetes import config as kube_config
-
-    configuration = client.Configuration()
-    kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.connection_pool_maxsize = 16
-    return client.ApiClient(configuration)
-
-
 def apply_crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """Server-side apply (other runs apply the same file concurrently), then wait until it is served."""
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=lagpilot-e2e", "-f", str(CRD_FILE))

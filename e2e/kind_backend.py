@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from e2e.harness import api_client, apply_crd
+from e2e.harness import apply_crd
 from e2e.pods import E2E_DIR, REPO, PodBackend, free_port, wait_until_broker_answers
-from support import unique_name
+from support import api_client, unique_name
 
 os.environ.setdefault("KIND_VERSION", "v0.27.0")  # read by pytest_kind at import: node image Kubernetes 1.32
 

@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from e2e.harness import api_client, apply_crd
+from e2e.harness import apply_crd
 from e2e.pods import REPO, PodBackend, free_port, wait_until_broker_answers
-from support import parse_env_lines, wait_for_group_coordinator
+from support import api_client, parse_env_lines, wait_for_group_coordinator
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -18,8 +18,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from lagpilot_operator import models
+
 T = TypeVar("T")
-KCG_API = ("lagpilot.io", "v1alpha1", "kafkaconsumergroups")  # group, version, plural
 
 
 class WaitTimeout(AssertionError):
@@ -86,27 +87,38 @@ def release_finalizers(stack: Any, namespace: str) -> None:
     from kubernetes.client.exceptions import ApiException
 
     groups = client.CustomObjectsApi(stack.api())
-    group, version, plural = KCG_API
     try:
-        found = groups.list_namespaced_custom_object(group, version, namespace, plural)["items"]
+        found = groups.list_namespaced_custom_object(models.GROUP, models.VERSION, namespace, models.PLURAL)["items"]
     except ApiException:
         return  # no such namespace (any more), or the CRD is not installed: nothing holds it
     for resource in found:
         if resource["metadata"].get("finalizers"):
             try:
-                groups.patch_namespaced_custom_object(group, version, namespace, plural, resource["metadata"]["name"],
+                groups.patch_namespaced_custom_object(models.GROUP, models.VERSION, namespace, models.PLURAL,
+                                                      resource["metadata"]["name"],
                                                       {"metadata": {"finalizers": None}})
             except ApiException as exc:
                 if exc.status != 404:
                     raise
 
 
+def api_client(kubeconfig: str) -> Any:
+    """A Kubernetes API client for `kubeconfig`, with room for a test's parallel calls (watches, polls)."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    configuration = client.Configuration()
+    kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = 16
+    return client.ApiClient(configuration)
+
+
 def kcg_status(stack: Any, namespace: str, name: str) -> dict[str, Any]:
     """A KafkaConsumerGroup's status, read in process (tests poll it: see Stack.api)."""
     from kubernetes import client
 
-    group, version, plural = KCG_API
-    body = client.CustomObjectsApi(stack.api()).get_namespaced_custom_object(group, version, namespace, plural, name)
+    body = client.CustomObjectsApi(stack.api()).get_namespaced_custom_object(models.GROUP, models.VERSION, namespace,
+                                                                      models.PLURAL, name)
     return dict(body.get("status") or {})
 
 
