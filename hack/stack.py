@@ -928,6 +928,11 @@ try:
 except ValueError as _exc:
     raise SystemExit(f"LAGPILOT_NODE_ADDRESS is not an address/prefix: {_exc}") from _exc
 NODE_IP = str(NODE_NETWORK.ip)
+# The bridge's own MAC, set once: a bridge without one takes the lowest MAC of its ports and changes it as
+# Pods come and go, and every other Pod's ARP entry for the node's address (the broker, the apiserver) then
+# names a MAC nobody answers to until it is re-resolved: seconds without a connection. Locally administered
+# (02:), then the node's IPv4 address.
+BRIDGE_MAC = "02:00:" + ":".join(f"{octet:02x}" for octet in NODE_NETWORK.ip.packed)
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: first address of SERVICE_CIDR
 # What the kubelet and kube-proxy change on the machine: recorded before `up`, restored at `down`.
@@ -1310,7 +1315,9 @@ def stop_pod_tasks() -> None:
 def make_bridge() -> None:
     """The Pods' network: a bridge with the node's address; nothing routes beyond it (ip_forward stays 0)."""
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
-        sh("ip", "link", "add", BRIDGE, "type", "bridge", check=True)
+        sh("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge", check=True)
+    else:
+        sh("ip", "link", "set", "dev", BRIDGE, "address", BRIDGE_MAC, check=True)
     if NODE_IP not in sh("ip", "-4", "addr", "show", "dev", BRIDGE).stdout:
         sh("ip", "addr", "add", str(NODE_NETWORK), "dev", BRIDGE, check=True)
     sh("ip", "link", "set", BRIDGE, "up", check=True)
