@@ -35,6 +35,7 @@ CHART = REPO / "charts" / "lagpilot"
 WORKER_CHART = REPO / "charts" / "lagpilot-worker"
 RELEASE = "lagpilot"
 OPERATOR_PODS = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
+PROBE_SERVED = '"GET /healthz HTTP/1.1" 200'  # kopf's health endpoint answering a probe (aiohttp's access log)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -287,7 +288,10 @@ def test_operator_chart_runs_peered_pods_and_a_standby_takes_over_from_a_killed_
                                        if p["metadata"]["name"] == leader_name and is_ready(p)), None),
                          120, "the killed replica to be restarted and Ready")
     assert restarted["status"]["containerStatuses"][0]["restartCount"] == 1
-    restarted_log = stack.kubectl("logs", "-n", namespace, leader_name).stdout
+    # Ready is the kubelet's reading of a probe; the container's log of that request reaches the log file
+    # through containerd's shim a moment later, so the log is read until it shows a probe.
+    restarted_log = wait_for(lambda: probed_log(stack, namespace, leader_name), 60,
+                             "the restarted replica's log to show the kubelet's probe")
     assert "Resuming operations" not in restarted_log, restarted_log
     status = peering_status(stack, namespace)
     assert int(status[leader_name]["priority"]) < int(status[follower_name]["priority"])
@@ -310,7 +314,13 @@ def test_operator_chart_runs_peered_pods_and_a_standby_takes_over_from_a_killed_
     for log in (previous_log, restarted_log, follower_log):
         assert not re.search(r"forbidden|not enough permissions", log, re.IGNORECASE), log
         assert "peering announcement failed" not in log, log
-        assert '"GET /healthz HTTP/1.1" 200' in log and "kube-probe/" in log  # the kubelet's probes
+        assert PROBE_SERVED in log and "kube-probe/" in log  # the kubelet's probes
+
+
+def probed_log(stack: Stack, namespace: str, pod: str) -> str | None:
+    """The pod's current log once it shows a kubelet probe served (the line the RBAC check below needs)."""
+    log: str = stack.kubectl("logs", "-n", namespace, pod).stdout
+    return log if PROBE_SERVED in log and "kube-probe/" in log else None
 
 
 # --- the worker chart: example-worker Pods following the pool ConfigMap; metrics in Prometheus ---
