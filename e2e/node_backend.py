@@ -60,6 +60,15 @@ class NodeBackend(PodBackend):
         self.containerd_socket = stack_dir / "node" / "containerd" / "containerd.sock"
         self.api = api_client(kubeconfig)
 
+    def node_log_lines(self, pod: str, limit: int = 30) -> list[str]:
+        found: list[str] = []
+        for component in ("kubelet", "containerd"):
+            path = self.stack_dir / "logs" / f"{component}.log"
+            if path.exists():
+                with path.open(errors="replace") as log:
+                    found += [f"{component}: {line.rstrip()}" for line in log if pod in line]
+        return found[-limit:]
+
     @classmethod
     def from_stack(cls, stack: Any, work_dir: Path) -> NodeBackend:
         """From the `stack` fixture; the address for Pods is stack-wide, so it comes from the env file."""

@@ -11,6 +11,7 @@ declares.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import statistics
@@ -165,6 +166,10 @@ class PodBackend:
     def pod_recorder(self, namespace: str, out_dir: Path) -> PodRecorder:
         return PodRecorder(self.api, namespace, out_dir, self.pod_logs_root)
 
+    def node_log_lines(self, pod: str, limit: int = 30) -> list[str]:
+        """The node's own log lines (kubelet, containerd) that name a Pod: how the node stopped it."""
+        return []
+
 
 class ChartOperator:
     """The operator as a user installs it: `helm install` of charts/lagpilot into the scenario's namespace.
@@ -259,6 +264,17 @@ class PodTimes:
     seen: float                    # the watch saw the Pod created
     running: float | None = None   # the watch first saw it Running
     containers: tuple[str, ...] = ()
+    deleted: float | None = None   # the watch first saw its deletionTimestamp (the kubelet's SIGTERM follows)
+    ends: dict[str, str] = field(default_factory=dict)   # container id -> how it ended, as the kubelet said
+
+
+def container_end(name: str, terminated: Any) -> str:
+    """One line for a container's terminated state: what a stop without log lines is run down from."""
+    started = terminated.started_at.isoformat() if terminated.started_at else "?"
+    finished = terminated.finished_at.isoformat() if terminated.finished_at else "?"
+    signal = f", signal {terminated.signal}" if terminated.signal else ""
+    return (f"{name}: exit {terminated.exit_code} ({terminated.reason or 'no reason'}{signal}), "
+            f"started {started}, finished {finished}")
 
 
 @dataclass
@@ -331,9 +347,27 @@ class PodRecorder:
             if kind == "ADDED" and name not in self.pods:
                 self.pods[name] = PodTimes(seen=now, containers=tuple(c.name for c in pod.spec.containers))
             times = self.pods.get(name)
-            if times is not None and times.running is None and pod.status is not None \
-                    and pod.status.phase == "Running":
+            if times is None or pod.status is None:
+                return
+            if times.running is None and pod.status.phase == "Running":
                 times.running = now
+            if times.deleted is None and pod.metadata.deletion_timestamp is not None:
+                times.deleted = now
+            for status in pod.status.container_statuses or []:
+                for state in (status.state, status.last_state):
+                    if state is not None and state.terminated is not None:
+                        key = state.terminated.container_id or status.name
+                        times.ends[key] = container_end(status.name, state.terminated)
+
+    def how_it_ended(self, pod: str) -> str:
+        """What the watch saw of a Pod's end: when it was deleted and how each container exited."""
+        with self._lock:
+            times = self.pods.get(pod)
+            if times is None:
+                return "never seen by the watch"
+            deleted = (f"deleted {datetime.datetime.fromtimestamp(times.deleted, datetime.UTC).isoformat()}"
+                       if times.deleted is not None else "no deletion seen")
+            return "; ".join([deleted, *times.ends.values()])
 
     def create_to_running(self, container: str = WORKER_CONTAINER) -> list[float]:
         """Seconds from creation to Running of every Pod with that container that got there."""

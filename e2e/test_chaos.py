@@ -205,7 +205,9 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         print("  operator decisions during the rollout:")
         print(_decisions(group, rollout_at, rolled_at, start))
         assert all(slices), f"the group stalled during the rollout: {slices}"
-        assert all(found and found[-1].seconds is not None for found in stops.values()), stops
+        unstopped = [pod for pod, found in stops.items() if not found or found[-1].seconds is None]
+        assert not unstopped, (stops, {pod: [recording.recorder.how_it_ended(pod),
+                                             *scenario.backend.node_log_lines(pod)] for pod in unstopped})
         print(f"  commit trouble of the old Pods: {commit_trouble}")
         charged = chaos.duplicates_by_first_worker(entries)
         print(f"  duplicates by the worker that ran them first: {charged}")
