@@ -4,6 +4,10 @@
 to remember between polls is in `PolicyMemory`, an immutable value that serialises to a small dict
 (the operator stores it in status, so a restarted operator resumes without a spurious scale).
 
+This module holds the configuration, the inputs and outputs, the guards of step 1 and the memory's
+upkeep; steps 2-8 are named functions in `decision_steps` (with the constants named below), which
+`_decide_on_lag` runs in order, so each rule can be read, and tested, on its own.
+
 Capacity is counted in *slots*: one slot processes one message at a time; a pod runs `pool` slots
 (the worker's in-pod concurrency), so capacity = replicas x pool. A decision goes through:
 
@@ -83,6 +87,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
+from lagpilot_operator import decision_steps as steps
 from lagpilot_operator.models import TIME_LAG_ONE_FORM, duration_seconds
 from lagpilot_operator.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
@@ -92,30 +97,12 @@ from lagpilot_operator.observations import (
     OffsetResetPolicy,
     PartitionKey,
     partition_lag,
-    partition_name,
 )
-from lagpilot_operator.verdicts import STUCK, Verdict
+from lagpilot_operator.verdicts import Verdict
 
 Mode = Literal["drainTime", "lagThreshold"]
 FallbackMode = Literal["hold", "replicas"]
 Direction = Literal["up", "down", "none"]
-
-SATURATION_BACKLOG_SECONDS = 10.0  # > librdkafka's 5 s auto-commit: commit lag alone never looks saturated
-SLOT_RATE_EWMA_WEIGHT = 0.5
-FLOOR_HALF_LIFE_SECONDS = 600.0
-MAX_NAMED_PARTITIONS = 5
-REBALANCE_GRACE_POLLS = 3  # polls after a replica decrease during which replicas do not go back up
-# A steady deficit (capacity just below demand) grows the backlog too slowly to cross the saturation
-# bar soon: 1 % short takes 1000 s to build 10 s of consumption. The backlog's trend finds it sooner:
-# the smallest lag seen in each TREND_BUCKET_SECONDS bucket (the minimum strips most of the commit
-# sawtooth) is compared across up to TREND_WINDOW_SECONDS at unchanged capacity; growth by more than
-# TREND_BACKLOG_SECONDS of consumption says every slot is busy. A deficit too small to grow that much
-# within the window is left to the saturation bar.
-TREND_WINDOW_SECONDS = 600.0
-TREND_BUCKET_SECONDS = 60.0
-TREND_BACKLOG_SECONDS = 3.0
-MIN_RATE = 1e-3  # msg/s; below this a consume rate says nothing about per-slot speed
-MAX_SLOTS = 1_000_000  # far above any pool.max x replicas.max; keeps arithmetic finite
 
 
 # --- configuration (plain mirror of the CRD's spec; the pydantic adapter fills it) -----------------
@@ -469,29 +456,76 @@ def decide(config: PolicyConfig, observation: Observation, memory: PolicyMemory,
         return _pause(config, observation, memory, now)
     if observation.sample is None:
         return _blind(config, observation, memory, now)
-    return _Decider(config, observation, memory, now).run()
+    return _decide_on_lag(config, observation, memory, now)
 
 
-def _shape(replicas: int, pool: int) -> str:
-    return f"{replicas} replica{'s' if replicas != 1 else ''}, pool {pool}"
+def _decide_on_lag(config: PolicyConfig, observation: Observation, memory: PolicyMemory, now: float) -> Decision:
+    """Steps 2-8 with a sample in hand; each is a function of `decision_steps`, and this only passes
+    each one what the earlier ones found, in the order the module docstring gives."""
+    ctx = steps.DecisionContext.of(config, observation, memory, now)
+    lag = steps.read_lag(ctx)
+    throughput = steps.assess_throughput(ctx, lag)
+    activation = steps.read_activation(ctx, lag)
+    raw = steps.recommend(ctx, lag, throughput)
+    recommendation = steps.within_tolerance(ctx, raw.slots, waking=activation.waking)
+    notes = (*throughput.notes, *raw.notes, *recommendation.notes)
+    if activation.at_zero:
+        target = 0
+        shape = steps.Shape(0, steps.clamp(ctx.current_pool, config.pool.min, config.pool.max))
+    elif activation.waking:
+        # Waking has activation semantics: no stabilization or step limit from zero.
+        target = recommendation.slots
+        shape = steps.shape_for(ctx, max(target, 1), forced=True)
+    else:
+        stabilized = steps.stabilize(ctx, recommendation.slots)
+        limited = steps.limit_steps(ctx, stabilized.slots)
+        kept = steps.keep_small_shrink(ctx, limited.slots)
+        target = kept.slots
+        shape = steps.shape_for(ctx, max(target, 1), forced=False)
+        notes += (*stabilized.notes, *limited.notes, *kept.notes)
+    notes += (*shape.notes, *steps.share_group_note(ctx, shape.replicas))
+    direction = steps.direction_of(ctx.current_capacity, shape.capacity)
+    reason = steps.reason(ctx, lag, activation, raw, shape, direction, notes)
+    return Decision(
+        replicas=shape.replicas,
+        pool=shape.pool,
+        reason=reason,
+        total_lag=lag.total,
+        effective_lag=lag.effective,
+        memory=_remember(ctx, lag, throughput, activation, recommendation.slots, shape),
+        slots=target,
+        direction=direction,
+        excluded_partitions=tuple(lag.stuck),
+        slot_rate=raw.slot_rate,
+        needed_rate=raw.needed_rate,
+    )
 
 
-def _clamp(value: int, low: int, high: int) -> int:
-    return max(low, min(high, value))
-
-
-def _owned_partitions(config: PolicyConfig, partitions: int) -> int:
-    """Partitions the consumers split among themselves, each owning some; 0 (no bound) for a share group,
-    whose consumers all fetch from every partition."""
-    return 0 if config.share_group else partitions
-
-
-def _replica_cap(config: PolicyConfig, partitions: int) -> int:
-    cap = config.replicas.max
-    partitions = _owned_partitions(config, partitions)
-    if not config.lag_threshold.allow_idle_consumers and partitions > 0:
-        cap = min(cap, partitions)
-    return max(cap, config.replicas.min)  # min wins over the partition cap
+def _remember(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.Throughput,
+              activation: steps.Activation, recommendation: int, shape: steps.Shape) -> PolicyMemory:
+    """The memory after a decision with a sample: what the next poll's windows, limits and estimates read."""
+    memory, now = ctx.memory, ctx.now
+    changes = memory.changes
+    if shape.capacity != ctx.current_capacity:
+        changes = (*changes, (now, ctx.current_capacity, shape.capacity))
+    remembered = PolicyMemory(
+        recommendations=(*ctx.recommendations, (now, recommendation)),
+        changes=changes,
+        last_replica_change=now if shape.replicas != ctx.current_replicas else memory.last_replica_change,
+        last_replica_decrease=now if shape.replicas < ctx.current_replicas else memory.last_replica_decrease,
+        slot_rate=throughput.slot_rate,
+        slot_rate_floor=throughput.floor,
+        floor_time=now if throughput.floor is not None else None,
+        busy=throughput.busy,
+        saturated_since=throughput.saturated_since,
+        idle_since=activation.idle_since,
+        last_time=now,
+        last_lag=lag.effective,
+        last_members=throughput.consumers,
+        trend=throughput.trend,
+        deficit_since=throughput.deficit_since,
+    )
+    return _prune(remembered, ctx.config, now, ctx.observation)
 
 
 def _sample_lag(config: PolicyConfig, sample: LagSample | None) -> int:
@@ -517,24 +551,11 @@ def _hold(config: PolicyConfig, observation: Observation, memory: PolicyMemory, 
           *, clamp: bool) -> Decision:
     replicas, pool = max(0, observation.current_replicas), observation.current_pool
     if clamp:  # bounds still hold (a user may have just changed them); zero stays zero when min allows
-        replicas = _clamp(replicas, config.replicas.min, _replica_cap(config, observation.partitions))
-        pool = _clamp(pool, config.pool.min, config.pool.max)
+        replicas = steps.clamp(replicas, config.replicas.min, steps.replica_cap(config, observation.partitions))
+        pool = steps.clamp(pool, config.pool.min, config.pool.max)
     lag = _sample_lag(config, observation.sample)
     new_memory = _prune(_remember_hold(memory, now, replicas * pool), config, now, observation)
     return Decision(replicas, pool, reason, lag, lag, new_memory, slots=replicas * pool)
-
-
-def _consumers(observation: Observation, sample: LagSample, partitions: int) -> int:
-    """Consumers working on partitions now (members, else ready pods, else the replica count)."""
-    replicas = max(0, observation.current_replicas)
-    if replicas == 0:
-        return 0  # members of a group scaled to zero are leftovers on their way out
-    members = sample.members
-    if members is None:
-        members = observation.ready_replicas if observation.ready_replicas is not None else replicas
-    if partitions > 0:
-        members = min(members, partitions)  # idle consumers have no partitions to work on
-    return max(0, members)
 
 
 def _pause(config: PolicyConfig, observation: Observation, memory: PolicyMemory, now: float) -> Decision:
@@ -548,15 +569,16 @@ def _pause(config: PolicyConfig, observation: Observation, memory: PolicyMemory,
     current_r, pool = max(0, observation.current_replicas), observation.current_pool
     replicas = current_r if config.paused_replicas is None else max(0, config.paused_replicas)
     if replicas == current_r:
-        reason = f"paused: holding {_shape(replicas, pool)}"
+        reason = f"paused: holding {steps.describe_shape(replicas, pool)}"
     else:
         reason = f"paused: replicas pinned {current_r}→{replicas}, pool {pool}"
     lag = _sample_lag(config, observation.sample)
     held = _remember_hold(memory, now, replicas * pool)
     if observation.sample is not None:
-        partitions = _owned_partitions(config, observation.partitions or len(observation.sample.partitions))
-        held = replace(held, last_lag=lag, last_members=_consumers(observation, observation.sample, partitions))
-    direction: Direction = "none" if replicas == current_r else "up" if replicas > current_r else "down"
+        partitions = steps.owned_partitions(config, observation.partitions or len(observation.sample.partitions))
+        held = replace(held, last_lag=lag,
+                       last_members=steps.consumers_at_work(observation, observation.sample, partitions))
+    direction = steps.direction_of(current_r, replicas)
     return Decision(replicas, pool, reason, lag, lag, _prune(held, config, now, observation),
                     slots=replicas * pool, direction=direction)
 
@@ -565,26 +587,23 @@ def _blind(config: PolicyConfig, observation: Observation, memory: PolicyMemory,
     failures = observation.consecutive_failures
     threshold = config.fallback.failure_threshold
     if config.fallback.mode == "replicas" and failures >= threshold:
-        cap = _replica_cap(config, observation.partitions)
-        replicas = _clamp(config.fallback.replicas, max(1, config.replicas.min), max(1, cap))
-        pool = _clamp(observation.current_pool, config.pool.min, config.pool.max)
-        reason = (f"fallback to {_shape(replicas, pool)}: lag unreadable for {failures} consecutive polls "
-                  f"(failureThreshold {threshold})")
+        cap = steps.replica_cap(config, observation.partitions)
+        replicas = steps.clamp(config.fallback.replicas, max(1, config.replicas.min), max(1, cap))
+        pool = steps.clamp(observation.current_pool, config.pool.min, config.pool.max)
+        reason = (f"fallback to {steps.describe_shape(replicas, pool)}: lag unreadable for {failures} consecutive "
+                  f"polls (failureThreshold {threshold})")
         changed = replicas != observation.current_replicas
         new_memory = _prune(_remember_hold(memory, now, replicas * pool), config, now, observation)
         if changed:
             new_memory = replace(new_memory, last_replica_change=now)
-        direction: Direction = "none"
-        current_capacity = observation.current_replicas * observation.current_pool
-        if replicas * pool != current_capacity:
-            direction = "up" if replicas * pool > current_capacity else "down"
+        direction = steps.direction_of(observation.current_replicas * observation.current_pool, replicas * pool)
         return Decision(replicas, pool, reason, 0, 0, new_memory, slots=replicas * pool, direction=direction)
     detail = f"{failures} consecutive failure{'s' if failures != 1 else ''}"
     if config.fallback.mode == "replicas":
         detail += f"; fallback to {config.fallback.replicas} after {threshold}"
     replicas, pool = observation.current_replicas, observation.current_pool
-    return _hold(config, observation, memory, now, f"hold {_shape(replicas, pool)}: lag unavailable ({detail})",
-                 clamp=True)
+    reason = f"hold {steps.describe_shape(replicas, pool)}: lag unavailable ({detail})"
+    return _hold(config, observation, memory, now, reason, clamp=True)
 
 
 def _prune(memory: PolicyMemory, config: PolicyConfig, now: float, observation: Observation) -> PolicyMemory:
@@ -613,513 +632,3 @@ def _prune(memory: PolicyMemory, config: PolicyConfig, now: float, observation: 
     while len(busy) > 1 and busy[1][0] <= horizon:
         busy.pop(0)
     return replace(memory, recommendations=tuple(kept), changes=changes, busy=tuple(busy))
-
-
-def _next_trend(trend: tuple[tuple[float, int], ...], now: float, lag: int, *,
-                restart: bool) -> tuple[tuple[float, int], ...]:
-    """The lag trend's buckets after this poll; `restart` when capacity or membership just changed."""
-    if restart or not trend:
-        return ((now, lag),)
-    buckets = list(trend)
-    start, smallest = buckets[-1]
-    if now - start >= TREND_BUCKET_SECONDS:
-        buckets.append((now, lag))
-    else:
-        buckets[-1] = (start, min(smallest, lag))
-    while len(buckets) > 1 and buckets[0][0] < now - TREND_WINDOW_SECONDS:
-        buckets.pop(0)
-    return tuple(buckets)
-
-
-def _steady_deficit(trend: tuple[tuple[float, int], ...], now: float, window: float, consume: float | None,
-                    produce: float | None) -> bool:
-    """A backlog that grew across the trend at unchanged capacity, and still grows: capacity is below demand."""
-    if not trend or consume is None or produce is None or consume < MIN_RATE or produce <= consume:
-        return False
-    start, first = trend[0]
-    growth = trend[-1][1] - first
-    return now - start >= 2 * window and growth > TREND_BACKLOG_SECONDS * consume
-
-
-@dataclass
-class _Raw:
-    slots: int
-    explanation: str
-    slot_rate: float | None = None
-    needed_rate: float | None = None
-
-
-class _Decider:
-    """One decision; a class only to share the many intermediate values between its steps."""
-
-    def __init__(self, config: PolicyConfig, observation: Observation, memory: PolicyMemory, now: float) -> None:
-        self.config = config
-        self.obs = observation
-        self.memory = memory
-        self.now = now
-        self.sample = cast(LagSample, observation.sample)
-        self.partitions = observation.partitions or len(self.sample.partitions)
-        # What bounds consumers and sizes the busiest pod: the partitions, except in a share group.
-        self.owned = _owned_partitions(config, self.partitions)
-        self.current_r = max(0, observation.current_replicas)
-        self.current_pool = observation.current_pool
-        self.current_capacity = self.current_r * self.current_pool
-        # KIP-848: the broker assigns and moves only the partitions that change owner, with no group-wide
-        # join barrier, so a pod added or removed costs the others (almost) nothing. A share group's
-        # consumers own no partitions at all: one joining or leaving stops nobody.
-        self.incremental = self.sample.protocol == "consumer" or config.share_group
-        self.group_kind = "share group (KIP-932)" if config.share_group else "consumer-protocol group (KIP-848)"
-        self.cheap_join = ("adding one stops no other consumer" if config.share_group
-                           else "adding one moves only the partitions it takes")
-        self.cheap_leave = ("its consumers share partitions, removing one paused no other" if config.share_group
-                            else "its rebalance paused only the partitions it moved")
-        self.notes: list[str] = []
-        # Fresh memory (first decision, lost status): as if the current capacity was just recommended,
-        # so nothing scales down before a full window has been observed.
-        self.seeded_recommendations = memory.recommendations
-        if memory.last_time is None and self.current_capacity > 0:
-            self.seeded_recommendations = (*memory.recommendations, (now, self.current_capacity))
-
-    # -- lag ------------------------------------------------------------------------------------
-
-    def _lags(self) -> None:
-        reset = self.config.lag_threshold.offset_reset_policy
-        self.lags = {p.key: partition_lag(p, reset) for p in self.sample.partitions}
-        self.total_lag = sum(self.lags.values())
-        excluding = self.config.mode == "drainTime" or self.config.lag_threshold.exclude_persistent_lag
-        self.stuck: dict[PartitionKey, Verdict] = {}
-        if excluding and self.current_r > 0:
-            self.stuck = {
-                key: verdict
-                for key, verdict in sorted(self.obs.verdicts.items())
-                if verdict in STUCK and self.lags.get(key, 0) > 0
-            }
-        self.stuck_lag = sum(self.lags[key] for key in self.stuck)
-        self.effective_lag = self.total_lag - self.stuck_lag
-
-    # -- throughput -----------------------------------------------------------------------------
-
-    def _consumers(self) -> int:
-        return _consumers(self.obs, self.sample, self.owned)
-
-    def _busy_slots(self) -> int:
-        return self.consumers * self.current_pool
-
-    def _throughput(self) -> None:
-        memory, now = self.memory, self.now
-        window = self.obs.consume_rate_window_seconds
-        consume = self.obs.consume_rate
-        self.consumers = self._consumers()
-        busy_now = self._busy_slots()
-        busy = list(memory.busy)
-        if not busy or busy[-1][1] != busy_now:
-            busy.append((now, busy_now))
-        self.busy_now = busy_now
-        self.busy_history = tuple(busy)
-        busy_max = _max_in_window(busy, now - window)
-        # Without any rate (first sample) there is no telling a backlog from commit lag: not saturated.
-        reference = consume if consume is not None else self.obs.produce_rate
-        threshold = max(2.0 * busy_now, (reference or 0.0) * SATURATION_BACKLOG_SECONDS)
-        self.saturated = busy_now > 0 and reference is not None and self.effective_lag > threshold
-        self.saturated_since = (memory.saturated_since if memory.saturated_since is not None else now) \
-            if self.saturated else None
-        stable_since = busy[-1][0]
-        # Pods still starting (replicas > members) will change the capacity soon: no trend across that.
-        joining = self.consumers < (min(self.current_r, self.owned) if self.owned > 0 else self.current_r)
-        self.trend = _next_trend(memory.trend, now, self.effective_lag, restart=stable_since >= now or joining)
-        deficit = _steady_deficit(self.trend, now, window, consume, self.obs.produce_rate)
-        self.deficit_since = (memory.deficit_since if memory.deficit_since is not None else now) \
-            if deficit else None
-        # Like saturation, the deficit must have lasted a whole consume-rate window before that window's
-        # rate counts as every slot's: a step up in load grows the lag at once, but the window before
-        # it was mostly idle slots.
-        self.deficit = self.deficit_since is not None and self.deficit_since <= now - window
-        if self.deficit:
-            self.notes.append(f"lag grew {self.trend[-1][1] - self.trend[0][1]:,} msgs in "
-                              f"{now - self.trend[0][0]:,.0f} s at unchanged capacity: every slot is busy")
-
-        floor = memory.slot_rate_floor
-        if floor is not None and memory.floor_time is not None:
-            floor *= 0.5 ** (max(0.0, now - memory.floor_time) / FLOOR_HALF_LIFE_SECONDS)
-        if consume is not None and consume >= MIN_RATE and busy_max > 0:
-            bound = consume / busy_max
-            floor = bound if floor is None else max(floor, bound)
-        slot_rate = memory.slot_rate
-        self.measured: float | None = None
-        saturated_for_a_window = self.saturated_since is not None and self.saturated_since <= now - window
-        if (
-            (saturated_for_a_window or self.deficit)
-            and stable_since <= now - window
-            and consume is not None
-            and consume >= MIN_RATE
-        ):
-            self.measured = consume / busy_now
-            slot_rate = self.measured if slot_rate is None else (
-                SLOT_RATE_EWMA_WEIGHT * self.measured + (1 - SLOT_RATE_EWMA_WEIGHT) * slot_rate)
-            floor = self.measured  # a fresh measurement replaces any older lower bound
-        self.slot_rate = slot_rate
-        self.floor = floor
-
-    # -- raw recommendation ---------------------------------------------------------------------
-
-    def _raw(self) -> _Raw:
-        if self.config.mode == "lagThreshold" or self.obs.lag_only:
-            per = self.config.lag_threshold.lag_per_consumer
-            slots = math.ceil(self.effective_lag / per)
-            # A lag-only source (Prometheus) never yields produce/consume rates, so drainTime cannot
-            # size by throughput; the KEDA-compatible rule is the honest fallback.
-            prefix = "lag-only source, sized by lagThreshold: " if self.config.mode == "drainTime" else ""
-            return _Raw(slots, f"{prefix}lag {self.effective_lag:,} msgs at {per:,} per consumer needs {slots:,} slots")
-        return self._raw_drain_time()
-
-    def _raw_drain_time(self) -> _Raw:
-        settings = self.config.drain_time
-        produce = self.obs.produce_rate
-        if produce is None:
-            produce = self.obs.consume_rate or 0.0
-        drain_seconds = float(settings.target_drain_seconds)
-        target_lag = settings.target_time_lag_seconds
-        time_lag = max((v for k, v in self.obs.time_lags.items() if k not in self.stuck), default=0.0)
-        if target_lag is not None and time_lag > target_lag and target_lag < drain_seconds:
-            drain_seconds = float(target_lag)
-            self.notes.append(f"time lag {_seconds(time_lag)} > target {_seconds(target_lag)}")
-        headroom = 1 + settings.headroom_percent / 100
-        needed = produce * headroom + self.effective_lag / drain_seconds
-        demand = (f"backlog {self.effective_lag:,} msgs + {_rate(produce)} msg/s "
-                  f"(+{settings.headroom_percent}%)")
-        drain = f"to drain in {_seconds(drain_seconds)}"
-
-        def slots_at(rate: float) -> int:
-            if needed <= 0:
-                return 0
-            return min(MAX_SLOTS, math.ceil(needed / rate - 1e-9))
-
-        capacity = self.current_capacity
-        if self.slot_rate is not None:
-            rate = max(self.slot_rate, self.floor or 0.0)
-            slots = slots_at(rate)
-            return _Raw(slots, f"{demand} needs {slots:,} slots at {_rate(rate)} msg/s/slot {drain}", rate, needed)
-        # Nothing measured yet: act on the lag's direction, bounded by what the lower bound proves.
-        floor = self.floor
-        bound_slots = slots_at(floor) if floor else None
-        if self.saturated:
-            growing = self.memory.last_lag is None or self.effective_lag > self.memory.last_lag
-            expected = min(self.current_r, self.owned) if self.owned > 0 else self.current_r
-            settled = self.consumers >= expected and self.memory.last_members in (None, self.consumers)
-            if growing and not settled:
-                # Pods are still starting or just joined (a rebalance pause): the lag's growth says
-                # nothing yet about the capacity already added, so do not double again.
-                return _Raw(capacity, f"lag {self.effective_lag:,} msgs growing while consumers join "
-                                      f"({self.consumers} of {expected}): keeping {capacity:,} slots", floor, needed)
-            if growing:
-                doubled = max(2 * capacity, self.config.pool.initial)
-                # The lower bound on the per-slot rate makes `bound_slots` an upper bound on what is
-                # needed: doubling past it only overshoots and steps back down a window later. (A bound
-                # that asks for no more than the capacity has is stale: the lag says otherwise.)
-                if bound_slots is not None and capacity < bound_slots < doubled:
-                    return _Raw(bound_slots, f"lag {self.effective_lag:,} msgs growing, per-slot throughput "
-                                             f"not measured yet: {demand} needs at most {bound_slots:,} slots at "
-                                             f"≥ {_rate(cast(float, floor))} msg/s/slot {drain}", floor, needed)
-                slots = max(doubled, bound_slots or 0)
-                return _Raw(slots, f"lag {self.effective_lag:,} msgs growing, per-slot throughput not measured "
-                                   f"yet: at least doubling {capacity:,}→{slots:,} slots", floor, needed)
-            # Draining: keep what works until the drain itself measures the per-slot throughput.
-            return _Raw(capacity, f"lag {self.effective_lag:,} msgs shrinking, per-slot throughput not measured "
-                                  f"yet: keeping {capacity:,} slots", floor, needed)
-        if needed <= 0:
-            return _Raw(0, f"no backlog and no production ({_rate(produce)} msg/s)", floor, needed)
-        if bound_slots is not None:
-            slots = min(capacity, bound_slots) if capacity > 0 else bound_slots
-            return _Raw(slots, f"{demand} needs at most {slots:,} slots at ≥ {_rate(cast(float, floor))} "
-                               f"msg/s/slot {drain}", floor, needed)
-        slots = capacity if capacity > 0 else self.config.pool.initial
-        return _Raw(slots, f"{demand}, per-slot throughput not measured yet: keeping {slots:,} slots", None, needed)
-
-    # -- windows and limits ---------------------------------------------------------------------
-
-    def _stabilize(self, recommendation: int) -> int:
-        recs = list(self.seeded_recommendations)
-        up_cut = self.now - self.config.scale_up.stabilization_seconds
-        down_cut = self.now - self.config.scale_down.stabilization_seconds
-        up = min([recommendation, *(s for t, s in recs if t > up_cut)])
-        down = max([recommendation, *(s for t, s in recs if t > down_cut)])
-        target = self.current_capacity
-        if target < up:
-            target = up
-        if target > down:
-            target = down
-        if recommendation < self.current_capacity and target > recommendation:
-            self.notes.append(f"scale-down stabilization keeps {target:,} slots "
-                              f"(max over {self.config.scale_down.stabilization_seconds} s)")
-        if recommendation > self.current_capacity and target < recommendation:
-            self.notes.append(f"scale-up stabilization keeps {target:,} slots "
-                              f"(min over {self.config.scale_up.stabilization_seconds} s)")
-        return target
-
-    def _limit_steps(self, target: int) -> int:
-        capacity = self.current_capacity
-        if target > capacity:
-            up = self.config.scale_up
-            added = sum(b - a for t, a, b in self.memory.changes if t > self.now - up.period_seconds and b > a)
-            base = max(0, capacity - added)
-            limit = base + max(up.min_step, math.ceil(base * up.max_step_percent / 100))
-            limited = max(capacity, min(target, limit))
-            if limited < target:
-                self.notes.append(f"scale-up step limit {limited:,} slots "
-                                  f"(+max({up.min_step}, {up.max_step_percent}%) per {up.period_seconds} s)")
-            return limited
-        if target < capacity:
-            down = self.config.scale_down
-            removed = sum(a - b for t, a, b in self.memory.changes if t > self.now - down.period_seconds and a > b)
-            base = capacity + removed
-            limit = base - max(down.min_step, math.ceil(base * down.max_step_percent / 100))
-            limited = min(capacity, max(target, limit))
-            if limited > target:
-                self.notes.append(f"scale-down step limit {limited:,} slots "
-                                  f"(-max({down.min_step}, {down.max_step_percent}%) per {down.period_seconds} s)")
-            return limited
-        return target
-
-    def _shape_for(self, slots: int, *, forced: bool) -> tuple[int, int]:
-        """Replicas x pool for `slots`: pool first, the partition cap, bounds and cooldown."""
-        config = self.config
-        pool_min, pool_max = config.pool.min, config.pool.max
-        if slots <= 0:
-            return 0, _clamp(self.current_pool, pool_min, pool_max)
-        low = max(1, config.replicas.min)
-        high = _replica_cap(config, self.partitions)
-        current_ok = (low <= self.current_r <= high) and pool_min <= self.current_pool <= pool_max
-        if slots == self.current_capacity and current_ok:
-            return self.current_r, self.current_pool
-        shrinking = slots < self.current_capacity
-        replicas = math.ceil(slots / pool_max)
-        if self.incremental and not shrinking:
-            # Pool first is for the classic protocol, where each new pod is a rebalance of the group.
-            # With incremental rebalances, new capacity goes to new pods at the current pool (more
-            # CPU and memory, smaller failure domain); the pool grows once pods reach their cap.
-            spread = math.ceil(slots / _clamp(max(self.current_pool, config.pool.initial), pool_min, pool_max))
-            if _clamp(spread, low, high) > _clamp(replicas, low, high):
-                self.notes.append(f"{self.group_kind}: pods before a bigger pool, as {self.cheap_join}")
-            replicas = spread
-        # Removing capacity never adds pods; adding capacity never removes pods.
-        replicas = min(replicas, max(self.current_r, 1)) if shrinking else max(replicas, self.current_r)
-        replicas = _clamp(replicas, low, high)
-        # A pod with more partitions than the others needs more slots (the pool is per pod). A scale-down
-        # keeps as many of the current pods as the busiest one's share needs to fit in pool.max (9 pods
-        # of 10 partitions would leave one pod short at the same slots). A scale-up adds no pods for
-        # it: their pools would shrink as they start, a capacity blip; growing, the pool is at its max.
-        if shrinking:
-            while replicas < min(high, self.current_r) and self._pool_for(slots, replicas) > pool_max:
-                replicas += 1
-        if replicas == high and self._pool_for(slots, high) > pool_max:
-            self.notes.append(f"capped at {high} replicas x pool {pool_max}"
-                              + (f" ({self.owned} partitions)" if high == self.owned else ""))
-        last = self.memory.last_replica_change
-        cooling = (
-            not forced
-            and self.current_r > 0
-            and replicas != self.current_r
-            and last is not None
-            and self.now - last < config.cooldown_seconds
-        )
-        if cooling:
-            held = _clamp(self.current_r, low, high)
-            if held != replicas:
-                wait = config.cooldown_seconds - (self.now - cast(float, last))
-                self.notes.append(f"replica change waits {wait:,.0f} s more for the {config.cooldown_seconds} s "
-                                  "cooldown")
-                replicas = held
-        decreased = self.memory.last_replica_decrease
-        grace = max(REBALANCE_GRACE_POLLS * config.poll_interval_seconds, config.scale_down.period_seconds)
-        recently_decreased = (
-            not forced
-            and replicas > self.current_r > 0
-            and decreased is not None
-            and self.now - decreased < grace
-            and low <= self.current_r <= high
-        )
-        if recently_decreased and self.incremental:
-            self.notes.append(f"{self.group_kind}: no rebalance grace after removing a pod, {self.cheap_leave}")
-        elif recently_decreased:
-            # Removing a pod paused the whole group for a rebalance; the lag that built up meanwhile
-            # is not demand. Let the pool absorb it instead of bouncing the replica count right back.
-            self.notes.append(f"no new pods within {grace} s of removing one (rebalance lag)")
-            replicas = self.current_r
-        pool = _clamp(self._pool_for(slots, replicas), pool_min, pool_max)
-        if shrinking and current_ok and replicas * pool >= self.current_capacity:
-            # Pool rounding after consolidating pods would not actually shrink anything: keep as is.
-            return self.current_r, self.current_pool
-        return replicas, pool
-
-    def _even_capacity(self) -> int:
-        """Slots the current shape gives load spread evenly over partitions: `_pool_for` inverted."""
-        partitions, replicas = self.owned, self.current_r
-        if partitions <= 0 or replicas <= 0:
-            return self.current_capacity
-        busiest = math.ceil(partitions / min(replicas, partitions))
-        return min(self.current_capacity, self.current_pool * partitions // busiest)
-
-    def _pool_for(self, slots: int, replicas: int) -> int:
-        """Pool that gives the busiest pod its partitions' share of `slots`.
-
-        An assignor spreads P partitions over r consumers as evenly as it can, so the busiest pod has
-        ceil(P / r) of them and, at a load spread evenly over partitions, that share of the work:
-        ceil(P / r) / P of the slots. 10 partitions on 9 pods put 2 on one pod, which then needs twice
-        the pool of the others; sizing every pod for slots / 9 leaves that pod short and the lag grows.
-        A share group's records go to whichever consumer fetches: slots / r each.
-        """
-        partitions = self.owned
-        if partitions <= 0 or replicas <= 0:
-            return math.ceil(slots / max(replicas, 1))
-        busiest = math.ceil(partitions / min(replicas, partitions))
-        return math.ceil(slots * busiest / partitions - 1e-9)
-
-    # -- the whole thing --------------------------------------------------------------------------
-
-    def run(self) -> Decision:
-        config, now = self.config, self.now
-        self._lags()
-        self._throughput()
-        activation = config.lag_threshold.activation_lag
-        idle = self.total_lag <= activation
-        idle_since = (self.memory.idle_since if self.memory.idle_since is not None else now) if idle else None
-        zero_allowed = config.replicas.min == 0
-        idle_long_enough = idle_since is not None and now - idle_since >= config.scale_down.stabilization_seconds
-
-        raw = self._raw()
-        waking = self.current_r == 0 and not idle
-        staying_at_zero = self.current_r == 0 and idle and zero_allowed
-        tolerance = config.tolerance_percent / 100
-        recommendation = raw.slots
-        if waking:
-            recommendation = max(recommendation, 1)
-        elif self.current_capacity > 0 and abs(recommendation - self.current_capacity) <= (
-            tolerance * self.current_capacity
-        ):
-            if recommendation != self.current_capacity:
-                self.notes.append(f"within {config.tolerance_percent}% tolerance")
-            recommendation = self.current_capacity
-
-        if staying_at_zero:
-            target, head = 0, f"stay at zero: lag {self.total_lag:,} ≤ activation {activation:,}"
-            replicas, pool = 0, _clamp(self.current_pool, config.pool.min, config.pool.max)
-        elif zero_allowed and idle and idle_long_enough:
-            target = 0
-            head = (f"scale to zero: lag {self.total_lag:,} ≤ activation {activation:,} for "
-                    f"{config.scale_down.stabilization_seconds} s")
-            replicas, pool = 0, _clamp(self.current_pool, config.pool.min, config.pool.max)
-        else:
-            # Waking has activation semantics: no stabilization or step limit from zero.
-            target = recommendation if waking else self._limit_steps(self._stabilize(recommendation))
-            # Measured against what the current shape gives evenly spread load: a pool sized for the
-            # busiest pod's partitions counts more slots than that, and every poll would trim one.
-            shrink = self._even_capacity() - target
-            band = max(1.0, tolerance * self.current_capacity)
-            if not waking and target < self.current_capacity and 0 < shrink < band:
-                # The window's maximum decays one expired recommendation at a time; without this band
-                # every small decay would be its own pool change.
-                self.notes.append(f"shrink of {self.current_capacity - target} slots within "
-                                  f"{config.tolerance_percent}% tolerance")
-                target = self.current_capacity
-            forced = waking
-            replicas, pool = self._shape_for(max(target, 1), forced=forced)
-            head = ""
-            if waking:
-                head = f"wake from zero: lag {self.total_lag:,} > activation {activation:,}; "
-
-        capacity = replicas * pool
-        direction: Direction = "none"
-        if capacity > self.current_capacity:
-            direction = "up"
-        elif capacity < self.current_capacity:
-            direction = "down"
-        if config.share_group and replicas > self.partitions > 0:
-            self.notes.append(f"share group: {replicas} replicas on {self.partitions} partitions, not capped at the "
-                              "partition count (its consumers share partitions)")
-        reason = self._reason(head, raw, replicas, pool, direction, target, staying_at_zero or replicas == 0)
-
-        memory = self.memory
-        changes = memory.changes
-        if capacity != self.current_capacity:
-            changes = (*changes, (now, self.current_capacity, capacity))
-        new_memory = PolicyMemory(
-            recommendations=(*self.seeded_recommendations, (now, recommendation)),
-            changes=changes,
-            last_replica_change=now if replicas != self.current_r else memory.last_replica_change,
-            last_replica_decrease=now if replicas < self.current_r else memory.last_replica_decrease,
-            slot_rate=self.slot_rate,
-            slot_rate_floor=self.floor,
-            floor_time=now if self.floor is not None else None,
-            busy=self.busy_history,
-            saturated_since=self.saturated_since,
-            idle_since=idle_since,
-            last_time=now,
-            last_lag=self.effective_lag,
-            last_members=self.consumers,
-            trend=self.trend,
-            deficit_since=self.deficit_since,
-        )
-        new_memory = _prune(new_memory, config, now, self.obs)
-        return Decision(
-            replicas=replicas,
-            pool=pool,
-            reason=reason,
-            total_lag=self.total_lag,
-            effective_lag=self.effective_lag,
-            memory=new_memory,
-            slots=target,
-            direction=direction,
-            excluded_partitions=tuple(self.stuck),
-            slot_rate=raw.slot_rate,
-            needed_rate=raw.needed_rate,
-        )
-
-    def _reason(self, head: str, raw: _Raw, replicas: int, pool: int, direction: Direction, target: int,
-                zero: bool) -> str:
-        if zero:
-            text = head
-        else:
-            before_r, before_pool = self.current_r, self.current_pool
-            if replicas != before_r:
-                verb = "scale up" if direction == "up" else "scale down" if direction == "down" else "reshape"
-                action = f"{verb} {before_r}→{replicas} replicas"
-                action += f", pool {before_pool}→{pool}" if pool != before_pool else f", pool {pool}"
-            elif pool != before_pool:
-                verb = "grow" if pool > before_pool else "shrink"
-                action = f"{verb} pool {before_pool}→{pool} on {_shape(replicas, pool).split(',')[0]}"
-            else:
-                action = f"hold {_shape(replicas, pool)}"
-            text = f"{head}{action}: {raw.explanation}"
-        notes = list(self.notes)
-        if self.stuck:
-            names = [f"{partition_name(key)} ({verdict.value})" for key, verdict in self.stuck.items()]
-            shown = ", ".join(names[:MAX_NAMED_PARTITIONS])
-            if len(names) > MAX_NAMED_PARTITIONS:
-                shown += f" and {len(names) - MAX_NAMED_PARTITIONS} more"
-            notes.append(f"excluded stuck partitions {shown}: {self.stuck_lag:,} msgs more workers cannot drain")
-        if notes:
-            text += "; " + "; ".join(notes)
-        return text
-
-
-def _max_in_window(values: list[tuple[float, int]], window_start: float) -> int:
-    """Largest value in effect at any time after `window_start`; each value holds until the next begins."""
-    largest = 0
-    for index, (_, value) in enumerate(values):
-        ends = values[index + 1][0] if index + 1 < len(values) else math.inf
-        if ends > window_start:
-            largest = max(largest, value)
-    return largest
-
-
-def _seconds(value: float) -> str:
-    """A duration for a reason: "45 s", "1.5 s", below a second in milliseconds ("200 ms")."""
-    if value >= 10:
-        return f"{value:,.0f} s"
-    if value >= 1:
-        return f"{value:.1f}".removesuffix(".0") + " s"
-    return f"{value * 1000:,.0f} ms"
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
