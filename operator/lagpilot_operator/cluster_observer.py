@@ -14,8 +14,8 @@ groups; the operator does the same:
 * `ClusterObserver` (one per cluster connection: bootstrap servers and credentials, the key of the
   `AdminClientPool`) coalesces the resources' reads: a resource takes its sample from a read younger than
   half its poll interval, or joins a read under way that covers its group and topics, or else starts a
-  read for every resource registered on the cluster after a short gathering delay, so resources that poll
-  at about the same moment (the operator's start, equal intervals) share it.
+  read for every resource registered on the cluster (after a short gathering delay when the resource is
+  new there, so the resources starting together at the operator's start share their first read).
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -49,9 +49,9 @@ from lagpilot_operator.cluster_reads import (
 from lagpilot_operator.kafka_lag import LagReadError, TopicMissing
 from lagpilot_operator.observations import LagSample, PartitionKey
 
-# How long a read waits for other resources to ask before it is sent: resources whose polls fall within
-# it share the read. Short against any poll interval (>= 1 s), long against the scheduling jitter of
-# daemons started together.
+# How long the read started by a resource new on a cluster waits for others to ask before it is sent, so
+# resources starting together share it. Short against any poll interval (>= 1 s), long against the
+# scheduling jitter of daemons started together.
 GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.05"))
 READ_TIMEOUT_SECONDS = 10.0
 
@@ -174,8 +174,13 @@ class ClusterObserver:
 
     async def sample(self, owner: Hashable, want: Want, interval_seconds: float) -> LagSample:
         """`owner`'s sample (raises its `LagReadError`); registers `want` for the reads to come."""
+        # A resource new on this cluster (or wanting other topics) is in no read yet, so its read waits for
+        # the others starting with it (the operator's start). A known one's read goes out at once: it joins
+        # a read under way or takes a fresh one when the others poll about together, so the steady state
+        # adds no delay.
+        gather = self.gather_seconds if self._wants.get(owner) != want else 0.0
         self._wants[owner] = want
-        read = await self._read_for(want, interval_seconds, self._taken.get(owner))
+        read = await self._read_for(want, interval_seconds, self._taken.get(owner), gather)
         self._taken[owner] = read.time
         return sample_for(read, want)
 
@@ -188,7 +193,8 @@ class ClusterObserver:
     def owners(self) -> Collection[Hashable]:
         return self._wants.keys()
 
-    async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None) -> ClusterRead:
+    async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
+                        gather_seconds: float) -> ClusterRead:
         latest = self._latest
         if latest is not None and fresh_enough(latest, want, interval_seconds, self.clock(), last_taken):
             return latest
@@ -198,12 +204,12 @@ class ClusterObserver:
                 return await asyncio.shield(flight.result)
         flight = _Flight(asyncio.get_running_loop().create_future())
         self._flights.append(flight)
-        flight.task = asyncio.create_task(self._fly(flight))
+        flight.task = asyncio.create_task(self._fly(flight, gather_seconds))
         return await asyncio.shield(flight.result)
 
-    async def _fly(self, flight: _Flight) -> None:
+    async def _fly(self, flight: _Flight, gather_seconds: float) -> None:
         try:
-            await asyncio.sleep(self.gather_seconds)
+            await asyncio.sleep(gather_seconds)
             flight.wanted = wanted_union(self._wants.values())
             read = await asyncio.to_thread(self.read, flight.wanted)
         except asyncio.CancelledError:  # the operator stopping: the waiters stop too

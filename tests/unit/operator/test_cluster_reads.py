@@ -225,6 +225,24 @@ def test_a_resource_joins_a_read_under_way_when_it_covers_it_and_starts_one_when
     assert len(read.calls) == 2  # x rode along with a's read; b (another group) needed its own
 
 
+def test_only_a_resource_new_on_the_cluster_waits_for_others_to_join_its_read() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.5)
+
+    async def took(owner: tuple[str, str], want: Want) -> float:
+        started = time.monotonic()
+        await observer.sample(owner, want, 10.0)
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        assert await took(("ns", "a"), RESOURCES[("ns", "a")]) >= 0.5       # new: gathers
+        assert await took(("ns", "a"), RESOURCES[("ns", "a")]) < 0.4        # known: at once
+        assert await took(("ns", "a"), Want("g1", ("orders", "audit"))) >= 0.5  # other topics: new again
+
+    asyncio.run(scenario())
+    assert len(read.calls) == 3
+
+
 def test_failures_reach_only_the_resources_they_concern() -> None:
     read = CountingRead(group_errors={"g2": kafka_lag.KafkaAuthorizationFailed("not authorized")})
     samples = asyncio.run(sample_all(cluster_observer.ClusterObserver(read, gather_seconds=0.02)))
