@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,9 +189,6 @@ class ClusterObserver:
         self._wants.pop(owner, None)
         self._taken.pop(owner, None)
         return not self._wants
-
-    def owners(self) -> Collection[Hashable]:
-        return self._wants.keys()
 
     async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
                         gather_seconds: float) -> ClusterRead:
