@@ -4,6 +4,9 @@ One AdminClient is shared per cluster and credentials (librdkafka clients are th
 expensive: each keeps connections and a background thread). The calls are batched: one metadata
 call, one committed-offsets call, one `list_offsets` per offset kind for every partition at once,
 one group description. All calls are blocking; the reconcile loop runs them in a thread.
+
+The operator reads consumer groups per cluster, for every resource on it at once (`cluster_observer`);
+`read_lag` reads one group on its own (benchmarks, tests), `read_log_offsets` a share group's topics.
 """
 
 from __future__ import annotations
