@@ -17,6 +17,13 @@ unchanging groups (no lag, no traffic), one with `scaleTargetRef` and one in tem
 the operator's write calls (status patches, Deployment create/patch/scale, pool ConfigMap
 create/patch, Events) after `--warmup` polls (creation, first decision, the scale-down to the
 minimum); it prints one JSON object with the counts and `writes_per_second`.
+
+`--kafka-requests N` measures the Kafka admin calls of the lag reads instead: N groups (one 4-partition
+topic each) on the local broker, each reconciled in its own loop every `--interval` seconds (real
+time, the loops' starts spread over one interval, as the operator's daemons drift) for `--polls`
+polls, all sharing one process's clients and per-cluster reads. It prints one JSON object with the
+admin calls per kind (`lagpilot_kafka_admin_requests_total`), `requests_per_second`, and what a read per
+resource would have made (5 calls per reconcile: metadata, two ListOffsets, OffsetFetch, DescribeGroups).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kubernetes import client, config
+from prometheus_client import REGISTRY
 
 from lagpilot_operator import reconcile
 
@@ -47,12 +55,13 @@ def kubectl(*args: str, input_text: str | None = None) -> str:
     return result.stdout
 
 
-def prepare(bootstrap: str, namespace: str, partitions: int, template: bool = False) -> dict[str, Any]:
+def prepare(bootstrap: str, namespace: str, partitions: int, template: bool = False,
+            name: str | None = None) -> dict[str, Any]:
     """A topic, a group that committed every partition, a Deployment and a KafkaConsumerGroup (in
     template mode, the KafkaConsumerGroup creates its own Deployment)."""
     suffix = uuid.uuid4().hex[:6]
     topic, group = f"bench-{partitions}-{suffix}", f"bench-group-{suffix}"
-    name = f"bench-{partitions}" + ("-template" if template else "")
+    name = name or f"bench-{partitions}" + ("-template" if template else "")
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=120)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
@@ -164,6 +173,61 @@ async def measure_writes(bodies: list[dict[str, Any]], polls: int, interval: flo
     return results
 
 
+ADMIN_REQUESTS = ("metadata", "list_offsets", "offset_fetch", "describe_groups")
+
+
+def admin_calls(bootstrap: str) -> dict[str, float]:
+    """This process's lag-read admin calls to the cluster so far, per kind."""
+    return {request: REGISTRY.get_sample_value("lagpilot_kafka_admin_requests_total",
+                                               {"cluster": bootstrap, "request": request}) or 0.0
+            for request in ADMIN_REQUESTS}
+
+
+async def measure_kafka_requests(bootstrap: str, bodies: list[dict[str, Any]], polls: int,
+                                 interval: float) -> dict[str, Any]:
+    """Every body reconciled in its own loop, `polls` times, `interval` s apart; the admin calls counted."""
+    shared = reconcile.Shared()
+    states = [reconcile.ResourceState() for _ in bodies]
+
+    def ignore(kind: str, reason: str, message: str) -> None:
+        return None
+
+    # Warm-up: every resource registered on the cluster, connections and coordinators found.
+    await asyncio.gather(*(reconcile.reconcile(b, st, shared, ignore) for b, st in zip(bodies, states, strict=True)))
+    await asyncio.sleep(interval)
+    before, started = admin_calls(bootstrap), time.monotonic()
+    reconciles = 0
+
+    async def loop(body: dict[str, Any], state: reconcile.ResourceState, offset: float) -> None:
+        nonlocal reconciles
+        await asyncio.sleep(offset)
+        for _ in range(polls):
+            await reconcile.reconcile(body, state, shared, ignore)
+            reconciles += 1
+            await asyncio.sleep(interval)
+
+    await asyncio.gather(*(loop(b, st, i * interval / len(bodies))
+                           for i, (b, st) in enumerate(zip(bodies, states, strict=True))))
+    elapsed = time.monotonic() - started
+    after = admin_calls(bootstrap)
+    for body, state in zip(bodies, states, strict=True):
+        await reconcile.forget(state, shared, body["metadata"]["namespace"], body["metadata"]["name"])
+    calls = {request: int(after[request] - before[request]) for request in ADMIN_REQUESTS}
+    return {"groups": len(bodies), "polls": polls, "poll_interval_seconds": interval, "reconciles": reconciles,
+            "seconds": round(elapsed, 1), "admin_calls": calls,
+            "requests_per_second": round(sum(calls.values()) / elapsed, 2),
+            "per_resource_reads_would_make": {"admin_calls": 5 * reconciles,
+                                              "requests_per_second": round(5 * reconciles / elapsed, 2)},
+            "basis": "admin API calls of the lag reads (librdkafka may send one per partition leader or "
+                     "group coordinator on the wire)"}
+
+
+def main_kafka_requests(bootstrap: str, namespace: str, groups: int, polls: int, interval: float) -> int:
+    bodies = [prepare(bootstrap, namespace, 4, name=f"bench-fleet-{i}") for i in range(groups)]
+    print(json.dumps(asyncio.run(measure_kafka_requests(bootstrap, bodies, polls, interval))))
+    return 0
+
+
 def main_writes(bootstrap: str, namespace: str, polls: int, interval: float, warmup: int) -> int:
     counts: dict[str, int] = {}
     bodies = [prepare(bootstrap, namespace, 4), prepare(bootstrap, namespace, 4, template=True)]
@@ -180,7 +244,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--writes", type=int, default=0, metavar="POLLS",
                         help="count API writes over POLLS polls of unchanging groups instead")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (--writes)")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="seconds between polls (--writes, --kafka-requests)")
+    parser.add_argument("--kafka-requests", type=int, default=0, metavar="GROUPS",
+                        help="count the lag reads' Kafka admin calls of GROUPS resources on one cluster instead")
+    parser.add_argument("--polls", type=int, default=10, help="polls per resource (--kafka-requests)")
     parser.add_argument("--warmup", type=int, default=80,
                         help="polls before counting (--writes; 80 x 5 s passes the 300 s scale-down window)")
     args = parser.parse_args()
@@ -189,6 +257,11 @@ def main() -> int:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
+    if args.kafka_requests:
+        try:
+            return main_kafka_requests(bootstrap, namespace, args.kafka_requests, args.polls, args.interval)
+        finally:
+            kubectl("delete", "namespace", namespace, "--wait=false")
     if args.writes:
         try:
             return main_writes(bootstrap, namespace, args.writes, args.interval, args.warmup)

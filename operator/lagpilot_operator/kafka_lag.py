@@ -4,6 +4,9 @@ One AdminClient is shared per cluster and credentials (librdkafka clients are th
 expensive: each keeps connections and a background thread). The calls are batched: one metadata
 call, one committed-offsets call, one `list_offsets` per offset kind for every partition at once,
 one group description. All calls are blocking; the reconcile loop runs them in a thread.
+
+The operator reads consumer groups per cluster, for every resource on it at once (`cluster_observer`);
+`read_lag` reads one group on its own (benchmarks, tests), `read_log_offsets` a share group's topics.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.models import KafkaConnection
 from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
 
@@ -305,7 +309,8 @@ def connection_failure(reason: str, detail: str, what: str, bootstrap: str) -> L
         "certificate in spec.kafka.security.tls.certSecretRef")
 
 
-def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
+def translate_error(exc: BaseException, what: str, bootstrap: str, admin: AdminClient) -> LagReadError:
+    """The typed error for a failed admin call; `what` says what was being read."""
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     code = error.code() if isinstance(error, KafkaError) else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
@@ -324,12 +329,25 @@ def _translate(exc: BaseException, what: str, bootstrap: str, admin: AdminClient
     return LagReadError(f"{what}: {text}")
 
 
+def forget_client_errors(admin: AdminClient) -> None:
+    """A read with `admin` worked: the login or handshake errors it saw before are history."""
+    _last_client_error.pop(id(admin), None)
+
+
+def count_requests(bootstrap: str, request: str, calls: int = 1) -> None:
+    """Count admin calls per cluster (`lagpilot_kafka_admin_requests_total`); `bootstrap` names the cluster
+    (never the credentials). One call may be several requests on the wire: librdkafka sends one per
+    partition leader (ListOffsets) or group coordinator (OffsetFetch, DescribeGroups)."""
+    metrics.KAFKA_ADMIN_REQUESTS.labels(bootstrap, request).inc(calls)
+
+
 def _topic_partitions(admin: AdminClient, bootstrap: str, topics: list[str], timeout: float) -> list[TopicPartition]:
     """Every partition of `topics`, from one metadata call; TopicMissing names a topic that does not exist."""
     try:
+        count_requests(bootstrap, "metadata")
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise _translate(exc, "reading cluster metadata", bootstrap, admin) from exc
+        raise translate_error(exc, "reading cluster metadata", bootstrap, admin) from exc
     partitions: list[TopicPartition] = []
     for topic in topics:
         found = metadata.topics.get(topic)
@@ -340,12 +358,13 @@ def _topic_partitions(admin: AdminClient, bootstrap: str, topics: list[str], tim
     return partitions
 
 
-def _ask_log_offsets(admin: AdminClient, partitions: list[TopicPartition], timeout: float,
+def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
                      ) -> Callable[[], dict[PartitionKey, tuple[int, int]]]:
     """Send the ListOffsets requests for the log start and end of `partitions`; the returned call waits for
     the answers: (log-start, log-end) per partition. Sent first, awaited later, so a reader can have its
     other requests in flight meanwhile."""
     latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+    count_requests(bootstrap, "list_offsets", 2)
     end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
     start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
 
@@ -363,9 +382,9 @@ def read_log_offsets(admin: AdminClient, bootstrap: str, topics: list[str], time
     elsewhere (share groups: `share_lag`)."""
     partitions = _topic_partitions(admin, bootstrap, topics, timeout)
     try:
-        log_offsets = _ask_log_offsets(admin, partitions, timeout)()
+        log_offsets = _ask_log_offsets(admin, bootstrap, partitions, timeout)()
     except (KafkaException, TimeoutError) as exc:
-        raise _translate(exc, f"reading the offsets of topics {', '.join(topics)}", bootstrap, admin) from exc
+        raise translate_error(exc, f"reading the offsets of topics {', '.join(topics)}", bootstrap, admin) from exc
     _last_client_error.pop(id(admin), None)
     return log_offsets
 
@@ -375,16 +394,18 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
     sampled_at = time.time()
     partitions = _topic_partitions(admin, bootstrap, topics, timeout)
     try:
+        count_requests(bootstrap, "offset_fetch")
+        count_requests(bootstrap, "describe_groups")
         committed_future = admin.list_consumer_group_offsets(
             [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=timeout)[group_id]
-        log_offsets_answers = _ask_log_offsets(admin, partitions, timeout)
+        log_offsets_answers = _ask_log_offsets(admin, bootstrap, partitions, timeout)
         group_future = admin.describe_consumer_groups([group_id], request_timeout=timeout)[group_id]
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in committed_future.result(timeout=timeout).topic_partitions}
         log_offsets = log_offsets_answers()
         group = group_future.result(timeout=timeout)
     except (KafkaException, TimeoutError) as exc:
-        raise _translate(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
+        raise translate_error(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
     _last_client_error.pop(id(admin), None)  # a read that worked: older login errors are history
     offsets = tuple(
         PartitionOffsets(

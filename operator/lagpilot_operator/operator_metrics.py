@@ -33,6 +33,12 @@ RECONCILE_SECONDS = Histogram("lagpilot_reconcile_duration_seconds", "Duration o
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that hit an error, by kind.",
                            (*RESOURCE, "kind"))
+# Per cluster, not per resource: one read serves every resource on a cluster (cluster_observer). The
+# cluster is named by its bootstrap servers, never by credentials; `request` is metadata, list_offsets,
+# offset_fetch or describe_groups.
+KAFKA_ADMIN_REQUESTS = Counter("lagpilot_kafka_admin_requests_total",
+                               "Kafka admin calls made to read lag, per cluster and kind of request.",
+                               ("cluster", "request"))
 DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
 
 

@@ -21,8 +21,19 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, scale_apply, share_lag, worker_config, writes
+from lagpilot_operator import (
+    cluster_observer,
+    kafka_lag,
+    kube_io,
+    models,
+    prom_lag,
+    scale_apply,
+    share_lag,
+    worker_config,
+    writes,
+)
 from lagpilot_operator import operator_metrics as metrics
+from lagpilot_operator.cluster_reads import Want
 from lagpilot_operator.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.dead_letter import (
     DeadLetterMemory,
@@ -78,11 +89,18 @@ class Shared:
     admin_clients: kafka_lag.AdminClientPool = field(default_factory=kafka_lag.AdminClientPool)
     share_clients: share_lag.ShareLagClients = field(default_factory=share_lag.ShareLagClients)
     """The share-group lag reader's kept broker connections, per cluster and credentials."""
+    cluster_reads: cluster_observer.ClusterObservers = field(init=False)
+    """Consumer-group lag: one coalesced read per cluster for every resource on it."""
+
+    def __post_init__(self) -> None:
+        # Built here because it reads through this instance's client pool.
+        object.__setattr__(self, "cluster_reads", cluster_observer.ClusterObservers(self.admin_clients))
 
 
 async def forget(state: ResourceState, shared: Shared, namespace: str, name: str) -> None:
     """The resource's loop ends (deleted, or the operator stops): close what it held open."""
     shared.admin_clients.release((namespace, name))
+    shared.cluster_reads.release((namespace, name))
     await shared.share_clients.release((namespace, name))
     await asyncio.to_thread(state.redrive_sessions.close)
 
@@ -321,6 +339,8 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
     owner = (namespace, name)
     if spec.lag.source != "kafka" or spec.group_type != "share":
         await shared.share_clients.release(owner)  # no share-group read (any more): its connections can go
+    if spec.lag.source != "kafka" or spec.group_type == "share":
+        shared.cluster_reads.release(owner)  # not in its cluster's consumer-group reads (any more)
     try:
         if spec.lag.source == "prometheus":
             assert spec.lag.prometheus is not None  # the CRD's CEL rule
@@ -328,15 +348,16 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
                                           namespace=namespace)
             return await asyncio.to_thread(prom_lag.read_lag, spec.lag.prometheus.url, query), None
         assert settings is not None
-        admin = shared.admin_clients.get(settings, owner=owner)
+        admin = shared.admin_clients.get(settings, owner=owner)  # leased: kept while this resource uses it
+        if spec.group_type != "share":
+            # The cluster's coalesced read (cluster_observer), which retires a failing client itself.
+            sample = await shared.cluster_reads.sample(settings, owner, Want(spec.group_id, tuple(spec.topics)),
+                                                       spec.lag.poll_interval_seconds)
+            return sample, None
         try:
-            if spec.group_type == "share":
-                cluster = await shared.share_clients.get(settings, owner, spec.group_id)
-                sample = await share_lag.read_share_lag(admin, settings, spec.group_id, list(spec.topics),
-                                                        cluster=cluster)
-            else:
-                sample = await asyncio.to_thread(kafka_lag.read_lag, admin, spec.kafka.bootstrap_servers,
-                                                 spec.group_id, list(spec.topics))
+            cluster = await shared.share_clients.get(settings, owner, spec.group_id)
+            sample = await share_lag.read_share_lag(admin, settings, spec.group_id, list(spec.topics),
+                                                    cluster=cluster)
         except kafka_lag.LagReadError as exc:
             if kafka_lag.retire_client_after(exc):
                 shared.admin_clients.discard(settings)

@@ -1,0 +1,270 @@
+"""One lag read per Kafka cluster for all the resources on it (I/O).
+
+Reading every resource on its own costs each resource a metadata request, two ListOffsets, an
+OffsetFetch and a DescribeGroups per poll, so a fleet of groups on one cluster multiplies the load on
+its brokers (and on the operator's threads). Lag exporters read a cluster once per interval for all
+groups; the operator does the same:
+
+* `read_cluster` reads one cluster for many groups: one metadata call for the union of the topics, one
+  ListOffsets call per offset kind (earliest, latest) for the union of their partitions, the committed
+  offsets of every group, one DescribeGroups call for all of them. confluent-kafka 2.16's
+  `list_consumer_group_offsets` takes a single group per call (it raises for more: "Currently we support
+  listing offsets for a single consumer group only"), so the groups' OffsetFetch calls are all sent
+  before any answer is awaited: they run concurrently, one request per group.
+* `ClusterObserver` (one per cluster connection: bootstrap servers and credentials, the key of the
+  `AdminClientPool`) coalesces the resources' reads: a resource takes its sample from a read younger than
+  half its poll interval, or joins a read under way that covers its group and topics, or else starts a
+  read for every resource registered on the cluster (after a short gathering delay when the resource is
+  new there, so the resources starting together at the operator's start share their first read).
+* `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
+
+Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
+resources on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from lagpilot_operator import kafka_lag
+from lagpilot_operator.cluster_reads import (
+    ClusterRead,
+    GroupDescription,
+    Want,
+    Wanted,
+    all_topics,
+    covers,
+    fresh_enough,
+    sample_for,
+    wanted_union,
+)
+from lagpilot_operator.kafka_lag import LagReadError, TopicMissing
+from lagpilot_operator.observations import LagSample, PartitionKey
+
+# How long the read started by a resource new on a cluster waits for others to ask before it is sent, so
+# resources starting together share it. Short against any poll interval (>= 1 s), long against the
+# scheduling jitter of daemons started together.
+GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.05"))
+READ_TIMEOUT_SECONDS = 10.0
+
+
+def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
+                 timeout: float = READ_TIMEOUT_SECONDS) -> ClusterRead:
+    """One read of the cluster for the `wanted` groups and topics; failures are kept in the result, each
+    with what it concerns (the cluster, a topic, a group), never raised."""
+    started = time.time()
+    try:
+        kafka_lag.count_requests(bootstrap, "metadata")
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return ClusterRead(time=started, wanted=wanted,
+                           cluster_error=kafka_lag.translate_error(exc, "reading cluster metadata", bootstrap, admin))
+    partitions: dict[str, tuple[int, ...]] = {}
+    topic_errors: dict[str, LagReadError] = {}
+    for topic in all_topics(wanted):
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            topic_errors[topic] = TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; "
+                                               "create it or fix spec.topics")
+        else:
+            partitions[topic] = tuple(sorted(found.partitions))
+    every = [TopicPartition(topic, p) for topic, numbers in partitions.items() for p in numbers]
+    # A group whose topics are all missing is not asked about: its resources fail on TopicMissing.
+    per_group = {group: [tp for tp in every if tp.topic in topics] for group, topics in wanted.items()}
+    per_group = {group: tps for group, tps in per_group.items() if tps}
+    try:
+        committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
+        end_futures, start_futures = _ask_log_offsets(admin, bootstrap, every, timeout)
+        described: dict[str, Any] = {}
+        if per_group:
+            kafka_lag.count_requests(bootstrap, "describe_groups")
+            described = admin.describe_consumer_groups(sorted(per_group), request_timeout=timeout)
+    except KafkaException as exc:  # refused before anything was sent: nothing of this read is usable
+        return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
+            exc, "reading offsets", bootstrap, admin))
+
+    def failure(exc: BaseException, what: str) -> LagReadError:
+        return kafka_lag.translate_error(exc, what, bootstrap, admin)
+
+    group_errors: dict[str, LagReadError] = {}
+    committed: dict[str, dict[PartitionKey, int]] = {}
+    for group, future in committed_futures.items():
+        try:
+            committed[group] = {(tp.topic, tp.partition): tp.offset
+                                for tp in future.result(timeout=timeout).topic_partitions}
+        except (KafkaException, TimeoutError) as exc:
+            group_errors[group] = failure(exc, f"reading offsets of group {group}")
+    ends: dict[PartitionKey, int] = {}
+    starts: dict[PartitionKey, int] = {}
+    for answers, futures in ((ends, end_futures), (starts, start_futures)):
+        for tp, future in futures.items():
+            try:
+                answers[(tp.topic, tp.partition)] = int(future.result(timeout=timeout).offset)
+            except (KafkaException, TimeoutError) as exc:
+                topic_errors.setdefault(tp.topic, failure(exc, f"reading the offsets of topic {tp.topic}"))
+    groups: dict[str, GroupDescription] = {}
+    for group, future in described.items():
+        try:
+            found = future.result(timeout=timeout)
+            groups[group] = GroupDescription(members=len(found.members), protocol=kafka_lag.group_protocol(found.type))
+        except (KafkaException, TimeoutError) as exc:
+            group_errors.setdefault(group, failure(exc, f"describing group {group}"))
+    log_offsets = {key: (max(0, starts[key]), max(0, ends[key])) for key in ends if key in starts}
+    read = ClusterRead(time=started, wanted=wanted, partitions=partitions, log_offsets=log_offsets,
+                       committed=committed, groups=groups, topic_errors=topic_errors, group_errors=group_errors)
+    if not read.errors():
+        kafka_lag.forget_client_errors(admin)  # a read that worked: older login errors are history
+    return read
+
+
+def _ask_committed(admin: AdminClient, bootstrap: str, per_group: Mapping[str, list[TopicPartition]],
+                   timeout: float) -> dict[str, Any]:
+    """Send every group's OffsetFetch (one group per call: confluent-kafka 2.16 refuses more); the answers
+    are awaited after all are sent, so they are in flight together."""
+    futures: dict[str, Any] = {}
+    for group, tps in sorted(per_group.items()):
+        kafka_lag.count_requests(bootstrap, "offset_fetch")
+        futures[group] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)],
+                                                           request_timeout=timeout)[group]
+    return futures
+
+
+def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition],
+                     timeout: float) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, Any]]:
+    """Send the ListOffsets calls for the log end and start of every partition at once."""
+    if not partitions:
+        return {}, {}
+    latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+    kafka_lag.count_requests(bootstrap, "list_offsets", 2)
+    ends = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
+    starts = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+    return ends, starts
+
+
+@dataclass
+class _Flight:
+    """A read under way: `wanted` is None while it still gathers (whoever registers meanwhile is in)."""
+
+    result: asyncio.Future[ClusterRead]
+    wanted: Wanted | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class ClusterObserver:
+    """The coalesced reads of one cluster connection, for the resources registered on it."""
+
+    read: Callable[[Wanted], ClusterRead]
+    """Blocking: runs in a thread."""
+    gather_seconds: float = GATHER_SECONDS
+    clock: Callable[[], float] = time.time
+    _wants: dict[Hashable, Want] = field(default_factory=dict)
+    _taken: dict[Hashable, float] = field(default_factory=dict)
+    """Per owner, the time of the read its last sample came from."""
+    _latest: ClusterRead | None = None
+    _flights: list[_Flight] = field(default_factory=list)
+
+    async def sample(self, owner: Hashable, want: Want, interval_seconds: float) -> LagSample:
+        """`owner`'s sample (raises its `LagReadError`); registers `want` for the reads to come."""
+        # A resource new on this cluster (or wanting other topics) is in no read yet, so its read waits for
+        # the others starting with it (the operator's start). A known one's read goes out at once: it joins
+        # a read under way or takes a fresh one when the others poll about together, so the steady state
+        # adds no delay.
+        gather = self.gather_seconds if self._wants.get(owner) != want else 0.0
+        self._wants[owner] = want
+        read = await self._read_for(want, interval_seconds, self._taken.get(owner), gather)
+        self._taken[owner] = read.time
+        return sample_for(read, want)
+
+    def release(self, owner: Hashable) -> bool:
+        """`owner` reads elsewhere or is gone; True when nobody is left on this cluster."""
+        self._wants.pop(owner, None)
+        self._taken.pop(owner, None)
+        return not self._wants
+
+    async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
+                        gather_seconds: float) -> ClusterRead:
+        latest = self._latest
+        if latest is not None and fresh_enough(latest, want, interval_seconds, self.clock(), last_taken):
+            return latest
+        for flight in self._flights:  # each started after the owner's last read was answered: a new read
+            if flight.wanted is None or covers(flight.wanted, want):
+                # Shielded: one resource's loop being cancelled must not cancel the others' read.
+                return await asyncio.shield(flight.result)
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._flights.append(flight)
+        flight.task = asyncio.create_task(self._fly(flight, gather_seconds))
+        return await asyncio.shield(flight.result)
+
+    async def _fly(self, flight: _Flight, gather_seconds: float) -> None:
+        try:
+            await asyncio.sleep(gather_seconds)
+            flight.wanted = wanted_union(self._wants.values())
+            read = await asyncio.to_thread(self.read, flight.wanted)
+        except asyncio.CancelledError:  # the operator stopping: the waiters stop too
+            flight.result.cancel()
+            raise
+        except Exception as exc:  # a bug: every waiter's reconcile reports it
+            flight.result.set_exception(exc)
+            flight.result.exception()  # retrieved: no "never retrieved" warning when nobody waits any more
+        else:
+            if self._latest is None or read.time >= self._latest.time:
+                self._latest = read
+            flight.result.set_result(read)
+        finally:
+            self._flights.remove(flight)
+
+
+class ClusterObservers:
+    """One `ClusterObserver` per cluster connection in use, keyed like the `AdminClientPool`."""
+
+    def __init__(self, clients: kafka_lag.AdminClientPool, gather_seconds: float = GATHER_SECONDS) -> None:
+        self._clients = clients
+        self._gather_seconds = gather_seconds
+        self._observers: dict[str, ClusterObserver] = {}
+        self._cluster_of: dict[Hashable, str] = {}
+
+    async def sample(self, settings: Mapping[str, str], owner: Hashable, want: Want,
+                     interval_seconds: float) -> LagSample:
+        key = kafka_lag.settings_fingerprint(settings)
+        previous = self._cluster_of.get(owner)
+        if previous is not None and previous != key:  # new credentials or another cluster
+            self._leave(owner, previous)
+        self._cluster_of[owner] = key
+        observer = self._observers.get(key)
+        if observer is None:
+            observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds)
+        return await observer.sample(owner, want, interval_seconds)
+
+    def release(self, owner: Hashable) -> None:
+        """`owner` no longer reads a consumer group from Kafka (gone, or another lag source)."""
+        key = self._cluster_of.pop(owner, None)
+        if key is not None:
+            self._leave(owner, key)
+
+    def __len__(self) -> int:
+        return len(self._observers)
+
+    def _leave(self, owner: Hashable, key: str) -> None:
+        observer = self._observers.get(key)
+        if observer is not None and observer.release(owner):
+            del self._observers[key]
+
+    def _reader(self, settings: dict[str, str]) -> Callable[[Wanted], ClusterRead]:
+        bootstrap = settings["bootstrap.servers"]
+
+        def read(wanted: Wanted) -> ClusterRead:
+            result = read_cluster(self._clients.get(settings), bootstrap, wanted)
+            if any(kafka_lag.retire_client_after(error) for error in result.errors()):
+                self._clients.discard(settings)  # see AdminClientPool.discard
+            return result
+
+        return read

@@ -1,0 +1,140 @@
+"""One read of a Kafka cluster for every group the operator serves on it, and each resource's share of it.
+
+Pure: no I/O. A lag exporter reads a cluster once per interval for all its groups; so does the operator
+(`cluster_observer` runs the reads, `kafka_lag.read_cluster` talks to Kafka). This module holds what
+such a read asked for (`wanted_union`), what it found (`ClusterRead`), whether a resource may take its
+sample from a read already made or under way (`covers`, `fresh_enough`), and the split of the
+cluster-wide result into one resource's `LagSample` (`sample_for`), including which failures are that
+resource's: a missing topic or a refused group fails only the resources that name it, a cluster that
+does not answer fails them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from lagpilot_operator.kafka_lag import LagReadError, TopicMissing
+from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
+
+# Group id -> the topics whose committed offsets a read asks for, for that group.
+Wanted = Mapping[str, frozenset[str]]
+
+
+@dataclass(frozen=True)
+class Want:
+    """What one resource reads from its cluster: its group's offsets on its topics."""
+
+    group_id: str
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    members: int
+    protocol: GroupProtocol | None
+
+
+@dataclass(frozen=True)
+class ClusterRead:
+    """What one coalesced read of a cluster found, for the `wanted` groups and topics.
+
+    Failures are kept where they belong: `cluster_error` when nothing could be read (the metadata call
+    failed, the client refused a request), `topic_errors` per topic (missing, or its offsets unreadable),
+    `group_errors` per group (its committed offsets or its description unreadable: not authorized, a
+    coordinator that does not answer; the first such failure of the group).
+    """
+
+    time: float
+    """Epoch seconds when the read started: the time of every sample split from it (as `read_lag`)."""
+    wanted: Wanted
+    partitions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Partition numbers of every wanted topic that exists."""
+    log_offsets: Mapping[PartitionKey, tuple[int, int]] = field(default_factory=dict)
+    """(log-start, log-end) per partition."""
+    committed: Mapping[str, Mapping[PartitionKey, int]] = field(default_factory=dict)
+    """Committed offset per group and partition, negative (librdkafka's -1001) when never committed."""
+    groups: Mapping[str, GroupDescription] = field(default_factory=dict)
+    cluster_error: LagReadError | None = None
+    topic_errors: Mapping[str, LagReadError] = field(default_factory=dict)
+    group_errors: Mapping[str, LagReadError] = field(default_factory=dict)
+
+    def errors(self) -> list[LagReadError]:
+        """Every failure in the read (to decide whether its client should be retired)."""
+        found = [self.cluster_error] if self.cluster_error is not None else []
+        return found + list(self.topic_errors.values()) + list(self.group_errors.values())
+
+
+def wanted_union(wants: Iterable[Want]) -> dict[str, frozenset[str]]:
+    """Per group, the union of the topics the resources reading that group name (two resources may
+    name one group with different topics)."""
+    union: dict[str, set[str]] = {}
+    for want in wants:
+        union.setdefault(want.group_id, set()).update(want.topics)
+    return {group: frozenset(topics) for group, topics in union.items()}
+
+
+def all_topics(wanted: Wanted) -> list[str]:
+    """The topics a read needs metadata and log offsets of, each once, in a stable order."""
+    return sorted(set().union(*wanted.values())) if wanted else []
+
+
+def covers(wanted: Wanted, want: Want) -> bool:
+    """Whether a read that asked for `wanted` answers `want` (its group, on all its topics)."""
+    return want.group_id in wanted and set(want.topics) <= wanted[want.group_id]
+
+
+def freshness_seconds(interval_seconds: float) -> float:
+    """How old a read may be and still give a resource polling every `interval_seconds` its sample.
+
+    Half the interval: resources whose polls fall within half an interval of each other share one read,
+    and a sample is never older than half a poll interval when the decision is made.
+    """
+    return interval_seconds / 2
+
+
+def fresh_enough(read: ClusterRead, want: Want, interval_seconds: float, now: float,
+                 last_taken: float | None = None) -> bool:
+    """Whether `want` may take its sample from `read`, made already, at `now`.
+
+    `last_taken` is the time of the read the resource took its previous sample from: a resource never
+    gets the same read twice (a reconcile run again at once, a benchmark's tight loop), so its history,
+    rates and verdicts see a new sample every poll, as with a read of its own.
+    """
+    return covers(read.wanted, want) and 0 <= now - read.time <= freshness_seconds(interval_seconds) and \
+        (last_taken is None or read.time > last_taken)
+
+
+def sample_for(read: ClusterRead, want: Want) -> LagSample:
+    """The resource's sample from the cluster-wide read, or the failure that concerns it (raised).
+
+    The same failures as a read of its own (`kafka_lag.read_lag`), the widest first: the cluster, a
+    missing topic (the first of its topics), its group (committed offsets or description), its topics'
+    log offsets.
+    """
+    if not covers(read.wanted, want):
+        raise ValueError(f"the read did not ask for group {want.group_id} on {', '.join(want.topics)}")
+    if read.cluster_error is not None:
+        raise read.cluster_error
+    for topic in want.topics:
+        error = read.topic_errors.get(topic)
+        if isinstance(error, TopicMissing):
+            raise error
+    if want.group_id in read.group_errors:
+        raise read.group_errors[want.group_id]
+    for topic in want.topics:
+        if topic in read.topic_errors:
+            raise read.topic_errors[topic]
+    committed = read.committed.get(want.group_id, {})
+    partitions: list[PartitionOffsets] = []
+    for topic in want.topics:
+        for partition in read.partitions[topic]:
+            key = (topic, partition)
+            start, end = read.log_offsets[key]
+            offset = committed.get(key, -1)
+            # librdkafka reports "no committed offset" as a negative logical offset (-1001).
+            partitions.append(PartitionOffsets(topic=topic, partition=partition, end_offset=end,
+                                               committed=offset if offset >= 0 else None, start_offset=start))
+    group = read.groups.get(want.group_id)
+    return LagSample(time=read.time, partitions=tuple(partitions), members=group.members if group else None,
+                     protocol=group.protocol if group else None)

@@ -1,0 +1,332 @@
+"""One read per Kafka cluster for all its resources: the split of the cluster-wide read into each resource's
+sample and failure (pure), and the coalescing of the resources' reads (`ClusterObserver`, with a fake
+blocking read instead of Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lagpilot_operator import cluster_observer, kafka_lag
+from lagpilot_operator.cluster_reads import (
+    ClusterRead,
+    GroupDescription,
+    Want,
+    Wanted,
+    covers,
+    fresh_enough,
+    sample_for,
+    wanted_union,
+)
+from lagpilot_operator.observations import LagSample, PartitionOffsets
+
+# A cluster: partitions per topic with (log-start, log-end), committed offsets per group.
+TOPICS = {"orders": {0: (0, 100), 1: (10, 50)}, "payments": {0: (0, 7)}, "audit": {0: (0, 3), 1: (0, 4)}}
+COMMITTED = {"g1": {("orders", 0): 40, ("orders", 1): 5}, "g2": {("payments", 0): 7}, "g3": {}}
+MEMBERS = {"g1": GroupDescription(2, "consumer"), "g2": GroupDescription(1, "classic"), "g3": GroupDescription(0, None)}
+
+
+def fake_read(topics: Mapping[str, Mapping[int, tuple[int, int]]], committed: Mapping[str, Mapping[Any, int]],
+              wanted: Wanted, at: float = 1000.0, **errors: Any) -> ClusterRead:
+    """What `read_cluster` returns for `wanted` on a cluster holding `topics` and `committed` (Kafka's
+    -1001 where a group never committed)."""
+    present = {t: tuple(sorted(topics[t])) for t in set().union(*wanted.values()) if t in topics}
+    missing = {t: kafka_lag.TopicMissing(f"topic {t} does not exist") for t in set().union(*wanted.values())
+               if t not in topics}
+    return ClusterRead(
+        time=at, wanted=wanted, partitions=present,
+        log_offsets={(t, p): topics[t][p] for t in present for p in present[t]},
+        committed={g: {(t, p): committed.get(g, {}).get((t, p), -1001) for t in ts if t in present
+                       for p in present[t]} for g, ts in wanted.items()},
+        groups={g: MEMBERS.get(g, GroupDescription(0, None)) for g in wanted},
+        topic_errors={**missing, **errors.get("topic_errors", {})},
+        group_errors=errors.get("group_errors", {}), cluster_error=errors.get("cluster_error"))
+
+
+def test_groups_are_asked_once_with_every_topic_their_resources_name() -> None:
+    wants = [Want("g1", ("orders",)), Want("g2", ("payments",)), Want("g1", ("audit", "orders"))]
+    assert wanted_union(wants) == {"g1": frozenset({"orders", "audit"}), "g2": frozenset({"payments"})}
+
+
+def test_the_split_gives_each_resource_its_partitions_offsets_and_members() -> None:
+    read = fake_read(TOPICS, COMMITTED, wanted_union([Want("g1", ("orders",)), Want("g2", ("payments", "orders"))]))
+    assert sample_for(read, Want("g1", ("orders",))) == LagSample(
+        time=1000.0, members=2, protocol="consumer", partitions=(
+            PartitionOffsets("orders", 0, end_offset=100, committed=40, start_offset=0),
+            PartitionOffsets("orders", 1, end_offset=50, committed=5, start_offset=10)))
+    second = sample_for(read, Want("g2", ("payments", "orders")))
+    assert [(p.topic, p.partition, p.committed) for p in second.partitions] == [
+        ("payments", 0, 7), ("orders", 0, None), ("orders", 1, None)]  # its topics' order; never committed: None
+    assert (second.members, second.protocol) == (1, "classic")
+
+
+def test_a_missing_topic_fails_only_the_resources_that_name_it() -> None:
+    read = fake_read(TOPICS, COMMITTED, wanted_union([Want("g1", ("orders",)), Want("g2", ("gone", "payments"))]))
+    with pytest.raises(kafka_lag.TopicMissing, match="gone"):
+        sample_for(read, Want("g2", ("gone", "payments")))
+    assert len(sample_for(read, Want("g1", ("orders",))).partitions) == 2
+
+
+def test_a_refused_group_fails_only_its_resources() -> None:
+    refused = kafka_lag.KafkaAuthorizationFailed("reading offsets of group g2: not authorized")
+    read = fake_read(TOPICS, COMMITTED, wanted_union([Want("g1", ("orders",)), Want("g2", ("orders",))]),
+                     group_errors={"g2": refused})
+    with pytest.raises(kafka_lag.KafkaAuthorizationFailed) as raised:
+        sample_for(read, Want("g2", ("orders",)))
+    assert raised.value is refused and raised.value.reason == "AuthorizationFailed"
+    assert sample_for(read, Want("g1", ("orders",))).members == 2
+
+
+def test_unreadable_topic_offsets_fail_only_the_resources_reading_that_topic() -> None:
+    error = kafka_lag.LagReadError("reading the offsets of topic audit: Broker: Not leader or follower")
+    read = fake_read(TOPICS, COMMITTED, wanted_union([Want("g1", ("orders",)), Want("g3", ("orders", "audit"))]),
+                     topic_errors={"audit": error})
+    with pytest.raises(kafka_lag.LagReadError, match="audit"):
+        sample_for(read, Want("g3", ("orders", "audit")))
+    sample_for(read, Want("g1", ("orders",)))
+
+
+def test_a_cluster_failure_fails_every_resource_with_the_reason_of_today() -> None:
+    down = kafka_lag.KafkaUnreachable("reading cluster metadata: Kafka at k:9092 did not answer")
+    wanted = wanted_union([Want("g1", ("orders",)), Want("g2", ("payments",))])
+    read = ClusterRead(time=1.0, wanted=wanted, cluster_error=down)
+    for want in (Want("g1", ("orders",)), Want("g2", ("payments",))):
+        with pytest.raises(kafka_lag.KafkaUnreachable) as raised:
+            sample_for(read, want)
+        assert raised.value.reason == "KafkaUnreachable"
+    assert read.errors() == [down]
+
+
+def test_a_read_that_did_not_ask_for_a_resource_cannot_answer_it() -> None:
+    read = fake_read(TOPICS, COMMITTED, {"g1": frozenset({"orders"})})
+    assert covers(read.wanted, Want("g1", ("orders",))) and not covers(read.wanted, Want("g1", ("orders", "audit")))
+    assert not covers(read.wanted, Want("g2", ("orders",)))
+    with pytest.raises(ValueError, match="did not ask"):
+        sample_for(read, Want("g2", ("orders",)))
+
+
+def test_a_read_serves_for_half_an_interval_and_never_twice_to_one_resource() -> None:
+    want = Want("g1", ("orders",))
+    read = fake_read(TOPICS, COMMITTED, wanted_union([want]), at=100.0)
+    assert fresh_enough(read, want, 10, now=105.0)
+    assert not fresh_enough(read, want, 10, now=105.1)      # older than half the interval
+    assert not fresh_enough(read, want, 2, now=101.5)       # a shorter interval asks for a younger read
+    assert not fresh_enough(read, want, 10, now=101.0, last_taken=100.0)  # the same read again
+    assert fresh_enough(read, want, 10, now=101.0, last_taken=95.0)
+    assert not fresh_enough(read, Want("g9", ("orders",)), 10, now=100.0)
+
+
+offsets = st.tuples(st.integers(0, 50), st.integers(0, 50)).map(lambda pair: (min(pair), max(pair)))
+cluster = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]),
+                          st.dictionaries(st.integers(0, 3), offsets, min_size=1, max_size=4), max_size=4)
+wants = st.lists(st.builds(Want, st.sampled_from(["g1", "g2", "g3"]),
+                           st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=3,
+                                    unique=True).map(tuple)), min_size=1, max_size=6)
+
+
+@given(cluster, st.dictionaries(st.sampled_from(["g1", "g2", "g3"]),
+                                st.dictionaries(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3)),
+                                                st.integers(0, 50))), wants)
+def test_reading_the_resources_together_gives_each_what_a_read_of_its_own_gives(
+        topics: dict[str, dict[int, tuple[int, int]]], committed: dict[str, dict[Any, int]],
+        resources: list[Want]) -> None:
+    together = fake_read(topics, committed, wanted_union(resources))
+
+    def outcome(read: ClusterRead, want: Want) -> LagSample | str:
+        try:
+            return sample_for(read, want)
+        except kafka_lag.LagReadError as exc:
+            return f"{exc.reason}: {exc}"
+
+    for want in resources:
+        assert outcome(together, want) == outcome(fake_read(topics, committed, wanted_union([want])), want)
+
+
+class CountingRead:
+    """A blocking read of a fake cluster that counts its calls and can be held back."""
+
+    def __init__(self, delay: float = 0.0, **errors: Any) -> None:
+        self.calls: list[Wanted] = []
+        self.delay, self.errors = delay, errors
+        self.lock = threading.Lock()
+
+    def __call__(self, wanted: Wanted) -> ClusterRead:
+        with self.lock:
+            self.calls.append(wanted)
+        started = time.time()
+        time.sleep(self.delay)
+        return fake_read(TOPICS, COMMITTED, wanted, at=started, **self.errors)
+
+
+RESOURCES = {("ns", "a"): Want("g1", ("orders",)), ("ns", "b"): Want("g2", ("payments",)),
+             ("ns", "c"): Want("g3", ("orders", "audit")), ("ns", "d"): Want("g1", ("audit",)),
+             ("ns", "e"): Want("g2", ("orders",))}
+
+
+async def sample_all(observer: cluster_observer.ClusterObserver, interval: float = 10.0,
+                     ) -> list[LagSample | BaseException]:
+    return await asyncio.gather(*(observer.sample(owner, want, interval) for owner, want in RESOURCES.items()),
+                                return_exceptions=True)
+
+
+def test_resources_polling_together_share_one_read() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.05)
+    samples = asyncio.run(sample_all(observer))
+    assert len(read.calls) == 1 and read.calls[0] == wanted_union(RESOURCES.values())
+    for sample, want in zip(samples, RESOURCES.values(), strict=True):
+        assert isinstance(sample, LagSample) and sample == sample_for(fake_read(TOPICS, COMMITTED,
+                                                                                wanted_union([want]), at=sample.time),
+                                                                      want)
+
+
+def test_a_resource_polling_soon_after_takes_the_read_already_made_and_never_twice() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.01)
+
+    async def scenario() -> None:
+        await observer.sample(("ns", "a"), RESOURCES[("ns", "a")], 10.0)
+        # b is registered only now, so the first read did not ask for it: b needs a read of its own,
+        # which (like every read) is for everybody registered.
+        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], 10.0)
+        assert len(read.calls) == 2
+        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], 10.0)  # b again: a new read, not its last
+        assert len(read.calls) == 3
+        await observer.sample(("ns", "a"), RESOURCES[("ns", "a")], 10.0)  # a: the young read b just made
+        assert len(read.calls) == 3
+        await asyncio.sleep(0.05)
+        await observer.sample(("ns", "x"), Want("g1", ("orders",)), 10.0)  # 50 ms old: young enough for 10 s
+        assert len(read.calls) == 3
+        await observer.sample(("ns", "y"), Want("g1", ("orders",)), 0.05)  # too old for a 50 ms interval
+        assert len(read.calls) == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_resource_joins_a_read_under_way_when_it_covers_it_and_starts_one_when_not() -> None:
+    read = CountingRead(delay=0.3)
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(observer.sample(("ns", "a"), RESOURCES[("ns", "a")], 10.0))
+        await asyncio.sleep(0.1)  # the read for a is under way
+        joined = asyncio.create_task(observer.sample(("ns", "x"), Want("g1", ("orders",)), 10.0))
+        other = asyncio.create_task(observer.sample(("ns", "b"), RESOURCES[("ns", "b")], 10.0))
+        await asyncio.gather(first, joined, other)
+
+    asyncio.run(scenario())
+    assert len(read.calls) == 2  # x rode along with a's read; b (another group) needed its own
+
+
+def test_only_a_resource_new_on_the_cluster_waits_for_others_to_join_its_read() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.5)
+
+    async def took(owner: tuple[str, str], want: Want) -> float:
+        started = time.monotonic()
+        await observer.sample(owner, want, 10.0)
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        assert await took(("ns", "a"), RESOURCES[("ns", "a")]) >= 0.5       # new: gathers
+        assert await took(("ns", "a"), RESOURCES[("ns", "a")]) < 0.4        # known: at once
+        assert await took(("ns", "a"), Want("g1", ("orders", "audit"))) >= 0.5  # other topics: new again
+
+    asyncio.run(scenario())
+    assert len(read.calls) == 3
+
+
+def test_failures_reach_only_the_resources_they_concern() -> None:
+    read = CountingRead(group_errors={"g2": kafka_lag.KafkaAuthorizationFailed("not authorized")})
+    samples = asyncio.run(sample_all(cluster_observer.ClusterObserver(read, gather_seconds=0.02)))
+    failed = {owner for owner, sample in zip(RESOURCES, samples, strict=True) if isinstance(sample, BaseException)}
+    assert failed == {("ns", "b"), ("ns", "e")}
+    assert all(isinstance(samples[i], kafka_lag.KafkaAuthorizationFailed) for i in (1, 4))
+
+
+def test_a_bug_in_the_read_reaches_every_waiter() -> None:
+    def broken(_wanted: Wanted) -> ClusterRead:
+        raise RuntimeError("bug")
+
+    samples = asyncio.run(sample_all(cluster_observer.ClusterObserver(broken, gather_seconds=0.02)))
+    assert all(isinstance(s, RuntimeError) for s in samples)
+
+
+def patched_reads(monkeypatch: pytest.MonkeyPatch, delays: Mapping[str, float],
+                  errors: Mapping[str, kafka_lag.LagReadError] | None = None) -> list[str]:
+    """`read_cluster` replaced: per bootstrap a delay and maybe a cluster error; returns the calls made."""
+    calls: list[str] = []
+
+    def read(_admin: Any, bootstrap: str, wanted: Wanted, timeout: float = 10.0) -> ClusterRead:
+        calls.append(bootstrap)
+        started = time.time()
+        time.sleep(delays.get(bootstrap, 0.0))
+        error = (errors or {}).get(bootstrap)
+        if error is not None:
+            return ClusterRead(time=started, wanted=wanted, cluster_error=error)
+        return fake_read(TOPICS, COMMITTED, wanted, at=started)
+
+    monkeypatch.setattr(cluster_observer, "read_cluster", read)
+    return calls
+
+
+def test_a_slow_cluster_holds_only_its_own_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    patched_reads(monkeypatch, {"127.0.0.1:1": 2.0})
+    observers = cluster_observer.ClusterObservers(kafka_lag.AdminClientPool(), gather_seconds=0.01)
+    slow, healthy = {"bootstrap.servers": "127.0.0.1:1"}, {"bootstrap.servers": "127.0.0.1:2"}
+
+    async def scenario() -> float:
+        held = asyncio.create_task(observers.sample(slow, ("ns", "slow"), Want("g1", ("orders",)), 10.0))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await observers.sample(healthy, ("ns", "fine"), Want("g1", ("orders",)), 10.0)
+        took = time.monotonic() - started
+        await held
+        return took
+
+    assert asyncio.run(scenario()) < 1.0
+    assert len(observers) == 2
+
+
+def test_moving_to_other_credentials_or_leaving_drops_an_unused_cluster_reader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    patched_reads(monkeypatch, {})
+    observers = cluster_observer.ClusterObservers(kafka_lag.AdminClientPool(), gather_seconds=0.0)
+    old = {"bootstrap.servers": "127.0.0.1:1", "sasl.password": "old"}
+    new = {"bootstrap.servers": "127.0.0.1:1", "sasl.password": "new"}
+    want = Want("g1", ("orders",))
+
+    async def scenario() -> None:
+        await observers.sample(old, ("ns", "a"), want, 10.0)
+        await observers.sample(old, ("ns", "b"), want, 10.0)
+        await observers.sample(new, ("ns", "a"), want, 10.0)
+        assert len(observers) == 2  # b still reads with the old credentials
+        await observers.sample(new, ("ns", "b"), want, 10.0)
+        assert len(observers) == 1
+        observers.release(("ns", "a"))
+        observers.release(("ns", "b"))
+        observers.release(("ns", "b"))  # twice is harmless
+        assert len(observers) == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("error", "retired"), [(kafka_lag.KafkaUnreachable("down"), True),
+                                                (kafka_lag.KafkaAuthenticationFailed("refused"), False)])
+def test_a_read_that_failed_in_a_way_the_cluster_recovers_from_retires_the_client(
+        monkeypatch: pytest.MonkeyPatch, error: kafka_lag.LagReadError, retired: bool) -> None:
+    patched_reads(monkeypatch, {}, {"127.0.0.1:1": error})
+    pool = kafka_lag.AdminClientPool()
+    settings = {"bootstrap.servers": "127.0.0.1:1"}
+    observers = cluster_observer.ClusterObservers(pool, gather_seconds=0.0)
+    client = pool.get(settings, owner=("ns", "a"))
+    with pytest.raises(type(error)):
+        asyncio.run(observers.sample(settings, ("ns", "a"), Want("g1", ("orders",)), 10.0))
+    assert (pool.get(settings) is not client) == retired
