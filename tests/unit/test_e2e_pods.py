@@ -3,6 +3,7 @@ is copied out, and create -> Running times from watch events."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,10 +45,34 @@ def test_log_tail_sees_a_rotated_file_as_gone(tmp_path: Path) -> None:
     tail.close()
 
 
-def _pod(name: str, phase: str | None, containers: tuple[str, ...] = ("worker",)) -> Any:
-    return SimpleNamespace(metadata=SimpleNamespace(name=name),
+def _pod(name: str, phase: str | None, containers: tuple[str, ...] = ("worker",), *,
+         deleting: bool = False, statuses: list[Any] | None = None) -> Any:
+    return SimpleNamespace(metadata=SimpleNamespace(name=name, deletion_timestamp="set" if deleting else None),
                            spec=SimpleNamespace(containers=[SimpleNamespace(name=c) for c in containers]),
-                           status=SimpleNamespace(phase=phase))
+                           status=SimpleNamespace(phase=phase, container_statuses=statuses))
+
+
+def _terminated(container_id: str, exit_code: int, reason: str) -> Any:
+    started = datetime.datetime(2026, 12, 5, 14, 17, 0, tzinfo=datetime.UTC)
+    return SimpleNamespace(container_id=container_id, exit_code=exit_code, reason=reason, signal=None,
+                           started_at=started, finished_at=started + datetime.timedelta(seconds=50))
+
+
+def test_how_a_pod_ended_names_its_deletion_and_each_container_exit(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = PodRecorder(api=None, namespace="ns", out_dir=tmp_path, logs_root=None)
+    clock = iter([100.0, 101.0, 120.0, 141.0])
+    monkeypatch.setattr("e2e.pods.time.time", lambda: next(clock))
+    recorder._observe("ADDED", _pod("a", "Pending"))
+    recorder._observe("MODIFIED", _pod("a", "Running"))
+    recorder._observe("MODIFIED", _pod("a", "Running", deleting=True))
+    killed = SimpleNamespace(name="worker", state=SimpleNamespace(terminated=_terminated("c1", 137, "Error")),
+                             last_state=SimpleNamespace(terminated=None))
+    recorder._observe("MODIFIED", _pod("a", "Running", deleting=True, statuses=[killed]))
+    ended = recorder.how_it_ended("a")
+    assert ended.startswith("deleted 1970-01-01T00:02:00+00:00; worker: exit 137 (Error), started 2026-12-05T14:17:00")
+    assert "finished 2026-12-05T14:17:50" in ended
+    assert recorder.how_it_ended("never") == "never seen by the watch"
 
 
 def test_create_to_running_counts_pods_seen_created_with_the_container(tmp_path: Path,
