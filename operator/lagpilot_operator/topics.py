@@ -43,6 +43,7 @@ from lagpilot_operator.topics_plan import (
     ObservedConfig,
     ObservedTopic,
     TopicAction,
+    configs_applied,
 )
 
 DEFAULT_TIMEOUT_SECONDS = 15.0
@@ -223,6 +224,7 @@ def apply_action(admin: AdminClient, action: TopicAction, timeout: float = DEFAU
         resource = ConfigResource(ResourceType.TOPIC, action.topic, incremental_configs=entries)
         for future in admin.incremental_alter_configs([resource], request_timeout=timeout).values():
             _result(future, "alter configs of topic", action.topic, timeout)
+        _wait_configs_applied(admin, action, timeout)
         return True
     if isinstance(action, IncreasePartitions):
         futures = admin.create_partitions([NewPartitions(action.topic, action.to_count)],
@@ -247,6 +249,18 @@ def _wait_in_metadata(admin: AdminClient, topic: str, partitions: int, timeout: 
         if (metadata is not None and metadata.error is None
                 and len(metadata.partitions) >= max(partitions, 1)
                 and all(p.leader >= 0 for p in metadata.partitions.values())):
+            return
+        time.sleep(0.1)
+
+
+def _wait_configs_applied(admin: AdminClient, action: AlterTopicConfigs, timeout: float) -> None:
+    """The controller answers an alter once it committed it; a broker describes the change only after it
+    replayed the metadata log (KRaft). Wait (bounded) so the status and the next look read the new configs,
+    not the old ones (which would plan the same change again)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        observed = describe_topic_configs(admin, [action.topic], timeout).get(action.topic, {})
+        if configs_applied(action, observed):
             return
         time.sleep(0.1)
 

@@ -81,6 +81,14 @@ class AlterTopicConfigs:
         return f"synced configs of topic {self.topic} to the spec: {', '.join(pieces)}"
 
 
+def configs_applied(action: AlterTopicConfigs, observed: Mapping[str, ObservedConfig]) -> bool:
+    """Whether a broker's topic configs show the change: every set key at its value, no deleted key left."""
+    return (all(key in observed and observed[key].source == ConfigSource.TOPIC and observed[key].value == value
+                for key, value in action.set_configs.items())
+            and not any(key in observed and observed[key].source == ConfigSource.TOPIC
+                        for key in action.delete_configs))
+
+
 @dataclass(frozen=True)
 class IncreasePartitions:
     topic: str

@@ -19,6 +19,7 @@ from lagpilot_operator.topics_plan import (
     ObservedTopic,
     Refusal,
     TopicAction,
+    configs_applied,
     normalize_config_value,
     plan_topic,
     plan_topics,
@@ -263,3 +264,17 @@ def test_plan_only_deletes_topic_level_keys_outside_the_spec(desired: DesiredTop
             for key in action.delete_configs:
                 assert key not in desired.configs
                 assert observed.configs[key].source is ConfigSource.TOPIC
+
+
+def test_an_alter_is_applied_once_a_broker_describes_every_set_and_no_deleted_key() -> None:
+    action = AlterTopicConfigs("dlq", {"retention.ms": "3600000"}, ("segment.bytes",))
+    restored = {"retention.ms": ObservedConfig("3600000", ConfigSource.TOPIC),
+                "segment.bytes": ObservedConfig("1073741824", ConfigSource.INHERITED)}
+    assert configs_applied(action, restored)
+    # A broker that has not replayed the change yet still describes the values set by hand.
+    stale = {"retention.ms": ObservedConfig("1000", ConfigSource.TOPIC),
+             "segment.bytes": ObservedConfig("1048576", ConfigSource.TOPIC)}
+    assert not configs_applied(action, stale)
+    assert not configs_applied(action, {**restored, "segment.bytes": ObservedConfig("1048576", ConfigSource.TOPIC)})
+    # The broker's default at that value is not the topic's own setting yet.
+    assert not configs_applied(action, {"retention.ms": ObservedConfig("3600000", ConfigSource.INHERITED)})
