@@ -40,15 +40,32 @@ echo "stack ready after ${SECONDS}s (started with the virtual environment and li
 # shellcheck disable=SC1091
 source .stack/env
 
-echo "== tests (unit, integration, e2e)"
+# The node's own lifecycle tests stop, kill and start the node: nothing else may use it meanwhile. They
+# mostly wait on the node's processes, so the operator's and the worker's unit tests (pure: no Kafka, no
+# Kubernetes, no node) run beside them instead of leaving the CPU idle for their ~45 s.
+echo "== the node's own lifecycle (stop, kill, start), beside the operator's and worker's unit tests"
+SECONDS=0
+lifecycle_log="$(mktemp)"
+"$VENV/bin/pytest" tests/integration/test_real_node.py -q -p no:cacheprovider -m node_lifecycle "$@" \
+  >"$lifecycle_log" 2>&1 &
+lifecycle_pid=$!
+unit_rc=0
+"$VENV/bin/pytest" tests/unit/operator tests/unit/worker -q -p no:cacheprovider -n 2 "$@" || unit_rc=$?
+lifecycle_rc=0
+wait "$lifecycle_pid" || lifecycle_rc=$?
+echo "-- node lifecycle:"
+cat "$lifecycle_log"
+rm -f "$lifecycle_log"
+echo "node lifecycle and unit tests took ${SECONDS}s"
+if [[ "$unit_rc" != 0 || "$lifecycle_rc" != 0 ]]; then
+  echo "failed: unit tests exit $unit_rc, node lifecycle tests exit $lifecycle_rc"; exit 1
+fi
+
+echo "== tests (the other unit tests, integration, e2e)"
 # Most tests wait on real servers (rebalances, polls, scale-downs), not on the CPU: run them side by side.
 # Every test has its own namespace, topics and group; the scenario that stops a broker has its own broker.
+# The remaining unit tests stay in this run: conftest.py queues one behind each long test.
 SECONDS=0
 "$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist loadgroup \
-  -m "not node_lifecycle" --durations=30 "$@"
+  --ignore=tests/unit/operator --ignore=tests/unit/worker -m "not node_lifecycle" --durations=30 "$@"
 echo "tests took ${SECONDS}s"
-
-echo "== the node's own lifecycle (stop, kill, start): alone, nothing else may share the node meanwhile"
-SECONDS=0
-"$VENV/bin/pytest" tests/integration/test_real_node.py -q -p no:cacheprovider -m node_lifecycle "$@"
-echo "node lifecycle tests took ${SECONDS}s"

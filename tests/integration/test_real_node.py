@@ -1,7 +1,7 @@
 """The real node: Pods run in containers (containerd + runc) from the project's own images.
 
-Two tests here stop and start the node (`node_lifecycle`), which no other test may share: hack/test.sh
-runs them alone, after everything else. `make test-node` runs this module on its own.
+Two tests here stop and start the node (`node_lifecycle`), which no other test using the node may share:
+hack/test.sh runs them first, beside the pure unit tests only. `make test-node` runs this module on its own.
 """
 
 from __future__ import annotations
