@@ -75,6 +75,24 @@ def duplicates_by_first_worker(entries: Iterable[Mapping[str, Any]]) -> dict[str
     return dict(sorted(charged.items()))
 
 
+def duplicate_runs(entries: Iterable[Mapping[str, Any]], limit: int = 10) -> list[str]:
+    """Each record run more than once: partition@offset and every run's worker and time (UTC), for a failure
+    message: which hand-over left it uncovered is read from the workers' logs around those times."""
+    by_id: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in entries:
+        by_id.setdefault(str(entry.get("id")), []).append(entry)
+    found: list[str] = []
+    for runs in by_id.values():
+        if len(runs) < 2:
+            continue
+        runs = sorted(runs, key=lambda e: float(e.get("processedMs") or 0))
+        where = f"p{runs[0].get('partition')}@{runs[0].get('offset')}"
+        found.append(where + ": " + " -> ".join(
+            f"{r.get('worker')} {time.strftime('%H:%M:%S', time.gmtime(float(r.get('processedMs') or 0) / 1000))}"
+            f".{int(float(r.get('processedMs') or 0)) % 1000:03d}" for r in runs))
+    return sorted(found)[:limit]
+
+
 def partitions_of(entries: Iterable[Mapping[str, Any]], worker: str, since: float, until: float) -> set[int]:
     """Partitions `worker` wrote entries for in [since, until]: what it held then."""
     low, high = since * 1000, until * 1000

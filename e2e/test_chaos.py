@@ -141,7 +141,8 @@ def test_worker_pods_deleted_with_and_without_grace_lose_nothing(scenario: Scena
     for m in measured.values():
         if m["sigterm_to_final_commit"] is not None:
             reported = chaos.replays_reported(chaos.worker_log(logs, scenario.namespace, m["pod"]))
-            assert charged.get(m["pod"], 0) <= reported, (m, reported, charged, accounting.summary())
+            assert charged.get(m["pod"], 0) <= reported, (m, reported, charged, accounting.summary(),
+                                                           chaos.duplicate_runs(entries))
 
 
 # --- a rolling update during a burst -------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         # gracefully: what it ran first and others ran again is bounded by what it reported.
         bound = sum(chaos.replays_reported(chaos.worker_log(logs, scenario.namespace, pod)) for pod in old_pods)
         replayed = sum(charged.get(pod, 0) for pod in old_pods)
-        assert replayed <= bound, (accounting.summary(), charged, stops, commit_trouble)
+        assert replayed <= bound, (accounting.summary(), charged, stops, commit_trouble, chaos.duplicate_runs(entries))
 
 
 def _template_hashes(scenario: Scenario, group: Group) -> set[str]:

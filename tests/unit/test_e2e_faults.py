@@ -214,3 +214,11 @@ def test_replays_reported_sum_revoke_abandoned_refused_and_shutdown_abandoned() 
     ]
     assert chaos.replays_reported(records) == 51
     assert chaos.replays_reported([]) == 0
+
+
+def test_duplicate_runs_name_each_record_run_twice_with_every_run_s_worker_and_time() -> None:
+    entries = [{"id": "a", "worker": "w1", "partition": 0, "offset": 7, "processedMs": 1_700_000_000_100},
+               {"id": "a", "worker": "w2", "partition": 0, "offset": 7, "processedMs": 1_700_000_014_700},
+               {"id": "b", "worker": "w1", "partition": 1, "offset": 3, "processedMs": 1_700_000_000_200}]
+    assert chaos.duplicate_runs(entries) == ["p0@7: w1 22:13:20.100 -> w2 22:13:34.700"]
+    assert chaos.duplicate_runs(entries[2:]) == []
