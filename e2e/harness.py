@@ -305,7 +305,12 @@ CRD_NAME = "kafkaconsumergroups.lagpilot.io"
 def apply_crd(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """Server-side apply (other runs apply the same file concurrently), then wait until it is served."""
     kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=lagpilot-e2e", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    # Polled, not `kubectl wait --for=condition=Established`: on a CRD another run created a moment ago,
+    # before the apiserver's controller set any condition, kubectl 1.34's wait fails at once
+    # (".status.conditions accessor error: <nil>") instead of waiting; it failed one lane's setup so.
+    wait_for(lambda: kubectl("get", "crd", CRD_NAME, "-o",
+                             "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                             check=False).stdout == "True", 60, f"the CRD {CRD_NAME} to be Established")
 
 
 # --- one scenario ----------------------------------------------------------------------------------------

@@ -71,7 +71,11 @@ def test_control_plane_runs_deployments_and_crds(stack, namespace: str) -> None:
                          "size": {"type": "integer", "minimum": 1}}}}}}}]},
     }
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(crd))
-    stack.kubectl("wait", "--for=condition=Established", "crd/widgets.stacktest.lagpilot.io", "--timeout=60s")
+    # Polled: kubectl 1.34's `wait --for=condition=Established` fails at once on a CRD created a moment ago
+    # whose conditions the apiserver has not set yet (".status.conditions accessor error: <nil>").
+    wait_for(lambda: stack.kubectl("get", "crd", "widgets.stacktest.lagpilot.io", "-o",
+                                   "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                                   check=False).stdout == "True", 60, "the test CRD to be Established")
     widget = {"apiVersion": "stacktest.lagpilot.io/v1", "kind": "Widget", "metadata": {"name": "w1"},
               "spec": {"size": 3}}
     stack.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(widget))
