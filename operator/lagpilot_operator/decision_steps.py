@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from lagpilot_operator.observations import LagSample, PartitionKey, partition_lag, partition_name
+from lagpilot_operator.stabilization import stabilized
 from lagpilot_operator.verdicts import STUCK, Verdict
 
 if TYPE_CHECKING:
@@ -463,17 +464,9 @@ def within_tolerance(ctx: DecisionContext, slots: int, *, waking: bool) -> Slots
 
 def stabilize(ctx: DecisionContext, recommendation: int) -> Slots:
     """At least the smallest recommendation of the scale-up window, at most the largest of the scale-down one."""
-    config, now, capacity = ctx.config, ctx.now, ctx.current_capacity
-    recs = ctx.recommendations
-    up_cut = now - config.scale_up.stabilization_seconds
-    down_cut = now - config.scale_down.stabilization_seconds
-    up = min([recommendation, *(s for t, s in recs if t > up_cut)])
-    down = max([recommendation, *(s for t, s in recs if t > down_cut)])
-    target = capacity
-    if target < up:
-        target = up
-    if target > down:
-        target = down
+    config, capacity = ctx.config, ctx.current_capacity
+    target = stabilized(capacity, recommendation, ctx.recommendations, ctx.now,
+                        config.scale_up.stabilization_seconds, config.scale_down.stabilization_seconds)
     notes: list[str] = []
     if recommendation < capacity and target > recommendation:
         notes.append(f"scale-down stabilization keeps {target:,} slots "

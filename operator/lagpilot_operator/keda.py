@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from lagpilot_operator.observations import LagSample, OffsetResetPolicy, PartitionKey, PartitionOffsets
+from lagpilot_operator.stabilization import stabilized
 
 
 @dataclass(frozen=True)
@@ -167,16 +168,9 @@ def hpa_sync(config: KedaConfig, state: KedaState, current_replicas: int, now: f
     within_tolerance = abs(1.0 - ratio) <= config.tolerance
     recommendation = current_replicas if within_tolerance else math.ceil(metric.metric / target)
     # Stabilization (HPA's stabilizeRecommendationWithBehaviors).
+    desired = stabilized(current_replicas, recommendation, state.recommendations, now,
+                         config.scale_up_stabilization_seconds, config.scale_down_stabilization_seconds)
     recs = (*state.recommendations, (now, recommendation))
-    up_cut = now - config.scale_up_stabilization_seconds
-    down_cut = now - config.scale_down_stabilization_seconds
-    up = min([recommendation, *(r for t, r in recs if t > up_cut)])
-    down = max([recommendation, *(r for t, r in recs if t > down_cut)])
-    desired = current_replicas
-    if desired < up:
-        desired = up
-    if desired > down:
-        desired = down
     # Rate limits (HPA's calculateScaleUpLimitWithScalingRules / ...ScaleDownLimit...).
     if desired > current_replicas:
         added = sum(d for t, d in state.scale_events if d > 0 and t > now - config.scale_up_period_seconds)
