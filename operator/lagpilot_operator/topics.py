@@ -8,7 +8,7 @@ operation, the resource and Kafka's own error name, so a condition can say exact
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -241,28 +241,29 @@ def apply_action(admin: AdminClient, action: TopicAction, timeout: float = DEFAU
     raise TypeError(f"unknown topic action {action!r}")
 
 
-def _wait_in_metadata(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
-    """Topic changes reach the broker's metadata cache asynchronously; wait so status reads see them."""
+def _wait_until(shown: Callable[[], bool], timeout: float) -> None:
+    """Topic changes reach what brokers describe asynchronously (KRaft: after they replay the metadata log,
+    while the controller answered once it committed the change). Poll, bounded, so the status and the next
+    look read the change, not the state before it (which would plan the same change again)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        metadata = admin.list_topics(topic, timeout=timeout).topics.get(topic)
-        if (metadata is not None and metadata.error is None
-                and len(metadata.partitions) >= max(partitions, 1)
-                and all(p.leader >= 0 for p in metadata.partitions.values())):
+        if shown():
             return
         time.sleep(0.1)
+
+
+def _wait_in_metadata(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
+    def shown() -> bool:
+        metadata = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        return (metadata is not None and metadata.error is None
+                and len(metadata.partitions) >= max(partitions, 1)
+                and all(p.leader >= 0 for p in metadata.partitions.values()))
+    _wait_until(shown, timeout)
 
 
 def _wait_configs_applied(admin: AdminClient, action: AlterTopicConfigs, timeout: float) -> None:
-    """The controller answers an alter once it committed it; a broker describes the change only after it
-    replayed the metadata log (KRaft). Wait (bounded) so the status and the next look read the new configs,
-    not the old ones (which would plan the same change again)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        observed = describe_topic_configs(admin, [action.topic], timeout).get(action.topic, {})
-        if configs_applied(action, observed):
-            return
-        time.sleep(0.1)
+    _wait_until(lambda: configs_applied(
+        action, describe_topic_configs(admin, [action.topic], timeout).get(action.topic, {})), timeout)
 
 
 def delete_topics(admin: AdminClient, names: Iterable[str],
