@@ -385,7 +385,7 @@ def read_log_offsets(admin: AdminClient, bootstrap: str, topics: list[str], time
         log_offsets = _ask_log_offsets(admin, bootstrap, partitions, timeout)()
     except (KafkaException, TimeoutError) as exc:
         raise translate_error(exc, f"reading the offsets of topics {', '.join(topics)}", bootstrap, admin) from exc
-    _last_client_error.pop(id(admin), None)
+    forget_client_errors(admin)
     return log_offsets
 
 
@@ -406,7 +406,7 @@ def read_lag(admin: AdminClient, bootstrap: str, group_id: str, topics: list[str
         group = group_future.result(timeout=timeout)
     except (KafkaException, TimeoutError) as exc:
         raise translate_error(exc, f"reading offsets of group {group_id}", bootstrap, admin) from exc
-    _last_client_error.pop(id(admin), None)  # a read that worked: older login errors are history
+    forget_client_errors(admin)
     offsets = tuple(
         PartitionOffsets(
             topic=tp.topic,
