@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from lagpilot_operator import kafka_lag
 from lagpilot_operator.cluster_reads import (
@@ -82,7 +82,7 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
     per_group = {group: tps for group, tps in per_group.items() if tps}
     try:
         committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
-        end_futures, start_futures = _ask_log_offsets(admin, bootstrap, every, timeout)
+        end_futures, start_futures = kafka_lag.send_log_offset_requests(admin, bootstrap, every, timeout)
         described: dict[str, Any] = {}
         if per_group:
             kafka_lag.count_requests(bootstrap, "describe_groups")
@@ -135,18 +135,6 @@ def _ask_committed(admin: AdminClient, bootstrap: str, per_group: Mapping[str, l
         futures[group] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)],
                                                            request_timeout=timeout)[group]
     return futures
-
-
-def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition],
-                     timeout: float) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, Any]]:
-    """Send the ListOffsets calls for the log end and start of every partition at once."""
-    if not partitions:
-        return {}, {}
-    latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-    kafka_lag.count_requests(bootstrap, "list_offsets", 2)
-    ends = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
-    starts = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
-    return ends, starts
 
 
 @dataclass

@@ -358,15 +358,24 @@ def _topic_partitions(admin: AdminClient, bootstrap: str, topics: list[str], tim
     return partitions
 
 
+def send_log_offset_requests(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
+                             ) -> tuple[dict[TopicPartition, Any], dict[TopicPartition, Any]]:
+    """Send the ListOffsets calls for the log end and start of every partition at once: (end futures, start
+    futures). Sent first, awaited later, so a reader can have its other requests in flight meanwhile."""
+    if not partitions:
+        return {}, {}
+    latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+    count_requests(bootstrap, "list_offsets", 2)
+    ends = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
+    starts = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+    return ends, starts
+
+
 def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
                      ) -> Callable[[], dict[PartitionKey, tuple[int, int]]]:
     """Send the ListOffsets requests for the log start and end of `partitions`; the returned call waits for
-    the answers: (log-start, log-end) per partition. Sent first, awaited later, so a reader can have its
-    other requests in flight meanwhile."""
-    latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-    count_requests(bootstrap, "list_offsets", 2)
-    end_futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout)
-    start_futures = admin.list_offsets({tp: earliest for tp in partitions}, request_timeout=timeout)
+    the answers: (log-start, log-end) per partition."""
+    end_futures, start_futures = send_log_offset_requests(admin, bootstrap, partitions, timeout)
 
     def answers() -> dict[PartitionKey, tuple[int, int]]:
         ends = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in end_futures.items()}
