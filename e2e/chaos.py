@@ -60,32 +60,29 @@ def last_processed(entries: Iterable[Mapping[str, Any]]) -> float:
     return max((float(e.get("processedMs") or 0) for e in entries), default=0.0) / 1000
 
 
-def duplicates_by_first_worker(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Runs beyond the first of each id, charged to the worker that ran it first: whose hand-over (a stop,
-    a revocation, a crash) left it uncommitted."""
+def repeated_runs(entries: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """The runs of every record run more than once, each record's in the order they ran."""
     by_id: dict[str, list[Mapping[str, Any]]] = {}
     for entry in entries:
         by_id.setdefault(str(entry.get("id")), []).append(entry)
+    return [sorted(runs, key=lambda e: float(e.get("processedMs") or 0)) for runs in by_id.values() if len(runs) > 1]
+
+
+def duplicates_by_first_worker(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Runs beyond the first of each id, charged to the worker that ran it first: whose hand-over (a stop,
+    a revocation, a crash) left it uncommitted."""
     charged: dict[str, int] = {}
-    for runs in by_id.values():
-        if len(runs) > 1:
-            first = min(runs, key=lambda e: float(e.get("processedMs") or 0))
-            worker = str(first.get("worker"))
-            charged[worker] = charged.get(worker, 0) + len(runs) - 1
+    for runs in repeated_runs(entries):
+        worker = str(runs[0].get("worker"))
+        charged[worker] = charged.get(worker, 0) + len(runs) - 1
     return dict(sorted(charged.items()))
 
 
 def duplicate_runs(entries: Iterable[Mapping[str, Any]], limit: int = 10) -> list[str]:
     """Each record run more than once: partition@offset and every run's worker and time (UTC), for a failure
     message: which hand-over left it uncovered is read from the workers' logs around those times."""
-    by_id: dict[str, list[Mapping[str, Any]]] = {}
-    for entry in entries:
-        by_id.setdefault(str(entry.get("id")), []).append(entry)
     found: list[str] = []
-    for runs in by_id.values():
-        if len(runs) < 2:
-            continue
-        runs = sorted(runs, key=lambda e: float(e.get("processedMs") or 0))
+    for runs in repeated_runs(entries):
         where = f"p{runs[0].get('partition')}@{runs[0].get('offset')}"
         found.append(where + ": " + " -> ".join(
             f"{r.get('worker')} {time.strftime('%H:%M:%S', time.gmtime(float(r.get('processedMs') or 0) / 1000))}"

@@ -24,6 +24,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e.chaos import repeated_runs
 from e2e.loadgen import Ledger, LoadGenerator, LoadResult, Profile
 from e2e.pods import ChartOperator
 from support import unique_name, wait_for
@@ -456,15 +457,9 @@ def read_entries(bootstrap: str, topic: str, expected_records: int, timeout: flo
 def duplicate_report(entries: list[dict[str, Any]]) -> str:
     """Where duplicates came from: same worker twice (a retry, a replay after restart) or two workers (a
     partition that moved), and how far apart in time, for the scenario's output."""
-    by_id: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries:
-        by_id.setdefault(str(entry.get("id")), []).append(entry)
     same_worker = moved = 0
     gaps: list[float] = []
-    for seen in by_id.values():
-        if len(seen) < 2:
-            continue
-        seen.sort(key=lambda e: int(e.get("processedMs") or 0))
+    for seen in repeated_runs(entries):
         for first, again in itertools.pairwise(seen):
             if first.get("worker") == again.get("worker"):
                 same_worker += 1
