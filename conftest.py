@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # `support` for tests/ and e2e/
 from support import api_client, parse_env_lines, release_finalizers, wait_for, wait_for_group_coordinator
 from support import unique_name as _unique_name
+from xdist_lanes import lane_scheduling
 
 REPO = Path(__file__).resolve().parent
 _API_CLIENTS: dict[str, Any] = {}
@@ -116,15 +117,22 @@ def _run_order(item: pytest.Item) -> int:
 
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist") != "loadgroup":
+        return None
+    return lane_scheduling()(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Longest first, and every long test followed by a unit test.
 
     `make test` runs pytest-xdist's `loadgroup` scheduling: the e2e scenarios are two groups (lanes,
     e2e/conftest.py) that start first, each on one worker; every other test is a unit of its own, taken
     from the front of this list by whichever worker is free (xdist keeps a worker's queue at two or
-    three units). A long test queued behind another long one on a busy worker would run late while
-    other workers idle; queued behind a unit test of milliseconds, the next long test goes to
-    whichever worker is free first (longest-processing-time-first scheduling).
+    three units; a worker running a lane is given only the cheapest unit, when its last scenario is
+    pending: tests/xdist_lanes.py). A long test queued behind another long one on a busy worker would
+    run late while other workers idle; queued behind a unit test of milliseconds, the next long test
+    goes to whichever worker is free first (longest-processing-time-first scheduling).
     """
     order = {item: _run_order(item) for item in items}
     items.sort(key=order.__getitem__)  # stable: the order within each kind stays as collected
