@@ -7,9 +7,9 @@ on the local stack's node (e2e/node_backend.py), the operator is `helm install`e
 * drainTime / lagThreshold: a KafkaConsumerGroup in template mode; the operator scales the Deployment
   and publishes the pool size (CRD defaults except the bounds below).
 * keda: the same worker Deployment created here, one consumer slot per pod (a KEDA-scaled consumer is
-  single-threaded), driven by a bench-only control loop running `lagpilot_operator.keda` (KEDA's Kafka
+  single-threaded), driven by a bench-only control loop running `lagpilot_operator.core.keda` (KEDA's Kafka
   scaler + the HPA algorithm, pure code) on lag read through the operator's own Kafka admin reader
-  (`lagpilot_operator.kafka_lag.read_lag`): metric every 30 s (pollingInterval), HPA sync every 15 s,
+  (`lagpilot_operator.kafka.kafka_lag.read_lag`): metric every 30 s (pollingInterval), HPA sync every 15 s,
   300 s scale-down stabilization, max(4 pods, 100 %) per 15 s up.
 
 Measured per run (same definitions as `lagpilot simulate`):
@@ -72,8 +72,8 @@ from e2e.node_backend import NodeBackend  # noqa: E402
 from e2e.pods import ChartOperator  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from lagpilot_operator import keda  # noqa: E402
-from lagpilot_operator.kafka_lag import AdminClientPool, LagReadError, read_lag  # noqa: E402
+from lagpilot_operator.core import keda  # noqa: E402
+from lagpilot_operator.kafka.kafka_lag import AdminClientPool, LagReadError, read_lag  # noqa: E402
 from support import unique_name, wait_for  # noqa: E402
 
 POLICIES = ("drainTime", "lagThreshold", "keda")

@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-from lagpilot_operator.simulate import WorldModel, pod_throughput, saturating_pool
+from lagpilot_operator.core.simulate import WorldModel, pod_throughput, saturating_pool
 from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.ordering import OrderingMode
 from lagpilot_worker.record import Record

@@ -18,7 +18,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from lagpilot_operator import models
+from lagpilot_operator.kube import models
 
 T = TypeVar("T")
 

@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     # Imports stay inside each branch: `lagpilot simulate` must not pay for kopf or the Kubernetes client.
     if command == "simulate":
-        from lagpilot_operator import simulate
+        from lagpilot_operator.core import simulate
 
         return simulate.main(rest)
     if command == "crds":
-        from lagpilot_operator import crdgen
+        from lagpilot_operator.kube import crdgen
 
         return crdgen.main(rest)
     if command == "operator":

@@ -16,10 +16,11 @@ from typing import Any
 
 import kopf
 
-from lagpilot_operator import kube_io, models, reconcile
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.dead_letter import delete_dead_letter_topics
-from lagpilot_operator.kafka_lag import LagReadError
+from lagpilot_operator import reconcile
+from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
+from lagpilot_operator.kafka.kafka_lag import LagReadError
+from lagpilot_operator.kube import kube_io, models
 
 SHARED = reconcile.Shared()
 

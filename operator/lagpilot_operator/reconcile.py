@@ -21,33 +21,24 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
-from lagpilot_operator import (
-    cluster_observer,
-    kafka_lag,
-    kube_io,
-    models,
-    prom_lag,
-    scale_apply,
-    share_lag,
-    worker_config,
-    writes,
-)
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.cluster_reads import Want
-from lagpilot_operator.conditions import conditions_to_k8s, set_condition
-from lagpilot_operator.dead_letter import (
+from lagpilot_operator.core.observations import LagHistory, LagSample, partition_lag, partition_name
+from lagpilot_operator.core.pause import pause_from
+from lagpilot_operator.core.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.core.timelag import TimeLagTracker, summarize
+from lagpilot_operator.core.verdicts import DEFAULT_WINDOW_SECONDS, Verdict, evaluate, stuck_partitions
+from lagpilot_operator.kafka import cluster_observer, kafka_lag, prom_lag, share_lag
+from lagpilot_operator.kafka.cluster_reads import Want
+from lagpilot_operator.kafka.dead_letter import (
     DeadLetterMemory,
     dead_letter_settings,
     next_dead_letter_check,
     reconcile_dead_letter,
 )
-from lagpilot_operator.models import ConditionStatus
-from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, partition_name
-from lagpilot_operator.pause import pause_from
-from lagpilot_operator.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
-from lagpilot_operator.redrive import RedriveSessions, run_redrive_step
-from lagpilot_operator.timelag import TimeLagTracker, summarize
-from lagpilot_operator.verdicts import DEFAULT_WINDOW_SECONDS, Verdict, evaluate, stuck_partitions
+from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
+from lagpilot_operator.kube import kube_io, models, scale_apply, worker_config, writes
+from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
+from lagpilot_operator.kube.models import ConditionStatus
 
 log = logging.getLogger(__name__)
 

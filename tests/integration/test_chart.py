@@ -367,7 +367,7 @@ def test_worker_chart_speaks_the_worker_cli(stack: Stack) -> None:
 
 def test_worker_chart_consumer_group_matches_the_models(stack: Stack) -> None:
     """The KafkaConsumerGroup the worker chart renders is valid for the operator's own models."""
-    from lagpilot_operator.models import KafkaConsumerGroupSpec
+    from lagpilot_operator.kube.models import KafkaConsumerGroupSpec
 
     docs = render(stack, WORKER_CHART, "-f", str(WORKER_EXAMPLE), release="orders", namespace="shop")
     (kcg,) = only(docs, "KafkaConsumerGroup")

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from lagpilot_operator import crdgen, models
-from lagpilot_operator.conditions import conditions_to_k8s, set_condition
-from lagpilot_operator.models import KafkaConsumerGroupSpec, KafkaConsumerGroupStatus
+from lagpilot_operator.kube import crdgen, models
+from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
+from lagpilot_operator.kube.models import KafkaConsumerGroupSpec, KafkaConsumerGroupStatus
 from support import unique_name, wait_for
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from test_operator_loop import FAST, Operator, condition, deployment, kcg, status_of
 
-from lagpilot_operator import kafka_lag
-from lagpilot_operator.timelag import TimeLagTracker
+from lagpilot_operator.core.timelag import TimeLagTracker
+from lagpilot_operator.kafka import kafka_lag
 from support import metric_value, wait_for
 
 pytestmark = pytest.mark.integration

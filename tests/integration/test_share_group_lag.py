@@ -17,8 +17,8 @@ import pytest
 from confluent_kafka import AcknowledgeType, Producer, ShareConsumer
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-from lagpilot_operator import kafka_lag, share_lag
-from lagpilot_operator.observations import LagSample, partition_lag
+from lagpilot_operator.core.observations import LagSample, partition_lag
+from lagpilot_operator.kafka import kafka_lag, share_lag
 from support import WaitTimeout, configure_share_group, wait_for
 from tls_testkit import key_material, mint_foreign_pki
 

@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from lagpilot_operator.redrive import RedriveProgress, RedriveRequest, run_redrive_to_completion
+from lagpilot_operator.kafka.redrive import RedriveProgress, RedriveRequest, run_redrive_to_completion
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 from dead_letter_support import produce_dead_letters
 
 from lagpilot_contract.naming import dead_letter_topic, retry_topic
-from lagpilot_operator.dead_letter import DeadLetterMemory, reconcile_dead_letter
+from lagpilot_operator.kafka.dead_letter import DeadLetterMemory, reconcile_dead_letter
 
 pytestmark = pytest.mark.integration
 

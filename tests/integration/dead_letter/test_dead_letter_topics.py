@@ -23,7 +23,7 @@ from confluent_kafka.admin import (
 from dead_letter_support import partition_count, topic_level_configs
 
 from lagpilot_contract.naming import dead_letter_topic, retry_topic
-from lagpilot_operator.dead_letter import (
+from lagpilot_operator.kafka.dead_letter import (
     DeadLetterOutcome,
     delete_dead_letter_topics,
     reconcile_dead_letter,

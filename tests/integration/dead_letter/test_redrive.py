@@ -27,8 +27,8 @@ from confluent_kafka.admin import (
 from dead_letter_support import produce_dead_letters
 
 from lagpilot_contract.naming import dead_letter_topic
-from lagpilot_operator.dead_letter import reconcile_dead_letter
-from lagpilot_operator.redrive import (
+from lagpilot_operator.kafka.dead_letter import reconcile_dead_letter
+from lagpilot_operator.kafka.redrive import (
     RedriveProgress,
     RedriveRequest,
     RedriveState,

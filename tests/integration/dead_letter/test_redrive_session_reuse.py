@@ -10,9 +10,9 @@ import pytest
 from dead_letter_support import produce_dead_letters
 
 from lagpilot_contract.naming import dead_letter_topic
-from lagpilot_operator.dead_letter import reconcile_dead_letter
-from lagpilot_operator.kafka_lag import AdminClientPool
-from lagpilot_operator.redrive import RedriveSessions, run_redrive_step
+from lagpilot_operator.kafka.dead_letter import reconcile_dead_letter
+from lagpilot_operator.kafka.kafka_lag import AdminClientPool
+from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
 from support import read_all
 
 pytestmark = pytest.mark.integration

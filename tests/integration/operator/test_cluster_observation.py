@@ -18,9 +18,9 @@ from confluent_kafka.admin import AdminClient
 from operator_testkit import FAST, OperatorProcess, apply_kcg, create_deployment, status_of
 from prometheus_client import REGISTRY
 
-from lagpilot_operator import cluster_observer, kafka_lag
-from lagpilot_operator.cluster_reads import Want
-from lagpilot_operator.observations import LagSample, partition_lag
+from lagpilot_operator.core.observations import LagSample, partition_lag
+from lagpilot_operator.kafka import cluster_observer, kafka_lag
+from lagpilot_operator.kafka.cluster_reads import Want
 from support import metric_samples, wait_for
 
 pytestmark = pytest.mark.integration

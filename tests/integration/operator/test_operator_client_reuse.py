@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from operator_testkit import FAST, apply_kcg, create_deployment
 
-from lagpilot_operator import dead_letter, kube_io, reconcile
+from lagpilot_operator import reconcile
+from lagpilot_operator.kafka import dead_letter
+from lagpilot_operator.kube import kube_io
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from operator_testkit import FAST, OperatorProcess, apply_kcg, create_deployment, poll_time, status_of
 
-from lagpilot_operator.observations import (
+from lagpilot_operator.core.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
     DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
 )

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from operator_testkit import FAST, apply_kcg, apply_secret, create_deployment, produce
 
-from lagpilot_operator import kube_io, reconcile
+from lagpilot_operator import reconcile
+from lagpilot_operator.kube import kube_io
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from worker_testkit import running_worker
 
-from lagpilot_operator import kafka_lag
+from lagpilot_operator.kafka import kafka_lag
 from lagpilot_worker.config import GroupProtocol, WorkerConfig
 from lagpilot_worker.record import Record
 from support import wait_for

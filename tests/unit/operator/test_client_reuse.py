@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lagpilot_operator import kafka_lag, prom_lag
+from lagpilot_operator.kafka import kafka_lag, prom_lag
 
 OLD = {"bootstrap.servers": "127.0.0.1:1", "sasl.password": "old"}
 NEW = {"bootstrap.servers": "127.0.0.1:1", "sasl.password": "new"}

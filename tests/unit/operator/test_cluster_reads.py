@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lagpilot_operator import cluster_observer, kafka_lag
-from lagpilot_operator.cluster_reads import (
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.kafka import cluster_observer, kafka_lag
+from lagpilot_operator.kafka.cluster_reads import (
     ClusterRead,
     GroupDescription,
     Want,
@@ -25,7 +26,6 @@ from lagpilot_operator.cluster_reads import (
     sample_for,
     wanted_union,
 )
-from lagpilot_operator.observations import LagSample, PartitionOffsets
 
 # A cluster: partitions per topic with (log-start, log-end), committed offsets per group.
 TOPICS = {"orders": {0: (0, 100), 1: (10, 50)}, "payments": {0: (0, 7)}, "audit": {0: (0, 3), 1: (0, 4)}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
-from lagpilot_operator import kafka_lag
+from lagpilot_operator.kafka import kafka_lag
 
 UNTRUSTED_CA = ("sasl_ssl://127.0.0.1:20095/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
                 "certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location "

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from lagpilot_operator import crdgen, models
-from lagpilot_operator.models import KafkaConsumerGroupSpec
+from lagpilot_operator.kube import crdgen, models
+from lagpilot_operator.kube.models import KafkaConsumerGroupSpec
 
 REPO = Path(__file__).resolve().parents[3]
 COMMITTED_CRD = REPO / crdgen.CRD_PATH

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lagpilot_operator.dead_letter import next_dead_letter_check
+from lagpilot_operator.kafka.dead_letter import next_dead_letter_check
 
 INTERVAL = 30.0
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from test_policy import FREE, NOW, WARM, observe, spread, threshold_config
 
-from lagpilot_operator.decision_steps import (
+from lagpilot_operator.core.decision_steps import (
     Activation,
     DecisionContext,
     LagView,
@@ -28,7 +28,7 @@ from lagpilot_operator.decision_steps import (
     stabilize,
     within_tolerance,
 )
-from lagpilot_operator.policy import (
+from lagpilot_operator.core.policy import (
     DrainTimeConfig,
     LagThresholdConfig,
     Observation,
@@ -36,7 +36,7 @@ from lagpilot_operator.policy import (
     PolicyMemory,
     ReplicaBounds,
 )
-from lagpilot_operator.verdicts import Verdict
+from lagpilot_operator.core.verdicts import Verdict
 
 
 def context(config: PolicyConfig, observation: Observation, memory: PolicyMemory = WARM) -> DecisionContext:

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from lagpilot_operator import kafka_protocol as proto
+from lagpilot_operator.kafka import kafka_protocol as proto
 
 
 def i8(v: int) -> bytes:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lagpilot_operator import keda
-from lagpilot_operator.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core import keda
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
 
 
 def sample(offsets: Sequence[tuple[int, int | None]], time: float = 0.0) -> LagSample:

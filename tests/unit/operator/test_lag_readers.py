@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_operator import kafka_lag, kube_io, models, prom_lag, worker_config
+from lagpilot_operator.kafka import kafka_lag, prom_lag
+from lagpilot_operator.kube import kube_io, models, worker_config
 
 PASSWORD = "s3cr3t-Pa55"
 SASL_SPEC = {

@@ -13,21 +13,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from lagpilot_operator import models
-from lagpilot_operator.conditions import (
+from lagpilot_operator.core.policy import PolicyConfig
+from lagpilot_operator.kube import models
+from lagpilot_operator.kube.conditions import (
     conditions_to_k8s,
     get_condition,
     is_true,
     remove_condition,
     set_condition,
 )
-from lagpilot_operator.models import (
+from lagpilot_operator.kube.models import (
     Condition,
     KafkaConsumerGroup,
     KafkaConsumerGroupSpec,
     KafkaConsumerGroupStatus,
 )
-from lagpilot_operator.policy import PolicyConfig
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lagpilot_operator.observations import (
+from lagpilot_operator.core.observations import (
     LagHistory,
     LagSample,
     PartitionOffsets,

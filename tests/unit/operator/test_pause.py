@@ -6,16 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from lagpilot_operator.models import condition_reason_ok
-from lagpilot_operator.observations import LagSample, PartitionOffsets
-from lagpilot_operator.pause import (
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.pause import (
     MAX_PINNED_REPLICAS,
     NOT_PAUSED,
     PAUSED_ANNOTATION,
     PAUSED_REPLICAS_ANNOTATION,
     pause_from,
 )
-from lagpilot_operator.policy import (
+from lagpilot_operator.core.policy import (
     DEFAULT_SCALE_DOWN,
     Observation,
     PolicyConfig,
@@ -23,6 +22,7 @@ from lagpilot_operator.policy import (
     ReplicaBounds,
     decide,
 )
+from lagpilot_operator.kube.models import condition_reason_ok
 
 NOW = 10_000.0
 END = 1_000_000

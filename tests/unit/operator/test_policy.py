@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lagpilot_operator.observations import LagHistory, LagSample, PartitionKey, PartitionOffsets
-from lagpilot_operator.policy import (
+from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionKey, PartitionOffsets
+from lagpilot_operator.core.policy import (
     Decision,
     DrainTimeConfig,
     FallbackConfig,
@@ -25,7 +25,7 @@ from lagpilot_operator.policy import (
     ScalingBehavior,
     decide,
 )
-from lagpilot_operator.verdicts import Verdict
+from lagpilot_operator.core.verdicts import Verdict
 
 NOW = 10_000.0
 END = 1_000_000

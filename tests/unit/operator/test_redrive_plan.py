@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lagpilot_operator.redrive import (
+from lagpilot_operator.kafka.redrive import (
     PartitionBound,
     RedriveProgress,
     RedriveRequest,
@@ -21,7 +21,7 @@ from lagpilot_operator.redrive import (
     redriven_count,
     transactional_id,
 )
-from lagpilot_operator.topics import TopicAuthorizationError
+from lagpilot_operator.kafka.topics import TopicAuthorizationError
 
 DLQ = "orders-workers.dlq"
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lagpilot_operator import scale_apply
-from lagpilot_operator.observations import LagSample, PartitionOffsets
-from lagpilot_operator.policy import Observation, PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.policy import Observation, PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.kube import scale_apply
 
 
 def scale_up_decision(cooldown: int = 600) -> tuple[PolicyConfig, Observation, PolicyMemory]:

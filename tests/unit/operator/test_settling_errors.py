@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
-from lagpilot_operator.topics import is_settling
+from lagpilot_operator.kafka.topics import is_settling
 
 
 @pytest.mark.parametrize("code", [

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 import pytest
 import scramp
 
-from lagpilot_operator import kafka_lag, share_lag
-from lagpilot_operator import kafka_protocol as proto
-from lagpilot_operator.observations import LagHistory, LagSample, partition_lag, total_lag
+from lagpilot_operator.core.observations import LagHistory, LagSample, partition_lag, total_lag
+from lagpilot_operator.kafka import kafka_lag, share_lag
+from lagpilot_operator.kafka import kafka_protocol as proto
 from tls_testkit import mint_foreign_pki
 
 T = TypeVar("T")

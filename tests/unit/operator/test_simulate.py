@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lagpilot_operator import simulate
-from lagpilot_operator.policy import PolicyConfig
-from lagpilot_operator.simulate import BUILTIN_TRACES, Segment, Trace, World, WorldModel
+from lagpilot_operator.core import simulate
+from lagpilot_operator.core.policy import PolicyConfig
+from lagpilot_operator.core.simulate import BUILTIN_TRACES, Segment, Trace, World, WorldModel
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +394,7 @@ def test_a_200ms_time_lag_target_holds_under_steady_load() -> None:
 
 def test_plot_draws_one_column_per_policy_on_a_shared_time_axis(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from lagpilot_operator import plot
+    from lagpilot_operator.core import plot
 
     results = simulate.compare(BUILTIN_TRACES["burst"], WorldModel(), PolicyConfig())
     fig = plot.figure(results, title="burst")

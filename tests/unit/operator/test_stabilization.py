@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from lagpilot_operator.stabilization import stabilized
+from lagpilot_operator.core.stabilization import stabilized
 
 
 def test_moves_only_as_far_as_every_recommendation_of_its_window_agrees() -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lagpilot_operator.observations import LagSample, PartitionOffsets
-from lagpilot_operator.timelag import OffsetTimePoint, PartitionTimeTable, TimeLagTracker, summarize
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.timelag import OffsetTimePoint, PartitionTimeTable, TimeLagTracker, summarize
 
 
 def table_of(*points: tuple[int, float], max_points: int = 60) -> PartitionTimeTable:

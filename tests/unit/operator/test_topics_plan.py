@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lagpilot_operator.topics_plan import (
+from lagpilot_operator.kafka.topics_plan import (
     BROKER_DEFAULT,
     AlterTopicConfigs,
     ConfigSource,

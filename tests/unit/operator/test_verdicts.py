@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lagpilot_operator.observations import LagHistory, LagSample, PartitionOffsets
-from lagpilot_operator.verdicts import (
+from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionOffsets
+from lagpilot_operator.core.verdicts import (
     DEFAULT_WINDOW_SECONDS,
     STUCK,
     Verdict,

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lagpilot_contract import naming
-from lagpilot_operator import kafka_lag, kube_io, models, worker_config
+from lagpilot_operator.kafka import kafka_lag
+from lagpilot_operator.kube import kube_io, models, worker_config
 from lagpilot_worker.cli import build
 
 SECRETS = {("kafka-user", "username"): "svc-orders", ("kafka-user", "password"): "pa55word",

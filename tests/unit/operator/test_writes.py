@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_policy import NOW, histories, observations, observe, threshold_config
 
-from lagpilot_operator.policy import PolicyConfig, PolicyMemory, decide
-from lagpilot_operator.writes import (
+from lagpilot_operator.core.policy import PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.kube.writes import (
     EventMemory,
     contained,
     deployment_patch,

@@ -119,7 +119,7 @@ def test_dead_lettering_is_off_unless_asked_for(handler_module: str, argv: list[
 
 
 def test_the_worker_default_offset_reset_is_the_crds_offset_reset_policy_default() -> None:
-    from lagpilot_operator import models
+    from lagpilot_operator.kube import models
 
     default = models.LagThresholdPolicy().offset_reset_policy
     assert WorkerConfig(bootstrap_servers="b:1", group_id="g", topics=["t"]).consumer_settings()[

@@ -43,8 +43,8 @@ from lagpilot_contract.headers import (
     strip_lagpilot_headers,
 )
 from lagpilot_contract.naming import sanitize_topic_name
-from lagpilot_operator.dead_letter import redrive_group_id
-from lagpilot_operator.topics import (
+from lagpilot_operator.kafka.dead_letter import redrive_group_id
+from lagpilot_operator.kafka.topics import (
     DEFAULT_TIMEOUT_SECONDS,
     TopicAccessError,
     access_error,

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from lagpilot_operator.observations import LagSample, OffsetResetPolicy, PartitionKey, PartitionOffsets
+from lagpilot_operator.core.observations import LagSample, OffsetResetPolicy, PartitionKey, PartitionOffsets
 
 DEFAULT_MAX_POINTS = 60  # kafka-lag-exporter's default lookup-table size
 

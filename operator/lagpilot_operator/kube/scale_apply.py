@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from lagpilot_operator.policy import Decision, PolicyMemory
+from lagpilot_operator.core.policy import Decision, PolicyMemory
 
 _REASONS = {403: "ScaleForbidden", 409: "ScaleConflict", 400: "ScaleRejected", 422: "ScaleRejected"}
 _HINTS = {

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from lagpilot_operator.kafka_lag import LagReadError, TopicMissing
-from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
+from lagpilot_operator.core.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
+from lagpilot_operator.kafka.kafka_lag import LagReadError, TopicMissing
 
 # Group id -> the topics whose committed offsets a read asks for, for that group.
 Wanted = Mapping[str, frozenset[str]]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from confluent_kafka.admin import AdminClient
 
 from lagpilot_contract.naming import dead_letter_topic, retry_topics
-from lagpilot_operator.topics import (
+from lagpilot_operator.kafka.topics import (
     DEFAULT_TIMEOUT_SECONDS,
     RecordTimeCache,
     TopicAccessError,
@@ -31,7 +31,7 @@ from lagpilot_operator.topics import (
     measure_topics,
     observe_topics,
 )
-from lagpilot_operator.topics_plan import (
+from lagpilot_operator.kafka.topics_plan import (
     AlterTopicConfigs,
     CreateTopic,
     DesiredTopic,

@@ -1,4 +1,4 @@
-"""Generate the KafkaConsumerGroup CRD and its field reference from `lagpilot_operator.models`.
+"""Generate the KafkaConsumerGroup CRD and its field reference from `lagpilot_operator.kube.models`.
 
 `lagpilot crds` prints the CRD YAML; `--write` writes crds/ and docs/crd-reference.md; `--check`
 exits 1 when a committed file differs; `--reference` selects the Markdown field reference.
@@ -22,12 +22,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from lagpilot_operator import models
+from lagpilot_operator.kube import models
 
 CRD_PATH = Path("crds") / f"{models.CRD_NAME}.yaml"
 REFERENCE_PATH = Path("docs") / "crd-reference.md"
 HEADER = (
-    "# Generated from operator/lagpilot_operator/models.py by `lagpilot crds --write` (make crds).\n"
+    "# Generated from operator/lagpilot_operator/kube/models.py by `lagpilot crds --write` (make crds).\n"
     "# Do not edit: change the models and regenerate; a test fails when this file and the models differ.\n"
 )
 
@@ -281,14 +281,14 @@ def reference_markdown() -> str:
     """The CRD field reference: every field with type, default, constraints and description."""
     schema = openapi_schema()
     lines = [
-        "<!-- Generated from operator/lagpilot_operator/models.py by `lagpilot crds --write`; do not edit. -->",
+        "<!-- Generated from operator/lagpilot_operator/kube/models.py by `lagpilot crds --write`; do not edit. -->",
         "",
         f"# {models.KIND} reference (`{models.API_VERSION}`)",
         "",
         f"Short name `{models.SHORT_NAMES[0]}`, category `{models.CATEGORIES[0]}`, namespaced, with a `/status` "
         "subresource. `kubectl explain kcg.spec` shows the same descriptions.",
         "",
-        "Names are camelCase in YAML and snake_case in Python (`lagpilot_operator.models`). A required field "
+        "Names are camelCase in YAML and snake_case in Python (`lagpilot_operator.kube.models`). A required field "
         "is only required when its parent object is present. Defaults are filled in by the API server.",
     ]
     rules: list[tuple[str, str, str]] = []
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lagpilot crds",
         description="Print, write or check the KafkaConsumerGroup CRD (and its Markdown reference), generated "
-                    "from lagpilot_operator.models. Paths are relative to the current directory (the repo root).")
+                    "from lagpilot_operator.kube.models. Paths are relative to the current directory (the repo root).")
     parser.add_argument("--reference", action="store_true",
                         help=f"the Markdown field reference ({REFERENCE_PATH}) instead of the CRD")
     action = parser.add_mutually_exclusive_group()

@@ -14,8 +14,8 @@ import time
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from lagpilot_operator.kafka_lag import LagReadError
-from lagpilot_operator.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.kafka.kafka_lag import LagReadError
 
 
 class PrometheusUnavailable(LagReadError):

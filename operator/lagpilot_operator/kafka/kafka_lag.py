@@ -29,8 +29,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.models import KafkaConnection
-from lagpilot_operator.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
+from lagpilot_operator.core.observations import GroupProtocol, LagSample, PartitionKey, PartitionOffsets
+from lagpilot_operator.kube.models import KafkaConnection
 
 SECRET_SETTINGS = frozenset({"sasl.password", "ssl.key.pem", "sasl.username"})
 _UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,

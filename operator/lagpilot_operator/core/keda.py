@@ -38,8 +38,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from lagpilot_operator.observations import LagSample, OffsetResetPolicy, PartitionKey, PartitionOffsets
-from lagpilot_operator.stabilization import stabilized
+from lagpilot_operator.core.observations import LagSample, OffsetResetPolicy, PartitionKey, PartitionOffsets
+from lagpilot_operator.core.stabilization import stabilized
 
 
 @dataclass(frozen=True)

@@ -46,15 +46,15 @@ from types import TracebackType
 import scramp
 from confluent_kafka.admin import AdminClient
 
-from lagpilot_operator import kafka_lag
-from lagpilot_operator import kafka_protocol as proto
-from lagpilot_operator.kafka_lag import (
+from lagpilot_operator.core.observations import LagSample, PartitionKey, PartitionOffsets
+from lagpilot_operator.kafka import kafka_lag
+from lagpilot_operator.kafka import kafka_protocol as proto
+from lagpilot_operator.kafka.kafka_lag import (
     KafkaAuthorizationFailed,
     KafkaUnreachable,
     LagReadError,
     SecretKeyUnreadable,
 )
-from lagpilot_operator.observations import LagSample, PartitionKey, PartitionOffsets
 
 log = logging.getLogger(__name__)
 

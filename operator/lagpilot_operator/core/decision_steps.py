@@ -25,13 +25,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from lagpilot_operator.observations import LagSample, PartitionKey, partition_lag, partition_name
-from lagpilot_operator.stabilization import stabilized
-from lagpilot_operator.verdicts import STUCK, Verdict
+from lagpilot_operator.core.observations import LagSample, PartitionKey, partition_lag, partition_name
+from lagpilot_operator.core.stabilization import stabilized
+from lagpilot_operator.core.verdicts import STUCK, Verdict
 
 if TYPE_CHECKING:
     # policy.py runs these steps, so its types are only named here: no import cycle at run time.
-    from lagpilot_operator.policy import Direction, Observation, PolicyConfig, PolicyMemory
+    from lagpilot_operator.core.policy import Direction, Observation, PolicyConfig, PolicyMemory
 
 SATURATION_BACKLOG_SECONDS = 10.0  # > librdkafka's 5 s auto-commit: commit lag alone never looks saturated
 SLOT_RATE_EWMA_WEIGHT = 0.5

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from lagpilot_operator.models import Condition, ConditionStatus, condition_reason_ok, rfc3339
+from lagpilot_operator.kube.models import Condition, ConditionStatus, condition_reason_ok, rfc3339
 
 ConditionInput = Condition | Mapping[str, Any]
 

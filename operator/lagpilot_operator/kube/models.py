@@ -1,7 +1,7 @@
 """The KafkaConsumerGroup resource (`lagpilot.io/v1alpha1`): the one source of truth for its schema.
 
 `crds/kafkaconsumergroups.lagpilot.io.yaml` and `docs/crd-reference.md` are generated from these
-models by `lagpilot_operator.crdgen`; a test fails when the committed files differ.
+models by `lagpilot_operator.kube.crdgen`; a test fails when the committed files differ.
 
 Conventions:
 * YAML/JSON names are camelCase (aliases), Python attributes snake_case; both are accepted on input.

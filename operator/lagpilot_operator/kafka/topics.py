@@ -35,7 +35,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from confluent_kafka.admin import ConfigSource as KafkaConfigSource  # type: ignore[attr-defined]
 
-from lagpilot_operator.topics_plan import (
+from lagpilot_operator.kafka.topics_plan import (
     AlterTopicConfigs,
     ConfigSource,
     CreateTopic,

@@ -87,9 +87,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
-from lagpilot_operator import decision_steps as steps
-from lagpilot_operator.models import TIME_LAG_ONE_FORM, duration_seconds
-from lagpilot_operator.observations import (
+from lagpilot_operator.core import decision_steps as steps
+from lagpilot_operator.core.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
     DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
     LagHistory,
@@ -98,7 +97,8 @@ from lagpilot_operator.observations import (
     PartitionKey,
     partition_lag,
 )
-from lagpilot_operator.verdicts import Verdict
+from lagpilot_operator.core.verdicts import Verdict
+from lagpilot_operator.kube.models import TIME_LAG_ONE_FORM, duration_seconds
 
 Mode = Literal["drainTime", "lagThreshold"]
 FallbackMode = Literal["hold", "replicas"]

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from lagpilot_contract import naming
 from lagpilot_contract import pool as pool_contract
 from lagpilot_contract import worker_env as env_contract
-from lagpilot_operator import models
+from lagpilot_operator.kube import models
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 

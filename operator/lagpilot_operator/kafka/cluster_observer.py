@@ -34,8 +34,9 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from lagpilot_operator import kafka_lag
-from lagpilot_operator.cluster_reads import (
+from lagpilot_operator.core.observations import LagSample, PartitionKey
+from lagpilot_operator.kafka import kafka_lag
+from lagpilot_operator.kafka.cluster_reads import (
     ClusterRead,
     GroupDescription,
     Want,
@@ -46,8 +47,7 @@ from lagpilot_operator.cluster_reads import (
     sample_for,
     wanted_union,
 )
-from lagpilot_operator.kafka_lag import LagReadError, TopicMissing
-from lagpilot_operator.observations import LagSample, PartitionKey
+from lagpilot_operator.kafka.kafka_lag import LagReadError, TopicMissing
 
 # How long the read started by a resource new on a cluster waits for others to ask before it is sent, so
 # resources starting together share it. Short against any poll interval (>= 1 s), long against the

@@ -16,8 +16,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_operator import kafka_lag, models, writes
-from lagpilot_operator.worker_config import with_injected_env
+from lagpilot_operator.kafka import kafka_lag
+from lagpilot_operator.kube import models, writes
+from lagpilot_operator.kube.worker_config import with_injected_env
 
 
 def load_configuration() -> None:

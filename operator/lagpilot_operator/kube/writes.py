@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lagpilot_operator.decision_steps import FLOOR_HALF_LIFE_SECONDS
-from lagpilot_operator.policy import PolicyMemory
+from lagpilot_operator.core.decision_steps import FLOOR_HALF_LIFE_SECONDS
+from lagpilot_operator.core.policy import PolicyMemory
 
 REFRESH_SECONDS = float(os.environ.get("LAGPILOT_STATUS_REFRESH_SECONDS", "300"))
 RELATIVE_CHANGE = 0.10

@@ -35,7 +35,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
-from lagpilot_operator.observations import (
+from lagpilot_operator.core.observations import (
     LagHistory,
     LagSample,
     OffsetResetPolicy,

@@ -60,11 +60,11 @@ from typing import Any, Protocol
 
 import yaml
 
-from lagpilot_operator import keda
-from lagpilot_operator.observations import LagHistory, LagSample, PartitionOffsets
-from lagpilot_operator.policy import Mode, Observation, PolicyConfig, PolicyMemory, decide
-from lagpilot_operator.timelag import TimeLagTracker
-from lagpilot_operator.verdicts import evaluate as evaluate_verdicts
+from lagpilot_operator.core import keda
+from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionOffsets
+from lagpilot_operator.core.policy import Mode, Observation, PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.core.timelag import TimeLagTracker
+from lagpilot_operator.core.verdicts import evaluate as evaluate_verdicts
 
 TOPIC = "sim"
 
@@ -880,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print(format_summary(results))
     if args.plot is not None:
-        from lagpilot_operator import plot  # matplotlib is an optional extra
+        from lagpilot_operator.core import plot  # matplotlib is an optional extra
 
         try:
             plot.save(results, args.plot, title=f"trace {trace.name}: {_describe_cost(model)}")

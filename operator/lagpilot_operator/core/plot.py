@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lagpilot_operator.simulate import RunResult
+    from lagpilot_operator.core.simulate import RunResult
 
 ROWS = ("lag (messages)", "replicas x pool (slots)", "end-to-end latency (s)")
 

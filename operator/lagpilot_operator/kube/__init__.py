@@ -1,0 +1,6 @@
+"""The Kubernetes side: the CRD's models and its generation, the API calls, and what is written back.
+
+`models` (pydantic) is the schema, `crdgen` turns it into the CRD; `kube_io` holds the API calls;
+`conditions`, `writes` (whether a status or Deployment write is due) and `scale_apply` decide what to
+write, purely; `worker_config` is what the worker Pods are told.
+"""
