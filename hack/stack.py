@@ -46,7 +46,9 @@ HACK = REPO / "hack"
 # LAGPILOT_CACHE_DIR moves them (an empty folder there reproduces a fresh machine's cold run).
 CACHE = Path(os.environ.get("LAGPILOT_CACHE_DIR")
              or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lagpilot")
-STATE = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack"))
+# Resolved: a process is known as the stack's by this path in its command line (running_pid), and a
+# symlinked or relative path would not match it: `up` then took a running node for a dead one and cleared it.
+STATE = Path(os.environ.get("LAGPILOT_STACK_DIR", REPO / ".stack")).resolve()
 BIN = CACHE / "bin"
 HOST = "127.0.0.1"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,24 @@ def test_the_machine_s_node_is_taken_over_only_from_a_stack_that_is_gone(monkeyp
     assert stack.node_takeover(ours, ours, owner_alive=True) == "ours"
     assert stack.node_takeover(theirs, ours, owner_alive=False) == "clear"   # killed with its session
     assert stack.node_takeover(theirs, ours, owner_alive=True) == "refuse"   # another checkout's, running
+
+
+def test_a_stack_folder_reached_through_a_symlink_knows_its_running_processes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A worktree whose `.stack` was a symlink to the running stack's folder ran `up`: `running_pid` looks
+    for the state folder's path in a process's command line, did not find the symlink's path in the
+    processes started with the real one, and `up` cleared the running node as a dead one."""
+    real = tmp_path / "real-stack"
+    (real / "pids").mkdir(parents=True)
+    link = tmp_path / "worktree-stack"
+    link.symlink_to(real)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(60)", str(real)])
+    try:
+        (real / "pids" / "kafka.pid").write_text(str(sleeper.pid))
+        monkeypatch.setenv("LAGPILOT_STACK_DIR", str(link))
+        stack = _load_stack(monkeypatch)
+        assert real == stack.STATE
+        assert stack.running_pid("kafka") == sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
