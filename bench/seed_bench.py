@@ -305,7 +305,8 @@ def cores_used(samples: Sequence[tuple[float, float]]) -> float:
 def bottleneck(cores: Mapping[str, float], machine_busy: float, machine_cores: int,
                single_threaded: Iterable[str] = ("producer",), saturated_share: float = 0.9) -> str:
     """Which process ran out of CPU: a single-threaded one at about one core (Python's GIL: this bench's
-    producer), else, when the machine was about fully busy, the largest user; else none."""
+    producer), else, when the machine was about fully busy, the largest user (`others`, when given, is
+    the rest of a shared machine); else none."""
     for name in single_threaded:
         if cores.get(name, 0.0) >= saturated_share:
             return f"{name} (~1 core: its Python thread is saturated)"
@@ -404,16 +405,20 @@ class Monitor:
         return result
 
 
-def summarize_cores(cores: Mapping[str, float]) -> dict[str, float]:
-    """Worker Pods summed as `workers` (each is listed too), the operator Pod as `operator`."""
+def summarize_cores(cores: Mapping[str, float], worker_prefix: str) -> dict[str, float]:
+    """Cores per part: the worker Pods (named `<worker_prefix>-...`) summed as `workers`, the run's other
+    Pods (the operator's) as `operator`, the processes as they are, and `others`: what the rest of the
+    machine used (other work on a shared machine), the machine's busy time minus all of the above."""
     named: dict[str, float] = {}
     for name, value in cores.items():
-        if name.startswith("pod/") and "operator" in name:
-            named["operator"] = named.get("operator", 0.0) + value
-        elif name.startswith("pod/"):
+        if name.startswith(f"pod/{worker_prefix}-"):
             named["workers"] = round(named.get("workers", 0.0) + value, 3)
+        elif name.startswith("pod/"):
+            named["operator"] = round(named.get("operator", 0.0) + value, 3)
         elif name != "machine":
             named[name] = value
+    if "machine" in cores:
+        named["others"] = round(max(0.0, cores["machine"] - sum(named.values())), 3)
     return named
 
 
@@ -583,7 +588,7 @@ def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> 
         over = minutes_over_target(rows, judged_from, args.target_ms)
         cores = monitor.cores_between(high_start + args.settle_seconds, load_end)
         machine = cores.pop("machine", 0.0)
-        processes = summarize_cores(cores)
+        processes = summarize_cores(cores | {"machine": machine}, setup.ctx.name)
         high_latencies = setup.latencies.between(int((high_start + args.settle_seconds) * 1000), int(load_end * 1000))
         summary: dict[str, Any] = {
             "mode": "headline", "policy": args.policy, "profile": load.profile.description,
@@ -644,7 +649,7 @@ def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> di
             state = state.record(rate, verdict)
             cores = monitor.cores_between(judged_start, step_end)
             machine = cores.pop("machine", 0.0)
-            processes = summarize_cores(cores)
+            processes = summarize_cores(cores | {"machine": machine}, setup.ctx.name)
             step = {"rate": rate, "passed": verdict.passed, "reason": verdict.reason,
                     "achieved_produce_rate": round(achieved, 1),
                     "consume_rate": round(rate_between(monitor.points, "processed", judged_start, step_end), 1),
@@ -653,7 +658,8 @@ def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> di
                     "unprocessed": len(accounting.missing), "duplicates": accounting.duplicates,
                     "replicas": setup.scaler.watch.current_replicas,
                     "pool": setup.scaler.watch.status.get("poolSize"),
-                    "cpu_cores": {"machine_busy": machine, **processes},
+                    "cpu_cores": {"machine_busy": machine, **processes,
+                                  "per_pod": {k: v for k, v in cores.items() if k.startswith("pod/")}},
                     "bottleneck": bottleneck(processes, machine, os.cpu_count() or 1)}
             steps_done.append(step)
             emit(event="step_finished", **step)

@@ -158,10 +158,12 @@ def test_the_bottleneck_is_the_saturated_producer_else_the_busiest_on_a_full_mac
     assert bench.bottleneck({"producer": 0.4, "workers": 0.5}, 1.0, 2).startswith("none")
 
 
-def test_worker_pods_are_summed_and_the_operator_pod_is_named(bench: ModuleType) -> None:
-    summary = bench.summarize_cores({"pod/w-1": 0.25, "pod/w-2": 0.5, "pod/lagpilot-operator-x": 0.05,
-                                     "broker": 0.7, "producer": 0.4, "machine": 1.9})
-    assert summary == {"workers": 0.75, "operator": 0.05, "broker": 0.7, "producer": 0.4}
+def test_worker_pods_are_summed_the_operator_pod_named_and_the_rest_of_the_machine_is_others(
+        bench: ModuleType) -> None:
+    summary = bench.summarize_cores({"pod/grp-abc-1": 0.25, "pod/grp-abc-2": 0.5, "pod/lagpilot-6958f-x": 0.05,
+                                     "broker": 0.7, "producer": 0.4, "machine": 1.95}, "grp-abc")
+    assert summary == {"workers": 0.75, "operator": 0.05, "broker": 0.7, "producer": 0.4, "others": 0.05}
+    assert "others" not in bench.summarize_cores({"pod/grp-abc-1": 0.25}, "grp-abc")
 
 
 def test_the_capacity_timeline_lists_changes_only(bench: ModuleType) -> None:
