@@ -610,6 +610,8 @@ def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> 
                                      "per_pod": {k: v for k, v in cores.items() if k.startswith("pod/")}},
             "bottleneck": bottleneck(processes, machine, os.cpu_count() or 1),
             "capacity_timeline": capacity_timeline(monitor.points, start),
+            # What the operator decided and why (the group's status.lastDecision at each change).
+            "decisions": setup.scaler.watch.decisions(start).splitlines(),
             "producer_lateness_s": result.lateness_summary(),
         }
         emit(event="run_finished", **summary)
@@ -668,6 +670,7 @@ def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> di
                    "max_sustained_rate": state.best, "lowest_failed_rate": min(state.failed, default=None),
                    "bottleneck_at_failure": next((s["bottleneck"] for s in steps_done if not s["passed"]), None),
                    "steps": steps_done, "capacity_timeline": capacity_timeline(monitor.points, run_start),
+                   "decisions": setup.scaler.watch.decisions(run_start).splitlines(),
                    "wall_seconds": round(time.time() - run_start)}
         emit(event="search_finished", **{k: v for k, v in summary.items() if k != "steps"})
         return summary
