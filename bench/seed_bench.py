@@ -503,7 +503,8 @@ def set_up(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> Se
                          and len(m.partitions) == args.partitions for t in (topic, processed)), 30, "topics")
     env = worker_env(bootstrap=backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=args.io_ms,
                      extra={"LAGPILOT_HANDLER": SEED_HANDLER, "LAGPILOT_VALUE_DESERIALIZER": "bytes",
-                            "LAGPILOT_DEAD_LETTER": "false"})
+                            "LAGPILOT_DEAD_LETTER": "false",
+                            "LAGPILOT_COMMIT_INTERVAL_SECONDS": str(args.commit_interval_seconds)})
     ctx = RunContext(backend, namespace, name, topic, env, args, work_dir)
     scaler = POLICIES[args.policy](ctx)
     apps = client.AppsV1Api(backend.api)
@@ -699,6 +700,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--io-ms", type=int, default=2, help="the handler's simulated I/O per record")
     p.add_argument("--target-ms", type=float, default=200.0, help="the P99 goal")
     p.add_argument("--target-time-lag", default="200ms", help="the drainTime policy's targetTimeLag")
+    p.add_argument("--commit-interval-seconds", type=float, default=1.0,
+                   help="the workers' commit interval: the committed time lag the operator sees is at least "
+                        "about this, so a 200 ms target needs it shorter")
     p.add_argument("--replicas-max", type=int, default=8)
     p.add_argument("--pool-initial", type=int, default=4)
     p.add_argument("--pool-max", type=int, default=64)
