@@ -19,6 +19,11 @@ KafkaConsumerGroup's template:
 
 A record's bucket is `crc32(id) % 100` (`failure_bucket`), so a test computes which ids must end
 in the DLQ without asking the workers.
+
+`handle_seed` (`handlers:handle_seed`) is bench/seed_bench.py's handler, the seed articles' load: it parses
+and validates each record's raw JSON against `SeedOrder` with pydantic (CPU, under the GIL), then waits
+`E2E_COST_MS` (the bench sets 2) like an I/O call, then writes the same ledger entry as `handle`. A
+record that does not validate is a permanent failure (the generator never makes one).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import zlib
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Submodules, not the package root: the venv's editable install predates lagpilot_worker/__init__.py.
 from lagpilot_worker.record import Record
@@ -142,14 +148,22 @@ def _raise_injected(message_id: str, attempt: int) -> None:
     raise InjectedFailure(text)
 
 
+def _cost_seconds() -> float:
+    return float(os.environ.get("E2E_COST_MS", "10")) / 1000
+
+
 def handle(record: Record) -> None:
     ident = message_id(record)
     always, once = _percent("E2E_FAIL_ALWAYS_PERCENT"), _percent("E2E_FAIL_ONCE_PERCENT")
-    cost = float(os.environ.get("E2E_COST_MS", "10")) / 1000
+    cost = _cost_seconds()
     if cost > 0:
         time.sleep(cost)  # the record's "work": waiting, as on a database or HTTP call
     if fails_always(ident, always) or (record.attempt == 1 and fails_once(ident, always, once)):
         _raise_injected(ident, record.attempt)
+    _write_entry(ident, record)
+
+
+def _write_entry(ident: str, record: Record) -> None:
     entry = {
         "id": ident,
         "worker": os.environ.get("POD_NAME") or f"pid-{os.getpid()}",
@@ -161,3 +175,57 @@ def handle(record: Record) -> None:
         "processedMs": int(time.time() * 1000),
     }
     _get_ledger().record(ident, json.dumps(entry, separators=(",", ":")).encode())
+
+
+# --- the seed articles' load (bench/seed_bench.py) ------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeedAddress(_Strict):
+    street: str = Field(min_length=1, max_length=120)
+    city: str = Field(min_length=1, max_length=80)
+    postcode: str = Field(pattern=r"^[0-9]{5}$")
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+
+
+class SeedCustomer(_Strict):
+    id: str = Field(pattern=r"^c-[0-9]{6}$")
+    name: str = Field(min_length=1, max_length=80)
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    address: SeedAddress
+
+
+class SeedLine(_Strict):
+    sku: str = Field(pattern=r"^SKU-[0-9]{6}$")
+    name: str = Field(min_length=1, max_length=80)
+    quantity: int = Field(ge=1, le=100)
+    unit_price_cents: int = Field(ge=0)
+
+
+class SeedOrder(_Strict):
+    """The seed load's message: an order event of about 1.2 KB as JSON (`notes` pads it to size)."""
+
+    id: str = Field(min_length=1)
+    ts: int = Field(ge=0)                       # epoch milliseconds at produce time
+    event: str = Field(pattern=r"^order\.(created|paid|shipped)$")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    customer: SeedCustomer
+    lines: list[SeedLine] = Field(min_length=1, max_length=50)
+    total_cents: int = Field(ge=0)
+    notes: str = Field(max_length=4096)
+
+
+def handle_seed(record: Record) -> None:
+    raw = record.raw_value
+    try:
+        order = SeedOrder.model_validate_json(raw or b"")
+    except ValidationError as exc:
+        raise PermanentError(f"record {record.topic}-{record.partition}@{record.offset} is not a SeedOrder: "
+                             f"{exc.error_count()} errors") from exc
+    cost = _cost_seconds()
+    if cost > 0:
+        time.sleep(cost)  # the record's I/O: waiting, as on a database or HTTP call
+    _write_entry(order.id, record)

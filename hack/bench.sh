@@ -3,7 +3,9 @@
 # Each benchmark prints JSON lines while it runs; its last line is its summary object. This script keeps
 # every benchmark's full output in bench-results/<name>.jsonl and prints one JSON object at the end that
 # holds each benchmark's summary, so one invocation gives all numbers side by side.
-# BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop benchmark.
+# BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop and seed benchmarks.
+# `seed` is the seed articles' load (bench/seed_bench.py); BENCH_SEED_ARGS adds its flags, e.g.
+# BENCH_SEED_ARGS="--mode search" for the highest rate at which P99 <= 200 ms holds.
 # `compare` installs the runtime of two commits (BENCH_COMPARE_BASELINE, default c47d1fb: the runtime
 # before it was split into parts; BENCH_COMPARE_CANDIDATE, default HEAD) into temporary venvs and runs
 # them in turns with a no-op handler.
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 source .stack/env
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop rebalance share compare}
+only=${BENCH_ONLY:-worker operator loop seed rebalance share compare}
 loop_args=()
 if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fi
 for name in $only; do
@@ -21,11 +23,13 @@ for name in $only; do
     worker) cmd=(.venv/bin/python bench/worker_bench.py) ;;
     operator) cmd=(.venv/bin/python bench/operator_bench.py) ;;
     loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}") ;;
+    # shellcheck disable=SC2206  # BENCH_SEED_ARGS is split into flags on purpose
+    seed) cmd=(.venv/bin/python bench/seed_bench.py "${loop_args[@]}" ${BENCH_SEED_ARGS:-}) ;;
     rebalance) cmd=(.venv/bin/python bench/rebalance_bench.py) ;;
     share) cmd=(.venv/bin/python bench/share_bench.py) ;;
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
                   --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, rebalance, share, compare)" >&2; exit 2 ;;
+    *) echo "unknown benchmark '$name' (worker, operator, loop, seed, rebalance, share, compare)" >&2; exit 2 ;;
   esac
   echo "== bench: $name" >&2
   "${cmd[@]}" | tee "$out/$name.jsonl" >&2

@@ -1,0 +1,172 @@
+"""The seed benchmark's pure parts: the messages and their schema, the per-minute latency table, the rate
+search's decisions and the CPU attribution."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from pydantic import ValidationError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load("seed_bench", ROOT / "bench" / "seed_bench.py")
+
+
+@pytest.fixture(scope="module")
+def handlers() -> ModuleType:
+    return _load("e2e_handlers_for_seed", ROOT / "e2e" / "handlers.py")
+
+
+# --- messages -------------------------------------------------------------------------------------------
+
+
+def test_every_rendered_message_is_1200_bytes_and_validates_with_its_id_and_timestamp(
+        bench: ModuleType, handlers: ModuleType) -> None:
+    messages = bench.SeedMessages(count=16)
+    for seq in range(40):
+        ident = f"abcdefghij-{seq:09d}"   # the load generator's ids: 10-character prefix, 9 digits
+        body = messages.render(seq, ident, 1_765_000_000_123 + seq)
+        assert len(body) == 1200
+        order = handlers.SeedOrder.model_validate_json(body)
+        assert (order.id, order.ts) == (ident, 1_765_000_000_123 + seq)
+        assert order.total_cents == sum(line.quantity * line.unit_price_cents for line in order.lines)
+
+
+def test_messages_differ_from_one_body_to_the_next(bench: ModuleType) -> None:
+    messages = bench.SeedMessages(count=8)
+    bodies = {json.loads(messages.render(seq, "x" * 20, 0))["customer"]["id"] for seq in range(8)}
+    assert len(bodies) > 1
+
+
+def test_the_schema_refuses_a_message_that_breaks_it(bench: ModuleType, handlers: ModuleType) -> None:
+    order = bench.seed_order(random.Random(1), "id-1", 1_765_000_000_000)
+    handlers.SeedOrder.model_validate(order)
+    for broken in ({**order, "currency": "euro"}, {**order, "lines": []}, {**order, "unexpected": 1},
+                   {**order, "customer": {**order["customer"], "email": "nobody"}}):
+        with pytest.raises(ValidationError):
+            handlers.SeedOrder.model_validate(broken)
+
+
+# --- latency ----------------------------------------------------------------------------------------------
+
+
+def test_latencies_keep_each_ids_first_processing(bench: ModuleType) -> None:
+    latencies = bench.Latencies()
+    entry = {"id": "a", "producedMs": 1000, "processedMs": 1300}
+    assert latencies(b"a", json.dumps(entry).encode()) == "a"
+    latencies(b"a", json.dumps({**entry, "processedMs": 1100}).encode())   # a duplicate, processed earlier
+    latencies(b"a", json.dumps({**entry, "processedMs": 1500}).encode())
+    assert latencies(None, b"not json") is None
+    assert latencies.first == {"a": (1000, 1100)}
+    assert latencies.between(1000, 1001) == [0.1]
+    assert latencies.between(1001, 2000) == []
+
+
+def test_the_latency_table_has_one_row_per_minute_of_produce_time(bench: ModuleType) -> None:
+    start = 1_000_000
+    first = {f"m0-{i}": (start + i * 100, start + i * 100 + 10 + i) for i in range(100)}       # minute 0
+    first |= {f"m2-{i}": (start + 120_000 + i, start + 120_000 + i + 500) for i in range(10)}  # minute 2
+    first["late"] = (start + 180_000, start + 180_001)                                        # at the end: out
+    rows = bench.latency_by_minute(first, start, start + 180_000)
+    assert [(row.minute, row.messages) for row in rows] == [(0, 100), (2, 10)]
+    assert (rows[0].p50_ms, rows[0].p99_ms, rows[0].p999_ms, rows[0].max_ms) == (59, 108, 109, 109)
+    assert rows[1].p99_ms == 500
+    assert bench.minutes_over_target(rows, 0, 200) == [2]
+    assert bench.minutes_over_target(rows, 3, 200) == []
+
+
+def test_minutes_are_judged_from_the_first_that_starts_after_the_settling_time(bench: ModuleType) -> None:
+    assert bench.first_judged_minute(120, 60) == 3
+    assert bench.first_judged_minute(120, 61) == 4
+    assert bench.first_judged_minute(60, 0) == 1
+
+
+def test_quantile_is_nearest_rank(bench: ModuleType) -> None:
+    values = list(range(1, 1001))
+    assert (bench.quantile(values, 0.5), bench.quantile(values, 0.99), bench.quantile(values, 0.999)) == (500, 990,
+                                                                                                         999)
+    assert bench.quantile([], 0.99) == 0.0
+
+
+# --- the rate search ---------------------------------------------------------------------------------------
+
+
+def test_a_step_passes_only_when_the_rate_was_kept_the_p99_held_and_nothing_was_left(bench: ModuleType) -> None:
+    judge = bench.judge_step
+    assert judge(planned_rate=1000, achieved_rate=990, p99_s=0.15, target_s=0.2, unprocessed=0).passed
+    assert not judge(planned_rate=1000, achieved_rate=900, p99_s=0.05, target_s=0.2, unprocessed=0).passed
+    assert not judge(planned_rate=1000, achieved_rate=1000, p99_s=0.21, target_s=0.2, unprocessed=0).passed
+    late = judge(planned_rate=1000, achieved_rate=1000, p99_s=0.1, target_s=0.2, unprocessed=3)
+    assert not late.passed and "3 messages" in late.reason
+
+
+def test_the_search_doubles_until_a_failure_then_bisects_to_the_resolution(bench: ModuleType) -> None:
+    ok, bad = bench.StepVerdict(True, ""), bench.StepVerdict(False, "")
+    sustainable = 1500.0
+    search = bench.RateSearch(start=400, maximum=12_000, resolution=0.15)
+    tried = []
+    while (rate := search.next_rate()) is not None:
+        tried.append(rate)
+        search = search.record(rate, ok if rate <= sustainable else bad)
+    assert tried[:3] == [400, 800, 1600]
+    assert search.best is not None and search.best <= sustainable
+    assert min(search.failed) <= search.best * 1.15
+    assert search.best >= sustainable / 1.15
+
+
+def test_the_search_stops_at_the_ceiling_and_halves_when_even_the_start_fails(bench: ModuleType) -> None:
+    ok, bad = bench.StepVerdict(True, ""), bench.StepVerdict(False, "")
+    search = bench.RateSearch(start=8000, maximum=12_000)
+    search = search.record(8000, ok)
+    assert search.next_rate() == 12_000
+    assert search.record(12_000, ok).next_rate() is None
+    failing = bench.RateSearch(start=400, maximum=12_000).record(400, bad)
+    assert failing.next_rate() == 200
+    assert failing.best is None
+
+
+# --- CPU ----------------------------------------------------------------------------------------------------
+
+
+def test_cores_used_is_cpu_seconds_over_wall_seconds(bench: ModuleType) -> None:
+    assert bench.cores_used([(0.0, 10.0), (5.0, 12.5), (10.0, 15.0)]) == 0.5
+    assert bench.cores_used([(0.0, 1.0)]) == 0.0
+
+
+def test_the_bottleneck_is_the_saturated_producer_else_the_busiest_on_a_full_machine(bench: ModuleType) -> None:
+    assert bench.bottleneck({"producer": 0.95, "broker": 0.5}, 1.5, 2).startswith("producer")
+    full = bench.bottleneck({"producer": 0.4, "broker": 0.3, "workers": 1.1}, 1.95, 2)
+    assert full.startswith("the machine") and "workers" in full
+    assert bench.bottleneck({"producer": 0.4, "workers": 0.5}, 1.0, 2).startswith("none")
+
+
+def test_worker_pods_are_summed_the_operator_pod_named_and_the_rest_of_the_machine_is_others(
+        bench: ModuleType) -> None:
+    summary = bench.summarize_cores({"pod/grp-abc-1": 0.25, "pod/grp-abc-2": 0.5, "pod/lagpilot-6958f-x": 0.05,
+                                     "broker": 0.7, "producer": 0.4, "machine": 1.95}, "grp-abc")
+    assert summary == {"workers": 0.75, "operator": 0.05, "broker": 0.7, "producer": 0.4, "others": 0.05}
+    assert "others" not in bench.summarize_cores({"pod/grp-abc-1": 0.25}, "grp-abc")
+
+
+def test_the_capacity_timeline_lists_changes_only(bench: ModuleType) -> None:
+    points = [{"t": 100.0, "replicas": 1, "pool": 4}, {"t": 101.0, "replicas": 1, "pool": 4},
+              {"t": 102.0, "replicas": 1, "pool": 16}, {"t": 103.0, "replicas": 3, "pool": 16}]
+    assert bench.capacity_timeline(points, 100.0) == [[0.0, 1, 4], [2.0, 1, 16], [3.0, 3, 16]]
