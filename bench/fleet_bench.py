@@ -527,7 +527,6 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
             "api_writes_without_operator_by_kind": {k: int(v) for k, v in sorted(noise.items())},
             "namespace_changes_per_second": round(sum(changed.values()) / window, 3),
             "namespace_changes_by_kind": changed,
-            "api_writes_per_second_net": round(write_rate - noise_rate, 2),
             "kafka_requests_per_second": (round((metrics1.kafka_requests - metrics0.kafka_requests) / window, 2)
                                           if metrics1.kafka_requests is not None
                                           and metrics0.kafka_requests is not None else None),
