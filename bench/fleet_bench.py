@@ -471,6 +471,16 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
         started = time.monotonic()
         create_resources(api, namespace, fleet, args.interval)
         result["create_seconds"] = round(time.monotonic() - started, 1)
+
+        def deployments_observed() -> bool:
+            """The deployment controller has written every fresh Deployment's status once, so its
+            catching up is not counted among the namespace's changes in the window."""
+            found = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+            return len(found) == len(fleet) and all(
+                d.status is not None and (d.status.observed_generation or 0) >= (d.metadata.generation or 1)
+                for d in found)
+
+        wait_until(deployments_observed, 600, "the deployment controller to observe every Deployment", 2)
         emit(event="resources_created", **result)
 
         noise_before, noise_start = apiserver_writes(), time.monotonic()
