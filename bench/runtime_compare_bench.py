@@ -212,8 +212,9 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def install(commit: str, into: Path) -> Path:
-    """A venv with `commit`'s package (and its locked dependencies) installed from a git archive of it."""
+def install(commit: str, into: Path, extras: str = "") -> Path:
+    """A venv with `commit`'s package (and its locked dependencies) installed from a git archive of it;
+    `extras` (e.g. "operator") names the package's optional dependencies to install too."""
     source = into / "src"
     source.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO, check=True,
@@ -223,7 +224,8 @@ def install(commit: str, into: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    "-c", str(source / "requirements.lock"), str(source)], check=True)
+                    "-c", str(source / "requirements.lock"), f"{source}[{extras}]" if extras else str(source)],
+                   check=True)
     return python
 
 

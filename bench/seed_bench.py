@@ -70,11 +70,11 @@ from e2e.loadgen import Ledger, LoadGenerator, LoadResult, steps  # noqa: E402
 from e2e.node_backend import NodeBackend  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from lagpilot_operator.kafka_lag import AdminClientPool, LagReadError, read_lag  # noqa: E402
-from lagpilot_operator.observations import partition_lag  # noqa: E402
+from lagpilot_operator.core.observations import partition_lag  # noqa: E402
+from lagpilot_operator.kafka.kafka_lag import AdminClientPool, LagReadError, read_lag  # noqa: E402
 from support import unique_name, wait_for  # noqa: E402
 
-PREFIX = "s25sd"   # this bench's namespaces, topics and groups (shared stack: names never collide)
+PREFIX = "bench"  # with unique_name: every run gets namespaces, topics and groups of its own
 SEED_HANDLER = "handlers:handle_seed"
 MESSAGE_BYTES = 1200
 

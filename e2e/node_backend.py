@@ -141,17 +141,23 @@ class NodeBackend(PodBackend):
 class PrivateBroker:
     """A Kafka broker of its own (`hack/stack.py`'s recipe, its own folder and free ports), stopped by pid.
 
-    With the node's listener for Pods on the bridge address, on a port of its own.
+    With `node_ip`, the node's listener for Pods on the bridge address, on a port of its own; without it
+    (bench/fleet_bench.py: no Pod reads it) no such listener. `ports` names the ports to use (KAFKA,
+    KAFKA_CONTROLLER, KAFKA_SASL, KAFKA_SCRAM, KAFKA_MTLS, and KAFKA_PODS with a node) instead of free ones,
+    for callers held to a range of ports.
     """
 
-    def __init__(self, stack_dir: Path, node_ip: str) -> None:
+    LISTENERS = ("KAFKA", "KAFKA_CONTROLLER", "KAFKA_SASL", "KAFKA_SCRAM", "KAFKA_MTLS")
+
+    def __init__(self, stack_dir: Path, node_ip: str | None, ports: dict[str, int] | None = None) -> None:
         self.stack_dir = stack_dir
-        self.ports = {name: free_port() for name in ("KAFKA", "KAFKA_CONTROLLER", "KAFKA_SASL", "KAFKA_SCRAM",
-                                                     "KAFKA_MTLS")}
-        self.ports["KAFKA_PODS"] = free_port(node_ip)
+        self.ports = dict(ports) if ports else {name: free_port() for name in self.LISTENERS}
+        if node_ip is not None and "KAFKA_PODS" not in self.ports:
+            self.ports["KAFKA_PODS"] = free_port(node_ip)
         self.bootstrap = f"127.0.0.1:{self.ports['KAFKA']}"
-        self.pod_bootstrap = f"{node_ip}:{self.ports['KAFKA_PODS']}"
-        self._env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack_dir), "LAGPILOT_NODE": "1",
+        self.pod_bootstrap = f"{node_ip}:{self.ports['KAFKA_PODS']}" if node_ip is not None else None
+        self._env = {**os.environ, "LAGPILOT_STACK_DIR": str(stack_dir),
+                     "LAGPILOT_NODE": "0" if node_ip is None else "1",
                      **{f"LAGPILOT_{name}_PORT": str(number) for name, number in self.ports.items()}}
 
     def _stack(self, statement: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -10,15 +10,19 @@
 # `compare` installs the runtime of two commits (BENCH_COMPARE_BASELINE, default c47d1fb: the runtime
 # before it was split into parts; BENCH_COMPARE_CANDIDATE, default HEAD) into temporary venvs and runs
 # them in turns with a no-op handler.
+# `fleet` (bench/fleet_bench.py, issue 17) runs 1,000 KafkaConsumerGroups on one operator process, the operator
+# of BENCH_FLEET_BASELINE (default fb31b65: before the fleet work) then this checkout's; BENCH_QUICK=1
+# makes it 50 groups and a 60 s window. Its full size takes about 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 source .stack/env
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop seed rebalance share compare}
+only=${BENCH_ONLY:-worker operator loop seed rebalance share compare fleet}
 loop_args=()
-if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fi
+fleet_args=(--compare "${BENCH_FLEET_BASELINE:-fb31b65}")
+if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fleet_args+=(--quick); fi
 for name in $only; do
   case "$name" in
     worker) cmd=(.venv/bin/python bench/worker_bench.py) ;;
@@ -30,7 +34,8 @@ for name in $only; do
     share) cmd=(.venv/bin/python bench/share_bench.py) ;;
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
                   --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, seed, rebalance, share, compare)" >&2; exit 2 ;;
+    fleet) cmd=(.venv/bin/python bench/fleet_bench.py "${fleet_args[@]}") ;;
+    *) echo "unknown benchmark '$name' (worker, operator, loop, seed, rebalance, share, compare, fleet)" >&2; exit 2 ;;
   esac
   echo "== bench: $name" >&2
   "${cmd[@]}" | tee "$out/$name.jsonl" >&2

@@ -38,10 +38,14 @@ def free_port() -> int:
 class OperatorProcess:
     """`kopf run -m lagpilot_operator.handlers` limited to one namespace; stoppable and restartable."""
 
-    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path, extra_args: tuple[str, ...] = (),
+                 kopf: Path | None = None, metrics_port: int | None = None) -> None:
+        """`kopf`: another installation's kopf (bench/fleet_bench.py runs an older operator from its own venv);
+        `metrics_port`: a given port instead of a free one."""
         self.env, self.namespace, self.log_dir = env, namespace, log_dir
         self.extra_args = extra_args
-        self.metrics_port = free_port()
+        self.kopf = kopf or Path(sys.executable).parent / "kopf"
+        self.metrics_port = metrics_port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -50,7 +54,7 @@ class OperatorProcess:
         env = {**self.env, "LAGPILOT_METRICS_PORT": str(self.metrics_port), "LAGPILOT_METRICS_ADDRESS": "127.0.0.1"}
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "kopf"), "run", "--standalone", "--namespace", self.namespace,
+            [str(self.kopf), "run", "--standalone", "--namespace", self.namespace,
              "-m", "lagpilot_operator.handlers", *self.extra_args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:

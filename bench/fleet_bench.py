@@ -1,0 +1,729 @@
+"""A fleet on one operator process: many KafkaConsumerGroups over several Kafka clusters (issue 17).
+
+By default 1,000 KafkaConsumerGroups over 3 Kafka clusters with 10,000 partitions in all (one topic per
+group, the partitions spread evenly), a 5 s polling interval, the real apiserver and real brokers: the
+local stack's broker plus `--clusters - 1` single-node KRaft brokers this bench starts itself
+(`e2e.node_backend.PrivateBroker`, the broker-outage scenario's recipe) and stops by pid at the end.
+
+Each group's offsets are committed at 0 (admin API) and every partition gets one record, so the lag is
+real; a steady low produce (`--produce-per-partition` records/s per partition) keeps it moving. Scale
+targets are Deployments created paused (`spec.paused`) whose Pods select no node: the operator reads
+and writes their scale like any Deployment's (its ready replicas are 0 either way), but a paused
+Deployment gets no ReplicaSet, so no Pod object is ever made and the controller-manager and scheduler
+do no work the operator did not cause. The operator never looks at `spec.paused` of a Deployment.
+
+The operator runs as its own process (`kopf run --standalone --namespace <the bench's namespace>`, as
+the operator integration tests run it), so it sees nothing of other users of the stack; its CPU
+(utime + stime of every thread) and RSS come from /proc/<pid>. One run:
+
+1. the namespace, the CRD of the version measured, the Deployments and KafkaConsumerGroups;
+2. `--noise-seconds` of the apiserver's write counters with no operator running (other users of a
+   shared stack write to the same kinds; that rate is reported beside the operator's);
+3. the operator starts; once every resource has reconciled once, `--warmup` s more;
+4. the steady window (`--duration` s): operator CPU / polls (the sum of its
+   `lagpilot_reconcile_duration_seconds_count`), RSS (median of 1 s samples; the peak is VmHWM over
+   the whole run), API writes/s (deltas of the apiserver's `apiserver_request_total` for POST, PUT,
+   PATCH and DELETE on the kinds the operator writes: kafkaconsumergroups and their status,
+   deployments and their scale, events, configmaps; cluster-wide, so minus the noise rate),
+   and the exact changes to objects in the bench's namespace (watch events of kafkaconsumergroups,
+   deployments, events and configmaps there: writes that changed something, no other user's),
+   Kafka requests/s (`lagpilot_kafka_admin_requests_total`; versions without it report null);
+5. the lag change: the steady produce stops, after two intervals every resource's
+   `lagpilot_consumergroup_total_lag` is read, `--burst` records go to every partition of every topic
+   at once, and the operator's metrics are read every second until each resource's lag grew by its
+   partitions x burst: the seconds from the burst's last acknowledgement to each resource seeing it;
+6. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
+
+`--compare REV` runs that commit's operator first (installed from a `git archive` into a temporary
+venv, as bench/runtime_compare_bench.py does; its own CRD applied), then this checkout's, on the same
+topics and brokers. Progress goes to stdout as JSON lines; the last line is the summary.
+
+    source .stack/env; .venv/bin/python bench/fleet_bench.py [--quick] [--compare fb31b65]
+    ... --groups 1000 --clusters 3 --partitions 10000 --interval 5 --duration 120
+
+`--replicas N` is the hook for sharded operators: only 1 is accepted until the operator can split
+resources between replicas (`start_operators` is where each replica would get its shard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for extra in (REPO, REPO / "tests", REPO / "tests" / "integration" / "operator", REPO / "bench"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from kubernetes import client  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+# The kinds the operator writes (apiserver_request_total's group and resource labels).
+WRITTEN_KINDS = {("lagpilot.io", "kafkaconsumergroups"), ("apps", "deployments"), ("", "events"),
+                 ("events.k8s.io", "events"), ("", "configmaps")}
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+# -- the fleet (pure) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str          # the KafkaConsumerGroup's and its Deployment's name
+    cluster: str       # bootstrap servers
+    topic: str
+    group_id: str
+    partitions: int
+
+
+def plan_fleet(groups: int, clusters: list[str], partitions: int, prefix: str) -> list[Group]:
+    """`groups` groups spread round-robin over `clusters`, `partitions` spread evenly (the first ones
+    one more when it does not divide), one topic per group."""
+    if partitions < groups:
+        raise ValueError(f"{partitions} partitions cannot give each of {groups} groups one")
+    base, rest = divmod(partitions, groups)
+    return [Group(name=f"{prefix}-{i:04d}", cluster=clusters[i % len(clusters)], topic=f"{prefix}-{i:04d}",
+                  group_id=f"{prefix}-group-{i:04d}", partitions=base + (1 if i < rest else 0))
+            for i in range(groups)]
+
+
+def write_counts(metrics_text: str) -> dict[str, float]:
+    """apiserver_request_total of the write verbs on the kinds the operator writes, by
+    'VERB group/resource[/subresource]'."""
+    counts: dict[str, float] = {}
+    lines = "\n".join(line for line in metrics_text.splitlines() if line.startswith("apiserver_request_total{"))
+    for family in text_string_to_metric_families(lines):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("verb") not in WRITE_VERBS or (labels.get("group", ""), labels.get("resource")) not in \
+                    WRITTEN_KINDS:
+                continue
+            kind = f"{labels['verb']} {labels.get('group') or 'core'}/{labels['resource']}"
+            if labels.get("subresource"):
+                kind += f"/{labels['subresource']}"
+            counts[kind] = counts.get(kind, 0.0) + sample.value
+    return counts
+
+
+def deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after
+            if after.get(key, 0.0) - before.get(key, 0.0) > 0}
+
+
+@dataclass
+class OperatorMetrics:
+    polls: float = 0.0                                          # reconciles so far, all resources
+    errors: float = 0.0                                         # reconciles that hit an error
+    total_lag: dict[str, float] = field(default_factory=dict)   # resource name -> lag its decision used
+    kafka_requests: float | None = None                         # None: the version has no such metric
+
+
+def parse_operator_metrics(text: str) -> OperatorMetrics:
+    # The reconcile histogram has no labels (one count for all resources); the lag gauge has a series
+    # per resource from its first poll on.
+    wanted = ("lagpilot_reconcile_duration_seconds_count", "lagpilot_consumergroup_total_lag{",
+              "lagpilot_kafka_admin_requests_total{", "lagpilot_reconcile_errors_total{",
+              "# TYPE lagpilot_reconcile_duration_seconds ", "# TYPE lagpilot_consumergroup_total_lag ",
+              "# TYPE lagpilot_kafka_admin_requests_total ", "# TYPE lagpilot_reconcile_errors_total ")
+    found = OperatorMetrics()
+    lines = "\n".join(line for line in text.splitlines() if line.startswith(wanted))
+    for family in text_string_to_metric_families(lines):
+        for sample in family.samples:
+            if sample.name == "lagpilot_reconcile_duration_seconds_count":
+                found.polls += sample.value
+            elif sample.name == "lagpilot_reconcile_errors_total":
+                found.errors += sample.value
+            elif sample.name == "lagpilot_consumergroup_total_lag":
+                found.total_lag[sample.labels["name"]] = sample.value
+            elif sample.name == "lagpilot_kafka_admin_requests_total":
+                found.kafka_requests = (found.kafka_requests or 0.0) + sample.value
+    return found
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# -- Kafka side ------------------------------------------------------------------------------------
+
+
+def by_cluster(fleet: list[Group]) -> dict[str, list[Group]]:
+    clusters: dict[str, list[Group]] = {}
+    for group in fleet:
+        clusters.setdefault(group.cluster, []).append(group)
+    return clusters
+
+
+def create_topics(fleet: list[Group]) -> None:
+    for cluster, groups in by_cluster(fleet).items():
+        admin = AdminClient({"bootstrap.servers": cluster})
+        for start in range(0, len(groups), 100):
+            futures = admin.create_topics([NewTopic(g.topic, g.partitions, 1) for g in groups[start:start + 100]],
+                                          operation_timeout=120)
+            for future in futures.values():
+                future.result(timeout=180)
+
+
+def delete_topics(fleet: list[Group]) -> None:
+    for cluster, groups in by_cluster(fleet).items():
+        admin = AdminClient({"bootstrap.servers": cluster})
+        for future in admin.delete_topics([g.topic for g in groups], operation_timeout=120).values():
+            try:
+                future.result(timeout=180)
+            except Exception as exc:  # cleanup goes on; the error is printed
+                emit(event="topic_delete_failed", error=str(exc))
+
+
+def commit_offsets(fleet: list[Group], timeout: float = 180) -> None:
+    """Each group's committed offset 0 on every partition of its topic (a new topic's partitions need
+    leaders first: failed groups are tried again)."""
+    pending = list(fleet)
+    deadline = time.monotonic() + timeout
+    while pending:
+        failed: list[Group] = []
+        for cluster, groups in by_cluster(pending).items():
+            admin = AdminClient({"bootstrap.servers": cluster})
+            futures = {g: admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(
+                g.group_id, [TopicPartition(g.topic, p, 0) for p in range(g.partitions)])])[g.group_id]
+                for g in groups}
+            for group, future in futures.items():
+                try:
+                    future.result(timeout=60)
+                except Exception:  # no leader yet: tried again below
+                    failed.append(group)
+        if failed and time.monotonic() > deadline:
+            raise RuntimeError(f"{len(failed)} groups could not commit their offsets, e.g. {failed[0]}")
+        pending = failed
+        if pending:
+            time.sleep(1)
+
+
+def produce_to_every_partition(fleet: list[Group], per_partition: int) -> None:
+    for cluster, groups in by_cluster(fleet).items():
+        producer = Producer({"bootstrap.servers": cluster, "linger.ms": 20, "acks": "all"})
+        for group in groups:
+            for partition in range(group.partitions):
+                for _ in range(per_partition):
+                    producer.produce(group.topic, value=b"x", partition=partition)
+                    producer.poll(0)
+        if producer.flush(120) != 0:
+            raise RuntimeError(f"records to {cluster} not acknowledged within 120 s")
+
+
+class SteadyProducer(threading.Thread):
+    """`rate` records/s over every partition of the fleet, round-robin; pause()/resume() between phases."""
+
+    def __init__(self, fleet: list[Group], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.targets = [(g.cluster, g.topic, p) for g in fleet for p in range(g.partitions)]
+        self.rate = rate
+        self.producers = {cluster: Producer({"bootstrap.servers": cluster, "linger.ms": 50})
+                          for cluster in by_cluster(fleet)}
+        self.running = threading.Event()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        index, period = 0, 1.0 / self.rate if self.rate > 0 else 0.0
+        while not self.stopped.is_set():
+            if not self.running.wait(0.2) or period == 0.0:
+                continue
+            cluster, topic, partition = self.targets[index % len(self.targets)]
+            index += 1
+            self.producers[cluster].produce(topic, value=b"s", partition=partition)
+            self.producers[cluster].poll(0)
+            self.stopped.wait(period)
+
+    def pause(self) -> None:
+        self.running.clear()
+        for producer in self.producers.values():
+            producer.flush(60)
+
+    def resume(self) -> None:
+        self.running.set()
+
+    def stop(self) -> None:
+        self.pause()
+        self.stopped.set()
+
+
+# -- Kubernetes side -------------------------------------------------------------------------------
+
+
+def scale_target(name: str) -> dict[str, Any]:
+    """A paused Deployment whose Pods select no node: the operator scales it, no Pod is ever made."""
+    from support import pending_deployment
+
+    deployment: dict[str, Any] = pending_deployment(name, 1)
+    deployment["spec"]["paused"] = True
+    return deployment
+
+
+def resource(group: Group, interval: float) -> dict[str, Any]:
+    return {"apiVersion": "lagpilot.io/v1alpha1", "kind": "KafkaConsumerGroup", "metadata": {"name": group.name},
+            "spec": {"kafka": {"bootstrapServers": group.cluster}, "groupId": group.group_id, "topics": [group.topic],
+                     "scaleTargetRef": {"name": group.name}, "replicas": {"min": 1, "max": 10},
+                     "lag": {"pollIntervalSeconds": interval}, "deadLetter": {"enabled": False}}}
+
+
+def create_resources(api: Any, namespace: str, fleet: list[Group], interval: float) -> None:
+    apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
+
+    def create(group: Group) -> None:
+        apps.create_namespaced_deployment(namespace, scale_target(group.name))
+        custom.create_namespaced_custom_object("lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups",
+                                               resource(group, interval))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, fleet))
+
+
+class _ApiHolder:
+    """What support.release_finalizers asks of a stack: an API client."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def api(self) -> Any:
+        return self._api
+
+
+def delete_namespace(api: Any, namespace: str) -> None:
+    from support import release_finalizers
+
+    release_finalizers(_ApiHolder(api), namespace)
+    try:
+        client.CoreV1Api(api).delete_namespace(namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def kubectl(*args: str) -> str:
+    return subprocess.run([str(Path(os.environ["LAGPILOT_BIN_DIR"]) / "kubectl"), *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def apiserver_writes() -> dict[str, float]:
+    return write_counts(kubectl("get", "--raw", "/metrics"))
+
+
+# The collections the operator writes in its namespace (events.k8s.io's Events are the core ones).
+WATCHED = {"kafkaconsumergroups": "/apis/lagpilot.io/v1alpha1/namespaces/{ns}/kafkaconsumergroups",
+           "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+           "events": "/api/v1/namespaces/{ns}/events", "configmaps": "/api/v1/namespaces/{ns}/configmaps"}
+
+
+class ChangeCounter:
+    """Watches of the bench's namespace counting the changes to each kind: every write that changed an
+    object is one watch event, whoever else writes to the cluster. The lines are counted, not parsed,
+    so the bench's own CPU stays small."""
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.api, self.namespace = api, namespace
+        self.counts = dict.fromkeys(WATCHED, 0)
+        self.responses: list[Any] = []
+        self.threads: list[threading.Thread] = []
+        self.closed = threading.Event()
+
+    def start(self) -> None:
+        for kind, path in WATCHED.items():
+            url = path.format(ns=self.namespace)
+            listed = self._get(url, [("limit", 1)]).read()
+            version = json.loads(listed)["metadata"]["resourceVersion"]
+            response = self._get(url, [("watch", "true"), ("resourceVersion", version)]).response
+            self.responses.append(response)
+            thread = threading.Thread(target=self._count, args=(kind, response), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _get(self, path: str, query: list[tuple[str, Any]]) -> Any:
+        request = self.api.param_serialize("GET", path, query_params=query, auth_settings=["BearerToken"])
+        return self.api.call_api(*request)
+
+    def _count(self, kind: str, response: Any) -> None:
+        try:   # one line per event; the apiserver sends each event as it happens, in its own chunk
+            for chunk in response.read_chunked(decode_content=False):
+                if not self.closed.is_set():
+                    self.counts[kind] += chunk.count(b"\n")
+        except Exception:  # the stream closed by stop(), or it timed out: counted until then
+            return
+
+    def stop(self) -> dict[str, int]:
+        self.closed.set()
+        counts = dict(self.counts)
+        for response in self.responses:
+            response.shutdown()     # unblocks the thread reading it
+            response.release_conn()
+        return counts
+
+
+# -- the operator process --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    label: str
+    kopf: Path
+    crds: Path
+    pythonpath: str | None     # this checkout's sources first; None for an installed older version
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime, every thread
+
+
+def memory_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.samples = pid, []  # type: ignore[var-annotated]
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                self.samples.append((time.monotonic(), memory_kib(self.pid, "VmRSS")))
+            except OSError:
+                return
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [rss for at, rss in self.samples if start <= at <= end]
+
+
+def start_operators(version: Version, namespace: str, replicas: int, log_dir: Path, metrics_port: int) -> list[Any]:
+    """The operator processes of one run. One today; with sharding, each replica would get its shard here
+    (and its own metrics port: metrics_port + i)."""
+    from operator_testkit import OperatorProcess
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if version.pythonpath:
+        env["PYTHONPATH"] = version.pythonpath
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes = []
+    for i in range(replicas):
+        process = OperatorProcess(env, namespace, log_dir, kopf=version.kopf,
+                                  metrics_port=metrics_port + i if metrics_port else None)
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def scrape(port: int) -> OperatorMetrics:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        return parse_operator_metrics(response.read().decode())
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 2.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+    return time.monotonic() - start
+
+
+# -- one run ---------------------------------------------------------------------------------------
+
+
+def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, api: Any,
+                args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    namespace = f"{args.prefix}-{version.label}-{uuid.uuid4().hex[:5]}"
+    names = {g.name for g in fleet}
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(version.crds))
+    # Polled, not `kubectl wait` (it fails at once on a CRD with no conditions yet: e2e/harness.apply_crd).
+    wait_until(lambda: kubectl("get", "crd", "kafkaconsumergroups.lagpilot.io", "-o",
+                               "jsonpath={.status.conditions[?(@.type=='Established')].status}") == "True",
+               60, "the CRD to be Established", 0.5)
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    result: dict[str, Any] = {"version": version.label, "namespace": namespace}
+    processes: list[Any] = []
+    try:
+        started = time.monotonic()
+        create_resources(api, namespace, fleet, args.interval)
+        result["create_seconds"] = round(time.monotonic() - started, 1)
+
+        def deployments_observed() -> bool:
+            """The deployment controller has written every fresh Deployment's status once, so its
+            catching up is not counted among the namespace's changes in the window."""
+            found = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+            return len(found) == len(fleet) and all(
+                d.status is not None and (d.status.observed_generation or 0) >= (d.metadata.generation or 1)
+                for d in found)
+
+        wait_until(deployments_observed, 600, "the deployment controller to observe every Deployment", 2)
+        emit(event="resources_created", **result)
+
+        noise_before, noise_start = apiserver_writes(), time.monotonic()
+        time.sleep(args.noise_seconds)
+        noise = deltas(noise_before, apiserver_writes())
+        noise_rate = sum(noise.values()) / (time.monotonic() - noise_start)
+
+        processes = start_operators(version, namespace, args.replicas, work / version.label, args.metrics_port)
+        operator = processes[0]
+        assert operator.process is not None
+        pid, port = operator.process.pid, operator.metrics_port
+        sampler = RssSampler(pid)
+        sampler.start()
+        launched = time.monotonic()
+
+        def every_resource_polled() -> bool:
+            try:
+                return names <= set(scrape(port).total_lag)
+            except OSError:
+                return False     # the metrics server is not up yet
+
+        first_round = wait_until(every_resource_polled, args.warmup_timeout, "every resource's first reconcile", 5)
+        emit(event="first_round", version=version.label, seconds=round(first_round, 1))
+        time.sleep(args.warmup)
+
+        # The steady window: counters read outside the CPU interval, so their scrape is not charged.
+        metrics0 = scrape(port)
+        changes = ChangeCounter(api, namespace)
+        changes.start()
+        api0, cpu0, t0 = apiserver_writes(), cpu_seconds(pid), time.monotonic()
+        time.sleep(args.duration)
+        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        changed = changes.stop()
+        api1, metrics1 = apiserver_writes(), scrape(port)
+        window = t1 - t0
+        polls = metrics1.polls - metrics0.polls
+        writes = deltas(api0, api1)
+        write_rate = sum(writes.values()) / window
+        steady_rss = sampler.between(t0, t1)
+        result.update({
+            "window_seconds": round(window, 1),
+            "polls": int(polls),
+            "polls_per_second": round(polls / window, 2),
+            "polls_per_second_asked": round(len(fleet) / args.interval, 2),
+            "reconcile_errors": int(metrics1.errors - metrics0.errors),
+            "cpu_seconds": round(cpu1 - cpu0, 2),
+            "cpu_cores": round((cpu1 - cpu0) / window, 3),
+            "cpu_ms_per_poll": round(1000 * (cpu1 - cpu0) / polls, 2) if polls else None,
+            "resources_per_core_at_interval": int(args.interval * polls / (cpu1 - cpu0)) if cpu1 > cpu0 else None,
+            "rss_mib_steady_median": round(statistics.median(steady_rss) / 1024, 1) if steady_rss else None,
+            "api_writes_per_second": round(write_rate, 2),
+            "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items())},
+            "api_writes_per_second_without_operator": round(noise_rate, 2),
+            "api_writes_without_operator_by_kind": {k: int(v) for k, v in sorted(noise.items())},
+            "namespace_changes_per_second": round(sum(changed.values()) / window, 3),
+            "namespace_changes_by_kind": changed,
+            "kafka_requests_per_second": (round((metrics1.kafka_requests - metrics0.kafka_requests) / window, 2)
+                                          if metrics1.kafka_requests is not None
+                                          and metrics0.kafka_requests is not None else None),
+            "first_round_seconds": round(first_round, 1),
+        })
+        emit(event="steady", **result)
+        result["lag_change"] = lag_change(fleet, producer, port, args)
+        result["rss_mib_peak"] = round(memory_kib(pid, "VmHWM") / 1024, 1)
+        result["operator_seconds"] = round(time.monotonic() - launched, 1)
+        sampler.done.set()
+        emit(event="run_done", **result)
+        return result
+    finally:
+        for process in processes:
+            process.stop()
+        delete_namespace(api, namespace)
+        producer.resume()
+
+
+def lag_change(fleet: list[Group], producer: SteadyProducer, port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from a burst to every partition until each resource's decision sees its lag grow by it."""
+    producer.pause()
+    time.sleep(2 * args.interval + 1)    # every resource read the lag once the steady produce stopped
+    baseline = scrape(port).total_lag
+    wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
+    sent = time.monotonic()
+    produce_to_every_partition(fleet, args.burst)
+    acknowledged = time.monotonic()
+    seen: dict[str, float] = {}
+    deadline = acknowledged + args.lag_change_timeout
+    while len(seen) < len(fleet) and time.monotonic() < deadline:
+        lags = scrape(port).total_lag
+        now = time.monotonic()
+        for name, target in wanted.items():
+            if name not in seen and lags.get(name, 0.0) >= target:
+                seen[name] = now - acknowledged
+        time.sleep(1.0)
+    times = list(seen.values())
+    return {"burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
+            "resources_seen": len(seen), "resources": len(fleet),
+            "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
+            "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
+            "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
+            "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
+            "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 1 s"}
+
+
+# -- brokers, versions, main ----------------------------------------------------------------------
+
+
+def start_brokers(count: int, work: Path, port_base: int) -> list[Any]:
+    """`count` extra single-node KRaft brokers (the stack's recipe, each its own folder and ports)."""
+    from e2e.node_backend import PrivateBroker
+
+    brokers = []
+    try:
+        for i in range(count):
+            ports = ({name: port_base + 10 * i + j for j, name in enumerate(PrivateBroker.LISTENERS)}
+                     if port_base else None)
+            brokers.append(PrivateBroker(work / f"broker-{i}", None, ports).start())
+    except Exception:
+        for broker in brokers:
+            broker.stop()
+        raise
+    return brokers
+
+
+def broker_resources(brokers: Iterable[Any]) -> list[dict[str, Any]]:
+    """Each extra broker's JVM: open file descriptors, memory maps and RSS (what thousands of partitions need)."""
+    found = []
+    for broker in brokers:
+        pid = int((broker.stack_dir / "pids" / "kafka.pid").read_text()) if (
+            broker.stack_dir / "pids" / "kafka.pid").exists() else None
+        if pid is None:
+            continue
+        found.append({"bootstrap": broker.bootstrap, "open_fds": sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir()),
+                      "memory_maps": len(Path(f"/proc/{pid}/maps").read_text().splitlines()),
+                      "rss_mib": round(memory_kib(pid, "VmRSS") / 1024, 1)})
+    return found
+
+
+def versions(args: argparse.Namespace, work: Path) -> list[Version]:
+    head = Version("head", Path(sys.executable).parent / "kopf", REPO / "crds",
+                   os.pathsep.join(str(REPO / part) for part in ("operator", "worker", "contract")))
+    if not args.compare:
+        return [head]
+    from runtime_compare_bench import install
+
+    commit = subprocess.run(["git", "rev-parse", "--short", args.compare], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    python = Path(args.before_python) if args.before_python else None
+    if python is None:
+        started = time.monotonic()
+        python = install(commit, work / "before", extras="operator")
+        emit(event="installed", commit=commit, seconds=round(time.monotonic() - started, 1))
+    crds = work / "before-crds"
+    crds.mkdir(exist_ok=True)
+    listed = subprocess.run(["git", "ls-tree", "--name-only", commit, "crds/"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split()
+    for path in listed:
+        (crds / Path(path).name).write_bytes(subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO,
+                                                            check=True, capture_output=True).stdout)
+    return [Version(f"before-{commit}", python.parent / "kopf", crds, None), head]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", type=int, default=1000)
+    parser.add_argument("--clusters", type=int, default=3, help="Kafka clusters: the stack's broker and N-1 extra")
+    parser.add_argument("--partitions", type=int, default=10000, help="partitions of all groups' topics together")
+    parser.add_argument("--interval", type=float, default=5.0, help="each resource's lag.pollIntervalSeconds")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of the steady window")
+    parser.add_argument("--warmup", type=float, default=30.0,
+                        help="seconds after every resource reconciled once, before the window")
+    parser.add_argument("--warmup-timeout", type=float, default=900.0)
+    parser.add_argument("--noise-seconds", type=float, default=20.0,
+                        help="seconds of apiserver writes counted with no operator running")
+    parser.add_argument("--produce-per-partition", type=float, default=0.02,
+                        help="steady records/s per partition (0.02: one record per group's topic and 5 s poll "
+                             "at the default sizes)")
+    parser.add_argument("--burst", type=int, default=3, help="records to every partition for the lag change")
+    parser.add_argument("--lag-change-timeout", type=float, default=120.0)
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="operator replicas (only 1 until the operator shards; see start_operators)")
+    parser.add_argument("--compare", metavar="REV", help="run REV's operator first, then this checkout's")
+    parser.add_argument("--before-python", help="an interpreter with REV's operator installed (skips the install)")
+    parser.add_argument("--prefix", default="fleet-bench", help="namespaces, topics and groups start with it")
+    parser.add_argument("--metrics-port", type=int, default=0, help="the operator's metrics port (0: a free one)")
+    parser.add_argument("--broker-port-base", type=int, default=0,
+                        help="extra broker i listens on BASE+10i..BASE+10i+4 (0: free ports)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (venv, broker logs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="50 groups, 500 partitions, 60 s window, 15 s warm-up: a few minutes")
+    args = parser.parse_args()
+    if args.replicas != 1:
+        parser.error("--replicas > 1 needs an operator that splits resources between replicas (issue 17's "
+                     "sharding), which this version lacks; start_operators() is the hook")
+    if args.quick:
+        args.groups, args.partitions, args.duration, args.warmup = 50, 500, 60.0, 15.0
+
+    from support import api_client
+
+    api = api_client(os.environ["KUBECONFIG"])
+    work = Path(tempfile.mkdtemp(prefix=f"{args.prefix}-"))
+    run_versions = versions(args, work)
+    brokers: list[Any] = []
+    fleet: list[Group] = []
+    producer: SteadyProducer | None = None
+    started = time.monotonic()
+    try:
+        brokers = start_brokers(args.clusters - 1, work, args.broker_port_base)
+        clusters = [os.environ["KAFKA_BOOTSTRAP_SERVERS"], *(b.bootstrap for b in brokers)]
+        fleet = plan_fleet(args.groups, clusters, args.partitions, f"{args.prefix}-{uuid.uuid4().hex[:5]}")
+        create_topics(fleet)
+        commit_offsets(fleet)
+        produce_to_every_partition(fleet, 1)
+        emit(event="fleet_ready", groups=len(fleet), clusters=clusters, partitions=sum(g.partitions for g in fleet),
+             seconds=round(time.monotonic() - started, 1), brokers=broker_resources(brokers))
+        producer = SteadyProducer(fleet, args.produce_per_partition * sum(g.partitions for g in fleet))
+        producer.start()
+        producer.resume()
+        runs = {}
+        for version in run_versions:
+            run_started = time.monotonic()
+            runs[version.label] = run_version(version, fleet, producer, api, args, work)
+            runs[version.label]["run_seconds"] = round(time.monotonic() - run_started, 1)
+        summary = {"bench": "fleet", "groups": len(fleet), "clusters": len(clusters),
+                   "partitions": sum(g.partitions for g in fleet), "interval_seconds": args.interval,
+                   "window_seconds": args.duration, "replicas": args.replicas, "runs": runs,
+                   "brokers": broker_resources(brokers), "total_seconds": round(time.monotonic() - started, 1),
+                   "basis": "operator process CPU (all threads) / reconciles in the steady window; API writes "
+                            "counted cluster-wide by the apiserver for the kinds the operator writes (noise from "
+                            "other users of the stack measured without the operator beside it)"}
+        print(json.dumps(summary), flush=True)
+        return 0
+    finally:
+        if producer is not None:
+            producer.stop()
+        if fleet:    # the extra brokers' topics go with their brokers
+            delete_topics([g for g in fleet if g.cluster == os.environ["KAFKA_BOOTSTRAP_SERVERS"]])
+        for broker in brokers:
+            broker.stop()
+        if args.keep:
+            emit(event="kept", folder=str(work))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
