@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1.7
 # Lagpilot operator image. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t <registry>/lagpilot-operator:0.1.0 .
-# Stages 1 and 2 build the wheels of every dependency and of lagpilot[operator]; the final stage installs
-# them (the dependencies from a bind mount), so no build tooling ends up in the image; the project's
-# wheel and the two files that key the dependency layer stay in /opt/lagpilot-build (a few hundred KB).
+# Stage 1 builds the dependencies' wheels and installs them into the runtime's virtual environment;
+# stage 2 builds lagpilot's own wheel; the final stage copies the environment and installs that wheel
+# into it, so no build tooling ends up in the image (the project's wheel stays in /opt/lagpilot-build,
+# a few hundred KB).
 
 # The base is a build argument: Docker users keep the official Python image; the local stack, which
 # reaches no container registry, passes a Debian bookworm image with Debian's Python 3.11
@@ -19,14 +20,17 @@ WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 # requirements.lock pins every dependency (the versions `make test` installs). A virtual environment
 # works the same on both bases (Debian's own python3 refuses system-wide pip installs). The build
-# backend (pyproject's build-system requires) goes into it too, for the project's wheel below.
+# backend (pyproject's build-system requires) goes into it too, for the project's wheel below. The
+# runtime's virtual environment (/opt/lagpilot) gets the dependencies here; the final stage copies it.
 RUN mkdir -p contract operator worker \
     && python3 -m venv /opt/build \
     && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock ".[operator]" \
     && rm /wheels/lagpilot-*.whl \
     && python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" \
        > /tmp/build-requires.txt \
-    && /opt/build/bin/pip install --no-cache-dir -r /tmp/build-requires.txt
+    && /opt/build/bin/pip install --no-cache-dir -r /tmp/build-requires.txt \
+    && python3 -m venv /opt/lagpilot \
+    && /opt/lagpilot/bin/pip install --no-cache-dir --no-index /wheels/*.whl
 
 # Stage 2: the project's own wheel, without its dependencies.
 FROM dependencies AS builder
@@ -48,12 +52,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # A fixed numeric uid/gid, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 RUN groupadd --system --gid 10001 lagpilot \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin lagpilot
-# The dependencies, then the project. The COPY lines key the layer cache by content: a RUN with a
-# bind mount from another stage is not invalidated by that stage's content in every builder.
-COPY pyproject.toml requirements.lock /opt/lagpilot-build/
-RUN --mount=type=bind,from=dependencies,source=/wheels,target=/wheels \
-    python3 -m venv /opt/lagpilot \
-    && /opt/lagpilot/bin/pip install --no-cache-dir --no-index /wheels/*.whl
+# The dependencies' virtual environment (the same base, so the same interpreter path), then the
+# project's wheel into it. COPY --from, not RUN --mount=type=bind,from=...: buildah --layers does not
+# mount a stage it took from the cache ("couldn't find .../wheels on host to bind mount").
+COPY --from=dependencies /opt/lagpilot/ /opt/lagpilot/
 COPY --from=builder /project/ /opt/lagpilot-build/
 RUN /opt/lagpilot/bin/pip install --no-cache-dir --no-index --no-deps /opt/lagpilot-build/*.whl \
     && /opt/lagpilot/bin/pip check
