@@ -26,8 +26,8 @@ from lagpilot_operator import reconcile
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
 from lagpilot_operator.kube import kube_io, models
-from lagpilot_operator.shard_keeper import ShardKeeper
-from lagpilot_operator.shards import ShardSettings
+from lagpilot_operator.kube.shard_keeper import ShardKeeper
+from lagpilot_operator.kube.shards import ShardSettings
 
 SHARED = reconcile.Shared()
 KEEPER: ShardKeeper | None = None

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator import shards
 from lagpilot_operator.core.observations import LagHistory, LagSample, partition_lag, partition_name
 from lagpilot_operator.core.pause import pause_from
 from lagpilot_operator.core.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
@@ -37,7 +36,7 @@ from lagpilot_operator.kafka.dead_letter import (
     reconcile_dead_letter,
 )
 from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
-from lagpilot_operator.kube import kube_io, models, scale_apply, worker_config, writes
+from lagpilot_operator.kube import kube_io, models, scale_apply, shards, worker_config, writes
 from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.kube.models import ConditionStatus
 

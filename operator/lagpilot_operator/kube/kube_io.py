@@ -16,9 +16,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from lagpilot_contract import pool as pool_contract
-from lagpilot_operator import shards
 from lagpilot_operator.kafka import kafka_lag
-from lagpilot_operator.kube import models, writes
+from lagpilot_operator.kube import models, shards, writes
 from lagpilot_operator.kube.worker_config import with_injected_env
 
 

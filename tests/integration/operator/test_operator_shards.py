@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client
 from operator_testkit import FAST, OperatorProcess, apply_kcg, commit, create_deployment, event_messages, produce
 
-from lagpilot_operator import shards
+from lagpilot_operator.kube import shards
 from support import wait_for
 
 pytestmark = pytest.mark.integration

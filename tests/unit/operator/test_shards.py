@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from lagpilot_operator import shards
-from lagpilot_operator.shards import Holding, LeaseObserver, LeaseRecord, ShardSettings
+from lagpilot_operator.kube import shards
+from lagpilot_operator.kube.shards import Holding, LeaseObserver, LeaseRecord, ShardSettings
 
 BASE = "lp"
 

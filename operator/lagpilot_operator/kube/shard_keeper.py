@@ -18,8 +18,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator import shards
-from lagpilot_operator.shards import Holding, LeaseObserver, LeaseRecord, ShardSettings
+from lagpilot_operator.kube import shards
+from lagpilot_operator.kube.shards import Holding, LeaseObserver, LeaseRecord, ShardSettings
 
 log = logging.getLogger(__name__)
 SET_LABEL = "lagpilot.io/lease-set"
