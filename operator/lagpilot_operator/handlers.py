@@ -133,21 +133,29 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
     try:
         while not stopped:
             interval = int(((body.get("spec") or {}).get("lag") or {}).get("pollIntervalSeconds") or 5)
-            token = "" if KEEPER is None else KEEPER.gate(namespace, name)
-            if token != term and term is not None:
+            held = "" if KEEPER is None else KEEPER.held_token(namespace, name)
+            if held != term and term is not None:
                 # Another replica may have served it meanwhile: resume from its status, not our memory.
+                # (The same term paused by a late renewal keeps its memory: nobody else held the shard.)
                 await reconcile.forget(state, SHARED, namespace, name)
                 state, term = reconcile.ResourceState(), None
-            if token is None:  # another replica's shard
+            # Counted as running under its shard until it ends: the shard is not handed over meanwhile.
+            token = "" if KEEPER is None else KEEPER.enter(namespace, name)
+            if token is None:  # another replica's shard, ours being handed over, or paused until a renewal
                 await _wait_for_shards(stopped, interval)
                 continue
-            term = token
-            fence = None if KEEPER is None else reconcile.Fence(token, functools.partial(KEEPER.still_holds, token))
-            _trace({"event": "start", "resource": f"{namespace}/{name}", "term": token, "time": time.time(),
-                    "identity": KEEPER.settings.identity if KEEPER else ""})
-            status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body), fence=fence)
-            _trace({"event": "end", "resource": f"{namespace}/{name}", "term": token, "time": time.time(),
-                    "identity": KEEPER.settings.identity if KEEPER else "", "written": bool(status)})
+            try:
+                term = token
+                fence = None if KEEPER is None else reconcile.Fence(token, functools.partial(KEEPER.still_holds, token))
+                identity = KEEPER.settings.identity if KEEPER else ""
+                _trace({"event": "start", "resource": f"{namespace}/{name}", "term": token, "time": time.time(),
+                        "identity": identity})
+                status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body), fence=fence)
+                _trace({"event": "end", "resource": f"{namespace}/{name}", "term": token, "time": time.time(),
+                        "identity": identity, "written": bool(status)})
+            finally:
+                if KEEPER is not None:
+                    KEEPER.leave(namespace, name)
             logger.debug("reconciled: %s", status.get("lastDecision"))
             await stopped.wait(interval)
     finally:

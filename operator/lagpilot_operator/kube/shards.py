@@ -186,24 +186,26 @@ class ShardSettings:
     identity: str
     namespace: str
     lease_prefix: str = "lagpilot"
-    lease_seconds: int = 6
-    renew_seconds: float = 2.0
-    margin_seconds: float = 2.0
+    lease_seconds: int = 5
+    renew_seconds: float = 1.0
+    margin_seconds: float = 1.0
 
     @staticmethod
     def from_env(env: Mapping[str, str], default_identity: str, default_namespace: str) -> ShardSettings | None:
         """None when sharding is off (LAGPILOT_SHARDS unset, 0 or 1): one replica serves everything.
 
-        LAGPILOT_SHARD_LEASE_SECONDS (default 6) should stay under two polling intervals minus the renew
-        period, so a dead replica's shards are taken over within two intervals; the renew period
-        (LAGPILOT_SHARD_RENEW_SECONDS, default 2) must leave room for the margin (default: one renew
-        period) inside the duration.
+        A dead replica's shards are taken over about LAGPILOT_SHARD_LEASE_SECONDS (default 5) plus one
+        renew period (LAGPILOT_SHARD_RENEW_SECONDS, default 1) plus two API calls (a list and the
+        takeover) after its last renewal: keep that under two polling intervals (10 s at the default
+        5 s poll). A holder acts for the duration minus the margin (LAGPILOT_SHARD_MARGIN_SECONDS,
+        default one renew period) after sending a renewal, so a renewal may take up to duration - margin
+        - renew period (3 s by default) before the holder pauses, which it then does safely.
         """
         shards = int(env.get("LAGPILOT_SHARDS", "1") or "1")
         if shards <= 1:
             return None
-        lease_seconds = int(env.get("LAGPILOT_SHARD_LEASE_SECONDS", "6"))
-        renew = float(env.get("LAGPILOT_SHARD_RENEW_SECONDS", "2"))
+        lease_seconds = int(env.get("LAGPILOT_SHARD_LEASE_SECONDS", "5"))
+        renew = float(env.get("LAGPILOT_SHARD_RENEW_SECONDS", "1"))
         margin = float(env.get("LAGPILOT_SHARD_MARGIN_SECONDS", str(renew)))
         if lease_seconds <= renew + margin:
             raise ValueError(f"LAGPILOT_SHARD_LEASE_SECONDS={lease_seconds} must exceed the renew period ({renew}) "

@@ -165,4 +165,4 @@ def test_settings_from_env() -> None:
     assert fast is not None and (fast.lease_seconds, fast.renew_seconds, fast.margin_seconds, fast.identity) == \
         (2, 0.5, 0.5, "x")
     with pytest.raises(ValueError, match="must exceed"):
-        ShardSettings.from_env({"LAGPILOT_SHARDS": "3", "LAGPILOT_SHARD_LEASE_SECONDS": "4"}, "me", "ns")
+        ShardSettings.from_env({"LAGPILOT_SHARDS": "3", "LAGPILOT_SHARD_LEASE_SECONDS": "2"}, "me", "ns")
