@@ -42,7 +42,7 @@ def _trace(path: Path) -> list[dict[str, Any]]:
 
 
 def _holders(stack: Any, namespace: str) -> dict[int, str]:
-    leases = client.CoordinationV1Api(stack.api()).list_namespaced_lease(
+    leases: list[Any] = client.CoordinationV1Api(stack.api()).list_namespaced_lease(
         namespace, label_selector=f"lagpilot.io/lease-set={LEASE_PREFIX},lagpilot.io/lease-role=shard").items
     return {int(lease.metadata.name.rsplit("-", 1)[1]): lease.spec.holder_identity or "" for lease in leases}
 
@@ -173,9 +173,9 @@ def test_three_replicas_share_the_groups_and_take_over_a_killed_one(
 
     # 3. Fencing: the new holder stamped its later term on the dead replica's Deployments.
     for name in by_shard[victim_shard]:
-        after = _token(_deployment(stack, namespace, name))
-        assert after is not None and tokens_before[name] is not None
-        assert shards.token_is_stale(tokens_before[name], after), f"{name}: token {tokens_before[name]} -> {after}"
+        before, after = tokens_before[name], _token(_deployment(stack, namespace, name))
+        assert before is not None and after is not None
+        assert shards.token_is_stale(before, after), f"{name}: token {before} -> {after}"
 
     # 4. No spurious scale: every Deployment still at 2, and no scale-down ever decided.
     assert {name: _deployment(stack, namespace, name).spec.replicas for name in names} == dict.fromkeys(names, 2)

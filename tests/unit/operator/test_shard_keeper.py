@@ -58,6 +58,11 @@ def _model(lease: dict[str, Any]) -> Any:
                              lease_duration_seconds=spec["leaseDurationSeconds"]))
 
 
+def fake_api() -> Any:
+    """A FakeLeases where the keeper wants a CoordinationV1Api."""
+    return FakeLeases()
+
+
 def keeper(identity: str, count: int = 2) -> ShardKeeper:
     return ShardKeeper(ShardSettings(shards=count, identity=identity, namespace=NAMESPACE, lease_prefix="lp"))
 
@@ -67,7 +72,7 @@ def resource_of(shard: int, count: int = 2) -> str:
 
 
 def test_a_lone_replica_takes_every_shard_and_renews_without_listing() -> None:
-    api, first = FakeLeases(), keeper("a")
+    api, first = fake_api(), keeper("a")
     first.observe_round(api)
     assert sorted(first.held) == [0, 1]
     assert first.gate(NAMESPACE, resource_of(0)) == "2/0:0"
@@ -78,7 +83,7 @@ def test_a_lone_replica_takes_every_shard_and_renews_without_listing() -> None:
 
 
 def test_a_shard_is_handed_over_only_after_its_running_reconcile_ends() -> None:
-    api, first, second = FakeLeases(), keeper("a"), keeper("b")
+    api, first, second = fake_api(), keeper("a"), keeper("b")
     first.observe_round(api)
     name = resource_of(0)
     other = resource_of(1)
@@ -101,7 +106,7 @@ def test_a_shard_is_handed_over_only_after_its_running_reconcile_ends() -> None:
 
 
 def test_a_renewal_conflict_drops_the_shard() -> None:
-    api, first = FakeLeases(), keeper("a", count=1)
+    api, first = fake_api(), keeper("a", count=1)
     first.observe_round(api)
     lease = api.leases["lp-shard-0"]
     api._store({**lease, "spec": {**lease["spec"], "holderIdentity": "intruder"}})
@@ -111,7 +116,7 @@ def test_a_renewal_conflict_drops_the_shard() -> None:
 
 @pytest.mark.parametrize("busy", [True, False])
 def test_release_all_hands_every_shard_over(busy: bool) -> None:
-    api, first = FakeLeases(), keeper("a")
+    api, first = fake_api(), keeper("a")
     first.observe_round(api)
     if busy:
         first.enter(NAMESPACE, resource_of(0))
