@@ -3,6 +3,7 @@ broker-side configs."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -73,8 +74,11 @@ def parse_env_lines(text: str) -> dict[str, str]:
 
 
 def unique_name(prefix: str) -> str:
-    """A name unique to this test run, legal as a Kafka topic, a group id and a DNS-1123 label."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}".lower()
+    """A name unique to this test run, legal as a Kafka topic, a group id and a DNS-1123 label.
+
+    LAGPILOT_TEST_NAME_PREFIX (e.g. `me-`) goes in front of every name, so runs sharing one stack can
+    tell (and clean up) their own namespaces, topics and groups."""
+    return f"{os.environ.get('LAGPILOT_TEST_NAME_PREFIX', '')}{prefix}-{uuid.uuid4().hex[:8]}".lower()
 
 
 def release_finalizers(stack: Any, namespace: str) -> None:

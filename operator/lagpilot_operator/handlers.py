@@ -9,9 +9,14 @@ resources whose `deadLetter.deletionPolicy` is `Delete`.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import os
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -21,8 +26,14 @@ from lagpilot_operator import reconcile
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
 from lagpilot_operator.kube import kube_io, models
+from lagpilot_operator.kube.shard_keeper import ShardKeeper
+from lagpilot_operator.kube.shards import ShardSettings
 
 SHARED = reconcile.Shared()
+KEEPER: ShardKeeper | None = None
+"""Sharding on (LAGPILOT_SHARDS > 1): this replica's shard Leases. None: this replica serves everything."""
+_KEEPER_TASK: asyncio.Task[None] | None = None
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @kopf.on.startup()
@@ -55,6 +66,32 @@ async def io_threads(**_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="lagpilot-io"))
 
 
+def _own_namespace() -> str:
+    """The pod's namespace (where the shard Leases live), or `default` outside a cluster."""
+    found = _SERVICE_ACCOUNT_NAMESPACE
+    return found.read_text().strip() if found.exists() else "default"
+
+
+@kopf.on.startup()
+async def start_sharding(*, logger: kopf.Logger, **_: Any) -> None:
+    global KEEPER, _KEEPER_TASK
+    settings = ShardSettings.from_env(os.environ, f"{socket.gethostname()}-{os.getpid()}", _own_namespace())
+    if settings is None:
+        return
+    KEEPER = ShardKeeper(settings)
+    _KEEPER_TASK = asyncio.create_task(KEEPER.run(), name="lagpilot-shard-leases")
+    logger.info("sharding on: %d shards, identity %s", settings.shards, settings.identity)
+
+
+@kopf.on.cleanup()
+async def stop_sharding(**_: Any) -> None:
+    # The daemons have stopped by now: hand the shards over instead of letting them expire.
+    if _KEEPER_TASK is not None and KEEPER is not None:
+        _KEEPER_TASK.cancel()
+        await asyncio.gather(_KEEPER_TASK, return_exceptions=True)
+        await asyncio.to_thread(KEEPER.release_all)
+
+
 @kopf.on.cleanup()
 async def close_connections(**_: Any) -> None:
     # Every daemon releases its share-group connections as it stops; this closes whatever is left.
@@ -68,19 +105,62 @@ def _emitter(body: kopf.Body) -> reconcile.EventSink:
     return emit
 
 
+def _trace(record: dict[str, Any]) -> None:
+    """LAGPILOT_RECONCILE_TRACE=<file>: one JSON line per reconcile start and end (which replica, which
+    shard term), to check after the fact that no two replicas served a resource at once."""
+    path = os.environ.get("LAGPILOT_RECONCILE_TRACE")
+    if path:
+        with open(path, "a", encoding="utf-8") as trace:
+            trace.write(json.dumps(record) + "\n")
+
+
+async def _wait_for_shards(stopped: kopf.DaemonStopped, interval: float) -> None:
+    """Until the interval passes, the daemon is stopped, or this replica's shards change."""
+    assert KEEPER is not None
+    waits = {asyncio.ensure_future(stopped.wait(interval)), asyncio.ensure_future(KEEPER.changed())}
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+
+
 @kopf.daemon(models.GROUP, models.VERSION, models.PLURAL, cancellation_timeout=10)
 async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     state = reconcile.ResourceState()
     meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    term: str | None = None
+    """The shard term `state` was built under (sharding on): another term starts from the status again."""
     try:
         while not stopped:
-            status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body))
-            logger.debug("reconciled: %s", status.get("lastDecision"))
             interval = int(((body.get("spec") or {}).get("lag") or {}).get("pollIntervalSeconds") or 5)
+            held = "" if KEEPER is None else KEEPER.held_token(namespace, name)
+            if held != term and term is not None:
+                # Another replica may have served it meanwhile: resume from its status, not our memory.
+                # (The same term paused by a late renewal keeps its memory: nobody else held the shard.)
+                await reconcile.forget(state, SHARED, namespace, name)
+                state, term = reconcile.ResourceState(), None
+            # Counted as running under its shard until it ends: the shard is not handed over meanwhile.
+            token = "" if KEEPER is None else KEEPER.enter(namespace, name)
+            if token is None:  # another replica's shard, ours being handed over, or paused until a renewal
+                await _wait_for_shards(stopped, interval)
+                continue
+            try:
+                term = token
+                fence = None if KEEPER is None else reconcile.Fence(token, functools.partial(KEEPER.still_holds, token))
+                identity = KEEPER.settings.identity if KEEPER else ""
+                _trace({"event": "start", "resource": f"{namespace}/{name}", "term": token, "time": time.time(),
+                        "identity": identity})
+                status = await reconcile.reconcile(dict(body), state, SHARED, _emitter(body), fence=fence)
+                _trace({"event": "end", "resource": f"{namespace}/{name}", "term": token, "time": time.time(),
+                        "identity": identity, "written": bool(status)})
+            finally:
+                if KEEPER is not None:
+                    KEEPER.leave(namespace, name)
+            logger.debug("reconciled: %s", status.get("lastDecision"))
             await stopped.wait(interval)
     finally:
         # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
-        await reconcile.forget(state, SHARED, meta.get("namespace") or "", meta.get("name") or "")
+        await reconcile.forget(state, SHARED, namespace, name)
 
 
 def _deletes_topics(spec: kopf.Spec, **_: Any) -> bool:

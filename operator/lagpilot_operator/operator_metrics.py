@@ -39,6 +39,12 @@ RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that h
 KAFKA_ADMIN_REQUESTS = Counter("lagpilot_kafka_admin_requests_total",
                                "Kafka admin calls made to read lag, per cluster and kind of request.",
                                ("cluster", "request"))
+# Sharding (LAGPILOT_SHARDS > 1): this replica's shard Leases, and how often it took one over.
+SHARDS_HELD = Gauge("lagpilot_shards_held", "Shard Leases this operator replica holds (sharding on).")
+SHARD_TAKEOVERS = Counter("lagpilot_shard_takeovers_total",
+                          "Shard Leases this replica acquired (free, released or expired ones).")
+FENCED_RECONCILES = Counter("lagpilot_fenced_reconciles_total",
+                            "Reconciles stopped before writing: the shard's term ended or a newer holder wrote.")
 DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
 
 

@@ -36,7 +36,7 @@ from lagpilot_operator.kafka.dead_letter import (
     reconcile_dead_letter,
 )
 from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
-from lagpilot_operator.kube import kube_io, models, scale_apply, worker_config, writes
+from lagpilot_operator.kube import kube_io, models, scale_apply, shards, worker_config, writes
 from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.kube.models import ConditionStatus
 
@@ -48,6 +48,24 @@ DEAD_LETTER_INTERVAL_SECONDS = 30.0
 # how patient the operator is with commit gaps, the same for every group it serves.
 VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS))
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Sharding on: the shard term this reconcile acts under, and whether it still holds (checked right
+    before each write, since the term can end while a reconcile waits on Kafka)."""
+
+    token: str
+    holds: Callable[[], bool]
+
+
+class Fenced(Exception):
+    """The term ended, or the Deployment carries a newer term: another replica serves the resource now."""
+
+
+def _check(fence: Fence | None) -> None:
+    if fence is not None and not fence.holds():
+        raise Fenced(f"shard term {fence.token} ended before the write")
 
 
 @dataclass
@@ -101,15 +119,21 @@ def _utc(now: float) -> str:
 
 
 async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, emit: EventSink,
-                    now: float | None = None) -> dict[str, Any]:
+                    now: float | None = None, fence: Fence | None = None) -> dict[str, Any]:
     """Run one reconcile and write the status when something worth writing changed (`writes`);
-    returns the status computed (for tests and logs)."""
+    returns the status computed (for tests and logs). With a `fence` (sharding), nothing is written once
+    the term has ended or the Deployment shows a newer one: the status is then the new holder's to write."""
     started = time.perf_counter()
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     now = time.time() if now is None else now
     try:
-        status = await _reconcile(body, state, shared, _deduplicated(state.events, emit), now)
+        status = await _reconcile(body, state, shared, _deduplicated(state.events, emit), now, fence)
+        _check(fence)
+    except Fenced as exc:
+        log.info("%s/%s: not written: %s", namespace, name, exc)
+        metrics.FENCED_RECONCILES.inc()
+        return {}
     except Exception as exc:  # one resource's bug must never stop the others: report it, keep looping
         log.exception("reconcile of %s/%s failed", namespace, name)
         metrics.RECONCILE_ERRORS.labels(namespace, name, "unexpected").inc()
@@ -144,7 +168,7 @@ def _conditions(body: dict[str, Any]) -> list[Any]:
 
 
 async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, emit: EventSink,
-                     now: float) -> dict[str, Any]:
+                     now: float, fence: Fence | None = None) -> dict[str, Any]:
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     previous: dict[str, Any] = dict(body.get("status") or {})
@@ -168,12 +192,16 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
 
     # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
+    _check(fence)
     target = await _target(body, spec, config)
     if target is None:
         wanted = spec.scale_target_ref.name if spec.scale_target_ref else name
         condition(models.TARGET_FOUND, False, "DeploymentNotFound",
                   f"Deployment {namespace}/{wanted} does not exist; create it or fix spec.scaleTargetRef.name")
     else:
+        if fence is not None and shards.token_is_stale(fence.token, target.fencing_token):
+            raise Fenced(f"Deployment {namespace}/{target.name} carries the newer term {target.fencing_token} "
+                         f"(ours: {fence.token})")
         condition(models.TARGET_FOUND, True, "DeploymentFound", f"scaling Deployment {namespace}/{target.name}")
         found = worker_config.mismatch_condition(spec, f"{namespace}/{target.name}", target.containers)
         condition(models.WORKER_CONFIG_MISMATCH, {"True": True, "False": False}.get(found.status), found.reason,
@@ -237,15 +265,18 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     applied_replicas, refusal = current_replicas, None
     if target is not None and decision.replicas != current_replicas:
         try:
-            await asyncio.to_thread(kube_io.scale_target, namespace, target.name, decision.replicas)
+            await _scale(namespace, target, decision.replicas, fence)
             applied_replicas = decision.replicas
         except ApiException as exc:  # RBAC, an admission webhook or policy, a conflict: report and hold
             refusal = scale_apply.refusal(
                 f"scaling Deployment {namespace}/{target.name} from {current_replicas} to {decision.replicas} "
                 "replicas", exc.status, exc.body, f"replicas stay at {current_replicas}")
+    elif target is not None and fence is not None and target.fencing_token != fence.token:
+        await _stamp(namespace, target, fence)
     if target is not None:
         # A refused scale holds the pool too: the decision is one shape (replicas x pool).
         pool = decision.pool if refusal is None else current_pool
+        _check(fence)
         try:
             await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
         except ApiException as exc:
@@ -303,6 +334,28 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     _export(namespace, name, sample, decision, verdicts, time_lags, applied_replicas, config)
     metrics.export_rates(namespace, name, status.get("produceRatePerSecond"), status.get("consumeRatePerSecond"))
     return status
+
+
+async def _scale(namespace: str, target: kube_io.TargetScale, replicas: int, fence: Fence | None) -> None:
+    """Sharding off: the scale subresource, as HPA does. On: a patch carrying the shard term and the
+    resourceVersion read, so a replica whose term ended cannot overwrite the new holder's decision."""
+    if fence is None:
+        await asyncio.to_thread(kube_io.scale_target, namespace, target.name, replicas)
+        return
+    _check(fence)
+    await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token, target.resource_version,
+                            replicas)
+
+
+async def _stamp(namespace: str, target: kube_io.TargetScale, fence: Fence) -> None:
+    """A new term's first reconcile of a resource marks its Deployment, so a replica whose term ended
+    (paused past its Lease) has its next write refused even when this one had nothing to scale."""
+    _check(fence)
+    try:
+        await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token, target.resource_version,
+                                None)
+    except ApiException as exc:  # 409: the Deployment changed since the read; the next poll stamps it
+        log.debug("%s/%s: fencing token not written (HTTP %s); next poll", namespace, target.name, exc.status)
 
 
 async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,

@@ -117,8 +117,9 @@ def lint_is_clean(result: subprocess.CompletedProcess[str]) -> bool:
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={a,b}"],
-                                   ["--set", "peering.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"]],
-                         ids=["defaults", "namespaced", "standalone-servicemonitor"])
+                                   ["--set", "peering.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
+                                   ["--set", "shards=3", "--set", "peering.enabled=false"]],
+                         ids=["defaults", "namespaced", "standalone-servicemonitor", "shards"])
 def test_helm_lint_operator_chart_is_clean(stack: Stack, extra: list[str]) -> None:
     result = stack.helm("lint", "--strict", str(CHART), *extra, check=False)
     assert lint_is_clean(result), result.stdout + result.stderr
@@ -220,6 +221,53 @@ def test_standalone_mode_uses_recreate_and_refuses_several_replicas(stack: Stack
     result = stack.helm("template", "lp", str(CHART), "--kube-version", KUBE_VERSION,
                         "--set", "peering.enabled=false", "--set", "replicaCount=2", check=False)
     assert result.returncode != 0 and "at '/replicaCount': maximum: got 2, want 1" in result.stderr
+
+
+def test_shards_run_one_replica_per_shard_each_acting_under_its_leases(stack: Stack) -> None:
+    docs = render(stack, CHART, "--set", "shards=4", "--set", "peering.enabled=false", "--set", "replicaCount=1",
+                  "--set", "rbac.scope=namespaced", "--set", "watchNamespaces={team-a}", namespace="ops")
+    (deployment,) = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 4
+    # Fencing makes an old and a new replica safe together: a rolling update, not Recreate.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = operator_container(docs)
+    assert "--standalone" in container["args"][0] and "--peering" not in container["args"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["LAGPILOT_SHARDS"]["value"] == "4"
+    assert (env["LAGPILOT_SHARD_LEASE_SECONDS"]["value"], env["LAGPILOT_SHARD_RENEW_SECONDS"]["value"]) == ("5", "1")
+    assert env["LAGPILOT_SHARD_LEASE_PREFIX"]["value"] == "lp-lagpilot"
+    # The replica's identity is its pod name, the Leases' namespace its own (the downward API).
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    lease_roles = [role for role in only(docs, "Role")
+                   if any("coordination.k8s.io" in rule["apiGroups"] for rule in role["rules"])]
+    assert [(role["metadata"]["namespace"], role["rules"]) for role in lease_roles] == [
+        ("ops", [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                  "verbs": ["list", "create", "update", "delete"]}])]
+    (binding,) = [b for b in only(docs, "RoleBinding") if b["roleRef"]["name"] == lease_roles[0]["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == "ops"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lp-lagpilot", "namespace": "ops"}]
+    assert not only(docs, "KopfPeering")
+
+
+def test_one_shard_renders_no_lease_rules_and_no_shard_env(stack: Stack) -> None:
+    docs = render(stack, CHART)
+    env = {item["name"] for item in operator_container(docs)["env"]}
+    assert not {name for name in env if name.startswith("LAGPILOT_SHARD")}
+    assert not [rule for doc in docs if doc["kind"] in {"Role", "ClusterRole"}
+                for rule in doc["rules"] if "coordination.k8s.io" in rule["apiGroups"]]
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (["--set", "shards=3"], "at '/peering/enabled': value must be false"),
+    (["--set", "shards=3", "--set", "peering.enabled=false", "--set", "shardLease.durationSeconds=2"],
+     "shardLease.durationSeconds=2 must exceed twice shardLease.renewSeconds=1"),
+    (["--set", "shards=0"], "at '/shards': minimum: got 0, want 1"),
+], ids=["with-peering", "lease-too-short", "zero"])
+def test_shards_refuse_values_that_cannot_work(stack: Stack, values: list[str], message: str) -> None:
+    result = stack.helm("template", "lp", str(CHART), "--kube-version", KUBE_VERSION, *values, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_operator_script_gives_each_pod_its_own_negative_priority(stack: Stack, tmp_path: Path) -> None:

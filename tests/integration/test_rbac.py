@@ -193,6 +193,7 @@ class Installed:
     peering: str
     watched: list[str]
     elsewhere: str  # a namespace the operator must not touch (namespaced scope)
+    release_namespace: str
 
 
 @pytest.fixture
@@ -206,7 +207,7 @@ def install_operator(stack: Stack, namespace: str) -> Iterator[Callable[[str], I
         extra.append(name)
         return name
 
-    def install(scope: str) -> Installed:
+    def install(scope: str, *values: str) -> Installed:
         release = unique_name("lp")
         releases.append(release)
         watched = [new_namespace(), new_namespace()]
@@ -214,11 +215,11 @@ def install_operator(stack: Stack, namespace: str) -> Iterator[Callable[[str], I
         args = ["--set", f"rbac.scope={scope}", "--set-string", "nodeSelector.lagpilot\\.io/no-node=true"]
         if scope == "namespaced":
             args += ["--set", f"watchNamespaces={{{','.join(watched)}}}"]
-        stack.helm("install", release, str(CHART), "-n", namespace, *args)
+        stack.helm("install", release, str(CHART), "-n", namespace, *args, *values)
         fullname = f"{release}-lagpilot"
         peering = f"{namespace}-{fullname}" if scope == "cluster" else fullname
         return Installed(subject=f"system:serviceaccount:{namespace}:{fullname}", peering=peering,
-                         watched=watched, elsewhere=new_namespace())
+                         watched=watched, elsewhere=new_namespace(), release_namespace=namespace)
 
     yield install
     for release in releases:
@@ -276,6 +277,27 @@ def test_namespaced_scope_grants_exactly_the_expected_rules(
     peering = peering_rules("kopfpeerings.kopf.dev", op.peering)
     assert listed_rules(stack, op.subject, op.watched[1]) == {**WORKLOAD_RULES, **DISCOVERY_RULES, **peering}
     assert listed_rules(stack, op.subject, op.elsewhere) == DISCOVERY_RULES
+
+
+LEASES = "leases.coordination.k8s.io"
+SHARD_LEASE_CALLS = [Call(v, LEASES) for v in ("list", "create", "update", "delete")]
+SHARDED = ("--set", "shards=3", "--set", "peering.enabled=false")
+
+
+def test_shards_may_keep_leases_in_the_release_namespace_only(
+        stack: Stack, install_operator: Callable[[str], Installed]) -> None:
+    op = install_operator("namespaced", *SHARDED)
+    assert_allowed(stack, op.subject, SHARD_LEASE_CALLS, op.release_namespace)
+    # The keeper lists and replaces whole Leases; it never gets, watches or patches one.
+    assert_refused(stack, op.subject, [Call(v, LEASES) for v in ("get", "watch", "patch", "deletecollection")],
+                   op.release_namespace)
+    for ns in (*op.watched, op.elsewhere):
+        assert_refused(stack, op.subject, SHARD_LEASE_CALLS, ns)
+    assert_refused(stack, op.subject, [Call("list", LEASES, all_namespaces=True)], op.release_namespace)
+    assert listed_rules(stack, op.subject, op.release_namespace) == {
+        **DISCOVERY_RULES, (LEASES, ()): frozenset({"list", "create", "update", "delete"})}
+    # Sharding turns kopf peering off: the watched namespaces get the workload rules and nothing else.
+    assert listed_rules(stack, op.subject, op.watched[0]) == {**WORKLOAD_RULES, **DISCOVERY_RULES}
 
 
 def test_worker_service_account_may_only_watch_configmaps_in_its_namespace(stack: Stack, namespace: str) -> None:

@@ -83,6 +83,11 @@ def test_operator_schema_rejects_the_documented_bad_values() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     props = schema["properties"]
     assert props["replicaCount"]["minimum"] == 0
+    assert (props["shards"]["type"], props["shards"]["minimum"]) == ("integer", 1)
+    # Shards and kopf peering exclude each other: peering would keep all replicas but one paused.
+    (sharded,) = [rule for rule in schema["allOf"] if "shards" in rule["if"]["properties"]]
+    assert sharded["if"]["properties"]["shards"] == {"minimum": 2}
+    assert sharded["then"]["properties"]["peering"]["properties"]["enabled"]["const"] is False
     assert props["rbac"]["properties"]["scope"]["enum"] == ["cluster", "namespaced"]
     # Role names need exact namespaces: globs would silently grant nothing.
     assert schema["definitions"]["dns1123Label"]["pattern"] == "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

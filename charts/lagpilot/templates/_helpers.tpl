@@ -82,6 +82,9 @@ different namespaces do not collide.
 
 {{/* Cross-field checks JSON Schema cannot phrase clearly; each fails with what to change. */}}
 {{- define "lagpilot.validate" -}}
+{{- if and (gt (int .Values.shards) 1) (le (float64 .Values.shardLease.durationSeconds) (mulf 2 .Values.shardLease.renewSeconds)) }}
+{{- fail (printf "shardLease.durationSeconds=%v must exceed twice shardLease.renewSeconds=%v: a holder stops acting one renew period before its Lease could expire, so it would stop between renewals" .Values.shardLease.durationSeconds .Values.shardLease.renewSeconds) }}
+{{- end }}
 {{- if and (not .Values.peering.enabled) (gt (int .Values.replicaCount) 1) }}
 {{- fail (printf "replicaCount=%d needs peering.enabled=true: without kopf peering every replica would scale the same groups" (int .Values.replicaCount)) }}
 {{- end }}

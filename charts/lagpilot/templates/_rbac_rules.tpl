@@ -62,3 +62,13 @@ namespace in namespaced scope). */}}
   resourceNames: [{{ include "lagpilot.peeringName" . | quote }}]
   verbs: ["get", "patch"]
 {{- end }}
+
+{{/* Sharding (shards > 1): the shard and member Leases, in the release namespace only. list every round, create for a
+Lease seen for the first time, update to renew, take and release (a whole replace with the
+resourceVersion read, so two replicas cannot both take one), delete for the member Lease of a replica
+gone for ten Lease durations. */}}
+{{- define "lagpilot.shardLeaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["list", "create", "update", "delete"]
+{{- end }}

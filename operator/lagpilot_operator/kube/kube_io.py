@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes import client, config
@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from lagpilot_contract import pool as pool_contract
 from lagpilot_operator.kafka import kafka_lag
-from lagpilot_operator.kube import models, writes
+from lagpilot_operator.kube import models, shards, writes
 from lagpilot_operator.kube.worker_config import with_injected_env
 
 
@@ -36,6 +36,9 @@ class TargetScale:
     ready_replicas: int
     containers: tuple[dict[str, Any], ...] = field(default=(), compare=False)
     """The pod template's containers (camelCase dicts), for the WorkerConfigMismatch check."""
+    fencing_token: str | None = field(default=None, compare=False)
+    """The `lagpilot.io/fencing-token` annotation: the shard term of the last fenced write (sharding)."""
+    resource_version: str = field(default="", compare=False)
 
 
 def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
@@ -60,14 +63,28 @@ def _read_deployment(namespace: str, name: str) -> tuple[TargetScale, dict[str, 
         raise
     live: dict[str, Any] = client.ApiClient().sanitize_for_serialization(deployment)  # type: ignore[no-untyped-call]
     containers = ((live.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    metadata = live.get("metadata") or {}
     return (TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
                         ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0),
-                        containers=tuple(containers)), live)
+                        containers=tuple(containers),
+                        fencing_token=(metadata.get("annotations") or {}).get(shards.FENCING_ANNOTATION),
+                        resource_version=str(metadata.get("resourceVersion") or "")), live)
 
 
 def scale_target(namespace: str, name: str, replicas: int) -> None:
     """Set replicas through the scale subresource (what HPA and `kubectl scale` use)."""
     client.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+
+def fenced_write(namespace: str, name: str, token: str, resource_version: str, replicas: int | None) -> None:
+    """Stamp the shard term on the Deployment, and set replicas when given, only if the Deployment is still
+    the version read (resourceVersion precondition: 409 otherwise). Reading the token and writing under
+    the same version makes "refuse a write older than the token found" atomic (sharding on)."""
+    patch: dict[str, Any] = {"metadata": {"resourceVersion": resource_version,
+                                          "annotations": {shards.FENCING_ANNOTATION: token}}}
+    if replicas is not None:
+        patch["spec"] = {"replicas": replicas}
+    client.AppsV1Api().patch_namespaced_deployment(name, namespace, patch)
 
 
 def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int,
@@ -101,18 +118,20 @@ def ensure_templated_deployment(kcg: dict[str, Any], template: models.Deployment
     found = _read_deployment(namespace, name)
     if found is None:
         manifest: Any = templated_deployment(kcg, template, initial_replicas, injected_env)  # plain dicts work
-        apps.create_namespaced_deployment(namespace, manifest)
+        created: Any = apps.create_namespaced_deployment(namespace, manifest)
         return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0,
-                           containers=tuple(manifest["spec"]["template"]["spec"].get("containers", [])))
+                           containers=tuple(manifest["spec"]["template"]["spec"].get("containers", [])),
+                           resource_version=str(created.metadata.resource_version or ""))
     current, live = found
     desired = templated_deployment(kcg, template, current.spec_replicas, injected_env)
     patch = writes.deployment_patch(desired, live)
     if patch is not None:
-        apps.patch_namespaced_deployment(name, namespace, patch)
+        patched: Any = apps.patch_namespaced_deployment(name, namespace, patch)
+        # The version moved on; a fenced write preconditions on the new one (the token is unchanged).
+        current = replace(current, resource_version=str(patched.metadata.resource_version or ""))
     # What the workers are told from now on: a strategic merge replaces env items by name, so every
     # name the operator sets holds the operator's value.
-    return TargetScale(name=name, spec_replicas=current.spec_replicas, ready_replicas=current.ready_replicas,
-                       containers=tuple(desired["spec"]["template"]["spec"].get("containers", [])))
+    return replace(current, containers=tuple(desired["spec"]["template"]["spec"].get("containers", [])))
 
 
 def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_at: str) -> None:
