@@ -62,7 +62,8 @@ RUN groupadd --system --gid 10001 lagpilot \
 # mount a stage it took from the cache ("couldn't find .../wheels on host to bind mount").
 COPY --from=dependencies /opt/lagpilot/ /opt/lagpilot/
 COPY --from=builder /project/ /opt/lagpilot-build/
-RUN /opt/lagpilot/bin/pip install --no-cache-dir --no-index --no-deps /opt/lagpilot-build/*.whl \
+RUN /opt/lagpilot/bin/pip install --no-cache-dir --no-index --no-deps --find-links=/opt/lagpilot-build \
+        "lagpilot[worker]==${LAGPILOT_VERSION}" \
     && /opt/lagpilot/bin/pip check
 # Handler code goes here (on PYTHONPATH); the root filesystem stays read-only at run time.
 WORKDIR /app
