@@ -126,7 +126,7 @@ class BenchConfig:
     burst_rate: float = 400.0
     before_seconds: float = 20.0
     burst_seconds: float = 60.0
-    after_seconds: float = 120.0
+    after_seconds: float = 150.0
     replicas_max: int = 8            # = partitions: Lagpilot's replicas.max and KEDA's maxReplicaCount
     pool_min: int = 1
     pool_initial: int = 2
@@ -629,7 +629,7 @@ def run_one(run: RunSpec, cfg: BenchConfig, backend: NodeBackend, work_dir: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter trace (115 s instead of 200 s)")
+    parser.add_argument("--quick", action="store_true", help="shorter trace (115 s instead of 230 s)")
     parser.add_argument("--runs", "--policies", dest="runs", default=",".join(RUN_NAMES),
                         help=f"comma-separated subset of {', '.join(RUN_NAMES)}")
     parser.add_argument("--stack-env", type=Path, default=None,

@@ -96,7 +96,7 @@ PORTS = {
     "kubelet-healthz": port("KUBELET_HEALTHZ", 19248),
     "kube-proxy-healthz": port("KUBE_PROXY_HEALTHZ", 19256),
     "kube-proxy-metrics": port("KUBE_PROXY_METRICS", 19249),
-    # KEDA, for the benchmarks only (`stack.py keda`; nothing here starts it): the operator's gRPC
+    # KEDA, for the benchmarks only (`stack.py keda` builds it, `keda-up` starts it): the operator's gRPC
     # metrics service, metrics and health probes; the adapter's secure port (the APIService's backend)
     # and its plain /metrics server (KEDA binds that one on every address: it takes a port only).
     "keda-metrics-service": port("KEDA_METRICS_SERVICE", 19666),
@@ -2205,6 +2205,10 @@ def keda_up() -> None:
     if pid is None or not apiserver_has_aggregation(pid):
         raise StackError("KEDA needs the apiserver's aggregation layer: restart the stack with "
                          "LAGPILOT_AGGREGATION=1 (`make stack-down && LAGPILOT_AGGREGATION=1 make stack-up`)")
+    # A cold build takes half an hour on one core: `keda` (or `make bench`) does it, never a keda-up
+    # in the middle of a benchmark.
+    if not (stamped("keda", PINS["KEDA_VERSION"]) and all((BIN / b).exists() for b in KEDA_BINARIES.values())):
+        raise StackError(f"KEDA {PINS['KEDA_VERSION']} is not built: run `python3 hack/stack.py keda` first")
     prepare_keda()
     run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
          "--force-conflicts", "-f", str(keda_dir() / "crds"), "-f", str(keda_dir() / "objects.json")],
