@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -631,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter trace (115 s instead of 230 s)")
     parser.add_argument("--runs", "--policies", dest="runs", default=",".join(RUN_NAMES),
-                        help=f"comma-separated subset of {', '.join(RUN_NAMES)}")
+                        help=f"comma-separated subset of {', '.join(RUN_NAMES)}, run in the order given")
     parser.add_argument("--stack-env", type=Path, default=None,
                         help="use the stack these `export` lines describe (e.g. .stack/env) as it runs, "
                              "instead of `hack/stack.py up`")
@@ -644,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [r for r in args.runs.split(",") if r]
     if unknown := set(chosen) - set(RUN_NAMES):
         parser.error(f"unknown runs: {sorted(unknown)}")
-    runs = [run for run in RUNS if run.name in chosen]
+    by_name = {run.name: run for run in RUNS}
+    runs = [by_name[name] for name in dict.fromkeys(chosen)]  # in the order given
     work_dir = Path(tempfile.mkdtemp(prefix="lagpilot-loop-bench-"))
     if args.stack_env is not None:
         backend = NodeBackend.from_env(read_env_file(args.stack_env), work_dir)
@@ -657,12 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     backend.start()
     results: dict[str, dict[str, Any]] = {}
     try:
-        for run in (r for r in runs if r.scaler == "lagpilot"):
-            results[run.name] = run_one(run, cfg, backend, work_dir, args.name_prefix)
-        keda_runs = [r for r in runs if r.scaler == "keda"]
-        if keda_runs:
-            with real_keda(backend.stack_dir):
-                for run in keda_runs:
+        # KEDA runs only while its runs do: consecutive KEDA runs share one keda-up ... keda-down.
+        for scaler, group in itertools.groupby(runs, key=lambda r: r.scaler):
+            with real_keda(backend.stack_dir) if scaler == "keda" else contextlib.nullcontext():
+                for run in group:
                     results[run.name] = run_one(run, cfg, backend, work_dir, args.name_prefix)
     finally:
         backend.stop()
