@@ -2272,14 +2272,17 @@ def env_lines() -> list[str]:
 
 
 @contextlib.contextmanager
-def exclusive(what: str) -> Iterator[None]:
-    """One `up`/`down` at a time: tests, make targets and people may call them concurrently."""
+def exclusive(what: str, lock_name: str = "lock") -> Iterator[None]:
+    """One `up`/`down` at a time: tests, make targets and people may call them concurrently. KEDA's
+    start and stop take a lock of their own (`keda.lock`): they touch only KEDA's processes and
+    objects, and an `up` of another checkout (which may build images for minutes) need not hold a
+    benchmark's KEDA runs back."""
     STATE.mkdir(parents=True, exist_ok=True)
-    with (STATE / "lock").open("w") as lock:
+    with (STATE / lock_name).open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"another stack command holds {STATE / 'lock'}; waiting to {what}")
+            log(f"another stack command holds {STATE / lock_name}; waiting to {what}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -2383,10 +2386,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "keda":
             prepare_keda()
         elif args.command == "keda-up":
-            with exclusive("start KEDA"):
+            with exclusive("start KEDA", lock_name="keda.lock"):
                 keda_up()
         elif args.command == "keda-down":
-            with exclusive("stop KEDA"):
+            with exclusive("stop KEDA", lock_name="keda.lock"):
                 keda_down()
         elif args.command == "images":
             node_images()
