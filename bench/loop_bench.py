@@ -1,55 +1,75 @@
-"""The whole loop, side by side: Lagpilot's drainTime and lagThreshold policies against a KEDA-equivalent one.
+"""The whole loop, side by side: Lagpilot's drainTime and lagThreshold policies against the real KEDA.
 
 Same trace, real Kafka, real control plane, real node: worker Pods run the e2e worker image in containers
-on the local stack's node (e2e/node_backend.py), the operator is `helm install`ed from charts/lagpilot
-(one per policy run, in the run's namespace):
+on the local stack's node (e2e/node_backend.py), one run after another in one invocation, each in a
+namespace, topic and consumer group of its own:
 
-* drainTime / lagThreshold: a KafkaConsumerGroup in template mode; the operator scales the Deployment
-  and publishes the pool size (CRD defaults except the bounds below).
-* keda: the same worker Deployment created here, one consumer slot per pod (a KEDA-scaled consumer is
-  single-threaded), driven by a bench-only control loop running `lagpilot_operator.core.keda` (KEDA's Kafka
-  scaler + the HPA algorithm, pure code) on lag read through the operator's own Kafka admin reader
-  (`lagpilot_operator.kafka.kafka_lag.read_lag`): metric every 30 s (pollingInterval), HPA sync every 15 s,
-  300 s scale-down stabilization, max(4 pods, 100 %) per 15 s up.
+* drainTime / lagThreshold: a KafkaConsumerGroup in template mode; the operator (`helm install`ed from
+  charts/lagpilot into the run's namespace) scales the Deployment and publishes the pool size (CRD
+  defaults except the bounds).
+* keda-pool-1 / keda-pool-4 / keda-pool-16: the real KEDA (`hack/stack.py keda-up`: KEDA's operator and
+  metrics adapter as host processes, the APIService through the apiserver's aggregation layer; the
+  real kube-controller-manager's HPA scales), a `ScaledObject` with the `kafka` trigger on the same
+  worker Deployment, same image and handler, the worker's pool fixed at 1, 4 and 16 slots. KEDA's
+  defaults (pollingInterval 30, cooldownPeriod 300, HPA defaults: sync 15 s, scale-up max(4 pods,
+  100 %) per 15 s, 300 s scale-down stabilization), minReplicaCount 1, maxReplicaCount = partitions,
+  `lagThreshold` = Lagpilot's lagPerConsumer x the pool (see `keda_lag_threshold`). KEDA runs only
+  during its three runs (`keda-down` after them removes its APIService).
 
 Measured per run (same definitions as `lagpilot simulate`):
 * time to drain: from the burst's start until, after it ended, the true backlog (produced minus
   processed, from the ledger) is at most one second of the following rate;
 * peak lag: the largest true backlog;
-* p99 end-to-end latency: processed time minus produce time (record timestamp), first processing of
-  each message, from the ledger entries the e2e handler writes;
-* pod-seconds: the Deployment's spec.replicas integrated over the trace;
-* duplicates: records processed more than once (from the ledger), beside what the workers' logs (the
-  kubelet's log files, copied while the Pods exist: e2e/pods.py PodRecorder) say was in
-  flight when partitions were revoked or a worker stopped (`in_flight_at_revocations`: handler calls running and
-  dead-letter writes unacknowledged, the most a hand-over may repeat), what was still running when the revoke or
-  shutdown bound ran out (`abandoned_at_revocations`: these do repeat), and the records new owners skipped
-  because the committed offset map said an earlier owner had finished them (`skipped_by_offset_map`);
+* p50 / p99 / p99.9 end-to-end latency: processed time minus produce time (record timestamp), first
+  processing of each message, from the ledger entries the e2e handler writes;
+* pod-seconds: the Deployment's spec.replicas integrated over the trace; slot-seconds: replicas x the
+  pool (the operator's published pool for Lagpilot, the fixed one for KEDA) integrated the same way;
+* rebalances: rounds of partition assignment/revocation across the group (the workers' log lines,
+  grouped when less than `REBALANCE_GAP_SECONDS` apart), beside the revocations themselves;
+* lost (`missing`) and duplicates: records never processed / processed more than once (from the ledger),
+  beside what the workers' logs (the kubelet's log files, copied while the Pods exist: e2e/pods.py
+  PodRecorder) say was in flight when partitions were revoked or a worker stopped
+  (`in_flight_at_revocations`), what was still running when the revoke or shutdown bound ran out
+  (`abandoned_at_revocations`: these do repeat), and the records new owners skipped because the
+  committed offset map said an earlier owner had finished them (`skipped_by_offset_map`);
+* replicas timeline (seconds from the trace's start, spec.replicas), the true backlog every 5 s and,
+  for KEDA, the HPA's view (the external metric's value and the desired replicas) at every HPA
+  status change: what the model's calibration replays;
 * worker Pod create -> Running: median and max over the run's worker Pods;
 * reaction: from the first message of the burst to the Deployment's replicas changing
   (`reaction_seconds`), and to the first capacity change of any kind, pool or replicas
   (`capacity_reaction_seconds`; for KEDA the two are the same).
 
-Run (the stack with its node, env from .stack/env; the bench runs `hack/stack.py up` itself, which reuses
-what runs and builds this checkout's images if they are new):
+The summary (`comparison`): for each Lagpilot policy and each KEDA run, the ratios of p50/p99/p99.9
+latency, pod-seconds, slot-seconds and drain time (Lagpilot / KEDA: below 1 is Lagpilot's advantage),
+and where each Lagpilot policy stands against KEDA's Pareto frontier in (pod-seconds, p99 latency).
 
-    source .stack/env && .venv/bin/python bench/loop_bench.py [--quick]
+Run (the stack with its node and LAGPILOT_AGGREGATION=1; KEDA built by `hack/stack.py keda`):
 
-Progress is printed as JSON lines; the last line is one JSON object with `drain_speedup_vs_keda`,
-`pod_seconds_ratio_vs_keda`, `reaction_seconds` and the per-policy numbers.
+    source .stack/env && .venv/bin/python bench/loop_bench.py [--quick] [--stack-env .stack/env]
+
+Without `--stack-env` the bench runs `hack/stack.py up` itself (reuses what runs, builds this
+checkout's images if they are new). Progress is printed as JSON lines; the last line is one JSON object
+with the per-run numbers and the comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import itertools
 import json
 import math
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,31 +88,51 @@ from e2e.harness import (  # noqa: E402
     worker_env,
 )
 from e2e.loadgen import Ledger, LoadGenerator, steps  # noqa: E402
-from e2e.node_backend import NodeBackend  # noqa: E402
+from e2e.node_backend import NodeBackend, read_env_file  # noqa: E402
 from e2e.pods import ChartOperator  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from lagpilot_operator.core import keda  # noqa: E402
-from lagpilot_operator.kafka.kafka_lag import AdminClientPool, LagReadError, read_lag  # noqa: E402
 from support import unique_name, wait_for  # noqa: E402
 
-POLICIES = ("drainTime", "lagThreshold", "keda")
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the invocation: a Lagpilot policy, or the real KEDA with the worker's pool fixed."""
+
+    name: str
+    scaler: str                 # "lagpilot" or "keda"
+    policy: str | None = None   # Lagpilot's policy mode
+    pool: int | None = None     # KEDA: the worker's fixed pool (slots per pod)
+
+
+RUNS = (
+    RunSpec("drainTime", "lagpilot", policy="drainTime"),
+    RunSpec("lagThreshold", "lagpilot", policy="lagThreshold"),
+    RunSpec("keda-pool-1", "keda", pool=1),
+    RunSpec("keda-pool-4", "keda", pool=4),
+    RunSpec("keda-pool-16", "keda", pool=16),
+)
+RUN_NAMES = tuple(run.name for run in RUNS)
+REBALANCE_GAP_SECONDS = 5.0
+# KEDA's defaults, as the ScaledObject below leaves them (recorded in the JSON, not sent).
+KEDA_DEFAULTS = {"pollingInterval": 30, "cooldownPeriod": 300, "hpaSyncPeriodSeconds": 15,
+                 "hpaScaleUp": "max(4 pods, 100 %) per 15 s", "hpaScaleDownStabilizationSeconds": 300}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     partitions: int = 8
-    cost_ms: int = 50                # one slot: 20 msg/s; one consumer per partition: 160 msg/s at most
+    cost_ms: int = 50                # one slot: 20 msg/s (the handler waits, like an I/O call)
     base_rate: float = 10.0
     burst_rate: float = 400.0
     before_seconds: float = 20.0
     burst_seconds: float = 60.0
     after_seconds: float = 150.0
-    replicas_max: int = 8
+    replicas_max: int = 8            # = partitions: Lagpilot's replicas.max and KEDA's maxReplicaCount
     pool_min: int = 1
     pool_initial: int = 2
     pool_max: int = 16
-    lag_threshold: int = 100         # KEDA lagThreshold and Lagpilot's lagPerConsumer, the same
+    lag_threshold: int = 100         # Lagpilot's lagPerConsumer (per slot); KEDA's per pod is this x pool
     drain_overtime_seconds: float = 300.0
 
     @property
@@ -111,68 +151,108 @@ def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-# --- the KEDA-equivalent control loop ----------------------------------------------------------------------
+# --- the real KEDA ---------------------------------------------------------------------------------------
 
 
-class KedaLoop:
-    """KEDA's operator (metric every pollingInterval, 0↔1 activation) and the HPA (sync every 15 s) in one
-    thread, on lag read with the operator's admin reader, scaling the real Deployment."""
+def keda_lag_threshold(lag_per_slot: int, pool: int) -> int:
+    """KEDA's `lagThreshold` is the lag per replica (the HPA's AverageValue target). A user whose pods
+    each run `pool` consumer slots sizes it to what one pod works off: the same lag per slot that
+    Lagpilot's lagThreshold run targets (lagPerConsumer), times the pool. With lag 100 per slot of
+    20 msg/s that is 5 s of a pod's work; the KEDA default (10) would ask for a pod per 10 records
+    and be capped by maxReplicaCount at once, whatever the pool."""
+    return lag_per_slot * pool
 
-    def __init__(self, api: client.ApiClient, namespace: str, deployment: str, bootstrap: str, group: str,
-                 topic: str, config: keda.KedaConfig) -> None:
-        self.apps = client.AppsV1Api(api)
-        self.namespace, self.deployment = namespace, deployment
-        self.bootstrap, self.group, self.topic = bootstrap, group, topic
-        self.config = config
-        self.admin = AdminClientPool().get({"bootstrap.servers": bootstrap})
-        self.state = keda.KedaState()
-        self.reasons: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="keda-loop", daemon=True)
 
-    def start(self) -> KedaLoop:
-        self._thread.start()
+def scaled_object(*, name: str, deployment: str, bootstrap: str, group: str, topic: str, lag_threshold: int,
+                  min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """The ScaledObject a KEDA user writes for a Kafka consumer Deployment. pollingInterval,
+    cooldownPeriod and the HPA behavior are left out: KEDA's and the HPA's defaults. The offset reset
+    policy matches the worker's (`auto.offset.reset: earliest`), as KEDA's docs ask: it decides the lag
+    of a partition without a committed offset. KEDA's trigger metadata values are strings."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name},
+        "spec": {
+            "scaleTargetRef": {"name": deployment},
+            "minReplicaCount": min_replicas,
+            "maxReplicaCount": max_replicas,
+            "triggers": [{
+                "type": "kafka",
+                "metadata": {
+                    "bootstrapServers": bootstrap,
+                    "consumerGroup": group,
+                    "topic": topic,
+                    "lagThreshold": str(lag_threshold),
+                    "offsetResetPolicy": "earliest",
+                },
+            }],
+        },
+    }
+
+
+@contextlib.contextmanager
+def real_keda(stack_dir: Path) -> Iterator[None]:
+    """KEDA's operator and adapter up (`hack/stack.py keda-up`: waits until the external metrics API
+    answers through the aggregator) for the block, and down after it, APIService included."""
+    env = dict(os.environ, LAGPILOT_STACK_DIR=str(stack_dir))
+
+    def stack(command: str) -> None:
+        result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), command], env=env,
+                                capture_output=True, text=True, check=False, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"stack.py {command} failed:\n{result.stderr[-4000:]}")
+
+    stack("keda-up")
+    emit(event="keda_up")
+    try:
+        yield
+    finally:
+        stack("keda-down")
+        emit(event="keda_down")
+
+
+@dataclass
+class HpaRecorder:
+    """Every change of the KEDA-made HPA's status (the external metric's value, current and desired
+    replicas), polled every 2 s: the real KEDA's view of the lag, for the model's calibration."""
+
+    api: client.ApiClient
+    namespace: str
+    name: str
+    points: list[dict[str, Any]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> HpaRecorder:
+        threading.Thread(target=self._run, name="hpa-recorder", daemon=True).start()
         return self
+
+    def _run(self) -> None:
+        autoscaling = client.AutoscalingV2Api(self.api)
+        last: tuple[Any, ...] | None = None
+        while not self._stop.is_set():
+            try:
+                hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler(self.name, self.namespace)
+            except client.ApiException:
+                hpa = None
+            if hpa is not None and hpa.status is not None:
+                metric = None
+                for current in hpa.status.current_metrics or []:
+                    if current.external is not None and current.external.current is not None:
+                        value = current.external.current.average_value or current.external.current.value
+                        metric = str(value) if value is not None else None
+                seen = (metric, hpa.status.current_replicas, hpa.status.desired_replicas)
+                if seen != last:
+                    last = seen
+                    self.points.append({"time": time.time(), "metric_average_value": metric,
+                                        "current_replicas": seen[1], "desired_replicas": seen[2]})
+            self._stop.wait(2.0)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _replicas(self) -> int:
-        scale = self.apps.read_namespaced_deployment_scale(self.deployment, self.namespace)
-        return int(scale.spec.replicas or 0) if scale.spec else 0
-
-    def _scale(self, replicas: int, reason: str) -> None:
-        self.apps.patch_namespaced_deployment_scale(self.deployment, self.namespace, {"spec": {"replicas": replicas}})
-        self.reasons.append((time.time(), reason))
-
-    def _run(self) -> None:
-        config = self.config
-        next_poll = next_sync = time.time()
-        while not self._stop.is_set():
-            now = time.time()
-            if now >= next_poll:
-                next_poll += config.polling_interval_seconds
-                try:
-                    sample = read_lag(self.admin, self.bootstrap, self.group, [self.topic])
-                except LagReadError:
-                    sample = None  # KEDA keeps its last metric; the HPA holds
-                self.state = keda.poll(config, self.state, sample, now)
-                current = self._replicas()
-                act = keda.activation(config, self.state, current, now)
-                if act is not None and act.replicas != current:
-                    self._scale(act.replicas, act.reason)
-            if now >= next_sync:
-                next_sync += config.hpa_sync_seconds
-                current = self._replicas()
-                decision = keda.hpa_sync(config, self.state, current, now)
-                self.state = decision.state
-                if decision.replicas != current:
-                    self._scale(decision.replicas, decision.reason)
-            self._stop.wait(max(0.0, min(next_poll, next_sync) - time.time()))
 
 
-# --- one run ---------------------------------------------------------------------------------------------
+# --- measurements (pure) -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -208,6 +288,22 @@ def pod_seconds(history: list[tuple[float, int]], start: float, end: float) -> f
     return total
 
 
+def product_history(replicas: list[tuple[float, int]], pools: list[tuple[float, int]],
+                    initial_pool: int) -> list[tuple[float, int]]:
+    """replicas x pool as one step function, from the two step functions' changes (time-ordered);
+    `initial_pool` is the pool before its first change."""
+    events = sorted([(t, "r", v) for t, v in replicas] + [(t, "p", v) for t, v in pools], key=lambda e: e[0])
+    current_replicas, current_pool = 0, initial_pool
+    product: list[tuple[float, int]] = []
+    for t, kind, value in events:
+        if kind == "r":
+            current_replicas = value
+        else:
+            current_pool = value
+        product.append((t, current_replicas * current_pool))
+    return product
+
+
 def quantile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -215,10 +311,33 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+def rebalance_rounds(times: list[float], gap: float = REBALANCE_GAP_SECONDS) -> int:
+    """Group rebalances from the members' assignment and revocation log times: one round makes every
+    member log within seconds, so events closer than `gap` to the previous one are the same round."""
+    rounds, previous = 0, None
+    for t in sorted(times):
+        if previous is None or t - previous > gap:
+            rounds += 1
+        previous = t
+    return rounds
+
+
+def parse_log_time(value: Any) -> float | None:
+    """The worker's RFC 3339 UTC log time (logs.JsonFormatter), as a Unix time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def hand_over_counts(pod_logs: list[Path]) -> dict[str, int]:
-    """Revocations and shutdowns of the workers and the records in flight at them, from their JSON logs."""
+    """Revocations and shutdowns of the workers, the records in flight at them, and the group's
+    rebalance rounds, from their JSON logs."""
     counts = {"revocations": 0, "shutdowns": 0, "in_flight_at_revocations": 0, "abandoned_at_revocations": 0,
               "skipped_by_offset_map": 0}
+    moves: list[float] = []
     for path in pod_logs:
         for line in path.read_text(errors="replace").splitlines():
             if not line.startswith("{"):
@@ -228,6 +347,10 @@ def hand_over_counts(pod_logs: list[Path]) -> dict[str, int]:
             except ValueError:
                 continue
             message = entry.get("message")
+            if message in ("partitions assigned", "partitions revoked"):
+                t = parse_log_time(entry.get("time"))
+                if t is not None:
+                    moves.append(t)
             if message == "partitions revoked":
                 counts["revocations"] += 1
                 counts["in_flight_at_revocations"] += int(entry.get("in_flight_records") or 0)
@@ -239,6 +362,7 @@ def hand_over_counts(pod_logs: list[Path]) -> dict[str, int]:
                 counts["abandoned_at_revocations"] += int(entry.get("abandoned_records") or 0)
             elif message == "offset maps read: records finished by an earlier owner are skipped":
                 counts["skipped_by_offset_map"] += sum(int(v) for v in (entry.get("records") or {}).values())
+    counts["rebalances"] = rebalance_rounds(moves)
     return counts
 
 
@@ -248,16 +372,100 @@ def create_to_running(seconds: list[float]) -> dict[str, Any]:
             "pod_create_to_running_max_seconds": round(max(seconds), 2) if seconds else None}
 
 
-def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Path) -> dict[str, Any]:
-    namespace = unique_name("bench")
+def latency_quantiles(latencies: list[float]) -> dict[str, float]:
+    return {"p50_latency_seconds": round(quantile(latencies, 0.50), 3),
+            "p99_latency_seconds": round(quantile(latencies, 0.99), 3),
+            "p999_latency_seconds": round(quantile(latencies, 0.999), 3)}
+
+
+def downsample(points: list[tuple[float, int]], start: float, step: float) -> list[list[float]]:
+    """The last value of every `step`-second window, as [seconds from start, value]."""
+    out: list[list[float]] = []
+    next_t = start
+    for t, value in points:
+        if t >= next_t:
+            out.append([round(t - start, 1), value])
+            next_t = t + step
+    return out
+
+
+# --- the comparison (pure) ----------------------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """a is at least as good as b on both axes (lower is better) and better on one."""
+    return a[0] <= b[0] and a[1] <= b[1] and a != b
+
+
+def frontier_position(point: tuple[float, float], others: list[tuple[float, float]]) -> str:
+    """Where `point` stands against the Pareto frontier of `others` (lower is better on both axes):
+    "behind" if one of them dominates it, "beyond" if it dominates one of the frontier's points (and
+    none dominates it), else "on" (a trade-off the frontier already offers, or a point on it)."""
+    frontier = [o for o in others if not any(dominates(p, o) for p in others)]
+    if any(dominates(o, point) for o in frontier):
+        return "behind"
+    if any(dominates(point, o) for o in frontier):
+        return "beyond"
+    return "on"
+
+
+def comparison(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """For each Lagpilot policy against each KEDA run: latency, pod-seconds, slot-seconds and drain
+    time ratios (Lagpilot / KEDA), and the policy's place against KEDA's Pareto frontier in
+    (pod-seconds, p99 latency). Every pair is given; none is singled out."""
+    keda_runs = {name: r for name, r in results.items() if r.get("scaler") == "keda"}
+    lagpilot_runs = {name: r for name, r in results.items() if r.get("scaler") == "lagpilot"}
+
+    def point(r: dict[str, Any]) -> tuple[float, float]:
+        return (float(r["pod_seconds"]), float(r["p99_latency_seconds"]))
+
+    keda_points = [point(r) for r in keda_runs.values()]
+    keda_frontier = sorted(name for name, r in keda_runs.items()
+                           if not any(dominates(p, point(r)) for p in keda_points))
+    out: dict[str, Any] = {"axes": ["pod_seconds", "p99_latency_seconds"], "keda_frontier": keda_frontier,
+                           "policies": {}}
+    for name, lead in lagpilot_runs.items():
+        against = {}
+        for keda_name, base in keda_runs.items():
+            against[keda_name] = {
+                key: ratio(lead.get(metric), base.get(metric)) for key, metric in (
+                    ("p50_latency_ratio", "p50_latency_seconds"),
+                    ("p99_latency_ratio", "p99_latency_seconds"),
+                    ("p999_latency_ratio", "p999_latency_seconds"),
+                    ("pod_seconds_ratio", "pod_seconds"),
+                    ("slot_seconds_ratio", "slot_seconds"),
+                    ("drain_time_ratio", "time_to_drain_seconds"))}
+        out["policies"][name] = {
+            "vs_keda": against,
+            "pareto_position": frontier_position(point(lead), keda_points) if keda_points else None,
+        }
+    return out
+
+
+# --- one run ---------------------------------------------------------------------------------------------
+
+
+def create_namespace(backend: NodeBackend, prefix: str) -> str:
+    namespace = str(unique_name(prefix))
     backend.kubectl("create", "namespace", namespace)
     wait_for(lambda: backend.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0, 30,
              "default service account")
     backend.prepare_namespace(namespace)
+    return namespace
+
+
+def run_one(run: RunSpec, cfg: BenchConfig, backend: NodeBackend, work_dir: Path, prefix: str) -> dict[str, Any]:
+    namespace = create_namespace(backend, f"{prefix}-bench")
     # Before any Pod exists: it times every worker Pod's start and copies the workers' output while they run.
-    recorder = backend.pod_recorder(namespace, work_dir / "pods").start()
+    recorder = backend.pod_recorder(namespace, work_dir / run.name / "pods").start()
     admin = AdminClient({"bootstrap.servers": backend.kafka_bootstrap})
-    name = unique_name(policy.lower())
+    name = unique_name(f"{prefix}-{run.name}".lower())
     topic, processed = f"{name}-in", f"{name}-processed"
     for t in (topic, processed):
         admin.create_topics([NewTopic(t, cfg.partitions, 1)])[t].result(timeout=60)
@@ -268,9 +476,11 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
     extra = {"LAGPILOT_GROUP_ID": name, "LAGPILOT_TOPICS": topic, "LAGPILOT_DEAD_LETTER": "false",
              "LAGPILOT_LOG_LEVEL": "info"}
     operator: ChartOperator | None = None
-    keda_loop: KedaLoop | None = None
-    if policy == "keda":
-        extra["LAGPILOT_POOL_SIZE"] = "1"
+    hpa: HpaRecorder | None = None
+    run_config: dict[str, Any]
+    if run.scaler == "keda":
+        assert run.pool is not None
+        extra["LAGPILOT_POOL_SIZE"] = str(run.pool)
         env = worker_env(bootstrap=backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=cfg.cost_ms,
                          extra=extra)
         deployment = name
@@ -283,21 +493,28 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
                                                    **backend.pod_spec_extra()}}}}
         backend.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(manifest))
         watch = GroupWatch(backend.api, namespace, name, deployment_name=deployment).start()
+        # The KEDA operator is a host process: it reaches the broker on the loopback listener.
+        scaled = scaled_object(name=name, deployment=deployment, bootstrap=backend.kafka_bootstrap, group=name,
+                               topic=topic, lag_threshold=keda_lag_threshold(cfg.lag_threshold, run.pool),
+                               min_replicas=1, max_replicas=cfg.partitions)
+        run_config = {"scaled_object": scaled["spec"], "keda_defaults": KEDA_DEFAULTS, "pool": run.pool}
     else:
+        assert run.policy is not None
         env = worker_env(bootstrap=backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=cfg.cost_ms,
                          extra=extra)
         spec = GroupSpec(name=name, topic=topic, group_id=name, bootstrap=backend.pod_kafka_bootstrap,
                          container=backend.worker_container(env), pod_spec_extra=backend.pod_spec_extra(),
                          replicas_min=1, replicas_max=cfg.replicas_max, pool_min=cfg.pool_min,
-                         pool_initial=cfg.pool_initial, pool_max=cfg.pool_max, mode=policy,
+                         pool_initial=cfg.pool_initial, pool_max=cfg.pool_max, mode=run.policy,
                          lag_per_consumer=cfg.lag_threshold)
         manifest = kcg_manifest(spec)
         # CRD defaults for everything the bench does not need to set: polling 5 s, drain target 60 s,
         # scale-up +max(4, 100 %) per 5 s, scale-down after 120 s by 25 % per 30 s.
         for key in ("lag", "policy"):
             manifest["spec"].pop(key)
-        manifest["spec"]["policy"] = {"mode": policy, "lagThreshold": {"lagPerConsumer": cfg.lag_threshold}}
-        operator = backend.operator(namespace, work_dir / f"operator-{policy}.log")
+        manifest["spec"]["policy"] = {"mode": run.policy, "lagThreshold": {"lagPerConsumer": cfg.lag_threshold}}
+        run_config = {"kafka_consumer_group": manifest["spec"]}
+        operator = backend.operator(namespace, work_dir / run.name / "operator.log")
         operator.start()
         watch = GroupWatch(backend.api, namespace, name).start()
         backend.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(manifest))
@@ -310,16 +527,21 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
         status = apps.read_namespaced_deployment_status(deployment_name, namespace).status
         return status is not None and bool(status.ready_replicas)
 
-    wait_for(ready, 90, f"the {policy} worker pod to be ready")
-    ledger = Ledger(backend.kafka_bootstrap, processed).start()
-    load = LoadGenerator(backend.kafka_bootstrap, topic, cfg.profile(), key_space=256).start()
-    sampler = Sampler(load, ledger).start()
-    if policy == "keda":
-        keda_config = keda.KedaConfig(lag_threshold=cfg.lag_threshold, min_replicas=1, max_replicas=cfg.replicas_max)
-        keda_loop = KedaLoop(backend.api, namespace, str(watch.deployment_name), backend.kafka_bootstrap, name,
-                             topic, keda_config).start()
-    emit(event="run_started", policy=policy, namespace=namespace, trace=cfg.profile().description)
+    ledger: Ledger | None = None
+    load: LoadGenerator | None = None
+    sampler: Sampler | None = None
     try:
+        wait_for(ready, 90, f"the {run.name} worker pod to be ready")
+        if run.scaler == "keda":
+            backend.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(scaled))
+            hpa = HpaRecorder(backend.api, namespace, f"keda-hpa-{name}").start()
+            # KEDA made its HPA and the HPA read the metric once: from here on KEDA scales.
+            wait_for(lambda: any(p["metric_average_value"] is not None for p in hpa.points), 120,
+                     "the KEDA HPA to read its external metric")
+        ledger = Ledger(backend.kafka_bootstrap, processed).start()
+        load = LoadGenerator(backend.kafka_bootstrap, topic, cfg.profile(), key_space=256).start()
+        sampler = Sampler(load, ledger).start()
+        emit(event="run_started", run=run.name, namespace=namespace, trace=cfg.profile().description)
         result = load.join(cfg.duration + 120)
         accounting = ledger.wait_for(result.ids, cfg.drain_overtime_seconds)
         sampler.stop()
@@ -333,14 +555,19 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
         drained_at = next((t for t, b in backlog if t >= burst_end and b <= threshold), None)
         replicas = [(c.time, c.replicas) for c in watch.replica_history(start)]
         first_replica_change = next((t for t, _ in replicas if t > burst_start), None)
-        if policy == "keda":
+        if run.scaler == "keda":
+            assert run.pool is not None
             first_capacity_change = first_replica_change
+            slots = [(t, r * run.pool) for t, r in replicas]
+            max_pool = run.pool
         else:
-            pools = [(s.time, s.status.get("poolSize")) for s in watch.status_history(start)]
-            initial_pool = next((p for t, p in pools if t <= burst_start and p), cfg.pool_initial)
-            pool_change = next((t for t, p in pools if t > burst_start and p and p != initial_pool), None)
+            pools = [(s.time, int(p)) for s in watch.status_history(start) if (p := s.status.get("poolSize"))]
+            initial_pool = next((p for t, p in pools if t <= burst_start), cfg.pool_initial)
+            pool_change = next((t for t, p in pools if t > burst_start and p != initial_pool), None)
             candidates = [t for t in (first_replica_change, pool_change) if t is not None]
             first_capacity_change = min(candidates) if candidates else None
+            slots = product_history(replicas, pools, initial_pool)
+            max_pool = int(watch.max_status("poolSize", start))
         entries = read_entries(backend.kafka_bootstrap, processed, ledger.records)
         first_seen: dict[str, float] = {}
         for entry in entries:
@@ -349,7 +576,9 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
             if ident not in first_seen or latency < first_seen[ident]:
                 first_seen[ident] = latency
         summary: dict[str, Any] = {
-            "policy": policy,
+            "run": run.name,
+            "scaler": run.scaler,
+            "config": run_config,
             "produced": result.produced,
             "processed": accounting.processed,
             "missing": len(accounting.missing),
@@ -358,29 +587,42 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
             **hand_over_counts(recorder.log_files()),
             "time_to_drain_seconds": round(drained_at - burst_start, 1) if drained_at else None,
             "peak_lag": max((b for _, b in backlog), default=0),
-            "p99_latency_seconds": round(quantile(list(first_seen.values()), 0.99), 2),
+            **latency_quantiles(list(first_seen.values())),
             "pod_seconds": round(pod_seconds(replicas, start, end), 1),
+            "slot_seconds": round(pod_seconds(slots, start, end), 1),
             "max_replicas": max((r for _, r in replicas), default=0),
-            "max_pool": 1 if policy == "keda" else int(watch.max_status("poolSize", start)),
+            "max_pool": max_pool,
             "reaction_seconds": round(first_replica_change - burst_start, 1) if first_replica_change else None,
             "capacity_reaction_seconds": (round(first_capacity_change - burst_start, 1)
                                           if first_capacity_change else None),
             "replica_timeline": [[round(t - start, 1), r] for t, r in replicas],
+            "slot_timeline": [[round(t - start, 1), s] for t, s in slots],
+            "backlog_timeline": downsample(backlog, start, 5.0),
             **create_to_running(recorder.create_to_running()),
         }
-        emit(event="run_finished", **summary)
+        if hpa is not None:
+            summary["hpa_timeline"] = [{**p, "time": round(p["time"] - start, 1)} for p in hpa.points]
+        emit(event="run_finished", **{k: v for k, v in summary.items()
+                                      if not k.endswith("_timeline") and k != "config"})
         return summary
     finally:
-        sampler.stop()
-        load.stop()
-        if keda_loop is not None:
-            keda_loop.stop()
-        ledger.stop()
+        if sampler is not None:
+            sampler.stop()
+        if load is not None:
+            load.stop()
+        if hpa is not None:
+            hpa.stop()
+        if ledger is not None:
+            ledger.stop()
         watch.stop()
         if operator is not None:
             # The group goes while its operator runs (kopf's finalizer), then the operator, then the rest.
             backend.kubectl("delete", "kcg", name, "-n", namespace, "--timeout=60s", check=False, timeout=90)
             operator.stop()
+        if run.scaler == "keda":
+            # The ScaledObject first, while KEDA runs (its finalizer), then the namespace.
+            backend.kubectl("delete", "scaledobject", name, "-n", namespace, "--timeout=60s", check=False,
+                            timeout=90)
         recorder.stop()
         backend.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         admin.delete_topics([topic, processed])
@@ -388,44 +630,56 @@ def run_policy(policy: str, cfg: BenchConfig, backend: NodeBackend, work_dir: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter trace (about 8 minutes for the three runs)")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of "
-                                                                       f"{', '.join(POLICIES)}")
+    parser.add_argument("--quick", action="store_true", help="shorter trace (115 s instead of 230 s)")
+    parser.add_argument("--runs", "--policies", dest="runs", default=",".join(RUN_NAMES),
+                        help=f"comma-separated subset of {', '.join(RUN_NAMES)}, run in the order given")
+    parser.add_argument("--stack-env", type=Path, default=None,
+                        help="use the stack these `export` lines describe (e.g. .stack/env) as it runs, "
+                             "instead of `hack/stack.py up`")
+    parser.add_argument("--name-prefix", default="bench",
+                        help="prefix of the runs' namespaces, topics and consumer groups")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy operator and pod logs here")
+    parser.add_argument("--out", type=Path, default=None, help="also write the final JSON object here")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else BenchConfig()
-    policies = [p for p in args.policies.split(",") if p]
-    if unknown := set(policies) - set(POLICIES):
-        parser.error(f"unknown policies: {sorted(unknown)}")
+    chosen = [r for r in args.runs.split(",") if r]
+    if unknown := set(chosen) - set(RUN_NAMES):
+        parser.error(f"unknown runs: {sorted(unknown)}")
+    by_name = {run.name: run for run in RUNS}
+    runs = [by_name[name] for name in dict.fromkeys(chosen)]  # in the order given
     work_dir = Path(tempfile.mkdtemp(prefix="lagpilot-loop-bench-"))
-    # `stack.py up` with the node: reuses the running stack, and gives this checkout's images.
-    backend = NodeBackend.from_stack_up(work_dir)
+    if args.stack_env is not None:
+        backend = NodeBackend.from_env(read_env_file(args.stack_env), work_dir)
+    else:
+        # `stack.py up` with the node: reuses the running stack, and gives this checkout's images.
+        backend = NodeBackend.from_stack_up(work_dir)
+    began = time.time()
     emit(event="bench_started", config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-         trace=cfg.profile().description, policies=policies)
+         trace=cfg.profile().description, runs=[r.name for r in runs])
     backend.start()
     results: dict[str, dict[str, Any]] = {}
     try:
-        for policy in policies:
-            results[policy] = run_policy(policy, cfg, backend, work_dir)
+        # KEDA runs only while its runs do: consecutive KEDA runs share one keda-up ... keda-down.
+        for scaler, group in itertools.groupby(runs, key=lambda r: r.scaler):
+            with real_keda(backend.stack_dir) if scaler == "keda" else contextlib.nullcontext():
+                for run in group:
+                    results[run.name] = run_one(run, cfg, backend, work_dir, args.name_prefix)
     finally:
         backend.stop()
         if args.keep_logs is not None:
             shutil.copytree(work_dir, args.keep_logs, dirs_exist_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
-    final: dict[str, Any] = {"trace": cfg.profile().description, "policies": results}
-    lead, base = results.get("drainTime"), results.get("keda")
-
-    def ratio(numerator: Any, denominator: Any) -> float | None:
-        return round(numerator / denominator, 2) if numerator is not None and denominator else None
-
-    final["drain_speedup_vs_keda"] = ratio(base and base["time_to_drain_seconds"],
-                                           lead and lead["time_to_drain_seconds"])
-    final["pod_seconds_ratio_vs_keda"] = ratio(lead and lead["pod_seconds"], base and base["pod_seconds"])
-    final["reaction_seconds"] = lead and lead["reaction_seconds"]
-    final["capacity_reaction_seconds"] = lead and lead["capacity_reaction_seconds"]
-    final["lag_threshold_drain_speedup_vs_keda"] = ratio(
-        base and base["time_to_drain_seconds"], results.get("lagThreshold", {}).get("time_to_drain_seconds"))
-    print(json.dumps(final), flush=True)
+    final: dict[str, Any] = {
+        "trace": cfg.profile().description,
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "wall_seconds": round(time.time() - began, 1),
+        "runs": results,
+        "comparison": comparison(results),
+    }
+    text = json.dumps(final)
+    if args.out is not None:
+        args.out.write_text(json.dumps(final, indent=1) + "\n")
+    print(text, flush=True)
     return 0
 
 

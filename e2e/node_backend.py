@@ -86,7 +86,12 @@ class NodeBackend(PodBackend):
                                 text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"could not start the local stack:\n{result.stderr[-4000:]}")
-        env = parse_env_lines(result.stdout)
+        return cls.from_env(parse_env_lines(result.stdout), work_dir)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str], work_dir: Path) -> NodeBackend:
+        """From a running stack's `export` lines (`.stack/env`, or what `stack.py up` printed): nothing
+        is started, so a stack someone else runs is used as it is."""
         images = json.loads(Path(env["LAGPILOT_NODE_IMAGES"]).read_text()) if "LAGPILOT_NODE_IMAGES" in env else {}
         _require_node(env.get("LAGPILOT_NODE") == "1", images)
         return cls(kubeconfig=env["KUBECONFIG"], bin_dir=Path(env["LAGPILOT_BIN_DIR"]),

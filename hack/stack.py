@@ -6,6 +6,8 @@
     python3 hack/stack.py down      # stop every process this stack started (by pidfile)
     python3 hack/stack.py status    # what runs, where
     python3 hack/stack.py keda      # build KEDA, extract its CRDs, mint its certs (benchmarks; starts nothing)
+    python3 hack/stack.py keda-up   # start the real KEDA against the running stack (needs LAGPILOT_AGGREGATION=1)
+    python3 hack/stack.py keda-down # stop it by pidfile and remove its APIService
 
 Standard library only, so it runs before the project's virtualenv exists. Everything binds to
 127.0.0.1; state (data, pidfiles, logs, certificates, the env file) lives in .stack/ (git-ignored),
@@ -39,6 +41,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack"
@@ -95,7 +98,7 @@ PORTS = {
     "kubelet-healthz": port("KUBELET_HEALTHZ", 19248),
     "kube-proxy-healthz": port("KUBE_PROXY_HEALTHZ", 19256),
     "kube-proxy-metrics": port("KUBE_PROXY_METRICS", 19249),
-    # KEDA, for the benchmarks only (`stack.py keda`; nothing here starts it): the operator's gRPC
+    # KEDA, for the benchmarks only (`stack.py keda` builds it, `keda-up` starts it): the operator's gRPC
     # metrics service, metrics and health probes; the adapter's secure port (the APIService's backend)
     # and its plain /metrics server (KEDA binds that one on every address: it takes a port only).
     "keda-metrics-service": port("KEDA_METRICS_SERVICE", 19666),
@@ -2148,6 +2151,95 @@ def prepare_keda() -> None:
         f"run recipe in {keda_dir() / 'run.sh'}")
 
 
+KEDA_APISERVICE = "v1beta1.external.metrics.k8s.io"
+KEDA_API_PATH = "/apis/external.metrics.k8s.io/v1beta1"
+
+
+def keda_crd_names() -> list[str]:
+    """The CRDs' object names from their file names (<group>_<plural>.yaml -> <plural>.<group>)."""
+    return [f"{file.removesuffix('.yaml').split('_', 1)[1]}.{file.split('_', 1)[0]}" for file in KEDA_CRDS]
+
+
+def apiservice_available(apiservice: dict[str, Any]) -> bool:
+    """The aggregator's verdict on an APIService (`kubectl get apiservice -o json`): its Available
+    condition is True once the apiserver has reached the backend's discovery document through the
+    Service (it is False with a reason like FailedDiscoveryCheck while the adapter is not up)."""
+    conditions = (apiservice.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
+
+def kubectl_output(*args: str, timeout: float = 20) -> str | None:
+    try:
+        result = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", *args],
+                                capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def keda_metrics_api_ready() -> bool:
+    """The APIService is Available and the external metrics API answers through the aggregator: what
+    the HPA controller needs. (The adapter's own port answering is not enough: the aggregator must
+    reach it through the ExternalName Service and trust its certificate.)"""
+    found = kubectl_output("get", "apiservice", KEDA_APISERVICE, "-o", "json")
+    if found is None or not apiservice_available(json.loads(found)):
+        return False
+    return kubectl_output("get", "--raw", KEDA_API_PATH) is not None
+
+
+def keda_services() -> list[Service]:
+    """The operator (scalers, ScaledObject -> HPA, the gRPC metrics service) and the metrics adapter
+    (serves external.metrics.k8s.io to the aggregator, asking the operator over gRPC), as host
+    processes with pidfiles like the rest of the stack. The adapter is ready when the metrics API
+    answers through the aggregation layer."""
+    return [
+        Service("keda-operator", ("keda-operator-metrics", "keda-operator-health", "keda-metrics-service"),
+                keda_operator_cmd, lambda: http_ok(f"http://{HOST}:{PORTS['keda-operator-health']}/readyz"),
+                env=keda_env, timeout=180.0),
+        Service("keda-adapter", ("keda-adapter", "keda-adapter-metrics"), keda_adapter_cmd,
+                keda_metrics_api_ready, env=keda_env, timeout=180.0),
+    ]
+
+
+def keda_up() -> None:
+    """Start the real KEDA against the running stack: its CRDs, namespace, Service, APIService and RBAC
+    applied, the operator and the adapter started (or kept, if they run and answer), then wait until
+    the external metrics API answers through the apiserver. Needs the aggregation layer."""
+    pid = running_pid("kube-apiserver")
+    if pid is None or not apiserver_has_aggregation(pid):
+        raise StackError("KEDA needs the apiserver's aggregation layer: restart the stack with "
+                         "LAGPILOT_AGGREGATION=1 (`make stack-down && LAGPILOT_AGGREGATION=1 make stack-up`)")
+    # A cold build takes half an hour on one core: `keda` (or `make bench`) does it, never a keda-up
+    # in the middle of a benchmark.
+    if not (stamped("keda", PINS["KEDA_VERSION"]) and all((BIN / b).exists() for b in KEDA_BINARIES.values())):
+        raise StackError(f"KEDA {PINS['KEDA_VERSION']} is not built: run `python3 hack/stack.py keda` first")
+    prepare_keda()
+    run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
+         "--force-conflicts", "-f", str(keda_dir() / "crds"), "-f", str(keda_dir() / "objects.json")],
+        what="apply KEDA objects")
+    run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "wait", "--for=condition=Established",
+         "--timeout=60s", *[f"crd/{name}" for name in keda_crd_names()]],
+        what="wait for KEDA CRDs")
+    for service in keda_services():
+        if running_and_ready(service):
+            continue
+        stop_process(service.name)
+        start_process(service)
+        wait_ready(service)
+    log(f"KEDA {PINS['KEDA_VERSION']} runs: operator pid {running_pid('keda-operator')}, adapter pid "
+        f"{running_pid('keda-adapter')}; {KEDA_API_PATH} answers")
+
+
+def keda_down() -> None:
+    """Stop KEDA's processes by pidfile and remove its APIService: an APIService without a backend
+    makes every client's API discovery wait for it (kubectl, kopf, the HPA controller). The CRDs and
+    the `keda` namespace stay (harmless without the operator; the next keda-up reuses them)."""
+    for service in reversed(keda_services()):
+        stop_process(service.name)
+    if running_pid("kube-apiserver") is not None:
+        kubectl_output("delete", "apiservice", KEDA_APISERVICE, "--ignore-not-found", timeout=60)
+
+
 # --------------------------------------------------------------------------------------------- commands
 
 
@@ -2184,14 +2276,17 @@ def env_lines() -> list[str]:
 
 
 @contextlib.contextmanager
-def exclusive(what: str) -> Iterator[None]:
-    """One `up`/`down` at a time: tests, make targets and people may call them concurrently."""
+def exclusive(what: str, lock_name: str = "lock") -> Iterator[None]:
+    """One `up`/`down` at a time: tests, make targets and people may call them concurrently. KEDA's
+    start and stop take a lock of their own (`keda.lock`): they touch only KEDA's processes and
+    objects, and an `up` of another checkout (which may build images for minutes) need not hold a
+    benchmark's KEDA runs back."""
     STATE.mkdir(parents=True, exist_ok=True)
-    with (STATE / "lock").open("w") as lock:
+    with (STATE / lock_name).open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"another stack command holds {STATE / 'lock'}; waiting to {what}")
+            log(f"another stack command holds {STATE / lock_name}; waiting to {what}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -2254,6 +2349,8 @@ def down() -> None:
 
 
 def _down() -> None:
+    if running_pid("keda-operator") or running_pid("keda-adapter"):
+        keda_down()  # before the apiserver goes: its APIService is removed too
     clear_node()  # the node first: its shims and mounts go while containerd still answers
     for service in reversed(SERVICES):
         stop_process(service.name)
@@ -2273,7 +2370,8 @@ def status() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images", "keda"])
+    parser.add_argument("command", choices=["install", "up", "down", "status", "env", "images",
+                                            "keda", "keda-up", "keda-down"])
     parser.add_argument("--no-node", action="store_true",
                         help="the control plane without the real node (no containerd, kubelet, kube-proxy; "
                              "Pods stay Pending); same as LAGPILOT_NODE=0")
@@ -2291,6 +2389,12 @@ def main(argv: list[str] | None = None) -> int:
             return status()
         elif args.command == "keda":
             prepare_keda()
+        elif args.command == "keda-up":
+            with exclusive("start KEDA", lock_name="keda.lock"):
+                keda_up()
+        elif args.command == "keda-down":
+            with exclusive("stop KEDA", lock_name="keda.lock"):
+                keda_down()
         elif args.command == "images":
             node_images()
             print(json.dumps(node_images_table(), indent=2))

@@ -140,3 +140,39 @@ def test_keda_and_front_proxy_certificates(stack: Any, monkeypatch: pytest.Monke
     assert "OK" in openssl("verify", "-CAfile", str(files["ca"]), str(files["client-cert"]))
     subject = openssl("x509", "-in", str(files["client-cert"]), "-noout", "-subject")
     assert f"CN = {stack.FRONT_PROXY_CLIENT_CN}" in subject
+
+
+def test_keda_crd_object_names_come_from_the_file_names(stack: Any) -> None:
+    assert stack.keda_crd_names() == [
+        "scaledobjects.keda.sh", "scaledjobs.keda.sh", "triggerauthentications.keda.sh",
+        "clustertriggerauthentications.keda.sh", "cloudeventsources.eventing.keda.sh",
+        "clustercloudeventsources.eventing.keda.sh"]
+
+
+def test_the_metrics_apiservice_is_available_only_on_a_true_available_condition(stack: Any) -> None:
+    available = {"status": {"conditions": [{"type": "Available", "status": "True"}]}}
+    failing = {"status": {"conditions": [{"type": "Available", "status": "False",
+                                          "reason": "FailedDiscoveryCheck"}]}}
+    assert stack.apiservice_available(available)
+    assert not stack.apiservice_available(failing)
+    assert not stack.apiservice_available({"status": {}})
+    assert not stack.apiservice_available({})
+
+
+def test_keda_up_runs_the_operator_and_adapter_as_pidfile_services_on_keda_ports(stack: Any) -> None:
+    operator, adapter = stack.keda_services()
+    assert (operator.name, adapter.name) == ("keda-operator", "keda-adapter")
+    # Every port either binds is checked free before start and is one of the stack's KEDA ports.
+    assert set(operator.ports) | set(adapter.ports) == {key for key in stack.PORTS if key.startswith("keda-")}
+    assert operator.start() == stack.keda_operator_cmd() and adapter.start() == stack.keda_adapter_cmd()
+    assert operator.env is stack.keda_env and adapter.env is stack.keda_env
+    # The adapter is ready when the aggregator serves its API, not when its port opens.
+    assert adapter.ready is stack.keda_metrics_api_ready
+
+
+def test_keda_up_and_keda_down_are_commands(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    called: list[str] = []
+    monkeypatch.setattr(stack, "keda_up", lambda: called.append("up"))
+    monkeypatch.setattr(stack, "keda_down", lambda: called.append("down"))
+    assert stack.main(["keda-up"]) == 0 and stack.main(["keda-down"]) == 0
+    assert called == ["up", "down"]
