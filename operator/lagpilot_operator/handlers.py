@@ -1,7 +1,7 @@
 """The kopf module (`kopf run -m lagpilot_operator.handlers`): thin handlers around `reconcile`.
 
-One daemon per KafkaConsumerGroup loops reconcile → wait `spec.lag.pollIntervalSeconds` (read anew
-each round, so a spec edit applies without a restart). kopf keeps a finalizer on every resource so
+One daemon per KafkaConsumerGroup reconciles every `spec.lag.pollIntervalSeconds`, start to start (read
+anew each round, so a spec edit applies without a restart). kopf keeps a finalizer on every resource so
 the loop is stopped before the object goes; the dead-letter topics are deleted then only for
 resources whose `deadLetter.deletionPolicy` is `Delete`.
 """
@@ -123,6 +123,15 @@ async def _wait_for_shards(stopped: kopf.DaemonStopped, interval: float) -> None
         waiting.cancel()
 
 
+def pause_before_next_poll(interval: float, reconcile_seconds: float) -> float:
+    """The wait after a reconcile that took `reconcile_seconds`: the rest of the interval, so a resource
+    is polled every `interval` seconds start to start, however long a reconcile takes on a busy host (a
+    replica taking a dead one's shard over is then within two intervals of every poll). A reconcile
+    longer than the interval is followed by a tenth of the interval, not by another at once: an
+    overloaded operator slows its polls instead of piling them up."""
+    return max(interval - reconcile_seconds, interval / 10)
+
+
 @kopf.daemon(models.GROUP, models.VERSION, models.PLURAL, cancellation_timeout=10)
 async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     state = reconcile.ResourceState()
@@ -144,6 +153,7 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
             if token is None:  # another replica's shard, ours being handed over, or paused until a renewal
                 await _wait_for_shards(stopped, interval)
                 continue
+            started = time.monotonic()
             try:
                 term = token
                 fence = None if KEEPER is None else reconcile.Fence(token, functools.partial(KEEPER.still_holds, token))
@@ -157,7 +167,7 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
                 if KEEPER is not None:
                     KEEPER.leave(namespace, name)
             logger.debug("reconciled: %s", status.get("lastDecision"))
-            await stopped.wait(interval)
+            await stopped.wait(pause_before_next_poll(interval, time.monotonic() - started))
     finally:
         # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
         await reconcile.forget(state, SHARED, namespace, name)
