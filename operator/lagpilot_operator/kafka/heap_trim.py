@@ -18,7 +18,6 @@ row). Where the C library has no `malloc_trim` (musl, macOS) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 import time
@@ -31,9 +30,8 @@ MIN_INTERVAL_SECONDS = float(os.environ.get("LAGPILOT_HEAP_TRIM_SECONDS", "5"))
 
 def libc_malloc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim`, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded into the process, the C library's among them
     except OSError:
         return None
     trim = getattr(libc, "malloc_trim", None)
