@@ -47,6 +47,7 @@ from lagpilot_operator.kafka.cluster_reads import (
     sample_for,
     wanted_union,
 )
+from lagpilot_operator.kafka.heap_trim import HeapTrimmer, libc_malloc_trim
 from lagpilot_operator.kafka.kafka_lag import LagReadError, TopicMissing
 
 # How long the read started by a resource new on a cluster waits for others to ask before it is sent, so
@@ -214,9 +215,12 @@ class ClusterObserver:
 class ClusterObservers:
     """One `ClusterObserver` per cluster connection in use, keyed like the `AdminClientPool`."""
 
-    def __init__(self, clients: kafka_lag.AdminClientPool, gather_seconds: float = GATHER_SECONDS) -> None:
+    def __init__(self, clients: kafka_lag.AdminClientPool, gather_seconds: float = GATHER_SECONDS,
+                 trimmer: HeapTrimmer | None = None) -> None:
         self._clients = clients
         self._gather_seconds = gather_seconds
+        # A read's thousands of short-lived futures leave the C heap fragmented: see heap_trim.
+        self._trimmer = trimmer if trimmer is not None else HeapTrimmer(libc_malloc_trim())
         self._observers: dict[str, ClusterObserver] = {}
         self._cluster_of: dict[Hashable, str] = {}
 
@@ -253,6 +257,7 @@ class ClusterObservers:
             result = read_cluster(self._clients.get(settings), bootstrap, wanted)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard
+            self._trimmer.after_read()
             return result
 
         return read
