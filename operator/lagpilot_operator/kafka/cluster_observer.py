@@ -77,9 +77,14 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
                                                "create it or fix spec.topics")
         else:
             partitions[topic] = tuple(sorted(found.partitions))
-    every = [TopicPartition(topic, p) for topic, numbers in partitions.items() for p in numbers]
+    by_topic = {topic: [TopicPartition(topic, p) for p in numbers] for topic, numbers in partitions.items()}
+    every = [tp for tps in by_topic.values() for tp in tps]
+    # Each group's partitions from its own topics (in the metadata's order): a filter of `every` per group
+    # cost groups x partitions on each read (1,000 x 3,334 at the fleet benchmark's size).
+    order = {topic: index for index, topic in enumerate(by_topic)}
     # A group whose topics are all missing is not asked about: its resources fail on TopicMissing.
-    per_group = {group: [tp for tp in every if tp.topic in topics] for group, topics in wanted.items()}
+    per_group = {group: [tp for topic in sorted((t for t in topics if t in by_topic), key=order.__getitem__)
+                         for tp in by_topic[topic]] for group, topics in wanted.items()}
     per_group = {group: tps for group, tps in per_group.items() if tps}
     try:
         committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
