@@ -273,9 +273,7 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
         pod_rate = (ctx.current_pool, per_pod)
         last_lag = memory.last_lag
         tolerance = 1 + ctx.config.tolerance_percent / 100
-        # A span that drained nothing measured no slot rate (a stall: the stuck-partition verdicts and the
-        # saturation rule judge it), so it is no reading to size slots by.
-        if (drained > 0 and produce is not None and produce > drained * tolerance and last_lag is not None
+        if (produce is not None and produce > drained * tolerance and last_lag is not None
                 and lag.effective > last_lag):
             observed = drained / busy_now
             if memory.last_time is not None and now > memory.last_time:
