@@ -48,20 +48,6 @@ TREND_WINDOW_SECONDS = 600.0
 TREND_BUCKET_SECONDS = 60.0
 TREND_BACKLOG_SECONDS = 3.0
 MIN_RATE = 1e-3  # msg/s; below this a consume rate says nothing about per-slot speed
-# Falling behind. The consume-rate window (30 s) mixes in time when production, not capacity, limited
-# consumption, and time at another shape. The drain span is cleaner: it starts when the shape (pool,
-# consumers) last changed or the group last kept up (lag within what commits leave behind), and its
-# rate, drained messages / span, is what these slots do with work waiting, measured once the span
-# covers MIN_SPAN_POLLS polls and MIN_SPAN_COMMITS commit intervals (the worker commits every second,
-# so a 5 s span holds several commits). When production exceeds that
-# rate beyond the tolerance band and the lag grows, the group falls behind, and that observed rate
-# wins over any per-slot estimate: the group is short whatever the estimate says (a CPU-starved
-# pod's slots are slower than they were measured or bounded at).
-MIN_SPAN_POLLS = 1
-MIN_SPAN_COMMITS = 1
-# A pool that grew while backlogged and whose pods then drained less than this share of what the
-# added slots should give (in proportion) is CPU-bound at the smaller pool: capacity goes to pods.
-POOL_GAIN_SHARE = 0.5
 MAX_SLOTS = 1_000_000  # far above any pool.max x replicas.max; keeps arithmetic finite
 
 Notes = tuple[str, ...]
@@ -209,13 +195,6 @@ class Throughput:
     slot_rate: float | None                    # measured msg/s per slot (EWMA), None until measured
     floor: float | None                        # lower bound on the per-slot rate, as of now
     notes: Notes = ()
-    # Falling behind (see MIN_SPAN_POLLS): the drain span's msg/s per slot, which no estimate may exceed.
-    observed_slot_rate: float | None = None
-    arrival_rate: float | None = None          # falling behind: msg/s drained + the lag's growth per second
-    pod_rate: tuple[int, float] | None = None  # (pool, msg/s per pod) last drained with a backlog
-    pool_ceiling: int | None = None            # pool beyond which a pod's slots add no throughput
-    span: tuple[float, int, int, int] | None = None  # the drain span: (start, drained, consumers, pool)
-    measuring: bool = False                    # backlogged, but the span is too short to read yet
 
 
 def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
@@ -251,74 +230,8 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     every_slot_busy = (saturated_for_a_window or deficit) and stable_since <= now - window
     slot_rate, floor = _per_slot_rate(memory, now, consume, busy_max=busy_max, busy_now=busy_now,
                                       every_slot_busy=every_slot_busy)
-    span = _drain_span(ctx, lag, consumers)
-    drained = _span_rate(ctx, lag, span)
-    pod_rate, ceiling = memory.pod_rate, memory.pool_ceiling
-    observed: float | None = None
-    arrival: float | None = None
-    produce = observation.produce_rate
-    if drained is not None and consumers > 0:
-        per_pod = drained / consumers
-        # Nothing drained at all says the span saw no commit (or a stall), not that slots stopped helping.
-        if pod_rate is not None and pod_rate[0] < ctx.current_pool and drained > 0:
-            smaller_pool, smaller_rate = pod_rate
-            expected_gain = smaller_rate * (ctx.current_pool / smaller_pool - 1)
-            if per_pod - smaller_rate < POOL_GAIN_SHARE * expected_gain:
-                ceiling = smaller_pool if ceiling is None else min(ceiling, smaller_pool)
-                notes = (*notes, f"pool {smaller_pool}→{ctx.current_pool} raised a pod's drain only "
-                                 f"{_rate(smaller_rate)}→{_rate(per_pod)} msg/s: CPU-bound, "
-                                 f"more capacity goes to pods of pool ≤ {smaller_pool}")
-            elif ceiling is not None and ctx.current_pool > ceiling:
-                ceiling = None  # the bigger pool did add throughput after all
-        pod_rate = (ctx.current_pool, per_pod)
-        last_lag = memory.last_lag
-        tolerance = 1 + ctx.config.tolerance_percent / 100
-        if (produce is not None and produce > drained * tolerance and last_lag is not None
-                and lag.effective > last_lag):
-            observed = drained / busy_now
-            if memory.last_time is not None and now > memory.last_time:
-                # What arrives now: what was drained plus what the lag grew by since the last poll
-                # (the produce-rate window still averages in the time before a step up).
-                arrival = drained + (lag.effective - last_lag) / (now - memory.last_time)
-            notes = (*notes, f"falling behind: draining {_rate(drained)} of {_rate(produce)} msg/s produced "
-                             f"over {now - cast(tuple[float, int, int, int], span)[0]:,.0f} s, lag growing")
     return Throughput(consumers=consumers, busy=tuple(busy), saturated=saturated, saturated_since=saturated_since,
-                      trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor, notes=notes,
-                      observed_slot_rate=observed, arrival_rate=arrival, pod_rate=pod_rate, pool_ceiling=ceiling,
-                      span=span, measuring=span is not None and drained is None)
-
-
-def drained_total(ctx: DecisionContext, lag: LagView) -> int:
-    """Messages the group is past on all partitions: end offsets minus lag (its progress is consumption)."""
-    return sum(p.end_offset for p in ctx.sample.partitions) - lag.total
-
-
-def _drain_span(ctx: DecisionContext, lag: LagView, consumers: int) -> tuple[float, int, int, int] | None:
-    """(start, drained at start, consumers, pool) of the span in which these slots had a backlog; None
-    while the group keeps up (its consumption then says how much was produced, not what slots can do)."""
-    observation = ctx.observation
-    produce = observation.produce_rate or observation.consume_rate or 0.0
-    busy = consumers * ctx.current_pool
-    commit_lag = produce * ctx.config.commit_interval_seconds + 2 * busy
-    if busy <= 0 or lag.effective <= commit_lag or consumers < ctx.expected_consumers:
-        return None
-    drained = drained_total(ctx, lag)
-    span = ctx.memory.span
-    if span is None or (span[2], span[3]) != (consumers, ctx.current_pool) or drained < span[1]:
-        return (ctx.now, drained, consumers, ctx.current_pool)
-    return span
-
-
-def _span_rate(ctx: DecisionContext, lag: LagView, span: tuple[float, int, int, int] | None) -> float | None:
-    """msg/s drained over the span, once it is long enough to read through the commit steps."""
-    if span is None:
-        return None
-    config = ctx.config
-    seconds = ctx.now - span[0]
-    needed = max(MIN_SPAN_POLLS * config.poll_interval_seconds, MIN_SPAN_COMMITS * config.commit_interval_seconds)
-    if seconds < needed - 1e-9 or seconds <= 0:
-        return None
-    return max(0.0, (drained_total(ctx, lag) - span[1]) / seconds)
+                      trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor, notes=notes)
 
 
 def _per_slot_rate(memory: PolicyMemory, now: float, consume: float | None, *, busy_max: int, busy_now: int,
@@ -446,27 +359,13 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
     produce = observation.produce_rate
     if produce is None:
         produce = observation.consume_rate or 0.0
-    if throughput.arrival_rate is not None:
-        produce = max(produce, throughput.arrival_rate)
     drain_seconds = float(settings.target_drain_seconds)
     target_lag = settings.target_time_lag_seconds
     time_lag = max((v for k, v in observation.time_lags.items() if k not in lag.stuck), default=0.0)
     notes: Notes = ()
-    # Committed offsets trail what is processed by up to the workers' commit interval, so the time lag
-    # read from them has that floor however fast the group is. The part above it is what the group
-    # is behind; a target below the floor is judged on that part (said in the reason), else it would
-    # always read as missed and size every poll for a drain that is not there.
-    commit = ctx.config.commit_interval_seconds
-    judged = max(0.0, time_lag - commit)
-    if target_lag is not None and judged > target_lag and target_lag < drain_seconds:
+    if target_lag is not None and time_lag > target_lag and target_lag < drain_seconds:
         drain_seconds = float(target_lag)
-        over = f"time lag {_seconds(time_lag)} > target {_seconds(target_lag)}"
-        if commit > 0:
-            over += f" (+{_seconds(commit)} commit interval)"
-        notes = (over,)
-    if target_lag is not None and target_lag < commit and time_lag > target_lag:
-        notes = (*notes, f"target {_seconds(target_lag)} is below the {_seconds(commit)} commit interval the "
-                         "committed time lag cannot go under: judged on the time lag less the commit interval")
+        notes = (f"time lag {_seconds(time_lag)} > target {_seconds(target_lag)}",)
     headroom = 1 + settings.headroom_percent / 100
     effective = lag.effective
     needed = produce * headroom + effective / drain_seconds
@@ -483,15 +382,6 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
         return Recommendation(slots, explanation, slot_rate, needed, notes)
 
     capacity = ctx.current_capacity
-    observed = throughput.observed_slot_rate
-    if observed is not None:
-        # Falling behind: what the slots drain now wins over what they were measured or bounded at.
-        rate = observed
-        if throughput.slot_rate is not None:
-            rate = min(observed, max(throughput.slot_rate, throughput.floor or 0.0))
-        slots = max(capacity + 1, slots_at(rate))
-        return made(slots, f"{demand} needs {slots:,} slots at the {_rate(rate)} msg/s/slot "
-                           f"consumed {drain}", rate)
     if throughput.slot_rate is not None:
         rate = max(throughput.slot_rate, throughput.floor or 0.0)
         slots = slots_at(rate)
@@ -510,14 +400,6 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
             # nothing yet about the capacity already added, so do not double again.
             return made(capacity, f"lag {effective:,} msgs growing while consumers join "
                                   f"({consumers} of {expected}): keeping {capacity:,} slots", floor)
-        pool = ctx.config.pool
-        if growing and throughput.measuring and pool.initial < ctx.current_pool < pool.max:
-            # Another doubling of a pool that already grew would go to the pool before the drain span
-            # has read what this pool drains: without that reading a CPU-bound pool would double to
-            # pool.max unseen. (The first doubling is free: a backlog at the initial pool is no sign
-            # of a CPU limit, and waiting would only delay the reaction.)
-            return made(capacity, f"lag {effective:,} msgs growing, reading what pool {ctx.current_pool} "
-                                  f"drains before growing it: keeping {capacity:,} slots", floor)
         if growing:
             doubled = max(2 * capacity, ctx.config.pool.initial)
             # The lower bound on the per-slot rate makes `bound_slots` an upper bound on what is
@@ -659,12 +541,11 @@ class Shape:
         return self.replicas * self.pool
 
 
-def shape_for(ctx: DecisionContext, slots: int, *, forced: bool, pool_ceiling: int | None = None) -> Shape:
+def shape_for(ctx: DecisionContext, slots: int, *, forced: bool) -> Shape:
     """Replicas x pool for `slots`: pool first, the partition cap, bounds and cooldown.
 
     `forced` (waking from zero) skips the cooldown and the rebalance grace: a group at zero has nothing
-    to protect from a rebalance. `pool_ceiling`: the pool beyond which a pod's slots were seen to add
-    no throughput (CPU-bound); added capacity goes to pods of at most that pool while replicas allow.
+    to protect from a rebalance.
     """
     config, memory, now = ctx.config, ctx.memory, ctx.now
     current_r, current_pool, capacity = ctx.current_replicas, ctx.current_pool, ctx.current_capacity
@@ -678,13 +559,12 @@ def shape_for(ctx: DecisionContext, slots: int, *, forced: bool, pool_ceiling: i
         return Shape(current_r, current_pool)
     notes: list[str] = []
     shrinking = slots < capacity
-    useful_pool = pool_max if pool_ceiling is None else clamp(pool_ceiling, pool_min, pool_max)
-    replicas = math.ceil(slots / useful_pool)
+    replicas = math.ceil(slots / pool_max)
     if ctx.incremental and not shrinking:
         # Pool first is for the classic protocol, where each new pod is a rebalance of the group.
         # With incremental rebalances, new capacity goes to new pods at the current pool (more
         # CPU and memory, smaller failure domain); the pool grows once pods reach their cap.
-        spread = math.ceil(slots / clamp(max(current_pool, config.pool.initial), pool_min, useful_pool))
+        spread = math.ceil(slots / clamp(max(current_pool, config.pool.initial), pool_min, pool_max))
         if clamp(spread, low, high) > clamp(replicas, low, high):
             notes.append(f"{_group_kind(config)}: pods before a bigger pool, as {_cheap_join(config)}")
         replicas = spread
@@ -696,7 +576,7 @@ def shape_for(ctx: DecisionContext, slots: int, *, forced: bool, pool_ceiling: i
     # of 10 partitions would leave one pod short at the same slots). A scale-up adds no pods for
     # it: their pools would shrink as they start, a capacity blip; growing, the pool is at its max.
     if shrinking:
-        while replicas < min(high, current_r) and pool_for(ctx.owned, slots, replicas) > useful_pool:
+        while replicas < min(high, current_r) and pool_for(ctx.owned, slots, replicas) > pool_max:
             replicas += 1
     if replicas == high and pool_for(ctx.owned, slots, high) > pool_max:
         notes.append(f"capped at {high} replicas x pool {pool_max}"
@@ -731,13 +611,7 @@ def shape_for(ctx: DecisionContext, slots: int, *, forced: bool, pool_ceiling: i
         # is not demand. Let the pool absorb it instead of bouncing the replica count right back.
         notes.append(f"no new pods within {grace} s of removing one (rebalance lag)")
         replicas = current_r
-    pool = pool_for(ctx.owned, slots, replicas)
-    if useful_pool < pool_max:
-        if replicas * useful_pool >= slots:
-            pool = min(pool, useful_pool)  # slots past the ceiling would only wait for the CPU
-        elif not shrinking:
-            notes.append(f"pool beyond the CPU-bound {useful_pool}: no more replicas allowed now")
-    pool = clamp(pool, pool_min, pool_max)
+    pool = clamp(pool_for(ctx.owned, slots, replicas), pool_min, pool_max)
     if shrinking and current_ok and replicas * pool >= capacity:
         # Pool rounding after consolidating pods would not actually shrink anything: keep as is.
         return Shape(current_r, current_pool, tuple(notes))

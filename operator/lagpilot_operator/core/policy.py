@@ -51,19 +51,6 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
          less if the lower bound proves less is enough; no backlog and no production needs 0 slots.
        A lower bound is never used to *add* capacity to an unsaturated group: at low load it is
        far below the real speed and would grow the group 20 % per poll.
-     Falling behind overrides all of the above: the *drain span* starts when the shape (pool,
-     consumers) last changed or the group last kept up (lag within the commit interval's production
-     plus 2 messages per slot), and once it covers a poll and a commit interval its rate (messages
-     drained / span) is what these slots do with work waiting. When production exceeds it beyond the
-     tolerance band and the lag grew since the last poll, the group is short whatever the estimate
-     says (a CPU-starved pod's slots are slower than measured or bounded): μ = min(estimate, span
-     rate / slots), the produce rate is at least what arrives (span rate + the lag's growth per
-     second), and capacity grows (steps 5-6 still limit it). A saturated, growing group whose pool
-     already grew once waits for the span to read the new pool before doubling it again.
-     The time-lag target is judged on the time lag less the workers' commit interval
-     (`commit_interval_seconds`, the worker's 1 s default): committed offsets trail processing by
-     up to that much, so a caught-up group reads about that time lag; a target below the interval
-     would otherwise always read as missed. The reason says so when the target is below it.
 4. Tolerance band (hysteresis): a raw recommendation within ±`tolerance_percent` (10 %) of current
    capacity is taken as "current" (HPA's rule), and after steps 5-6 a shrink smaller than that band
    is not made either, so a decaying window does not trickle out one pool change per poll. The band
@@ -81,11 +68,7 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
    within pool bounds: an assignor gives the busiest of r pods ceil(P / r) of the P partitions, so
    10 partitions on 9 pods size every pod for 2 of them (a scale-down keeps more of its pods when
    that exceeds pool.max);
-   a scale-up never removes pods and a scale-down never adds them;
-   when a pool that grew while falling behind raised a pod's drain (span rate per pod) by less than
-   half of what its added slots should give, the pod is CPU-bound at the smaller pool (the memory's
-   `pool_ceiling`): replicas are then counted at that pool, and the pool is capped there while the
-   replicas allowed cover the slots (capacity shifts from the pool to pods); replicas ≤ partition count
+   a scale-up never removes pods and a scale-down never adds them; replicas ≤ partition count
    unless `allowIdleConsumers` (if `replicas.min` exceeds the partition count, min wins) or the
    group is a share group (`groupType: share`, KIP-932): its consumers share partitions record by
    record, so neither the cap nor the busiest-pod pool applies (pool = slots / r), and, as with the
@@ -191,9 +174,6 @@ class PolicyConfig:
     fallback: FallbackConfig = FallbackConfig()
     poll_interval_seconds: int = 5
     tolerance_percent: int = 10  # not in the CRD: HPA's default tolerance
-    # Not in the CRD: the workers' commit interval (the worker's default, LAGPILOT_COMMIT_INTERVAL_SECONDS).
-    # Committed offsets trail processing by up to this much, which floors the time lag read from them.
-    commit_interval_seconds: float = 1.0
     # spec.groupType share (KIP-932): consumers share partitions, so the partition count bounds nothing.
     share_group: bool = False
 
@@ -261,8 +241,6 @@ class PolicyConfig:
         tl = self.drain_time.target_time_lag_seconds
         if tl is not None and not (tl > 0 and math.isfinite(tl)):
             problems.append("policy.drainTime: the time-lag target must be > 0 seconds")
-        if not (self.commit_interval_seconds >= 0 and math.isfinite(self.commit_interval_seconds)):
-            problems.append("the workers' commit interval must be >= 0 seconds")
         for name, behavior in (("scaleUp", self.scale_up), ("scaleDown", self.scale_down)):
             if behavior.period_seconds < 1 or behavior.min_step < 0 or behavior.max_step_percent < 0:
                 problems.append(f"policy.{name}: periodSeconds >= 1, minStep >= 0, maxStepPercent >= 0")
@@ -400,9 +378,6 @@ class PolicyMemory:
     last_members: int | None = None                        # consumers at last_time
     trend: tuple[tuple[float, int], ...] = ()              # (bucket start, smallest effective lag in it)
     deficit_since: float | None = None                     # the trend has shown a steady deficit since
-    pod_rate: tuple[int, float] | None = None              # (pool, msg/s per pod) last drained with a backlog
-    pool_ceiling: int | None = None                        # pool past which a pod's slots added no throughput
-    span: tuple[float, int, int, int] | None = None        # drain span: (start, drained, consumers, pool)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -421,9 +396,6 @@ class PolicyMemory:
             "lastMembers": self.last_members,
             "trend": [[t, lag] for t, lag in self.trend],
             "deficitSince": self.deficit_since,
-            "podRate": None if self.pod_rate is None else [self.pod_rate[0], self.pod_rate[1]],
-            "poolCeiling": self.pool_ceiling,
-            "span": None if self.span is None else list(self.span),
         }
 
     @classmethod
@@ -448,28 +420,9 @@ class PolicyMemory:
                 last_members=None if data.get("lastMembers") is None else int(data["lastMembers"]),
                 trend=tuple((float(t), int(lag)) for t, lag in data.get("trend", [])),
                 deficit_since=_opt_float(data.get("deficitSince")),
-                pod_rate=_pod_rate(data.get("podRate")),
-                pool_ceiling=None if data.get("poolCeiling") is None else int(data["poolCeiling"]),
-                span=_span(data.get("span")),
             )
         except (TypeError, ValueError):
             return cls()
-
-
-def _pod_rate(value: object) -> tuple[int, float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise TypeError(f"not a (pool, rate) pair: {value!r}")
-    return int(value[0]), float(value[1])
-
-
-def _span(value: object) -> tuple[float, int, int, int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list | tuple) or len(value) != 4:
-        raise TypeError(f"not a drain span: {value!r}")
-    return float(value[0]), int(value[1]), int(value[2]), int(value[3])
 
 
 def _opt_float(value: object) -> float | None:
@@ -522,13 +475,13 @@ def _decide_on_lag(config: PolicyConfig, observation: Observation, memory: Polic
     elif activation.waking:
         # Waking has activation semantics: no stabilization or step limit from zero.
         target = recommendation.slots
-        shape = steps.shape_for(ctx, max(target, 1), forced=True, pool_ceiling=throughput.pool_ceiling)
+        shape = steps.shape_for(ctx, max(target, 1), forced=True)
     else:
         stabilized = steps.stabilize(ctx, recommendation.slots)
         limited = steps.limit_steps(ctx, stabilized.slots)
         kept = steps.keep_small_shrink(ctx, limited.slots)
         target = kept.slots
-        shape = steps.shape_for(ctx, max(target, 1), forced=False, pool_ceiling=throughput.pool_ceiling)
+        shape = steps.shape_for(ctx, max(target, 1), forced=False)
         notes += (*stabilized.notes, *limited.notes, *kept.notes)
     notes += (*shape.notes, *steps.share_group_note(ctx, shape.replicas))
     direction = steps.direction_of(ctx.current_capacity, shape.capacity)
@@ -571,20 +524,8 @@ def _remember(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.
         last_members=throughput.consumers,
         trend=throughput.trend,
         deficit_since=throughput.deficit_since,
-        pod_rate=throughput.pod_rate,
-        pool_ceiling=throughput.pool_ceiling,
-        span=_next_span(ctx, lag, throughput, shape),
     )
     return _prune(remembered, ctx.config, now, ctx.observation)
-
-
-def _next_span(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.Throughput,
-               shape: steps.Shape) -> tuple[float, int, int, int] | None:
-    """The drain span the next poll continues. A pool change on the same pods is live (no rebalance),
-    so the span of the new pool starts now: the next poll can already read what it drains."""
-    if throughput.span is not None and shape.replicas == ctx.current_replicas and shape.pool != ctx.current_pool:
-        return (ctx.now, steps.drained_total(ctx, lag), throughput.consumers, shape.pool)
-    return throughput.span
 
 
 def _sample_lag(config: PolicyConfig, sample: LagSample | None) -> int:

@@ -703,8 +703,6 @@ def compare(
     `replicas.max` capped at the partitions (keda_config_for).
     """
     pool = config.pool.initial if keda_pool is None else keda_pool
-    # The operator knows the workers' commit interval (it floors the committed time lag); here the model's.
-    config = replace(config, commit_interval_seconds=model.commit_interval_seconds)
     factories: dict[str, Callable[[], Controller]] = {
         "drainTime": lambda: LagpilotController("drainTime", replace(config, mode=_mode("drainTime"))),
         "lagThreshold": lambda: LagpilotController("lagThreshold", replace(config, mode=_mode("lagThreshold"))),

@@ -425,11 +425,7 @@ class DrainTimePolicy(SpecModel):
                                                                       "many seconds.")
     target_time_lag: str | None = Field(None, max_length=32, pattern=DURATION_PATTERN,
                                         description="Also stay under this much time behind (time lag), as a "
-                                                    "duration: `200ms`, `1.5s`, `1m30s` (1ms..24h). The time lag "
-                                                    "is read from committed offsets, which trail processing by up "
-                                                    "to the workers' commit interval (1 s by default), so it is "
-                                                    "judged above that floor: a 200ms target is missed when the "
-                                                    "time lag exceeds 1.2 s with 1 s commits. Absent: "
+                                                    "duration: `200ms`, `1.5s`, `1m30s` (1ms..24h). Absent: "
                                                     "targetTimeLagSeconds, or no time-lag target.")
     target_time_lag_seconds: int | None = Field(None, ge=1, le=86400,
                                                 description="Also stay under this many whole seconds behind "

@@ -456,9 +456,7 @@ def test_memory_stays_small_over_a_long_run() -> None:
 
 
 def test_a_sub_second_time_lag_target_is_a_float_and_reads_in_milliseconds() -> None:
-    # Workers committing at once (no commit floor under the time lag; see test_decision_steps for one).
-    config = replace(FREE, drain_time=DrainTimeConfig(target_drain_seconds=60, target_time_lag_seconds=0.2),
-                     commit_interval_seconds=0.0)
+    config = replace(FREE, drain_time=DrainTimeConfig(target_drain_seconds=60, target_time_lag_seconds=0.2))
     memory = replace(WARM, slot_rate=10.0)
     decision = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 0.45}), memory,
                       NOW)

@@ -371,8 +371,7 @@ def test_a_200ms_time_lag_target_holds_under_steady_load() -> None:
     """Steady 300 msg/s at 20 ms a message, starting short (one pod, one slot: 50 msg/s) with the worker's
     1 s commits: with `targetTimeLag: 200ms` the backlog of the start is drained at the target's pace and
     then every message is done within 200 ms of being produced; with only the default 60 s drain target
-    the same start is caught up as well: a group that falls behind gets capacity from what it is seen to
-    drain, whatever its targets (before that rule, the default held the short start for minutes)."""
+    the same start leaves messages seconds late for minutes."""
     spec = {"pool": {"min": 1, "initial": 1, "max": 64}, "policy": {"drainTime": {"targetTimeLag": "200ms"}}}
     config = PolicyConfig.from_spec(spec)
     assert config.drain_time.target_time_lag_seconds == pytest.approx(0.2)
@@ -386,7 +385,7 @@ def test_a_200ms_time_lag_target_holds_under_steady_load() -> None:
     needed = 300 * 0.02  # 6 slots
     assert max(p.replicas * p.pool for p in late) <= 4 * needed  # holds it without running away
     default_late = [p.latency or 0.0 for p in results["default"].points if 30 <= p.time <= 120]
-    assert max(default_late) < 1.0
+    assert max(default_late) > 1.0
     assert results["200ms"].summary.unprocessed_at_end == 0
 
 
