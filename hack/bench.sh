@@ -13,13 +13,18 @@
 # `fleet` (bench/fleet_bench.py, issue 17) runs 1,000 KafkaConsumerGroups on one operator process, the operator
 # of BENCH_FLEET_BASELINE (default fb31b65: before the fleet work) then this checkout's; BENCH_QUICK=1
 # makes it 50 groups and a 60 s window. Its full size takes about 25 minutes.
+# `calibration` (bench/keda_calibration.py) is pure: the KEDA model against the recorded real-KEDA run, and
+# against this invocation's loop run when `loop` ran before it. It needs no stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck disable=SC1091
-source .stack/env
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop seed rebalance share compare fleet}
+only=${BENCH_ONLY:-worker operator loop calibration seed rebalance share compare fleet}
+if [[ " $only " != " calibration " ]]; then
+  # shellcheck disable=SC1091
+  source .stack/env
+fi
+ran_loop=0
 loop_args=()
 fleet_args=(--compare "${BENCH_FLEET_BASELINE:-fb31b65}")
 if [[ "${BENCH_QUICK:-}" == "1" ]]; then loop_args+=(--quick); fleet_args+=(--quick); fi
@@ -27,7 +32,9 @@ for name in $only; do
   case "$name" in
     worker) cmd=(.venv/bin/python bench/worker_bench.py) ;;
     operator) cmd=(.venv/bin/python bench/operator_bench.py) ;;
-    loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}") ;;
+    loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}"); ran_loop=1 ;;
+    calibration) cmd=(.venv/bin/python bench/keda_calibration.py)
+                 if (( ran_loop )); then cmd+=(--fresh "$out/loop.jsonl"); fi ;;
     # shellcheck disable=SC2206  # BENCH_SEED_ARGS is split into flags on purpose
     seed) cmd=(.venv/bin/python bench/seed_bench.py "${loop_args[@]}" ${BENCH_SEED_ARGS:---mode search}) ;;
     rebalance) cmd=(.venv/bin/python bench/rebalance_bench.py) ;;
@@ -35,7 +42,8 @@ for name in $only; do
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
                   --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
     fleet) cmd=(.venv/bin/python bench/fleet_bench.py "${fleet_args[@]}") ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, seed, rebalance, share, compare, fleet)" >&2; exit 2 ;;
+    *) echo "unknown benchmark '$name' (worker, operator, loop, calibration, seed, rebalance, share, compare, fleet)" >&2
+       exit 2 ;;
   esac
   echo "== bench: $name" >&2
   "${cmd[@]}" | tee "$out/$name.jsonl" >&2

@@ -14,14 +14,23 @@ Kafka scaler (`pkg/scalers/kafka_scaler.go`, `GetMetrics`/`getLagForPartition`):
   uncapped lag > `activationLagThreshold` (default 0); back to 0 only after `cooldownPeriod`
   (default 300 s) without activity, and only when `minReplicaCount` is 0.
 
+Metrics server: on each HPA request KEDA asks the scaler afresh (the trigger's `useCachedMetrics`,
+default false); only with `useCachedMetrics` does the HPA get the value of the operator's last poll.
+So with KEDA's defaults `pollingInterval` paces activation (0 <-> 1) only, and the HPA sees the lag
+of its own sync (calibrated against the real KEDA 2.21: a new metric value at every 15 s sync).
+
 HPA (`pkg/controller/podautoscaler`, external metric with an AverageValue target = lagThreshold):
 * every sync (default 15 s): ratio = metric / (lagThreshold x current replicas); if |1 - ratio| is
   within the 10 % tolerance keep the current count, else desired = ceil(metric / lagThreshold);
 * stabilization: the recommendation is recorded; the result is at least the minimum over the
   scale-up window (default 0 s) and at most the maximum over the scale-down window (default 300 s);
-* rate limits (default behaviour): up by at most max(4 pods, 100 %) per 15 s, down by at most
-  100 % per 15 s, counted from the replicas at the start of the period (HPA's
-  `replicasAddedInCurrentPeriod`);
+* rate limits. KEDA gives its HPA a `behavior` only when the ScaledObject sets
+  `advanced.horizontalPodAutoscalerConfig.behavior`; without one (the default) the HPA controller
+  takes its legacy path (`normalizeDesiredReplicas`): up to max(2 x current, 4) at each sync, down
+  at once (after the stabilization) - the real KEDA went 1 -> 4 -> 8, not 1 -> 5 -> 8.
+  With a behavior (`hpa_behavior`; the fields below are the API's defaults for it): up by at most
+  max(4 pods, 100 %) per 15 s, down by at most 100 % per 15 s, counted from the replicas at the
+  start of the period (HPA's `replicasAddedInCurrentPeriod`);
 * clamped to [max(1, minReplicaCount), maxReplicaCount], and never scaled up beyond the partition
   count unless `allowIdleConsumers` (KEDA's documented promise; its code gets there through the metric
   cap, whose integer division can let one replica more through - we apply the documented cap).
@@ -56,6 +65,10 @@ class KedaConfig:
     cooldown_period_seconds: float = 300.0   # ScaledObject cooldownPeriod (1 -> 0 only)
     hpa_sync_seconds: float = 15.0           # --horizontal-pod-autoscaler-sync-period
     tolerance: float = 0.1                   # --horizontal-pod-autoscaler-tolerance
+    use_cached_metrics: bool = False         # trigger useCachedMetrics: the HPA reads the last poll
+    # ScaledObject advanced.horizontalPodAutoscalerConfig.behavior set (with the scale_up_*/scale_down_*
+    # values below); False, KEDA's default: no behavior, the HPA's legacy max(2 x current, 4) per sync.
+    hpa_behavior: bool = False
     scale_up_stabilization_seconds: float = 0.0
     scale_up_pods: int = 4
     scale_up_percent: int = 100
@@ -138,6 +151,17 @@ def poll(config: KedaConfig, state: KedaState, sample: LagSample | None, now: fl
     )
 
 
+def hpa_metric_read(config: KedaConfig, state: KedaState, sample: LagSample | None, now: float) -> KedaState:
+    """The HPA's request for the external metric: KEDA's metrics server asks the scaler afresh unless
+    the trigger sets `useCachedMetrics` (then: the operator's last poll, `state` as it is). Activity
+    (cooldown) is the operator's business, so `last_active_time` is left alone; a failed read keeps
+    the last value."""
+    if config.use_cached_metrics or sample is None:
+        return state
+    metric, remembered = scaler_metric(config, sample, dict(state.previous_offsets))
+    return replace(state, metric=metric, metric_time=now, previous_offsets=tuple(sorted(remembered.items())))
+
+
 def activation(config: KedaConfig, state: KedaState, current_replicas: int, now: float) -> KedaDecision | None:
     """KEDA operator's own 0 <-> 1 scaling (runs after each poll); None when the HPA is in charge."""
     metric = state.metric
@@ -171,8 +195,12 @@ def hpa_sync(config: KedaConfig, state: KedaState, current_replicas: int, now: f
     desired = stabilized(current_replicas, recommendation, state.recommendations, now,
                          config.scale_up_stabilization_seconds, config.scale_down_stabilization_seconds)
     recs = (*state.recommendations, (now, recommendation))
-    # Rate limits (HPA's calculateScaleUpLimitWithScalingRules / ...ScaleDownLimit...).
-    if desired > current_replicas:
+    # Rate limits: without a behavior the HPA's legacy calculateScaleUpLimit (KEDA's default); with one,
+    # calculateScaleUpLimitWithScalingRules / ...ScaleDownLimit...
+    if not config.hpa_behavior:
+        if desired > current_replicas:
+            desired = min(desired, max(2 * current_replicas, 4))
+    elif desired > current_replicas:
         added = sum(d for t, d in state.scale_events if d > 0 and t > now - config.scale_up_period_seconds)
         base = current_replicas - added
         limit = max(base + config.scale_up_pods, math.ceil(base * (1 + config.scale_up_percent / 100)))

@@ -22,9 +22,11 @@ The world model, in fixed ticks (default 0.5 s):
 * Consumers commit every `commit_interval_seconds` (librdkafka's auto-commit default is 5 s) and on
   every rebalance; policies see committed offsets, so lag includes up to one commit interval.
 * Policies see offsets only when they poll: Lagpilot every `lag.pollIntervalSeconds` (default 5 s);
-  the KEDA equivalent refreshes its metric every `pollingInterval` (30 s) and the HPA acts on it
-  every 15 s. Phases are set so each first poll after a change comes half an interval later
-  (the average case): Lagpilot at 2.5 + 5k s, KEDA polls at 15 + 30k s, HPA syncs at 7.5 + 15k s.
+  the KEDA equivalent's HPA every 15 s (KEDA's metrics server reads the lag afresh for each HPA
+  request; its own `pollingInterval`, 30 s, paces only activation from and to zero). Phases are set
+  so each first poll after a change comes half an interval later (the average case): Lagpilot at
+  2.5 + 5k s, KEDA polls at 15 + 30k s, HPA syncs at 7.5 + 15k s (a replay of a measured run sets
+  `KedaController`'s phases from it: `lagpilot_operator.core.calibration`).
 * A KEDA-scaled pod runs a fixed pool of `keda_pool` consumer threads, by default Lagpilot's
   `pool.initial`: what a KEDA user running a multi-threaded consumer configures (KEDA scales pods only,
   so the pool never changes). Its `maxReplicaCount` is `replicas.max` capped at the partition count,
@@ -558,6 +560,7 @@ class KedaController:
                 world.set_replicas(act.replicas)
         if world.time + 1e-9 >= self._next_sync:
             self._next_sync += config.hpa_sync_seconds
+            self.state = keda.hpa_metric_read(config, self.state, world.sample(), world.time)
             decision = keda.hpa_sync(config, self.state, len(world.pods), world.time)
             self.state = decision.state
             if decision.replicas != len(world.pods):

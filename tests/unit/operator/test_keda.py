@@ -71,8 +71,24 @@ def hpa_run(config: keda.KedaConfig, metric: int, replicas: int, times: Sequence
     return out
 
 
-def test_hpa_scale_up_rate_is_max_of_4_pods_and_100_percent_per_15_s() -> None:
+def test_hpa_without_behavior_scales_up_to_max_of_double_and_4_per_sync() -> None:
+    """KEDA's default ScaledObject gives its HPA no behavior: the HPA's legacy limit, per sync."""
     config = keda.KedaConfig(max_replicas=100)
+    assert hpa_run(config, 10_000, 1, [0, 15, 30, 45, 60]) == [4, 8, 16, 32, 64]
+    assert hpa_run(config, 10_000, 1, [0, 5, 15.5]) == [4, 8, 16]
+
+
+def test_hpa_metric_read_is_fresh_unless_use_cached_metrics() -> None:
+    config = keda.KedaConfig(lag_threshold=100)
+    polled = keda.poll(config, keda.KedaState(), sample([(50, 0)]), 0.0)
+    fresh = keda.hpa_metric_read(config, polled, sample([(90, 0)]), 15.0)
+    assert fresh.metric is not None and fresh.metric.metric == 90 and fresh.last_active_time == 0.0
+    cached = keda.hpa_metric_read(replace(config, use_cached_metrics=True), polled, sample([(90, 0)]), 15.0)
+    assert cached is polled
+
+
+def test_hpa_scale_up_rate_with_behavior_is_max_of_4_pods_and_100_percent_per_15_s() -> None:
+    config = keda.KedaConfig(max_replicas=100, hpa_behavior=True)
     assert hpa_run(config, 10_000, 1, [0, 15, 30, 45, 60]) == [5, 10, 20, 40, 80]
     # Two syncs in one period share its budget.
     assert hpa_run(config, 10_000, 1, [0, 5, 15.5]) == [5, 5, 10]
@@ -125,15 +141,15 @@ def test_replicas_never_exceed_partitions_without_idle_consumers(offsets: list[t
 
 def first_sync_replicas(lagging: list[tuple[int, int]], threshold: int, replicas: int, allow_idle: bool) -> int:
     """The replicas of a first HPA sync, written out from KEDA's and the HPA's documentation: no history,
-    so stabilization keeps the recommendation; scale-up limited to max(+4 pods, +100 %); scale-down by up
-    to 100 %; not above the partitions without allowIdleConsumers; then [1, maxReplicaCount=1000]."""
+    so stabilization keeps the recommendation; scale-up limited to max(4, 2 x current) (no behavior); not
+    above the partitions without allowIdleConsumers; then [1, maxReplicaCount=1000]."""
     partitions = len(lagging)
     lag = sum(end - committed for end, committed in lagging)
     if not allow_idle and lag // threshold > partitions:
         lag = partitions * threshold
     wanted = replicas if abs(1 - lag / (threshold * replicas)) <= 0.1 else -(-lag // threshold)
     if wanted > replicas:
-        wanted = min(wanted, max(replicas + 4, 2 * replicas))
+        wanted = min(wanted, max(4, 2 * replicas))  # no behavior (KEDA's default): the HPA's legacy limit
         if not allow_idle:
             wanted = max(replicas, min(wanted, partitions))
     return max(1, min(1000, wanted))
@@ -141,7 +157,7 @@ def first_sync_replicas(lagging: list[tuple[int, int]], threshold: int, replicas
 
 @pytest.mark.parametrize(("lagging", "threshold", "replicas", "allow_idle", "expected"), [
     ([(100, 0)] * 3, 10, 1, False, 3),        # 300 lag wants 30, capped at the metric's 3 partitions
-    ([(100, 0)] * 3, 10, 1, True, 5),         # 30 wanted, one sync adds at most max(4, 100 %): 5
+    ([(100, 0)] * 3, 10, 1, True, 4),         # 30 wanted, one sync goes to at most max(4, 2 x 1): 4
     ([(100, 0)] * 3, 10, 20, True, 30),        # from 20: +100 % allows 40, 30 wanted
     ([(105, 0)], 10, 10, True, 10),           # 105 / (10 x 10) is within the 10 % tolerance: hold
     ([(0, 0)] * 8, 10, 6, False, 1),          # no lag: down to the minimum of 1 at once (no history)

@@ -36,18 +36,20 @@ def test_keda_baseline_is_what_a_keda_user_configures() -> None:
 
 def test_burst_against_keda_with_the_same_fixed_pool(burst_results: dict[str, simulate.RunResult]) -> None:
     """Against a KEDA user's ScaledObject (8 slots per pod, maxReplicaCount 10 <= 12 partitions), both
-    keep up with the burst, so the drain time is the same (120 s: the burst's own length); Lagpilot's
-    advantage is a lower peak lag and p99 latency at fewer pod-seconds (it grows the pool first). This
-    world has no CPU: slots are free, which flatters the pool; see docs/benchmarks.md."""
+    keep up with the burst, so the drain time is the same (120 s: the burst's own length). The KEDA model,
+    calibrated against the real KEDA (its HPA reads the lag afresh at every 15 s sync), reaches a lower
+    peak lag and p99 latency, with six times the pod-seconds: Lagpilot's advantage here is the
+    pod-seconds (it grows the pool first). This world has no CPU: slots are free, which flatters the
+    pool; see docs/benchmarks.md."""
     ours, keda = burst_results["drainTime"].summary, burst_results["keda"].summary
     assert ours.time_to_drain_seconds == keda.time_to_drain_seconds == 120.0
     assert keda.max_pool == 8 and keda.max_replicas <= 10
-    assert ours.peak_lag * 4 <= keda.peak_lag
-    assert ours.p99_latency_seconds * 4 <= keda.p99_latency_seconds
+    assert keda.peak_lag < ours.peak_lag and keda.p99_latency_seconds < ours.p99_latency_seconds
+    assert ours.p99_latency_seconds <= 2 * keda.p99_latency_seconds
     assert ours.pod_seconds * 3 <= keda.pod_seconds
     threshold = burst_results["lagThreshold"].summary
     assert threshold.time_to_drain_seconds == keda.time_to_drain_seconds
-    assert threshold.peak_lag < keda.peak_lag and threshold.pod_seconds < keda.pod_seconds
+    assert threshold.pod_seconds < keda.pod_seconds
     summary = simulate.comparison_json(burst_results)
     assert summary["drain_speedup_vs_keda"] == 1.0 and summary["pod_seconds_ratio_vs_keda"] <= 1 / 3
     assert set(summary["policies"]) == {"drainTime", "lagThreshold", "keda"}
@@ -74,10 +76,11 @@ def test_every_message_is_processed_and_bounds_hold(burst_results: dict[str, sim
                 assert point.pool == config.pool.initial
 
 
-def test_keda_reacts_no_earlier_than_its_poll_and_sync(burst_results: dict[str, simulate.RunResult]) -> None:
-    first_keda = burst_results["keda"].reasons[0][0]
-    first_ours = burst_results["drainTime"].reasons[0][0]
-    assert first_keda >= 75.0  # burst at 60; KEDA polls at 15 + 30k, the HPA acts at 7.5 + 15k
+def test_keda_reacts_no_earlier_than_its_hpa_sync(burst_results: dict[str, simulate.RunResult]) -> None:
+    first_keda = next(t for t, _ in burst_results["keda"].reasons if t >= 60.0)
+    first_ours = next(t for t, _ in burst_results["drainTime"].reasons if t >= 60.0)
+    # burst at 60; the HPA syncs at 7.5 + 15k on a fresh metric (KEDA's metrics server asks the scaler)
+    assert first_keda == 67.5
     assert first_ours <= 60.0 + 5.0  # one Lagpilot poll interval
 
 
