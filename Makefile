@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PYTHON) hack/stack.py
 
-.PHONY: help dev test test-node venv lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
+.PHONY: help dev test test-node test-shards venv lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
 
 help:
 	@echo "make dev         bring the local stack up, apply crds/, run the operator (kopf run) in the foreground"
 	@echo "make test        install everything, bring the stack up, run lint + unit + integration + e2e tests"
 	@echo "make test-node   start the stack with the real node (root) and run its tests"
+	@echo "make test-shards run the 3-replica shard failover test alone (not in make test yet)"
 	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
 	@echo "make stack-down  stop every process of the local stack"
 	@echo "make bench       build KEDA (first time), then run the benchmarks (JSON out; BENCH_ONLY='share compare' runs some)"
@@ -86,6 +87,11 @@ test:
 test-node: venv
 	@$(STACK) up >/dev/null
 	$(VENV)/bin/pytest tests/integration/test_real_node.py -q -p no:cacheprovider
+
+# The 3-replica shard failover test, alone (not in `make test` yet: see hack/test.sh).
+test-shards: venv
+	@$(STACK) up >/dev/null
+	$(VENV)/bin/pytest tests/integration/operator/test_operator_shards.py -q -p no:cacheprovider -m shard_failover
 
 # KEDA (the benchmarks' baseline) is built, cached and prepared here only: `make test` never builds it.
 bench: venv

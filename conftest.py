@@ -117,6 +117,12 @@ def _run_order(item: pytest.Item) -> int:
 
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Here, not in pyproject.toml's markers: pyproject.toml is part of the images' content hash.
+    config.addinivalue_line("markers", "shard_failover: the 3-replica shard failover test; not in `make test` "
+                            "until it holds under its load (`make test-shards` runs it alone)")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getoption("dist") != "loadgroup":
         return None

@@ -72,6 +72,7 @@ def _intervals(trace: list[dict[str, Any]], killed: str, killed_at: float) -> di
 
 
 @pytest.mark.slow
+@pytest.mark.shard_failover
 def test_three_replicas_share_the_groups_and_take_over_a_killed_one(
         stack: Any, namespace: str, crd_applied: None, create_topic: Any, unique_name: Any, tmp_path: Path) -> None:
     topic = create_topic("shards", partitions=2)
