@@ -3,12 +3,16 @@ broker-side configs."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -31,6 +35,17 @@ class WaitTimeout(AssertionError):
 # A predicate slower than this does real work each call (a kubectl process costs ~80 ms of CPU, an API or
 # Kafka round trip some milliseconds): it is polled less often the longer the wait lasts.
 COSTLY_PREDICATE_SECONDS = 0.02
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """A script that is not a package module (bench/*.py, hack/*.py) imported for its tests. It is put in
+    sys.modules under `name` because dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2,

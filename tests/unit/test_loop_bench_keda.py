@@ -3,25 +3,20 @@ and the comparison against the real KEDA's runs (ratios and the Pareto frontier)
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from support import load_script
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("loop_bench", BENCH / "loop_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("loop_bench", BENCH / "loop_bench.py")
 
 
 def test_the_scaled_object_scales_the_worker_deployment_on_the_group_lag_with_keda_defaults(

@@ -3,36 +3,27 @@ search's decisions and the CPU attribution."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from pydantic import ValidationError
 
+from support import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return _load("seed_bench", ROOT / "bench" / "seed_bench.py")
+    return load_script("seed_bench", ROOT / "bench" / "seed_bench.py")
 
 
 @pytest.fixture(scope="module")
 def handlers() -> ModuleType:
-    return _load("e2e_handlers_for_seed", ROOT / "e2e" / "handlers.py")
+    return load_script("e2e_handlers_for_seed", ROOT / "e2e" / "handlers.py")
 
 
 # --- messages -------------------------------------------------------------------------------------------
