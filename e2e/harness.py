@@ -396,6 +396,36 @@ class Scenario:
         pods = core.list_namespaced_pod(self.namespace, label_selector=f"app={group.name}")
         return [pod.metadata.name for pod in pods.items if pod.status.phase == "Running"]
 
+    def worker_counters(self, group: Group) -> str:
+        """Each running worker Pod's own account (its /metrics, read through the Pod's address): records
+        consumed and processed, rebalances and their time, partitions, commits, the in-flight window.
+        What a scenario prints when the group's lag is not what it expected: the workers' side of it."""
+        wanted = ("messages_consumed_total", "messages_processed_total", "rebalances_total",
+                  "rebalance_seconds_sum", "partitions_gained_total", "partitions_lost_total",
+                  "commits_total", "window_commit_waits_total", "revoked_in_flight_records_total",
+                  "assigned_partitions", "paused_partitions", "uncommitted_messages", "pool_size")
+        core = client.CoreV1Api(self.backend.api)
+        rows = []
+        for pod in core.list_namespaced_pod(self.namespace, label_selector=f"app={group.name}").items:
+            if pod.status.phase != "Running" or not pod.status.pod_ip:
+                continue
+            try:
+                text = urllib3.PoolManager().request("GET", f"http://{pod.status.pod_ip}:8080/metrics",
+                                                     timeout=5.0).data.decode()
+            except urllib3.exceptions.HTTPError as exc:
+                rows.append(f"{pod.metadata.name}: /metrics unreadable ({exc})")
+                continue
+            values: dict[str, float] = {}
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                short = name.split("{", 1)[0].removeprefix("lagpilot_worker_")
+                if short in wanted and value:
+                    values[short] = values.get(short, 0.0) + float(value.split()[0])
+            restarts = sum(int(s.restart_count) for s in pod.status.container_statuses or [])
+            rows.append(f"{pod.metadata.name} (restarts {restarts}): " + ", ".join(
+                f"{key.removesuffix('_total')} {values[key]:g}" for key in wanted if key in values))
+        return "\n".join(rows) or "no running worker Pod"
+
     def ready_pods(self, group: Group) -> int:
         """Ready replicas of the group's Deployment (polled: read in process, not by a kubectl process)."""
         deployment = group.watch.deployment_name

@@ -51,6 +51,7 @@ def test_steady_load_does_not_flap_and_keeps_lag_bounded(scenario: Scenario) -> 
           f"{lag_after_warm_up:.0f}, replicas after warm-up {sorted(replicas_after_warm_up)}, duplicates "
           f"{accounting.duplicates}; {group.watch.describe(start)}")
     print("operator decisions:\n" + group.watch.decisions(start))
+    print("workers:\n" + scenario.worker_counters(group))
     if accounting.duplicates:
         print(duplicate_report(read_entries(scenario.bootstrap, group.processed_topic, ledger.records)))
     assert changes <= 2, f"replicas flapped: {group.watch.describe(start)}"
