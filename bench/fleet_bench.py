@@ -1,4 +1,5 @@
-"""A fleet on one operator process: many KafkaConsumerGroups over several Kafka clusters (issue 17).
+"""A fleet on one operator process, or on N sharded replicas: many KafkaConsumerGroups over several Kafka
+clusters (issue 17).
 
 By default 1,000 KafkaConsumerGroups over 3 Kafka clusters with 10,000 partitions in all (one topic per
 group, the partitions spread evenly), a 5 s polling interval, the real apiserver and real brokers: the
@@ -26,7 +27,7 @@ the operator integration tests run it), so it sees nothing of other users of the
    PATCH and DELETE on the kinds the operator writes: kafkaconsumergroups and their status,
    deployments and their scale, events, configmaps; cluster-wide, so minus the noise rate),
    and the exact changes to objects in the bench's namespace (watch events of kafkaconsumergroups,
-   deployments, events and configmaps there: writes that changed something, no other user's),
+   deployments, events, configmaps and leases there: writes that changed something, no other user's),
    Kafka requests/s (`lagpilot_kafka_admin_requests_total`; versions without it report null);
 5. the lag change: the steady produce stops, after two intervals every resource's
    `lagpilot_consumergroup_total_lag` is read, `--burst` records go to every partition of every topic
@@ -41,14 +42,26 @@ topics and brokers. Progress goes to stdout as JSON lines; the last line is the 
     source .stack/env; .venv/bin/python bench/fleet_bench.py [--quick] [--compare fb31b65]
     ... --groups 1000 --clusters 3 --partitions 10000 --interval 5 --duration 120
 
-`--replicas N` is the hook for sharded operators: only 1 is accepted until the operator can split
-resources between replicas (`start_operators` is where each replica would get its shard).
+`--replicas N` (N > 1) runs N operator processes sharing the fleet through shard Leases, as the chart's
+`shards: N` does: each gets LAGPILOT_SHARDS=N, LAGPILOT_SHARD_IDENTITY=op-<i>, the Leases in the bench's
+namespace (LAGPILOT_SHARD_NAMESPACE, LAGPILOT_SHARD_LEASE_PREFIX=lagpilot), the metrics port
+`--metrics-port` + i (or a free one) and a log folder of its own (<tmp>/<version>/op-<i>). Step 3 then
+waits until every shard Lease is held and each replica holds its share (`shards_balanced`), and a
+resource counts as polled when the replica holding its shard reports its lag: the replicas' /metrics
+are merged by shard owner (`merge_metrics`; a replica keeps the gauge of a resource whose shard moved
+away). The steady window reports CPU, polls, RSS and Kafka requests per replica (`per_replica`) and
+summed at the top level under the same names as one replica's: CPU per poll is the summed CPU over the
+summed polls, `rss_mib_steady_median` the sum of the replicas' medians, `rss_mib_peak` the sum of their
+VmHWM. The namespace's change count includes the Lease renewals (`leases`). The lag change is read from
+each resource's shard owner; `all_seen_seconds_by_replica` gives each replica's slowest resource.
+With `--compare REV`, REV's operator must shard too (otherwise the Lease wait times out).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import shutil
@@ -165,6 +178,124 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# -- several replicas (pure) -----------------------------------------------------------------------
+
+
+def shards_balanced(holders: dict[int, str], identities: list[str], shards: int) -> bool:
+    """Every shard's Lease is held by one of `identities`, and each holds its fair share
+    (`shards.target_count`: S // N each, the first S % N in sorted order one more): the keepers are done
+    handing shards over, so who serves which resource stays put while the bench measures."""
+    from lagpilot_operator.kube.shards import target_count
+
+    if set(holders) != set(range(shards)) or not set(holders.values()) <= set(identities):
+        return False
+    held = {identity: 0 for identity in identities}
+    for holder in holders.values():
+        held[holder] += 1
+    return all(held[identity] == target_count(identity, identities, shards) for identity in identities)
+
+
+def owners(names: Iterable[str], namespace: str, shards: int, holders: dict[int, str]) -> dict[str, str]:
+    """resource name -> the identity holding its shard (`shards.shard_of`, what the keeper gates on);
+    resources of an unheld shard are left out."""
+    from lagpilot_operator.kube.shards import shard_of
+
+    found = {}
+    for name in names:
+        holder = holders.get(shard_of(namespace, name, shards), "")
+        if holder:
+            found[name] = holder
+    return found
+
+
+def merge_metrics(per_replica: dict[str, OperatorMetrics], owner: dict[str, str] | None) -> OperatorMetrics:
+    """The replicas' /metrics as one operator's: counters summed (Kafka requests None only when no
+    replica has the metric), and each resource's lag from the replica that holds its shard (`owner`).
+    A replica keeps the lag gauge of a resource it served before its shard moved away (the operator
+    drops series only when the resource is deleted), so a plain union could report a stale value;
+    `owner` None (one replica) takes every series as it is."""
+    merged = OperatorMetrics()
+    for identity, found in per_replica.items():
+        merged.polls += found.polls
+        merged.errors += found.errors
+        if found.kafka_requests is not None:
+            merged.kafka_requests = (merged.kafka_requests or 0.0) + found.kafka_requests
+        for name, lag in found.total_lag.items():
+            if owner is None or owner.get(name) == identity:
+                merged.total_lag[name] = lag
+    return merged
+
+
+def all_seen_by_replica(seen: dict[str, float], owner: dict[str, str],
+                        identities: list[str]) -> dict[str, float | None]:
+    """Per replica, the seconds until the last of its resources saw the lag change (None: one never did)."""
+    found: dict[str, float | None] = {}
+    for identity in identities:
+        mine = [name for name, holder in owner.items() if holder == identity]
+        found[identity] = (round(max(seen[name] for name in mine), 1) if mine and all(name in seen for name in mine)
+                           else None)
+    return found
+
+
+@dataclass(frozen=True)
+class ReplicaWindow:
+    """One replica's share of the steady window."""
+
+    identity: str
+    cpu_seconds: float
+    polls: float
+    errors: float
+    kafka_requests: float | None     # in the window; None: the version has no such metric
+    rss_kib_steady_median: float | None
+    rss_kib_peak: float | None       # VmHWM, read once the run's lag change is over
+    resources: int                   # the fleet's resources whose shard it holds
+    shards_held: int
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def replica_report(replica: ReplicaWindow, window: float) -> dict[str, Any]:
+    cpu, polls = replica.cpu_seconds, replica.polls
+    return {"identity": replica.identity, "resources": replica.resources, "shards_held": replica.shards_held,
+            "polls": int(polls), "polls_per_second": round(polls / window, 2),
+            "reconcile_errors": int(replica.errors), "cpu_seconds": round(cpu, 2),
+            "cpu_cores": round(cpu / window, 3), "cpu_ms_per_poll": round(1000 * cpu / polls, 2) if polls else None,
+            "rss_mib_steady_median": _rounded(None if replica.rss_kib_steady_median is None
+                                              else replica.rss_kib_steady_median / 1024, 1),
+            "rss_mib_peak": _rounded(None if replica.rss_kib_peak is None else replica.rss_kib_peak / 1024, 1),
+            "kafka_requests_per_second": _rounded(None if replica.kafka_requests is None
+                                                  else replica.kafka_requests / window, 2)}
+
+
+def fleet_totals(replicas: list[ReplicaWindow], window: float) -> dict[str, Any]:
+    """The replicas together: CPU, polls, errors and Kafka requests summed, CPU per poll = the summed
+    CPU over the summed polls (not a mean of the replicas' ratios), RSS summed (steady: the sum of each
+    replica's median; peak: the sum of each one's VmHWM, which need not fall at the same moment). With
+    one replica these are that replica's numbers."""
+    cpu = sum(r.cpu_seconds for r in replicas)
+    polls = sum(r.polls for r in replicas)
+    medians = [r.rss_kib_steady_median for r in replicas]
+    peaks = [r.rss_kib_peak for r in replicas]
+    requests = [r.kafka_requests for r in replicas]
+    totals = {
+        "polls": int(polls),
+        "polls_per_second": round(polls / window, 2),
+        "reconcile_errors": int(sum(r.errors for r in replicas)),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_cores": round(cpu / window, 3),
+        "cpu_ms_per_poll": round(1000 * cpu / polls, 2) if polls else None,
+        "rss_mib_steady_median": (round(sum(m for m in medians if m is not None) / 1024, 1)
+                                  if all(m is not None for m in medians) else None),
+        "kafka_requests_per_second": (round(sum(r for r in requests if r is not None) / window, 2)
+                                      if all(r is not None for r in requests) else None),
+    }
+    if all(peak is not None for peak in peaks):     # left out until the peaks are read
+        totals["rss_mib_peak"] = round(sum(p for p in peaks if p is not None) / 1024, 1)
+    return totals
 
 
 # -- Kafka side ------------------------------------------------------------------------------------
@@ -333,7 +464,9 @@ def apiserver_writes() -> dict[str, float]:
 # The collections the operator writes in its namespace (events.k8s.io's Events are the core ones).
 WATCHED = {"kafkaconsumergroups": "/apis/lagpilot.io/v1alpha1/namespaces/{ns}/kafkaconsumergroups",
            "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
-           "events": "/api/v1/namespaces/{ns}/events", "configmaps": "/api/v1/namespaces/{ns}/configmaps"}
+           "events": "/api/v1/namespaces/{ns}/events", "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+           # Sharded replicas renew their shard and member Leases here (none with one replica).
+           "leases": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"}
 
 
 class ChangeCounter:
@@ -420,27 +553,117 @@ class RssSampler(threading.Thread):
         return [rss for at, rss in self.samples if start <= at <= end]
 
 
-def start_operators(version: Version, namespace: str, replicas: int, log_dir: Path, metrics_port: int) -> list[Any]:
-    """The operator processes of one run. One today; with sharding, each replica would get its shard here
-    (and its own metrics port: metrics_port + i)."""
+LEASE_PREFIX = "lagpilot"
+"""The shard Leases' set (LAGPILOT_SHARD_LEASE_PREFIX); they live in the bench's namespace and go with it."""
+
+
+@dataclass
+class Replica:
+    """One operator process of a run: its shard identity, process (metrics port, log) and RSS samples."""
+
+    identity: str
+    process: Any            # operator_testkit.OperatorProcess
+    sampler: RssSampler | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process.process is not None
+        return int(self.process.process.pid)
+
+    def check_alive(self) -> None:
+        code = self.process.process.poll() if self.process.process is not None else None
+        if code is not None:
+            raise RuntimeError(f"operator replica {self.identity} exited with {code}; log in {self.process.log_dir}")
+
+
+def start_operators(version: Version, namespace: str, replicas: int, log_dir: Path, metrics_port: int) -> list[Replica]:
+    """The operator processes of one run. More than one: each gets the shard settings (LAGPILOT_SHARDS =
+    the replicas, one shard each as the chart runs them; its identity op-<i>; the shard Leases in the
+    bench's namespace), its own metrics port (metrics_port + i, or a free one) and its own log folder."""
     from operator_testkit import OperatorProcess
 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     if version.pythonpath:
         env["PYTHONPATH"] = version.pythonpath
-    log_dir.mkdir(parents=True, exist_ok=True)
-    processes = []
+    started: list[Replica] = []
     for i in range(replicas):
-        process = OperatorProcess(env, namespace, log_dir, kopf=version.kopf,
+        identity = f"op-{i}"
+        replica_env = dict(env)
+        if replicas > 1:
+            replica_env.update({"LAGPILOT_SHARDS": str(replicas), "LAGPILOT_SHARD_IDENTITY": identity,
+                                "LAGPILOT_SHARD_NAMESPACE": namespace, "LAGPILOT_SHARD_LEASE_PREFIX": LEASE_PREFIX})
+        folder = log_dir if replicas == 1 else log_dir / identity
+        folder.mkdir(parents=True, exist_ok=True)
+        process = OperatorProcess(replica_env, namespace, folder, kopf=version.kopf,
                                   metrics_port=metrics_port + i if metrics_port else None)
-        process.start()
-        processes.append(process)
-    return processes
+        try:
+            process.start()
+        except Exception:
+            stop_operators(started)
+            raise
+        started.append(Replica(identity, process))
+    return started
+
+
+def stop_operators(replicas: list[Replica]) -> None:
+    """SIGTERM to every replica at once (each by its pid), then wait for each: stopped one by one, the
+    others would take over each stopping replica's shards in turn."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(replicas))) as pool:
+        list(pool.map(lambda replica: replica.process.stop(), replicas))
+    for replica in replicas:
+        if replica.sampler is not None:
+            replica.sampler.done.set()
+
+
+def shard_holders(api: Any, namespace: str) -> dict[int, str]:
+    """shard -> holderIdentity ("" when released) of the run's shard Leases."""
+    leases = client.CoordinationV1Api(api).list_namespaced_lease(
+        namespace, label_selector=f"lagpilot.io/lease-set={LEASE_PREFIX},lagpilot.io/lease-role=shard").items
+    found: dict[int, str] = {}
+    for lease in leases:
+        name = lease.metadata.name if lease.metadata else None
+        if name:     # <prefix>-shard-<i>
+            found[int(name.rsplit("-", 1)[1])] = (lease.spec.holder_identity or "") if lease.spec else ""
+    return found
 
 
 def scrape(port: int) -> OperatorMetrics:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         return parse_operator_metrics(response.read().decode())
+
+
+def scrape_all(replicas: list[Replica]) -> dict[str, OperatorMetrics]:
+    return {replica.identity: scrape(replica.process.metrics_port) for replica in replicas}
+
+
+class Fleet:
+    """What the bench reads of the replicas as one operator: /metrics merged by shard owner."""
+
+    def __init__(self, replicas: list[Replica], namespace: str, names: set[str], api: Any) -> None:
+        self.replicas, self.namespace, self.names, self.api = replicas, namespace, names, api
+        self.owner: dict[str, str] | None = None if len(replicas) == 1 else {}
+        self.holders: dict[int, str] = {}
+
+    def read_owners(self) -> dict[int, str]:
+        """Who holds each shard now; the resources' owners follow (one replica: none to read)."""
+        if self.owner is not None:
+            self.holders = shard_holders(self.api, self.namespace)
+            self.owner = owners(self.names, self.namespace, len(self.replicas), self.holders)
+        return self.holders
+
+    def balanced(self) -> bool:
+        if self.owner is None:
+            return True
+        return shards_balanced(self.read_owners(), [r.identity for r in self.replicas], len(self.replicas))
+
+    def metrics(self) -> OperatorMetrics:
+        return merge_metrics(scrape_all(self.replicas), self.owner)
+
+    def resources_of(self, identity: str) -> int:
+        return len(self.names) if self.owner is None else sum(1 for o in self.owner.values() if o == identity)
+
+    def shards_of(self, identity: str) -> int:
+        return 0 if self.owner is None else sum(1 for h in self.holders.values() if h == identity)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 2.0) -> float:
@@ -466,7 +689,7 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
                60, "the CRD to be Established", 0.5)
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     result: dict[str, Any] = {"version": version.label, "namespace": namespace}
-    processes: list[Any] = []
+    replicas: list[Replica] = []
     try:
         started = time.monotonic()
         create_resources(api, namespace, fleet, args.interval)
@@ -488,79 +711,112 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
         noise = deltas(noise_before, apiserver_writes())
         noise_rate = sum(noise.values()) / (time.monotonic() - noise_start)
 
-        processes = start_operators(version, namespace, args.replicas, work / version.label, args.metrics_port)
-        operator = processes[0]
-        assert operator.process is not None
-        pid, port = operator.process.pid, operator.metrics_port
-        sampler = RssSampler(pid)
-        sampler.start()
+        replicas = start_operators(version, namespace, args.replicas, work / version.label, args.metrics_port)
+        for replica in replicas:
+            replica.sampler = RssSampler(replica.pid)
+            replica.sampler.start()
         launched = time.monotonic()
+        operators = Fleet(replicas, namespace, names, api)
+
+        def balanced() -> bool:
+            for replica in replicas:
+                replica.check_alive()
+            return operators.balanced()
+
+        # Several replicas: the first to start takes every shard and hands them over as the others join;
+        # the measuring starts once each holds its share (its shard Lease), and "every resource polled"
+        # counts a resource when the replica holding its shard has its lag (union over the replicas).
+        shards_seconds = wait_until(balanced, args.warmup_timeout, "every replica to hold its shard Lease", 1)
 
         def every_resource_polled() -> bool:
+            for replica in replicas:
+                replica.check_alive()
             try:
-                return names <= set(scrape(port).total_lag)
+                return names <= set(operators.metrics().total_lag)
             except OSError:
-                return False     # the metrics server is not up yet
+                return False     # a metrics server is not up yet
 
-        first_round = wait_until(every_resource_polled, args.warmup_timeout, "every resource's first reconcile", 5)
-        emit(event="first_round", version=version.label, seconds=round(first_round, 1))
+        first_round = shards_seconds + wait_until(every_resource_polled, args.warmup_timeout,
+                                                  "every resource's first reconcile", 5)
+        emit(event="first_round", version=version.label, seconds=round(first_round, 1),
+             replicas=len(replicas), shards_balanced_seconds=round(shards_seconds, 1))
         time.sleep(args.warmup)
 
         # The steady window: counters read outside the CPU interval, so their scrape is not charged.
-        metrics0 = scrape(port)
+        holders0 = dict(operators.read_owners())
+        metrics0 = scrape_all(replicas)
         changes = ChangeCounter(api, namespace)
         changes.start()
-        api0, cpu0, t0 = apiserver_writes(), cpu_seconds(pid), time.monotonic()
+        api0, t0 = apiserver_writes(), time.monotonic()
+        cpu0 = {r.identity: cpu_seconds(r.pid) for r in replicas}
         time.sleep(args.duration)
-        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        cpu1 = {r.identity: cpu_seconds(r.pid) for r in replicas}
+        t1 = time.monotonic()
         changed = changes.stop()
-        api1, metrics1 = apiserver_writes(), scrape(port)
+        api1, metrics1 = apiserver_writes(), scrape_all(replicas)
+        holders1 = dict(operators.read_owners())
         window = t1 - t0
-        polls = metrics1.polls - metrics0.polls
         writes = deltas(api0, api1)
         write_rate = sum(writes.values()) / window
-        steady_rss = sampler.between(t0, t1)
+
+        def share(replica: Replica) -> ReplicaWindow:
+            before, after = metrics0[replica.identity], metrics1[replica.identity]
+            assert replica.sampler is not None
+            steady_rss = replica.sampler.between(t0, t1)
+            return ReplicaWindow(
+                identity=replica.identity, cpu_seconds=cpu1[replica.identity] - cpu0[replica.identity],
+                polls=after.polls - before.polls, errors=after.errors - before.errors,
+                kafka_requests=(after.kafka_requests - before.kafka_requests
+                                if after.kafka_requests is not None and before.kafka_requests is not None else None),
+                rss_kib_steady_median=statistics.median(steady_rss) if steady_rss else None, rss_kib_peak=None,
+                resources=operators.resources_of(replica.identity), shards_held=operators.shards_of(replica.identity))
+
+        shares = [share(replica) for replica in replicas]
+        totals = fleet_totals(shares, window)
+        cpu = totals["cpu_seconds"]
         result.update({
             "window_seconds": round(window, 1),
-            "polls": int(polls),
-            "polls_per_second": round(polls / window, 2),
+            **{key: totals[key] for key in ("polls", "polls_per_second")},
             "polls_per_second_asked": round(len(fleet) / args.interval, 2),
-            "reconcile_errors": int(metrics1.errors - metrics0.errors),
-            "cpu_seconds": round(cpu1 - cpu0, 2),
-            "cpu_cores": round((cpu1 - cpu0) / window, 3),
-            "cpu_ms_per_poll": round(1000 * (cpu1 - cpu0) / polls, 2) if polls else None,
-            "resources_per_core_at_interval": int(args.interval * polls / (cpu1 - cpu0)) if cpu1 > cpu0 else None,
-            "rss_mib_steady_median": round(statistics.median(steady_rss) / 1024, 1) if steady_rss else None,
+            **{key: totals[key] for key in ("reconcile_errors", "cpu_seconds", "cpu_cores", "cpu_ms_per_poll")},
+            "resources_per_core_at_interval": int(args.interval * totals["polls"] / cpu) if cpu > 0 else None,
+            "rss_mib_steady_median": totals["rss_mib_steady_median"],
             "api_writes_per_second": round(write_rate, 2),
             "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items())},
             "api_writes_per_second_without_operator": round(noise_rate, 2),
             "api_writes_without_operator_by_kind": {k: int(v) for k, v in sorted(noise.items())},
             "namespace_changes_per_second": round(sum(changed.values()) / window, 3),
             "namespace_changes_by_kind": changed,
-            "kafka_requests_per_second": (round((metrics1.kafka_requests - metrics0.kafka_requests) / window, 2)
-                                          if metrics1.kafka_requests is not None
-                                          and metrics0.kafka_requests is not None else None),
+            "kafka_requests_per_second": totals["kafka_requests_per_second"],
             "first_round_seconds": round(first_round, 1),
+            "operator_replicas": len(replicas),
+            "shards": len(replicas) if len(replicas) > 1 else None,
+            "shards_balanced_seconds": round(shards_seconds, 1),
+            "shard_holders_unchanged_in_window": holders0 == holders1,
         })
         emit(event="steady", **result)
-        result["lag_change"] = lag_change(fleet, producer, port, args)
-        result["rss_mib_peak"] = round(memory_kib(pid, "VmHWM") / 1024, 1)
+        result["lag_change"] = lag_change(fleet, producer, operators, args)
+        peaks = {r.identity: memory_kib(r.pid, "VmHWM") for r in replicas}
+        shares = [dataclasses.replace(s, rss_kib_peak=float(peaks[s.identity])) for s in shares]
+        result["rss_mib_peak"] = fleet_totals(shares, window)["rss_mib_peak"]
+        result["per_replica"] = [replica_report(s, window) for s in shares]
         result["operator_seconds"] = round(time.monotonic() - launched, 1)
-        sampler.done.set()
         emit(event="run_done", **result)
         return result
     finally:
-        for process in processes:
-            process.stop()
+        stop_operators(replicas)
         delete_namespace(api, namespace)
         producer.resume()
 
 
-def lag_change(fleet: list[Group], producer: SteadyProducer, port: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Seconds from a burst to every partition until each resource's decision sees its lag grow by it."""
+def lag_change(fleet: list[Group], producer: SteadyProducer, operators: Fleet,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from a burst to every partition until each resource's decision sees its lag grow by it
+    (several replicas: read from the replica holding the resource's shard)."""
     producer.pause()
     time.sleep(2 * args.interval + 1)    # every resource read the lag once the steady produce stopped
-    baseline = scrape(port).total_lag
+    holders = dict(operators.read_owners())
+    baseline = operators.metrics().total_lag
     wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
     sent = time.monotonic()
     produce_to_every_partition(fleet, args.burst)
@@ -568,20 +824,25 @@ def lag_change(fleet: list[Group], producer: SteadyProducer, port: int, args: ar
     seen: dict[str, float] = {}
     deadline = acknowledged + args.lag_change_timeout
     while len(seen) < len(fleet) and time.monotonic() < deadline:
-        lags = scrape(port).total_lag
+        lags = operators.metrics().total_lag
         now = time.monotonic()
         for name, target in wanted.items():
             if name not in seen and lags.get(name, 0.0) >= target:
                 seen[name] = now - acknowledged
         time.sleep(1.0)
     times = list(seen.values())
-    return {"burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
-            "resources_seen": len(seen), "resources": len(fleet),
-            "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
-            "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
-            "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
-            "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
-            "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 1 s"}
+    found = {"burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
+             "resources_seen": len(seen), "resources": len(fleet),
+             "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
+             "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
+             "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
+             "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
+             "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 1 s"}
+    if operators.owner is not None:
+        found["shard_holders_unchanged"] = holders == operators.read_owners()
+        found["all_seen_seconds_by_replica"] = all_seen_by_replica(seen, operators.owner,
+                                                                   [r.identity for r in operators.replicas])
+    return found
 
 
 # -- brokers, versions, main ----------------------------------------------------------------------
@@ -660,20 +921,21 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=3, help="records to every partition for the lag change")
     parser.add_argument("--lag-change-timeout", type=float, default=120.0)
     parser.add_argument("--replicas", type=int, default=1,
-                        help="operator replicas (only 1 until the operator shards; see start_operators)")
+                        help="operator replicas; more than 1 shards the fleet between them (LAGPILOT_SHARDS = "
+                             "replicas, replica i's metrics on --metrics-port + i)")
     parser.add_argument("--compare", metavar="REV", help="run REV's operator first, then this checkout's")
     parser.add_argument("--before-python", help="an interpreter with REV's operator installed (skips the install)")
     parser.add_argument("--prefix", default="fleet-bench", help="namespaces, topics and groups start with it")
-    parser.add_argument("--metrics-port", type=int, default=0, help="the operator's metrics port (0: a free one)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="the operator's metrics port, replica i's PORT+i (0: free ones)")
     parser.add_argument("--broker-port-base", type=int, default=0,
                         help="extra broker i listens on BASE+10i..BASE+10i+4 (0: free ports)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (venv, broker logs)")
     parser.add_argument("--quick", action="store_true",
                         help="50 groups, 500 partitions, 60 s window, 15 s warm-up: a few minutes")
     args = parser.parse_args()
-    if args.replicas != 1:
-        parser.error("--replicas > 1 needs an operator that splits resources between replicas (issue 17's "
-                     "sharding), which this version lacks; start_operators() is the hook")
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
     if args.quick:
         args.groups, args.partitions, args.duration, args.warmup = 50, 500, 60.0, 15.0
 
@@ -707,7 +969,8 @@ def main() -> int:
                    "partitions": sum(g.partitions for g in fleet), "interval_seconds": args.interval,
                    "window_seconds": args.duration, "replicas": args.replicas, "runs": runs,
                    "brokers": broker_resources(brokers), "total_seconds": round(time.monotonic() - started, 1),
-                   "basis": "operator process CPU (all threads) / reconciles in the steady window; API writes "
+                   "basis": "operator process CPU (all threads; several replicas: summed) / reconciles in the steady "
+                            "window (summed); API writes "
                             "counted cluster-wide by the apiserver for the kinds the operator writes (noise from "
                             "other users of the stack measured without the operator beside it)"}
         print(json.dumps(summary), flush=True)

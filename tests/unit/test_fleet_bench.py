@@ -84,3 +84,100 @@ def test_the_operator_metrics_give_polls_errors_each_resources_lag_and_kafka_req
 def test_an_operator_without_the_kafka_request_metric_reports_none(bench: ModuleType) -> None:
     text = "\n".join(line for line in OPERATOR.splitlines() if "kafka_admin" not in line)
     assert bench.parse_operator_metrics(text).kafka_requests is None
+
+
+# -- several replicas -------------------------------------------------------------------------------
+
+
+def test_shards_are_balanced_once_every_shard_is_held_and_each_replica_has_its_share(bench: ModuleType) -> None:
+    replicas = ["op-0", "op-1", "op-2"]
+    assert bench.shards_balanced({0: "op-1", 1: "op-0", 2: "op-2"}, replicas, 3)
+    # The first replica up holds every shard until the others join: not balanced yet.
+    assert not bench.shards_balanced({0: "op-0", 1: "op-0", 2: "op-0"}, replicas, 3)
+    assert not bench.shards_balanced({0: "op-1", 1: "op-0", 2: ""}, replicas, 3)          # one released
+    assert not bench.shards_balanced({0: "op-1", 1: "op-0"}, replicas, 3)                 # one Lease not made yet
+    assert not bench.shards_balanced({0: "op-1", 1: "op-0", 2: "gone"}, replicas, 3)      # a replica of another run
+    # 5 shards over 2 replicas: the first in sorted order gets the one more.
+    assert bench.shards_balanced({0: "op-0", 1: "op-0", 2: "op-0", 3: "op-1", 4: "op-1"}, ["op-1", "op-0"], 5)
+    assert not bench.shards_balanced({0: "op-1", 1: "op-1", 2: "op-1", 3: "op-0", 4: "op-0"}, ["op-0", "op-1"], 5)
+
+
+def test_each_resource_is_owned_by_the_holder_of_its_shard(bench: ModuleType) -> None:
+    from lagpilot_operator.kube.shards import shard_of
+
+    names = [f"g-{i}" for i in range(30)]
+    holders = {0: "op-0", 1: "op-1", 2: "op-2"}
+    owner = bench.owners(names, "ns", 3, holders)
+    assert owner == {name: f"op-{shard_of('ns', name, 3)}" for name in names}
+    assert set(owner.values()) == {"op-0", "op-1", "op-2"}      # 30 names fall in every shard
+    unheld = bench.owners(names, "ns", 3, {0: "op-0", 1: "", 2: "op-2"})
+    assert set(unheld) == {name for name in names if shard_of("ns", name, 3) != 1}
+
+
+def metrics(bench: ModuleType, polls: float, lag: dict[str, float], requests: float | None = None,
+            errors: float = 0.0) -> object:
+    return bench.OperatorMetrics(polls=polls, errors=errors, total_lag=lag, kafka_requests=requests)
+
+
+def test_replicas_metrics_merge_into_one_operator_with_each_lag_from_its_owner(bench: ModuleType) -> None:
+    per_replica = {
+        # op-0 served g-1 before its shard moved to op-1: its old value stays in op-0's /metrics.
+        "op-0": metrics(bench, 10, {"g-0": 5.0, "g-1": 1.0}, requests=4.0, errors=1.0),
+        "op-1": metrics(bench, 7, {"g-1": 9.0}, requests=3.0),
+    }
+    merged = bench.merge_metrics(per_replica, {"g-0": "op-0", "g-1": "op-1"})
+    assert (merged.polls, merged.errors, merged.kafka_requests) == (17.0, 1.0, 7.0)
+    assert merged.total_lag == {"g-0": 5.0, "g-1": 9.0}
+    # A resource whose owner has not polled it yet is missing, not filled in from a stale series.
+    assert bench.merge_metrics(per_replica, {"g-0": "op-0", "g-1": "op-2"}).total_lag == {"g-0": 5.0}
+
+
+def test_one_replica_merges_to_its_own_metrics(bench: ModuleType) -> None:
+    found = bench.parse_operator_metrics(OPERATOR)
+    merged = bench.merge_metrics({"op-0": found}, None)
+    assert merged == found
+
+
+def test_kafka_requests_are_none_only_when_no_replica_has_the_metric(bench: ModuleType) -> None:
+    without = metrics(bench, 1, {})
+    assert bench.merge_metrics({"a": without, "b": metrics(bench, 1, {})}, None).kafka_requests is None
+    assert bench.merge_metrics({"a": without, "b": metrics(bench, 1, {}, 2.0)}, None).kafka_requests == 2.0
+
+
+def window(bench: ModuleType, identity: str, cpu: float, polls: float, rss: float | None = 100 * 1024,
+           peak: float | None = None, requests: float | None = 60.0) -> object:
+    return bench.ReplicaWindow(identity=identity, cpu_seconds=cpu, polls=polls, errors=1.0, kafka_requests=requests,
+                               rss_kib_steady_median=rss, rss_kib_peak=peak, resources=10, shards_held=1)
+
+
+def test_fleet_totals_sum_the_replicas_and_divide_summed_cpu_by_summed_polls(bench: ModuleType) -> None:
+    replicas = [window(bench, "op-0", cpu=3.0, polls=100, rss=100 * 1024, peak=150 * 1024),
+                window(bench, "op-1", cpu=1.0, polls=300, rss=50 * 1024, peak=80 * 1024)]
+    totals = bench.fleet_totals(replicas, 20.0)
+    assert totals["cpu_ms_per_poll"] == 10.0      # 4 s / 400 polls; the mean of 30 and 3.33 ms would be 16.67
+    assert (totals["cpu_seconds"], totals["cpu_cores"]) == (4.0, 0.2)
+    assert (totals["polls"], totals["polls_per_second"]) == (400, 20.0)
+    assert (totals["rss_mib_steady_median"], totals["rss_mib_peak"]) == (150.0, 230.0)
+    assert (totals["kafka_requests_per_second"], totals["reconcile_errors"]) == (6.0, 2)
+
+
+def test_fleet_totals_leave_out_what_a_replica_did_not_measure(bench: ModuleType) -> None:
+    replicas = [window(bench, "op-0", 1.0, 0, rss=None, requests=None), window(bench, "op-1", 1.0, 0)]
+    totals = bench.fleet_totals(replicas, 10.0)
+    assert totals["cpu_ms_per_poll"] is None and totals["rss_mib_steady_median"] is None
+    assert totals["kafka_requests_per_second"] is None
+    assert "rss_mib_peak" not in totals        # the peaks are read after the lag change
+
+
+def test_one_replica_report_has_its_own_numbers(bench: ModuleType) -> None:
+    report = bench.replica_report(window(bench, "op-1", cpu=2.0, polls=50, rss=2048, peak=4096), 10.0)
+    assert report == {"identity": "op-1", "resources": 10, "shards_held": 1, "polls": 50, "polls_per_second": 5.0,
+                      "reconcile_errors": 1, "cpu_seconds": 2.0, "cpu_cores": 0.2, "cpu_ms_per_poll": 40.0,
+                      "rss_mib_steady_median": 2.0, "rss_mib_peak": 4.0, "kafka_requests_per_second": 6.0}
+
+
+def test_the_lag_change_per_replica_is_its_slowest_resource_or_none_if_one_never_saw_it(bench: ModuleType) -> None:
+    owner = {"a": "op-0", "b": "op-0", "c": "op-1", "d": "op-2"}
+    seen = {"a": 2.04, "b": 6.31, "c": 3.0}
+    assert bench.all_seen_by_replica(seen, owner, ["op-0", "op-1", "op-2", "op-3"]) == {
+        "op-0": 6.3, "op-1": 3.0, "op-2": None, "op-3": None}
