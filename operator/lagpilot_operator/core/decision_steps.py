@@ -252,11 +252,14 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     every_slot_busy = (saturated_for_a_window or deficit) and stable_since <= now - window
     slot_rate, floor = _per_slot_rate(memory, now, consume, busy_max=busy_max, busy_now=busy_now,
                                       every_slot_busy=every_slot_busy)
-    growth, growth_notes = _read_growth(ctx, lag, consumers)
-    slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
+    growth: Growth | None = None
+    if ctx.config.mode == "drainTime" and not observation.lag_only:  # lagThreshold keeps KEDA's meaning
+        growth, growth_notes = _read_growth(ctx, lag, consumers)
+        slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
+        notes = (*notes, *growth_notes)
     return Throughput(consumers=consumers, busy=tuple(busy), saturated=saturated, saturated_since=saturated_since,
                       trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor,
-                      notes=(*notes, *growth_notes), growth=growth)
+                      notes=notes, growth=growth)
 
 
 def drained_total(ctx: DecisionContext, lag: LagView) -> int:
@@ -634,10 +637,12 @@ def ceiling_for(ctx: DecisionContext, growth: Growth | None) -> tuple[int | None
     """The pool `shape_for` puts new capacity in pods of: the ceiling found, or, while the lag grows at a
     pool not read yet (`Growth.unread_pool`), the current pool (a CPU-bound pod gains nothing from more
     slots, another pod always adds some). A consumer-protocol or share group adds pods first anyway.
-    With the ceiling, the reason's words for it."""
-    ceiling = ctx.memory.pool_ceiling if growth is None else growth.pool_ceiling
+    With the ceiling, the reason's words for it. None without a growth reading (lagThreshold)."""
+    if growth is None:
+        return None, ""
+    ceiling = growth.pool_ceiling
     why = "a bigger pool drained no more (CPU-bound)"
-    if growth is not None and growth.unread_pool and not ctx.incremental and (ceiling or math.inf) > ctx.current_pool:
+    if growth.unread_pool and not ctx.incremental and (ceiling or math.inf) > ctx.current_pool:
         ceiling = ctx.current_pool
         why = f"the lag grows at pool {ceiling}, not read yet (a CPU-bound pod gains nothing from more slots)"
     return ceiling, why
