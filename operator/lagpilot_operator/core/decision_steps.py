@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from lagpilot_operator.core import falling_behind as behind
 from lagpilot_operator.core.observations import LagSample, PartitionKey, partition_lag, partition_name
 from lagpilot_operator.core.stabilization import stabilized
 from lagpilot_operator.core.verdicts import STUCK, Verdict
@@ -48,6 +49,9 @@ TREND_WINDOW_SECONDS = 600.0
 TREND_BUCKET_SECONDS = 60.0
 TREND_BACKLOG_SECONDS = 3.0
 MIN_RATE = 1e-3  # msg/s; below this a consume rate says nothing about per-slot speed
+# The pool grows unread up to this multiple of pool.initial while the lag grows; beyond it, each pool is
+# read for a poll (falling_behind.py) before it grows again, so a CPU-bound pod is seen before pool.max.
+FREE_POOL_GROWTH = 4
 MAX_SLOTS = 1_000_000  # far above any pool.max x replicas.max; keeps arithmetic finite
 
 Notes = tuple[str, ...]
@@ -195,6 +199,24 @@ class Throughput:
     slot_rate: float | None                    # measured msg/s per slot (EWMA), None until measured
     floor: float | None                        # lower bound on the per-slot rate, as of now
     notes: Notes = ()
+    growth: Growth | None = None               # the lag's growth span and what it says (falling_behind.py)
+
+    @property
+    def falling_behind(self) -> bool:
+        return self.growth is not None and self.growth.behind is not None
+
+
+@dataclass(frozen=True)
+class Growth:
+    """The lag's growth span after this poll and what the policy reads from it (falling_behind.py)."""
+
+    span: behind.Span | None
+    pod_rate: tuple[int, float] | None      # (pool, msg/s per pod) of the last capacity-limited reading
+    pool_ceiling: int | None                # pool beyond which a pod's slots add no throughput
+    behind: behind.Reading | None = None    # set when falling behind: the span's capacity-limited reading
+    unread_pool: bool = False               # growing at a pool no reading has covered yet
+    ceiling_found: bool = False             # this poll's reading found the pool ceiling
+    observed_slot_rate: float | None = None  # msg/s per slot this poll's reading overrules the estimate with
 
 
 def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
@@ -230,8 +252,75 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     every_slot_busy = (saturated_for_a_window or deficit) and stable_since <= now - window
     slot_rate, floor = _per_slot_rate(memory, now, consume, busy_max=busy_max, busy_now=busy_now,
                                       every_slot_busy=every_slot_busy)
+    growth: Growth | None = None
+    if ctx.config.mode == "drainTime" and not observation.lag_only:  # lagThreshold keeps KEDA's meaning
+        growth, growth_notes = _read_growth(ctx, lag, consumers)
+        slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
+        notes = (*notes, *growth_notes)
     return Throughput(consumers=consumers, busy=tuple(busy), saturated=saturated, saturated_since=saturated_since,
-                      trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor, notes=notes)
+                      trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor,
+                      notes=notes, growth=growth)
+
+
+def drained_total(ctx: DecisionContext, lag: LagView) -> int:
+    """Committed offsets summed over the partitions more workers can drain: their progress is consumption."""
+    return sum(max(p.committed, p.start_offset) for p in ctx.sample.partitions
+               if p.committed is not None and p.key not in lag.stuck)
+
+
+def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int) -> tuple[Growth, Notes]:
+    """The growth span after this poll, and the falling-behind and CPU-bound rules' readings of it.
+
+    The span only runs at a settled shape: every consumer joined, none joined or left since the last
+    poll (a rebalance's pause grows the lag and says nothing about capacity).
+    """
+    memory, now, pool = ctx.memory, ctx.now, ctx.current_pool
+    settled = consumers >= ctx.expected_consumers and memory.last_members == consumers
+    grew = (settled and memory.last_lag is not None and lag.effective > memory.last_lag
+            and lag.effective > 2 * consumers * pool)
+    drained = drained_total(ctx, lag)
+    span = behind.next_span(memory.span, now=now, drained=drained, lag=lag.effective, grew=grew,
+                            consumers=consumers, pool=pool)
+    reading = behind.read(span, now=now, drained=drained, lag=lag.effective)
+    tolerance = ctx.config.tolerance_percent
+    limited = reading if reading is not None and reading.capacity_limited(tolerance) else None
+    pod_rate, ceiling = memory.pod_rate, memory.pool_ceiling
+    notes: Notes = ()
+    observed: float | None = None  # msg/s per slot this poll's reading says, when it overrules the estimate
+    found = False
+    if limited is not None:
+        per_pod = limited.rate / consumers
+        previous = pod_rate
+        ceiling, found = behind.pool_ceiling(previous, pool, per_pod, ceiling)
+        pod_rate = (pool, per_pod)
+        if found and previous is not None:
+            notes = (f"pool {previous[0]}→{pool} raised a pod's drain only {_rate(previous[1])}→{_rate(per_pod)} "
+                     f"msg/s with work waiting: CPU-bound, more capacity goes to pods of pool ≤ {ceiling}",)
+            pod_rate = previous  # the reading at the ceiling is what pods are sized by from now on
+            observed = previous[1] / previous[0]
+    falling = limited if limited is not None and limited.polls >= behind.FALLING_BEHIND_POLLS else None
+    if falling is not None:
+        notes = (*notes, f"falling behind: lag grew at each of {falling.polls} polls over {falling.seconds:,.0f} s "
+                         f"at this shape, draining {_rate(falling.rate)} of {_rate(falling.arrival)} msg/s arriving")
+        if observed is None:
+            observed = falling.rate / (consumers * pool)
+    # Growth beyond the pool last read (or, before any reading, beyond FREE_POOL_GROWTH x pool.initial)
+    # waits for this pool to be read: a CPU-bound pod would otherwise grow to pool.max unseen.
+    free = pod_rate is None and pool < FREE_POOL_GROWTH * ctx.config.pool.initial
+    unread = span is not None and not free and (pod_rate is None or pod_rate[0] != pool)
+    growth = Growth(span=span, pod_rate=pod_rate, pool_ceiling=ceiling, behind=falling, unread_pool=unread,
+                    ceiling_found=found, observed_slot_rate=observed)
+    return growth, notes
+
+
+def _overruled_slot_rate(growth: Growth, slot_rate: float | None,
+                         floor: float | None) -> tuple[float | None, float | None]:
+    """What this poll's reading saw the slots drain caps the per-slot estimate and its lower bound."""
+    observed = growth.observed_slot_rate
+    if observed is None or not observed > 0:
+        return slot_rate, floor
+    return (observed if slot_rate is None else min(slot_rate, observed),
+            observed if floor is None else min(floor, observed))
 
 
 def _per_slot_rate(memory: PolicyMemory, now: float, consume: float | None, *, busy_max: int, busy_now: int,
@@ -359,6 +448,9 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
     produce = observation.produce_rate
     if produce is None:
         produce = observation.consume_rate or 0.0
+    growth = throughput.growth
+    if growth is not None and growth.behind is not None:
+        produce = max(produce, growth.behind.arrival)  # the produce window may still average in a lower rate
     drain_seconds = float(settings.target_drain_seconds)
     target_lag = settings.target_time_lag_seconds
     time_lag = max((v for k, v in observation.time_lags.items() if k not in lag.stuck), default=0.0)
@@ -385,6 +477,11 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
     if throughput.slot_rate is not None:
         rate = max(throughput.slot_rate, throughput.floor or 0.0)
         slots = slots_at(rate)
+        if growth is not None and growth.observed_slot_rate is not None:
+            # The lag grew at these slots: never fewer than they are (falling behind: more).
+            slots = max(slots, capacity + (1 if growth.behind is not None else 0))
+            return made(slots, f"{demand} needs {slots:,} slots at the {_rate(rate)} msg/s/slot drained while "
+                               f"the lag grew {drain}", rate)
         return made(slots, f"{demand} needs {slots:,} slots at {_rate(rate)} msg/s/slot {drain}", rate)
     # Nothing measured yet: act on the lag's direction, bounded by what the lower bound proves.
     floor = throughput.floor
@@ -400,6 +497,12 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
             # nothing yet about the capacity already added, so do not double again.
             return made(capacity, f"lag {effective:,} msgs growing while consumers join "
                                   f"({consumers} of {expected}): keeping {capacity:,} slots", floor)
+        if growing and growth is not None and growth.unread_pool and not ctx.incremental:
+            # The pool already grew with work waiting; growing it further before reading what this pool
+            # drains could take a CPU-bound pod to pool.max unseen. (Growth to FREE_POOL_GROWTH x the
+            # initial pool is free: it is no sign of a CPU limit, and waiting would only be late.)
+            return made(capacity, f"lag {effective:,} msgs growing, reading what pool {ctx.current_pool} drains "
+                                  f"before growing it: keeping {capacity:,} slots", floor)
         if growing:
             doubled = max(2 * capacity, ctx.config.pool.initial)
             # The lower bound on the per-slot rate makes `bound_slots` an upper bound on what is
@@ -530,6 +633,21 @@ def even_capacity(ctx: DecisionContext) -> int:
 # --- step 7: replicas x pool -----------------------------------------------------------------------
 
 
+def ceiling_for(ctx: DecisionContext, growth: Growth | None) -> tuple[int | None, str]:
+    """The pool `shape_for` puts new capacity in pods of: the ceiling found, or, while the lag grows at a
+    pool not read yet (`Growth.unread_pool`), the current pool (a CPU-bound pod gains nothing from more
+    slots, another pod always adds some). A consumer-protocol or share group adds pods first anyway.
+    With the ceiling, the reason's words for it. None without a growth reading (lagThreshold)."""
+    if growth is None:
+        return None, ""
+    ceiling = growth.pool_ceiling
+    why = "a bigger pool drained no more (CPU-bound)"
+    if growth.unread_pool and not ctx.incremental and (ceiling or math.inf) > ctx.current_pool:
+        ceiling = ctx.current_pool
+        why = f"the lag grows at pool {ceiling}, not read yet (a CPU-bound pod gains nothing from more slots)"
+    return ceiling, why
+
+
 @dataclass(frozen=True)
 class Shape:
     replicas: int
@@ -541,11 +659,15 @@ class Shape:
         return self.replicas * self.pool
 
 
-def shape_for(ctx: DecisionContext, slots: int, *, forced: bool) -> Shape:
+def shape_for(ctx: DecisionContext, slots: int, *, forced: bool, ceiling: int | None = None,
+              reshape: bool = False, ceiling_why: str = "a bigger pool drained no more (CPU-bound)") -> Shape:
     """Replicas x pool for `slots`: pool first, the partition cap, bounds and cooldown.
 
     `forced` (waking from zero) skips the cooldown and the rebalance grace: a group at zero has nothing
-    to protect from a rebalance.
+    to protect from a rebalance. `ceiling`: the pool beyond which a pod's slots were seen to add no
+    throughput (falling_behind.py); the slots go to pods of at most that pool while replicas allow, and
+    `reshape` (the ceiling was found this poll) moves the current slots there too. Only then: a busiest
+    pod's share can put the pool above the ceiling, and reshaping that at every poll would flap.
     """
     config, memory, now = ctx.config, ctx.memory, ctx.now
     current_r, current_pool, capacity = ctx.current_replicas, ctx.current_pool, ctx.current_capacity
@@ -555,11 +677,19 @@ def shape_for(ctx: DecisionContext, slots: int, *, forced: bool) -> Shape:
     low = max(1, config.replicas.min)
     high = replica_cap(config, ctx.partitions)
     current_ok = (low <= current_r <= high) and pool_min <= current_pool <= pool_max
-    if slots == capacity and current_ok:
+    capped = ceiling is not None and pool_min <= ceiling < pool_max
+    over_ceiling = reshape and capped and current_pool > cast(int, ceiling) and current_r < high
+    if slots == capacity and current_ok and not over_ceiling:
         return Shape(current_r, current_pool)
     notes: list[str] = []
     shrinking = slots < capacity
     replicas = math.ceil(slots / pool_max)
+    if capped:
+        by_ceiling = math.ceil(slots / cast(int, ceiling))
+        if clamp(by_ceiling, low, high) > clamp(replicas, low, high):
+            what = "kept, not consolidated" if shrinking else "before a bigger pool"
+            notes.append(f"pods of pool ≤ {ceiling} {what}: {ceiling_why}")
+        replicas = by_ceiling
     if ctx.incremental and not shrinking:
         # Pool first is for the classic protocol, where each new pod is a rebalance of the group.
         # With incremental rebalances, new capacity goes to new pods at the current pool (more

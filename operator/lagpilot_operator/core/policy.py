@@ -88,6 +88,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 from lagpilot_operator.core import decision_steps as steps
+from lagpilot_operator.core.falling_behind import Span
 from lagpilot_operator.core.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
     DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
@@ -378,6 +379,9 @@ class PolicyMemory:
     last_members: int | None = None                        # consumers at last_time
     trend: tuple[tuple[float, int], ...] = ()              # (bucket start, smallest effective lag in it)
     deficit_since: float | None = None                     # the trend has shown a steady deficit since
+    span: Span | None = None                               # the lag's growth span (falling_behind.py)
+    pod_rate: tuple[int, float] | None = None              # (pool, msg/s per pod) read with the lag growing
+    pool_ceiling: int | None = None                        # pool beyond which a pod's slots add no throughput
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -396,6 +400,9 @@ class PolicyMemory:
             "lastMembers": self.last_members,
             "trend": [[t, lag] for t, lag in self.trend],
             "deficitSince": self.deficit_since,
+            "span": None if self.span is None else self.span.to_list(),
+            "podRate": None if self.pod_rate is None else list(self.pod_rate),
+            "poolCeiling": self.pool_ceiling,
         }
 
     @classmethod
@@ -420,9 +427,20 @@ class PolicyMemory:
                 last_members=None if data.get("lastMembers") is None else int(data["lastMembers"]),
                 trend=tuple((float(t), int(lag)) for t, lag in data.get("trend", [])),
                 deficit_since=_opt_float(data.get("deficitSince")),
+                span=Span.from_list(data.get("span")),
+                pod_rate=_pod_rate(data.get("podRate")),
+                pool_ceiling=None if data.get("poolCeiling") is None else int(data["poolCeiling"]),
             )
         except (TypeError, ValueError):
             return cls()
+
+
+def _pod_rate(value: object) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"podRate is [pool, msg/s], got {value!r}")
+    return int(value[0]), float(value[1])
 
 
 def _opt_float(value: object) -> float | None:
@@ -481,7 +499,10 @@ def _decide_on_lag(config: PolicyConfig, observation: Observation, memory: Polic
         limited = steps.limit_steps(ctx, stabilized.slots)
         kept = steps.keep_small_shrink(ctx, limited.slots)
         target = kept.slots
-        shape = steps.shape_for(ctx, max(target, 1), forced=False)
+        growth = throughput.growth
+        ceiling, why = steps.ceiling_for(ctx, growth)
+        shape = steps.shape_for(ctx, max(target, 1), forced=False, ceiling=ceiling, ceiling_why=why,
+                                reshape=growth is not None and growth.ceiling_found)
         notes += (*stabilized.notes, *limited.notes, *kept.notes)
     notes += (*shape.notes, *steps.share_group_note(ctx, shape.replicas))
     direction = steps.direction_of(ctx.current_capacity, shape.capacity)
@@ -504,7 +525,7 @@ def _decide_on_lag(config: PolicyConfig, observation: Observation, memory: Polic
 def _remember(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.Throughput,
               activation: steps.Activation, recommendation: int, shape: steps.Shape) -> PolicyMemory:
     """The memory after a decision with a sample: what the next poll's windows, limits and estimates read."""
-    memory, now = ctx.memory, ctx.now
+    memory, now, growth = ctx.memory, ctx.now, throughput.growth
     changes = memory.changes
     if shape.capacity != ctx.current_capacity:
         changes = (*changes, (now, ctx.current_capacity, shape.capacity))
@@ -524,6 +545,9 @@ def _remember(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.
         last_members=throughput.consumers,
         trend=throughput.trend,
         deficit_since=throughput.deficit_since,
+        span=growth.span if growth is not None else None,
+        pod_rate=growth.pod_rate if growth is not None else memory.pod_rate,
+        pool_ceiling=growth.pool_ceiling if growth is not None else memory.pool_ceiling,
     )
     return _prune(remembered, ctx.config, now, ctx.observation)
 
@@ -544,6 +568,7 @@ def _remember_hold(memory: PolicyMemory, now: float, capacity: int) -> PolicyMem
         last_time=now,
         trend=(),
         deficit_since=None,
+        span=None,  # a hold (paused, lag unreadable) ends the growth span: the shape was not judged
     )
 
 

@@ -1,0 +1,227 @@
+"""A drainTime group whose lag keeps growing is given capacity even when its per-slot estimate says enough,
+and a pod whose extra slots add no throughput gets more pods instead (issue 15, the seed benchmark: 300
+msg/s on a CPU-starved pod held at 1 x 4 for 33 s while the time lag grew to 26 s). Without flapping:
+growth must last several polls at one settled shape, beyond the tolerance band, and a stall is no rate."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+import pytest
+from test_policy import FREE, NOW, WARM, observe, spread
+
+from lagpilot_operator.core import falling_behind as behind
+from lagpilot_operator.core.decision_steps import DecisionContext, shape_for
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.policy import (
+    Decision,
+    DrainTimeConfig,
+    Observation,
+    PolicyConfig,
+    PolicyMemory,
+    PoolBounds,
+    ReplicaBounds,
+    decide,
+)
+
+PARTITIONS = 32
+POLL = 5.0
+# The seed benchmark's group: targetTimeLag 200ms, bounds 1-8 x 1-64 (initial 4); CRD defaults otherwise
+# (steps of +100 % per 5 s, a 120 s scale-down window).
+SEED = PolicyConfig(
+    replicas=ReplicaBounds(min=1, max=8),
+    pool=PoolBounds(min=1, max=64, initial=4),
+    drain_time=DrainTimeConfig(target_time_lag_seconds=0.2),
+)
+DEFAULT_TARGETS = replace(SEED, drain_time=DrainTimeConfig())
+
+
+@dataclass
+class CpuBoundGroup:
+    """Pods whose slots each drain `slot_rate` msg/s until the pod's CPU caps it at `pod_rate`; the
+    decisions are applied at once and offsets are committed at every poll."""
+
+    produce: float
+    slot_rate: float
+    pod_rate: float
+    replicas: int = 1
+    pool: int = 4
+    time: float = NOW
+    produced: float = 0.0
+    drained: float = 0.0
+    memory: PolicyMemory = field(default_factory=PolicyMemory)
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def drain_rate(self) -> float:
+        return self.replicas * min(self.pool * self.slot_rate, self.pod_rate)
+
+    def poll(self, config: PolicyConfig = SEED) -> Decision:
+        self.time += POLL
+        self.produced += self.produce * POLL
+        self.drained = min(self.produced, self.drained + self.drain_rate * POLL)
+        end, done = math.floor(self.produced / PARTITIONS), math.floor(self.drained / PARTITIONS)
+        sample = LagSample(self.time, tuple(PartitionOffsets("seed", p, end, done) for p in range(PARTITIONS)),
+                           members=self.replicas)
+        lag_seconds = (self.produced - self.drained) / self.produce
+        observation = Observation(sample=sample, current_replicas=self.replicas, current_pool=self.pool,
+                                  produce_rate=self.produce, consume_rate=min(self.produce, self.drain_rate),
+                                  time_lags={("seed", p): lag_seconds for p in range(PARTITIONS)})
+        decision = decide(config, observation, self.memory, self.time)
+        self.memory, self.replicas, self.pool = decision.memory, decision.replicas, decision.pool
+        self.decisions.append(decision)
+        return decision
+
+
+def test_a_lag_growing_at_each_poll_adds_capacity_although_the_estimate_says_the_pool_suffices() -> None:
+    # The seed run: the pod drains 235 of the 300 msg/s produced (58.75 msg/s on each of 4 slots). The lag
+    # grows 325 msgs a poll, far below the saturation bar (10 s of consumption), so before the rule every
+    # decision was "hold 1 replica, pool 4: ... needs at most 4 slots" (a lower bound never adds capacity
+    # to an unsaturated group) until the backlog crossed the bar.
+    group = CpuBoundGroup(produce=300.0, slot_rate=58.75, pod_rate=235.0)
+    held = [group.poll() for _ in range(4)]
+    assert all((d.replicas, d.pool) == (1, 4) for d in held), [d.reason for d in held]
+    assert all("falling behind" not in d.reason for d in held)  # 3 polls of growth are needed, and had
+    grown = group.poll()  # the first poll only starts the span
+    assert grown.direction == "up" and grown.replicas * grown.pool > 4, grown.reason
+    # (The offsets are whole messages per partition: 235 and 300 msg/s read as 235 and 301.)
+    assert "falling behind: lag grew at each of 3 polls over 15 s at this shape, draining 235 of 301 msg/s " \
+           "arriving" in grown.reason
+    assert "at the 58.7 msg/s/slot drained while the lag grew to drain in 200 ms" in grown.reason
+
+
+def test_a_pool_whose_slots_stop_adding_throughput_moves_capacity_to_pods() -> None:
+    # With the default 60 s drain target: falling behind at pool 4 grows the pool (live, no rebalance) to
+    # what the drained rate says; pool 7 drains no more than pool 4 did, so the capacity goes to pods.
+    group = CpuBoundGroup(produce=300.0, slot_rate=58.75, pod_rate=235.0)
+    for _ in range(12):
+        group.poll(DEFAULT_TARGETS)
+    shapes = [(d.replicas, d.pool) for d in group.decisions]
+    assert shapes[4:7] == [(1, 7), (1, 7), (2, 4)], [d.reason for d in group.decisions]
+    cpu_bound = group.decisions[6]
+    assert "scale up 1→2 replicas, pool 7→4" in cpu_bound.reason
+    assert "pool 4→7 raised a pod's drain only 235→237 msg/s with work waiting: CPU-bound, more capacity " \
+           "goes to pods of pool ≤ 4" in cpu_bound.reason
+    assert group.memory.pool_ceiling == 4 and shapes[-1] == (2, 4)
+    assert group.drain_rate > group.produce  # the pods drain what is produced: the lag is gone
+    assert group.decisions[-1].effective_lag == 0
+
+
+def test_under_a_200ms_target_a_growing_unread_pool_grows_by_pods() -> None:
+    # The time-lag target asks for far more than the pool has (drain the backlog in 200 ms): once the pool
+    # grew past what falling behind read (pool 4), more capacity goes to pods until a bigger pool is read.
+    group = CpuBoundGroup(produce=300.0, slot_rate=58.75, pod_rate=235.0)
+    for _ in range(12):
+        group.poll()
+    shapes = [(d.replicas, d.pool) for d in group.decisions]
+    assert shapes[4:6] == [(1, 8), (2, 8)], [d.reason for d in group.decisions]
+    assert "pods of pool ≤ 8 before a bigger pool: the lag grows at pool 8, not read yet (a CPU-bound pod gains " \
+           "nothing from more slots)" in group.decisions[5].reason
+    assert max(pool for _, pool in shapes) <= 16  # before: 4 → 8 → 16 → 32 → 64 on one CPU-starved pod
+    assert group.decisions[-1].effective_lag == 0
+
+
+def test_an_io_bound_pool_keeps_growing_the_pool() -> None:
+    # Slots that are not CPU-bound: a bigger pool drains proportionally more, so no pods are added.
+    group = CpuBoundGroup(produce=300.0, slot_rate=30.0, pod_rate=math.inf)
+    for _ in range(12):
+        group.poll()
+    assert group.replicas == 1 and group.pool >= 10
+    assert group.memory.pool_ceiling is None
+    assert all("CPU-bound" not in d.reason for d in group.decisions)
+
+
+def test_a_group_that_keeps_up_never_reads_a_span() -> None:
+    group = CpuBoundGroup(produce=300.0, slot_rate=100.0, pod_rate=math.inf)
+    for _ in range(12):
+        decision = group.poll()
+        assert decision.direction != "up", decision.reason
+        assert decision.memory.span is None and decision.memory.pod_rate is None
+
+
+def test_a_stalled_group_is_left_to_the_verdicts_and_the_saturation_rule() -> None:
+    # Production goes on, nothing is consumed (committed offsets stand still, consume rate 0): the span
+    # drains nothing, so it gives no rate to divide by (the reverted rule's ZeroDivisionError).
+    config = replace(FREE, drain_time=DrainTimeConfig(target_time_lag_seconds=0.2))
+    memory = replace(WARM, last_lag=0, last_members=1)
+    for step in range(8):
+        now = NOW + POLL * step
+        sample = LagSample(now, tuple(PartitionOffsets("orders", p, 1_000 + 125 * (step + 1), 1_000)
+                                      for p in range(4)), members=1)
+        observation = Observation(sample=sample, current_replicas=1, current_pool=4, produce_rate=100.0,
+                                  consume_rate=0.0, time_lags={("orders", 0): 5.0 * (step + 1)})
+        decision = decide(config, observation, memory, now)
+        memory = decision.memory
+        assert "falling behind" not in decision.reason and "CPU-bound" not in decision.reason
+    assert memory.span is not None and memory.span.polls == 7  # the lag grew at every poll...
+    assert memory.pod_rate is None                               # ...but nothing was read from it
+    assert behind.read(memory.span, now=NOW + 40, drained=memory.span.drained, lag=5_000) is None
+
+
+def test_growth_must_last_three_polls_at_a_settled_shape() -> None:
+    group = CpuBoundGroup(produce=300.0, slot_rate=58.75, pod_rate=235.0)
+    for _ in range(3):
+        group.poll()
+    assert group.memory.span is not None and group.memory.span.polls == 1
+    # A consumer leaving (members 0 of 1) ends the span: a rebalance's pause is no capacity reading.
+    sample = LagSample(group.time + POLL, tuple(PartitionOffsets("seed", p, 10_000, 100) for p in range(PARTITIONS)),
+                       members=0)
+    joining = decide(SEED, Observation(sample=sample, current_replicas=1, current_pool=4, produce_rate=300.0,
+                                       consume_rate=235.0), group.memory, group.time + POLL)
+    assert joining.memory.span is None and "falling behind" not in joining.reason
+
+
+def test_a_lag_that_stops_growing_ends_the_span() -> None:
+    span = behind.next_span(None, now=0.0, drained=100, lag=500, grew=True, consumers=1, pool=4)
+    assert span == behind.Span(0.0, 100, 500, 0, 1, 4)
+    span = behind.next_span(span, now=5.0, drained=200, lag=600, grew=True, consumers=1, pool=4)
+    assert span is not None and span.polls == 1
+    assert behind.next_span(span, now=10.0, drained=300, lag=550, grew=False, consumers=1, pool=4) is None
+    # Another pool starts a new span: what the old one drained says nothing about the new pool.
+    assert behind.next_span(span, now=10.0, drained=300, lag=700, grew=True, consumers=1, pool=8) == \
+        behind.Span(10.0, 300, 700, 0, 1, 8)
+    reading = behind.read(span, now=5.0, drained=200, lag=600)
+    assert reading == behind.Reading(5.0, 20.0, 20.0, 1)
+    assert reading.capacity_limited(10) and not behind.Reading(5.0, 20.0, 1.0, 3).capacity_limited(10)
+
+
+@pytest.mark.parametrize(("previous", "pool", "per_pod", "ceiling", "expected"), [
+    ((4, 235.0), 8, 236.0, None, (4, True)),      # doubling the pool added nothing: CPU-bound at 4
+    ((4, 120.0), 8, 239.0, None, (None, False)),  # doubling it doubled the drain
+    ((4, 120.0), 8, 181.0, None, (None, False)),  # +51 % of +100 %: half the proportional gain is the bar
+    ((4, 120.0), 8, 179.0, None, (4, True)),      # +49 %
+    ((8, 240.0), 4, 120.0, None, (None, False)),  # a smaller pool says nothing about a ceiling
+    ((8, 240.0), 16, 480.0, 8, (None, False)),    # a bigger pool that did add throughput lifts the ceiling
+    (None, 8, 100.0, None, (None, False)),
+])
+def test_pool_ceiling(previous: tuple[int, float] | None, pool: int, per_pod: float, ceiling: int | None,
+                      expected: tuple[int | None, bool]) -> None:
+    assert behind.pool_ceiling(previous, pool, per_pod, ceiling) == expected
+
+
+def test_a_ceiling_puts_new_capacity_in_pods_and_reshapes_only_when_found() -> None:
+    ctx = DecisionContext.of(FREE, observe(spread(0, 12), 1, 16), WARM, NOW)
+    assert (shape_for(ctx, 32, forced=False).replicas, shape_for(ctx, 32, forced=False).pool) == (1, 32)
+    capped = shape_for(ctx, 32, forced=False, ceiling=8)
+    assert (capped.replicas, capped.pool) == (4, 8)
+    assert "pods of pool ≤ 8 before a bigger pool: a bigger pool drained no more (CPU-bound)" in capped.notes
+    # The same capacity moves to pods only in the poll that found the ceiling.
+    assert (shape_for(ctx, 16, forced=False, ceiling=8).replicas, shape_for(ctx, 16, forced=False, ceiling=8).pool) \
+        == (1, 16)
+    reshaped = shape_for(ctx, 16, forced=False, ceiling=8, reshape=True)
+    assert (reshaped.replicas, reshaped.pool) == (2, 8)
+
+
+def test_the_growth_memory_round_trips_through_status() -> None:
+    group = CpuBoundGroup(produce=300.0, slot_rate=58.75, pod_rate=235.0)
+    for _ in range(8):
+        group.poll(DEFAULT_TARGETS)
+    memory = group.memory
+    assert memory.pod_rate is not None and memory.pool_ceiling == 4
+    assert PolicyMemory.from_dict(json.loads(json.dumps(memory.to_dict()))) == memory
+    with_span = replace(memory, span=behind.Span(1.0, 2, 3, 4, 5, 6))
+    assert PolicyMemory.from_dict(json.loads(json.dumps(with_span.to_dict()))) == with_span
+    assert PolicyMemory.from_dict({**memory.to_dict(), "span": [1, 2]}) == PolicyMemory()
+    assert PolicyMemory.from_dict({**memory.to_dict(), "podRate": "fast"}) == PolicyMemory()
