@@ -169,8 +169,12 @@ def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namesp
 
     commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(6), 50))  # backlog gone
     wait_for(lambda: replicas_of(stack, namespace, "worker") == 1, 40, "replicas back to min after stabilization")
-    # The scale is applied before the status is written: wait for the status rather than race it.
-    wait_for(lambda: status_of(stack, namespace, "orders").get("totalLag") == 0, 10, "lag 0 in status")
+    # A reconcile applies the scale, then exports its metrics, then writes the status: the status of the
+    # scale-down (desiredReplicas 1) is what says its metrics are out. (Waiting for totalLag 0 raced: the
+    # reconciles the stabilization window held at 6 had already written lag 0; a full run caught the
+    # metric still at 6 between the scale and its export.)
+    wait_for(lambda: (s := status_of(stack, namespace, "orders")).get("desiredReplicas") == 1
+             and s.get("totalLag") == 0, 10, "the scale-down's status: desiredReplicas 1, lag 0")
     text = operator.metrics()
     assert metric_value(text, "lagpilot_desired_replicas", {"name": "orders", "namespace": namespace}) == 1
     reconciles = metric_value(text, "lagpilot_reconcile_duration_seconds_count")
