@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.chaos import repeated_runs
 from e2e.loadgen import Ledger, LoadGenerator, LoadResult, Profile
 from e2e.pods import ChartOperator
-from support import unique_name, wait_for
+from support import metric_samples, unique_name, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 E2E_DIR = Path(__file__).resolve().parent
@@ -416,11 +416,10 @@ class Scenario:
                 rows.append(f"{pod.metadata.name}: /metrics unreadable ({exc})")
                 continue
             values: dict[str, float] = {}
-            for line in text.splitlines():
-                name, _, value = line.partition(" ")
-                short = name.split("{", 1)[0].removeprefix("lagpilot_worker_")
-                if short in wanted and value:
-                    values[short] = values.get(short, 0.0) + float(value.split()[0])
+            for sample in metric_samples(text):  # summed over labels (partition, rebalance reason)
+                short = sample.name.removeprefix("lagpilot_worker_")
+                if short in wanted:
+                    values[short] = values.get(short, 0.0) + float(sample.value)
             restarts = sum(int(s.restart_count) for s in pod.status.container_statuses or [])
             rows.append(f"{pod.metadata.name} (restarts {restarts}): " + ", ".join(
                 f"{key.removesuffix('_total')} {values[key]:g}" for key in wanted if key in values))
