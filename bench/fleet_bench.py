@@ -254,21 +254,12 @@ class ReplicaWindow:
     shards_held: int
 
 
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
 def replica_report(replica: ReplicaWindow, window: float) -> dict[str, Any]:
-    cpu, polls = replica.cpu_seconds, replica.polls
+    """One replica's numbers: `fleet_totals` of that replica alone, with who it is and what it holds."""
+    totals = fleet_totals([replica], window)
+    totals.setdefault("rss_mib_peak", None)  # a replica's report names its peak even before it is read
     return {"identity": replica.identity, "resources": replica.resources, "shards_held": replica.shards_held,
-            "polls": int(polls), "polls_per_second": round(polls / window, 2),
-            "reconcile_errors": int(replica.errors), "cpu_seconds": round(cpu, 2),
-            "cpu_cores": round(cpu / window, 3), "cpu_ms_per_poll": round(1000 * cpu / polls, 2) if polls else None,
-            "rss_mib_steady_median": _rounded(None if replica.rss_kib_steady_median is None
-                                              else replica.rss_kib_steady_median / 1024, 1),
-            "rss_mib_peak": _rounded(None if replica.rss_kib_peak is None else replica.rss_kib_peak / 1024, 1),
-            "kafka_requests_per_second": _rounded(None if replica.kafka_requests is None
-                                                  else replica.kafka_requests / window, 2)}
+            **totals}
 
 
 def fleet_totals(replicas: list[ReplicaWindow], window: float) -> dict[str, Any]:
