@@ -30,11 +30,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lagpilot_operator.core import simulate
+from lagpilot_operator.core.keda import KedaConfig
 from lagpilot_operator.core.policy import PolicyConfig
 
 REPLICA_SECONDS_BOUND = 0.10
-POLLING_PERIOD_SECONDS = 30.0  # KEDA's pollingInterval default: the bound on each step
-HPA_SYNC_SECONDS = 15.0
+# KEDA's defaults, as the model has them: the pollingInterval (the bound on each step) and the
+# HPA's sync period.
+POLLING_PERIOD_SECONDS = KedaConfig.polling_interval_seconds
+HPA_SYNC_SECONDS = KedaConfig.hpa_sync_seconds
 
 Timeline = Sequence[tuple[float, int]]  # (seconds from the trace's start, replicas), changes in order
 

@@ -633,6 +633,10 @@ def even_capacity(ctx: DecisionContext) -> int:
 # --- step 7: replicas x pool -----------------------------------------------------------------------
 
 
+CPU_BOUND_CEILING = "a bigger pool drained no more (CPU-bound)"
+"""Why a pool ceiling found by `falling_behind.pool_ceiling` holds pods' pools down (a reason's words)."""
+
+
 def ceiling_for(ctx: DecisionContext, growth: Growth | None) -> tuple[int | None, str]:
     """The pool `shape_for` puts new capacity in pods of: the ceiling found, or, while the lag grows at a
     pool not read yet (`Growth.unread_pool`), the current pool (a CPU-bound pod gains nothing from more
@@ -641,7 +645,7 @@ def ceiling_for(ctx: DecisionContext, growth: Growth | None) -> tuple[int | None
     if growth is None:
         return None, ""
     ceiling = growth.pool_ceiling
-    why = "a bigger pool drained no more (CPU-bound)"
+    why = CPU_BOUND_CEILING
     if growth.unread_pool and not ctx.incremental and (ceiling or math.inf) > ctx.current_pool:
         ceiling = ctx.current_pool
         why = f"the lag grows at pool {ceiling}, not read yet (a CPU-bound pod gains nothing from more slots)"
@@ -660,7 +664,7 @@ class Shape:
 
 
 def shape_for(ctx: DecisionContext, slots: int, *, forced: bool, ceiling: int | None = None,
-              reshape: bool = False, ceiling_why: str = "a bigger pool drained no more (CPU-bound)") -> Shape:
+              reshape: bool = False, ceiling_why: str = CPU_BOUND_CEILING) -> Shape:
     """Replicas x pool for `slots`: pool first, the partition cap, bounds and cooldown.
 
     `forced` (waking from zero) skips the cooldown and the rebalance grace: a group at zero has nothing
