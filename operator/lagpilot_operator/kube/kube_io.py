@@ -8,8 +8,9 @@ Events go through kopf. The functions are blocking (kubernetes client); callers 
 from __future__ import annotations
 
 import copy
+import json
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -91,6 +92,20 @@ def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
+def _read_json(read: Callable[..., Any], name: str, namespace: str) -> dict[str, Any] | None:
+    """The object as the API server sent it (camelCase JSON, every field it has), or None when it does not
+    exist. Read raw: building the client's model objects (and, for a Deployment, serializing them back to
+    a dict) cost about as much CPU as the call itself."""
+    try:
+        response = read(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    found: dict[str, Any] = json.loads(response.data)
+    return found
+
+
 def read_target(namespace: str, name: str) -> TargetScale | None:
     """The Deployment's replicas, or None when it does not exist."""
     found = _read_deployment(namespace, name)
@@ -99,17 +114,14 @@ def read_target(namespace: str, name: str) -> TargetScale | None:
 
 def _read_deployment(namespace: str, name: str) -> tuple[TargetScale, dict[str, Any]] | None:
     """The Deployment's replicas and the object as a camelCase dict, or None when it does not exist."""
-    try:
-        deployment = _apps().read_namespaced_deployment(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    live: dict[str, Any] = api_client().sanitize_for_serialization(deployment)  # type: ignore[no-untyped-call]
-    containers = ((live.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    live = _read_json(_apps().read_namespaced_deployment, name, namespace)
+    if live is None:
+        return None
+    spec = live.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
     metadata = live.get("metadata") or {}
-    return (TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
-                        ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0),
+    return (TargetScale(name=name, spec_replicas=int(spec.get("replicas") or 0),
+                        ready_replicas=int((live.get("status") or {}).get("readyReplicas") or 0),
                         containers=tuple(containers),
                         fencing_token=(metadata.get("annotations") or {}).get(shards.FENCING_ANNOTATION),
                         resource_version=str(metadata.get("resourceVersion") or "")), live)
@@ -185,30 +197,22 @@ def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_
     data = {pool_contract.POOL_SIZE_KEY: str(pool_size), pool_contract.REASON_KEY: reason[:1000],
             pool_contract.UPDATED_AT_KEY: updated_at}
     core = _core()
-    try:
-        existing = core.read_namespaced_config_map(name, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    existing = _read_json(core.read_namespaced_config_map, name, namespace)
+    if existing is None:
         body: Any = {"metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(kcg)],
                              "labels": {pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
                                         pool_contract.LABEL_CONSUMER_GROUP: kcg_name}},
                 "data": data}
         core.create_namespaced_config_map(namespace, body)
         return
-    if pool_contract.parse_pool_size(existing.data) == pool_size:
+    if pool_contract.parse_pool_size(existing.get("data")) == pool_size:
         return  # the size is what workers act on; leave the object (and their watches) alone
     core.patch_namespaced_config_map(name, namespace, {"data": data})
 
 
 def read_pool_size(namespace: str, kcg_name: str) -> int | None:
-    try:
-        found = _core().read_namespaced_config_map(pool_contract.pool_configmap_name(kcg_name), namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return pool_contract.parse_pool_size(found.data)
+    found = _read_json(_core().read_namespaced_config_map, pool_contract.pool_configmap_name(kcg_name), namespace)
+    return None if found is None else pool_contract.parse_pool_size(found.get("data"))
 
 
 def read_secret_values(namespace: str, refs: list[tuple[str, str]],
@@ -221,15 +225,12 @@ def read_secret_values(namespace: str, refs: list[tuple[str, str]],
     values: dict[str, str] = {}
     core = _core()
     for name in sorted({name for name, _ in refs}):
-        try:
-            secret = core.read_namespaced_secret(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                continue
-            raise
+        secret = _read_json(core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            continue
         keys = {key for secret_name, key in refs if secret_name == name}
         pem_keys = {key for secret_name, key in pem_refs if secret_name == name}
-        values.update(kafka_lag.decode_secret_keys(name, secret.data or {}, keys, pem_keys))
+        values.update(kafka_lag.decode_secret_keys(name, secret.get("data") or {}, keys, pem_keys))
     return values
 
 
