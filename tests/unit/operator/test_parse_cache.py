@@ -1,4 +1,5 @@
-"""A reconcile parses its resource's spec again only when the spec changed (`reconcile._parse_spec`)."""
+"""A reconcile parses its resource's spec and status conditions again only when they changed
+(`reconcile._parse_spec`, `reconcile._parse_conditions`), and an unchanged condition stays the same object."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from lagpilot_operator import reconcile
+from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
 
 SPEC: dict[str, Any] = {"kafka": {"bootstrapServers": "kafka:9092"}, "groupId": "orders", "topics": ["orders"],
                         "scaleTargetRef": {"name": "orders-worker"}, "replicas": {"min": 1, "max": 10}}
@@ -38,3 +40,23 @@ def test_an_invalid_spec_raises_every_time_and_keeps_the_last_valid_one() -> Non
         with pytest.raises(ValidationError):
             reconcile._parse_spec(state, invalid)
     assert reconcile._parse_spec(state, SPEC)[0].replicas.max == 10
+
+
+def test_conditions_are_parsed_again_only_when_the_status_changed() -> None:
+    state = reconcile.ResourceState()
+    written = conditions_to_k8s(set_condition([], "Ready", "True", "Reconciled", "hold 2x8", 3, 100.0))
+    first = reconcile._parse_conditions(state, written)
+    again = reconcile._parse_conditions(state, copy.deepcopy(written))
+    assert again == first and again[0] is first[0]
+    changed = [{**written[0], "status": "False", "reason": "NotReady"}]
+    assert reconcile._parse_conditions(state, changed)[0].status == "False"
+
+
+def test_an_unchanged_condition_is_kept_and_a_change_keeps_its_rules() -> None:
+    conditions = set_condition([], "Ready", "True", "Reconciled", "hold 2x8", 3, 100.0)
+    same = set_condition(conditions, "Ready", "True", "Reconciled", "hold 2x8", 3, 200.0)
+    assert same[0] is conditions[0]
+    reworded = set_condition(conditions, "Ready", "True", "Reconciled", "hold 3x8", 3, 200.0)[0]
+    assert (reworded.message, reworded.last_transition_time) == ("hold 3x8", conditions[0].last_transition_time)
+    flipped = set_condition(conditions, "Ready", "False", "NotReady", "see TargetFound", 3, 200.0)[0]
+    assert flipped.last_transition_time != conditions[0].last_transition_time
