@@ -34,6 +34,9 @@ KEEPER: ShardKeeper | None = None
 """Sharding on (LAGPILOT_SHARDS > 1): this replica's shard Leases. None: this replica serves everything."""
 _KEEPER_TASK: asyncio.Task[None] | None = None
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# asyncio's default pool has cpu+4 threads (6 on 2 cores). A read from a dead cluster holds its thread for
+# the whole Kafka timeout, so a few such resources would queue every healthy one.
+IO_THREADS = int(os.environ.get("LAGPILOT_IO_THREADS", "64"))
 
 
 @kopf.on.startup()
@@ -48,7 +51,7 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    kube_io.load_configuration()
+    kube_io.load_configuration(connections=IO_THREADS)  # a kept API connection per IO thread
     port = int(os.environ.get("LAGPILOT_METRICS_PORT", "8080"))
     if port:
         # In a pod, every interface (the Service scrapes the pod IP); on a laptop, loopback only.
@@ -60,10 +63,7 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
 
 @kopf.on.startup()
 async def io_threads(**_: Any) -> None:
-    # asyncio's default pool has cpu+4 threads (6 on 2 cores). A read from a dead cluster holds its
-    # thread for the whole Kafka timeout, so a few such resources would queue every healthy one.
-    workers = int(os.environ.get("LAGPILOT_IO_THREADS", "64"))
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="lagpilot-io"))
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="lagpilot-io"))
 
 
 def _own_namespace() -> str:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from lagpilot_operator.core.observations import PartitionKey
+from lagpilot_operator.core.verdicts import Verdict
 
 RESOURCE = ("namespace", "name")
 PARTITION = (*RESOURCE, "topic", "partition")
@@ -58,6 +63,57 @@ def export_rates(namespace: str, name: str, produce: float | None, consume: floa
             gauge.labels(namespace, name).set(value)
 
 
+class PartitionSeries:
+    """One resource's per-partition series (lag, time lag, verdict), their children kept between polls.
+
+    `labels()` checks and looks up its label values on every call (a few microseconds): a 1,000-partition
+    group made 7,000 such calls per poll (lag, time lag and the five verdict series of each partition).
+    Here each series is looked up once; a partition's five verdict series are written when its verdict
+    changes (the resource's reconciles are their only writer), the lag and time lag on every poll.
+    """
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.namespace, self.name = namespace, name
+        self._lag: dict[PartitionKey, Any] = {}
+        self._time_lag: dict[PartitionKey, Any] = {}
+        self._verdict: dict[PartitionKey, Verdict] = {}
+        """The verdict last exported per partition."""
+
+    def _labels(self, key: PartitionKey) -> tuple[str, str, str, str]:
+        return (self.namespace, self.name, key[0], str(key[1]))
+
+    def export(self, lags: Iterable[tuple[PartitionKey, int]], time_lags: Mapping[PartitionKey, float],
+               verdicts: Mapping[PartitionKey, Verdict]) -> None:
+        """Every partition's lag; the time lag and verdict of those that have one."""
+        for key, lag in lags:
+            child = self._lag.get(key)
+            if child is None:
+                child = self._lag[key] = PARTITION_LAG.labels(*self._labels(key))
+            child.set(lag)
+            if key in time_lags:
+                child = self._time_lag.get(key)
+                if child is None:
+                    child = self._time_lag[key] = TIME_LAG.labels(*self._labels(key))
+                child.set(time_lags[key])
+            verdict = verdicts.get(key)
+            if verdict is not None and self._verdict.get(key) != verdict:
+                labels = self._labels(key)
+                for each in Verdict:
+                    VERDICT.labels(*labels, each.value).set(1 if verdict == each else 0)
+                self._verdict[key] = verdict
+
+
+_PARTITION_SERIES: dict[tuple[str, str], PartitionSeries] = {}
+
+
+def partition_series(namespace: str, name: str) -> PartitionSeries:
+    """The resource's `PartitionSeries` (made on first use; `forget_resource` drops it)."""
+    found = _PARTITION_SERIES.get((namespace, name))
+    if found is None:
+        found = _PARTITION_SERIES[(namespace, name)] = PartitionSeries(namespace, name)
+    return found
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address)
 
@@ -75,6 +131,7 @@ def _label_sets(metric: Gauge | Counter, label_names: tuple[str, ...], namespace
 
 def forget_resource(namespace: str, name: str) -> None:
     """Drop every series of a deleted resource so /metrics does not report ghosts."""
+    _PARTITION_SERIES.pop((namespace, name), None)
     for metric, label_names in ((PARTITION_LAG, PARTITION), (TIME_LAG, PARTITION), (VERDICT, (*PARTITION, "verdict")),
                                 (DLQ_MESSAGES, (*RESOURCE, "topic")), (DECISIONS, (*RESOURCE, "direction")),
                                 (RECONCILE_ERRORS, (*RESOURCE, "kind"))):

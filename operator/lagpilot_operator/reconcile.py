@@ -10,6 +10,7 @@ replicas are held (or go to the fallback) — never to zero while blind.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.core.observations import LagHistory, LagSample, partition_lag, partition_name
+from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionKey, lags_by_partition, partition_name
 from lagpilot_operator.core.pause import pause_from
 from lagpilot_operator.core.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.core.timelag import TimeLagTracker, summarize
@@ -38,7 +39,7 @@ from lagpilot_operator.kafka.dead_letter import (
 from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
 from lagpilot_operator.kube import kube_io, models, scale_apply, shards, worker_config, writes
 from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
-from lagpilot_operator.kube.models import ConditionStatus
+from lagpilot_operator.kube.models import Condition, ConditionStatus
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,16 @@ def _check(fence: Fence | None) -> None:
         raise Fenced(f"shard term {fence.token} ended before the write")
 
 
+@dataclass(frozen=True)
+class ParsedSpec:
+    """A spec as last parsed: its plain copy (what the next poll's spec is compared with), the model and
+    the policy configuration read from it (before the pause annotation, which is read every poll)."""
+
+    raw: dict[str, Any]
+    spec: models.KafkaConsumerGroupSpec
+    config: PolicyConfig
+
+
 @dataclass
 class ResourceState:
     """What the operator keeps in memory per resource between reconciles (rebuilt after a restart)."""
@@ -89,6 +100,9 @@ class ResourceState:
     written_at: float | None = None
     events: writes.EventMemory = field(default_factory=writes.EventMemory)
     """The last Event per subject, so the same news is not posted twice."""
+    parsed_spec: ParsedSpec | None = None
+    parsed_conditions: tuple[list[Any], list[Condition]] | None = None
+    """The status's conditions as last parsed: their plain copy and the models."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +186,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     previous: dict[str, Any] = dict(body.get("status") or {})
-    conditions = _conditions(body)
+    conditions = _parse_conditions(state, _conditions(body))
 
     def condition(kind: str, ok: bool | None, reason: str, message: str) -> None:
         nonlocal conditions
@@ -180,14 +194,14 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         conditions = set_condition(conditions, kind, value, reason, message, generation, now)
 
     try:
-        spec = models.KafkaConsumerGroupSpec.from_k8s(body.get("spec") or {})
+        spec, spec_config = _parse_spec(state, body.get("spec") or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         condition(models.READY, False, "InvalidSpec", f"spec.{where}: {first['msg']}; fix the resource")
         return {"observedGeneration": generation, "conditions": conditions_to_k8s(conditions)}
     pause = pause_from(meta.get("annotations"), spec.paused)
-    config = replace(PolicyConfig.from_spec(spec.to_k8s()), paused=pause.paused, paused_replicas=pause.replicas)
+    config = replace(spec_config, paused=pause.paused, paused_replicas=pause.replicas)
     condition(models.PAUSED, pause.paused, pause.reason, pause.message)
     metrics.MAX_REPLICAS.labels(namespace, name).set(spec.replicas.max)
 
@@ -317,8 +331,11 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.PARTITIONS_STUCK, False, "NoneStuck", "every partition is moving or caught up")
     state.stuck = frozenset(stuck)
 
-    status = _status(spec, sample, decision, verdicts, time_lags, state, generation, applied_replicas, now,
-                     previous, changed)
+    # Each partition's lag, once for the status and the metrics.
+    lags = lags_by_partition(sample.partitions, config.lag_threshold.offset_reset_policy) \
+        if sample is not None else {}
+    status = _status(spec, sample, decision, observation, lags, verdicts, time_lags, state, generation,
+                     applied_replicas, now, previous, changed)
 
     # 5. Dead-letter topics (every ~30 s: several round trips) and a redrive in progress.
     if settings is not None:
@@ -331,9 +348,32 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     condition(models.READY, ready, "Reconciled" if ready else "NotReady",
               decision.reason if ready else "see the KafkaReachable, TargetFound and LagMetricAvailable conditions")
     status["conditions"] = conditions_to_k8s(conditions)
-    _export(namespace, name, sample, decision, verdicts, time_lags, applied_replicas, config)
+    _export(namespace, name, sample, decision, lags, verdicts, time_lags, applied_replicas)
     metrics.export_rates(namespace, name, status.get("produceRatePerSecond"), status.get("consumeRatePerSecond"))
     return status
+
+
+def _parse_conditions(state: ResourceState, raw: list[Any]) -> list[Condition]:
+    """The status's conditions as models, parsed again only when they differ from the ones parsed last
+    (mostly the ones this process wrote): validating each on every poll was a tenth of a poll's CPU."""
+    parsed = state.parsed_conditions
+    if parsed is None or parsed[0] != raw:
+        parsed = state.parsed_conditions = (models.plain(raw), [Condition.from_k8s(item) for item in raw])
+    return list(parsed[1])
+
+
+def _parse_spec(state: ResourceState, raw: Any) -> tuple[models.KafkaConsumerGroupSpec, PolicyConfig]:
+    """The spec and the policy it configures (raises `ValidationError`); parsed again only when the spec
+    differs from the one parsed last (a dict comparison, against a model validation, a dump and a
+    policy read on every poll)."""
+    parsed = state.parsed_spec
+    if parsed is not None and parsed.raw == raw:
+        return parsed.spec, parsed.config
+    plain = models.plain(raw)
+    spec = models.KafkaConsumerGroupSpec.from_k8s(plain)
+    config = PolicyConfig.from_spec(spec.to_k8s())
+    state.parsed_spec = ParsedSpec(plain, spec, config)
+    return spec, config
 
 
 async def _scale(namespace: str, target: kube_io.TargetScale, replicas: int, fence: Fence | None) -> None:
@@ -412,9 +452,9 @@ async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str
 
 
 def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decision: Decision,
-            verdicts: dict[tuple[str, int], Verdict], time_lags: dict[tuple[str, int], float], state: ResourceState,
-            generation: int | None, applied_replicas: int, now: float, previous: dict[str, Any],
-            changed: bool) -> dict[str, Any]:
+            observation: Observation, lags: dict[PartitionKey, int], verdicts: dict[PartitionKey, Verdict],
+            time_lags: dict[PartitionKey, float], state: ResourceState, generation: int | None,
+            applied_replicas: int, now: float, previous: dict[str, Any], changed: bool) -> dict[str, Any]:
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "desiredReplicas": decision.replicas,
@@ -426,9 +466,7 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
         "lastScaleTime": _utc(now) if changed else previous.get("lastScaleTime"),
     }
     if sample is not None:
-        reset = PolicyConfig.from_spec(spec.to_k8s()).lag_threshold.offset_reset_policy
-        lags = {p.key: partition_lag(p, reset) for p in sample.partitions}
-        top = sorted(lags.items(), key=lambda item: (-item[1], item[0]))[:TOP_PARTITIONS]
+        top = heapq.nsmallest(TOP_PARTITIONS, lags.items(), key=lambda item: (-item[1], item[0]))
         status["totalLag"] = decision.total_lag
         status["partitions"] = len(sample.partitions)
         status["topPartitions"] = [
@@ -441,7 +479,8 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
             summary = summarize(time_lags)
             status["maxTimeLagSeconds"] = round(summary.max_seconds, 1)
             status["meanTimeLagSeconds"] = round(summary.mean_seconds, 1)
-        produce, consume = state.history.produce_rate(), state.history.consume_rate()
+        # The rates the decision saw (None for a lag-only source).
+        produce, consume = observation.produce_rate, observation.consume_rate
         if produce is not None and spec.lag.source == "kafka":
             status["produceRatePerSecond"] = round(produce, 2)
         if consume is not None and spec.lag.source == "kafka":
@@ -484,22 +523,14 @@ async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, 
                 state.dead_letter_due_at = 0.0  # keep the redrive moving on the next poll
 
 
-def _export(namespace: str, name: str, sample: LagSample | None, decision: Decision,
-            verdicts: dict[tuple[str, int], Verdict], time_lags: dict[tuple[str, int], float], replicas: int,
-            config: PolicyConfig) -> None:
+def _export(namespace: str, name: str, sample: LagSample | None, decision: Decision, lags: dict[PartitionKey, int],
+            verdicts: dict[PartitionKey, Verdict], time_lags: dict[PartitionKey, float], replicas: int) -> None:
     metrics.DESIRED_REPLICAS.labels(namespace, name).set(decision.replicas)
     metrics.CURRENT_REPLICAS.labels(namespace, name).set(replicas)
     metrics.POOL_SIZE.labels(namespace, name).set(decision.pool)
     if sample is None:
         return
     metrics.TOTAL_LAG.labels(namespace, name).set(decision.total_lag)
-    for offsets in sample.partitions:
-        labels = (namespace, name, offsets.topic, str(offsets.partition))
-        metrics.PARTITION_LAG.labels(*labels).set(partition_lag(offsets, config.lag_threshold.offset_reset_policy))
-        if offsets.key in time_lags:
-            metrics.TIME_LAG.labels(*labels).set(time_lags[offsets.key])
-        if offsets.key in verdicts:
-            for verdict in Verdict:
-                metrics.VERDICT.labels(*labels, verdict.value).set(1 if verdicts[offsets.key] == verdict else 0)
+    metrics.partition_series(namespace, name).export(lags.items(), time_lags, verdicts)
     if time_lags:
         metrics.MAX_TIME_LAG.labels(namespace, name).set(max(time_lags.values()))

@@ -31,6 +31,7 @@ look stuck). There is no minimum lag: any lag > 0 that persists for the whole wi
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -60,27 +61,6 @@ STUCK = frozenset({Verdict.STALLED, Verdict.STOPPED})
 PartitionSeries = Sequence[tuple[float, PartitionOffsets]]
 
 
-def _span(series: PartitionSeries, now: float, window_seconds: float) -> list[tuple[float, PartitionOffsets]] | None:
-    """The anchor (newest point at or before now - W) and every later point; None if there is no anchor."""
-    start = now - window_seconds
-    anchor = None
-    for index, (time, _) in enumerate(series):
-        if time <= start:
-            anchor = index
-        else:
-            break
-    if anchor is None:
-        return None
-    return list(series[anchor:])
-
-
-def _rewound(span: Sequence[tuple[float, PartitionOffsets]]) -> bool:
-    for (_, before), (_, after) in itertools.pairwise(span):
-        if before.committed is not None and after.committed is not None and after.committed < before.committed:
-            return True
-    return False
-
-
 def _advanced(series: PartitionSeries, since: float) -> bool:
     """Did the committed offset go up between two consecutive samples after `since`?"""
     for (_, before), (time, after) in itertools.pairwise(series):
@@ -105,25 +85,35 @@ def evaluate_partition(
     `members` is the group's member count at the newest sample; `group_advanced` says whether any
     *other* partition's committed offset advanced during the window (evidence of live consumers when
     the member count is unknown).
+
+    Runs for every partition of a group on every poll (1,000 partitions x the window's samples), so it
+    walks the window in few passes over plain values rather than through the helpers above.
     """
     if not series:
         return Verdict.OK
-    span = _span(series, now, window_seconds)
-    recent = span if span is not None else list(series)
-    if _rewound(recent):
-        return Verdict.REWOUND
-    latest = series[-1][1]
-    if span is None or consumable_lag(latest, offset_reset_policy) == 0:
+    # The anchor: the newest point at or before now - W (times ascend); None when the history is shorter.
+    anchor = bisect.bisect_right(series, now - window_seconds, key=_time) - 1
+    recent = series[anchor:] if anchor >= 0 else series
+    committed = [offsets.committed for _, offsets in recent]
+    before = committed[0]
+    for after in committed[1:]:
+        if before is not None and after is not None and after < before:
+            return Verdict.REWOUND
+        before = after
+    if anchor < 0 or consumable_lag(series[-1][1], offset_reset_policy) == 0:
         return Verdict.OK
-    first = span[0][1].committed
-    frozen = all(offsets.committed == first for _, offsets in span)
+    first = committed[0]
+    frozen = all(value == first for value in committed)
     # One pass with early exits: most partitions are healthy and leave at their first lag decrease.
     previous = -1
+    first_lag = None
     never_decreasing = True
-    for _, offsets in span:
+    for _, offsets in recent:
         lag = consumable_lag(offsets, offset_reset_policy)
         if lag <= 0:
             return Verdict.OK
+        if first_lag is None:
+            first_lag = lag
         if lag < previous:
             if not frozen:
                 return Verdict.OK
@@ -132,10 +122,13 @@ def evaluate_partition(
     if frozen:
         has_consumers = (members is not None and members > 0) or (members is None and group_advanced)
         return Verdict.STALLED if has_consumers else Verdict.STOPPED
-    first_lag = consumable_lag(span[0][1], offset_reset_policy)
-    if never_decreasing and previous > first_lag:
+    if never_decreasing and first_lag is not None and previous > first_lag:
         return Verdict.LAGGING
     return Verdict.OK
+
+
+def _time(point: tuple[float, PartitionOffsets]) -> float:
+    return point[0]
 
 
 def evaluate_series(

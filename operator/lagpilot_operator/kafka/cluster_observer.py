@@ -88,7 +88,7 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
     per_group = {group: tps for group, tps in per_group.items() if tps}
     try:
         committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
-        end_futures, start_futures = kafka_lag.send_log_offset_requests(admin, bootstrap, every, timeout)
+        end_answers, start_answers = kafka_lag.send_log_offset_requests(admin, bootstrap, every, timeout)
         described: dict[str, Any] = {}
         if per_group:
             kafka_lag.count_requests(bootstrap, "describe_groups")
@@ -110,12 +110,12 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
             group_errors[group] = failure(exc, f"reading offsets of group {group}")
     ends: dict[PartitionKey, int] = {}
     starts: dict[PartitionKey, int] = {}
-    for answers, futures in ((ends, end_futures), (starts, start_futures)):
-        for tp, future in futures.items():
-            try:
-                answers[(tp.topic, tp.partition)] = int(future.result(timeout=timeout).offset)
-            except (KafkaException, TimeoutError) as exc:
-                topic_errors.setdefault(tp.topic, failure(exc, f"reading the offsets of topic {tp.topic}"))
+    for answers, request in ((ends, end_answers), (starts, start_answers)):
+        for key, offset in request.collect(timeout).items():
+            if isinstance(offset, BaseException):
+                topic_errors.setdefault(key[0], failure(offset, f"reading the offsets of topic {key[0]}"))
+            else:
+                answers[key] = offset
     groups: dict[str, GroupDescription] = {}
     for group, future in described.items():
         try:

@@ -49,6 +49,10 @@ def set_condition(
         if found:
             continue  # a duplicate type (a hand-edited status): the list is keyed by type
         found = True
+        if (existing.status, existing.reason, existing.message, existing.observed_generation) == \
+                (status, reason, message, generation):
+            result.append(existing)  # unchanged (most polls): the same immutable condition, not a new model
+            continue
         since = existing.last_transition_time if existing.status == status else timestamp
         result.append(Condition(type=condition_type, status=status, reason=reason, message=message,
                                 last_transition_time=since, observed_generation=generation))

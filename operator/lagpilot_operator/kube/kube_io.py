@@ -8,7 +8,9 @@ Events go through kopf. The functions are blocking (kubernetes client); callers 
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+import json
+import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,13 +22,56 @@ from lagpilot_operator.kafka import kafka_lag
 from lagpilot_operator.kube import models, shards, writes
 from lagpilot_operator.kube.worker_config import with_injected_env
 
+DEFAULT_CONNECTIONS = 64
+"""Kept connections to the API server: one per IO thread (handlers' LAGPILOT_IO_THREADS), so concurrent
+calls never open a connection only to drop it (the client's default pool keeps 5 per core)."""
 
-def load_configuration() -> None:
-    """In-cluster service account when running in a pod, else the current kubeconfig context."""
+
+@dataclass
+class _Client:
+    """The process's API client (see `api_client`), built on first use."""
+
+    connections: int = DEFAULT_CONNECTIONS
+    api: client.ApiClient | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_CLIENT = _Client()
+
+
+def load_configuration(connections: int = DEFAULT_CONNECTIONS) -> None:
+    """In-cluster service account when running in a pod, else the current kubeconfig context; the next
+    call gets a client built from it, keeping up to `connections` connections."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
+    with _CLIENT.lock:
+        _CLIENT.connections, _CLIENT.api = connections, None
+
+
+def api_client() -> client.ApiClient:
+    """The process's API client, built on first use from the default configuration.
+
+    One for every call: each `ApiClient()` has its own connection pool, so a client per call paid a TCP
+    connect, a TLS handshake and a copy of the configuration on every API call (most of the operator's
+    CPU per poll). The pool is thread-safe; the calls run in the IO threads.
+    """
+    with _CLIENT.lock:
+        if _CLIENT.api is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                        _CLIENT.connections)
+            _CLIENT.api = client.ApiClient(configuration)
+        return _CLIENT.api
+
+
+def _apps() -> client.AppsV1Api:
+    return client.AppsV1Api(api_client())
+
+
+def _core() -> client.CoreV1Api:
+    return client.CoreV1Api(api_client())
 
 
 @dataclass(frozen=True)
@@ -47,6 +92,20 @@ def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
+def _read_json(read: Callable[..., Any], name: str, namespace: str) -> dict[str, Any] | None:
+    """The object as the API server sent it (camelCase JSON, every field it has), or None when it does not
+    exist. Read raw: building the client's model objects (and, for a Deployment, serializing them back to
+    a dict) cost about as much CPU as the call itself."""
+    try:
+        response = read(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    found: dict[str, Any] = json.loads(response.data)
+    return found
+
+
 def read_target(namespace: str, name: str) -> TargetScale | None:
     """The Deployment's replicas, or None when it does not exist."""
     found = _read_deployment(namespace, name)
@@ -55,17 +114,14 @@ def read_target(namespace: str, name: str) -> TargetScale | None:
 
 def _read_deployment(namespace: str, name: str) -> tuple[TargetScale, dict[str, Any]] | None:
     """The Deployment's replicas and the object as a camelCase dict, or None when it does not exist."""
-    try:
-        deployment = client.AppsV1Api().read_namespaced_deployment(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    live: dict[str, Any] = client.ApiClient().sanitize_for_serialization(deployment)  # type: ignore[no-untyped-call]
-    containers = ((live.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    live = _read_json(_apps().read_namespaced_deployment, name, namespace)
+    if live is None:
+        return None
+    spec = live.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
     metadata = live.get("metadata") or {}
-    return (TargetScale(name=name, spec_replicas=int(deployment.spec.replicas or 0),
-                        ready_replicas=int((deployment.status.ready_replicas if deployment.status else 0) or 0),
+    return (TargetScale(name=name, spec_replicas=int(spec.get("replicas") or 0),
+                        ready_replicas=int((live.get("status") or {}).get("readyReplicas") or 0),
                         containers=tuple(containers),
                         fencing_token=(metadata.get("annotations") or {}).get(shards.FENCING_ANNOTATION),
                         resource_version=str(metadata.get("resourceVersion") or "")), live)
@@ -73,7 +129,7 @@ def _read_deployment(namespace: str, name: str) -> tuple[TargetScale, dict[str, 
 
 def scale_target(namespace: str, name: str, replicas: int) -> None:
     """Set replicas through the scale subresource (what HPA and `kubectl scale` use)."""
-    client.AppsV1Api().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+    _apps().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
 
 
 def fenced_write(namespace: str, name: str, token: str, resource_version: str, replicas: int | None) -> None:
@@ -84,7 +140,7 @@ def fenced_write(namespace: str, name: str, token: str, resource_version: str, r
                                           "annotations": {shards.FENCING_ANNOTATION: token}}}
     if replicas is not None:
         patch["spec"] = {"replicas": replicas}
-    client.AppsV1Api().patch_namespaced_deployment(name, namespace, patch)
+    _apps().patch_namespaced_deployment(name, namespace, patch)
 
 
 def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int,
@@ -114,7 +170,7 @@ def ensure_templated_deployment(kcg: dict[str, Any], template: models.Deployment
     """Create the owned Deployment, or bring its template back to the spec (replicas stay ours); no
     write when the live object already matches (`writes.deployment_patch`)."""
     namespace, name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
-    apps = client.AppsV1Api()
+    apps = _apps()
     found = _read_deployment(namespace, name)
     if found is None:
         manifest: Any = templated_deployment(kcg, template, initial_replicas, injected_env)  # plain dicts work
@@ -140,31 +196,23 @@ def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_
     name = pool_contract.pool_configmap_name(kcg_name)
     data = {pool_contract.POOL_SIZE_KEY: str(pool_size), pool_contract.REASON_KEY: reason[:1000],
             pool_contract.UPDATED_AT_KEY: updated_at}
-    core = client.CoreV1Api()
-    try:
-        existing = core.read_namespaced_config_map(name, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    core = _core()
+    existing = _read_json(core.read_namespaced_config_map, name, namespace)
+    if existing is None:
         body: Any = {"metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(kcg)],
                              "labels": {pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
                                         pool_contract.LABEL_CONSUMER_GROUP: kcg_name}},
                 "data": data}
         core.create_namespaced_config_map(namespace, body)
         return
-    if pool_contract.parse_pool_size(existing.data) == pool_size:
+    if pool_contract.parse_pool_size(existing.get("data")) == pool_size:
         return  # the size is what workers act on; leave the object (and their watches) alone
     core.patch_namespaced_config_map(name, namespace, {"data": data})
 
 
 def read_pool_size(namespace: str, kcg_name: str) -> int | None:
-    try:
-        found = client.CoreV1Api().read_namespaced_config_map(pool_contract.pool_configmap_name(kcg_name), namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return pool_contract.parse_pool_size(found.data)
+    found = _read_json(_core().read_namespaced_config_map, pool_contract.pool_configmap_name(kcg_name), namespace)
+    return None if found is None else pool_contract.parse_pool_size(found.get("data"))
 
 
 def read_secret_values(namespace: str, refs: list[tuple[str, str]],
@@ -175,20 +223,17 @@ def read_secret_values(namespace: str, refs: list[tuple[str, str]],
     referenced key that is not UTF-8 (or, in `pem_refs`, not PEM) raises `kafka_lag.SecretKeyUnreadable`.
     """
     values: dict[str, str] = {}
-    core = client.CoreV1Api()
+    core = _core()
     for name in sorted({name for name, _ in refs}):
-        try:
-            secret = core.read_namespaced_secret(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                continue
-            raise
+        secret = _read_json(core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            continue
         keys = {key for secret_name, key in refs if secret_name == name}
         pem_keys = {key for secret_name, key in pem_refs if secret_name == name}
-        values.update(kafka_lag.decode_secret_keys(name, secret.data or {}, keys, pem_keys))
+        values.update(kafka_lag.decode_secret_keys(name, secret.get("data") or {}, keys, pem_keys))
     return values
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    client.CustomObjectsApi().patch_namespaced_custom_object_status(
+    client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
         models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status})

@@ -117,12 +117,12 @@ def rfc3339(moment: datetime | float) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _plain(value: Any) -> Any:
-    """Mappings and sequences as dicts and lists (kopf hands out views; strict models want dicts)."""
+def plain(value: Any) -> Any:
+    """A copy with mappings and sequences as dicts and lists (kopf hands out views; strict models want dicts)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -161,7 +161,7 @@ class CamelModel(BaseModel):
     @classmethod
     def from_k8s(cls, data: Mapping[str, Any]) -> Self:
         """Parse an object as the API server returns it (camelCase; kopf bodies are fine)."""
-        return cls.model_validate(_plain(data))
+        return cls.model_validate(plain(data))
 
     def to_k8s(self, *, only_set: bool = False) -> dict[str, Any]:
         """camelCase JSON-ready dict without None values (what goes to the API server).

@@ -9,10 +9,10 @@ groups. The rules (docs/operator.md, "Writes"):
   (type, status, reason, observedGeneration, and message wording), lastDecision's wording, a lag-read
   failure run starting or ending (and its first 10 reads, then powers of two), and the policy's
   memory (except its timestamp refreshes).
-* Coarse: totalLag, topPartitions, time lags and rates are written when one moves by at least
-  `RELATIVE_CHANGE` (and an absolute floor) or reaches or leaves zero, and with any other write;
-  numbers inside lastDecision and condition messages, consecutiveLagFailures and the memory's
-  timestamp refreshes ride along.
+* Coarse: totalLag, topPartitions (its lags, not its order), time lags and rates are written when one
+  moves by at least `RELATIVE_CHANGE` (and an absolute floor) or reaches or leaves zero, and with any
+  other write; numbers inside lastDecision and condition messages, consecutiveLagFailures and the
+  memory's timestamp refreshes ride along.
 * At least every `refresh_seconds` (LAGPILOT_STATUS_REFRESH_SECONDS, default 300) the whole status
   is written, so nothing shown is older than that.
 
@@ -68,19 +68,30 @@ def _moved(old: Any, new: Any, floor: float) -> bool:
 
 
 def _top_moved(old: Any, new: Any) -> bool:
-    """topPartitions: a different set or order of partitions, a verdict change, or a lag that moved."""
-    if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+    """topPartitions: a partition entering or leaving it, a verdict change, or a lag or time lag that moved.
+    The order follows the lags, so partitions of about the same lag trading places is not news by itself
+    (with a few partitions, every new record reordered them: a write on most polls)."""
+    before, after = _top_entries(old), _top_entries(new)
+    if before is None or after is None:
         return bool(old != new)
-    for a, b in zip(old, new, strict=True):
-        if not isinstance(a, dict) or not isinstance(b, dict):
-            return bool(a != b)
-        if (a.get("topic"), a.get("partition"), a.get("verdict")) != (b.get("topic"), b.get("partition"),
-                                                                      b.get("verdict")):
+    if before.keys() != after.keys():
+        return True
+    for key, b in after.items():
+        a = before[key]
+        if a.get("verdict") != b.get("verdict"):
             return True
         if _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]) or \
                 _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), ABSOLUTE_FLOORS["maxTimeLagSeconds"]):
             return True
     return False
+
+
+def _top_entries(value: Any) -> dict[tuple[Any, Any], Mapping[str, Any]] | None:
+    """topPartitions by (topic, partition); None when it is not a list of distinct partitions."""
+    if not isinstance(value, list) or not all(isinstance(entry, Mapping) for entry in value):
+        return None
+    entries = {(entry.get("topic"), entry.get("partition")): entry for entry in value}
+    return entries if len(entries) == len(value) else None
 
 
 def _failures_news(old: Any, new: Any) -> bool:

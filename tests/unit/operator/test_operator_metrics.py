@@ -46,3 +46,32 @@ def test_rates_follow_the_status_and_disappear_while_unknown() -> None:
     assert metric_value(text(), "lagpilot_consumergroup_produce_rate", {"name": "orders"}) is None
     assert metric_value(text(), "lagpilot_consumergroup_consume_rate", {"name": "orders"}) == 3.0
     m.forget_resource("ns-rates", "orders")
+
+
+def test_partition_series_write_lags_every_poll_and_a_verdict_when_it_changes() -> None:
+    from lagpilot_operator.core.verdicts import Verdict
+
+    text = lambda: generate_latest(REGISTRY).decode()  # noqa: E731
+    where = {"namespace": "ns-series", "name": "orders", "topic": "t", "partition": "0"}
+    series = m.partition_series("ns-series", "orders")
+    assert m.partition_series("ns-series", "orders") is series
+    series.export([(("t", 0), 7), (("t", 1), 0)], {("t", 0): 4.5}, {("t", 0): Verdict.STALLED})
+    assert metric_value(text(), "lagpilot_consumergroup_lag", where) == 7
+    assert metric_value(text(), "lagpilot_consumergroup_lag", {**where, "partition": "1"}) == 0
+    assert metric_value(text(), "lagpilot_consumergroup_time_lag_seconds", where) == 4.5
+    verdicts = lambda: {v.value: metric_value(text(), "lagpilot_consumergroup_partition_verdict",  # noqa: E731
+                                              {**where, "verdict": v.value}) for v in Verdict}
+    assert verdicts() == {v.value: (1 if v == Verdict.STALLED else 0) for v in Verdict}
+    series.export([(("t", 0), 9)], {("t", 0): 6.0}, {("t", 0): Verdict.OK})
+    assert metric_value(text(), "lagpilot_consumergroup_lag", where) == 9
+    assert metric_value(text(), "lagpilot_consumergroup_time_lag_seconds", where) == 6.0
+    assert verdicts() == {v.value: (1 if v == Verdict.OK else 0) for v in Verdict}
+
+    m.forget_resource("ns-series", "orders")
+    assert series_of("ns-series", "orders") == []
+    again = m.partition_series("ns-series", "orders")
+    assert again is not series   # a resource made again with the same name: its series come back
+    again.export([(("t", 0), 2)], {}, {("t", 0): Verdict.OK})
+    assert metric_value(text(), "lagpilot_consumergroup_lag", where) == 2
+    assert verdicts() == {v.value: (1 if v == Verdict.OK else 0) for v in Verdict}
+    m.forget_resource("ns-series", "orders")

@@ -72,6 +72,17 @@ def test_numbers_move_coarsely() -> None:
     assert status_write_reason(status(), 100.0, status(topPartitions=[{"topic": "t", "partition": 1, "lag": 600}]),
                                105.0) == "topPartitions"
     assert status_write_reason(status(), 100.0, status(maxTimeLagSeconds=3.0), 105.0) == "maxTimeLagSeconds"
+    # the order follows the lags: partitions of about the same lag trading places is not news...
+    swapped = [{"topic": "t", "partition": 1, "lag": 610}, {"topic": "t", "partition": 0, "lag": 605}]
+    assert status_write_reason(status(), 100.0, status(topPartitions=swapped), 105.0) is None
+    # ...a partition entering, a verdict, or a lag that moved is
+    entered = [{"topic": "t", "partition": 0, "lag": 600}, {"topic": "t", "partition": 2, "lag": 600}]
+    assert status_write_reason(status(), 100.0, status(topPartitions=entered), 105.0) == "topPartitions"
+    flagged = [{"topic": "t", "partition": 1, "lag": 600}, {"topic": "t", "partition": 0, "lag": 600,
+                                                            "verdict": "STALLED"}]
+    assert status_write_reason(status(), 100.0, status(topPartitions=flagged), 105.0) == "topPartitions"
+    grown = [{"topic": "t", "partition": 1, "lag": 900}, {"topic": "t", "partition": 0, "lag": 600}]
+    assert status_write_reason(status(), 100.0, status(topPartitions=grown), 105.0) == "topPartitions"
     # a failure run: its start and end at once, its count coarsely
     assert status_write_reason(status(consecutiveLagFailures=2), 100.0, status(consecutiveLagFailures=3),
                                105.0) == "consecutiveLagFailures"  # the first ten, each
