@@ -177,8 +177,13 @@ def start_scaling(backend: NodeBackend, namespace: str, scaled: dict[str, Any]) 
     then on KEDA scales. The recorder runs until stopped."""
     backend.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(scaled))
     hpa = HpaRecorder(backend.api, namespace, f"keda-hpa-{scaled['metadata']['name']}").start()
-    wait_for(lambda: any(p["metric_average_value"] is not None for p in hpa.points), 120,
-             "the KEDA HPA to read its external metric")
+    try:
+        wait_for(lambda: any(p["metric_average_value"] is not None for p in hpa.points), 120,
+                 "the KEDA HPA to read its external metric")
+    except BaseException:
+        hpa.stop()
+        stop_scaling(backend, namespace, scaled["metadata"]["name"])
+        raise
     return hpa
 
 
