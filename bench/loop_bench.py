@@ -56,20 +56,15 @@ with the per-run numbers and the comparison.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import itertools
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +72,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
 from e2e.harness import (  # noqa: E402
@@ -88,10 +83,23 @@ from e2e.harness import (  # noqa: E402
     worker_env,
 )
 from e2e.loadgen import Ledger, LoadGenerator, steps  # noqa: E402
-from e2e.node_backend import NodeBackend, read_env_file  # noqa: E402
+from e2e.node_backend import NodeBackend  # noqa: E402
 from e2e.pods import ChartOperator  # noqa: E402
 from kubernetes import client  # noqa: E402
 
+from real_keda import (  # noqa: E402
+    KEDA_DEFAULTS,
+    LAG_PER_SLOT,
+    HpaRecorder,
+    keda_lag_threshold,
+    node_backend,
+    pod_seconds,
+    run_in_order,
+    scaled_object,
+    start_scaling,
+    stop_scaling,
+    worker_deployment,
+)
 from support import unique_name, wait_for  # noqa: E402
 
 
@@ -114,9 +122,6 @@ RUNS = (
 )
 RUN_NAMES = tuple(run.name for run in RUNS)
 REBALANCE_GAP_SECONDS = 5.0
-# KEDA's defaults, as the ScaledObject below leaves them (recorded in the JSON, not sent).
-KEDA_DEFAULTS = {"pollingInterval": 30, "cooldownPeriod": 300, "hpaSyncPeriodSeconds": 15,
-                 "hpaScaleUp": "max(4 pods, 100 %) per 15 s", "hpaScaleDownStabilizationSeconds": 300}
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class BenchConfig:
     pool_min: int = 1
     pool_initial: int = 2
     pool_max: int = 16
-    lag_threshold: int = 100         # Lagpilot's lagPerConsumer (per slot); KEDA's per pod is this x pool
+    lag_threshold: int = LAG_PER_SLOT  # Lagpilot's lagPerConsumer (per slot); KEDA's per pod is this x pool
     drain_overtime_seconds: float = 300.0
 
     @property
@@ -149,107 +154,6 @@ QUICK = BenchConfig(before_seconds=15, burst_seconds=40, after_seconds=60, drain
 
 def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
-
-
-# --- the real KEDA ---------------------------------------------------------------------------------------
-
-
-def keda_lag_threshold(lag_per_slot: int, pool: int) -> int:
-    """KEDA's `lagThreshold` is the lag per replica (the HPA's AverageValue target). A user whose pods
-    each run `pool` consumer slots sizes it to what one pod works off: the same lag per slot that
-    Lagpilot's lagThreshold run targets (lagPerConsumer), times the pool. With lag 100 per slot of
-    20 msg/s that is 5 s of a pod's work; the KEDA default (10) would ask for a pod per 10 records
-    and be capped by maxReplicaCount at once, whatever the pool."""
-    return lag_per_slot * pool
-
-
-def scaled_object(*, name: str, deployment: str, bootstrap: str, group: str, topic: str, lag_threshold: int,
-                  min_replicas: int, max_replicas: int) -> dict[str, Any]:
-    """The ScaledObject a KEDA user writes for a Kafka consumer Deployment. pollingInterval,
-    cooldownPeriod and the HPA behavior are left out: KEDA's and the HPA's defaults. The offset reset
-    policy matches the worker's (`auto.offset.reset: earliest`), as KEDA's docs ask: it decides the lag
-    of a partition without a committed offset. KEDA's trigger metadata values are strings."""
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": name},
-        "spec": {
-            "scaleTargetRef": {"name": deployment},
-            "minReplicaCount": min_replicas,
-            "maxReplicaCount": max_replicas,
-            "triggers": [{
-                "type": "kafka",
-                "metadata": {
-                    "bootstrapServers": bootstrap,
-                    "consumerGroup": group,
-                    "topic": topic,
-                    "lagThreshold": str(lag_threshold),
-                    "offsetResetPolicy": "earliest",
-                },
-            }],
-        },
-    }
-
-
-@contextlib.contextmanager
-def real_keda(stack_dir: Path) -> Iterator[None]:
-    """KEDA's operator and adapter up (`hack/stack.py keda-up`: waits until the external metrics API
-    answers through the aggregator) for the block, and down after it, APIService included."""
-    env = dict(os.environ, LAGPILOT_STACK_DIR=str(stack_dir))
-
-    def stack(command: str) -> None:
-        result = subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), command], env=env,
-                                capture_output=True, text=True, check=False, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"stack.py {command} failed:\n{result.stderr[-4000:]}")
-
-    stack("keda-up")
-    emit(event="keda_up")
-    try:
-        yield
-    finally:
-        stack("keda-down")
-        emit(event="keda_down")
-
-
-@dataclass
-class HpaRecorder:
-    """Every change of the KEDA-made HPA's status (the external metric's value, current and desired
-    replicas), polled every 2 s: the real KEDA's view of the lag, for the model's calibration."""
-
-    api: client.ApiClient
-    namespace: str
-    name: str
-    points: list[dict[str, Any]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> HpaRecorder:
-        threading.Thread(target=self._run, name="hpa-recorder", daemon=True).start()
-        return self
-
-    def _run(self) -> None:
-        autoscaling = client.AutoscalingV2Api(self.api)
-        last: tuple[Any, ...] | None = None
-        while not self._stop.is_set():
-            try:
-                hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler(self.name, self.namespace)
-            except client.ApiException:
-                hpa = None
-            if hpa is not None and hpa.status is not None:
-                metric = None
-                for current in hpa.status.current_metrics or []:
-                    if current.external is not None and current.external.current is not None:
-                        value = current.external.current.average_value or current.external.current.value
-                        metric = str(value) if value is not None else None
-                seen = (metric, hpa.status.current_replicas, hpa.status.desired_replicas)
-                if seen != last:
-                    last = seen
-                    self.points.append({"time": time.time(), "metric_average_value": metric,
-                                        "current_replicas": seen[1], "desired_replicas": seen[2]})
-            self._stop.wait(2.0)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # --- measurements (pure) -----------------------------------------------------------------------------------
@@ -275,17 +179,6 @@ class Sampler:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def pod_seconds(history: list[tuple[float, int]], start: float, end: float) -> float:
-    """Integral of a step function given as (time, value) changes, over [start, end]."""
-    total = 0.0
-    for index, (t, value) in enumerate(history):
-        t_next = history[index + 1][0] if index + 1 < len(history) else end
-        lo, hi = max(t, start), min(t_next, end)
-        if hi > lo:
-            total += value * (hi - lo)
-    return total
 
 
 def product_history(replicas: list[tuple[float, int]], pools: list[tuple[float, int]],
@@ -484,13 +377,7 @@ def run_one(run: RunSpec, cfg: BenchConfig, backend: NodeBackend, work_dir: Path
         env = worker_env(bootstrap=backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=cfg.cost_ms,
                          extra=extra)
         deployment = name
-        labels = {"app": name}
-        manifest: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": deployment},
-                    "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                             "template": {"metadata": {"labels": labels},
-                                          "spec": {"containers": [backend.worker_container(env)],
-                                                   "terminationGracePeriodSeconds": 20,
-                                                   **backend.pod_spec_extra()}}}}
+        manifest = worker_deployment(deployment, backend.worker_container(env), backend.pod_spec_extra())
         backend.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(manifest))
         watch = GroupWatch(backend.api, namespace, name, deployment_name=deployment).start()
         # The KEDA operator is a host process: it reaches the broker on the loopback listener.
@@ -533,11 +420,7 @@ def run_one(run: RunSpec, cfg: BenchConfig, backend: NodeBackend, work_dir: Path
     try:
         wait_for(ready, 90, f"the {run.name} worker pod to be ready")
         if run.scaler == "keda":
-            backend.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(scaled))
-            hpa = HpaRecorder(backend.api, namespace, f"keda-hpa-{name}").start()
-            # KEDA made its HPA and the HPA read the metric once: from here on KEDA scales.
-            wait_for(lambda: any(p["metric_average_value"] is not None for p in hpa.points), 120,
-                     "the KEDA HPA to read its external metric")
+            hpa = start_scaling(backend, namespace, scaled)
         ledger = Ledger(backend.kafka_bootstrap, processed).start()
         load = LoadGenerator(backend.kafka_bootstrap, topic, cfg.profile(), key_space=256).start()
         sampler = Sampler(load, ledger).start()
@@ -601,7 +484,7 @@ def run_one(run: RunSpec, cfg: BenchConfig, backend: NodeBackend, work_dir: Path
             **create_to_running(recorder.create_to_running()),
         }
         if hpa is not None:
-            summary["hpa_timeline"] = [{**p, "time": round(p["time"] - start, 1)} for p in hpa.points]
+            summary["hpa_timeline"] = hpa.timeline(start)
         emit(event="run_finished", **{k: v for k, v in summary.items()
                                       if not k.endswith("_timeline") and k != "config"})
         return summary
@@ -620,9 +503,7 @@ def run_one(run: RunSpec, cfg: BenchConfig, backend: NodeBackend, work_dir: Path
             backend.kubectl("delete", "kcg", name, "-n", namespace, "--timeout=60s", check=False, timeout=90)
             operator.stop()
         if run.scaler == "keda":
-            # The ScaledObject first, while KEDA runs (its finalizer), then the namespace.
-            backend.kubectl("delete", "scaledobject", name, "-n", namespace, "--timeout=60s", check=False,
-                            timeout=90)
+            stop_scaling(backend, namespace, name)
         recorder.stop()
         backend.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         admin.delete_topics([topic, processed])
@@ -648,22 +529,18 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {run.name: run for run in RUNS}
     runs = [by_name[name] for name in dict.fromkeys(chosen)]  # in the order given
     work_dir = Path(tempfile.mkdtemp(prefix="lagpilot-loop-bench-"))
-    if args.stack_env is not None:
-        backend = NodeBackend.from_env(read_env_file(args.stack_env), work_dir)
-    else:
-        # `stack.py up` with the node: reuses the running stack, and gives this checkout's images.
-        backend = NodeBackend.from_stack_up(work_dir)
+    backend = node_backend(args.stack_env, work_dir)
     began = time.time()
     emit(event="bench_started", config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
          trace=cfg.profile().description, runs=[r.name for r in runs])
     backend.start()
     results: dict[str, dict[str, Any]] = {}
+
+    def one(run: RunSpec) -> None:
+        results[run.name] = run_one(run, cfg, backend, work_dir, args.name_prefix)
+
     try:
-        # KEDA runs only while its runs do: consecutive KEDA runs share one keda-up ... keda-down.
-        for scaler, group in itertools.groupby(runs, key=lambda r: r.scaler):
-            with real_keda(backend.stack_dir) if scaler == "keda" else contextlib.nullcontext():
-                for run in group:
-                    results[run.name] = run_one(run, cfg, backend, work_dir, args.name_prefix)
+        run_in_order(runs, lambda r: r.scaler == "keda", backend.stack_dir, one)
     finally:
         backend.stop()
         if args.keep_logs is not None:

@@ -28,14 +28,28 @@ driver): this bench process (the producer, and the ledger reader and watches bes
 (the stack's kafka.pid), the operator Pod and each worker Pod, and the machine (/proc/stat). The machine
 is shared with whatever else runs on it: the machine's total says how much was left for the bench.
 
-`--policy lagpilot` is the only policy today; `POLICIES` is the hook where a KEDA run (the same worker
-with a fixed pool, scaled by the real KEDA) plugs in: a function that, given the run's context, creates
-what scales the worker Deployment and returns a `ScalerRun`.
+What scales the workers (`--policy`, comma-separated: the runs go one after another on the same load, each
+in a namespace, topic and group of its own):
 
-Run (the stack with its node, env from .stack/env; the bench runs `hack/stack.py up` itself, which reuses
-what runs and builds this checkout's images if they are new):
+* `lagpilot` (the default): the operator and KafkaConsumerGroup above (drainTime, `targetTimeLag: 200ms`).
+* `keda-pool-8`: the real KEDA (bench/real_keda.py, the same code bench/loop_bench.py runs it with): a
+  Deployment of the same worker image, handler and env with the worker's pool fixed at 8 slots, and a
+  ScaledObject with the `kafka` trigger on it, KEDA's defaults as a user leaves them (pollingInterval 30,
+  cooldownPeriod 300, the HPA's: sync 15 s, scale-up max(4 pods, 100 %) per 15 s, 300 s scale-down
+  stabilization), minReplicaCount 1, maxReplicaCount = partitions, `lagThreshold` = `--keda-lag-per-slot`
+  (100, loop_bench's lag per slot) x 8 = 800 per replica. KEDA runs (`hack/stack.py keda-up`) only while
+  its runs do; it needs the stack started with LAGPILOT_AGGREGATION=1 and KEDA built (`hack/stack.py keda`).
+
+With `--mode headline`, each run's per-minute latency table (with replicas x pool) and a side-by-side
+summary of the runs (p50/p99/p99.9 and replicas x pool per minute; pod-seconds and slot-seconds over the
+produce window, lost, duplicates, backlog at the end) are printed to stderr as Markdown, and are in the
+final JSON (`runs`, `side_by_side`).
+
+Run (the stack with its node, env from .stack/env; without `--stack-env` the bench runs `hack/stack.py up`
+itself, which reuses what runs and builds this checkout's images if they are new):
 
     source .stack/env && .venv/bin/python bench/seed_bench.py [--quick] [--mode search]
+        [--policy lagpilot,keda-pool-8] [--stack-env .stack/env]
 
 Progress is printed as JSON lines; the last line is one JSON object with the results.
 """
@@ -61,7 +75,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 from confluent_kafka import KafkaError, Message, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
@@ -72,6 +86,19 @@ from kubernetes import client  # noqa: E402
 
 from lagpilot_operator.core.observations import partition_lag  # noqa: E402
 from lagpilot_operator.kafka.kafka_lag import AdminClientPool, LagReadError, read_lag  # noqa: E402
+from real_keda import (  # noqa: E402
+    KEDA_DEFAULTS,
+    LAG_PER_SLOT,
+    HpaRecorder,
+    keda_lag_threshold,
+    node_backend,
+    pod_seconds,
+    run_in_order,
+    scaled_object,
+    start_scaling,
+    stop_scaling,
+    worker_deployment,
+)
 from support import unique_name, wait_for  # noqa: E402
 
 PREFIX = "bench"  # with unique_name: every run gets namespaces, topics and groups of its own
@@ -358,6 +385,7 @@ class Monitor:
     core: client.CoreV1Api
     namespace: str
     broker_pid: int | None
+    default_pool: int | None = None     # the pool when the group's status names none (KEDA: the fixed pool)
     points: list[dict[str, Any]] = field(default_factory=list)
     cpu: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     _pods: dict[str, str] = field(default_factory=dict)          # uid -> name
@@ -391,7 +419,8 @@ class Monitor:
                     self.cpu.setdefault(name, []).append((now, seconds))
             status = self.watch.status
             self.points.append({"t": now, "sent": self.load(), "processed": self.processed(),
-                                "replicas": self.watch.current_replicas, "pool": status.get("poolSize")})
+                                "replicas": self.watch.current_replicas,
+                                "pool": status.get("poolSize") or self.default_pool})
             tick += 1
             self._stop.wait(max(0.0, 1.0 - (time.time() - now)))
 
@@ -422,6 +451,93 @@ def summarize_cores(cores: Mapping[str, float], worker_prefix: str) -> dict[str,
     return named
 
 
+# --- runs side by side (pure) -------------------------------------------------------------------------------
+
+
+def capacity_seconds(timeline: Sequence[Sequence[Any]], end_s: float) -> dict[str, float]:
+    """Pod-seconds (the Deployment's replicas) and slot-seconds (replicas x pool) over [0, end_s] of a
+    capacity timeline ([seconds, replicas, pool] at each change); an unknown value counts as 0."""
+    replicas = [(float(t), int(r or 0)) for t, r, _ in timeline]
+    slots = [(float(t), int(r or 0) * int(pool or 0)) for t, r, pool in timeline]
+    return {"pod_seconds": round(pod_seconds(replicas, 0.0, end_s), 1),
+            "slot_seconds": round(pod_seconds(slots, 0.0, end_s), 1)}
+
+
+def capacity_in_minute(timeline: Sequence[Sequence[Any]], minute: int) -> str:
+    """replicas x pool during the minute: the value in effect when it began, then each change within it
+    (`1x4→1x8`); `?` before anything was seen."""
+    begin, end = minute * 60.0, (minute + 1) * 60.0
+    before = [row for row in timeline if row[0] <= begin]
+    during = [row for row in timeline if begin < row[0] < end]
+    shown = ([before[-1]] if before else []) + during
+    return "→".join(f"{row[1]}x{row[2]}" for row in shown) or "?"
+
+
+TOTALS = ("produced", "lost", "duplicates", "pod_seconds", "slot_seconds", "backlog_when_producing_stopped",
+          "seconds_to_drain_after_producing_stopped", "committed_lag_at_end", "high_phase_p99_ms",
+          "minutes_over_target", "goal_met")
+
+
+def side_by_side(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The headline runs of one invocation, minute by minute of produce time (p50/p99/p99.9 and replicas x
+    pool of each) and in totals (pod-seconds, lost, duplicates, backlog, ...); a minute a run has no row
+    for is None for it."""
+    minutes = sorted({row["minute"] for run in runs.values() for row in run["latency_per_minute"]})
+    table = []
+    for minute in minutes:
+        entry: dict[str, Any] = {"minute": minute}
+        for policy, run in runs.items():
+            row = next((r for r in run["latency_per_minute"] if r["minute"] == minute), None)
+            entry[policy] = None if row is None else {
+                "messages": row["messages"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"],
+                "p999_ms": row["p999_ms"], "capacity": capacity_in_minute(run["capacity_timeline"], minute)}
+        table.append(entry)
+    return {"policies": list(runs), "minutes": table,
+            "totals": {policy: {key: run.get(key) for key in TOTALS} for policy, run in runs.items()}}
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 100 else f"{value:,.1f}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def minute_table(run: Mapping[str, Any]) -> str:
+    """One headline run's per-minute latency table (Markdown), replicas x pool beside each minute."""
+    lines = [f"{run['policy']}: {run['profile']}",
+             "| minute | messages | p50 ms | p99 ms | p99.9 ms | max ms | replicas x pool |",
+             "|---|---|---|---|---|---|---|"]
+    for row in run["latency_per_minute"]:
+        cells = [row["minute"], row["messages"], row["p50_ms"], row["p99_ms"], row["p999_ms"], row["max_ms"]]
+        lines.append("| " + " | ".join(_number(c) for c in cells)
+                     + f" | {capacity_in_minute(run['capacity_timeline'], row['minute'])} |")
+    return "\n".join(lines)
+
+
+def side_by_side_table(side: Mapping[str, Any]) -> str:
+    """`side_by_side` as two Markdown tables: per minute, then the totals."""
+    policies = side["policies"]
+    head = "| minute | " + " | ".join(f"{p} p50 / p99 / p99.9 ms | {p} replicas x pool" for p in policies) + " |"
+    lines = [head, "|---|" + "---|---|" * len(policies)]
+    for entry in side["minutes"]:
+        cells = []
+        for policy in policies:
+            row = entry[policy]
+            cells += (["-", "-"] if row is None else
+                      [" / ".join(_number(row[k]) for k in ("p50_ms", "p99_ms", "p999_ms")), row["capacity"]])
+        lines.append(f"| {entry['minute']} | " + " | ".join(cells) + " |")
+    lines += ["", "| | " + " | ".join(policies) + " |", "|---|" + "---|" * len(policies)]
+    for key in TOTALS:
+        lines.append(f"| {key} | " + " | ".join(_number(side["totals"][p][key]) for p in policies) + " |")
+    return "\n".join(lines)
+
+
 # --- the scaler under test: the policy hook -------------------------------------------------------------
 
 
@@ -439,10 +555,15 @@ class RunContext:
 @dataclass
 class ScalerRun:
     """What a policy set up: the watch that sees the worker Deployment's replicas (and, for Lagpilot, the
-    group's status with its pool size), and how to take it down."""
+    group's status with its pool size), how to take it down, the pool to count when the status names
+    none (Lagpilot's initial pool until the operator publishes one; KEDA's fixed pool), what was
+    configured (for the JSON), and for KEDA the recorder of its HPA."""
 
     watch: GroupWatch
     stop: Callable[[], None]
+    pool: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    hpa: HpaRecorder | None = None
 
 
 def lagpilot_scaler(ctx: RunContext) -> ScalerRun:
@@ -456,6 +577,7 @@ def lagpilot_scaler(ctx: RunContext) -> ScalerRun:
     for key in ("lag", "policy"):
         manifest["spec"].pop(key)
     manifest["spec"]["policy"] = {"mode": "drainTime", "drainTime": {"targetTimeLag": args.target_time_lag}}
+    config = {"kafka_consumer_group": {k: v for k, v in manifest["spec"].items() if k != "template"}}
     operator = backend.operator(ctx.namespace, ctx.work_dir / "operator.log")
     operator.start()
     watch = GroupWatch(backend.api, ctx.namespace, ctx.name).start()
@@ -467,12 +589,75 @@ def lagpilot_scaler(ctx: RunContext) -> ScalerRun:
         backend.kubectl("delete", "kcg", ctx.name, "-n", ctx.namespace, "--timeout=60s", check=False, timeout=90)
         operator.stop()
 
-    return ScalerRun(watch, stop)
+    return ScalerRun(watch, stop, pool=args.pool_initial, config=config)
 
 
-# The hook: `--policy NAME` runs POLICIES[NAME]. The real KEDA (a ScaledObject over a Deployment of the same
-# worker with LAGPILOT_POOL_SIZE fixed, e.g. 8) is added here by the KEDA benchmark's work; not modelled.
-POLICIES: dict[str, Callable[[RunContext], ScalerRun]] = {"lagpilot": lagpilot_scaler}
+def keda_scaler(pool: int) -> Callable[[RunContext], ScalerRun]:
+    """The real KEDA (bench/real_keda.py, as bench/loop_bench.py runs it): a Deployment of the same worker
+    container and handler with the pool fixed at `pool` (LAGPILOT_POOL_SIZE; the group and topic in its
+    env, where Lagpilot's operator would put them), and a ScaledObject with the kafka trigger on it:
+    KEDA's defaults (pollingInterval 30, cooldownPeriod 300, the HPA's), minReplicaCount 1,
+    maxReplicaCount = partitions, lagThreshold = `--keda-lag-per-slot` (100, loop_bench's) x the pool."""
+
+    def start(ctx: RunContext) -> ScalerRun:
+        backend, args = ctx.backend, ctx.args
+        extra = {"LAGPILOT_GROUP_ID": ctx.name, "LAGPILOT_TOPICS": ctx.topic, "LAGPILOT_POOL_SIZE": str(pool)}
+        env = [*ctx.env, *({"name": k, "value": v} for k, v in extra.items())]
+        manifest = worker_deployment(ctx.name, backend.worker_container(env), backend.pod_spec_extra())
+        backend.kubectl("apply", "-n", ctx.namespace, "-f", "-", input_text=yaml.safe_dump(manifest))
+        watch = GroupWatch(backend.api, ctx.namespace, ctx.name, deployment_name=ctx.name).start()
+        apps = client.AppsV1Api(backend.api)
+
+        def ready() -> bool:
+            status = apps.read_namespaced_deployment_status(ctx.name, ctx.namespace).status
+            return status is not None and bool(status.ready_replicas)
+
+        # As loop_bench: KEDA takes over once the first worker runs. The KEDA operator is a host
+        # process: it reaches the broker on the loopback listener.
+        try:
+            wait_for(ready, 120, "the first worker pod to be ready")
+        except BaseException:
+            watch.stop()
+            raise
+        scaled = scaled_object(name=ctx.name, deployment=ctx.name, bootstrap=backend.kafka_bootstrap,
+                               group=ctx.name, topic=ctx.topic,
+                               lag_threshold=keda_lag_threshold(args.keda_lag_per_slot, pool),
+                               min_replicas=1, max_replicas=args.partitions)
+        try:
+            hpa = start_scaling(backend, ctx.namespace, scaled)
+        except BaseException:
+            watch.stop()
+            raise
+
+        def stop() -> None:
+            hpa.stop()
+            watch.stop()
+            stop_scaling(backend, ctx.namespace, ctx.name)
+
+        config = {"scaled_object": scaled["spec"], "keda_defaults": KEDA_DEFAULTS, "pool": pool,
+                  "lag_per_slot": args.keda_lag_per_slot}
+        return ScalerRun(watch, stop, pool=pool, config=config, hpa=hpa)
+
+    return start
+
+
+# `--policy A,B` runs POLICIES[A], then POLICIES[B], each on the same load in a namespace, topic and group
+# of its own; the KEDA ones between one `keda-up` and `keda-down`.
+POLICIES: dict[str, Callable[[RunContext], ScalerRun]] = {"lagpilot": lagpilot_scaler, "keda-pool-8": keda_scaler(8)}
+
+
+def uses_keda(policy: str) -> bool:
+    return policy.startswith("keda-")
+
+
+def parse_policies(text: str, known: Iterable[str]) -> list[str]:
+    """`--policy`'s comma-separated names, in the order given, each once; an unknown name is an error."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise ValueError("no policy given")
+    if unknown := [name for name in names if name not in set(known)]:
+        raise ValueError(f"unknown policies {unknown}; known: {', '.join(sorted(known))}")
+    return names
 
 
 # --- one run ---------------------------------------------------------------------------------------------
@@ -488,38 +673,49 @@ class Setup:
     processed_topic: str
 
 
-def set_up(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> Setup:
+def set_up(args: argparse.Namespace, backend: NodeBackend, work_dir: Path, policy: str) -> Setup:
     namespace = unique_name(f"{PREFIX}-seed")
     backend.kubectl("create", "namespace", namespace)
-    wait_for(lambda: backend.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0, 30,
-             "default service account")
-    backend.prepare_namespace(namespace)
     admin = AdminClient({"bootstrap.servers": backend.kafka_bootstrap})
-    name = unique_name(f"{PREFIX}-seed")
+    name = unique_name(f"{PREFIX}-seed-{policy}")
     topic, processed = f"{name}-in", f"{name}-processed"
-    for t in (topic, processed):
-        admin.create_topics([NewTopic(t, args.partitions, 1)])[t].result(timeout=60)
-    wait_for(lambda: all((m := admin.list_topics(t, timeout=10).topics.get(t)) is not None and m.error is None
-                         and len(m.partitions) == args.partitions for t in (topic, processed)), 30, "topics")
-    env = worker_env(bootstrap=backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=args.io_ms,
-                     extra={"LAGPILOT_HANDLER": SEED_HANDLER, "LAGPILOT_VALUE_DESERIALIZER": "bytes",
-                            "LAGPILOT_DEAD_LETTER": "false",
-                            "LAGPILOT_COMMIT_INTERVAL_SECONDS": str(args.commit_interval_seconds)})
-    ctx = RunContext(backend, namespace, name, topic, env, args, work_dir)
-    scaler = POLICIES[args.policy](ctx)
-    apps = client.AppsV1Api(backend.api)
+    scaler: ScalerRun | None = None
+    try:
+        wait_for(lambda: backend.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0,
+                 30, "default service account")
+        backend.prepare_namespace(namespace)
+        for t in (topic, processed):
+            admin.create_topics([NewTopic(t, args.partitions, 1)])[t].result(timeout=60)
+        wait_for(lambda: all((m := admin.list_topics(t, timeout=10).topics.get(t)) is not None and m.error is None
+                             and len(m.partitions) == args.partitions for t in (topic, processed)), 30, "topics")
+        env = worker_env(bootstrap=backend.pod_kafka_bootstrap, processed_topic=processed, cost_ms=args.io_ms,
+                         extra={"LAGPILOT_HANDLER": SEED_HANDLER, "LAGPILOT_VALUE_DESERIALIZER": "bytes",
+                                "LAGPILOT_DEAD_LETTER": "false",
+                                "LAGPILOT_COMMIT_INTERVAL_SECONDS": str(args.commit_interval_seconds)})
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(backend, namespace, name, topic, env, args, work_dir)
+        scaler = POLICIES[policy](ctx)
+        apps = client.AppsV1Api(backend.api)
 
-    def ready() -> bool:
-        deployment = scaler.watch.deployment_name
-        if deployment is None:
-            return False
-        status = apps.read_namespaced_deployment_status(deployment, namespace).status
-        return status is not None and bool(status.ready_replicas)
+        def ready() -> bool:
+            assert scaler is not None
+            deployment = scaler.watch.deployment_name
+            if deployment is None:
+                return False
+            status = apps.read_namespaced_deployment_status(deployment, namespace).status
+            return status is not None and bool(status.ready_replicas)
 
-    wait_for(ready, 120, "the first worker pod to be ready")
+        wait_for(ready, 120, "the first worker pod to be ready")
+    except BaseException:
+        # The shared stack keeps no half-made run: what was made so far goes.
+        if scaler is not None:
+            scaler.stop()
+        backend.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        admin.delete_topics([topic, processed])
+        raise
     latencies = Latencies()
     ledger = Ledger(backend.kafka_bootstrap, processed, id_of=latencies).start()
-    emit(event="run_ready", namespace=namespace, group=name, policy=args.policy)
+    emit(event="run_ready", namespace=namespace, group=name, policy=policy)
     return Setup(ctx, scaler, ledger, latencies, admin, processed)
 
 
@@ -565,13 +761,14 @@ def rate_between(points: Sequence[Mapping[str, Any]], key: str, start: float, en
     return float((window[-1][key] - window[0][key]) / (window[-1]["t"] - window[0]["t"]))
 
 
-def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> dict[str, Any]:
-    setup = set_up(args, backend, work_dir)
+def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path, policy: str) -> dict[str, Any]:
+    setup = set_up(args, backend, work_dir, policy)
     load = SeedLoadGenerator(backend.kafka_bootstrap, setup.ctx.topic,
                              steps([(args.base_seconds, args.base_rate), (args.high_seconds, args.rate)]),
                              messages=SeedMessages(), key_space=0)
     monitor = Monitor(lambda: load.sent, lambda: len(setup.latencies.first), setup.scaler.watch,
-                      client.CoreV1Api(backend.api), setup.ctx.namespace, broker_pid(backend))
+                      client.CoreV1Api(backend.api), setup.ctx.namespace, broker_pid(backend),
+                      default_pool=setup.scaler.pool)
     try:
         monitor.start()
         load.start()
@@ -591,8 +788,10 @@ def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> 
         machine = cores.pop("machine", 0.0)
         processes = summarize_cores(cores | {"machine": machine}, setup.ctx.name)
         high_latencies = setup.latencies.between(int((high_start + args.settle_seconds) * 1000), int(load_end * 1000))
+        capacity = capacity_timeline(monitor.points, start)
         summary: dict[str, Any] = {
-            "mode": "headline", "policy": args.policy, "profile": load.profile.description,
+            "mode": "headline", "policy": policy, "config": setup.scaler.config,
+            "profile": load.profile.description,
             "partitions": args.partitions, "message_bytes": MESSAGE_BYTES, "io_ms": args.io_ms,
             "target_time_lag": args.target_time_lag,
             "produced": result.produced, "planned": result.planned, "dropped_by_producer": result.dropped,
@@ -610,11 +809,15 @@ def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> 
             "cpu_cores_high_phase": {"machine_busy": machine, **processes,
                                      "per_pod": {k: v for k, v in cores.items() if k.startswith("pod/")}},
             "bottleneck": bottleneck(processes, machine, os.cpu_count() or 1),
-            "capacity_timeline": capacity_timeline(monitor.points, start),
+            "capacity_timeline": capacity,
+            # Over the produce window [start, producing stopped]: the Deployment's replicas, and x the pool.
+            **capacity_seconds(capacity, load_end - start),
             # What the operator decided and why (the group's status.lastDecision at each change).
             "decisions": setup.scaler.watch.decisions(start).splitlines(),
             "producer_lateness_s": result.lateness_summary(),
         }
+        if setup.scaler.hpa is not None:
+            summary["hpa_timeline"] = setup.scaler.hpa.timeline(start)
         emit(event="run_finished", **summary)
         return summary
     finally:
@@ -623,12 +826,13 @@ def headline(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> 
         tear_down(setup)
 
 
-def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> dict[str, Any]:
-    setup = set_up(args, backend, work_dir)
+def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path, policy: str) -> dict[str, Any]:
+    setup = set_up(args, backend, work_dir, policy)
     sent_before = 0
     current: list[LoadGenerator] = []
     monitor = Monitor(lambda: sent_before + (current[-1].sent if current else 0), lambda: len(setup.latencies.first),
-                      setup.scaler.watch, client.CoreV1Api(backend.api), setup.ctx.namespace, broker_pid(backend))
+                      setup.scaler.watch, client.CoreV1Api(backend.api), setup.ctx.namespace, broker_pid(backend),
+                      default_pool=setup.scaler.pool)
     state = RateSearch(args.search_start, args.rate, args.search_resolution)
     steps_done: list[dict[str, Any]] = []
     run_start = time.time()
@@ -660,13 +864,13 @@ def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> di
                     "p999_ms": round(quantile(latencies, 0.999) * 1000, 1),
                     "unprocessed": len(accounting.missing), "duplicates": accounting.duplicates,
                     "replicas": setup.scaler.watch.current_replicas,
-                    "pool": setup.scaler.watch.status.get("poolSize"),
+                    "pool": setup.scaler.watch.status.get("poolSize") or setup.scaler.pool,
                     "cpu_cores": {"machine_busy": machine, **processes,
                                   "per_pod": {k: v for k, v in cores.items() if k.startswith("pod/")}},
                     "bottleneck": bottleneck(processes, machine, os.cpu_count() or 1)}
             steps_done.append(step)
             emit(event="step_finished", **step)
-        summary = {"mode": "search", "policy": args.policy, "target_ms": args.target_ms,
+        summary = {"mode": "search", "policy": policy, "config": setup.scaler.config, "target_ms": args.target_ms,
                    "step_seconds": args.step_seconds, "judge_seconds": args.judge_seconds,
                    "max_sustained_rate": state.best, "lowest_failed_rate": min(state.failed, default=None),
                    "bottleneck_at_failure": next((s["bottleneck"] for s in steps_done if not s["passed"]), None),
@@ -685,8 +889,15 @@ def search(args: argparse.Namespace, backend: NodeBackend, work_dir: Path) -> di
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("headline", "search"), default="headline")
-    p.add_argument("--policy", choices=sorted(POLICIES), default="lagpilot",
-                   help="what scales the workers (the KEDA run plugs into POLICIES)")
+    p.add_argument("--policy", "--policies", dest="policy", default="lagpilot",
+                   help=f"what scales the workers, comma-separated, run one after another on the same load: "
+                        f"{', '.join(POLICIES)}")
+    p.add_argument("--keda-lag-per-slot", type=int, default=LAG_PER_SLOT,
+                   help="KEDA's lagThreshold is this x the pool (bench/real_keda.py keda_lag_threshold)")
+    p.add_argument("--stack-env", type=Path, default=None,
+                   help="use the stack these `export` lines describe (e.g. .stack/env) as it runs, "
+                        "instead of `hack/stack.py up`")
+    p.add_argument("--out", type=Path, default=None, help="also write the final JSON object here")
     p.add_argument("--quick", action="store_true",
                    help="headline: 60 s base, 120 s high; search: 60 s steps judged on the last 30 s")
     p.add_argument("--rate", type=float, default=12_000.0, help="the high phase's msg/s (search: the ceiling)")
@@ -726,20 +937,36 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, key, quick)
     if args.judge_seconds > args.step_seconds:
         p.error("--judge-seconds must be at most --step-seconds")
+    try:
+        policies = parse_policies(args.policy, POLICIES)
+    except ValueError as error:
+        p.error(str(error))
     work_dir = Path(tempfile.mkdtemp(prefix="lagpilot-seed-bench-"))
     started = time.time()
-    backend = NodeBackend.from_stack_up(work_dir)
-    emit(event="bench_started", config=vars(args) | {"keep_logs": str(args.keep_logs)})
+    backend = node_backend(args.stack_env, work_dir)
+    emit(event="bench_started", policies=policies,
+         config={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     backend.start()
+    run = headline if args.mode == "headline" else search
     try:
-        result = headline(args, backend, work_dir) if args.mode == "headline" else search(args, backend, work_dir)
+        results = run_in_order(policies, uses_keda, backend.stack_dir,
+                               lambda policy: run(args, backend, work_dir / policy, policy))
     finally:
         backend.stop()
         if args.keep_logs is not None:
             shutil.copytree(work_dir, args.keep_logs, dirs_exist_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
-    result["wall_seconds"] = round(time.time() - started)
-    print(json.dumps(result), flush=True)
+    runs = dict(zip(policies, results, strict=True))
+    final: dict[str, Any] = {"mode": args.mode, "policies": policies, "runs": runs}
+    if args.mode == "headline":
+        final["side_by_side"] = side_by_side(runs)
+        for summary in runs.values():
+            print(minute_table(summary) + "\n", file=sys.stderr, flush=True)
+        print(side_by_side_table(final["side_by_side"]), file=sys.stderr, flush=True)
+    final["wall_seconds"] = round(time.time() - started)
+    if args.out is not None:
+        args.out.write_text(json.dumps(final, indent=1) + "\n")
+    print(json.dumps(final), flush=True)
     return 0
 
 

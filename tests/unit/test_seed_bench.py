@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -161,3 +162,105 @@ def test_the_capacity_timeline_lists_changes_only(bench: ModuleType) -> None:
     points = [{"t": 100.0, "replicas": 1, "pool": 4}, {"t": 101.0, "replicas": 1, "pool": 4},
               {"t": 102.0, "replicas": 1, "pool": 16}, {"t": 103.0, "replicas": 3, "pool": 16}]
     assert bench.capacity_timeline(points, 100.0) == [[0.0, 1, 4], [2.0, 1, 16], [3.0, 3, 16]]
+
+
+# --- policies and runs side by side -------------------------------------------------------------------------
+
+
+def test_policies_are_parsed_in_the_order_given_once_each_and_unknown_ones_refused(bench: ModuleType) -> None:
+    known = ("lagpilot", "keda-pool-8")
+    assert bench.parse_policies("keda-pool-8, lagpilot,keda-pool-8", known) == ["keda-pool-8", "lagpilot"]
+    assert bench.parse_policies("lagpilot", known) == ["lagpilot"]
+    with pytest.raises(ValueError, match="keda-pool-4"):
+        bench.parse_policies("lagpilot,keda-pool-4", known)
+    with pytest.raises(ValueError):
+        bench.parse_policies(" , ", known)
+
+
+def test_the_policy_flag_takes_a_list_and_keda_pool_8_is_a_policy(bench: ModuleType) -> None:
+    args = bench.parser().parse_args(["--policy", "lagpilot,keda-pool-8", "--stack-env", "/tmp/env"])
+    assert bench.parse_policies(args.policy, bench.POLICIES) == ["lagpilot", "keda-pool-8"]
+    assert str(args.stack_env) == "/tmp/env"
+    assert bench.parser().parse_args([]).policy == "lagpilot"
+    assert [bench.uses_keda(p) for p in ("lagpilot", "keda-pool-8")] == [False, True]
+
+
+def test_keda_s_lag_threshold_is_loop_bench_s_lag_per_slot_times_the_fixed_pool(bench: ModuleType) -> None:
+    args = bench.parser().parse_args([])
+    assert bench.keda_lag_threshold(args.keda_lag_per_slot, 8) == 800
+
+
+def test_a_bad_policy_list_stops_the_bench_before_it_touches_the_stack(bench: ModuleType,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--policy", "lagpilot,keda"])
+    assert stopped.value.code == 2
+    assert "unknown policies ['keda']" in capsys.readouterr().err
+
+
+TIMELINE = [[0.0, 1, 8], [75.0, 2, 8], [90.0, 4, 8], [200.0, 1, 8]]
+
+
+def test_pod_and_slot_seconds_integrate_the_capacity_timeline_over_the_produce_window(bench: ModuleType) -> None:
+    seconds = bench.capacity_seconds(TIMELINE, 180.0)
+    assert seconds == {"pod_seconds": 75 * 1 + 15 * 2 + 90 * 4, "slot_seconds": (75 + 30 + 360) * 8}
+    # A timeline that begins just before the window, and a pool not published yet, count as what they are.
+    assert bench.capacity_seconds([[-0.5, 1, None], [10.0, 1, 4]], 20.0) == {"pod_seconds": 20.0,
+                                                                             "slot_seconds": 40.0}
+
+
+def test_capacity_in_a_minute_is_the_value_at_its_start_then_each_change_within_it(bench: ModuleType) -> None:
+    assert bench.capacity_in_minute(TIMELINE, 0) == "1x8"
+    assert bench.capacity_in_minute(TIMELINE, 1) == "1x8→2x8→4x8"
+    assert bench.capacity_in_minute(TIMELINE, 2) == "4x8"
+    assert bench.capacity_in_minute(TIMELINE, 3) == "4x8→1x8"
+    assert bench.capacity_in_minute([[5.0, 1, 4]], 0) == "1x4"
+    assert bench.capacity_in_minute([], 0) == "?"
+
+
+def headline_run(policy: str, minutes: list[tuple[int, float]], timeline: list[list[Any]], **totals: Any,
+                 ) -> dict[str, Any]:
+    return {"policy": policy, "profile": "steps", "capacity_timeline": timeline,
+            "latency_per_minute": [{"minute": m, "messages": 100, "p50_ms": p99 / 10, "p99_ms": p99,
+                                    "p999_ms": p99 * 2, "max_ms": p99 * 3} for m, p99 in minutes],
+            **{key: None for key in ("produced", "lost", "duplicates", "backlog_when_producing_stopped",
+                                     "seconds_to_drain_after_producing_stopped", "committed_lag_at_end",
+                                     "high_phase_p99_ms", "minutes_over_target", "goal_met")},
+            **totals}
+
+
+def test_side_by_side_puts_each_runs_minutes_and_totals_next_to_the_others(bench: ModuleType) -> None:
+    runs = {"lagpilot": headline_run("lagpilot", [(0, 150.0), (1, 9650.0), (2, 120.0)], [[0.0, 1, 4], [85.0, 1, 8]],
+                                     pod_seconds=180.0, lost=0, duplicates=0, backlog_when_producing_stopped=45,
+                                     goal_met=False, minutes_over_target=[1]),
+            "keda-pool-8": headline_run("keda-pool-8", [(0, 110.0), (2, 300.0)], [[0.0, 1, 8], [100.0, 2, 8]],
+                                        pod_seconds=260.0, lost=0, duplicates=3, backlog_when_producing_stopped=0,
+                                        goal_met=False, minutes_over_target=[2])}
+    side = bench.side_by_side(runs)
+    assert side["policies"] == ["lagpilot", "keda-pool-8"]
+    assert [entry["minute"] for entry in side["minutes"]] == [0, 1, 2]
+    minute_1 = side["minutes"][1]
+    assert minute_1["lagpilot"] == {"messages": 100, "p50_ms": 965.0, "p99_ms": 9650.0, "p999_ms": 19300.0,
+                                    "capacity": "1x4→1x8"}
+    assert minute_1["keda-pool-8"] is None          # no message of that minute processed in that run
+    assert side["minutes"][2]["keda-pool-8"]["capacity"] == "2x8"
+    assert side["totals"]["lagpilot"]["pod_seconds"] == 180.0
+    assert side["totals"]["keda-pool-8"]["duplicates"] == 3
+    assert side["totals"]["keda-pool-8"]["minutes_over_target"] == [2]
+
+    text = bench.side_by_side_table(side)
+    lines = text.splitlines()
+    assert lines[0] == ("| minute | lagpilot p50 / p99 / p99.9 ms | lagpilot replicas x pool "
+                        "| keda-pool-8 p50 / p99 / p99.9 ms | keda-pool-8 replicas x pool |")
+    assert "| 1 | 965 / 9,650 / 19,300 | 1x4→1x8 | - | - |" in lines
+    assert "| pod_seconds | 180 | 260 |" in lines
+    assert "| goal_met | no | no |" in lines
+    assert "| minutes_over_target | 1 | 2 |" in lines
+
+
+def test_a_runs_minute_table_lists_its_rows_with_the_capacity_of_each_minute(bench: ModuleType) -> None:
+    run = headline_run("keda-pool-8", [(0, 12.5), (1, 480.0)], [[0.0, 1, 8], [70.0, 2, 8]])
+    lines = bench.minute_table(run).splitlines()
+    assert lines[0] == "keda-pool-8: steps"
+    assert lines[3:] == ["| 0 | 100 | 1.2 | 12.5 | 25 | 37.5 | 1x8 |",
+                         "| 1 | 100 | 48 | 480 | 960 | 1,440 | 1x8→2x8 |"]
