@@ -165,13 +165,16 @@ def test_a_second_checkout_s_stack_refuses_to_start_next_to_the_running_node(
 
 
 def _pids_named(name: str) -> list[int]:
-    found = []
+    """The processes whose program is `name`, without their forked children that have not exec'd yet (a
+    kubelet forks for its mounts and probes: such a child shows the kubelet's command line for a moment)."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 if Path((entry / "cmdline").read_bytes().split(b"\0")[0].decode()).name == name:
-                    found.append(int(entry.name))
-    return sorted(found)
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return sorted(pid for pid, parent in parents.items() if parent not in parents)
 
 
 def test_missing_java_names_the_fix(tmp_path: Path) -> None:
