@@ -185,8 +185,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                      now: float, fence: Fence | None = None) -> dict[str, Any]:
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
-    previous: dict[str, Any] = dict(body.get("status") or {})
-    conditions = _parse_conditions(state, _conditions(body))
+    previous = writes.stored_status(body.get("status") or {}, state.written)
+    conditions = _parse_conditions(state, list(previous.get("conditions") or []))
 
     def condition(kind: str, ok: bool | None, reason: str, message: str) -> None:
         nonlocal conditions

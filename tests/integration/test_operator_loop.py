@@ -160,7 +160,8 @@ def test_backlog_scales_up_within_partitions_then_down_to_min(stack: Any, namesp
     # operator's start-up alone varied by seconds.)
     replica_steps = [e["message"] for e in json.loads(events)["items"]
                      if e["reason"] == "ScaledUp" and "replicas" in e["message"]]
-    assert replica_steps and all(m.startswith("scale up 1→6 replicas") for m in replica_steps), replica_steps
+    assert replica_steps and all(m.startswith("scale up 1→6 replicas") for m in replica_steps), \
+        "\n".join(replica_steps)  # whole: pytest's repr of the list cuts long messages in the middle
 
     # Never above the partition count, however long the backlog stays.
     for _ in range(3):

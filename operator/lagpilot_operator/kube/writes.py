@@ -158,6 +158,19 @@ def resume_memory(persisted: PolicyMemory, now: float, refresh_seconds: float = 
     return replace(persisted, recommendations=recs, last_time=latest, trend=())
 
 
+def stored_status(watched: Mapping[str, Any], written: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The status as the API server holds it, for the next reconcile to start from: the resource's copy
+    from the watch (kopf's body), with this process's last successful write over it.
+
+    The watch delivers our own write a moment later, and under load more than a poll later: started from
+    the watched copy alone, a reconcile took the pool it had just published for the one before it and
+    published the same change again (a second "pool 1→2" Event in a test run). Only the operator writes
+    the status, and the shard's holder alone while it holds the shard (its state is dropped with the
+    term), so its last write is never older than what it watches. Written fields replace the watched
+    ones whole: each write is the whole status, or the conditions alone after an unexpected error."""
+    return {**watched, **(written or {})}
+
+
 def status_write_reason(written: Mapping[str, Any] | None, written_at: float | None, new: Mapping[str, Any],
                         now: float, refresh_seconds: float = REFRESH_SECONDS) -> str | None:
     """Why `new` must be written given the status last written at `written_at` (None: skip this poll)."""

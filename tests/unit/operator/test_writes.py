@@ -20,6 +20,7 @@ from lagpilot_operator.kube.writes import (
     memory_refresh_only,
     resume_memory,
     status_write_reason,
+    stored_status,
     wording,
 )
 
@@ -210,3 +211,14 @@ def test_the_same_event_is_posted_once() -> None:
     assert not events.admit("Normal", "ScaledUp", "t-0")
 
 
+
+
+def test_the_next_reconcile_starts_from_the_last_write_when_the_watch_has_not_delivered_it() -> None:
+    watched = status(poolSize=1, currentReplicas=1, desiredReplicas=1)
+    written = status(poolSize=2, currentReplicas=6, desiredReplicas=6)
+    assert stored_status(watched, written) == written
+    assert stored_status(watched, None) == watched  # nothing written by this process yet (a restart)
+    # After an unexpected error only the conditions were written: the rest is as the watch has it.
+    errored = {"conditions": [{"type": "Ready", "status": "False", "reason": "ReconcileError"}]}
+    merged = stored_status(watched, errored)
+    assert merged["conditions"] == errored["conditions"] and merged["poolSize"] == 1
