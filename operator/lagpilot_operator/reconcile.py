@@ -89,6 +89,8 @@ class ResourceState:
     written_at: float | None = None
     events: writes.EventMemory = field(default_factory=writes.EventMemory)
     """The last Event per subject, so the same news is not posted twice."""
+    published_pool: int | None = None
+    """The pool this process last published to the workers' ConfigMap (`scale_apply.current_pool`)."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.WORKER_CONFIG_MISMATCH, {"True": True, "False": False}.get(found.status), found.reason,
                   found.message)
     current_replicas = target.spec_replicas if target else int(previous.get("currentReplicas") or 0)
-    current_pool = int(previous.get("poolSize") or spec.pool.initial)
+    current_pool = scale_apply.current_pool(previous, state.published_pool, spec.pool.initial)
 
     # 2. Lag.
     settings: dict[str, str] | None = None
@@ -279,6 +281,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         _check(fence)
         try:
             await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+            state.published_pool = pool
         except ApiException as exc:
             refusal = refusal or scale_apply.refusal(
                 f"publishing pool size {pool} in ConfigMap {namespace}/{pool_configmap_name(name)}", exc.status,
