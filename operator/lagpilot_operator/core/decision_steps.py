@@ -265,7 +265,8 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     late: behind.Late | None = None
     if ctx.config.mode == "drainTime" and not observation.lag_only:  # lagThreshold keeps KEDA's meaning
         late_run = _next_late_run(ctx, lag, consumers)
-        late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=COMMITTED_TIME_LAG_FLOOR_SECONDS)
+        late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=COMMITTED_TIME_LAG_FLOOR_SECONDS,
+                           backlog=2 * busy_now)
         growth, growth_notes = _read_growth(ctx, lag, consumers, late=late)
         slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
         notes = (*notes, *growth_notes)

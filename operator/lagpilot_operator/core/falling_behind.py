@@ -180,11 +180,12 @@ def next_late_run(run: LateRun | None, *, now: float, time_lag: float, lag: int,
     return replace(run, last_time_lag=time_lag, polls=run.polls + 1)
 
 
-def late(run: LateRun | None, *, now: float, lag: int, noise_seconds: float) -> Late | None:
+def late(run: LateRun | None, *, now: float, lag: int, noise_seconds: float, backlog: int) -> Late | None:
     """The run's reading when it says the group falls behind its time-lag target: at least
-    FALLING_BEHIND_POLLS polls of growth, the lag larger than at the run's start, and the time lag grown by
-    more than `noise_seconds` (what commit timing alone moves it by: a deficit, not the commit sawtooth)."""
-    if run is None or run.polls < FALLING_BEHIND_POLLS or lag <= run.lag:
+    FALLING_BEHIND_POLLS polls of growth, the lag larger than at the run's start and than `backlog` (work
+    waiting, not just in the slots: the growth span's bar), and the time lag grown by more than
+    `noise_seconds` (what commit timing alone moves it by: a deficit, not the commit sawtooth)."""
+    if run is None or run.polls < FALLING_BEHIND_POLLS or lag <= max(run.lag, backlog):
         return None
     seconds = now - run.start
     if seconds <= 0 or run.last_time_lag - run.time_lag <= noise_seconds:
