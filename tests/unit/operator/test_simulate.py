@@ -393,8 +393,9 @@ def test_the_seed_step_gets_capacity_before_the_saturation_bar() -> None:
     """The seed benchmark's shape in the simulator: 100 -> 300 msg/s on 32 partitions, a Pod that gets 0.14
     cores for 0.5 ms of CPU per message (280 msg/s whatever its pool: 7 % short), 1 s commits. The deficit is
     inside the falling-behind rule's 10 % band and 10 s of consumption takes 140 s to build: the group was
-    held at 1 x 4 until the trend rule saw it at 162.5 s. Late (the time lag grew past the floor at each of 3 polls, with the lag), it
-    grows 28 s after the step, and the CPU-bound pool sends the rest to a second pod."""
+    held at 1 x 4 until the trend rule saw it at 162.5 s. Late (the time lag grew past the floor at each of
+    3 polls, with the lag), it grows 28 s after the step, and the CPU-bound pool sends the rest to a second
+    pod."""
     config = PolicyConfig.from_spec({"replicas": {"min": 1, "max": 8}, "pool": {"min": 1, "max": 64, "initial": 4},
                                      "policy": {"drainTime": {"targetTimeLag": "200ms"}}})
     model = WorldModel(partitions=32, message_cost_seconds=0.0025, cpu_seconds=0.0005, pod_cpu=0.14,
