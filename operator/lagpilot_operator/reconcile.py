@@ -257,7 +257,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
             observation = Observation.from_history(state.history, current_replicas=current_replicas,
                                                    current_pool=current_pool, verdicts=verdicts,
                                                    time_lags=time_lags,
-                                                   ready_replicas=target.ready_replicas if target else None)
+                                                   ready_replicas=target.ready_replicas if target else None,
+                                                   commit_interval_seconds=worker_config.declared_commit_interval(
+                                                       target.containers) if target else None)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
                                       partitions=len(sample.partitions), lag_only=True)

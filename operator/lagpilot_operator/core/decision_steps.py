@@ -58,6 +58,9 @@ MAX_SLOTS = 1_000_000  # far above any pool.max x replicas.max; keeps arithmetic
 # read 0.3-1.8 s with every message done in 10-15 ms). A time-lag target below this floor is held at the floor:
 # a time lag within it counts as on target, and a backlog above it drains in the floor's time, not the
 # target's (draining one commit interval's lag in 200 ms asks for 5x the produce rate, for messages already done).
+# A worker that declares a longer commit interval (`Observation.commit_interval_seconds`) raises the floor to it;
+# a shorter one does not lower it (with 100 ms commits the bench still read 0.3-1.8 s: the operator's 5 s polls
+# date offsets by interpolation, and fetches come in batches).
 COMMITTED_TIME_LAG_FLOOR_SECONDS = 1.0
 
 Notes = tuple[str, ...]
@@ -265,7 +268,7 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     late: behind.Late | None = None
     if ctx.config.mode == "drainTime" and not observation.lag_only:  # lagThreshold keeps KEDA's meaning
         late_run = _next_late_run(ctx, lag, consumers)
-        late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=COMMITTED_TIME_LAG_FLOOR_SECONDS,
+        late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=committed_time_lag_floor(ctx),
                            backlog=2 * busy_now)
         growth, growth_notes = _read_growth(ctx, lag, consumers, late=late)
         slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
@@ -280,16 +283,22 @@ def group_time_lag(ctx: DecisionContext, lag: LagView) -> float:
     return max((v for k, v in ctx.observation.time_lags.items() if k not in lag.stuck), default=0.0)
 
 
-def held_time_lag_target(config: PolicyConfig) -> float | None:
+def committed_time_lag_floor(ctx: DecisionContext) -> float:
+    """How far behind committed offsets show a group that keeps up: COMMITTED_TIME_LAG_FLOOR_SECONDS, or the
+    workers' declared commit interval when longer."""
+    return max(COMMITTED_TIME_LAG_FLOOR_SECONDS, ctx.observation.commit_interval_seconds or 0.0)
+
+
+def held_time_lag_target(ctx: DecisionContext) -> float | None:
     """The time-lag target the policy can hold: the configured one, or the committed-offset floor when that is
-    higher (COMMITTED_TIME_LAG_FLOOR_SECONDS). None without a target."""
-    target = config.drain_time.target_time_lag_seconds
-    return None if target is None else max(target, COMMITTED_TIME_LAG_FLOOR_SECONDS)
+    higher (`committed_time_lag_floor`). None without a target."""
+    target = ctx.config.drain_time.target_time_lag_seconds
+    return None if target is None else max(target, committed_time_lag_floor(ctx))
 
 
 def _next_late_run(ctx: DecisionContext, lag: LagView, consumers: int) -> behind.LateRun | None:
     """The late run after this poll: only with a time-lag target, and only at a settled shape."""
-    target = held_time_lag_target(ctx.config)
+    target = held_time_lag_target(ctx)
     if target is None:
         return None
     time_lag = group_time_lag(ctx, lag)
@@ -578,7 +587,7 @@ def _drain_seconds(ctx: DecisionContext, lag: LagView) -> tuple[float, Notes]:
     lag is above it. A target below the committed-offset floor is held at the floor, and says so."""
     settings = ctx.config.drain_time
     drain_seconds = float(settings.target_drain_seconds)
-    target, held = settings.target_time_lag_seconds, held_time_lag_target(ctx.config)
+    target, held = settings.target_time_lag_seconds, held_time_lag_target(ctx)
     if target is None or held is None:
         return drain_seconds, ()
     time_lag = group_time_lag(ctx, lag)

@@ -31,8 +31,9 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
      where T = targetDrainSeconds, or the time-lag target (targetTimeLag, e.g. 200ms, or
      targetTimeLagSeconds) when the group's time lag exceeds it. The time lag dates the oldest
      *uncommitted* message, so a group that keeps up reads up to about a commit interval behind: a
-     target below `COMMITTED_TIME_LAG_FLOOR_SECONDS` (1 s) is held at that floor (a time lag within
-     it counts as on target; above it the backlog drains in the floor's time, not in 200 ms),
+     target below `COMMITTED_TIME_LAG_FLOOR_SECONDS` (1 s, or the workers' declared commit interval
+     when longer) is held at that floor (a time lag within it counts as on target; above it the
+     backlog drains in the floor's time, not in 200 ms),
      and μ is the per-slot throughput (msg/s per slot):
        - measured as consume rate ÷ busy slots once every slot has been busy for a whole consume-rate
          window at unchanged busy slots: the group was saturated (backlog larger than
@@ -338,6 +339,7 @@ class Observation:
     consecutive_failures: int = 0             # lag reads failed in a row (0 when sample is set)
     ready_replicas: int | None = None         # pods ready; used when the sample has no member count
     lag_only: bool = False                    # the source gives lag, not offsets (Prometheus): no rates ever
+    commit_interval_seconds: float | None = None  # the workers' declared commit interval (None: their default)
 
     @classmethod
     def from_history(
@@ -351,6 +353,7 @@ class Observation:
         ready_replicas: int | None = None,
         produce_window_seconds: float = DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
         consume_window_seconds: float = DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
+        commit_interval_seconds: float | None = None,
     ) -> Observation:
         """Observation of a successful read: the history's newest sample is this poll's sample."""
         sample = history.latest
@@ -365,6 +368,7 @@ class Observation:
             verdicts=dict(verdicts or {}),
             time_lags=dict(time_lags or {}),
             ready_replicas=ready_replicas,
+            commit_interval_seconds=commit_interval_seconds,
         )
 
 

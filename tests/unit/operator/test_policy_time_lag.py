@@ -188,3 +188,21 @@ def test_a_small_deficit_is_late_once_the_time_lag_grew_past_the_floor() -> None
 def test_the_late_run_round_trips_through_status(run: behind.LateRun | None) -> None:
     memory = replace(PolicyMemory(last_time=5.0), late=run)
     assert PolicyMemory.from_dict(json.loads(json.dumps(memory.to_dict()))) == memory
+
+
+def test_a_worker_that_commits_every_5_s_raises_the_floor_to_5_s() -> None:
+    # The operator reads the workers' declared commit interval (worker_config.declared_commit_interval): with
+    # 5 s commits a 3 s time lag is commit lag, on target; 7 s is not, and the backlog drains in 5 s.
+    memory = PolicyMemory(last_time=1_000.0, slot_rate=75.0)
+    observation = replace(seed_observation(100.0, 300, 300.0, 75.0, 3.0, replicas=1, pool=8),
+                          commit_interval_seconds=5.0)
+    on_target = decide(SEED, observation, memory, 1_005.0)
+    assert "time lag 3 s is within the 5 s committed offsets can show: target 200 ms counts as met" \
+        in on_target.reason
+    late = decide(SEED, replace(observation, time_lags={("seed", 0): 7.0}), memory, 1_005.0)
+    assert "time lag 7 s > target 200 ms (held at the 5 s committed offsets can show)" in late.reason
+    assert late.needed_rate == pytest.approx(300 * 1.2 + 300 / 5)
+    # A shorter interval does not lower the floor below 1 s.
+    short = decide(SEED, replace(observation, commit_interval_seconds=0.1, time_lags={("seed", 0): 0.8}), memory,
+                   1_005.0)
+    assert "time lag 800 ms is within the 1 s committed offsets can show" in short.reason
