@@ -15,6 +15,9 @@ ENV_DEAD_LETTER = "LAGPILOT_DEAD_LETTER"
 ENV_DLQ_TOPIC = "LAGPILOT_DLQ_TOPIC"
 ENV_RETRY_DELAYS = "LAGPILOT_RETRY_DELAYS"
 ENV_SHARE_GROUP = "LAGPILOT_SHARE_GROUP"  # "true": consume as a member of a share group (KIP-932)
+# Seconds between the worker's commits (default 1): the operator reads it to know how far behind committed
+# offsets show a group that keeps up (the policy's committed-offset floor for a time-lag target).
+ENV_COMMIT_INTERVAL = "LAGPILOT_COMMIT_INTERVAL_SECONDS"
 KAFKA_ENV_PREFIX = "LAGPILOT_KAFKA_"
 
 # The worker's command-line flags for the same three values (flags win over env).
@@ -22,6 +25,7 @@ FLAG_BOOTSTRAP_SERVERS = "--bootstrap-servers"
 FLAG_GROUP_ID = "--group"
 FLAG_TOPIC = "--topic"
 FLAG_SHARE_GROUP = "--share-group"  # a switch: present means a share group
+FLAG_COMMIT_INTERVAL = "--commit-interval"
 
 
 def kafka_setting_env(setting: str) -> str:

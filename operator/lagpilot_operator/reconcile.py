@@ -103,6 +103,8 @@ class ResourceState:
     parsed_spec: ParsedSpec | None = None
     parsed_conditions: tuple[list[Any], list[Condition]] | None = None
     """The status's conditions as last parsed: their plain copy and the models."""
+    published_pool: int | None = None
+    """The pool this process last published to the workers' ConfigMap (`scale_apply.current_pool`)."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.WORKER_CONFIG_MISMATCH, {"True": True, "False": False}.get(found.status), found.reason,
                   found.message)
     current_replicas = target.spec_replicas if target else int(previous.get("currentReplicas") or 0)
-    current_pool = int(previous.get("poolSize") or spec.pool.initial)
+    current_pool = scale_apply.current_pool(previous, state.published_pool, spec.pool.initial)
 
     # 2. Lag.
     settings: dict[str, str] | None = None
@@ -269,7 +271,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
             observation = Observation.from_history(state.history, current_replicas=current_replicas,
                                                    current_pool=current_pool, verdicts=verdicts,
                                                    time_lags=time_lags,
-                                                   ready_replicas=target.ready_replicas if target else None)
+                                                   ready_replicas=target.ready_replicas if target else None,
+                                                   commit_interval_seconds=worker_config.declared_commit_interval(
+                                                       target.containers) if target else None)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
                                       partitions=len(sample.partitions), lag_only=True)
@@ -293,6 +297,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         _check(fence)
         try:
             await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+            state.published_pool = pool
         except ApiException as exc:
             refusal = refusal or scale_apply.refusal(
                 f"publishing pool size {pool} in ConfigMap {namespace}/{pool_configmap_name(name)}", exc.status,

@@ -151,8 +151,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="in-flight window: records fetched and not covered by a commit the broker acknowledged; "
                         "default max(10000, 100 x pool) "
                         "[LAGPILOT_MAX_UNCOMMITTED]")
-    p.add_argument("--commit-interval", type=float, default=float(e("LAGPILOT_COMMIT_INTERVAL_SECONDS", 1.0)),
-                   help="seconds between commits [LAGPILOT_COMMIT_INTERVAL_SECONDS]")
+    p.add_argument(env_contract.FLAG_COMMIT_INTERVAL, type=float,
+                   default=float(e(env_contract.ENV_COMMIT_INTERVAL, 1.0)),
+                   help=f"seconds between commits [{env_contract.ENV_COMMIT_INTERVAL}]")
     p.add_argument("--offset-metadata-max-bytes", type=int,
                    default=int(e("LAGPILOT_OFFSET_METADATA_MAX_BYTES", 4096)),
                    help="longest offset map in a commit's metadata: the broker's offset.metadata.max.bytes; "

@@ -53,6 +53,15 @@ MIN_RATE = 1e-3  # msg/s; below this a consume rate says nothing about per-slot 
 # read for a poll (falling_behind.py) before it grows again, so a CPU-bound pod is seen before pool.max.
 FREE_POOL_GROWTH = 4
 MAX_SLOTS = 1_000_000  # far above any pool.max x replicas.max; keeps arithmetic finite
+# The time lag the operator reads dates the oldest *uncommitted* message, so a group that keeps up still reads
+# up to about one commit interval behind (the Lagpilot worker commits every 1 s by default; the seed benchmark
+# read 0.3-1.8 s with every message done in 10-15 ms). A time-lag target below this floor is held at the floor:
+# a time lag within it counts as on target, and a backlog above it drains in the floor's time, not the
+# target's (draining one commit interval's lag in 200 ms asks for 5x the produce rate, for messages already done).
+# A worker that declares a longer commit interval (`Observation.commit_interval_seconds`) raises the floor to it;
+# a shorter one does not lower it (with 100 ms commits the bench still read 0.3-1.8 s: the operator's 5 s polls
+# date offsets by interpolation, and fetches come in batches).
+COMMITTED_TIME_LAG_FLOOR_SECONDS = 1.0
 
 Notes = tuple[str, ...]
 
@@ -200,6 +209,8 @@ class Throughput:
     floor: float | None                        # lower bound on the per-slot rate, as of now
     notes: Notes = ()
     growth: Growth | None = None               # the lag's growth span and what it says (falling_behind.py)
+    late_run: behind.LateRun | None = None     # the time lag's growth above its target (falling_behind.py)
+    late: behind.Late | None = None            # set when that run says the group falls behind its target
 
     @property
     def falling_behind(self) -> bool:
@@ -253,13 +264,48 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     slot_rate, floor = _per_slot_rate(memory, now, consume, busy_max=busy_max, busy_now=busy_now,
                                       every_slot_busy=every_slot_busy)
     growth: Growth | None = None
+    late_run: behind.LateRun | None = None
+    late: behind.Late | None = None
     if ctx.config.mode == "drainTime" and not observation.lag_only:  # lagThreshold keeps KEDA's meaning
-        growth, growth_notes = _read_growth(ctx, lag, consumers)
+        late_run = _next_late_run(ctx, lag, consumers)
+        late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=committed_time_lag_floor(ctx),
+                           backlog=2 * busy_now)
+        growth, growth_notes = _read_growth(ctx, lag, consumers, late=late)
         slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
         notes = (*notes, *growth_notes)
     return Throughput(consumers=consumers, busy=tuple(busy), saturated=saturated, saturated_since=saturated_since,
                       trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor,
-                      notes=notes, growth=growth)
+                      notes=notes, growth=growth, late_run=late_run, late=late)
+
+
+def group_time_lag(ctx: DecisionContext, lag: LagView) -> float:
+    """The largest time lag of the partitions more workers can drain (stuck ones are the verdicts' to report)."""
+    return max((v for k, v in ctx.observation.time_lags.items() if k not in lag.stuck), default=0.0)
+
+
+def committed_time_lag_floor(ctx: DecisionContext) -> float:
+    """How far behind committed offsets show a group that keeps up: COMMITTED_TIME_LAG_FLOOR_SECONDS, or the
+    workers' declared commit interval when longer."""
+    return max(COMMITTED_TIME_LAG_FLOOR_SECONDS, ctx.observation.commit_interval_seconds or 0.0)
+
+
+def held_time_lag_target(ctx: DecisionContext) -> float | None:
+    """The time-lag target the policy can hold: the configured one, or the committed-offset floor when that is
+    higher (`committed_time_lag_floor`). None without a target."""
+    target = ctx.config.drain_time.target_time_lag_seconds
+    return None if target is None else max(target, committed_time_lag_floor(ctx))
+
+
+def _next_late_run(ctx: DecisionContext, lag: LagView, consumers: int) -> behind.LateRun | None:
+    """The late run after this poll: only with a time-lag target, and only at a settled shape."""
+    target = held_time_lag_target(ctx)
+    if target is None:
+        return None
+    time_lag = group_time_lag(ctx, lag)
+    settled = consumers >= ctx.expected_consumers and ctx.memory.last_members == consumers
+    return behind.next_late_run(ctx.memory.late, now=ctx.now, time_lag=time_lag, lag=lag.effective,
+                                above=time_lag > target, settled=settled, consumers=consumers,
+                                pool=ctx.current_pool)
 
 
 def drained_total(ctx: DecisionContext, lag: LagView) -> int:
@@ -268,11 +314,15 @@ def drained_total(ctx: DecisionContext, lag: LagView) -> int:
                if p.committed is not None and p.key not in lag.stuck)
 
 
-def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int) -> tuple[Growth, Notes]:
+def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
+                 late: behind.Late | None) -> tuple[Growth, Notes]:
     """The growth span after this poll, and the falling-behind and CPU-bound rules' readings of it.
 
     The span only runs at a settled shape: every consumer joined, none joined or left since the last
-    poll (a rebalance's pause grows the lag and says nothing about capacity).
+    poll (a rebalance's pause grows the lag and says nothing about capacity). A reading is capacity-limited
+    when the lag grew by more than the tolerance band of what was drained, or when the group is `late` (its
+    time lag grew past what commits alone can move it, with the lag): a deficit within the band is then
+    real, and what the slots drained is what they can drain.
     """
     memory, now, pool = ctx.memory, ctx.now, ctx.current_pool
     settled = consumers >= ctx.expected_consumers and memory.last_members == consumers
@@ -283,7 +333,8 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int) -> tuple[Gr
                             consumers=consumers, pool=pool)
     reading = behind.read(span, now=now, drained=drained, lag=lag.effective)
     tolerance = ctx.config.tolerance_percent
-    limited = reading if reading is not None and reading.capacity_limited(tolerance) else None
+    in_band = reading is not None and not reading.capacity_limited(tolerance)
+    limited = reading if reading is not None and (late is not None or not in_band) else None
     pod_rate, ceiling = memory.pod_rate, memory.pool_ceiling
     notes: Notes = ()
     observed: float | None = None  # msg/s per slot this poll's reading says, when it overrules the estimate
@@ -301,7 +352,9 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int) -> tuple[Gr
     falling = limited if limited is not None and limited.polls >= behind.FALLING_BEHIND_POLLS else None
     if falling is not None:
         notes = (*notes, f"falling behind: lag grew at each of {falling.polls} polls over {falling.seconds:,.0f} s "
-                         f"at this shape, draining {_rate(falling.rate)} of {_rate(falling.arrival)} msg/s arriving")
+                         f"at this shape, draining {_rate(falling.rate)} of {_rate(falling.arrival)} msg/s arriving"
+                         + (f" (within the {tolerance}% band, but {_late_words(late)})"
+                            if in_band and late is not None else ""))
         if observed is None:
             observed = falling.rate / (consumers * pool)
     # Growth beyond the pool last read (or, before any reading, beyond FREE_POOL_GROWTH x pool.initial)
@@ -451,13 +504,7 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
     growth = throughput.growth
     if growth is not None and growth.behind is not None:
         produce = max(produce, growth.behind.arrival)  # the produce window may still average in a lower rate
-    drain_seconds = float(settings.target_drain_seconds)
-    target_lag = settings.target_time_lag_seconds
-    time_lag = max((v for k, v in observation.time_lags.items() if k not in lag.stuck), default=0.0)
-    notes: Notes = ()
-    if target_lag is not None and time_lag > target_lag and target_lag < drain_seconds:
-        drain_seconds = float(target_lag)
-        notes = (f"time lag {_seconds(time_lag)} > target {_seconds(target_lag)}",)
+    drain_seconds, notes = _drain_seconds(ctx, lag)
     headroom = 1 + settings.headroom_percent / 100
     effective = lag.effective
     needed = produce * headroom + effective / drain_seconds
@@ -486,9 +533,14 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
     # Nothing measured yet: act on the lag's direction, bounded by what the lower bound proves.
     floor = throughput.floor
     bound_slots = slots_at(floor) if floor else None
-    if throughput.saturated:
+    late = throughput.late
+    if throughput.saturated or late is not None:
+        # Saturated, or late: a time lag above its target grew at every poll with the lag (the saturation bar,
+        # 10 s of consumption, takes a small deficit minutes to cross while messages wait ever longer).
         memory = ctx.memory
-        growing = memory.last_lag is None or effective > memory.last_lag
+        lag_grew = throughput.saturated and (memory.last_lag is None or effective > memory.last_lag)
+        growing = lag_grew or late is not None
+        trend = f"lag {effective:,} msgs growing" if lag_grew or late is None else _late_words(late)
         expected = ctx.expected_consumers
         consumers = throughput.consumers
         settled = consumers >= expected and memory.last_members in (None, consumers)
@@ -509,11 +561,11 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
             # needed: doubling past it only overshoots and steps back down a window later. (A bound
             # that asks for no more than the capacity has is stale: the lag says otherwise.)
             if bound_slots is not None and capacity < bound_slots < doubled:
-                return made(bound_slots, f"lag {effective:,} msgs growing, per-slot throughput "
+                return made(bound_slots, f"{trend}, per-slot throughput "
                                          f"not measured yet: {demand} needs at most {bound_slots:,} slots at "
                                          f"≥ {_rate(cast(float, floor))} msg/s/slot {drain}", floor)
             slots = max(doubled, bound_slots or 0)
-            return made(slots, f"lag {effective:,} msgs growing, per-slot throughput not measured "
+            return made(slots, f"{trend}, per-slot throughput not measured "
                                f"yet: at least doubling {capacity:,}→{slots:,} slots", floor)
         # Draining: keep what works until the drain itself measures the per-slot throughput.
         return made(capacity, f"lag {effective:,} msgs shrinking, per-slot throughput not measured "
@@ -528,6 +580,30 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
                            f"msg/s/slot {drain}", floor)
     slots = capacity if capacity > 0 else ctx.config.pool.initial
     return made(slots, f"{demand}, per-slot throughput not measured yet: keeping {slots:,} slots", None)
+
+
+def _drain_seconds(ctx: DecisionContext, lag: LagView) -> tuple[float, Notes]:
+    """The time the backlog is to drain in: targetDrainSeconds, or the held time-lag target while the time
+    lag is above it. A target below the committed-offset floor is held at the floor, and says so."""
+    settings = ctx.config.drain_time
+    drain_seconds = float(settings.target_drain_seconds)
+    target, held = settings.target_time_lag_seconds, held_time_lag_target(ctx)
+    if target is None or held is None:
+        return drain_seconds, ()
+    time_lag = group_time_lag(ctx, lag)
+    if time_lag > held and held < drain_seconds:
+        floor_words = f" (held at the {_seconds(held)} committed offsets can show)" if held > target else ""
+        return held, (f"time lag {_seconds(time_lag)} > target {_seconds(target)}{floor_words}",)
+    if target < time_lag <= held:
+        return drain_seconds, (f"time lag {_seconds(time_lag)} is within the {_seconds(held)} committed offsets "
+                               f"can show: target {_seconds(target)} counts as met",)
+    return drain_seconds, ()
+
+
+def _late_words(late: behind.Late) -> str:
+    return (f"time lag grew at each of {late.polls} polls over {late.seconds:,.0f} s at this shape, "
+            f"{_seconds(late.time_lag_from)} → {_seconds(late.time_lag_to)}, with the lag "
+            f"{late.lag_from:,} → {late.lag_to:,} msgs")
 
 
 def _seconds(value: float) -> str:

@@ -22,12 +22,21 @@ Two rules use it (decision_steps):
 * **CPU-bound pool**: per-pod readings are remembered with their pool; a reading at a bigger pool whose
   pods drained less than `POOL_GAIN_SHARE` of the gain its added slots should give (in proportion) sets a
   *pool ceiling* at the smaller pool: more capacity goes to pods of that pool (`shape_for`).
+
+With a time-lag target, a third reading looks at the time lag instead of the lag: a *late run* (`LateRun`)
+is a run of polls at one settled shape at each of which the time lag was above its target and had grown.
+The lag in messages jumps both ways with commits and a starved partition (the seed benchmark: 501-1,210
+msgs while the time lag went 14 s → 49 s at 5 s a poll), which ends a growth span at every dip; the age of
+the oldest waiting message does not. A run is *late* (`late`) after `FALLING_BEHIND_POLLS` polls once the
+time lag grew by more than commit timing alone moves it, with the lag above the run's start: the group
+then gets capacity as a saturated, growing one does, and a growth span's reading within the tolerance band
+counts as capacity-limited.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FALLING_BEHIND_POLLS = 3  # polls of growth at one shape before the estimate is overruled (hysteresis)
 POOL_GAIN_SHARE = 0.5     # a bigger pool that adds less than half its proportional throughput is CPU-bound
@@ -112,3 +121,73 @@ def pool_ceiling(previous: tuple[int, float] | None, pool: int, per_pod: float,
     if ceiling is not None and pool > ceiling:
         return None, False
     return ceiling, False
+
+
+# --- late: a time-lag target missed by more at every poll -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LateRun:
+    """A run of polls at one shape at each of which the time lag was above its target and had grown.
+
+    The lag in messages need not grow at every poll (the commit sawtooth and a starved partition make it
+    jump both ways, as in the seed benchmark); the time lag of the oldest waiting message does, when the
+    group falls behind where it matters: some message waits longer at every poll.
+    """
+
+    start: float       # time of its first poll
+    time_lag: float    # time lag at its start, seconds
+    lag: int           # effective lag at its start
+    last_time_lag: float  # time lag at its last poll
+    polls: int         # polls since its start
+    consumers: int
+    pool: int
+
+    def to_list(self) -> list[float | int]:
+        return [self.start, self.time_lag, self.lag, self.last_time_lag, self.polls, self.consumers, self.pool]
+
+    @classmethod
+    def from_list(cls, data: object) -> LateRun | None:
+        if data is None:
+            return None
+        if not isinstance(data, list | tuple) or len(data) != 7:
+            raise ValueError(f"a late run is 7 numbers, got {data!r}")
+        start, time_lag, lag, last, polls, consumers, pool = data
+        return cls(float(start), float(time_lag), int(lag), float(last), int(polls), int(consumers), int(pool))
+
+
+@dataclass(frozen=True)
+class Late:
+    """What a late run says once it is long and steep enough: the time lag and the lag over it."""
+
+    seconds: float
+    polls: int
+    time_lag_from: float
+    time_lag_to: float
+    lag_from: int
+    lag_to: int
+
+
+def next_late_run(run: LateRun | None, *, now: float, time_lag: float, lag: int, above: bool, settled: bool,
+                  consumers: int, pool: int) -> LateRun | None:
+    """The run after this poll. `above`: the time lag is above its (held) target; `settled`: every consumer
+    joined and none joined or left since the last poll (a rebalance's pause ages every message)."""
+    if not above or not settled or consumers <= 0 or pool <= 0:
+        return None
+    fresh = LateRun(now, time_lag, lag, time_lag, 0, consumers, pool)
+    if run is None or (run.consumers, run.pool) != (consumers, pool) or time_lag <= run.last_time_lag:
+        return fresh  # a new shape, or the time lag did not grow: the run starts again here
+    return replace(run, last_time_lag=time_lag, polls=run.polls + 1)
+
+
+def late(run: LateRun | None, *, now: float, lag: int, noise_seconds: float, backlog: int) -> Late | None:
+    """The run's reading when it says the group falls behind its time-lag target: at least
+    FALLING_BEHIND_POLLS polls of growth, the lag larger than at the run's start and than `backlog` (work
+    waiting, not just in the slots: the growth span's bar), and the time lag grown by more than
+    `noise_seconds` (what commit timing alone moves it by: a deficit, not the commit sawtooth)."""
+    if run is None or run.polls < FALLING_BEHIND_POLLS or lag <= max(run.lag, backlog):
+        return None
+    seconds = now - run.start
+    if seconds <= 0 or run.last_time_lag - run.time_lag <= noise_seconds:
+        return None
+    return Late(seconds, run.polls, run.time_lag, run.last_time_lag, run.lag, lag)

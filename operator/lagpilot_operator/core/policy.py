@@ -29,7 +29,11 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
      rates): the `lagThreshold` rule, said so in the reason.
    * `drainTime`: needed = produce rate x (1 + headroom) + backlog / T, slots = ceil(needed / μ),
      where T = targetDrainSeconds, or the time-lag target (targetTimeLag, e.g. 200ms, or
-     targetTimeLagSeconds) when the group's time lag exceeds it,
+     targetTimeLagSeconds) when the group's time lag exceeds it. The time lag dates the oldest
+     *uncommitted* message, so a group that keeps up reads up to about a commit interval behind: a
+     target below `COMMITTED_TIME_LAG_FLOOR_SECONDS` (1 s, or the workers' declared commit interval
+     when longer) is held at that floor (a time lag within it counts as on target; above it the
+     backlog drains in the floor's time, not in 200 ms),
      and μ is the per-slot throughput (msg/s per slot):
        - measured as consume rate ÷ busy slots once every slot has been busy for a whole consume-rate
          window at unchanged busy slots: the group was saturated (backlog larger than
@@ -50,7 +54,12 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
          backlog keeps the capacity that drains it; an unsaturated group keeps its capacity, or
          less if the lower bound proves less is enough; no backlog and no production needs 0 slots.
        A lower bound is never used to *add* capacity to an unsaturated group: at low load it is
-       far below the real speed and would grow the group 20 % per poll.
+       far below the real speed and would grow the group 20 % per poll. A *late* group is treated as a
+       saturated, growing one: its time lag was above the (held) target and grew at each of
+       `FALLING_BEHIND_POLLS` polls at one settled shape, by more than the floor, with the lag larger
+       than at the run's start (falling_behind.LateRun). That finds a deficit the saturation bar
+       (10 s of consumption) takes minutes to see, and a late run also makes the growth span's
+       reading count (falling_behind.py) when the lag grew by less than the tolerance band.
 4. Tolerance band (hysteresis): a raw recommendation within ±`tolerance_percent` (10 %) of current
    capacity is taken as "current" (HPA's rule), and after steps 5-6 a shrink smaller than that band
    is not made either, so a decaying window does not trickle out one pool change per poll. The band
@@ -88,7 +97,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 from lagpilot_operator.core import decision_steps as steps
-from lagpilot_operator.core.falling_behind import Span
+from lagpilot_operator.core.falling_behind import LateRun, Span
 from lagpilot_operator.core.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
     DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
@@ -330,6 +339,7 @@ class Observation:
     consecutive_failures: int = 0             # lag reads failed in a row (0 when sample is set)
     ready_replicas: int | None = None         # pods ready; used when the sample has no member count
     lag_only: bool = False                    # the source gives lag, not offsets (Prometheus): no rates ever
+    commit_interval_seconds: float | None = None  # the workers' declared commit interval (None: their default)
 
     @classmethod
     def from_history(
@@ -343,6 +353,7 @@ class Observation:
         ready_replicas: int | None = None,
         produce_window_seconds: float = DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
         consume_window_seconds: float = DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
+        commit_interval_seconds: float | None = None,
     ) -> Observation:
         """Observation of a successful read: the history's newest sample is this poll's sample."""
         sample = history.latest
@@ -357,6 +368,7 @@ class Observation:
             verdicts=dict(verdicts or {}),
             time_lags=dict(time_lags or {}),
             ready_replicas=ready_replicas,
+            commit_interval_seconds=commit_interval_seconds,
         )
 
 
@@ -382,6 +394,7 @@ class PolicyMemory:
     span: Span | None = None                               # the lag's growth span (falling_behind.py)
     pod_rate: tuple[int, float] | None = None              # (pool, msg/s per pod) read with the lag growing
     pool_ceiling: int | None = None                        # pool beyond which a pod's slots add no throughput
+    late: LateRun | None = None                            # the time lag's growth above its target
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -403,6 +416,7 @@ class PolicyMemory:
             "span": None if self.span is None else self.span.to_list(),
             "podRate": None if self.pod_rate is None else list(self.pod_rate),
             "poolCeiling": self.pool_ceiling,
+            "late": None if self.late is None else self.late.to_list(),
         }
 
     @classmethod
@@ -430,6 +444,7 @@ class PolicyMemory:
                 span=Span.from_list(data.get("span")),
                 pod_rate=_pod_rate(data.get("podRate")),
                 pool_ceiling=None if data.get("poolCeiling") is None else int(data["poolCeiling"]),
+                late=LateRun.from_list(data.get("late")),
             )
         except (TypeError, ValueError):
             return cls()
@@ -548,6 +563,7 @@ def _remember(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.
         span=growth.span if growth is not None else None,
         pod_rate=growth.pod_rate if growth is not None else memory.pod_rate,
         pool_ceiling=growth.pool_ceiling if growth is not None else memory.pool_ceiling,
+        late=throughput.late_run,
     )
     return _prune(remembered, ctx.config, now, ctx.observation)
 
@@ -569,6 +585,7 @@ def _remember_hold(memory: PolicyMemory, now: float, capacity: int) -> PolicyMem
         trend=(),
         deficit_since=None,
         span=None,  # a hold (paused, lag unreadable) ends the growth span: the shape was not judged
+        late=None,  # and the late run
     )
 
 

@@ -520,6 +520,8 @@ class LagpilotController:
             verdicts=evaluate_verdicts(self.history, offset_reset_policy=reset),
             time_lags=self.tracker.time_lags(sample, offset_reset_policy=reset),
             ready_replicas=world.members,
+            # What the operator reads from the workers' Deployment (worker_config.declared_commit_interval).
+            commit_interval_seconds=world.model.commit_interval_seconds,
         )
         decision = decide(self.config, observation, self.memory, world.time)
         self.memory = decision.memory

@@ -10,7 +10,9 @@ and block the next, allowed one.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lagpilot_operator.core.policy import Decision, PolicyMemory
 
@@ -57,3 +59,17 @@ def refusal(what: str, status: int | None, body: str | bytes | None, held: str) 
 def memory_after_apply(before: PolicyMemory, decision: Decision, refused: bool) -> PolicyMemory:
     """The memory to keep after applying `decision`: its own if applied, the previous one if refused."""
     return before if refused else decision.memory
+
+
+def current_pool(status: Mapping[str, Any], published: int | None, initial: int) -> int:
+    """The pool the workers run now: what this process last published to their ConfigMap, else the status's
+    `poolSize` (written by whoever served the group before: a restart, another shard term), else pool.initial.
+
+    The status a reconcile is handed is the watch stream's copy of the resource, which trails this process's
+    own status write by up to a poll when the API server or the operator is slow. Read alone, it gave the
+    policy the pool from before its last change: in the seed benchmark a pool grown 4→8 was "held" at 4 (and
+    4 published) twenty seconds later, while the lag was far above target.
+    """
+    if published is not None:
+        return published
+    return int(status.get("poolSize") or initial)

@@ -19,6 +19,7 @@ Injected (worker names from `lagpilot_contract.worker_env`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -100,6 +101,7 @@ class DeclaredWorkerConfig:
     group_id: str | None = None
     topics: tuple[str, ...] | None = None
     share_group: bool | None = None  # None: neither the --share-group flag nor a literal LAGPILOT_SHARE_GROUP
+    commit_interval_seconds: float | None = None  # --commit-interval or LAGPILOT_COMMIT_INTERVAL_SECONDS
 
     @property
     def declares_anything(self) -> bool:
@@ -160,7 +162,24 @@ def declared_config(container: Mapping[str, Any]) -> DeclaredWorkerConfig:
                                   env_contract.ENV_BOOTSTRAP_SERVERS_FALLBACK),
         group_id=setting(env_contract.FLAG_GROUP_ID, env_contract.ENV_GROUP_ID),
         topics=None if topics_raw is None else tuple(env_contract.split_topics(topics_raw)),
+        commit_interval_seconds=_seconds(setting(env_contract.FLAG_COMMIT_INTERVAL, env_contract.ENV_COMMIT_INTERVAL)),
     )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # the worker would not start with it: nothing to go by
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
+
+
+def declared_commit_interval(containers: Sequence[Mapping[str, Any]]) -> float | None:
+    """The longest commit interval a container declares as a literal value (None: none declares one, so the
+    worker's default). The longest, because the policy reads it as how far behind a group that keeps up
+    can look."""
+    declared = [d.commit_interval_seconds for d in map(declared_config, containers)]
+    return max((s for s in declared if s is not None), default=None)
 
 
 def _brokers(value: str) -> frozenset[str]:

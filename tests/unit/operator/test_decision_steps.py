@@ -118,11 +118,22 @@ def test_recommend_drain_time_at_a_measured_rate_and_under_a_time_lag_target() -
     raw = recommend(ctx, read_lag(ctx), throughput(slot_rate=10.0))
     assert (raw.slots, raw.needed_rate, raw.slot_rate, raw.notes) == (13, 130.0, 10.0, ())
     assert "needs 13 slots at 10.0 msg/s/slot to drain in 60 s" in raw.explanation
-    # 1 s behind a 200 ms target: the backlog is to drain in 200 ms instead.
-    late = replace(FREE, drain_time=DrainTimeConfig(target_time_lag_seconds=0.2))
-    ctx = context(late, observe([600], 1, 8, produce=100.0, time_lags={("orders", 0): 1.0}))
+    # 3 s behind a 2 s target: the backlog is to drain in 2 s instead: 120 + 600 / 2 = 420 msg/s.
+    late = replace(FREE, drain_time=DrainTimeConfig(target_time_lag_seconds=2.0))
+    ctx = context(late, observe([600], 1, 8, produce=100.0, time_lags={("orders", 0): 3.0}))
     raw = recommend(ctx, read_lag(ctx), throughput(slot_rate=10.0))
-    assert (raw.slots, raw.notes) == (312, ("time lag 1 s > target 200 ms",))
+    assert (raw.slots, raw.notes) == (42, ("time lag 3 s > target 2 s",))
+    # A 200 ms target is below what committed offsets can show (COMMITTED_TIME_LAG_FLOOR_SECONDS, 1 s): 3 s
+    # behind drains in 1 s (120 + 600 = 720 msg/s), and 1 s behind counts as on target (the 60 s drain).
+    sub_second = replace(FREE, drain_time=DrainTimeConfig(target_time_lag_seconds=0.2))
+    ctx = context(sub_second, observe([600], 1, 8, produce=100.0, time_lags={("orders", 0): 3.0}))
+    raw = recommend(ctx, read_lag(ctx), throughput(slot_rate=10.0))
+    assert (raw.slots, raw.notes) == (72, ("time lag 3 s > target 200 ms (held at the 1 s committed offsets can "
+                                           "show)",))
+    ctx = context(sub_second, observe([600], 1, 8, produce=100.0, time_lags={("orders", 0): 1.0}))
+    raw = recommend(ctx, read_lag(ctx), throughput(slot_rate=10.0))
+    assert (raw.slots, raw.notes) == (13, ("time lag 1 s is within the 1 s committed offsets can show: target "
+                                           "200 ms counts as met",))
 
 
 def test_recommend_drain_time_before_any_measurement_follows_the_lag() -> None:

@@ -458,12 +458,18 @@ def test_memory_stays_small_over_a_long_run() -> None:
 def test_a_sub_second_time_lag_target_is_a_float_and_reads_in_milliseconds() -> None:
     config = replace(FREE, drain_time=DrainTimeConfig(target_drain_seconds=60, target_time_lag_seconds=0.2))
     memory = replace(WARM, slot_rate=10.0)
-    decision = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 0.45}), memory,
+    # Below the 1 s committed offsets can show (COMMITTED_TIME_LAG_FLOOR_SECONDS) the target is held at 1 s.
+    decision = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 1.45}), memory,
                       NOW)
-    assert decision.slots == 96  # 300 x 1.2 + 120 / 0.2 = 960 msg/s
-    assert "time lag 450 ms > target 200 ms" in decision.reason and "to drain in 200 ms" in decision.reason
+    assert decision.slots == 48  # 300 x 1.2 + 120 / 1 = 480 msg/s
+    assert "time lag 1.4 s > target 200 ms (held at the 1 s committed offsets can show)" in decision.reason
+    assert "to drain in 1 s" in decision.reason
+    floor = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 0.45}), memory, NOW)
+    assert "time lag 450 ms is within the 1 s committed offsets can show: target 200 ms counts as met" in floor.reason
+    assert floor.slots == 37  # 360 + 120 / 60 = 362 msg/s
     within = decide(config, observe(spread(120), 2, 8, produce=300.0, time_lags={("orders", 0): 0.15}), memory, NOW)
     assert within.slots == 37  # 360 + 120 / 60 = 362 msg/s
+    assert "time lag" not in within.reason
     with pytest.raises(ValueError, match="time-lag target must be > 0"):
         replace(config, drain_time=DrainTimeConfig(target_time_lag_seconds=0.0)).validate()
 

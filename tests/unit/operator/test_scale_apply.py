@@ -54,3 +54,27 @@ def test_the_refusal_names_the_cause(status: int | None, reason: str, hint: str)
 def test_a_body_that_is_not_a_status_is_shown_shortened() -> None:
     assert scale_apply.api_message(b"x" * 2000) == "x" * 500
     assert scale_apply.api_message(None) == "" and scale_apply.api_message("[1]") == "[1]"
+
+
+def test_the_current_pool_is_the_one_last_published_not_a_status_behind_it() -> None:
+    # The seed benchmark: the pool grew 4 -> 8; a later poll was handed the watch stream's copy of the status,
+    # still at poolSize 4. Read from it, the policy sees 1 x 4, "holds" it and publishes 4: a silent shrink.
+    from test_policy_time_lag import SEED, SEED_RUN, replay, seed_observation
+
+    grown = replay()[-1]
+    assert (grown.replicas, grown.pool) == (1, 8)
+    seconds, lag, produce, floor, time_lag = SEED_RUN[len(replay())]
+    stale_status = {"poolSize": 4, "currentReplicas": 1}
+
+    def next_decision(pool: int) -> tuple[int, str]:
+        observation = seed_observation(seconds, lag, produce, floor, time_lag, replicas=1, pool=pool)
+        decision = decide(SEED, observation, grown.memory, 1_000.0 + seconds)
+        return decision.pool, decision.reason
+
+    stale_pool, stale_reason = next_decision(int(stale_status["poolSize"]))
+    assert stale_pool == 4 and stale_reason.startswith("hold 1 replica, pool 4")  # what the run did
+    pool = scale_apply.current_pool(stale_status, published=8, initial=4)
+    assert pool == 8 and next_decision(pool)[0] >= 8
+    # Nothing published yet by this process (a restart, another shard term): the status, else pool.initial.
+    assert scale_apply.current_pool(stale_status, published=None, initial=2) == 4
+    assert scale_apply.current_pool({}, published=None, initial=2) == 2

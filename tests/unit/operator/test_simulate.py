@@ -370,6 +370,56 @@ def test_a_timestamped_yaml_list_is_a_trace_too(tmp_path: Path, capsys: pytest.C
 # --- a sub-second latency target -----------------------------------------------------------------------------
 
 
+@settings(max_examples=8, deadline=None)
+@given(st.floats(5.0, 2_000.0), st.floats(0.005, 0.3), st.integers(1, 24), st.sampled_from([1.0, 5.0]))
+@example(rate=839.0, cost=0.076, partitions=18, commit=5.0)    # a scale-down's rebalance lag, absorbed by the pool
+@example(rate=1084.0, cost=0.173, partitions=18, commit=1.0)
+@example(rate=961.0, cost=0.198, partitions=20, commit=1.0)    # three removals, each absorbed once: 7 turns of slots
+@example(rate=5.0, cost=0.25, partitions=8, commit=5.0)        # the commit sawtooth at 5 msg/s: no late run
+def test_a_200ms_target_does_not_flap_under_steady_load(rate: float, cost: float, partitions: int,
+                                                         commit: float) -> None:
+    # The late rule and the committed-offset floor under a steady load with the commit sawtooth (the worker's
+    # 1 s commits, librdkafka's 5 s): the pods go one way at a time, nothing moves after 800 s. Capacity is
+    # read once per poll, after each decision applied (a scale-down that consolidates pods, 5 x 58 -> 4 x 61,
+    # removes the pod at once and grows the pool a second later: per tick that reads as down-then-up). The
+    # slots may turn twice more per pod removed: its rebalance pauses the group for 3 s, a time lag above the
+    # 1 s floor, which the remaining pods' pool absorbs (live, no pod) and gives back after the down window.
+    config = PolicyConfig.from_spec({"policy": {"drainTime": {"targetTimeLag": "200ms"}}})
+    model = WorldModel(partitions=partitions, message_cost_seconds=cost, commit_interval_seconds=commit)
+    result = simulate.compare(Trace("steady", (Segment(1200, rate),)), model, config, policies=["drainTime"])
+    polled = [p for p in result["drainTime"].points if p.time % 5.0 == 0.0]
+
+    def turns(values: list[tuple[float, int]]) -> tuple[list[tuple[float, int]], int]:
+        changes = [(t, b - a) for (_, a), (t, b) in itertools.pairwise(values) if a != b]
+        return changes, sum(1 for (_, x), (_, y) in itertools.pairwise(changes) if (x > 0) != (y > 0))
+
+    pod_changes, pod_turns = turns([(p.time, p.replicas) for p in polled])
+    slot_changes, slot_turns = turns([(p.time, p.replicas * p.pool) for p in polled])
+    removals = sum(1 for _, change in pod_changes if change < 0)
+    assert pod_turns <= 1, pod_changes
+    assert slot_turns <= 4 + 2 * removals, slot_changes
+    assert not [c for c in slot_changes if c[0] > 800], slot_changes
+
+
+def test_the_seed_step_gets_capacity_before_the_saturation_bar() -> None:
+    """The seed benchmark's shape in the simulator: 100 -> 300 msg/s on 32 partitions, a Pod that gets 0.14
+    cores for 0.5 ms of CPU per message (280 msg/s whatever its pool: 7 % short), 1 s commits. The deficit is
+    inside the falling-behind rule's 10 % band and 10 s of consumption takes 140 s to build: the group was
+    held at 1 x 4 until the trend rule saw it at 162.5 s. Late (the time lag grew past the floor at each of
+    3 polls, with the lag), it grows 28 s after the step, and the CPU-bound pool sends the rest to a second
+    pod."""
+    config = PolicyConfig.from_spec({"replicas": {"min": 1, "max": 8}, "pool": {"min": 1, "max": 64, "initial": 4},
+                                     "policy": {"drainTime": {"targetTimeLag": "200ms"}}})
+    model = WorldModel(partitions=32, message_cost_seconds=0.0025, cpu_seconds=0.0005, pod_cpu=0.14,
+                       commit_interval_seconds=1.0, tick_seconds=0.05)
+    trace = Trace("seed", (Segment(60, 100.0), Segment(240, 300.0)))
+    result = simulate.compare(trace, model, config, policies=["drainTime"])["drainTime"]
+    first = next(p for p in result.points if p.replicas * p.pool > 4)
+    assert first.time < 95.0, result.reasons[:2]
+    assert max(p.replicas for p in result.points if p.time < 110) == 2, result.reasons[:3]
+    assert result.summary.peak_lag < 3_000 and result.summary.unprocessed_at_end == 0
+
+
 def test_a_200ms_time_lag_target_holds_under_steady_load() -> None:
     """Steady 300 msg/s at 20 ms a message, starting short (one pod, one slot: 50 msg/s) with the worker's
     1 s commits: with `targetTimeLag: 200ms` the backlog of the start is drained at the target's pace and

@@ -273,3 +273,22 @@ def test_the_tls_references_are_the_pem_ones() -> None:
     assert sorted(kafka_lag.pem_secret_refs(connection)) == [("client", "tls.crt"), ("client", "tls.key"),
                                                             ("cluster-ca", "ca.crt")]
     assert set(kafka_lag.pem_secret_refs(connection)) < set(kafka_lag.secret_refs(connection))
+
+
+def test_the_declared_commit_interval_is_read_as_the_worker_cli_reads_it(handler_module: str) -> None:
+    # The policy's committed-offset floor for a time-lag target follows the longest interval a container
+    # declares; the worker's own CLI reads the same flag and env (flags win), so the two cannot disagree.
+    by_env = container({**MATCHING, "LAGPILOT_COMMIT_INTERVAL_SECONDS": "5"})
+    by_flag = container(MATCHING, ["--commit-interval", "2.5"])
+    both = container({**MATCHING, "LAGPILOT_COMMIT_INTERVAL_SECONDS": "5"}, ["--commit-interval=0.1"])
+    declared = [worker_config.declared_config(c).commit_interval_seconds for c in (by_env, by_flag, both)]
+    assert declared == [5.0, 2.5, 0.1]
+    for worker in (by_env, by_flag, both):
+        env = {item["name"]: item["value"] for item in worker["env"]}
+        config, *_ = build(worker.get("args", []), {**env, "LAGPILOT_HANDLER": handler_module})
+        assert config.commit_interval_seconds == worker_config.declared_config(worker).commit_interval_seconds
+    assert worker_config.declared_commit_interval([by_env, by_flag]) == 5.0
+    assert worker_config.declared_commit_interval([container(MATCHING)]) is None  # the worker's default
+    unreadable = container({**MATCHING, "LAGPILOT_COMMIT_INTERVAL_SECONDS": "$(OTHER)"})
+    assert worker_config.declared_commit_interval([unreadable, container(MATCHING, ["--commit-interval", "-1"])]) \
+        is None
