@@ -36,10 +36,29 @@ counts as capacity-limited.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, fields, replace
+from typing import Any, TypeVar
 
 FALLING_BEHIND_POLLS = 3  # polls of growth at one shape before the estimate is overruled (hysteresis)
 POOL_GAIN_SHARE = 0.5     # a bigger pool that adds less than half its proportional throughput is CPU-bound
+
+
+_Record = TypeVar("_Record")
+
+
+def _to_numbers(record: Any) -> list[float | int]:
+    """A span's or run's fields in order: how the policy memory keeps it in the status (compact)."""
+    return list(astuple(record))
+
+
+def _from_numbers(cls: type[_Record], data: object, what: str) -> _Record | None:
+    """`cls` from the list `_to_numbers` wrote (None stays None), each number as its field's type."""
+    if data is None:
+        return None
+    kinds = [float if field.type == "float" else int for field in fields(cls)]  # type: ignore[arg-type]
+    if not isinstance(data, list | tuple) or len(data) != len(kinds):
+        raise ValueError(f"{what} is {len(kinds)} numbers, got {data!r}")
+    return cls(*(kind(value) for kind, value in zip(kinds, data, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -54,16 +73,11 @@ class Span:
     pool: int
 
     def to_list(self) -> list[float | int]:
-        return [self.start, self.drained, self.lag, self.polls, self.consumers, self.pool]
+        return _to_numbers(self)
 
     @classmethod
     def from_list(cls, data: object) -> Span | None:
-        if data is None:
-            return None
-        if not isinstance(data, list | tuple) or len(data) != 6:
-            raise ValueError(f"a growth span is 6 numbers, got {data!r}")
-        start, drained, lag, polls, consumers, pool = data
-        return cls(float(start), int(drained), int(lag), int(polls), int(consumers), int(pool))
+        return _from_numbers(cls, data, "a growth span")
 
 
 @dataclass(frozen=True)
@@ -144,16 +158,11 @@ class LateRun:
     pool: int
 
     def to_list(self) -> list[float | int]:
-        return [self.start, self.time_lag, self.lag, self.last_time_lag, self.polls, self.consumers, self.pool]
+        return _to_numbers(self)
 
     @classmethod
     def from_list(cls, data: object) -> LateRun | None:
-        if data is None:
-            return None
-        if not isinstance(data, list | tuple) or len(data) != 7:
-            raise ValueError(f"a late run is 7 numbers, got {data!r}")
-        start, time_lag, lag, last, polls, consumers, pool = data
-        return cls(float(start), float(time_lag), int(lag), float(last), int(polls), int(consumers), int(pool))
+        return _from_numbers(cls, data, "a late run")
 
 
 @dataclass(frozen=True)
