@@ -14,26 +14,17 @@ import json
 from dataclasses import replace
 
 import pytest
+from test_policy_falling_behind import PARTITIONS, SEED  # the seed benchmark's group
 
 from lagpilot_operator.core import falling_behind as behind
 from lagpilot_operator.core.decision_steps import COMMITTED_TIME_LAG_FLOOR_SECONDS
 from lagpilot_operator.core.observations import LagSample, PartitionOffsets
 from lagpilot_operator.core.policy import (
     Decision,
-    DrainTimeConfig,
     Observation,
     PolicyConfig,
     PolicyMemory,
-    PoolBounds,
-    ReplicaBounds,
     decide,
-)
-
-PARTITIONS = 32
-SEED = PolicyConfig(
-    replicas=ReplicaBounds(min=1, max=8),
-    pool=PoolBounds(min=1, max=64, initial=4),
-    drain_time=DrainTimeConfig(target_time_lag_seconds=0.2),
 )
 
 # (seconds into the run, committed lag, produce msg/s, per-slot lower bound msg/s, time lag s), as the
