@@ -65,10 +65,10 @@ def current_pool(status: Mapping[str, Any], published: int | None, initial: int)
     """The pool the workers run now: what this process last published to their ConfigMap, else the status's
     `poolSize` (written by whoever served the group before: a restart, another shard term), else pool.initial.
 
-    The status a reconcile is handed is the watch stream's copy of the resource, which trails this process's
-    own status write by up to a poll when the API server or the operator is slow. Read alone, it gave the
-    policy the pool from before its last change: in the seed benchmark a pool grown 4→8 was "held" at 4 (and
-    4 published) twenty seconds later, while the lag was far above target.
+    `status` is the status as stored (`writes.stored_status`: the watch's copy, which can trail this
+    process's own writes by a poll, with its last successful write over it; read from the watch's copy alone,
+    a pool grown 4→8 in the seed benchmark was "held" at 4 twenty seconds later). The published pool still
+    goes first: a status write can fail after the ConfigMap was written, and the workers run what it says.
     """
     if published is not None:
         return published
