@@ -296,15 +296,20 @@ def held_time_lag_target(ctx: DecisionContext) -> float | None:
     return None if target is None else max(target, committed_time_lag_floor(ctx))
 
 
+def _settled_shape(ctx: DecisionContext, consumers: int) -> bool:
+    """Every consumer joined and none joined or left since the last poll: the growth span and the late run
+    only count such polls (a rebalance's pause grows the lag and ages every message, whatever the capacity)."""
+    return consumers >= ctx.expected_consumers and ctx.memory.last_members == consumers
+
+
 def _next_late_run(ctx: DecisionContext, lag: LagView, consumers: int) -> behind.LateRun | None:
     """The late run after this poll: only with a time-lag target, and only at a settled shape."""
     target = held_time_lag_target(ctx)
     if target is None:
         return None
     time_lag = group_time_lag(ctx, lag)
-    settled = consumers >= ctx.expected_consumers and ctx.memory.last_members == consumers
     return behind.next_late_run(ctx.memory.late, now=ctx.now, time_lag=time_lag, lag=lag.effective,
-                                above=time_lag > target, settled=settled, consumers=consumers,
+                                above=time_lag > target, settled=_settled_shape(ctx, consumers), consumers=consumers,
                                 pool=ctx.current_pool)
 
 
@@ -325,8 +330,7 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
     real, and what the slots drained is what they can drain.
     """
     memory, now, pool = ctx.memory, ctx.now, ctx.current_pool
-    settled = consumers >= ctx.expected_consumers and memory.last_members == consumers
-    grew = (settled and memory.last_lag is not None and lag.effective > memory.last_lag
+    grew = (_settled_shape(ctx, consumers) and memory.last_lag is not None and lag.effective > memory.last_lag
             and lag.effective > 2 * consumers * pool)
     drained = drained_total(ctx, lag)
     span = behind.next_span(memory.span, now=now, drained=drained, lag=lag.effective, grew=grew,
