@@ -207,8 +207,13 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         print(_decisions(group, rollout_at, rolled_at, start))
         assert all(slices), f"the group stalled during the rollout: {slices}"
         unstopped = [pod for pod, found in stops.items() if not found or found[-1].seconds is None]
-        assert not unstopped, (stops, {pod: [recording.recorder.how_it_ended(pod),
-                                             *scenario.backend.node_log_lines(pod)] for pod in unstopped})
+        for pod in unstopped:
+            # Printed whole before the assertion (whose message gets cut): how the Pod ended, and its last
+            # output, including what is not a log record (a stuck stop's thread stacks, a crash).
+            print(f"  {pod} did not stop gracefully: {recording.recorder.how_it_ended(pod)}")
+            print("    " + "\n    ".join([*chaos.raw_tail(logs, scenario.namespace, pod, 25),
+                                          *scenario.backend.node_log_lines(pod, 10)]))
+        assert not unstopped, f"old Pods without a 'stopped' line (see above): {unstopped}"
         print(f"  commit trouble of the old Pods: {commit_trouble}")
         charged = chaos.duplicates_by_first_worker(entries)
         print(f"  duplicates by the worker that ran them first: {charged}")

@@ -179,9 +179,13 @@ class OffsetCommits:
         # rebalancing as Pods come and go); this synchronous one covers its records for sure.
         if self.commit(states, asynchronous=False, resend=True):
             return 0
-        # The broker refused (ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS while the group rebalances
-        # again, as in a rolling update): said here, so duplicates are accounted for, not a mystery.
-        refused = sum(state.tracker.uncommitted for state in states)
+        return self.report_refused(states, refused_warning)
+
+    def report_refused(self, states: list[PartitionState], refused_warning: str) -> int:
+        """A final commit the broker refused (ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS while the group
+        rebalances again, as in a rolling update), said in the log and the metrics so duplicates are
+        accounted for, not a mystery. Returns the records it would have covered."""
+        refused = sum(state.tracker.uncommitted for state in states if not state.revoked)
         self._metrics.revoke_commit_refused.inc(refused)
         log.warning(refused_warning, extra={"refused_records": refused})
         return refused

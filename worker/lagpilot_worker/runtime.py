@@ -26,6 +26,7 @@ the work, runs on the poll thread itself (see inline_runner.py and inline.py).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from .admission import Admission
 from .assignment import Assignment
-from .commits import OffsetCommits
+from .commits import SYNC_COMMIT_BACKOFF_SECONDS, OffsetCommits
 from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .dispatch import Dispatcher
@@ -55,6 +56,7 @@ log = logging.getLogger("lagpilot_worker")
 BUSY_WAIT_SECONDS = 0.005     # longest poll while work is out: results are noticed this fast
 IDLE_WAIT_SECONDS = 0.1
 GAUGE_INTERVAL_SECONDS = 2.0
+STUCK_STOP_SECONDS = 5.0     # a stop still running this long past its deadline is stuck: its stacks are written out
 
 __all__ = ["DirectSegment", "PartitionState", "Worker"]
 
@@ -175,6 +177,15 @@ class Worker(WorkerShell):
 
     def _shutdown(self) -> None:
         """Stop fetching, let handed-out work finish until the deadline, commit, leave the group."""
+        # A stop still running well past its deadline (a broker call that never answers) ends in the
+        # kubelet's SIGKILL without a word: every thread's stack, written to stderr first, says where.
+        faulthandler.dump_traceback_later(self.config.shutdown_timeout_seconds + STUCK_STOP_SECONDS)
+        try:
+            self._stop_in_order()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+    def _stop_in_order(self) -> None:
         config = self.config
         dispatcher = self._dispatcher
         deadline = time.monotonic() + config.shutdown_timeout_seconds
@@ -195,8 +206,7 @@ class Worker(WorkerShell):
             self._publisher.flush(max(0.0, deadline - time.monotonic()))
             self._failures.poll_producer()
         self._book.poll()
-        self._commits.commit_final(list(self._states.values()), "the broker refused the final commit at shutdown: "
-                                   "its uncommitted records run again on the next owner")
+        self._commit_before_leaving(deadline)
         if abandoned:
             log.warning("shutdown deadline reached: abandoned work will be delivered again",
                         extra={"records": abandoned, "abandoned_records": abandoned_in_flight})
@@ -204,6 +214,26 @@ class Worker(WorkerShell):
             state.revoked = True
         self._close_consumer()
         log.info("stopped", extra={"group": config.group_id})
+
+    def _commit_before_leaving(self, deadline: float) -> None:
+        """The shutdown's last commit, sent again while the broker refuses it and the deadline allows.
+
+        Other Pods coming and going (a rolling update, a scale-down) rebalance the group while this one
+        stops. A commit sent while this member's JoinGroup waits for the others is refused once the join
+        completes (ILLEGAL_GENERATION; librdkafka issue #4059, the Java client's advice is the same:
+        finish the rebalance, then commit again). Each refusal is the whole window processed again by the
+        next owner, so the consumer is served until it holds the new generation and the commit goes
+        again. Partitions the rebalance moves away are committed by the revoke callback meanwhile.
+        """
+        commits = self._commits
+        while not commits.commit(list(self._states.values()), asynchronous=False, resend=True):
+            retry_at = time.monotonic() + SYNC_COMMIT_BACKOFF_SECONDS
+            if retry_at >= deadline:
+                commits.report_refused(list(self._states.values()), "the broker refused the final commit at "
+                                       "shutdown: its uncommitted records run again on the next owner")
+                return
+            log.info("final commit refused while the group rebalances: committing again once it has")
+            self._serve_until(lambda: True, retry_at, serve_consumer=True)
 
     def _close_consumer(self) -> None:
         consumer, self._consumer_open = self._consumer, False
