@@ -395,7 +395,15 @@ def running_and_ready(service: Service) -> bool:
     return True
 
 
-def stop_process(name: str, grace: float = 15.0) -> None:
+# kube-apiserver's graceful stop waits up to 60 s for its open connections (watches of clients that are
+# gone or going) before it gives up ("Failed to shutdown server: context deadline exceeded"); every
+# `down` spent the whole 15 s grace there. Nothing of a stopping stack needs it: etcd holds the state,
+# and the next apiserver resets the `kubernetes` Service's endpoints itself.
+STOP_GRACE_SECONDS = {"kube-apiserver": 2.0}
+
+
+def stop_process(name: str, grace: float | None = None) -> None:
+    grace = STOP_GRACE_SECONDS.get(name, 15.0) if grace is None else grace
     pid = running_pid(name)
     pidfile(name).unlink(missing_ok=True)
     if pid is None:
