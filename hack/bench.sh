@@ -5,7 +5,8 @@
 # holds each benchmark's summary, so one invocation gives all numbers side by side.
 # BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop and seed benchmarks.
 # `seed` is the seed articles' load (bench/seed_bench.py). By default it searches the highest rate at which
-# P99 <= 200 ms holds (a 2-core machine cannot produce, store and consume 12,000 msg/s of 1.2 KB JSON);
+# P99 <= 200 ms holds (a 2-core machine cannot produce, store and consume 12,000 msg/s of 1.2 KB JSON),
+# for Lagpilot and then for the real KEDA with the worker's pool fixed at 8, on the same load;
 # BENCH_SEED_ARGS replaces its flags, e.g. BENCH_SEED_ARGS="--mode headline" for the issue's 12,000 msg/s.
 # `compare` installs the runtime of two commits (BENCH_COMPARE_BASELINE, default c47d1fb: the runtime
 # before it was split into parts; BENCH_COMPARE_CANDIDATE, default HEAD) into temporary venvs and runs
@@ -36,7 +37,7 @@ for name in $only; do
     calibration) cmd=(.venv/bin/python bench/keda_calibration.py)
                  if (( ran_loop )); then cmd+=(--fresh "$out/loop.jsonl"); fi ;;
     # shellcheck disable=SC2206  # BENCH_SEED_ARGS is split into flags on purpose
-    seed) cmd=(.venv/bin/python bench/seed_bench.py "${loop_args[@]}" ${BENCH_SEED_ARGS:---mode search}) ;;
+    seed) cmd=(.venv/bin/python bench/seed_bench.py "${loop_args[@]}" ${BENCH_SEED_ARGS:---mode search --policy lagpilot,keda-pool-8}) ;;
     rebalance) cmd=(.venv/bin/python bench/rebalance_bench.py) ;;
     share) cmd=(.venv/bin/python bench/share_bench.py) ;;
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py

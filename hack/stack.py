@@ -1420,6 +1420,24 @@ def node_kubeconfig() -> Path:
     return kubeconfig_path()  # the admin identity: RBAC's Node authorizer is not enabled in this stack
 
 
+def share_kubelet_root(root: Path) -> None:
+    """Make the kubelet's root folder a shared bind mount of itself, as the kubelet does at start.
+
+    The kubelet does it (MakeRShared) while its pod-resources listener starts beside it: a socket made
+    before the mount and renamed into place after it crossed mounts, the rename failed with "invalid
+    cross-device link" and the kubelet exited (seen once, in a fresh clone's `up` right after a `down`).
+    Found done, the kubelet mounts nothing at start. `down` unmounts it with everything under the node.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    target = str(root.resolve())
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == target and any(f.startswith("shared:") for f in fields[6:fields.index("-")]):
+            return
+    sh("mount", "--bind", target, target, check=True)
+    sh("mount", "--make-rshared", target, check=True)
+
+
 def kubelet_cmd() -> list[str]:
     pki, base = kube_dir() / "pki", node_dir() / "kubelet"
     base.mkdir(parents=True, exist_ok=True)
@@ -1448,6 +1466,7 @@ def kubelet_cmd() -> list[str]:
         "nodeStatusReportFrequency": "10s",
     }
     (base / "config.json").write_text(json.dumps(config, indent=2))
+    share_kubelet_root(base / "root")
     return [str(BIN / "kubelet"), f"--config={base / 'config.json'}", f"--kubeconfig={node_kubeconfig()}",
             f"--root-dir={base / 'root'}", f"--cert-dir={base / 'pki'}", f"--node-ip={NODE_IP}",
             f"--hostname-override={NODE_NAME}", "--v=0"]
