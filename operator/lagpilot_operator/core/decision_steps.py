@@ -580,8 +580,12 @@ def _recommend_drain_time(ctx: DecisionContext, lag: LagView, throughput: Throug
         # A lower bound never adds capacity to an unsaturated group: at low load it is far below the
         # real speed. It only proves that less than the current capacity is enough.
         slots = min(capacity, bound_slots) if capacity > 0 else bound_slots
-        return made(slots, f"{demand} needs at most {slots:,} slots at ≥ {_rate(cast(float, floor))} "
-                           f"msg/s/slot {drain}", floor)
+        bound = f"{demand} needs at most {bound_slots:,} slots at ≥ {_rate(cast(float, floor))} msg/s/slot {drain}"
+        if slots < bound_slots:
+            # Said as it is: the bound asks for more than the capacity, which is kept (not "needs at most").
+            return made(slots, f"{bound}; not saturated (a lower bound adds no capacity): keeping {slots:,} slots",
+                        floor)
+        return made(slots, bound, floor)
     slots = capacity if capacity > 0 else ctx.config.pool.initial
     return made(slots, f"{demand}, per-slot throughput not measured yet: keeping {slots:,} slots", None)
 

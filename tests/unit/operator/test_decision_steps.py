@@ -144,6 +144,19 @@ def test_recommend_drain_time_before_any_measurement_follows_the_lag() -> None:
     assert recommend(ctx, read_lag(ctx), throughput(saturated=True)).slots == 8   # shrinking: keep what works
 
 
+def test_an_unsaturated_group_keeps_its_capacity_and_says_what_the_lower_bound_asked_for() -> None:
+    # 100 msg/s + 20 % and 600 msgs in 60 s: 130 msg/s, at most 26 slots at >= 5 msg/s/slot; 8 slots kept.
+    ctx = context(FREE, observe([600], 1, 8, produce=100.0))
+    kept = recommend(ctx, read_lag(ctx), throughput(floor=5.0))
+    assert kept.slots == 8
+    assert kept.explanation.endswith("needs at most 26 slots at ≥ 5.0 msg/s/slot to drain in 60 s; not saturated "
+                                     "(a lower bound adds no capacity): keeping 8 slots"), kept.explanation
+    # A bound below the capacity is what is needed at most: the capacity shrinks to it.
+    fewer = recommend(ctx, read_lag(ctx), throughput(floor=50.0))
+    assert fewer.slots == 3 and fewer.explanation.endswith("needs at most 3 slots at ≥ 50.0 msg/s/slot to drain in "
+                                                           "60 s"), fewer.explanation
+
+
 def test_assess_throughput_measures_a_slot_only_after_a_saturated_window() -> None:
     memory = replace(WARM, busy=((NOW - 100, 8),), saturated_since=NOW - 100)
     ctx = context(FREE, observe(spread(1200), 1, 8, consume=80.0, produce=80.0), memory)
