@@ -63,5 +63,7 @@ RUN /opt/lagpilot/bin/pip install --no-cache-dir --no-index --no-deps --find-lin
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8080 8081
-# The Helm chart replaces this with peering and namespace options (charts/lagpilot).
+# dumb-init is PID 1 and passes signals on (docker/worker.Dockerfile says why). The Helm chart replaces
+# the command after it with peering and namespace options (charts/lagpilot).
+ENTRYPOINT ["dumb-init", "--"]
 CMD ["kopf", "run", "--module=lagpilot_operator.handlers", "--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]

@@ -69,5 +69,9 @@ RUN /opt/lagpilot/bin/pip install --no-cache-dir --no-index --no-deps --find-lin
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
-ENTRYPOINT ["lagpilot-worker"]
+# dumb-init (pip-installed with the worker extra) is PID 1 and passes signals on: the kernel drops a signal
+# sent to a PID 1 without a handler for it, and the worker installs its handlers only once Python started,
+# so a Pod deleted while its worker started waited for the SIGKILL at the end of its grace period. A
+# Pod spec that sets `command:` keeps it in front: `command: [dumb-init, --, lagpilot-worker]`.
+ENTRYPOINT ["dumb-init", "--", "lagpilot-worker"]
 CMD ["--help"]

@@ -130,7 +130,7 @@ class PodBackend:
     def worker_container(self, env: list[dict[str, Any]]) -> dict[str, Any]:
         # `command` set: the image's CMD is not appended; the handler comes from LAGPILOT_HANDLER.
         return {"name": WORKER_CONTAINER, "image": self.worker_image, "imagePullPolicy": "Never",
-                "command": ["lagpilot-worker"], "env": env,
+                "command": ["dumb-init", "--", "lagpilot-worker"], "env": env,
                 # Probed every second so a scenario sees a worker Ready soon after it is; given the
                 # chart's 3 s to answer (the default 1 s times out on a busy node and flips Ready).
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1,

@@ -399,7 +399,10 @@ def test_worker_chart_speaks_the_worker_cli(stack: Stack) -> None:
     (deployment,) = only(docs, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert container["command"] == ["lagpilot-worker"] and "lagpilot-worker" in scripts
+    # dumb-init as PID 1 in front of the worker (docker/worker.Dockerfile), installed with the worker extra.
+    assert container["command"] == ["dumb-init", "--", "lagpilot-worker"] and "lagpilot-worker" in scripts
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    assert any(requirement.startswith("dumb-init") for requirement in extra)
     env = resolve_env(container["env"], {"metadata.namespace": "shop", "metadata.name": "orders-7c9-abcde"})
     config, handler, pool_source, _ = build(container["args"], env)
     assert handler is json.dumps

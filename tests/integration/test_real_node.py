@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import unique_name
+from support import unique_name, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,6 +115,29 @@ def test_worker_pod_runs_non_root_read_only_and_reaches_apiserver_and_kafka(stac
     brokers = stack.kubectl("exec", "-n", namespace, name, "--", "python3", "-c", KAFKA_PROBE,
                             env_value(stack, "KAFKA_PODS_BOOTSTRAP_SERVERS"))
     assert brokers.stdout.strip() == "[1]"
+
+
+def test_the_worker_image_runs_an_init_as_pid_1_that_passes_sigterm_on(stack, namespace) -> None:  # type: ignore[no-untyped-def]
+    """The worker is not PID 1: the kernel drops a signal sent to a PID 1 without a handler for it, and a
+    worker that was PID 1 missed the SIGTERM of a Pod deleted while it started (before Python installed
+    its handlers), running on until the kubelet's SIGKILL at the end of the grace period (a rollout's
+    e2e run: exit 137, 20 s after the deletion, no "stopping" line)."""
+    name = unique_name("init")
+    spec = worker_pod(name, namespace, stack.node_images["worker"])
+    container = spec["spec"]["containers"][0]  # type: ignore[index]
+    del container["command"]  # the image's own entrypoint, as a user's Deployment without `command:`
+    bootstrap = env_value(stack, "KAFKA_PODS_BOOTSTRAP_SERVERS")
+    container["args"] = ["--handler=json:dumps", f"--bootstrap-servers={bootstrap}", f"--group={name}",
+                         f"--topic={name}"]
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(spec))
+    stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
+    first = stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/proc/1/cmdline").stdout.split("\0")
+    assert first[:3] == ["dumb-init", "--", "lagpilot-worker"], first
+    wait_for(lambda: "worker started" in stack.kubectl("logs", "-n", namespace, name).stdout, 60, "the worker to start")
+    # A SIGTERM to PID 1 (what the kubelet sends) reaches the worker through dumb-init: a graceful stop.
+    stack.kubectl("exec", "-n", namespace, name, "--", "sh", "-c", "kill -TERM 1")
+    stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=60s")
+    assert '"message": "stopped"' in stack.kubectl("logs", "-n", namespace, name).stdout
 
 
 def test_pod_has_no_dns_and_no_route_off_the_machine(stack, namespace) -> None:  # type: ignore[no-untyped-def]
