@@ -37,33 +37,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple, dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import ClassVar, Self
 
 FALLING_BEHIND_POLLS = 3  # polls of growth at one shape before the estimate is overruled (hysteresis)
 POOL_GAIN_SHARE = 0.5     # a bigger pool that adds less than half its proportional throughput is CPU-bound
 
 
-_Record = TypeVar("_Record")
+class _Numbers:
+    """A span or run kept in the policy memory (the status) as a compact list of its fields' numbers."""
 
+    WHAT: ClassVar[str]  # what a malformed list is said to be
 
-def _to_numbers(record: Any) -> list[float | int]:
-    """A span's or run's fields in order: how the policy memory keeps it in the status (compact)."""
-    return list(astuple(record))
+    def to_list(self) -> list[float | int]:
+        return list(astuple(self))  # type: ignore[call-overload]
 
-
-def _from_numbers(cls: type[_Record], data: object, what: str) -> _Record | None:
-    """`cls` from the list `_to_numbers` wrote (None stays None), each number as its field's type."""
-    if data is None:
-        return None
-    kinds = [float if field.type == "float" else int for field in fields(cls)]  # type: ignore[arg-type]
-    if not isinstance(data, list | tuple) or len(data) != len(kinds):
-        raise ValueError(f"{what} is {len(kinds)} numbers, got {data!r}")
-    return cls(*(kind(value) for kind, value in zip(kinds, data, strict=True)))
+    @classmethod
+    def from_list(cls, data: object) -> Self | None:
+        """The record `to_list` wrote (None stays None), each number as its field's type."""
+        if data is None:
+            return None
+        kinds = [float if field.type == "float" else int for field in fields(cls)]  # type: ignore[arg-type]
+        if not isinstance(data, list | tuple) or len(data) != len(kinds):
+            raise ValueError(f"{cls.WHAT} is {len(kinds)} numbers, got {data!r}")
+        return cls(*(kind(value) for kind, value in zip(kinds, data, strict=True)))
 
 
 @dataclass(frozen=True)
-class Span:
+class Span(_Numbers):
     """A run of polls at one shape (consumers, pool) at each of which the lag grew."""
+
+    WHAT: ClassVar[str] = "a growth span"
 
     start: float     # time of its first poll
     drained: int     # committed offsets summed at its start
@@ -71,13 +74,6 @@ class Span:
     polls: int       # polls since its start
     consumers: int
     pool: int
-
-    def to_list(self) -> list[float | int]:
-        return _to_numbers(self)
-
-    @classmethod
-    def from_list(cls, data: object) -> Span | None:
-        return _from_numbers(cls, data, "a growth span")
 
 
 @dataclass(frozen=True)
@@ -141,13 +137,15 @@ def pool_ceiling(previous: tuple[int, float] | None, pool: int, per_pod: float,
 
 
 @dataclass(frozen=True)
-class LateRun:
+class LateRun(_Numbers):
     """A run of polls at one shape at each of which the time lag was above its target and had grown.
 
     The lag in messages need not grow at every poll (the commit sawtooth and a starved partition make it
     jump both ways, as in the seed benchmark); the time lag of the oldest waiting message does, when the
     group falls behind where it matters: some message waits longer at every poll.
     """
+
+    WHAT: ClassVar[str] = "a late run"
 
     start: float       # time of its first poll
     time_lag: float    # time lag at its start, seconds
@@ -156,13 +154,6 @@ class LateRun:
     polls: int         # polls since its start
     consumers: int
     pool: int
-
-    def to_list(self) -> list[float | int]:
-        return _to_numbers(self)
-
-    @classmethod
-    def from_list(cls, data: object) -> LateRun | None:
-        return _from_numbers(cls, data, "a late run")
 
 
 @dataclass(frozen=True)
