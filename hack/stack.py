@@ -1120,14 +1120,19 @@ def install_node_binaries() -> None:
 # ------------------------------------------------------------------ node: leftovers, sysctls, network
 
 
+def _mount_table() -> list[tuple[str, bool]]:
+    """Every mount point of this namespace (/proc/self/mountinfo), and whether it propagates (shared:N)."""
+    table = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        optional = fields[6:fields.index("-")]
+        table.append((fields[4].replace("\\040", " "), any(f.startswith("shared:") for f in optional)))
+    return table
+
+
 def _mounts_under(*roots: Path) -> list[str]:
     prefixes = [str(r.resolve()) + "/" for r in roots] + [str(r.resolve()) for r in roots]
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        target = line.split()[4].replace("\\040", " ")
-        if any(target == p or target.startswith(p) for p in prefixes):
-            found.append(target)
-    return found
+    return [target for target, _ in _mount_table() if any(target == p or target.startswith(p) for p in prefixes)]
 
 
 def unmount_under(*roots: Path) -> None:
@@ -1430,10 +1435,8 @@ def share_kubelet_root(root: Path) -> None:
     """
     root.mkdir(parents=True, exist_ok=True)
     target = str(root.resolve())
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == target and any(f.startswith("shared:") for f in fields[6:fields.index("-")]):
-            return
+    if (target, True) in _mount_table():
+        return
     sh("mount", "--bind", target, target, check=True)
     sh("mount", "--make-rshared", target, check=True)
 
