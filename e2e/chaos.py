@@ -199,13 +199,18 @@ def commit_trouble(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
+def copied_log(out_dir: Path, namespace: str, pod: str) -> Path:
+    """Where the PodRecorder copies what a Pod's containers wrote: <out_dir>/<namespace>_<pod>.log."""
+    return out_dir / f"{namespace}_{pod}.log"
+
+
 def raw_tail(out_dir: Path, namespace: str, pod: str, lines: int) -> list[str]:
-    """The last lines a Pod's containers wrote, as copied (<ns>_<pod>.log), whether log records or not."""
-    path = out_dir / f"{namespace}_{pod}.log"
+    """The last lines a Pod's containers wrote, as copied, whether log records or not."""
+    path = copied_log(out_dir, namespace, pod)
     return path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(no output copied)"]
 
 
 def worker_log(out_dir: Path, namespace: str, pod: str) -> list[dict[str, Any]]:
-    """The JSON records a Pod's containers wrote, as the PodRecorder copied them (<ns>_<pod>.log)."""
-    path = out_dir / f"{namespace}_{pod}.log"
+    """The JSON records a Pod's containers wrote, as the PodRecorder copied them."""
+    path = copied_log(out_dir, namespace, pod)
     return log_records(path.read_text(errors="replace").splitlines()) if path.exists() else []

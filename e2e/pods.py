@@ -28,6 +28,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e.chaos import copied_log
 from support import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -392,7 +393,7 @@ class PodRecorder:
                 if key not in self._tails:
                     pod = path.parent.parent.name.removeprefix(f"{self.namespace}_").rsplit("_", 1)[0]
                     with contextlib.suppress(OSError):
-                        self._tails[key] = _LogTail(path, self.out_dir / f"{self.namespace}_{pod}.log")
+                        self._tails[key] = _LogTail(path, copied_log(self.out_dir, self.namespace, pod))
             for key, tail in list(self._tails.items()):
                 if not tail.read():
                     tail.close()
