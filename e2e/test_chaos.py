@@ -187,11 +187,11 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         result = finish_load(load)
         accounting, entries = _account(scenario, group, ledger, result, start)
         recording.flush()
-        stops = {pod: chaos.shutdowns(chaos.worker_log(logs, scenario.namespace, pod)) for pod in old_pods}
+        records = {pod: chaos.worker_log(logs, scenario.namespace, pod) for pod in old_pods}  # read once
+        stops = {pod: chaos.shutdowns(records[pod]) for pod in old_pods}
         # What the worker runtime says about its commits and assignments: the cause, if duplicates exceed
         # what the stops gave up.
-        commit_trouble = {pod: chaos.commit_trouble(chaos.worker_log(logs, scenario.namespace, pod))
-                          for pod in sorted(old_pods)}
+        commit_trouble = {pod: chaos.commit_trouble(records[pod]) for pod in sorted(old_pods)}
         _assert_host_clean()
 
         # Up to the last record processed: once the burst is drained there is nothing left to progress on.
@@ -210,8 +210,7 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         # once) is ended by the SIGTERM before its worker ran: nothing to stop gracefully, but never the
         # kubelet's SIGKILL at the end of the grace period (how a worker that was PID 1 ended, see
         # test_real_node's init test).
-        never_started = {pod for pod in old_pods if not any(
-            r.get("message") == "worker started" for r in chaos.worker_log(logs, scenario.namespace, pod))}
+        never_started = {pod for pod in old_pods if not any(r.get("message") == "worker started" for r in records[pod])}
         for pod in sorted(never_started):
             ended = recording.recorder.how_it_ended(pod)
             print(f"  {pod}: stopped before its worker started: {ended}")
@@ -232,7 +231,7 @@ def test_rolling_update_during_a_burst_loses_nothing(scenario: Scenario, tmp_pat
         # still running when its bound ran out and those of a final commit the broker refused (the group
         # rebalances several times in a rollout), all reported by the worker. Every old Pod stopped
         # gracefully: what it ran first and others ran again is bounded by what it reported.
-        bound = sum(chaos.replays_reported(chaos.worker_log(logs, scenario.namespace, pod)) for pod in old_pods)
+        bound = sum(chaos.replays_reported(records[pod]) for pod in old_pods)
         replayed = sum(charged.get(pod, 0) for pod in old_pods)
         assert replayed <= bound, (accounting.summary(), charged, stops, commit_trouble, chaos.duplicate_runs(entries))
 
