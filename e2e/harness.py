@@ -455,6 +455,16 @@ def finish_load(load: LoadGenerator, timeout: float = 180) -> LoadResult:
     return result
 
 
+def end_load_after(load: LoadGenerator, seconds: float) -> LoadResult:
+    """Keep the load running `seconds` longer, then end it and return what it produced.
+
+    A fault scenario's load is sized to outlast its fault; once the fault is over and the group has been
+    seen processing again for `seconds`, the rest of a fixed-length load would only be waited out."""
+    phase(seconds)
+    load.stop()
+    return finish_load(load)
+
+
 def phase(seconds: float) -> None:
     """Let a fixed-duration phase of a scenario pass (the load runs meanwhile); never used to synchronise."""
     threading.Event().wait(seconds)

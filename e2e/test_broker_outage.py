@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import Scenario, duplicate_report, finish_load, phase, read_entries
+from e2e.harness import Scenario, duplicate_report, end_load_after, phase, read_entries
 from e2e.loadgen import constant
 from support import WaitTimeout, wait_for
 
@@ -29,6 +29,7 @@ COST_MS = 20
 RATE = 120
 SECONDS = 75
 OUTAGE_SECONDS = 30
+AFTER_OUTAGE_SECONDS = 10   # the load outlasts the outage by this much once the operator sees Kafka again
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_broker_outage_holds_replicas_and_loses_nothing(scenario: Scenario) -> N
         f"replicas dropped while the operator could not read lag: {replicas_before} before, {blind_replicas} "
         f"during the outage; {group.watch.describe(start)}")
 
-    result = finish_load(load)
+    result = end_load_after(load, AFTER_OUTAGE_SECONDS)
     accounting = ledger.wait_for(result.ids, 150)
     assert accounting.complete, f"lost messages: {accounting.summary()}; {group.watch.describe(start)}"
     wait_for(lambda: group.watch.status.get("totalLag") == 0, 60, "the lag to drain after the outage")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from e2e import chaos, faults
-from e2e.harness import Group, Scenario, duplicate_report, finish_load, phase, read_entries
+from e2e.harness import Group, Scenario, duplicate_report, end_load_after, finish_load, phase, read_entries
 from e2e.loadgen import constant, steps
 from support import wait_for
 
@@ -37,6 +37,9 @@ COST_MS = 20
 WINDOW = 200
 GRACE_SECONDS = 20          # the template's terminationGracePeriodSeconds (harness default)
 SHUTDOWN_TIMEOUT_SECONDS = 10
+# Each load is sized to outlast its fault; it ends this long after the fault is over, once the group has
+# been seen processing without it.
+AFTER_FAULT_SECONDS = 10
 
 
 def _group(scenario: Scenario, topic: str, *, replicas_min: int, replicas_max: int,
@@ -112,7 +115,7 @@ def test_worker_pods_deleted_with_and_without_grace_lose_nothing(scenario: Scena
                 "abandoned": None if stop is None else stop.abandoned,
                 "window": (deleted, max(gone, exited.exited_at))}
 
-        result = finish_load(load)
+        result = end_load_after(load, AFTER_FAULT_SECONDS)
         accounting, entries = _account(scenario, group, ledger, result, start)
         _assert_host_clean()
 
@@ -276,7 +279,7 @@ def test_200ms_latency_to_the_broker_slows_but_loses_nothing(scenario: Scenario,
         _assert_host_clean()
     healed_at = time.time()
 
-    result = finish_load(load)
+    result = end_load_after(load, AFTER_FAULT_SECONDS)
     accounting, entries = _account(scenario, group, ledger, result, start)
     _assert_host_clean()
     delay_logs = "; ".join((tmp_path / f"delay-{pod}.log").read_text().strip().splitlines()[-1] for pod in delayed)
@@ -318,7 +321,7 @@ def test_30s_partition_of_one_worker_fails_over_and_loses_nothing(scenario: Scen
     with faults.partition(runtime.pod(scenario.namespace, victim), broker) as window:
         phase(PARTITION_SECONDS)
         _assert_host_clean()
-    result = finish_load(load)
+    result = end_load_after(load, AFTER_FAULT_SECONDS)
     accounting, entries = _account(scenario, group, ledger, result, start)
     _assert_host_clean()
 
