@@ -14,7 +14,7 @@
 # `fleet` (bench/fleet_bench.py, issue 17) runs 1,000 KafkaConsumerGroups on one operator process, the operator
 # of BENCH_FLEET_BASELINE (default fb31b65: before the fleet work) then this checkout's; BENCH_QUICK=1
 # makes it 50 groups and a 60 s window. Its full size takes about 25 minutes.
-# `calibration` (bench/keda_calibration.py) is pure: the KEDA model against the recorded real-KEDA run, and
+# `calibration` (bench/keda_calibration.py) is pure: the KEDA model against the recorded real-KEDA runs, and
 # against this invocation's loop run when `loop` ran before it. It needs no stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."

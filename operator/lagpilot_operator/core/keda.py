@@ -20,8 +20,11 @@ So with KEDA's defaults `pollingInterval` paces activation (0 <-> 1) only, and t
 of its own sync (calibrated against the real KEDA 2.21: a new metric value at every 15 s sync).
 
 HPA (`pkg/controller/podautoscaler`, external metric with an AverageValue target = lagThreshold):
-* every sync (default 15 s): ratio = metric / (lagThreshold x current replicas); if |1 - ratio| is
-  within the 10 % tolerance keep the current count, else desired = ceil(metric / lagThreshold);
+* every sync (default 15 s): ratio = metric / (lagThreshold x current replicas); if 1 - tolerance <=
+  ratio <= 1 + tolerance (the 10 % tolerance, bounds included, in float64 as Kubernetes 1.34's
+  `Tolerances.isWithin`) keep the current count, else desired = ceil(metric / lagThreshold). The bounds
+  matter: |1 - 1.1| is 0.10000000000000009 in floats, but 1.0 + 0.1 == 1.1, so a ratio of exactly 1.1 holds
+  (the real HPA kept 1 replica at 1,760 against a lagThreshold of 1,600, ratio 1.100);
 * stabilization: the recommendation is recorded; the result is at least the minimum over the
   scale-up window (default 0 s) and at most the maximum over the scale-down window (default 300 s);
 * rate limits. KEDA gives its HPA a `behavior` only when the ScaledObject sets
@@ -182,6 +185,12 @@ def activation(config: KedaConfig, state: KedaState, current_replicas: int, now:
     return None
 
 
+def within_hpa_tolerance(ratio: float, tolerance: float) -> bool:
+    """The HPA keeps its replica count (Kubernetes 1.34, `Tolerances.isWithin`): bounds included, in float64
+    arithmetic, so a ratio of exactly 1 + tolerance holds where |1 - ratio| <= tolerance would not."""
+    return (1.0 - tolerance) <= ratio <= (1.0 + tolerance)
+
+
 def hpa_sync(config: KedaConfig, state: KedaState, current_replicas: int, now: float) -> KedaDecision:
     """One HPA reconcile on the cached metric (replica count for a running workload)."""
     metric = state.metric
@@ -189,7 +198,7 @@ def hpa_sync(config: KedaConfig, state: KedaState, current_replicas: int, now: f
         return KedaDecision(current_replicas, "hpa: no metric or scaled to zero", state)
     target = config.lag_threshold
     ratio = metric.metric / (target * current_replicas)
-    within_tolerance = abs(1.0 - ratio) <= config.tolerance
+    within_tolerance = within_hpa_tolerance(ratio, config.tolerance)
     recommendation = current_replicas if within_tolerance else math.ceil(metric.metric / target)
     # Stabilization (HPA's stabilizeRecommendationWithBehaviors).
     desired = stabilized(current_replicas, recommendation, state.recommendations, now,

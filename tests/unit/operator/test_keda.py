@@ -101,6 +101,18 @@ def test_hpa_tolerance_and_keda_partition_cap_leave_replicas_below_partitions() 
     assert hpa_run(config, 120, 10, [0]) == [12]
 
 
+def test_hpa_tolerance_includes_its_bounds_as_kubernetes_does() -> None:
+    """The real HPA (Kubernetes 1.34) kept 1 replica at a metric of 1,760 against a lagThreshold of 1,600
+    (bench/data/real_keda_loop_2026-12-06_9da9dd0.json, keda-pool-16 at 29.8 s): a ratio of exactly 1.1 is
+    within the tolerance, although |1 - 1.1| > 0.1 in floats."""
+    assert abs(1.0 - 1760 / 1600) > 0.1
+    assert keda.within_hpa_tolerance(1760 / 1600, 0.1) and keda.within_hpa_tolerance(1440 / 1600, 0.1)
+    assert not keda.within_hpa_tolerance(1761 / 1600, 0.1) and not keda.within_hpa_tolerance(1439 / 1600, 0.1)
+    config = keda.KedaConfig(lag_threshold=1600, min_replicas=1, max_replicas=8)
+    assert hpa_run(config, 1760, 1, [0]) == [1]
+    assert hpa_run(config, 1761, 1, [0]) == [2]
+
+
 def test_hpa_scale_down_waits_300_s_then_drops_at_once() -> None:
     config = keda.KedaConfig(min_replicas=1, max_replicas=100)
     state = keda.KedaState()
@@ -147,7 +159,7 @@ def first_sync_replicas(lagging: list[tuple[int, int]], threshold: int, replicas
     lag = sum(end - committed for end, committed in lagging)
     if not allow_idle and lag // threshold > partitions:
         lag = partitions * threshold
-    wanted = replicas if abs(1 - lag / (threshold * replicas)) <= 0.1 else -(-lag // threshold)
+    wanted = replicas if 0.9 <= lag / (threshold * replicas) <= 1.1 else -(-lag // threshold)  # HPA's isWithin
     if wanted > replicas:
         wanted = min(wanted, max(4, 2 * replicas))  # no behavior (KEDA's default): the HPA's legacy limit
         if not allow_idle:
