@@ -697,11 +697,15 @@ def keep_small_shrink(ctx: DecisionContext, target: int) -> Slots:
     capacity = ctx.current_capacity
     # Measured against what the current shape gives evenly spread load: a pool sized for the
     # busiest pod's partitions counts more slots than that, and every poll would trim one.
-    shrink = even_capacity(ctx) - target
+    even = even_capacity(ctx)
+    shrink = even - target
     percent = ctx.config.tolerance_percent
     band = max(1.0, percent / 100 * capacity)
     if target < capacity and 0 < shrink < band:
-        return Slots(capacity, (f"shrink of {capacity - target} slots within {percent}% tolerance",))
+        # What the shape gives evenly is kept (step 7 makes it the current shape again), not the nominal
+        # capacity: a target of `even` itself passes as it is, and one slot less must not keep more (more
+        # lag never gets fewer workers).
+        return Slots(even, (f"shrink of {capacity - target} slots within {percent}% tolerance",))
     return Slots(target)
 
 

@@ -191,9 +191,19 @@ def test_limit_steps_counts_what_the_period_already_added() -> None:
 
 
 def test_keep_small_shrink_measures_against_the_even_capacity() -> None:
+    # 5 pods of 63 on 9 partitions: 315 slots, of which the busiest pod's 2 partitions make 283 even.
     ctx = context(FREE, observe(spread(0, 9), 5, 63))
-    assert keep_small_shrink(ctx, 277) == Slots(315, ("shrink of 38 slots within 10% tolerance",))
+    assert keep_small_shrink(ctx, 277) == Slots(283, ("shrink of 38 slots within 10% tolerance",))
+    assert pool_for(9, 283, 5) == 63  # what is kept is the current shape
     assert keep_small_shrink(ctx, 225) == Slots(225)
+
+
+def test_keep_small_shrink_never_keeps_more_for_a_smaller_target() -> None:
+    """A target one slot lower never ends with more slots (more lag must never get fewer workers): keeping
+    the nominal 315 for 282 and passing 283 as it is gave 315 against 283."""
+    ctx = context(FREE, observe(spread(0, 9), 5, 63))
+    kept = [keep_small_shrink(ctx, target).slots for target in range(200, 316)]
+    assert kept == sorted(kept)
 
 
 def test_shape_for_the_cooldown_holds_the_replicas_while_the_pool_moves() -> None:
