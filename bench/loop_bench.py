@@ -572,7 +572,8 @@ def simulated(cfg: BenchConfig, policy: str) -> dict[str, Any]:
             **result.summary.to_dict(),
             "shape_timeline": shapes,
             "reasons": [[round(t, 1), reason] for t, reason in result.reasons],
-            "cpu_bound_found_seconds": next((round(t, 1) for t, reason in result.reasons
+            # Seconds into the burst, as the measured run's.
+            "cpu_bound_found_seconds": next((round(t - cfg.before_seconds, 1) for t, reason in result.reasons
                                              if CPU_BOUND_FOUND in reason), None)}
 
 
@@ -587,7 +588,7 @@ def format_simulated(policy: str, expected: dict[str, Any]) -> str:
 # --- one run ---------------------------------------------------------------------------------------------
 
 
-def pod_cgroup_cpu(uid: str) -> dict[str, float] | None:
+def pod_cgroup_cpu(uid: str) -> dict[str, float | None] | None:
     """A Pod's CPU limit as the kernel enforces it (cgroup v1 `cpu` controller, the kubelet's cgroupfs
     driver: cfs_quota / cfs_period, None without a quota) and its throttling so far; None once it is gone."""
     for path in (*CGROUP_CPU.glob(f"*/pod{uid}"), CGROUP_CPU / f"pod{uid}"):

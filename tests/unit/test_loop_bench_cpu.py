@@ -170,9 +170,9 @@ def test_cpu_per_message_sums_each_pods_cgroup_over_the_messages(bench: ModuleTy
 def test_the_model_grows_the_pool_finds_no_gain_then_moves_capacity_to_pods(bench: ModuleType) -> None:
     cfg = bench.bench_config("cpu")
     expected = bench.simulated(cfg, "drainTime")
-    found = expected["cpu_bound_found_seconds"]
-    burst_start, burst_end = cfg.before_seconds, cfg.before_seconds + cfg.burst_seconds
-    assert found is not None and burst_start < found < burst_start + 60
+    into_burst = expected["cpu_bound_found_seconds"]
+    assert into_burst is not None and 0 < into_burst < 60
+    found, burst_end = cfg.before_seconds + into_burst, cfg.before_seconds + cfg.burst_seconds
     before = [(r, p) for t, r, p in expected["shape_timeline"] if t <= found]
     held = [(r, p) for t, r, p in expected["shape_timeline"] if t <= burst_end][-1]
     # One Pod, its pool grown beyond 4 x pool.initial (the growth that is not read), before the finding ...
@@ -189,3 +189,18 @@ def test_without_the_pod_limit_one_pod_holds_the_burst_and_nothing_is_cpu_bound(
     assert expected["cpu_bound_found_seconds"] is None
     assert expected["max_replicas"] == 1
     assert not any(bench.CPU_BOUND_FOUND in reason for _, reason in expected["reasons"])
+
+
+def test_a_pods_cgroup_gives_its_enforced_quota_and_throttling(bench: ModuleType, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "CGROUP_CPU", tmp_path)
+    limited, unlimited = tmp_path / "burstable" / "poduid-1", tmp_path / "besteffort" / "poduid-2"
+    for path, quota in ((limited, "25000"), (unlimited, "-1")):
+        path.mkdir(parents=True)
+        (path / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (path / "cpu.cfs_period_us").write_text("100000\n")
+        (path / "cpu.stat").write_text("nr_periods 1200\nnr_throttled 900\nthrottled_time 61500000000\n")
+    assert bench.pod_cgroup_cpu("uid-1") == {"quota_cores": 0.25, "periods": 1200, "throttled_periods": 900,
+                                             "throttled_seconds": 61.5}
+    assert bench.pod_cgroup_cpu("uid-2")["quota_cores"] is None   # no limit: no quota
+    assert bench.pod_cgroup_cpu("uid-3") is None                  # gone
