@@ -3,6 +3,7 @@
 # Each benchmark prints JSON lines while it runs; its last line is its summary object. This script keeps
 # every benchmark's full output in bench-results/<name>.jsonl and prints one JSON object at the end that
 # holds each benchmark's summary, so one invocation gives all numbers side by side.
+# LAGPILOT_STACK_DIR (as for hack/stack.py) names the running stack's state, e.g. a worktree on its main checkout's stack.
 # BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop and seed benchmarks.
 # `seed` is the seed articles' load (bench/seed_bench.py). By default it searches the highest rate at which
 # P99 <= 200 ms holds (a 2-core machine cannot produce, store and consume 12,000 msg/s of 1.2 KB JSON),
@@ -25,8 +26,8 @@ out=bench-results
 mkdir -p "$out"
 only=${BENCH_ONLY:-worker operator loop cpuloop calibration seed rebalance share compare fleet}
 if [[ " $only " != " calibration " ]]; then
-  # shellcheck disable=SC1091
-  source .stack/env
+  # shellcheck disable=SC1090,SC1091
+  source "${LAGPILOT_STACK_DIR:-.stack}/env"
 fi
 ran_loop=0
 loop_args=()
