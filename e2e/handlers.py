@@ -8,8 +8,13 @@ KafkaConsumerGroup's template:
   message id) before the handler returns; the ledger reads that topic to account for every id.
   The write is acknowledged before the handler returns, so a committed source offset always has its
   ledger entry: a SIGKILL can duplicate an entry, never lose one.
-* `E2E_COST_MS` (default 10): the handler waits this long per record, like an I/O call would; it does
-  not burn CPU, so slots scale and the 2-core test machine keeps up.
+* `E2E_CPU_MS` (default 0): before the wait, the handler burns this many milliseconds of its thread's CPU
+  time per record in a pure-Python loop (`burn_cpu`), holding the GIL the whole time: a CPU-bound
+  handler, whose slots in one process share about one core and stop adding throughput once the Pod's
+  CPU limit is used. Measured in thread CPU time, not wall time: a throttled or preempted thread still
+  spends the same CPU per record, it only takes longer.
+* `E2E_COST_MS` (default 10): then the handler waits this long per record, like an I/O call would; the
+  wait burns no CPU, so slots scale and the 2-core test machine keeps up.
 * `E2E_FAIL_ALWAYS_PERCENT` (default 0): records whose id falls in that share of buckets fail on every
   attempt (they end in the DLQ once in-place retries and retry tiers are used up).
 * `E2E_FAIL_ONCE_PERCENT` (default 0): the next share of buckets fails on the first attempt only (the
@@ -152,9 +157,32 @@ def _cost_seconds() -> float:
     return float(os.environ.get("E2E_COST_MS", "10")) / 1000
 
 
+def _cpu_seconds() -> float:
+    return float(os.environ.get("E2E_CPU_MS", "0")) / 1000
+
+
+def burn_cpu(seconds: float) -> float:
+    """Spend `seconds` of this thread's CPU time in pure Python, holding the GIL throughout; returns the
+    thread CPU time spent (at least `seconds`, over by at most one round of the inner loop, a few µs).
+
+    The clock is `time.thread_time`: time this thread ran, so a thread that waits for the GIL, is
+    preempted or sits in a throttled cgroup spends no more and no less CPU per record, only more wall time.
+    """
+    start = time.thread_time()
+    end = start + seconds
+    acc = 0
+    while time.thread_time() < end:
+        for _ in range(100):  # Python bytecode between clock reads: the GIL is held, not released in a syscall
+            acc = (acc * 31 + 7) & 0xFFFF
+    return time.thread_time() - start
+
+
 def handle(record: Record) -> None:
     ident = message_id(record)
     always, once = _percent("E2E_FAIL_ALWAYS_PERCENT"), _percent("E2E_FAIL_ONCE_PERCENT")
+    cpu = _cpu_seconds()
+    if cpu > 0:
+        burn_cpu(cpu)  # the record's computation: CPU under the GIL
     cost = _cost_seconds()
     if cost > 0:
         time.sleep(cost)  # the record's "work": waiting, as on a database or HTTP call

@@ -3,6 +3,7 @@
 # Each benchmark prints JSON lines while it runs; its last line is its summary object. This script keeps
 # every benchmark's full output in bench-results/<name>.jsonl and prints one JSON object at the end that
 # holds each benchmark's summary, so one invocation gives all numbers side by side.
+# LAGPILOT_STACK_DIR (as for hack/stack.py) names the running stack's state, e.g. a worktree on its main checkout's stack.
 # BENCH_ONLY="worker operator" runs a subset; BENCH_QUICK=1 passes --quick to the loop and seed benchmarks.
 # `seed` is the seed articles' load (bench/seed_bench.py). By default it searches the highest rate at which
 # P99 <= 200 ms holds (a 2-core machine cannot produce, store and consume 12,000 msg/s of 1.2 KB JSON),
@@ -14,16 +15,19 @@
 # `fleet` (bench/fleet_bench.py, issue 17) runs 1,000 KafkaConsumerGroups on one operator process, the operator
 # of BENCH_FLEET_BASELINE (default fb31b65: before the fleet work) then this checkout's; BENCH_QUICK=1
 # makes it 50 groups and a 60 s window. Its full size takes about 25 minutes.
+# `cpuloop` (bench/loop_bench.py --scenario cpu, issue 15) is the loop with a CPU-bound handler (5 ms of CPU a
+# message under the GIL) in worker Pods limited to 250m, drainTime only: does the operator move capacity to Pods
+# when a Pod's slots stop adding throughput? About 7 minutes; BENCH_CPULOOP_ARGS adds flags (e.g. --burst-rate 150).
 # `calibration` (bench/keda_calibration.py) is pure: the KEDA model against the recorded real-KEDA runs, and
 # against this invocation's loop run when `loop` ran before it. It needs no stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop calibration seed rebalance share compare fleet}
+only=${BENCH_ONLY:-worker operator loop cpuloop calibration seed rebalance share compare fleet}
 if [[ " $only " != " calibration " ]]; then
-  # shellcheck disable=SC1091
-  source .stack/env
+  # shellcheck disable=SC1090,SC1091
+  source "${LAGPILOT_STACK_DIR:-.stack}/env"
 fi
 ran_loop=0
 loop_args=()
@@ -34,6 +38,8 @@ for name in $only; do
     worker) cmd=(.venv/bin/python bench/worker_bench.py) ;;
     operator) cmd=(.venv/bin/python bench/operator_bench.py) ;;
     loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}"); ran_loop=1 ;;
+    # shellcheck disable=SC2206  # BENCH_CPULOOP_ARGS is split into flags on purpose
+    cpuloop) cmd=(.venv/bin/python bench/loop_bench.py --scenario cpu ${BENCH_CPULOOP_ARGS:-}) ;;
     calibration) cmd=(.venv/bin/python bench/keda_calibration.py)
                  if (( ran_loop )); then cmd+=(--fresh "$out/loop.jsonl"); fi ;;
     # shellcheck disable=SC2206  # BENCH_SEED_ARGS is split into flags on purpose
@@ -43,7 +49,7 @@ for name in $only; do
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
                   --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
     fleet) cmd=(.venv/bin/python bench/fleet_bench.py "${fleet_args[@]}") ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, calibration, seed, rebalance, share, compare, fleet)" >&2
+    *) echo "unknown benchmark '$name' (worker, operator, loop, cpuloop, calibration, seed, rebalance, share, compare, fleet)" >&2
        exit 2 ;;
   esac
   echo "== bench: $name" >&2
