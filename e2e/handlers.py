@@ -9,7 +9,7 @@ KafkaConsumerGroup's template:
   The write is acknowledged before the handler returns, so a committed source offset always has its
   ledger entry: a SIGKILL can duplicate an entry, never lose one.
 * `E2E_CPU_MS` (default 0): before the wait, the handler burns this many milliseconds of its thread's CPU
-  time per record in a pure-Python loop (`burn_cpu`), holding the GIL the whole time: a CPU-bound
+  time per record in a pure-Python loop (`burn_cpu`), which needs the GIL all along (threads take turns): a CPU-bound
   handler, whose slots in one process share about one core and stop adding throughput once the Pod's
   CPU limit is used. Measured in thread CPU time, not wall time: a throttled or preempted thread still
   spends the same CPU per record, it only takes longer.
@@ -162,7 +162,7 @@ def _cpu_seconds() -> float:
 
 
 def burn_cpu(seconds: float) -> float:
-    """Spend `seconds` of this thread's CPU time in pure Python, holding the GIL throughout; returns the
+    """Spend `seconds` of this thread's CPU time in pure Python (it needs the GIL throughout); returns the
     thread CPU time spent (at least `seconds`, over by at most one round of the inner loop, a few µs).
 
     The clock is `time.thread_time`: time this thread ran, so a thread that waits for the GIL, is
@@ -172,7 +172,7 @@ def burn_cpu(seconds: float) -> float:
     end = start + seconds
     acc = 0
     while time.thread_time() < end:
-        for _ in range(100):  # Python bytecode between clock reads: the GIL is held, not released in a syscall
+        for _ in range(100):  # Python bytecode between clock reads: no syscall that releases the GIL
             acc = (acc * 31 + 7) & 0xFFFF
     return time.thread_time() - start
 
