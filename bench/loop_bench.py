@@ -245,7 +245,9 @@ def shape_history(replicas: list[tuple[float, int]], pools: list[tuple[float, in
             current_replicas = value
         else:
             current_pool = value
-        shapes.append((t, current_replicas, current_pool))
+        # The pool's series has a point per status write: a repeat is no change of shape.
+        if not shapes or shapes[-1][1:] != (current_replicas, current_pool):
+            shapes.append((t, current_replicas, current_pool))
     return shapes
 
 

@@ -158,6 +158,14 @@ def test_shape_periods_show_a_bigger_pool_draining_no_more_and_a_second_pod_doub
     assert bench.shape_periods([(start, 1, 1), (start + 8, 1, 2)], entries, backlog, cpu, start, start + 8) == []
 
 
+def test_shape_history_has_one_shape_per_change_though_the_pool_is_read_at_every_status_write(
+        bench: ModuleType) -> None:
+    # The pool's series is a point per status write: 1 x 1 written three times, then 1 x 5, then 4 x 5.
+    pools = [(0.0, 1), (5.0, 1), (10.0, 1), (34.0, 5), (39.0, 5), (54.0, 5)]
+    replicas = [(0.0, 1), (54.0, 4)]
+    assert bench.shape_history(replicas, pools, 1) == [(0.0, 1, 1), (34.0, 1, 5), (54.0, 4, 5)]
+
+
 def test_cpu_per_message_sums_each_pods_cgroup_over_the_messages(bench: ModuleType) -> None:
     cpu = {"a": [(0.0, 10.0), (60.0, 25.0)], "b": [(30.0, 1.0), (60.0, 4.0)], "c": [(59.0, 0.5)]}
     assert bench.cpu_ms_per_message(cpu, 3000) == 6.0   # (15 + 3) s over 3000 messages
