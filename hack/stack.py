@@ -2198,6 +2198,24 @@ def apiservice_available(apiservice: dict[str, Any]) -> bool:
     return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
 
 
+def wait_established(crds: list[str], timeout: float) -> None:
+    """Until every CRD named is Established. Not `kubectl wait --for=condition=Established`: right after
+    the apply a CRD may have no status.conditions yet, and kubectl then fails at once ("<nil> is of the
+    type <nil>, expected []interface{}") instead of waiting."""
+    query = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}'
+    deadline = time.monotonic() + timeout
+    pending = set(crds)
+    while True:
+        # All CRDs, not the names: `get` of a single name prints the object, not a list with .items.
+        out = kubectl_output("get", "crd", "-o", f"jsonpath={query}") or ""
+        pending -= {line.split("=", 1)[0] for line in out.splitlines() if line.endswith("=True")}
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"CRDs not Established after {timeout:.0f} s: {', '.join(sorted(pending))}")
+        time.sleep(0.25)  # the apiserver's CRD controller sets the condition; nothing to await from here
+
+
 def kubectl_output(*args: str, timeout: float = 20) -> str | None:
     try:
         result = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", *args],
@@ -2247,9 +2265,7 @@ def keda_up() -> None:
     run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "apply", "--server-side",
          "--force-conflicts", "-f", str(keda_dir() / "crds"), "-f", str(keda_dir() / "objects.json")],
         what="apply KEDA objects")
-    run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig_path()}", "wait", "--for=condition=Established",
-         "--timeout=60s", *[f"crd/{name}" for name in keda_crd_names()]],
-        what="wait for KEDA CRDs")
+    wait_established(keda_crd_names(), 60)
     for service in keda_services():
         if running_and_ready(service):
             continue

@@ -176,3 +176,29 @@ def test_keda_up_and_keda_down_are_commands(stack: Any, monkeypatch: pytest.Monk
     monkeypatch.setattr(stack, "keda_down", lambda: called.append("down"))
     assert stack.main(["keda-up"]) == 0 and stack.main(["keda-down"]) == 0
     assert called == ["up", "down"]
+
+
+def test_crds_are_awaited_until_established_even_before_they_have_conditions(stack: Any,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after the apply a CRD has no status.conditions: `kubectl wait --for=condition=Established`
+    failed at once there ("<nil> is of the type <nil>"); the wait keeps reading until each says True."""
+    answers = iter(["a.x=\nb.x=\n", "a.x=True\nb.x=\n", None, "a.x=True\nb.x=True\nother.y=True\n"])
+    calls: list[tuple[str, ...]] = []
+
+    def kubectl_output(*args: str, timeout: float = 20) -> str | None:
+        calls.append(args)
+        return next(answers)
+
+    monkeypatch.setattr(stack, "kubectl_output", kubectl_output)
+    monkeypatch.setattr(stack.time, "sleep", lambda seconds: None)
+    stack.wait_established(["a.x", "b.x"], 60)
+    assert len(calls) == 4
+
+
+def test_a_crd_that_never_becomes_established_is_named(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "kubectl_output", lambda *args, timeout=20: "a.x=True\nb.x=False\n")
+    monkeypatch.setattr(stack.time, "sleep", lambda seconds: None)
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(stack.time, "monotonic", lambda: float(next(clock)))
+    with pytest.raises(stack.StackError, match=r"not Established after 60 s: b\.x$"):
+        stack.wait_established(["a.x", "b.x"], 60)
