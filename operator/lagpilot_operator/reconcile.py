@@ -23,7 +23,15 @@ from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionKey, lags_by_partition, partition_name
+from lagpilot_operator.core.observations import (
+    DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
+    DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
+    LagHistory,
+    LagSample,
+    PartitionKey,
+    lags_by_partition,
+    partition_name,
+)
 from lagpilot_operator.core.pause import pause_from
 from lagpilot_operator.core.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.core.timelag import TimeLagTracker, summarize
@@ -48,6 +56,10 @@ DEAD_LETTER_INTERVAL_SECONDS = 30.0
 # The stuck-partition window (verdicts.py). An operator setting rather than a spec field: it is about
 # how patient the operator is with commit gaps, the same for every group it serves.
 VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS))
+# The longest window the reconcile reads from a resource's history (verdicts, rates): older samples are
+# dropped (`LagHistory.needed_seconds`), which changes no result.
+HISTORY_NEEDED_SECONDS = max(VERDICT_WINDOW_SECONDS, DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
+                             DEFAULT_CONSUME_RATE_WINDOW_SECONDS)
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 
 
@@ -83,7 +95,7 @@ class ParsedSpec:
 class ResourceState:
     """What the operator keeps in memory per resource between reconciles (rebuilt after a restart)."""
 
-    history: LagHistory = field(default_factory=LagHistory)
+    history: LagHistory = field(default_factory=lambda: LagHistory(needed_seconds=HISTORY_NEEDED_SECONDS))
     time_lags: TimeLagTracker = field(default_factory=TimeLagTracker)
     memory: PolicyMemory | None = None
     failures: int = 0

@@ -112,7 +112,8 @@ class LagHistory:
 
     * Samples older than `window_seconds` (relative to the newest) are dropped, and at most
       `max_samples` are kept. A sample not newer than the newest one is ignored (clock jitter,
-      a retried read), so time always moves forward.
+      a retried read), so time always moves forward. With `needed_seconds`, the samples no window of
+      up to that length starts from are dropped too (what is read stays the same).
     * Rates are computed per partition over the sample pairs where that partition is present in both
       samples with a usable value, then summed over the partitions of the newest sample. So a
       partition that appears counts from its first pair on, one that disappears stops counting,
@@ -120,11 +121,17 @@ class LagHistory:
       (topic recreated, group reset) skips that one pair instead of producing a negative rate.
     """
 
-    def __init__(self, window_seconds: float = 600.0, max_samples: int = 240) -> None:
+    def __init__(self, window_seconds: float = 600.0, max_samples: int = 240,
+                 needed_seconds: float | None = None) -> None:
         if window_seconds <= 0 or max_samples < 2:
             raise ValueError("window_seconds must be > 0 and max_samples >= 2")
+        if needed_seconds is not None and needed_seconds <= 0:
+            raise ValueError("needed_seconds must be > 0")
         self.window_seconds = window_seconds
         self.max_samples = max_samples
+        self.needed_seconds = needed_seconds
+        """The longest window anyone reads (rates, `series_by_partition`): the samples before that window's
+        start are dropped as well (None: kept for `window_seconds`)."""
         self._samples: deque[LagSample] = deque()
         # Each sample's partition keys, in its order: lets the common case (same partitions in the
         # same order every poll) line samples up by position instead of by dictionary lookups.
@@ -140,6 +147,14 @@ class LagHistory:
         while len(self._samples) > self.max_samples or (len(self._samples) > 2 and self._samples[0].time < horizon):
             self._samples.popleft()
             self._keys.popleft()
+        if self.needed_seconds is not None:
+            # A window of up to `needed_seconds` starts at the newest sample at or before its start
+            # (`_first_index`), so the samples before that one are read by none: a history that reads
+            # 60 s of 5 s polls keeps 13 samples of 1,000 partitions, not 121.
+            since = sample.time - self.needed_seconds
+            while len(self._samples) > 1 and self._samples[1].time <= since:
+                self._samples.popleft()
+                self._keys.popleft()
         return True
 
     def __len__(self) -> int:

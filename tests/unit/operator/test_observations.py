@@ -160,3 +160,36 @@ def test_produce_rate_of_constant_production_is_exact(rate: float, samples: int,
     # Offsets are whole messages: rounding costs at most 1 message per partition over the span.
     span = min(15.0, (samples - 1) * 5.0)
     assert measured == pytest.approx(rate * partitions, abs=partitions / span + 1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([5.0, 5.0, 5.0, 1.0, 30.0, 700.0]), offsets_lists), min_size=1, max_size=60),
+       st.sampled_from([15.0, 30.0, 60.0]), st.integers(2, 240))
+def test_a_history_keeping_only_what_its_windows_read_reads_the_same(
+        steps: list[tuple[float, list[tuple[int, int | None]]]], needed: float, max_samples: int) -> None:
+    """Dropping the samples before the longest window's start changes no rate and no series of any window
+    up to it, whatever the gaps between polls (an outage, a poll late by a minute)."""
+    full = LagHistory(max_samples=max_samples)
+    trimmed = LagHistory(max_samples=max_samples, needed_seconds=needed)
+    time = 0.0
+    for gap, partitions in steps:
+        time += gap
+        sample = LagSample(time, tuple(po(i, end, c) for i, (end, c) in enumerate(partitions)))
+        full.add(sample)
+        trimmed.add(sample)
+        assert trimmed.samples == full.samples[len(full) - len(trimmed):]
+        for window in {15.0, 30.0, needed}:
+            if window <= needed:
+                assert trimmed.produce_rate(window) == full.produce_rate(window)
+                assert trimmed.consume_rate(window) == full.consume_rate(window)
+        assert trimmed.series_by_partition(since=time - needed) == full.series_by_partition(since=time - needed)
+    assert len(trimmed) <= len(full)
+
+
+def test_a_history_keeping_what_a_minute_reads_holds_a_minute_and_a_poll() -> None:
+    history = LagHistory(needed_seconds=60.0)
+    for t in range(0, 600, 5):
+        history.add(LagSample(float(t), (po(0, t, 0),)))
+    assert [s.time for s in history][:2] == [535.0, 540.0] and len(history) == 13
+    with pytest.raises(ValueError, match="needed_seconds"):
+        LagHistory(needed_seconds=0.0)
