@@ -193,3 +193,32 @@ def test_a_history_keeping_what_a_minute_reads_holds_a_minute_and_a_poll() -> No
     assert [s.time for s in history][:2] == [535.0, 540.0] and len(history) == 13
     with pytest.raises(ValueError, match="needed_seconds"):
         LagHistory(needed_seconds=0.0)
+
+
+# A partition's next offsets: mostly forward, sometimes back (topic recreated, group reset) or uncommitted.
+offset_steps = st.tuples(st.one_of(st.integers(0, 50), st.integers(-200, 50)),
+                         st.one_of(st.integers(0, 50), st.integers(-200, 50), st.none()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6), st.lists(st.tuples(st.sampled_from([5.0, 5.0, 2.5, 40.0]), st.lists(offset_steps, min_size=6,
+                                                                                               max_size=6)),
+                                   min_size=2, max_size=25),
+       st.sampled_from([5.0, 15.0, 30.0, 60.0]))
+def test_rates_over_partitions_lined_up_by_position_are_the_rates_by_key(
+        partitions: int, steps: list[tuple[float, list[tuple[int, int | None]]]], window: float) -> None:
+    """The column-wide rates (`_window_rate`) give exactly what the pair-by-pair, key-by-key reading gives."""
+    history = LagHistory()
+    ends, committed = [1000] * partitions, [900] * partitions
+    time = 0.0
+    for gap, moves in steps:
+        time += gap
+        offsets = []
+        for p, (end_step, commit_step) in zip(range(partitions), moves, strict=False):
+            ends[p] = max(0, ends[p] + end_step)
+            committed[p] = max(0, committed[p] + commit_step) if commit_step is not None else committed[p]
+            offsets.append(po(p, ends[p], None if commit_step is None else committed[p]))
+        history.add(LagSample(time, tuple(offsets)))
+        assert history.window(time - window) is not None
+        assert history.produce_rate(window) == history._rate_by_key(window, produced=True)
+        assert history.consume_rate(window) == history._rate_by_key(window, produced=False)
