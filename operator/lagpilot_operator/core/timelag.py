@@ -70,14 +70,17 @@ class PartitionTimeTable:
             offsets.clear()  # end offset went backwards: topic recreated or truncated, old points lie
             times.clear()
             errors.clear()
-        if len(offsets) >= 2 and offsets[-1] == end_offset == offsets[-2]:
+        count = len(offsets)
+        if count >= 2 and offsets[-1] == end_offset == offsets[-2]:
             times[-1] = time  # extend the flat run's last-seen time
         else:
             offsets.append(end_offset)
             times.append(time)
             errors.append(math.inf)
-        self._refresh_error(len(offsets) - 2)
-        if len(offsets) > self.max_points:
+            count += 1
+        if count >= 3:  # `_refresh_error(count - 2)`, inline: this runs for every partition on every poll
+            errors[-2] = abs(times[-2] - _between(offsets[-3], times[-3], offsets[-1], times[-1], offsets[-2]))
+        if count > self.max_points:
             # The first minimum: on ties the oldest point goes.
             index = errors.index(min(errors[1:-1]), 1)
             del offsets[index]
@@ -127,17 +130,29 @@ class TimeLagTracker:
     def __init__(self, max_points: int = DEFAULT_MAX_POINTS) -> None:
         self.max_points = max_points
         self._tables: dict[PartitionKey, PartitionTimeTable] = {}
+        # The partitions of the last sample added, in its order, and their tables in that order: a sample
+        # over the same partitions (nearly every one) reaches its tables by position, not by key.
+        self._order: tuple[PartitionKey, ...] = ()
+        self._aligned: list[PartitionTimeTable] = []
+        self._last: LagSample | None = None
 
     def add(self, sample: LagSample) -> None:
-        seen: set[PartitionKey] = set()
-        for offsets in sample.partitions:
-            seen.add(offsets.key)
-            table = self._tables.get(offsets.key)
-            if table is None:
-                table = self._tables[offsets.key] = PartitionTimeTable(self.max_points)
-            table.add(offsets.end_offset, sample.time)
-        for gone in set(self._tables) - seen:
-            del self._tables[gone]  # partition (or topic) no longer consumed
+        keys = tuple([(p.topic, p.partition) for p in sample.partitions])
+        if keys != self._order:
+            tables = self._tables
+            aligned: list[PartitionTimeTable] = []
+            for key in keys:
+                table = tables.get(key)
+                if table is None:
+                    table = tables[key] = PartitionTimeTable(self.max_points)
+                aligned.append(table)
+            for gone in set(tables) - set(keys):
+                del tables[gone]  # partition (or topic) no longer consumed
+            self._order, self._aligned = keys, aligned
+        self._last = sample
+        time = sample.time
+        for table, offsets in zip(self._aligned, sample.partitions, strict=True):
+            table.add(offsets.end_offset, time)
 
     def table(self, key: PartitionKey) -> PartitionTimeTable | None:
         return self._tables.get(key)
@@ -146,6 +161,11 @@ class TimeLagTracker:
         self, offsets: PartitionOffsets, now: float, offset_reset_policy: OffsetResetPolicy = "latest"
     ) -> float:
         """Seconds between now and the produce time of the partition's oldest unconsumed message."""
+        return self._time_lag(offsets, self._tables.get(offsets.key), now, offset_reset_policy)
+
+    @staticmethod
+    def _time_lag(offsets: PartitionOffsets, table: PartitionTimeTable | None, now: float,
+                  offset_reset_policy: OffsetResetPolicy) -> float:
         if offsets.committed is None:
             if offset_reset_policy == "latest":
                 return 0.0  # a consumer would start at the end: nothing old to consume
@@ -154,7 +174,6 @@ class TimeLagTracker:
             position = max(offsets.committed, offsets.start_offset)
         if position >= offsets.end_offset:
             return 0.0
-        table = self._tables.get(offsets.key)
         estimate = table.estimate_time(position) if table is not None else None
         if estimate is None:
             return 0.0
@@ -165,6 +184,11 @@ class TimeLagTracker:
     ) -> dict[PartitionKey, float]:
         """Time lag of every partition of `sample` (now defaults to the sample's time)."""
         at = sample.time if now is None else now
+        if sample is self._last:  # the sample just added: its tables in its order
+            lag = self._time_lag
+            return dict(zip(self._order, [lag(p, table, at, offset_reset_policy)
+                                          for p, table in zip(sample.partitions, self._aligned, strict=True)],
+                            strict=True))
         return {p.key: self.time_lag(p, at, offset_reset_policy) for p in sample.partitions}
 
 

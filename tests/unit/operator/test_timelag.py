@@ -233,3 +233,25 @@ def test_the_table_keeps_the_points_and_estimates_of_the_reference(steps: list[t
         assert table.points == tuple(reference.points)
     for offset in asked:
         assert table.estimate_time(offset) == reference.estimate_time(offset)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 30), st.one_of(st.none(), st.integers(0, 30))),
+                         min_size=1, max_size=5), min_size=1, max_size=30),
+       st.sampled_from(["latest", "earliest"]))
+def test_the_tracker_gives_each_partition_its_own_tables_time_lag(
+        samples: list[list[tuple[int, int, int | None]]], policy: str) -> None:
+    """The time lags of the sample just added (its tables reached by position) are those read key by key, as
+    partitions come and go between samples."""
+    tracker = TimeLagTracker(max_points=5)
+    ends: dict[int, int] = {}
+    for index, partitions in enumerate(samples):
+        offsets = []
+        for partition, step, behind in partitions:
+            ends[partition] = ends.get(partition, 0) + step
+            offsets.append(po(partition, ends[partition], None if behind is None else max(0, ends[partition] - behind)))
+        sample = LagSample(float(index * 5), tuple(offsets))
+        tracker.add(sample)
+        by_key = {p.key: tracker.time_lag(p, sample.time + 1.0, policy) for p in sample.partitions}  # type: ignore[arg-type]
+        assert tracker.time_lags(sample, now=sample.time + 1.0, offset_reset_policy=policy) == by_key  # type: ignore[arg-type]
+        assert all(tracker.table(p.key) is not None for p in sample.partitions)
