@@ -253,6 +253,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     memory = state.memory or writes.resume_memory(PolicyMemory.from_dict(previous.get("policyMemory")), now)
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
+    lags: dict[PartitionKey, int] = {}
     if sample is None:
         state.failures += 1
         metrics.RECONCILE_ERRORS.labels(namespace, name, lag_error.reason if lag_error else "lag").inc()
@@ -274,6 +275,10 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.LAG_METRIC_AVAILABLE, True, "LagRead", f"lag read from {spec.lag.source}")
         state.history.add(sample)
         reset = config.lag_threshold.offset_reset_policy
+        # Each partition's lag, once for the decision, the status and the metrics (from the history's
+        # columns, unless this read was not newer than the last: then the history's newest is another).
+        current = state.history.latest is sample
+        lags = state.history.latest_lags(reset) if current else lags_by_partition(sample.partitions, reset)
         if spec.lag.source == "kafka":
             # Rates, time lag and verdicts need offsets; Prometheus gives lag only (see prom_lag).
             state.time_lags.add(sample)
@@ -285,10 +290,11 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                                                    time_lags=time_lags,
                                                    ready_replicas=target.ready_replicas if target else None,
                                                    commit_interval_seconds=worker_config.declared_commit_interval(
-                                                       target.containers) if target else None)
+                                                       target.containers) if target else None,
+                                                   lags=lags if current else None)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
-                                      partitions=len(sample.partitions), lag_only=True)
+                                      partitions=len(sample.partitions), lag_only=True, lags=lags)
 
     # 3. Decide, and apply (a missing target is reported, never scaled).
     decision = decide(config, observation, memory, now)
@@ -348,9 +354,6 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.PARTITIONS_STUCK, False, "NoneStuck", "every partition is moving or caught up")
     state.stuck = frozenset(stuck)
 
-    # Each partition's lag, once for the status and the metrics.
-    lags = lags_by_partition(sample.partitions, config.lag_threshold.offset_reset_policy) \
-        if sample is not None else {}
     status = _status(spec, sample, decision, observation, lags, verdicts, time_lags, state, generation,
                      applied_replicas, now, previous, changed)
 

@@ -179,7 +179,9 @@ class LagView:
 def read_lag(ctx: DecisionContext) -> LagView:
     config = ctx.config
     reset = config.lag_threshold.offset_reset_policy
-    lags = {p.key: partition_lag(p, reset) for p in ctx.sample.partitions}
+    lags = ctx.observation.lags
+    if lags is None:
+        lags = {p.key: partition_lag(p, reset) for p in ctx.sample.partitions}
     total = sum(lags.values())
     excluding = config.mode == "drainTime" or config.lag_threshold.exclude_persistent_lag
     stuck: dict[PartitionKey, Verdict] = {}
@@ -315,8 +317,9 @@ def _next_late_run(ctx: DecisionContext, lag: LagView, consumers: int) -> behind
 
 def drained_total(ctx: DecisionContext, lag: LagView) -> int:
     """Committed offsets summed over the partitions more workers can drain: their progress is consumption."""
+    stuck = lag.stuck
     return sum(max(p.committed, p.start_offset) for p in ctx.sample.partitions
-               if p.committed is not None and p.key not in lag.stuck)
+               if p.committed is not None and (not stuck or p.key not in stuck))
 
 
 def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,

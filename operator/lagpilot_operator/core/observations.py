@@ -231,6 +231,17 @@ class LagHistory:
                 break
         return first
 
+    def latest_lags(self, offset_reset_policy: OffsetResetPolicy = "latest") -> dict[PartitionKey, int]:
+        """`lags_by_partition` of the newest sample, read from its columns (made once when it was added)."""
+        if not self._samples:
+            return {}
+        columns, keys = self._columns[-1], self._keys[-1]
+        if not columns.uncommitted:
+            return dict(zip(keys, cast(tuple[int, ...], columns.lags), strict=True))
+        partitions = self._samples[-1].partitions
+        return dict(zip(keys, [partition_lag(partitions[i], offset_reset_policy) if lag is None else lag
+                               for i, lag in enumerate(columns.lags)], strict=True))
+
     def window(self, since: float) -> HistoryWindow | None:
         """The samples from the newest one at or before `since` on (all when none is), or None when they do
         not all hold the newest sample's partitions in its order (then `series_by_partition` lines them up)."""

@@ -11,6 +11,7 @@ from lagpilot_operator.core.observations import (
     LagSample,
     PartitionOffsets,
     consumable_lag,
+    lags_by_partition,
     partition_lag,
     partition_name,
     total_lag,
@@ -222,3 +223,5 @@ def test_rates_over_partitions_lined_up_by_position_are_the_rates_by_key(
         assert history.window(time - window) is not None
         assert history.produce_rate(window) == history._rate_by_key(window, produced=True)
         assert history.consume_rate(window) == history._rate_by_key(window, produced=False)
+        for policy in ("latest", "earliest"):
+            assert history.latest_lags(policy) == lags_by_partition(offsets, policy)  # type: ignore[arg-type]
