@@ -111,11 +111,10 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
     ends: dict[PartitionKey, int] = {}
     starts: dict[PartitionKey, int] = {}
     for answers, request in ((ends, end_answers), (starts, start_answers)):
-        for key, offset in request.collect(timeout).items():
-            if isinstance(offset, BaseException):
-                topic_errors.setdefault(key[0], failure(offset, f"reading the offsets of topic {key[0]}"))
-            else:
-                answers[key] = offset
+        offsets, failures = request.split(timeout)
+        answers.update(offsets)
+        for key, error in failures.items():
+            topic_errors.setdefault(key[0], failure(error, f"reading the offsets of topic {key[0]}"))
     groups: dict[str, GroupDescription] = {}
     for group, future in described.items():
         try:
@@ -123,7 +122,7 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
             groups[group] = GroupDescription(members=len(found.members), protocol=kafka_lag.group_protocol(found.type))
         except (KafkaException, TimeoutError) as exc:
             group_errors.setdefault(group, failure(exc, f"describing group {group}"))
-    log_offsets = {key: (max(0, starts[key]), max(0, ends[key])) for key in ends if key in starts}
+    log_offsets = {key: (max(0, starts[key]), max(0, end)) for key, end in ends.items() if key in starts}
     read = ClusterRead(time=started, wanted=wanted, partitions=partitions, log_offsets=log_offsets,
                        committed=committed, groups=groups, topic_errors=topic_errors, group_errors=group_errors)
     if not read.errors():

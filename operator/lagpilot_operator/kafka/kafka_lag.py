@@ -373,25 +373,43 @@ class LogOffsets:
 
     def collect(self, timeout: float) -> dict[PartitionKey, int | KafkaException | TimeoutError]:
         """Per partition, in the order asked: its offset, or why it has none."""
+        offsets, failures = self.split(timeout)
+        if not failures:
+            return dict(offsets)
+        keys = [(tp.topic, tp.partition) for tp in self._partitions]
+        return {key: failures[key] if key in failures else offsets[key] for key in keys}
+
+    def split(self, timeout: float,
+              ) -> tuple[dict[PartitionKey, int], dict[PartitionKey, KafkaException | TimeoutError]]:
+        """The offsets of the partitions that have one, and why the others have none, each in the order asked."""
         keys = [(tp.topic, tp.partition) for tp in self._partitions]
         if self._futures is not None:
-            found: dict[PartitionKey, int | KafkaException | TimeoutError] = {}
+            offsets: dict[PartitionKey, int] = {}
+            failures: dict[PartitionKey, KafkaException | TimeoutError] = {}
             for tp, key in zip(self._partitions, keys, strict=True):
                 try:
-                    found[key] = int(self._futures[tp].result(timeout=timeout).offset)
+                    offsets[key] = int(self._futures[tp].result(timeout=timeout).offset)
                 except (KafkaException, TimeoutError) as exc:
-                    found[key] = exc
-            return found
+                    failures[key] = exc
+            return offsets, failures
         assert self._request is not None
         try:
             results = self._request.result(timeout=timeout)
         except (KafkaException, TimeoutError) as exc:  # the whole call failed: every partition did
-            return dict.fromkeys(keys, exc)
-        answers = {(tp.topic, tp.partition): value for tp, value in results.items()}
-        if len(answers) != len(keys) or any(key not in answers for key in keys):
-            raise RuntimeError(f"ListOffsets answered {len(answers)} partitions of the {len(keys)} asked")
-        return {key: KafkaException(value) if isinstance(value, KafkaError) else int(value.offset)
-                for key, value in ((key, answers[key]) for key in keys)}
+            return {}, dict.fromkeys(keys, exc)
+        # Looked up by the partitions asked: a TopicPartition hashes and compares by topic and partition.
+        try:
+            values = [results[tp] for tp in self._partitions]
+        except KeyError:
+            values = []
+        if len(results) != len(keys) or len(values) != len(keys):
+            raise RuntimeError(f"ListOffsets answered {len(results)} partitions of the {len(keys)} asked")
+        offsets = {key: int(value.offset) for key, value in zip(keys, values, strict=True)
+                   if not isinstance(value, KafkaError)}
+        if len(offsets) == len(keys):
+            return offsets, {}
+        return offsets, {key: KafkaException(value) for key, value in zip(keys, values, strict=True)
+                         if isinstance(value, KafkaError)}
 
 
 def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], spec: Any, timeout: float) -> LogOffsets:
@@ -433,11 +451,9 @@ def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicP
     def answers() -> dict[PartitionKey, tuple[int, int]]:
         found: list[dict[PartitionKey, int]] = []
         for request in (end_answers, start_answers):
-            offsets: dict[PartitionKey, int] = {}
-            for key, value in request.collect(timeout).items():
-                if isinstance(value, BaseException):
-                    raise value
-                offsets[key] = value
+            offsets, failures = request.split(timeout)
+            for failure in failures.values():
+                raise failure  # the first partition's, in the order asked
             found.append(offsets)
         ends, starts = found
         return {key: (max(0, starts[key]), max(0, ends[key])) for key in ends}
