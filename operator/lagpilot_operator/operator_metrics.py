@@ -64,18 +64,13 @@ def export_rates(namespace: str, name: str, produce: float | None, consume: floa
 
 
 class _Written:
-    """One series' child and the value last written to it."""
+    """One series' child and the value last written to it (`PartitionSeries.export` writes a changed one)."""
 
     __slots__ = ("child", "value")
 
     def __init__(self, child: Any) -> None:
         self.child = child
         self.value: float | None = None
-
-    def write(self, value: float) -> None:
-        if value != self.value:
-            self.child.set(value)
-            self.value = value
 
 
 class PartitionSeries:
@@ -102,17 +97,24 @@ class PartitionSeries:
                verdicts: Mapping[PartitionKey, Verdict]) -> None:
         """Every partition's lag; the time lag and verdict of those that have one."""
         lag_series, time_lag_series, exported = self._lag, self._time_lag, self._verdict
+        verdicts_changed = verdicts != exported  # usually not: then no partition's verdict series is looked at
         for key, lag in lags:
             written = lag_series.get(key)
             if written is None:
                 written = lag_series[key] = _Written(PARTITION_LAG.labels(*self._labels(key)))
-            written.write(lag)
+            if written.value != lag:
+                written.child.set(lag)
+                written.value = lag
             time_lag = time_lags.get(key)
             if time_lag is not None:
                 written = time_lag_series.get(key)
                 if written is None:
                     written = time_lag_series[key] = _Written(TIME_LAG.labels(*self._labels(key)))
-                written.write(time_lag)
+                if written.value != time_lag:
+                    written.child.set(time_lag)
+                    written.value = time_lag
+            if not verdicts_changed:
+                continue
             verdict = verdicts.get(key)
             if verdict is not None and exported.get(key) != verdict:
                 labels = self._labels(key)

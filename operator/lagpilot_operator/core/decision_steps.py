@@ -318,8 +318,9 @@ def _next_late_run(ctx: DecisionContext, lag: LagView, consumers: int) -> behind
 def drained_total(ctx: DecisionContext, lag: LagView) -> int:
     """Committed offsets summed over the partitions more workers can drain: their progress is consumption."""
     stuck = lag.stuck
-    return sum(max(p.committed, p.start_offset) for p in ctx.sample.partitions
-               if p.committed is not None and (not stuck or p.key not in stuck))
+    # max(committed, start) spelled out, and the key built only when some partition is stuck: every poll.
+    return sum(c if (c := p.committed) > p.start_offset else p.start_offset for p in ctx.sample.partitions
+               if p.committed is not None and (not stuck or (p.topic, p.partition) not in stuck))
 
 
 def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,

@@ -78,7 +78,9 @@ class PartitionTimeTable:
             times.append(time)
             errors.append(math.inf)
             count += 1
-        if count >= 3:  # `_refresh_error(count - 2)`, inline: this runs for every partition on every poll
+        # A point's error: how far its time is from the interpolation between its neighbours. Refreshed where
+        # a neighbour changed, inline (this runs for every partition on every poll).
+        if count >= 3:
             errors[-2] = abs(times[-2] - _between(offsets[-3], times[-3], offsets[-1], times[-1], offsets[-2]))
         if count > self.max_points:
             # The first minimum: on ties the oldest point goes.
@@ -86,14 +88,12 @@ class PartitionTimeTable:
             del offsets[index]
             del times[index]
             del errors[index]
-            self._refresh_error(index - 1)
-            self._refresh_error(index)
-
-    def _refresh_error(self, index: int) -> None:
-        offsets, times = self._offsets, self._times
-        if 0 < index < len(offsets) - 1:
-            self._errors[index] = abs(times[index] - _between(offsets[index - 1], times[index - 1], offsets[index + 1],
-                                                              times[index + 1], offsets[index]))
+            # The two points around the gap have new neighbours (ends excepted).
+            for around in (index - 1, index):
+                if 0 < around < count - 2:
+                    errors[around] = abs(times[around] - _between(offsets[around - 1], times[around - 1],
+                                                                  offsets[around + 1], times[around + 1],
+                                                                  offsets[around]))
 
     def estimate_time(self, offset: int) -> float | None:
         """When the message at `offset` was produced (estimate); None for an empty table.
