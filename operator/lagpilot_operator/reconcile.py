@@ -486,7 +486,7 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
         "lastScaleTime": _utc(now) if changed else previous.get("lastScaleTime"),
     }
     if sample is not None:
-        top = heapq.nsmallest(TOP_PARTITIONS, lags.items(), key=lambda item: (-item[1], item[0]))
+        top = _top_partitions(lags)
         status["totalLag"] = decision.total_lag
         status["partitions"] = len(sample.partitions)
         status["topPartitions"] = [
@@ -506,6 +506,19 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
         if consume is not None and spec.lag.source == "kafka":
             status["consumeRatePerSecond"] = round(consume, 2)
     return {k: v for k, v in status.items() if v is not None}
+
+
+def _top_partitions(lags: dict[PartitionKey, int]) -> list[tuple[PartitionKey, int]]:
+    """The TOP_PARTITIONS largest lags, ties in partition order: `heapq.nsmallest` by (-lag, partition), which
+    is the sorted list's head. Sorted from the lags at least the TOP_PARTITIONS-th largest, found first without
+    a key per partition."""
+    def order(item: tuple[PartitionKey, int]) -> tuple[int, PartitionKey]:
+        return -item[1], item[0]
+
+    if len(lags) <= TOP_PARTITIONS:
+        return sorted(lags.items(), key=order)
+    floor = heapq.nlargest(TOP_PARTITIONS, lags.values())[-1]
+    return sorted([item for item in lags.items() if item[1] >= floor], key=order)[:TOP_PARTITIONS]
 
 
 async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str], state: ResourceState,

@@ -188,11 +188,6 @@ def evaluate(
     )
 
 
-def _ascending(values: Sequence[int]) -> bool:
-    """Never decreasing from one value to the next."""
-    return all(map(operator.le, values, values[1:]))
-
-
 def evaluate_window(
     window: HistoryWindow,
     now: float,
@@ -222,35 +217,36 @@ def evaluate_window(
     def series(index: int) -> PartitionSeries:
         return [(time, sample.partitions[index]) for time, sample in zip(window.times, window.samples, strict=True)]
 
-    advanced: list[bool] = []
-    ascending: list[bool] = []
-    for index, values in enumerate(committed):
-        if index in uncommitted:
-            advanced.append(_advanced(series(index), since))
-            ascending.append(False)
-            continue
-        up = _ascending(values)
-        ascending.append(up)
-        # Every step of the window is after `since`: only its first sample can be at or before it.
-        advanced.append(values[-1] > values[0] if up else any(map(operator.gt, values[1:], values)))
+    le, gt = operator.le, operator.gt
+    # Committed offsets never going down (a partition uncommitted somewhere: False, and evaluated below on its own).
+    ascending = [index not in uncommitted and all(map(le, values, values[1:]))
+                 for index, values in enumerate(committed)]
+    # Every step of the window is after `since`: only its first sample can be at or before it.
+    advanced = [values[-1] > values[0] if up else index not in uncommitted and any(map(gt, values[1:], values))
+                for index, (values, up) in enumerate(zip(committed, ascending, strict=True))]
+    for index in uncommitted:
+        advanced[index] = _advanced(series(index), since)
     moving = sum(advanced)
     verdicts: list[Verdict] = []
+    verdict = verdicts.append
     for index, (values, lag) in enumerate(zip(committed, lags, strict=True)):
-        group_advanced = moving - advanced[index] > 0
-        if index in uncommitted:
-            verdicts.append(evaluate_partition(series(index), now, window_seconds=window_seconds, members=members,
-                                               group_advanced=group_advanced, offset_reset_policy=offset_reset_policy))
-        elif not ascending[index]:
-            verdicts.append(Verdict.REWOUND)
+        if not ascending[index]:
+            if index in uncommitted:
+                verdict(evaluate_partition(series(index), now, window_seconds=window_seconds, members=members,
+                                           group_advanced=moving - advanced[index] > 0,
+                                           offset_reset_policy=offset_reset_policy))
+            else:
+                verdict(Verdict.REWOUND)
         elif not anchored or 0 in lag:
-            verdicts.append(Verdict.OK)
+            verdict(Verdict.OK)
         elif values[-1] == values[0]:  # frozen
+            group_advanced = moving - advanced[index] > 0
             has_consumers = (members is not None and members > 0) or (members is None and group_advanced)
-            verdicts.append(Verdict.STALLED if has_consumers else Verdict.STOPPED)
-        elif not _ascending(lag):
-            verdicts.append(Verdict.OK)
+            verdict(Verdict.STALLED if has_consumers else Verdict.STOPPED)
+        elif not all(map(le, lag, lag[1:])):
+            verdict(Verdict.OK)
         else:
-            verdicts.append(Verdict.LAGGING if lag[-1] > lag[0] else Verdict.OK)
+            verdict(Verdict.LAGGING if lag[-1] > lag[0] else Verdict.OK)
     return dict(zip(window.keys, verdicts, strict=True))
 
 
