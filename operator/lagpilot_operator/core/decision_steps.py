@@ -187,11 +187,10 @@ def read_lag(ctx: DecisionContext) -> LagView:
     stuck: dict[PartitionKey, Verdict] = {}
     # At zero replicas nothing moves anywhere: all lag counts, or a stuck partition could never wake the group.
     if excluding and ctx.current_replicas > 0:
-        stuck = {
-            key: verdict
-            for key, verdict in sorted(ctx.observation.verdicts.items())
+        stuck = dict(sorted(  # the few stuck ones sorted, not every partition's verdict
+            (key, verdict) for key, verdict in ctx.observation.verdicts.items()
             if verdict in STUCK and lags.get(key, 0) > 0
-        }
+        ))
     stuck_lag = sum(lags[key] for key in stuck)
     return LagView(total=total, stuck=stuck, stuck_lag=stuck_lag, effective=total - stuck_lag)
 

@@ -12,6 +12,7 @@ progress is derived from those samples:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 from collections import deque
@@ -60,6 +61,12 @@ class LagSample:
 
     def by_key(self) -> dict[PartitionKey, PartitionOffsets]:
         return {(p.topic, p.partition): p for p in self.partitions}
+
+    @functools.cached_property
+    def keys(self) -> tuple[PartitionKey, ...]:
+        """(topic, partition) of each partition, in order: made once per sample, for the history and the time-lag
+        tracker, which line samples up by it."""
+        return tuple([(p.topic, p.partition) for p in self.partitions])
 
 
 def partition_name(key: PartitionKey) -> str:
@@ -185,7 +192,7 @@ class LagHistory:
         """Append a sample; returns False (and changes nothing) if it is not newer than the last one."""
         if self._samples and sample.time <= self._samples[-1].time:
             return False
-        keys = tuple([(p.topic, p.partition) for p in sample.partitions])
+        keys = sample.keys
         if self._keys and keys == self._keys[-1]:
             keys = self._keys[-1]
         self._samples.append(sample)
@@ -356,27 +363,23 @@ def _window_rate(window: HistoryWindow, produced: bool) -> float | None:
         if not all(map(operator.le, before_column, after_column)):
             irregular.update(itertools.compress(itertools.count(), map(operator.gt, before_column, after_column)))
     first, last = columns[0], columns[-1]
-    if not irregular:
-        rates = [(b - a) / span for a, b in zip(first, last, strict=True)] if span > 0 else []
-    else:
+    # Per partition in order: its rate, or None where it has none (no pair counted).
+    rates: list[float | None] = [(b - a) / span for a, b in zip(first, last, strict=True)] if span > 0 \
+        else [None] * len(first)
+    if irregular:
         exact: list[tuple[int | None, ...]] = [c.ends if produced else c.committed for c in window.columns]
-        rates = []
-        for index, (a, b) in enumerate(zip(first, last, strict=True)):
-            if index not in irregular:
-                if span > 0:
-                    rates.append((b - a) / span)
-                continue
+        for index in irregular:
             moved, spent = 0, 0.0
             for dt, (earlier, later) in zip(dts, itertools.pairwise(exact), strict=True):
                 delta = _positive_delta(earlier[index], later[index])
                 if delta is not None:
                     moved += delta
                     spent += dt
-            if spent > 0:
-                rates.append(moved / spent)
-    if not rates:
+            rates[index] = moved / spent if spent > 0 else None
+    counted = [rate for rate in rates if rate is not None] if irregular or span <= 0 else cast(list[float], rates)
+    if not counted:
         return None
-    return sum(rates)
+    return sum(counted)
 
 
 def lags_by_partition(

@@ -137,8 +137,8 @@ class TimeLagTracker:
         self._last: LagSample | None = None
 
     def add(self, sample: LagSample) -> None:
-        keys = tuple([(p.topic, p.partition) for p in sample.partitions])
-        if keys != self._order:
+        keys = sample.keys
+        if keys is not self._order and keys != self._order:
             tables = self._tables
             aligned: list[PartitionTimeTable] = []
             for key in keys:

@@ -364,8 +364,11 @@ class LogOffsets:
     """The answer to one ListOffsets call for many partitions (log end or log start), awaited by `collect`."""
 
     def __init__(self, partitions: list[TopicPartition], request: concurrent.futures.Future[Any] | None = None,
-                 futures: Mapping[TopicPartition, concurrent.futures.Future[Any]] | None = None) -> None:
+                 futures: Mapping[TopicPartition, concurrent.futures.Future[Any]] | None = None,
+                 keys: list[PartitionKey] | None = None) -> None:
         self._partitions = partitions
+        self._keys = keys if keys is not None else [(tp.topic, tp.partition) for tp in partitions]
+        """(topic, partition) of each partition asked, in order."""
         self._request = request
         """confluent-kafka's own future for the whole call: {TopicPartition: result or KafkaError}."""
         self._futures = futures
@@ -376,13 +379,12 @@ class LogOffsets:
         offsets, failures = self.split(timeout)
         if not failures:
             return dict(offsets)
-        keys = [(tp.topic, tp.partition) for tp in self._partitions]
-        return {key: failures[key] if key in failures else offsets[key] for key in keys}
+        return {key: failures[key] if key in failures else offsets[key] for key in self._keys}
 
     def split(self, timeout: float,
               ) -> tuple[dict[PartitionKey, int], dict[PartitionKey, KafkaException | TimeoutError]]:
         """The offsets of the partitions that have one, and why the others have none, each in the order asked."""
-        keys = [(tp.topic, tp.partition) for tp in self._partitions]
+        keys = self._keys
         if self._futures is not None:
             offsets: dict[PartitionKey, int] = {}
             failures: dict[PartitionKey, KafkaException | TimeoutError] = {}
@@ -412,7 +414,8 @@ class LogOffsets:
                          if isinstance(value, KafkaError)}
 
 
-def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], spec: Any, timeout: float) -> LogOffsets:
+def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], keys: list[PartitionKey], spec: Any,
+                  timeout: float) -> LogOffsets:
     """Send one ListOffsets call for `partitions` (`spec`: OffsetSpec.latest() or earliest()).
 
     Through the client's C method with one future for the whole call when it is there (confluent-kafka
@@ -422,13 +425,13 @@ def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], spec: An
     send = getattr(_AdminClientImpl, "list_offsets", None)
     if send is None or not isinstance(admin, AdminClient):
         return LogOffsets(partitions, futures=admin.list_offsets(dict.fromkeys(partitions, spec),
-                                                                 request_timeout=timeout))
+                                                                 request_timeout=timeout), keys=keys)
     request: concurrent.futures.Future[Any] = concurrent.futures.Future()
     request.set_running_or_notify_cancel()
     value = int(spec._value)
-    send(admin, [TopicPartition(tp.topic, tp.partition, value) for tp in partitions], request,
+    send(admin, [TopicPartition(topic, partition, value) for topic, partition in keys], request,
          request_timeout=timeout)
-    return LogOffsets(partitions, request=request)
+    return LogOffsets(partitions, request=request, keys=keys)
 
 
 def send_log_offset_requests(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
@@ -439,7 +442,9 @@ def send_log_offset_requests(admin: AdminClient, bootstrap: str, partitions: lis
         return LogOffsets([], futures={}), LogOffsets([], futures={})
     latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
     count_requests(bootstrap, "list_offsets", 2)
-    return (_list_offsets(admin, partitions, latest, timeout), _list_offsets(admin, partitions, earliest, timeout))
+    keys = [(tp.topic, tp.partition) for tp in partitions]  # once for both calls
+    return (_list_offsets(admin, partitions, keys, latest, timeout),
+            _list_offsets(admin, partitions, keys, earliest, timeout))
 
 
 def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
