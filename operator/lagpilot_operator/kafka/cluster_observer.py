@@ -57,10 +57,11 @@ GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.0
 READ_TIMEOUT_SECONDS = 10.0
 
 
-def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
-                 timeout: float = READ_TIMEOUT_SECONDS) -> ClusterRead:
+def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
+                 requests: kafka_lag.OffsetRequests | None = None) -> ClusterRead:
     """One read of the cluster for the `wanted` groups and topics; failures are kept in the result, each
-    with what it concerns (the cluster, a topic, a group), never raised."""
+    with what it concerns (the cluster, a topic, a group), never raised. `requests`: the cluster's
+    ListOffsets requests, reused from its last read while the partitions are the same."""
     started = time.time()
     try:
         kafka_lag.count_requests(bootstrap, "metadata")
@@ -88,7 +89,7 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted,
     per_group = {group: tps for group, tps in per_group.items() if tps}
     try:
         committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
-        end_answers, start_answers = kafka_lag.send_log_offset_requests(admin, bootstrap, every, timeout)
+        end_answers, start_answers = kafka_lag.send_log_offset_requests(admin, bootstrap, every, timeout, requests)
         described: dict[str, Any] = {}
         if per_group:
             kafka_lag.count_requests(bootstrap, "describe_groups")
@@ -258,9 +259,10 @@ class ClusterObservers:
 
     def _reader(self, settings: dict[str, str]) -> Callable[[Wanted], ClusterRead]:
         bootstrap = settings["bootstrap.servers"]
+        requests = kafka_lag.OffsetRequests()
 
         def read(wanted: Wanted) -> ClusterRead:
-            result = read_cluster(self._clients.get(settings), bootstrap, wanted)
+            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard
             self._trimmer.after_read()

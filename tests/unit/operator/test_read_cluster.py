@@ -6,6 +6,7 @@ failures where they belong."""
 from __future__ import annotations
 
 import concurrent.futures
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +32,7 @@ class FakeAdmin:
 
     def __init__(self, failing: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.failing = failing
+        self.sent: list[list[TopicPartition]] = []
 
     def list_topics(self, timeout: float) -> Any:
         return SimpleNamespace(topics={t: SimpleNamespace(error=None, partitions=dict.fromkeys(reversed(ps)))
@@ -48,6 +50,7 @@ class FakeAdmin:
     def send_list_offsets(self, partitions: list[TopicPartition], request: concurrent.futures.Future[Any],
                           request_timeout: float) -> None:
         """confluent-kafka's C `list_offsets`: one answer for the call, keyed by new TopicPartitions."""
+        self.sent.append(partitions)
         latest = partitions[0].offset == -1
         answer: dict[TopicPartition, Any] = {}
         for tp in reversed(partitions):
@@ -107,3 +110,19 @@ def test_answers_are_per_partition_in_the_order_asked() -> None:
     failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
     failed.set_exception(KafkaException(KafkaError(KafkaError._TIMED_OUT)))
     assert all(isinstance(v, KafkaException) for v in kafka_lag.LogOffsets(asked, request=failed).collect(1.0).values())
+
+
+def test_a_clusters_next_read_of_the_same_partitions_sends_the_same_requests() -> None:
+    admin, requests = FakeAdmin(), kafka_lag.OffsetRequests()
+    wanted = {"g1": frozenset({"orders"})}
+    first = cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests)  # type: ignore[arg-type]
+    again = cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests)  # type: ignore[arg-type]
+    assert replace(again, time=first.time) == first
+    assert [[(tp.topic, tp.partition, tp.offset) for tp in sent] for sent in admin.sent[:2]] == [
+        [("orders", p, -1) for p in (0, 1, 2)], [("orders", p, -2) for p in (0, 1, 2)]]
+    assert admin.sent[2] is admin.sent[0] and admin.sent[3] is admin.sent[1]  # not made again
+    wider = cluster_observer.read_cluster(admin, "kafka:9092", {"g1": frozenset({"orders", "audit"})},  # type: ignore[arg-type]
+                                          requests=requests)
+    assert [(tp.topic, tp.partition, tp.offset) for tp in admin.sent[4]] == [("audit", 0, -1)] + [
+        ("orders", p, -1) for p in (0, 1, 2)]
+    assert wider.log_offsets[("audit", 0)] == (0, 3)
