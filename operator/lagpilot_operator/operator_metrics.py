@@ -63,19 +63,30 @@ def export_rates(namespace: str, name: str, produce: float | None, consume: floa
             gauge.labels(namespace, name).set(value)
 
 
+class _Written:
+    """One series' child and the value last written to it (`PartitionSeries.export` writes a changed one)."""
+
+    __slots__ = ("child", "value")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.value: float | None = None
+
+
 class PartitionSeries:
     """One resource's per-partition series (lag, time lag, verdict), their children kept between polls.
 
     `labels()` checks and looks up its label values on every call (a few microseconds): a 1,000-partition
     group made 7,000 such calls per poll (lag, time lag and the five verdict series of each partition).
-    Here each series is looked up once; a partition's five verdict series are written when its verdict
-    changes (the resource's reconciles are their only writer), the lag and time lag on every poll.
+    Here each series is looked up once, and written only when its value changed (the resource's reconciles
+    are its only writer): an idle or caught-up partition's lag and time lag stay as they are, and a
+    partition's five verdict series change with its verdict.
     """
 
     def __init__(self, namespace: str, name: str) -> None:
         self.namespace, self.name = namespace, name
-        self._lag: dict[PartitionKey, Any] = {}
-        self._time_lag: dict[PartitionKey, Any] = {}
+        self._lag: dict[PartitionKey, _Written] = {}
+        self._time_lag: dict[PartitionKey, _Written] = {}
         self._verdict: dict[PartitionKey, Verdict] = {}
         """The verdict last exported per partition."""
 
@@ -85,22 +96,31 @@ class PartitionSeries:
     def export(self, lags: Iterable[tuple[PartitionKey, int]], time_lags: Mapping[PartitionKey, float],
                verdicts: Mapping[PartitionKey, Verdict]) -> None:
         """Every partition's lag; the time lag and verdict of those that have one."""
+        lag_series, time_lag_series, exported = self._lag, self._time_lag, self._verdict
+        verdicts_changed = verdicts != exported  # usually not: then no partition's verdict series is looked at
         for key, lag in lags:
-            child = self._lag.get(key)
-            if child is None:
-                child = self._lag[key] = PARTITION_LAG.labels(*self._labels(key))
-            child.set(lag)
-            if key in time_lags:
-                child = self._time_lag.get(key)
-                if child is None:
-                    child = self._time_lag[key] = TIME_LAG.labels(*self._labels(key))
-                child.set(time_lags[key])
+            written = lag_series.get(key)
+            if written is None:
+                written = lag_series[key] = _Written(PARTITION_LAG.labels(*self._labels(key)))
+            if written.value != lag:
+                written.child.set(lag)
+                written.value = lag
+            time_lag = time_lags.get(key)
+            if time_lag is not None:
+                written = time_lag_series.get(key)
+                if written is None:
+                    written = time_lag_series[key] = _Written(TIME_LAG.labels(*self._labels(key)))
+                if written.value != time_lag:
+                    written.child.set(time_lag)
+                    written.value = time_lag
+            if not verdicts_changed:
+                continue
             verdict = verdicts.get(key)
-            if verdict is not None and self._verdict.get(key) != verdict:
+            if verdict is not None and exported.get(key) != verdict:
                 labels = self._labels(key)
                 for each in Verdict:
                     VERDICT.labels(*labels, each.value).set(1 if verdict == each else 0)
-                self._verdict[key] = verdict
+                exported[key] = verdict
 
 
 _PARTITION_SERIES: dict[tuple[str, str], PartitionSeries] = {}

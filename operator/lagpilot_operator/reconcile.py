@@ -23,7 +23,15 @@ from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionKey, lags_by_partition, partition_name
+from lagpilot_operator.core.observations import (
+    DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
+    DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
+    LagHistory,
+    LagSample,
+    PartitionKey,
+    lags_by_partition,
+    partition_name,
+)
 from lagpilot_operator.core.pause import pause_from
 from lagpilot_operator.core.policy import Decision, Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.core.timelag import TimeLagTracker, summarize
@@ -48,6 +56,10 @@ DEAD_LETTER_INTERVAL_SECONDS = 30.0
 # The stuck-partition window (verdicts.py). An operator setting rather than a spec field: it is about
 # how patient the operator is with commit gaps, the same for every group it serves.
 VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS))
+# The longest window the reconcile reads from a resource's history (verdicts, rates): older samples are
+# dropped (`LagHistory.needed_seconds`), which changes no result.
+HISTORY_NEEDED_SECONDS = max(VERDICT_WINDOW_SECONDS, DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
+                             DEFAULT_CONSUME_RATE_WINDOW_SECONDS)
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 
 
@@ -83,7 +95,7 @@ class ParsedSpec:
 class ResourceState:
     """What the operator keeps in memory per resource between reconciles (rebuilt after a restart)."""
 
-    history: LagHistory = field(default_factory=LagHistory)
+    history: LagHistory = field(default_factory=lambda: LagHistory(needed_seconds=HISTORY_NEEDED_SECONDS))
     time_lags: TimeLagTracker = field(default_factory=TimeLagTracker)
     memory: PolicyMemory | None = None
     failures: int = 0
@@ -241,6 +253,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     memory = state.memory or writes.resume_memory(PolicyMemory.from_dict(previous.get("policyMemory")), now)
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
+    lags: dict[PartitionKey, int] = {}
     if sample is None:
         state.failures += 1
         metrics.RECONCILE_ERRORS.labels(namespace, name, lag_error.reason if lag_error else "lag").inc()
@@ -262,6 +275,10 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.LAG_METRIC_AVAILABLE, True, "LagRead", f"lag read from {spec.lag.source}")
         state.history.add(sample)
         reset = config.lag_threshold.offset_reset_policy
+        # Each partition's lag, once for the decision, the status and the metrics (from the history's
+        # columns, unless this read was not newer than the last: then the history's newest is another).
+        current = state.history.latest is sample
+        lags = state.history.latest_lags(reset) if current else lags_by_partition(sample.partitions, reset)
         if spec.lag.source == "kafka":
             # Rates, time lag and verdicts need offsets; Prometheus gives lag only (see prom_lag).
             state.time_lags.add(sample)
@@ -273,10 +290,11 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                                                    time_lags=time_lags,
                                                    ready_replicas=target.ready_replicas if target else None,
                                                    commit_interval_seconds=worker_config.declared_commit_interval(
-                                                       target.containers) if target else None)
+                                                       target.containers) if target else None,
+                                                   lags=lags if current else None)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
-                                      partitions=len(sample.partitions), lag_only=True)
+                                      partitions=len(sample.partitions), lag_only=True, lags=lags)
 
     # 3. Decide, and apply (a missing target is reported, never scaled).
     decision = decide(config, observation, memory, now)
@@ -336,9 +354,6 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         condition(models.PARTITIONS_STUCK, False, "NoneStuck", "every partition is moving or caught up")
     state.stuck = frozenset(stuck)
 
-    # Each partition's lag, once for the status and the metrics.
-    lags = lags_by_partition(sample.partitions, config.lag_threshold.offset_reset_policy) \
-        if sample is not None else {}
     status = _status(spec, sample, decision, observation, lags, verdicts, time_lags, state, generation,
                      applied_replicas, now, previous, changed)
 
@@ -471,7 +486,7 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
         "lastScaleTime": _utc(now) if changed else previous.get("lastScaleTime"),
     }
     if sample is not None:
-        top = heapq.nsmallest(TOP_PARTITIONS, lags.items(), key=lambda item: (-item[1], item[0]))
+        top = _top_partitions(lags)
         status["totalLag"] = decision.total_lag
         status["partitions"] = len(sample.partitions)
         status["topPartitions"] = [
@@ -491,6 +506,19 @@ def _status(spec: models.KafkaConsumerGroupSpec, sample: LagSample | None, decis
         if consume is not None and spec.lag.source == "kafka":
             status["consumeRatePerSecond"] = round(consume, 2)
     return {k: v for k, v in status.items() if v is not None}
+
+
+def _top_partitions(lags: dict[PartitionKey, int]) -> list[tuple[PartitionKey, int]]:
+    """The TOP_PARTITIONS largest lags, ties in partition order: `heapq.nsmallest` by (-lag, partition), which
+    is the sorted list's head. Sorted from the lags at least the TOP_PARTITIONS-th largest, found first without
+    a key per partition."""
+    def order(item: tuple[PartitionKey, int]) -> tuple[int, PartitionKey]:
+        return -item[1], item[0]
+
+    if len(lags) <= TOP_PARTITIONS:
+        return sorted(lags.items(), key=order)
+    floor = heapq.nlargest(TOP_PARTITIONS, lags.values())[-1]
+    return sorted([item for item in lags.items() if item[1] >= floor], key=order)[:TOP_PARTITIONS]
 
 
 async def _dead_letter(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str], state: ResourceState,

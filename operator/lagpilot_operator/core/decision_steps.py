@@ -179,17 +179,18 @@ class LagView:
 def read_lag(ctx: DecisionContext) -> LagView:
     config = ctx.config
     reset = config.lag_threshold.offset_reset_policy
-    lags = {p.key: partition_lag(p, reset) for p in ctx.sample.partitions}
+    lags = ctx.observation.lags
+    if lags is None:
+        lags = {p.key: partition_lag(p, reset) for p in ctx.sample.partitions}
     total = sum(lags.values())
     excluding = config.mode == "drainTime" or config.lag_threshold.exclude_persistent_lag
     stuck: dict[PartitionKey, Verdict] = {}
     # At zero replicas nothing moves anywhere: all lag counts, or a stuck partition could never wake the group.
     if excluding and ctx.current_replicas > 0:
-        stuck = {
-            key: verdict
-            for key, verdict in sorted(ctx.observation.verdicts.items())
+        stuck = dict(sorted(  # the few stuck ones sorted, not every partition's verdict
+            (key, verdict) for key, verdict in ctx.observation.verdicts.items()
             if verdict in STUCK and lags.get(key, 0) > 0
-        }
+        ))
     stuck_lag = sum(lags[key] for key in stuck)
     return LagView(total=total, stuck=stuck, stuck_lag=stuck_lag, effective=total - stuck_lag)
 
@@ -315,8 +316,10 @@ def _next_late_run(ctx: DecisionContext, lag: LagView, consumers: int) -> behind
 
 def drained_total(ctx: DecisionContext, lag: LagView) -> int:
     """Committed offsets summed over the partitions more workers can drain: their progress is consumption."""
-    return sum(max(p.committed, p.start_offset) for p in ctx.sample.partitions
-               if p.committed is not None and p.key not in lag.stuck)
+    stuck = lag.stuck
+    # max(committed, start) spelled out, and the key built only when some partition is stuck: every poll.
+    return sum(c if (c := p.committed) > p.start_offset else p.start_offset for p in ctx.sample.partitions
+               if p.committed is not None and (not stuck or (p.topic, p.partition) not in stuck))
 
 
 def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,

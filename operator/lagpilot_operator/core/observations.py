@@ -12,11 +12,13 @@ progress is derived from those samples:
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 PartitionKey = tuple[str, int]
 OffsetResetPolicy = Literal["latest", "earliest"]
@@ -60,6 +62,12 @@ class LagSample:
     def by_key(self) -> dict[PartitionKey, PartitionOffsets]:
         return {(p.topic, p.partition): p for p in self.partitions}
 
+    @functools.cached_property
+    def keys(self) -> tuple[PartitionKey, ...]:
+        """(topic, partition) of each partition, in order: made once per sample, for the history and the time-lag
+        tracker, which line samples up by it."""
+        return tuple([(p.topic, p.partition) for p in self.partitions])
+
 
 def partition_name(key: PartitionKey) -> str:
     """`orders-3`: Kafka's own way of naming a topic partition, for messages people read."""
@@ -100,6 +108,47 @@ def total_lag(sample: LagSample, offset_reset_policy: OffsetResetPolicy = "lates
     return sum(partition_lag(p, offset_reset_policy) for p in sample.partitions)
 
 
+@dataclass(frozen=True, slots=True)
+class OffsetColumns:
+    """One sample's offsets column by column, in the order of its partitions: made once per sample when it
+    enters a `LagHistory`, read by every window over it (rates, verdicts) without touching a
+    `PartitionOffsets` per partition and sample."""
+
+    ends: tuple[int, ...]
+    committed: tuple[int | None, ...]
+    lags: tuple[int | None, ...]
+    """`partition_lag` where the committed offset is known (the same under either reset policy), else None."""
+    uncommitted: frozenset[int]
+    """Positions of the partitions without a committed offset."""
+    committed_or_zero: tuple[int, ...]
+    """`committed` with 0 for None (the same tuple when every partition committed): comparable column-wide."""
+
+    @classmethod
+    def of(cls, partitions: Sequence[PartitionOffsets]) -> OffsetColumns:
+        ends = tuple([p.end_offset for p in partitions])
+        committed = tuple([p.committed for p in partitions])
+        starts = [p.start_offset for p in partitions]
+        uncommitted = frozenset(i for i, c in enumerate(committed) if c is None) if None in committed else frozenset()
+        known = tuple([0 if c is None else c for c in committed]) if uncommitted else cast(tuple[int, ...], committed)
+        # max(0, e - max(c, s)), spelled out: four times faster than the two calls, for 1,000 partitions a poll.
+        lags: tuple[int | None, ...] = tuple([lag if (lag := e - (c if c > s else s)) > 0 else 0
+                                              for e, c, s in zip(ends, known, starts, strict=True)])
+        if uncommitted:
+            lags = tuple([None if i in uncommitted else lag for i, lag in enumerate(lags)])
+        return cls(ends=ends, committed=committed, lags=lags, uncommitted=uncommitted, committed_or_zero=known)
+
+
+@dataclass(frozen=True)
+class HistoryWindow:
+    """The samples of a `LagHistory` from the newest one at or before a time on (from the oldest when none
+    is), when they all hold the same partitions in the same order (`keys`): positions line them up."""
+
+    keys: tuple[PartitionKey, ...]
+    times: tuple[float, ...]
+    columns: tuple[OffsetColumns, ...]
+    samples: tuple[LagSample, ...]
+
+
 def _positive_delta(before: int | None, after: int | None) -> int | None:
     """Offset progress between two samples; None when it cannot be known or went backwards."""
     if before is None or after is None or after < before:
@@ -112,7 +161,8 @@ class LagHistory:
 
     * Samples older than `window_seconds` (relative to the newest) are dropped, and at most
       `max_samples` are kept. A sample not newer than the newest one is ignored (clock jitter,
-      a retried read), so time always moves forward.
+      a retried read), so time always moves forward. With `needed_seconds`, the samples no window of
+      up to that length starts from are dropped too (what is read stays the same).
     * Rates are computed per partition over the sample pairs where that partition is present in both
       samples with a usable value, then summed over the partitions of the newest sample. So a
       partition that appears counts from its first pair on, one that disappears stops counting,
@@ -120,27 +170,50 @@ class LagHistory:
       (topic recreated, group reset) skips that one pair instead of producing a negative rate.
     """
 
-    def __init__(self, window_seconds: float = 600.0, max_samples: int = 240) -> None:
+    def __init__(self, window_seconds: float = 600.0, max_samples: int = 240,
+                 needed_seconds: float | None = None) -> None:
         if window_seconds <= 0 or max_samples < 2:
             raise ValueError("window_seconds must be > 0 and max_samples >= 2")
+        if needed_seconds is not None and needed_seconds <= 0:
+            raise ValueError("needed_seconds must be > 0")
         self.window_seconds = window_seconds
         self.max_samples = max_samples
+        self.needed_seconds = needed_seconds
+        """The longest window anyone reads (rates, `series_by_partition`): the samples before that window's
+        start are dropped as well (None: kept for `window_seconds`)."""
         self._samples: deque[LagSample] = deque()
         # Each sample's partition keys, in its order: lets the common case (same partitions in the
         # same order every poll) line samples up by position instead of by dictionary lookups.
+        # The same partitions in the same order as the sample before share its keys tuple (`is` tells).
         self._keys: deque[tuple[PartitionKey, ...]] = deque()
+        self._columns: deque[OffsetColumns] = deque()
 
     def add(self, sample: LagSample) -> bool:
         """Append a sample; returns False (and changes nothing) if it is not newer than the last one."""
         if self._samples and sample.time <= self._samples[-1].time:
             return False
+        keys = sample.keys
+        if self._keys and keys == self._keys[-1]:
+            keys = self._keys[-1]
         self._samples.append(sample)
-        self._keys.append(tuple((p.topic, p.partition) for p in sample.partitions))
+        self._keys.append(keys)
+        self._columns.append(OffsetColumns.of(sample.partitions))
         horizon = sample.time - self.window_seconds
         while len(self._samples) > self.max_samples or (len(self._samples) > 2 and self._samples[0].time < horizon):
-            self._samples.popleft()
-            self._keys.popleft()
+            self._drop_oldest()
+        if self.needed_seconds is not None:
+            # A window of up to `needed_seconds` starts at the newest sample at or before its start
+            # (`_first_index`), so the samples before that one are read by none: a history that reads
+            # 60 s of 5 s polls keeps 13 samples of 1,000 partitions, not 121.
+            since = sample.time - self.needed_seconds
+            while len(self._samples) > 1 and self._samples[1].time <= since:
+                self._drop_oldest()
         return True
+
+    def _drop_oldest(self) -> None:
+        self._samples.popleft()
+        self._keys.popleft()
+        self._columns.popleft()
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -166,6 +239,30 @@ class LagHistory:
                 break
         return first
 
+    def latest_lags(self, offset_reset_policy: OffsetResetPolicy = "latest") -> dict[PartitionKey, int]:
+        """`lags_by_partition` of the newest sample, read from its columns (made once when it was added)."""
+        if not self._samples:
+            return {}
+        columns, keys = self._columns[-1], self._keys[-1]
+        if not columns.uncommitted:
+            return dict(zip(keys, cast(tuple[int, ...], columns.lags), strict=True))
+        partitions = self._samples[-1].partitions
+        return dict(zip(keys, [partition_lag(partitions[i], offset_reset_policy) if lag is None else lag
+                               for i, lag in enumerate(columns.lags)], strict=True))
+
+    def window(self, since: float) -> HistoryWindow | None:
+        """The samples from the newest one at or before `since` on (all when none is), or None when they do
+        not all hold the newest sample's partitions in its order (then `series_by_partition` lines them up)."""
+        if not self._samples:
+            return None
+        first = self._first_index(since)
+        latest_keys = self._keys[-1]
+        if any(self._keys[index] is not latest_keys for index in range(first, len(self._samples) - 1)):
+            return None
+        samples = tuple(itertools.islice(self._samples, first, None))
+        return HistoryWindow(keys=latest_keys, times=tuple(s.time for s in samples),
+                             columns=tuple(itertools.islice(self._columns, first, None)), samples=samples)
+
     def _rows(self, first: int) -> list[tuple[float, Sequence[PartitionOffsets | None]]]:
         """From sample `first` on: (time, offsets of the newest sample's partitions, None where absent)."""
         latest_keys = self._keys[-1]
@@ -182,6 +279,15 @@ class LagHistory:
     def _rate(self, window_seconds: float, produced: bool) -> float | None:
         """Starts at the newest sample at or before `newest - window`, so the span is never shorter than
         asked for because of polling jitter (it may be up to one poll interval longer)."""
+        if len(self._samples) < 2:
+            return None
+        window = self.window(self._samples[-1].time - window_seconds)
+        if window is not None:
+            return _window_rate(window, produced)
+        return self._rate_by_key(window_seconds, produced)
+
+    def _rate_by_key(self, window_seconds: float, produced: bool) -> float | None:
+        """`_rate` for any history, partition by partition (samples over other partitions line up by key)."""
         if len(self._samples) < 2:
             return None
         rows = self._rows(self._first_index(self._samples[-1].time - window_seconds))
@@ -231,6 +337,49 @@ class LagHistory:
                 if offsets is not None:
                     column.append((time, offsets))
         return dict(zip(latest_keys, columns, strict=True))
+
+
+def _window_rate(window: HistoryWindow, produced: bool) -> float | None:
+    """`LagHistory._rate` over a window whose samples line up by position, with the same arithmetic: per
+    partition, the offset progress over the pairs of samples where it is known and did not go backwards,
+    divided by the time those pairs span; summed over the partitions in their order.
+
+    A partition known and never going backwards over the whole window (nearly all, nearly always) progressed
+    by its last value minus its first over the whole span: found column-wide (`map` over whole columns); only
+    the others go pair by pair."""
+    if len(window.columns) < 2:
+        return None
+    columns = [c.ends if produced else c.committed_or_zero for c in window.columns]
+    span = 0.0
+    dts: list[float] = []
+    for before, after in itertools.pairwise(window.times):
+        dts.append(after - before)
+        span += after - before
+    irregular: set[int] = set()
+    if not produced:
+        for c in window.columns:
+            irregular.update(c.uncommitted)
+    for before_column, after_column in itertools.pairwise(columns):
+        if not all(map(operator.le, before_column, after_column)):
+            irregular.update(itertools.compress(itertools.count(), map(operator.gt, before_column, after_column)))
+    first, last = columns[0], columns[-1]
+    # Per partition in order: its rate, or None where it has none (no pair counted).
+    rates: list[float | None] = [(b - a) / span for a, b in zip(first, last, strict=True)] if span > 0 \
+        else [None] * len(first)
+    if irregular:
+        exact: list[tuple[int | None, ...]] = [c.ends if produced else c.committed for c in window.columns]
+        for index in irregular:
+            moved, spent = 0, 0.0
+            for dt, (earlier, later) in zip(dts, itertools.pairwise(exact), strict=True):
+                delta = _positive_delta(earlier[index], later[index])
+                if delta is not None:
+                    moved += delta
+                    spent += dt
+            rates[index] = moved / spent if spent > 0 else None
+    counted = [rate for rate in rates if rate is not None] if irregular or span <= 0 else cast(list[float], rates)
+    if not counted:
+        return None
+    return sum(counted)
 
 
 def lags_by_partition(

@@ -340,6 +340,9 @@ class Observation:
     ready_replicas: int | None = None         # pods ready; used when the sample has no member count
     lag_only: bool = False                    # the source gives lag, not offsets (Prometheus): no rates ever
     commit_interval_seconds: float | None = None  # the workers' declared commit interval (None: their default)
+    # Each partition's lag in `sample` under the config's offsetResetPolicy (`lags_by_partition`), when the
+    # caller has it already (the reconcile: once for the decision, the status and the metrics); None: computed.
+    lags: Mapping[PartitionKey, int] | None = None
 
     @classmethod
     def from_history(
@@ -354,6 +357,7 @@ class Observation:
         produce_window_seconds: float = DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
         consume_window_seconds: float = DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
         commit_interval_seconds: float | None = None,
+        lags: Mapping[PartitionKey, int] | None = None,
     ) -> Observation:
         """Observation of a successful read: the history's newest sample is this poll's sample."""
         sample = history.latest
@@ -369,6 +373,7 @@ class Observation:
             time_lags=dict(time_lags or {}),
             ready_replicas=ready_replicas,
             commit_interval_seconds=commit_interval_seconds,
+            lags=lags,
         )
 
 

@@ -37,53 +37,63 @@ class OffsetTimePoint:
     time: float
 
 
-def _interpolate(left: OffsetTimePoint, right: OffsetTimePoint, offset: float) -> float:
-    if right.offset == left.offset:
-        return left.time
-    return left.time + (offset - left.offset) * (right.time - left.time) / (right.offset - left.offset)
+def _between(left_offset: int, left_time: float, right_offset: int, right_time: float, offset: float) -> float:
+    if right_offset == left_offset:
+        return left_time
+    return left_time + (offset - left_offset) * (right_time - left_time) / (right_offset - left_offset)
 
 
 class PartitionTimeTable:
-    """(end offset, time) points of one partition; offsets and times never decrease along the table."""
+    """(end offset, time) points of one partition; offsets and times never decrease along the table.
+
+    Kept as parallel lists of numbers, not point objects: a 1,000-partition group holds up to 60,000
+    points, each object of which the garbage collector would walk on every full collection."""
 
     def __init__(self, max_points: int = DEFAULT_MAX_POINTS) -> None:
         if max_points < 3:
             raise ValueError("max_points must be at least 3")
         self.max_points = max_points
-        self._points: list[OffsetTimePoint] = []
+        self._offsets: list[int] = []
+        self._times: list[float] = []
         # How much the interpolation would change without each point (ends: infinite, never dropped).
         self._errors: list[float] = []
 
     @property
     def points(self) -> tuple[OffsetTimePoint, ...]:
-        return tuple(self._points)
+        return tuple(map(OffsetTimePoint, self._offsets, self._times))
 
     def add(self, end_offset: int, time: float) -> None:
-        points, errors = self._points, self._errors
-        if points and time <= points[-1].time:
+        offsets, times, errors = self._offsets, self._times, self._errors
+        if times and time <= times[-1]:
             return  # not newer: ignore
-        if points and end_offset < points[-1].offset:
-            points.clear()  # end offset went backwards: topic recreated or truncated, old points lie
+        if offsets and end_offset < offsets[-1]:
+            offsets.clear()  # end offset went backwards: topic recreated or truncated, old points lie
+            times.clear()
             errors.clear()
-        if len(points) >= 2 and points[-1].offset == end_offset == points[-2].offset:
-            points[-1] = OffsetTimePoint(end_offset, time)  # extend the flat run's last-seen time
+        count = len(offsets)
+        if count >= 2 and offsets[-1] == end_offset == offsets[-2]:
+            times[-1] = time  # extend the flat run's last-seen time
         else:
-            points.append(OffsetTimePoint(end_offset, time))
+            offsets.append(end_offset)
+            times.append(time)
             errors.append(math.inf)
-        self._refresh_error(len(points) - 2)
-        if len(points) > self.max_points:
+            count += 1
+        # A point's error: how far its time is from the interpolation between its neighbours. Refreshed where
+        # a neighbour changed, inline (this runs for every partition on every poll).
+        if count >= 3:
+            errors[-2] = abs(times[-2] - _between(offsets[-3], times[-3], offsets[-1], times[-1], offsets[-2]))
+        if count > self.max_points:
             # The first minimum: on ties the oldest point goes.
-            index = min(range(1, len(points) - 1), key=errors.__getitem__)
-            del points[index]
+            index = errors.index(min(errors[1:-1]), 1)
+            del offsets[index]
+            del times[index]
             del errors[index]
-            self._refresh_error(index - 1)
-            self._refresh_error(index)
-
-    def _refresh_error(self, index: int) -> None:
-        points = self._points
-        if 0 < index < len(points) - 1:
-            left, middle, right = points[index - 1], points[index], points[index + 1]
-            self._errors[index] = abs(middle.time - _interpolate(left, right, middle.offset))
+            # The two points around the gap have new neighbours (ends excepted).
+            for around in (index - 1, index):
+                if 0 < around < count - 2:
+                    errors[around] = abs(times[around] - _between(offsets[around - 1], times[around - 1],
+                                                                  offsets[around + 1], times[around + 1],
+                                                                  offsets[around]))
 
     def estimate_time(self, offset: int) -> float | None:
         """When the message at `offset` was produced (estimate); None for an empty table.
@@ -91,20 +101,20 @@ class PartitionTimeTable:
         With a single distinct offset in the table nothing can be extrapolated, and the message is
         known only to be older than the first point: that time is returned (a lower bound on the lag).
         """
-        points = self._points
-        if not points:
+        offsets, times = self._offsets, self._times
+        if not offsets:
             return None
-        if offset >= points[-1].offset:
-            return points[-1].time
-        right_index = bisect.bisect_right(points, offset, key=lambda p: p.offset)
-        if right_index == 0:
+        if offset >= offsets[-1]:
+            return times[-1]
+        right = bisect.bisect_right(offsets, offset)
+        if right == 0:
             # Older than the table: extrapolate along the oldest segment with distinct offsets.
-            first = points[0]
-            for later in points[1:]:
-                if later.offset > first.offset:
-                    return _interpolate(first, later, offset)
-            return first.time
-        return _interpolate(points[right_index - 1], points[right_index], offset)
+            first = offsets[0]
+            for later in range(1, len(offsets)):
+                if offsets[later] > first:
+                    return _between(first, times[0], offsets[later], times[later], offset)
+            return times[0]
+        return _between(offsets[right - 1], times[right - 1], offsets[right], times[right], offset)
 
 
 @dataclass(frozen=True)
@@ -120,17 +130,29 @@ class TimeLagTracker:
     def __init__(self, max_points: int = DEFAULT_MAX_POINTS) -> None:
         self.max_points = max_points
         self._tables: dict[PartitionKey, PartitionTimeTable] = {}
+        # The partitions of the last sample added, in its order, and their tables in that order: a sample
+        # over the same partitions (nearly every one) reaches its tables by position, not by key.
+        self._order: tuple[PartitionKey, ...] = ()
+        self._aligned: list[PartitionTimeTable] = []
+        self._last: LagSample | None = None
 
     def add(self, sample: LagSample) -> None:
-        seen: set[PartitionKey] = set()
-        for offsets in sample.partitions:
-            seen.add(offsets.key)
-            table = self._tables.get(offsets.key)
-            if table is None:
-                table = self._tables[offsets.key] = PartitionTimeTable(self.max_points)
-            table.add(offsets.end_offset, sample.time)
-        for gone in set(self._tables) - seen:
-            del self._tables[gone]  # partition (or topic) no longer consumed
+        keys = sample.keys
+        if keys is not self._order and keys != self._order:
+            tables = self._tables
+            aligned: list[PartitionTimeTable] = []
+            for key in keys:
+                table = tables.get(key)
+                if table is None:
+                    table = tables[key] = PartitionTimeTable(self.max_points)
+                aligned.append(table)
+            for gone in set(tables) - set(keys):
+                del tables[gone]  # partition (or topic) no longer consumed
+            self._order, self._aligned = keys, aligned
+        self._last = sample
+        time = sample.time
+        for table, offsets in zip(self._aligned, sample.partitions, strict=True):
+            table.add(offsets.end_offset, time)
 
     def table(self, key: PartitionKey) -> PartitionTimeTable | None:
         return self._tables.get(key)
@@ -139,6 +161,11 @@ class TimeLagTracker:
         self, offsets: PartitionOffsets, now: float, offset_reset_policy: OffsetResetPolicy = "latest"
     ) -> float:
         """Seconds between now and the produce time of the partition's oldest unconsumed message."""
+        return self._time_lag(offsets, self._tables.get(offsets.key), now, offset_reset_policy)
+
+    @staticmethod
+    def _time_lag(offsets: PartitionOffsets, table: PartitionTimeTable | None, now: float,
+                  offset_reset_policy: OffsetResetPolicy) -> float:
         if offsets.committed is None:
             if offset_reset_policy == "latest":
                 return 0.0  # a consumer would start at the end: nothing old to consume
@@ -147,7 +174,6 @@ class TimeLagTracker:
             position = max(offsets.committed, offsets.start_offset)
         if position >= offsets.end_offset:
             return 0.0
-        table = self._tables.get(offsets.key)
         estimate = table.estimate_time(position) if table is not None else None
         if estimate is None:
             return 0.0
@@ -158,6 +184,11 @@ class TimeLagTracker:
     ) -> dict[PartitionKey, float]:
         """Time lag of every partition of `sample` (now defaults to the sample's time)."""
         at = sample.time if now is None else now
+        if sample is self._last:  # the sample just added: its tables in its order
+            lag = self._time_lag
+            return dict(zip(self._order, [lag(p, table, at, offset_reset_policy)
+                                          for p, table in zip(sample.partitions, self._aligned, strict=True)],
+                            strict=True))
         return {p.key: self.time_lag(p, at, offset_reset_policy) for p in sample.partitions}
 
 

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 from lagpilot_operator.core.observations import (
+    HistoryWindow,
     LagHistory,
     LagSample,
     OffsetResetPolicy,
@@ -172,6 +174,10 @@ def evaluate(
         return {}
     at = latest.time if now is None else now
     # Only the window (from its anchor on) matters: keeps a 1000-partition group cheap.
+    window = history.window(since=at - window_seconds)
+    if window is not None:
+        return evaluate_window(window, at, window_seconds=window_seconds, members=latest.members,
+                               offset_reset_policy=offset_reset_policy)
     series = history.series_by_partition(since=at - window_seconds)
     return evaluate_series(
         series,
@@ -180,6 +186,68 @@ def evaluate(
         members=latest.members,
         offset_reset_policy=offset_reset_policy,
     )
+
+
+def evaluate_window(
+    window: HistoryWindow,
+    now: float,
+    *,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    members: int | None = None,
+    offset_reset_policy: OffsetResetPolicy = "latest",
+) -> dict[PartitionKey, Verdict]:
+    """`evaluate_series` over `window` (samples from the anchor, `LagHistory.window(now - window_seconds)`),
+    reading each partition's committed offsets and lags across the samples as one tuple (`OffsetColumns`),
+    not through a (time, offsets) pair per sample: the same verdicts for a fraction of the CPU.
+
+    Every partition has every sample of the window, so they share its anchor: its first sample when that is at
+    or before `now - window_seconds` (then each later one is after it), else none. For a partition committed
+    in every sample, the rules of `evaluate_partition` read: REWOUND when its committed offsets are not
+    ascending; OK without an anchor, or with no lag in some sample (lags are never negative), or when the lag
+    went down at some step while commits moved; STALLED or STOPPED when they never moved (ascending, so equal
+    first and last); LAGGING when the lag ends above where it began (ascending, so never down). A partition
+    uncommitted in some sample is evaluated by `evaluate_partition` itself.
+    """
+    since = now - window_seconds
+    anchored = window.times[0] <= since
+    committed = list(zip(*(c.committed for c in window.columns), strict=True))
+    lags = list(zip(*(c.lags for c in window.columns), strict=True))
+    uncommitted = set().union(*(c.uncommitted for c in window.columns))
+
+    def series(index: int) -> PartitionSeries:
+        return [(time, sample.partitions[index]) for time, sample in zip(window.times, window.samples, strict=True)]
+
+    le, gt = operator.le, operator.gt
+    # Committed offsets never going down (a partition uncommitted somewhere: False, and evaluated below on its own).
+    ascending = [index not in uncommitted and all(map(le, values, values[1:]))
+                 for index, values in enumerate(committed)]
+    # Every step of the window is after `since`: only its first sample can be at or before it.
+    advanced = [values[-1] > values[0] if up else index not in uncommitted and any(map(gt, values[1:], values))
+                for index, (values, up) in enumerate(zip(committed, ascending, strict=True))]
+    for index in uncommitted:
+        advanced[index] = _advanced(series(index), since)
+    moving = sum(advanced)
+    verdicts: list[Verdict] = []
+    verdict = verdicts.append
+    for index, (values, lag) in enumerate(zip(committed, lags, strict=True)):
+        if not ascending[index]:
+            if index in uncommitted:
+                verdict(evaluate_partition(series(index), now, window_seconds=window_seconds, members=members,
+                                           group_advanced=moving - advanced[index] > 0,
+                                           offset_reset_policy=offset_reset_policy))
+            else:
+                verdict(Verdict.REWOUND)
+        elif not anchored or 0 in lag:
+            verdict(Verdict.OK)
+        elif values[-1] == values[0]:  # frozen
+            group_advanced = moving - advanced[index] > 0
+            has_consumers = (members is not None and members > 0) or (members is None and group_advanced)
+            verdict(Verdict.STALLED if has_consumers else Verdict.STOPPED)
+        elif not all(map(le, lag, lag[1:])):
+            verdict(Verdict.OK)
+        else:
+            verdict(Verdict.LAGGING if lag[-1] > lag[0] else Verdict.OK)
+    return dict(zip(window.keys, verdicts, strict=True))
 
 
 def stuck_partitions(verdicts: Mapping[PartitionKey, Verdict]) -> dict[PartitionKey, Verdict]:

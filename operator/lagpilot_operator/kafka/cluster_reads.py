@@ -126,15 +126,16 @@ def sample_for(read: ClusterRead, want: Want) -> LagSample:
         if topic in read.topic_errors:
             raise read.topic_errors[topic]
     committed = read.committed.get(want.group_id, {})
+    log_offsets = read.log_offsets
     partitions: list[PartitionOffsets] = []
     for topic in want.topics:
         for partition in read.partitions[topic]:
             key = (topic, partition)
-            start, end = read.log_offsets[key]
+            start, end = log_offsets[key]
             offset = committed.get(key, -1)
             # librdkafka reports "no committed offset" as a negative logical offset (-1001).
-            partitions.append(PartitionOffsets(topic=topic, partition=partition, end_offset=end,
-                                               committed=offset if offset >= 0 else None, start_offset=start))
+            # (Positional: PartitionOffsets(topic, partition, end_offset, committed, start_offset).)
+            partitions.append(PartitionOffsets(topic, partition, end, offset if offset >= 0 else None, start))
     group = read.groups.get(want.group_id)
     return LagSample(time=read.time, partitions=tuple(partitions), members=group.members if group else None,
                      protocol=group.protocol if group else None)

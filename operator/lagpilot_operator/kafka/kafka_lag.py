@@ -364,8 +364,11 @@ class LogOffsets:
     """The answer to one ListOffsets call for many partitions (log end or log start), awaited by `collect`."""
 
     def __init__(self, partitions: list[TopicPartition], request: concurrent.futures.Future[Any] | None = None,
-                 futures: Mapping[TopicPartition, concurrent.futures.Future[Any]] | None = None) -> None:
+                 futures: Mapping[TopicPartition, concurrent.futures.Future[Any]] | None = None,
+                 keys: list[PartitionKey] | None = None) -> None:
         self._partitions = partitions
+        self._keys = keys if keys is not None else [(tp.topic, tp.partition) for tp in partitions]
+        """(topic, partition) of each partition asked, in order."""
         self._request = request
         """confluent-kafka's own future for the whole call: {TopicPartition: result or KafkaError}."""
         self._futures = futures
@@ -373,28 +376,66 @@ class LogOffsets:
 
     def collect(self, timeout: float) -> dict[PartitionKey, int | KafkaException | TimeoutError]:
         """Per partition, in the order asked: its offset, or why it has none."""
-        keys = [(tp.topic, tp.partition) for tp in self._partitions]
+        offsets, failures = self.split(timeout)
+        if not failures:
+            return dict(offsets)
+        return {key: failures[key] if key in failures else offsets[key] for key in self._keys}
+
+    def split(self, timeout: float,
+              ) -> tuple[dict[PartitionKey, int], dict[PartitionKey, KafkaException | TimeoutError]]:
+        """The offsets of the partitions that have one, and why the others have none, each in the order asked."""
+        keys = self._keys
         if self._futures is not None:
-            found: dict[PartitionKey, int | KafkaException | TimeoutError] = {}
+            offsets: dict[PartitionKey, int] = {}
+            failures: dict[PartitionKey, KafkaException | TimeoutError] = {}
             for tp, key in zip(self._partitions, keys, strict=True):
                 try:
-                    found[key] = int(self._futures[tp].result(timeout=timeout).offset)
+                    offsets[key] = int(self._futures[tp].result(timeout=timeout).offset)
                 except (KafkaException, TimeoutError) as exc:
-                    found[key] = exc
-            return found
+                    failures[key] = exc
+            return offsets, failures
         assert self._request is not None
         try:
             results = self._request.result(timeout=timeout)
         except (KafkaException, TimeoutError) as exc:  # the whole call failed: every partition did
-            return dict.fromkeys(keys, exc)
-        answers = {(tp.topic, tp.partition): value for tp, value in results.items()}
-        if len(answers) != len(keys) or any(key not in answers for key in keys):
-            raise RuntimeError(f"ListOffsets answered {len(answers)} partitions of the {len(keys)} asked")
-        return {key: KafkaException(value) if isinstance(value, KafkaError) else int(value.offset)
-                for key, value in ((key, answers[key]) for key in keys)}
+            return {}, dict.fromkeys(keys, exc)
+        # Looked up by the partitions asked: a TopicPartition hashes and compares by topic and partition.
+        try:
+            values = [results[tp] for tp in self._partitions]
+        except KeyError:
+            values = []
+        if len(results) != len(keys) or len(values) != len(keys):
+            raise RuntimeError(f"ListOffsets answered {len(results)} partitions of the {len(keys)} asked")
+        offsets = {key: int(value.offset) for key, value in zip(keys, values, strict=True)
+                   if not isinstance(value, KafkaError)}
+        if len(offsets) == len(keys):
+            return offsets, {}
+        return offsets, {key: KafkaException(value) for key, value in zip(keys, values, strict=True)
+                         if isinstance(value, KafkaError)}
 
 
-def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], spec: Any, timeout: float) -> LogOffsets:
+class OffsetRequests:
+    """The ListOffsets requests of the last read through this object (one TopicPartition per partition and offset
+    kind), made again only when a read asks for other partitions. A cluster's reads ask for the same partitions
+    poll after poll, and making 2,000 TopicPartitions was a third of a 1,000-partition read's CPU; the client
+    only reads them."""
+
+    def __init__(self) -> None:
+        self._last: tuple[list[PartitionKey], dict[int, list[TopicPartition]]] | None = None
+
+    def request(self, keys: list[PartitionKey], value: int) -> list[TopicPartition]:
+        """A TopicPartition carrying `value` (the offset kind asked) for each of `keys`, in order."""
+        last = self._last
+        if last is None or last[0] != keys:
+            last = self._last = (keys, {})
+        found = last[1].get(value)
+        if found is None:
+            found = last[1][value] = [TopicPartition(topic, partition, value) for topic, partition in keys]
+        return found
+
+
+def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], keys: list[PartitionKey], spec: Any,
+                  timeout: float, requests: OffsetRequests | None = None) -> LogOffsets:
     """Send one ListOffsets call for `partitions` (`spec`: OffsetSpec.latest() or earliest()).
 
     Through the client's C method with one future for the whole call when it is there (confluent-kafka
@@ -404,24 +445,28 @@ def _list_offsets(admin: AdminClient, partitions: list[TopicPartition], spec: An
     send = getattr(_AdminClientImpl, "list_offsets", None)
     if send is None or not isinstance(admin, AdminClient):
         return LogOffsets(partitions, futures=admin.list_offsets(dict.fromkeys(partitions, spec),
-                                                                 request_timeout=timeout))
+                                                                 request_timeout=timeout), keys=keys)
     request: concurrent.futures.Future[Any] = concurrent.futures.Future()
     request.set_running_or_notify_cancel()
     value = int(spec._value)
-    send(admin, [TopicPartition(tp.topic, tp.partition, value) for tp in partitions], request,
-         request_timeout=timeout)
-    return LogOffsets(partitions, request=request)
+    asked = requests.request(keys, value) if requests is not None else \
+        [TopicPartition(topic, partition, value) for topic, partition in keys]
+    send(admin, asked, request, request_timeout=timeout)
+    return LogOffsets(partitions, request=request, keys=keys)
 
 
 def send_log_offset_requests(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
-                             ) -> tuple[LogOffsets, LogOffsets]:
+                             requests: OffsetRequests | None = None) -> tuple[LogOffsets, LogOffsets]:
     """Send the ListOffsets calls for the log end and start of every partition at once: (ends, starts).
-    Sent first, collected later, so a reader can have its other requests in flight meanwhile."""
+    Sent first, collected later, so a reader can have its other requests in flight meanwhile. With `requests`,
+    the requests of its last read are sent again when they ask for the same partitions."""
     if not partitions:
         return LogOffsets([], futures={}), LogOffsets([], futures={})
     latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
     count_requests(bootstrap, "list_offsets", 2)
-    return (_list_offsets(admin, partitions, latest, timeout), _list_offsets(admin, partitions, earliest, timeout))
+    keys = [(tp.topic, tp.partition) for tp in partitions]  # once for both calls
+    return (_list_offsets(admin, partitions, keys, latest, timeout, requests),
+            _list_offsets(admin, partitions, keys, earliest, timeout, requests))
 
 
 def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,
@@ -433,11 +478,9 @@ def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicP
     def answers() -> dict[PartitionKey, tuple[int, int]]:
         found: list[dict[PartitionKey, int]] = []
         for request in (end_answers, start_answers):
-            offsets: dict[PartitionKey, int] = {}
-            for key, value in request.collect(timeout).items():
-                if isinstance(value, BaseException):
-                    raise value
-                offsets[key] = value
+            offsets, failures = request.split(timeout)
+            for failure in failures.values():
+                raise failure  # the first partition's, in the order asked
             found.append(offsets)
         ends, starts = found
         return {key: (max(0, starts[key]), max(0, ends[key])) for key in ends}

@@ -11,6 +11,7 @@ from lagpilot_operator.core.observations import (
     LagSample,
     PartitionOffsets,
     consumable_lag,
+    lags_by_partition,
     partition_lag,
     partition_name,
     total_lag,
@@ -160,3 +161,67 @@ def test_produce_rate_of_constant_production_is_exact(rate: float, samples: int,
     # Offsets are whole messages: rounding costs at most 1 message per partition over the span.
     span = min(15.0, (samples - 1) * 5.0)
     assert measured == pytest.approx(rate * partitions, abs=partitions / span + 1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([5.0, 5.0, 5.0, 1.0, 30.0, 700.0]), offsets_lists), min_size=1, max_size=60),
+       st.sampled_from([15.0, 30.0, 60.0]), st.integers(2, 240))
+def test_a_history_keeping_only_what_its_windows_read_reads_the_same(
+        steps: list[tuple[float, list[tuple[int, int | None]]]], needed: float, max_samples: int) -> None:
+    """Dropping the samples before the longest window's start changes no rate and no series of any window
+    up to it, whatever the gaps between polls (an outage, a poll late by a minute)."""
+    full = LagHistory(max_samples=max_samples)
+    trimmed = LagHistory(max_samples=max_samples, needed_seconds=needed)
+    time = 0.0
+    for gap, partitions in steps:
+        time += gap
+        sample = LagSample(time, tuple(po(i, end, c) for i, (end, c) in enumerate(partitions)))
+        full.add(sample)
+        trimmed.add(sample)
+        assert trimmed.samples == full.samples[len(full) - len(trimmed):]
+        for window in {15.0, 30.0, needed}:
+            if window <= needed:
+                assert trimmed.produce_rate(window) == full.produce_rate(window)
+                assert trimmed.consume_rate(window) == full.consume_rate(window)
+        assert trimmed.series_by_partition(since=time - needed) == full.series_by_partition(since=time - needed)
+    assert len(trimmed) <= len(full)
+
+
+def test_a_history_keeping_what_a_minute_reads_holds_a_minute_and_a_poll() -> None:
+    history = LagHistory(needed_seconds=60.0)
+    for t in range(0, 600, 5):
+        history.add(LagSample(float(t), (po(0, t, 0),)))
+    assert [s.time for s in history][:2] == [535.0, 540.0] and len(history) == 13
+    with pytest.raises(ValueError, match="needed_seconds"):
+        LagHistory(needed_seconds=0.0)
+
+
+# A partition's next offsets: mostly forward, sometimes back (topic recreated, group reset) or uncommitted.
+offset_steps = st.tuples(st.one_of(st.integers(0, 50), st.integers(-200, 50)),
+                         st.one_of(st.integers(0, 50), st.integers(-200, 50), st.none()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6), st.lists(st.tuples(st.sampled_from([5.0, 5.0, 2.5, 40.0]), st.lists(offset_steps, min_size=6,
+                                                                                               max_size=6)),
+                                   min_size=2, max_size=25),
+       st.sampled_from([5.0, 15.0, 30.0, 60.0]))
+def test_rates_over_partitions_lined_up_by_position_are_the_rates_by_key(
+        partitions: int, steps: list[tuple[float, list[tuple[int, int | None]]]], window: float) -> None:
+    """The column-wide rates (`_window_rate`) give exactly what the pair-by-pair, key-by-key reading gives."""
+    history = LagHistory()
+    ends, committed = [1000] * partitions, [900] * partitions
+    time = 0.0
+    for gap, moves in steps:
+        time += gap
+        offsets = []
+        for p, (end_step, commit_step) in zip(range(partitions), moves, strict=False):
+            ends[p] = max(0, ends[p] + end_step)
+            committed[p] = max(0, committed[p] + commit_step) if commit_step is not None else committed[p]
+            offsets.append(po(p, ends[p], None if commit_step is None else committed[p]))
+        history.add(LagSample(time, tuple(offsets)))
+        assert history.window(time - window) is not None
+        assert history.produce_rate(window) == history._rate_by_key(window, produced=True)
+        assert history.consume_rate(window) == history._rate_by_key(window, produced=False)
+        for policy in ("latest", "earliest"):
+            assert history.latest_lags(policy) == lags_by_partition(offsets, policy)  # type: ignore[arg-type]

@@ -156,3 +156,102 @@ def test_older_committed_offsets_are_never_less_late(deltas: list[int], max_poin
     b = data.draw(st.integers(a, max(end, a)))
     ta, tb = table.estimate_time(a), table.estimate_time(b)
     assert ta is not None and tb is not None and ta <= tb + 1e-9
+
+
+class _ReferenceTable:
+    """The table as first written, one point object per point: what `PartitionTimeTable` must keep
+    computing after its storage changed (parallel lists, for the garbage collector's sake)."""
+
+    def __init__(self, max_points: int) -> None:
+        self.max_points = max_points
+        self.points: list[OffsetTimePoint] = []
+        self.errors: list[float] = []
+
+    @staticmethod
+    def interpolate(left: OffsetTimePoint, right: OffsetTimePoint, offset: float) -> float:
+        if right.offset == left.offset:
+            return left.time
+        return left.time + (offset - left.offset) * (right.time - left.time) / (right.offset - left.offset)
+
+    def add(self, end_offset: int, time: float) -> None:
+        points, errors = self.points, self.errors
+        if points and time <= points[-1].time:
+            return
+        if points and end_offset < points[-1].offset:
+            points.clear()
+            errors.clear()
+        if len(points) >= 2 and points[-1].offset == end_offset == points[-2].offset:
+            points[-1] = OffsetTimePoint(end_offset, time)
+        else:
+            points.append(OffsetTimePoint(end_offset, time))
+            errors.append(math.inf)
+        self.refresh(len(points) - 2)
+        if len(points) > self.max_points:
+            index = min(range(1, len(points) - 1), key=errors.__getitem__)
+            del points[index]
+            del errors[index]
+            self.refresh(index - 1)
+            self.refresh(index)
+
+    def refresh(self, index: int) -> None:
+        points = self.points
+        if 0 < index < len(points) - 1:
+            left, middle, right = points[index - 1], points[index], points[index + 1]
+            self.errors[index] = abs(middle.time - self.interpolate(left, right, middle.offset))
+
+    def estimate_time(self, offset: int) -> float | None:
+        points = self.points
+        if not points:
+            return None
+        if offset >= points[-1].offset:
+            return points[-1].time
+        right_index = next((i for i, p in enumerate(points) if p.offset > offset), len(points))
+        if right_index == 0:
+            first = points[0]
+            for later in points[1:]:
+                if later.offset > first.offset:
+                    return self.interpolate(first, later, offset)
+            return first.time
+        return self.interpolate(points[right_index - 1], points[right_index], offset)
+
+
+@settings(max_examples=200, deadline=None)
+# Small whole steps make collinear points (ties in the thinning) common; a few resets and repeats too.
+@given(st.lists(st.tuples(st.one_of(st.sampled_from([0, 10, 10, 20, 50]), st.integers(-50, 400)),
+                          st.one_of(st.sampled_from([5.0, 5.0, 2.5, 0.0]), st.floats(-1.0, 20.0))),
+                min_size=1, max_size=120),
+       st.integers(3, 12), st.lists(st.integers(-100, 30_000), min_size=1, max_size=10))
+def test_the_table_keeps_the_points_and_estimates_of_the_reference(steps: list[tuple[int, float]], max_points: int,
+                                                                   asked: list[int]) -> None:
+    """Exactly (not approximately) the same points, thinning and estimates as one object per point."""
+    table, reference = PartitionTimeTable(max_points), _ReferenceTable(max_points)
+    end, time = 0, 0.0
+    for delta, dt in steps:
+        end, time = max(0, end + delta), time + dt  # offsets mostly grow, sometimes reset; times may repeat
+        table.add(end, time)
+        reference.add(end, time)
+        assert table.points == tuple(reference.points)
+    for offset in asked:
+        assert table.estimate_time(offset) == reference.estimate_time(offset)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 30), st.one_of(st.none(), st.integers(0, 30))),
+                         min_size=1, max_size=5), min_size=1, max_size=30),
+       st.sampled_from(["latest", "earliest"]))
+def test_the_tracker_gives_each_partition_its_own_tables_time_lag(
+        samples: list[list[tuple[int, int, int | None]]], policy: str) -> None:
+    """The time lags of the sample just added (its tables reached by position) are those read key by key, as
+    partitions come and go between samples."""
+    tracker = TimeLagTracker(max_points=5)
+    ends: dict[int, int] = {}
+    for index, partitions in enumerate(samples):
+        offsets = []
+        for partition, step, behind in partitions:
+            ends[partition] = ends.get(partition, 0) + step
+            offsets.append(po(partition, ends[partition], None if behind is None else max(0, ends[partition] - behind)))
+        sample = LagSample(float(index * 5), tuple(offsets))
+        tracker.add(sample)
+        by_key = {p.key: tracker.time_lag(p, sample.time + 1.0, policy) for p in sample.partitions}  # type: ignore[arg-type]
+        assert tracker.time_lags(sample, now=sample.time + 1.0, offset_reset_policy=policy) == by_key  # type: ignore[arg-type]
+        assert all(tracker.table(p.key) is not None for p in sample.partitions)

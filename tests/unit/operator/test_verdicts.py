@@ -15,6 +15,7 @@ from lagpilot_operator.core.verdicts import (
     Verdict,
     evaluate,
     evaluate_partition,
+    evaluate_series,
     stuck_partitions,
 )
 
@@ -144,3 +145,44 @@ def test_a_caught_up_partition_is_ok_or_rewound(points: list[tuple[int, int | No
     data = series(points)
     verdict = evaluate_partition(data, data[-1][0], members=members, group_advanced=advanced)
     assert verdict in {Verdict.OK, Verdict.REWOUND}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.integers(1, 5), st.integers(1, 20), st.sampled_from([None, None, 0, 2]),
+       st.sampled_from(["latest", "earliest"]), st.sampled_from([15.0, 60.0]), st.sampled_from([0.0, 0.0, 7.0]))
+def test_verdicts_over_partitions_lined_up_by_position_are_the_verdicts_by_series(
+        data: st.DataObject, partitions: int, samples: int, members: int | None, policy: str, window: float,
+        later: float) -> None:
+    """`evaluate` reads a history whose samples hold the same partitions column-wide (`evaluate_window`):
+    exactly the verdicts `evaluate_series` gives from the (time, offsets) series."""
+    # Per partition, how its commits move: frozen, by small steps (so lags often tie, reach zero, or end where
+    # they began), catching up now and then, anyhow (with rewinds and uncommitted samples).
+    modes = data.draw(st.lists(st.sampled_from(["frozen", "steps", "catching up", "any"]), min_size=partitions,
+                               max_size=partitions))
+    start = data.draw(st.sampled_from([0, 0, 40]))
+    ends, committed = [100] * partitions, [data.draw(st.sampled_from([60, 100]))] * partitions
+    history = LagHistory(needed_seconds=window)
+    time = 0.0
+    for _ in range(samples):
+        time += data.draw(st.sampled_from([5.0, 5.0, 5.0, 1.0, 30.0]))
+        offsets = []
+        for p, mode in enumerate(modes):
+            ends[p] += data.draw(st.sampled_from([0, 1, 2, 20]))
+            known: int | None = committed[p]
+            if mode == "steps":
+                committed[p] = min(ends[p], committed[p] + data.draw(st.sampled_from([0, 1, 2])))
+            elif mode == "catching up":
+                committed[p] = ends[p] if data.draw(st.booleans()) else committed[p] + 1
+            elif mode == "any":
+                step = data.draw(st.one_of(st.sampled_from([0, 3, 30, -5]), st.none()))
+                if step is None:
+                    known = None
+                else:
+                    committed[p] = max(0, committed[p] + step)
+            offsets.append(PartitionOffsets("orders", p, ends[p], None if known is None else committed[p], start))
+        history.add(LagSample(time, tuple(offsets), members=members))
+    at = time + later
+    assert history.window(at - window) is not None
+    expected = evaluate_series(history.series_by_partition(since=at - window), at, window_seconds=window,
+                               members=members, offset_reset_policy=policy)  # type: ignore[arg-type]
+    assert evaluate(history, window_seconds=window, offset_reset_policy=policy, now=at) == expected  # type: ignore[arg-type]

@@ -1,0 +1,128 @@
+"""`cluster_observer.read_cluster` turning the AdminClient's answers into a `ClusterRead`, against a fake client
+answering as confluent-kafka does (metadata, one OffsetFetch future per group, one ListOffsets future per offset
+kind keyed by TopicPartition, a group description): offsets, never-committed partitions, missing topics and
+failures where they belong."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import ConsumerGroupType, KafkaError, KafkaException, TopicPartition
+
+from lagpilot_operator.kafka import cluster_observer, kafka_lag
+from lagpilot_operator.kafka.cluster_reads import GroupDescription
+
+# (log-start, log-end) per partition; committed per group (absent: never committed).
+TOPICS = {"orders": {0: (0, 100), 1: (10, 50), 2: (-1, 7)}, "audit": {0: (0, 3)}}
+COMMITTED = {"g1": {("orders", 0): 40, ("orders", 1): 5}, "g2": {("audit", 0): 3}}
+
+
+def done(value: Any) -> concurrent.futures.Future[Any]:
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+class FakeAdmin:
+    """The calls `read_cluster` makes, answered from TOPICS and COMMITTED; `failing` partitions' offsets fail."""
+
+    def __init__(self, failing: frozenset[tuple[str, int]] = frozenset()) -> None:
+        self.failing = failing
+        self.sent: list[list[TopicPartition]] = []
+
+    def list_topics(self, timeout: float) -> Any:
+        return SimpleNamespace(topics={t: SimpleNamespace(error=None, partitions=dict.fromkeys(reversed(ps)))
+                                       for t, ps in TOPICS.items()})
+
+    def list_consumer_group_offsets(self, requests: list[Any], request_timeout: float) -> dict[str, Any]:
+        group = requests[0].group_id
+        answer = [TopicPartition(tp.topic, tp.partition, COMMITTED[group].get((tp.topic, tp.partition), -1001))
+                  for tp in reversed(requests[0].topic_partitions)]
+        return {group: done(SimpleNamespace(topic_partitions=answer))}
+
+    def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> dict[str, Any]:
+        return {g: done(SimpleNamespace(members=[object()] * 2, type=ConsumerGroupType.CONSUMER)) for g in groups}
+
+    def send_list_offsets(self, partitions: list[TopicPartition], request: concurrent.futures.Future[Any],
+                          request_timeout: float) -> None:
+        """confluent-kafka's C `list_offsets`: one answer for the call, keyed by new TopicPartitions."""
+        self.sent.append(partitions)
+        latest = partitions[0].offset == -1
+        answer: dict[TopicPartition, Any] = {}
+        for tp in reversed(partitions):
+            start, end = TOPICS[tp.topic][tp.partition]
+            answer[TopicPartition(tp.topic, tp.partition)] = (
+                KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION) if (tp.topic, tp.partition) in self.failing
+                else SimpleNamespace(offset=end if latest else start))
+        request.set_result(answer)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def c_list_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kafka_lag._list_offsets` takes its one-future-per-call path for the fake, as for a real client."""
+    monkeypatch.setattr(kafka_lag, "AdminClient", FakeAdmin)
+    monkeypatch.setattr(kafka_lag, "_AdminClientImpl", SimpleNamespace(list_offsets=FakeAdmin.send_list_offsets))
+
+
+def test_offsets_of_every_wanted_partition_and_each_groups_committed_offsets() -> None:
+    wanted = {"g1": frozenset({"orders"}), "g2": frozenset({"audit", "gone"})}
+    read = cluster_observer.read_cluster(FakeAdmin(), "kafka:9092", wanted)  # type: ignore[arg-type]
+    assert read.cluster_error is None and read.group_errors == {}
+    assert dict(read.partitions) == {"orders": (0, 1, 2), "audit": (0,)}
+    assert dict(read.log_offsets) == {("orders", 0): (0, 100), ("orders", 1): (10, 50), ("orders", 2): (0, 7),
+                                      ("audit", 0): (0, 3)}  # a negative offset counts as 0
+    assert {g: dict(c) for g, c in read.committed.items()} == {
+        "g1": {("orders", 0): 40, ("orders", 1): 5, ("orders", 2): -1001}, "g2": {("audit", 0): 3}}
+    assert dict(read.groups) == {"g1": GroupDescription(2, "consumer"), "g2": GroupDescription(2, "consumer")}
+    assert list(read.topic_errors) == ["gone"] and isinstance(read.topic_errors["gone"], kafka_lag.TopicMissing)
+
+
+def test_a_partition_whose_offsets_fail_fails_its_topic_only() -> None:
+    wanted = {"g1": frozenset({"orders"}), "g2": frozenset({"audit"})}
+    read = cluster_observer.read_cluster(FakeAdmin(failing=frozenset({("orders", 1)})), "kafka:9092",  # type: ignore[arg-type]
+                                         wanted)
+    assert list(read.topic_errors) == ["orders"] and "orders" in str(read.topic_errors["orders"])
+    assert ("orders", 1) not in read.log_offsets and read.log_offsets[("orders", 0)] == (0, 100)
+    assert read.log_offsets[("audit", 0)] == (0, 3)
+
+
+def test_an_answer_missing_a_partition_is_a_bug_not_an_offset() -> None:
+    offsets = kafka_lag.LogOffsets([TopicPartition("orders", 0), TopicPartition("orders", 1)],
+                                   request=done({TopicPartition("orders", 1, -1): SimpleNamespace(offset=4)}))
+    with pytest.raises(RuntimeError, match="answered 1 partitions of the 2 asked"):
+        offsets.collect(1.0)
+
+
+def test_answers_are_per_partition_in_the_order_asked() -> None:
+    asked = [TopicPartition("orders", 1), TopicPartition("orders", 0)]
+    answer = {TopicPartition("orders", 0, -1): SimpleNamespace(offset=9),
+              TopicPartition("orders", 1, -1): KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)}
+    found = kafka_lag.LogOffsets(asked, request=done(answer)).collect(1.0)
+    assert list(found) == [("orders", 1), ("orders", 0)] and found[("orders", 0)] == 9
+    assert isinstance(found[("orders", 1)], KafkaException)
+    failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    failed.set_exception(KafkaException(KafkaError(KafkaError._TIMED_OUT)))
+    assert all(isinstance(v, KafkaException) for v in kafka_lag.LogOffsets(asked, request=failed).collect(1.0).values())
+
+
+def test_a_clusters_next_read_of_the_same_partitions_sends_the_same_requests() -> None:
+    admin, requests = FakeAdmin(), kafka_lag.OffsetRequests()
+    wanted = {"g1": frozenset({"orders"})}
+    first = cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests)  # type: ignore[arg-type]
+    again = cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests)  # type: ignore[arg-type]
+    assert replace(again, time=first.time) == first
+    assert [[(tp.topic, tp.partition, tp.offset) for tp in sent] for sent in admin.sent[:2]] == [
+        [("orders", p, -1) for p in (0, 1, 2)], [("orders", p, -2) for p in (0, 1, 2)]]
+    assert admin.sent[2] is admin.sent[0] and admin.sent[3] is admin.sent[1]  # not made again
+    wider = cluster_observer.read_cluster(admin, "kafka:9092", {"g1": frozenset({"orders", "audit"})},  # type: ignore[arg-type]
+                                          requests=requests)
+    assert [(tp.topic, tp.partition, tp.offset) for tp in admin.sent[4]] == [("audit", 0, -1)] + [
+        ("orders", p, -1) for p in (0, 1, 2)]
+    assert wider.log_offsets[("audit", 0)] == (0, 3)
