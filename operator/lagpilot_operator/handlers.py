@@ -23,6 +23,7 @@ import kopf
 
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator import reconcile
+from lagpilot_operator.collector import tune_collector
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
 from lagpilot_operator.kube import kube_io, models
@@ -64,6 +65,11 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
 @kopf.on.startup()
 async def io_threads(**_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="lagpilot-io"))
+
+
+@kopf.on.startup()
+def garbage_collector(**_: Any) -> None:
+    tune_collector()  # after the imports and the configuration above: they live as long as the process
 
 
 def _own_namespace() -> str:
