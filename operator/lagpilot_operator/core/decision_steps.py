@@ -395,7 +395,8 @@ def _per_slot_rate(memory: PolicyMemory, now: float, consume: float | None, *, b
         bound = consume / busy_max
         floor = bound if floor is None else max(floor, bound)
     slot_rate = memory.slot_rate
-    if every_slot_busy and consume is not None and consume >= MIN_RATE:
+    # No slot at all (scaled to zero, or no member yet) measures nothing, however long the lag grew.
+    if every_slot_busy and busy_now > 0 and consume is not None and consume >= MIN_RATE:
         measured = consume / busy_now
         slot_rate = measured if slot_rate is None else (
             SLOT_RATE_EWMA_WEIGHT * measured + (1 - SLOT_RATE_EWMA_WEIGHT) * slot_rate)

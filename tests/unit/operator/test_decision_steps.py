@@ -225,3 +225,12 @@ def test_reason_reads_action_explanation_then_the_steps_notes_then_the_lag_left_
     text = reason(ctx, lag, activation, Recommendation(20, "why"), Shape(2, 10), "up", ("first", "second"))
     assert text == ("scale up 1→2 replicas, pool 8→10: why; first; second; "
                     "excluded stuck partitions orders-0 (STALLED): 100 msgs more workers cannot drain")
+
+
+def test_no_busy_slot_measures_no_per_slot_rate() -> None:
+    """A group with no slot (scaled to zero, no member yet) whose lag grew for a window counted as "every
+    slot busy": the rate per slot is not measured from it (it divided by zero; found by hypothesis)."""
+    from lagpilot_operator.core.decision_steps import _per_slot_rate
+
+    assert _per_slot_rate(PolicyMemory(), NOW, 12.0, busy_max=0, busy_now=0, every_slot_busy=True) == (None, None)
+    assert _per_slot_rate(PolicyMemory(), NOW, 12.0, busy_max=4, busy_now=4, every_slot_busy=True) == (3.0, 3.0)
