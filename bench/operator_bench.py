@@ -45,6 +45,7 @@ from kubernetes import client, config
 from prometheus_client import REGISTRY
 
 from lagpilot_operator import reconcile
+from lagpilot_operator.collector import tune_collector
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -251,7 +252,11 @@ def main() -> int:
     parser.add_argument("--polls", type=int, default=10, help="polls per resource (--kafka-requests)")
     parser.add_argument("--warmup", type=int, default=80,
                         help="polls before counting (--writes; 80 x 5 s passes the 300 s scale-down window)")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="CPython's collector as it comes, not as the operator runs it (collector.tune_collector)")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_collector()  # what the operator's start-up does
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     config.load_kube_config()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
