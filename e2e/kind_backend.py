@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from e2e.harness import apply_crd
-from e2e.pods import E2E_DIR, REPO, PodBackend, free_port, wait_until_broker_answers
-from support import api_client, unique_name
+from e2e.pods import E2E_DIR, REPO, PodBackend, wait_until_broker_answers
+from support import api_client, free_port, unique_name
 
 os.environ.setdefault("KIND_VERSION", "v0.27.0")  # read by pytest_kind at import: node image Kubernetes 1.32
 

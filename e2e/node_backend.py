@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from e2e.harness import apply_crd
-from e2e.pods import REPO, PodBackend, free_port, wait_until_broker_answers
-from support import api_client, parse_env_lines, wait_for_group_coordinator
+from e2e.pods import REPO, PodBackend, wait_until_broker_answers
+from support import api_client, free_port, parse_env_lines, wait_for_group_coordinator
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 import statistics
 import subprocess
 import threading
@@ -459,12 +458,6 @@ def recording(backend: PodBackend, namespace: str, out_dir: Path) -> Iterator[Po
         yield recorder
     finally:
         recorder.stop()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_broker_answers(bootstrap: str, timeout: float = 60) -> None:

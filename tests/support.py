@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import re
+import socket
 import sys
 import time
 import uuid
@@ -322,3 +324,29 @@ def configure_share_group(bootstrap: str, group: str, **settings: str) -> str:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
     return group
+
+
+SERVER_PORTS_FROM = 20000
+"""Ports for the servers tests start are drawn from here up to the kernel's ephemeral range (the stack's
+own fixed ports are below it, 12379-19682)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on, for a server a test is about to start, from below the ephemeral range.
+
+    bind(0) hands out a port of the kernel's ephemeral range, where every outgoing connection takes its
+    source port too: between that check and the server's own bind, a Kafka or API client's connection
+    could take it (an operator's metrics port, "Address already in use": kopf then retried its start-up
+    60 s later, after the test had given up). Below the range only servers bind; the random draw keeps
+    tests running side by side apart."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(SERVER_PORTS_FROM, max(ephemeral_low, SERVER_PORTS_FROM + 1000))
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in {SERVER_PORTS_FROM}-{ephemeral_low} after 200 draws")

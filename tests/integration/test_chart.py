@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from support import unique_name, wait_for
+from support import free_port, unique_name, wait_for
 
 if TYPE_CHECKING:
     from conftest import Stack
@@ -63,12 +62,6 @@ def exists(stack: Stack, *args: str) -> bool:
 
 def kubectl_json(stack: Stack, *args: str) -> dict[str, Any]:
     return dict(json.loads(stack.kubectl("get", *args, "-o", "json").stdout))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # These installs check what the chart creates, not a running operator (tests/integration of the node run

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -17,16 +16,18 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from support import NO_NODE_SELECTOR, deployment_replicas, kcg_status, metric_value, pending_deployment, wait_for
+from support import (
+    NO_NODE_SELECTOR,
+    deployment_replicas,
+    free_port,
+    kcg_status,
+    metric_value,
+    pending_deployment,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Operator:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_operator_loop import FAST, Operator, condition, deployment, free_port, kcg, replicas_of, status_of
+from test_operator_loop import FAST, Operator, condition, deployment, kcg, replicas_of, status_of
 
-from support import wait_for
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 QUERY = 'sum by (topic, partition) (kafka_consumergroup_lag{consumergroup="{group}"})'

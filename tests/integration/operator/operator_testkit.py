@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from support import deployment_replicas, kcg_status, pending_deployment
+from support import deployment_replicas, free_port, kcg_status, pending_deployment
 
 API_VERSION = "lagpilot.io/v1alpha1"
 # Fast loops for tests: a 2 s poll, instant scale-up, a 6 s scale-down window, no DLQ topics created.
@@ -27,12 +26,6 @@ FAST: dict[str, Any] = {
     },
     "deadLetter": {"enabled": False},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OperatorProcess:

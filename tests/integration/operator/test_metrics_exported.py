@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka import Producer
-from operator_testkit import API_VERSION, OperatorProcess, backlog, free_port
+from operator_testkit import API_VERSION, OperatorProcess, backlog
 
 from support import (
     dashboard_expressions,
+    free_port,
     metric_samples,
     metric_value,
     pending_deployment,
