@@ -99,6 +99,8 @@ class PartitionSeries:
         lag_series, time_lag_series, exported = self._lag, self._time_lag, self._verdict
         verdicts_changed = verdicts != exported  # usually not: then no partition's verdict series is looked at
         for key, lag in lags:
+            # The lag and time-lag writes are spelled out alike rather than through one helper: this loop
+            # runs for every partition on every poll, and b9387d8 took the call per series out of it.
             written = lag_series.get(key)
             if written is None:
                 written = lag_series[key] = _Written(PARTITION_LAG.labels(*self._labels(key)))

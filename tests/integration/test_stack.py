@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_api_client import PrometheusConnect
 
-from support import pending_deployment, unique_name, wait_for
+from support import free_port, pending_deployment, unique_name, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,12 +127,6 @@ def test_prometheus_scrapes_and_answers_queries(stack) -> None:  # type: ignore[
         server.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_port_taken_stops_with_cause_and_fix(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -192,7 +186,7 @@ def test_missing_java_names_the_fix(tmp_path: Path) -> None:
 
 def test_stack_down_stops_what_it_started(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
     """A second, Prometheus-only stack in its own folder: `down` leaves none of its processes running."""
-    env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_PROMETHEUS_PORT": str(_free_port()),
+    env = {**os.environ, "LAGPILOT_STACK_DIR": str(tmp_path / "state"), "LAGPILOT_PROMETHEUS_PORT": str(free_port()),
            "LAGPILOT_NODE": "0"}  # not the machine's node, which the running stack owns
     script = (
         "import sys; sys.path.insert(0, 'hack'); import stack;"
