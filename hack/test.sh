@@ -30,33 +30,35 @@ echo "== lint (ruff, mypy)"
 # mypy's cache is keyed by module and checked by content hash, so clones on one machine share it.
 MYPY_CACHE_DIR="${LAGPILOT_CACHE_DIR:-$HOME/.cache/lagpilot}/mypy" "$VENV/bin/mypy"
 
+# The operator's and the worker's unit tests are pure (no Kafka, no Kubernetes, no node): they start now,
+# while the stack is still starting, and run on beside the node's lifecycle tests below.
+echo "== the operator's and worker's unit tests (beside the stack's start and the node's lifecycle tests)"
+phase_start=$SECONDS
+unit_log="$(mktemp)"
+"$VENV/bin/pytest" tests/unit/operator tests/unit/worker -q -p no:cacheprovider -n 2 "$@" >"$unit_log" 2>&1 &
+unit_pid=$!
+
 echo "== local stack (Kafka, Kubernetes control plane with a real node, Prometheus)"
 stack_rc=0
 wait "$stack_pid" || stack_rc=$?
 stack_pid=""
 cat "$stack_log"
-if [[ "$stack_rc" != 0 ]]; then echo "stack-up failed (exit $stack_rc)"; exit "$stack_rc"; fi
-echo "stack ready after ${SECONDS}s (started with the virtual environment and lint)"
+if [[ "$stack_rc" != 0 ]]; then wait "$unit_pid" || true; echo "stack-up failed (exit $stack_rc)"; exit "$stack_rc"; fi
+echo "stack ready after ${SECONDS}s (started with the virtual environment, lint and the unit tests)"
 # shellcheck disable=SC1091
 source .stack/env
 
 # The node's own lifecycle tests stop, kill and start the node: nothing else may use it meanwhile. They
-# mostly wait on the node's processes, so the operator's and the worker's unit tests (pure: no Kafka, no
-# Kubernetes, no node) run beside them instead of leaving the CPU idle for their ~45 s.
-echo "== the node's own lifecycle (stop, kill, start), beside the operator's and worker's unit tests"
-SECONDS=0
-lifecycle_log="$(mktemp)"
-"$VENV/bin/pytest" tests/integration/test_real_node.py -q -p no:cacheprovider -m node_lifecycle "$@" \
-  >"$lifecycle_log" 2>&1 &
-lifecycle_pid=$!
-unit_rc=0
-"$VENV/bin/pytest" tests/unit/operator tests/unit/worker -q -p no:cacheprovider -n 2 "$@" || unit_rc=$?
+# mostly wait on the node's processes; the unit tests above fill the CPU meanwhile.
+echo "== the node's own lifecycle (stop, kill, start)"
 lifecycle_rc=0
-wait "$lifecycle_pid" || lifecycle_rc=$?
-echo "-- node lifecycle:"
-cat "$lifecycle_log"
-rm -f "$lifecycle_log"
-echo "node lifecycle and unit tests took ${SECONDS}s"
+"$VENV/bin/pytest" tests/integration/test_real_node.py -q -p no:cacheprovider -m node_lifecycle "$@" || lifecycle_rc=$?
+unit_rc=0
+wait "$unit_pid" || unit_rc=$?
+echo "-- unit tests:"
+cat "$unit_log"
+rm -f "$unit_log"
+echo "unit tests and node lifecycle took $((SECONDS - phase_start))s (from the unit tests' start)"
 if [[ "$unit_rc" != 0 || "$lifecycle_rc" != 0 ]]; then
   echo "failed: unit tests exit $unit_rc, node lifecycle tests exit $lifecycle_rc"; exit 1
 fi
