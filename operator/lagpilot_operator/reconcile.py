@@ -323,8 +323,10 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
         _check(fence)
         try:
             pool_key = (namespace, pool_configmap_name(name))
+            known_pool = shared.views.pools.get(pool_key)
+            metrics.KUBE_READS.labels("configmap", "api" if known_pool is None else "watch").inc()
             published = await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now),
-                                                shared.views.pools.get(pool_key))
+                                                known_pool)
             if published is not None:
                 shared.views.pools.wrote(pool_key, published)
             state.published_pool = pool
@@ -439,6 +441,7 @@ async def _fenced_write(namespace: str, target: kube_io.TargetScale, fence: Fenc
         _gone(views, key, exc)
         if exc.status != 409:
             raise
+        metrics.KUBE_READS.labels("deployment", "api").inc()
         fresh = await asyncio.to_thread(kube_io.read_target, namespace, target.name)
         after = watch_cache.after_conflict(fence.token, None if replicas is None else target.spec_replicas, fresh)
         if after == "fenced":
@@ -483,6 +486,9 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec, con
     if spec.template is not None:
         if known is None or known.compared is None:
             state.target_read_at = now  # ensure_templated_deployment reads it
+            metrics.KUBE_READS.labels("deployment", "api").inc()
+        else:
+            metrics.KUBE_READS.labels("deployment", "watch").inc()
         # Workers learn group, topics, connection and DLQ from the CR: one source of truth.
         env = worker_config.injected_env(spec, body["metadata"]["name"])
         target, written = await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
@@ -492,7 +498,9 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec, con
         return target
     assert spec.scale_target_ref is not None  # the CRD's CEL rule: exactly one of the two
     if known is not None:
+        metrics.KUBE_READS.labels("deployment", "watch").inc()
         return known.target
+    metrics.KUBE_READS.labels("deployment", "api").inc()
     state.target_read_at = now
     return await asyncio.to_thread(kube_io.read_target, namespace, name)
 
