@@ -10,7 +10,11 @@ librdkafka's included).
     eval "$(make -s stack-up)"; .venv/bin/python bench/operator_bench.py [--iterations 30]
 
 Prints one JSON line per size and, last, one JSON object with `reconcile_ms` and
-`resources_per_core_at_5s`.
+`resources_per_core_at_5s`. Each size's line also has `api_requests_per_reconcile`: the API calls per
+reconcile by method (GET, PATCH, POST). The reconcile reads Deployments and pool ConfigMaps from a watch
+of the bench's namespace, as the operator reads them from kopf's indices (`watch_cache`); the watch
+threads run in the measured process, so their CPU is counted. `--no-watch`: a GET per read instead (as
+an operator without the watch). An operator without `watch_cache` is measured as it is.
 
 `--writes N` measures API writes instead: N polls (5 s apart on the reconcile's clock) of two
 unchanging groups (no lag, no traffic), one with `scaleTargetRef` and one in template mode, counting
@@ -34,6 +38,7 @@ import json
 import os
 import statistics
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -41,7 +46,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from prometheus_client import REGISTRY
 
 from lagpilot_operator import reconcile
@@ -99,20 +104,83 @@ def prepare(bootstrap: str, namespace: str, partitions: int, template: bool = Fa
     return body
 
 
-async def measure(body: dict[str, Any], iterations: int) -> dict[str, float]:
-    state, shared = reconcile.ResourceState(), reconcile.Shared()
+REQUESTS: dict[str, int] = {}
+"""API calls by method, counted by `count_requests`."""
+WATCHED: dict[str, tuple[dict[tuple[str, str], list[Any]], dict[tuple[str, str], list[Any]]]] = {}
+"""namespace -> the (deployments, pool ConfigMaps) indices its watch threads fill."""
+USE_WATCH = True
+
+
+def count_requests() -> None:
+    """Count every API call the kubernetes client makes, by HTTP method."""
+    original = client.ApiClient.call_api
+
+    def counted(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        REQUESTS[method] = REQUESTS.get(method, 0) + 1
+        return original(self, method, *args, **kwargs)
+
+    client.ApiClient.call_api = counted  # type: ignore[method-assign]
+
+
+def _watch_into(index: dict[tuple[str, str], list[Any]], entry: Any, list_call: Any, namespace: str,
+                **kwargs: Any) -> None:
+    """Keep `index` as the operator's kopf index is kept: one entry per object, dropped on deletion."""
+    while True:
+        try:
+            for event in watch.Watch().stream(list_call, namespace, deserialize=False, **kwargs):
+                raw = event["object"]
+                if event["type"] == "DELETED":
+                    index.pop((namespace, raw["metadata"]["name"]), None)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    index[(namespace, raw["metadata"]["name"])] = [entry(raw)]
+        except client.ApiException:  # 410: the version is gone; watch (and list) again
+            continue
+
+
+def shared_for(namespace: str) -> Any:
+    """A `reconcile.Shared` whose views read the namespace's watch (when the operator has them)."""
+    shared = reconcile.Shared()
+    views = getattr(shared, "views", None)
+    if views is None or not USE_WATCH:
+        return shared
+    from lagpilot_contract import pool as pool_contract
+    from lagpilot_operator.kube import watch_cache
+
+    if namespace not in WATCHED:
+        deployments: dict[tuple[str, str], list[Any]] = {}
+        pools: dict[tuple[str, str], list[Any]] = {}
+        WATCHED[namespace] = deployments, pools
+        apps, core = client.AppsV1Api(), client.CoreV1Api()
+        selector = f"{pool_contract.LABEL_MANAGED_BY}={pool_contract.MANAGED_BY_VALUE}"
+        for target in (
+                lambda: _watch_into(deployments, watch_cache.deployment_entry, apps.list_namespaced_deployment,
+                                    namespace),
+                lambda: _watch_into(pools, watch_cache.pool_entry, core.list_namespaced_config_map, namespace,
+                                    label_selector=selector)):
+            threading.Thread(target=target, daemon=True).start()
+    views.deployments.attach(WATCHED[namespace][0])
+    views.pools.attach(WATCHED[namespace][1])
+    return shared
+
+
+async def measure(body: dict[str, Any], iterations: int) -> dict[str, Any]:
+    state, shared = reconcile.ResourceState(), shared_for(body["metadata"]["namespace"])
 
     def ignore(kind: str, reason: str, message: str) -> None:
         return None
 
     await reconcile.reconcile(body, state, shared, ignore)  # warm-up: client connections, first decision
     walls, cpus = [], []
+    before = dict(REQUESTS)
     for _ in range(iterations):
         wall, cpu = time.perf_counter(), time.process_time()
         await reconcile.reconcile(body, state, shared, ignore)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-    return {"wall_ms_median": statistics.median(walls) * 1000, "cpu_ms_median": statistics.median(cpus) * 1000}
+    requests = {method: round((count - before.get(method, 0)) / iterations, 2) for method, count in REQUESTS.items()
+                if count > before.get(method, 0)}
+    return {"wall_ms_median": statistics.median(walls) * 1000, "cpu_ms_median": statistics.median(cpus) * 1000,
+            "api_requests_per_reconcile": requests}
 
 
 WRITE_CALLS = {
@@ -148,7 +216,7 @@ async def measure_writes(bodies: list[dict[str, Any]], polls: int, interval: flo
     start = time.time()
     for body in bodies:
         meta = body["metadata"]
-        state, shared = reconcile.ResourceState(), reconcile.Shared()
+        state, shared = reconcile.ResourceState(), shared_for(meta["namespace"])
         events: list[tuple[str, str]] = []
 
         def emit(kind: str, reason: str, message: str, _events: list[tuple[str, str]] = events) -> None:
@@ -254,7 +322,11 @@ def main() -> int:
                         help="polls before counting (--writes; 80 x 5 s passes the 300 s scale-down window)")
     parser.add_argument("--default-gc", action="store_true",
                         help="CPython's collector as it comes, not as the operator runs it (collector.tune_collector)")
+    parser.add_argument("--no-watch", action="store_true",
+                        help="read Deployments and pool ConfigMaps with a GET each time, not from a watch")
     args = parser.parse_args()
+    global USE_WATCH
+    USE_WATCH = not args.no_watch
     if not args.default_gc:
         tune_collector()  # what the operator's start-up does
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
@@ -272,7 +344,8 @@ def main() -> int:
             return main_writes(bootstrap, namespace, args.writes, args.interval, args.warmup)
         finally:
             kubectl("delete", "namespace", namespace, "--wait=false")
-    results: dict[int, dict[str, float]] = {}
+    count_requests()
+    results: dict[int, dict[str, Any]] = {}
     try:
         for partitions in (int(s) for s in args.sizes.split(",")):
             body = prepare(bootstrap, namespace, partitions)

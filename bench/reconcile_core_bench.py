@@ -213,7 +213,8 @@ class FakeKube:
     def scale_target(self, namespace: str, name: str, replicas: int) -> None:
         self.replicas = replicas
 
-    def publish_pool_size(self, kcg: dict[str, Any], pool: int, reason: str, updated_at: str) -> None:
+    def publish_pool_size(self, kcg: dict[str, Any], pool: int, reason: str, updated_at: str,
+                          known: Any = None) -> None:
         self.pool = pool
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:

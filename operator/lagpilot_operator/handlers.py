@@ -21,12 +21,13 @@ from typing import Any
 
 import kopf
 
+from lagpilot_contract import pool as pool_contract
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator import reconcile
 from lagpilot_operator.collector import tune_collector
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
-from lagpilot_operator.kube import kube_io, models
+from lagpilot_operator.kube import kube_io, models, watch_cache
 from lagpilot_operator.kube.shard_keeper import ShardKeeper
 from lagpilot_operator.kube.shards import ShardSettings
 
@@ -65,6 +66,29 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
 @kopf.on.startup()
 async def io_threads(**_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="lagpilot-io"))
+
+
+@kopf.index("apps", "v1", "deployments", id="lagpilot_deployments")
+def index_deployment(*, body: kopf.Body, namespace: str | None, name: str | None,
+                     **_: Any) -> dict[watch_cache.Key, watch_cache.DeploymentEntry]:
+    """Every Deployment in the served namespaces, as the reconcile reads it (`watch_cache`): no GET per poll."""
+    return {(namespace or "", name or ""): watch_cache.deployment_entry(body)}
+
+
+@kopf.index("v1", "configmaps", id="lagpilot_pools",
+            labels={pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE})
+def index_pool(*, body: kopf.Body, namespace: str | None, name: str | None,
+               **_: Any) -> dict[watch_cache.Key, watch_cache.PoolEntry]:
+    """The pool ConfigMaps the operator wrote (its managed-by label), by name."""
+    return {(namespace or "", name or ""): watch_cache.pool_entry(body)}
+
+
+@kopf.on.startup()
+def attach_views(**kwargs: Any) -> None:
+    # kopf passes its indices by id and fills them from its watches (daemons start once they are listed);
+    # an entry they lack is read with a GET.
+    SHARED.views.deployments.attach(kwargs["lagpilot_deployments"])
+    SHARED.views.pools.attach(kwargs["lagpilot_pools"])
 
 
 @kopf.on.startup()

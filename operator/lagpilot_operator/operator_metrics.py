@@ -44,6 +44,10 @@ RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that h
 KAFKA_ADMIN_REQUESTS = Counter("lagpilot_kafka_admin_requests_total",
                                "Kafka admin calls made to read lag, per cluster and kind of request.",
                                ("cluster", "request"))
+# Where a poll read its target Deployment and pool ConfigMap: `watch` (kube/watch_cache) or `api` (a GET).
+KUBE_READS = Counter("lagpilot_kube_reads_total",
+                     "Reads of a target Deployment or pool ConfigMap, from the operator's watch or the API server.",
+                     ("kind", "via"))
 # Sharding (LAGPILOT_SHARDS > 1): this replica's shard Leases, and how often it took one over.
 SHARDS_HELD = Gauge("lagpilot_shards_held", "Shard Leases this operator replica holds (sharding on).")
 SHARD_TAKEOVERS = Counter("lagpilot_shard_takeovers_total",

@@ -45,7 +45,7 @@ from lagpilot_operator.kafka.dead_letter import (
     reconcile_dead_letter,
 )
 from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
-from lagpilot_operator.kube import kube_io, models, scale_apply, shards, worker_config, writes
+from lagpilot_operator.kube import kube_io, models, scale_apply, shards, watch_cache, worker_config, writes
 from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.kube.models import Condition, ConditionStatus
 
@@ -117,6 +117,9 @@ class ResourceState:
     """The status's conditions as last parsed: their plain copy and the models."""
     published_pool: int | None = None
     """The pool this process last published to the workers' ConfigMap (`scale_apply.current_pool`)."""
+    target_read_at: float | None = None
+    """When the target Deployment was last read with a GET (`watch_cache.verify_due`)."""
+    target_key: watch_cache.Key | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ class Shared:
     """The share-group lag reader's kept broker connections, per cluster and credentials."""
     cluster_reads: cluster_observer.ClusterObservers = field(init=False)
     """Consumer-group lag: one coalesced read per cluster for every resource on it."""
+    views: watch_cache.Views = field(default_factory=watch_cache.Views)
+    """Deployments and pool ConfigMaps as the watch shows them (`handlers` attaches kopf's indices)."""
 
     def __post_init__(self) -> None:
         # Built here because it reads through this instance's client pool.
@@ -138,6 +143,9 @@ async def forget(state: ResourceState, shared: Shared, namespace: str, name: str
     """The resource's loop ends (deleted, or the operator stops): close what it held open."""
     shared.admin_clients.release((namespace, name))
     shared.cluster_reads.release((namespace, name))
+    shared.views.pools.forget((namespace, pool_configmap_name(name)))
+    if state.target_key is not None:
+        shared.views.deployments.forget(state.target_key)
     await shared.share_clients.release((namespace, name))
     await asyncio.to_thread(state.redrive_sessions.close)
 
@@ -221,7 +229,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
 
     # 1. The target Deployment (created first in template mode, so the group has somewhere to run).
     _check(fence)
-    target = await _target(body, spec, config)
+    target = await _target(body, spec, config, shared.views, state, now)
     if target is None:
         wanted = spec.scale_target_ref.name if spec.scale_target_ref else name
         condition(models.TARGET_FOUND, False, "DeploymentNotFound",
@@ -301,20 +309,26 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     applied_replicas, refusal = current_replicas, None
     if target is not None and decision.replicas != current_replicas:
         try:
-            await _scale(namespace, target, decision.replicas, fence)
+            await _scale(namespace, target, decision.replicas, fence, shared.views)
             applied_replicas = decision.replicas
         except ApiException as exc:  # RBAC, an admission webhook or policy, a conflict: report and hold
             refusal = scale_apply.refusal(
                 f"scaling Deployment {namespace}/{target.name} from {current_replicas} to {decision.replicas} "
                 "replicas", exc.status, exc.body, f"replicas stay at {current_replicas}")
     elif target is not None and fence is not None and target.fencing_token != fence.token:
-        await _stamp(namespace, target, fence)
+        await _stamp(namespace, target, fence, shared.views)
     if target is not None:
         # A refused scale holds the pool too: the decision is one shape (replicas x pool).
         pool = decision.pool if refusal is None else current_pool
         _check(fence)
         try:
-            await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now))
+            pool_key = (namespace, pool_configmap_name(name))
+            known_pool = shared.views.pools.get(pool_key)
+            metrics.KUBE_READS.labels("configmap", "api" if known_pool is None else "watch").inc()
+            published = await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now),
+                                                known_pool)
+            if published is not None:
+                shared.views.pools.wrote(pool_key, published)
             state.published_pool = pool
         except ApiException as exc:
             refusal = refusal or scale_apply.refusal(
@@ -396,38 +410,99 @@ def _parse_spec(state: ResourceState, raw: Any) -> tuple[models.KafkaConsumerGro
     return spec, config
 
 
-async def _scale(namespace: str, target: kube_io.TargetScale, replicas: int, fence: Fence | None) -> None:
+async def _scale(namespace: str, target: kube_io.TargetScale, replicas: int, fence: Fence | None,
+                 views: watch_cache.Views) -> None:
     """Sharding off: the scale subresource, as HPA does. On: a patch carrying the shard term and the
     resourceVersion read, so a replica whose term ended cannot overwrite the new holder's decision."""
+    key = (namespace, target.name)
     if fence is None:
-        await asyncio.to_thread(kube_io.scale_target, namespace, target.name, replicas)
+        try:
+            version = await asyncio.to_thread(kube_io.scale_target, namespace, target.name, replicas)
+        except ApiException as exc:
+            _gone(views, key, exc)
+            raise
+        known = views.deployments.get(key)
+        if version and known is not None:  # the next poll sees this write, whatever the watch shows by then
+            views.deployments.wrote(key, watch_cache.scaled(known, replicas, version))
         return
-    _check(fence)
-    await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token, target.resource_version,
-                            replicas)
+    await _fenced_write(namespace, target, fence, replicas, views)
 
 
-async def _stamp(namespace: str, target: kube_io.TargetScale, fence: Fence) -> None:
-    """A new term's first reconcile of a resource marks its Deployment, so a replica whose term ended
-    (paused past its Lease) has its next write refused even when this one had nothing to scale."""
+async def _fenced_write(namespace: str, target: kube_io.TargetScale, fence: Fence, replicas: int | None,
+                        views: watch_cache.Views) -> None:
+    """`kube_io.fenced_write` under the version read; after a 409, once more under the version a GET finds
+    when that still allows it (`watch_cache.after_conflict`: the watch can be a status update behind)."""
+    key = (namespace, target.name)
     _check(fence)
     try:
-        await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token, target.resource_version,
-                                None)
-    except ApiException as exc:  # 409: the Deployment changed since the read; the next poll stamps it
+        written = await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token,
+                                          target.resource_version, replicas)
+    except ApiException as exc:
+        _gone(views, key, exc)
+        if exc.status != 409:
+            raise
+        metrics.KUBE_READS.labels("deployment", "api").inc()
+        fresh = await asyncio.to_thread(kube_io.read_target, namespace, target.name)
+        after = watch_cache.after_conflict(fence.token, None if replicas is None else target.spec_replicas, fresh)
+        if after == "fenced":
+            assert fresh is not None
+            raise Fenced(f"Deployment {namespace}/{target.name} carries the newer term {fresh.fencing_token} "
+                         f"(ours: {fence.token})") from exc
+        if after != "retry" or fresh is None:
+            raise
+        _check(fence)
+        try:
+            written = await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token,
+                                              fresh.resource_version, replicas)
+        except ApiException as again:
+            _gone(views, key, again)
+            raise
+    views.deployments.wrote(key, written)
+
+
+def _gone(views: watch_cache.Views, key: watch_cache.Key, exc: ApiException) -> None:
+    """A write found the Deployment gone: the next poll asks the API server, whatever the watch still shows."""
+    if exc.status == 404:
+        views.deployments.wrote(key, None)
+
+
+async def _stamp(namespace: str, target: kube_io.TargetScale, fence: Fence, views: watch_cache.Views) -> None:
+    """A new term's first reconcile of a resource marks its Deployment, so a replica whose term ended
+    (paused past its Lease) has its next write refused even when this one had nothing to scale."""
+    try:
+        await _fenced_write(namespace, target, fence, None, views)
+    except ApiException as exc:  # 409 twice: the Deployment changed since the read; the next poll stamps it
         log.debug("%s/%s: fencing token not written (HTTP %s); next poll", namespace, target.name, exc.status)
 
 
-async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec,
-                  config: PolicyConfig) -> kube_io.TargetScale | None:
+async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec, config: PolicyConfig,
+                  views: watch_cache.Views, state: ResourceState, now: float) -> kube_io.TargetScale | None:
+    """The target Deployment as the watch shows it, or as a GET reads it (no watched entry, or
+    `watch_cache.VERIFY_SECONDS` since the last GET)."""
     namespace = body["metadata"]["namespace"]
+    name = spec.scale_target_ref.name if spec.scale_target_ref is not None else body["metadata"]["name"]
+    key = state.target_key = (namespace, name)
+    known = None if watch_cache.verify_due(state.target_read_at, now) else views.deployments.get(key)
     if spec.template is not None:
+        if known is None or known.compared is None:
+            state.target_read_at = now  # ensure_templated_deployment reads it
+            metrics.KUBE_READS.labels("deployment", "api").inc()
+        else:
+            metrics.KUBE_READS.labels("deployment", "watch").inc()
         # Workers learn group, topics, connection and DLQ from the CR: one source of truth.
         env = worker_config.injected_env(spec, body["metadata"]["name"])
-        return await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
-                                       max(config.replicas.min, 1), env)
+        target, written = await asyncio.to_thread(kube_io.ensure_templated_deployment, body, spec.template,
+                                                  max(config.replicas.min, 1), env, known)
+        if written is not None:
+            views.deployments.wrote(key, written)
+        return target
     assert spec.scale_target_ref is not None  # the CRD's CEL rule: exactly one of the two
-    return await asyncio.to_thread(kube_io.read_target, namespace, spec.scale_target_ref.name)
+    if known is not None:
+        metrics.KUBE_READS.labels("deployment", "watch").inc()
+        return known.target
+    metrics.KUBE_READS.labels("deployment", "api").inc()
+    state.target_read_at = now
+    return await asyncio.to_thread(kube_io.read_target, namespace, name)
 
 
 async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) -> dict[str, str]:

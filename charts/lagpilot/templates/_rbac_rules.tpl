@@ -13,7 +13,8 @@ namespace in namespaced scope). */}}
 - apiGroups: ["lagpilot.io"]
   resources: ["kafkaconsumergroups/status"]
   verbs: ["get", "patch", "update"]
-# Worker Deployments: read the scale target; create/patch only the template-mode Deployment.
+# Worker Deployments: list/watch (the operator's in-memory view of them, kube/watch_cache.py), get when
+# the watch has no entry; create/patch only the template-mode Deployment.
 # No delete: owner references let the garbage collector remove what the operator created.
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -21,7 +22,8 @@ namespace in namespaced scope). */}}
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["get", "patch", "update"]
-# The pool-size ConfigMap (<kcg>-lagpilot-pool) the workers watch.
+# The pool-size ConfigMap (<kcg>-lagpilot-pool) the workers watch; the operator watches them too (its
+# managed-by label, filtered in the operator: a watch's label selector is not an RBAC restriction).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "update"]

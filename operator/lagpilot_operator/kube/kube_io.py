@@ -1,8 +1,12 @@
 """Every Kubernetes API call the operator makes (I/O), in one place so RBAC can be read off it.
 
-Calls: Deployments get/create/patch and their scale subresource get/patch; the pool ConfigMap
-get/create/patch; the KafkaConsumerGroup status patch; Secrets get (by name, for Kafka credentials).
-Events go through kopf. The functions are blocking (kubernetes client); callers use asyncio.to_thread.
+Calls: Deployments list/watch (kopf's index, `handlers.py`), get (a resource's first poll, every
+`watch_cache.VERIFY_SECONDS`, when the watch has no entry, and once after a 409 on a fenced write),
+create/patch, and their scale subresource patch; the pool ConfigMaps list/watch (kopf's index) and
+get (when the watch has no entry)/create/patch; the KafkaConsumerGroup status patch; Secrets get (by
+name, for Kafka credentials). Events go through kopf. The functions are blocking (kubernetes
+client); callers use asyncio.to_thread. Writes answer what the API server returned, for
+`watch_cache.View.wrote`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from lagpilot_contract import pool as pool_contract
 from lagpilot_operator.kafka import kafka_lag
-from lagpilot_operator.kube import models, shards, writes
+from lagpilot_operator.kube import models, shards, watch_cache, writes
+from lagpilot_operator.kube.watch_cache import DeploymentEntry, PoolEntry
 from lagpilot_operator.kube.worker_config import with_injected_env
 
 DEFAULT_CONNECTIONS = 64
@@ -74,16 +79,7 @@ def _core() -> client.CoreV1Api:
     return client.CoreV1Api(api_client())
 
 
-@dataclass(frozen=True)
-class TargetScale:
-    name: str
-    spec_replicas: int
-    ready_replicas: int
-    containers: tuple[dict[str, Any], ...] = field(default=(), compare=False)
-    """The pod template's containers (camelCase dicts), for the WorkerConfigMismatch check."""
-    fencing_token: str | None = field(default=None, compare=False)
-    """The `lagpilot.io/fencing-token` annotation: the shard term of the last fenced write (sharding)."""
-    resource_version: str = field(default="", compare=False)
+TargetScale = watch_cache.TargetScale
 
 
 def owner_reference(kcg: dict[str, Any]) -> dict[str, Any]:
@@ -107,40 +103,43 @@ def _read_json(read: Callable[..., Any], name: str, namespace: str) -> dict[str,
 
 
 def read_target(namespace: str, name: str) -> TargetScale | None:
-    """The Deployment's replicas, or None when it does not exist."""
-    found = _read_deployment(namespace, name)
-    return None if found is None else found[0]
+    """The Deployment's replicas, or None when it does not exist (a GET)."""
+    found = read_deployment(namespace, name)
+    return None if found is None else found.target
 
 
-def _read_deployment(namespace: str, name: str) -> tuple[TargetScale, dict[str, Any]] | None:
-    """The Deployment's replicas and the object as a camelCase dict, or None when it does not exist."""
+def read_deployment(namespace: str, name: str) -> DeploymentEntry | None:
+    """The Deployment as read now (a GET), with what a template is compared with; None when it does not exist."""
     live = _read_json(_apps().read_namespaced_deployment, name, namespace)
-    if live is None:
-        return None
-    spec = live.get("spec") or {}
-    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
-    metadata = live.get("metadata") or {}
-    return (TargetScale(name=name, spec_replicas=int(spec.get("replicas") or 0),
-                        ready_replicas=int((live.get("status") or {}).get("readyReplicas") or 0),
-                        containers=tuple(containers),
-                        fencing_token=(metadata.get("annotations") or {}).get(shards.FENCING_ANNOTATION),
-                        resource_version=str(metadata.get("resourceVersion") or "")), live)
+    return None if live is None else watch_cache.deployment_entry(live, keep_template=True)
 
 
-def scale_target(namespace: str, name: str, replicas: int) -> None:
-    """Set replicas through the scale subresource (what HPA and `kubectl scale` use)."""
-    _apps().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+def _answer(response: Any) -> dict[str, Any]:
+    """A write's answer, read raw (see `_read_json`)."""
+    found: dict[str, Any] = json.loads(response.data)
+    return found
 
 
-def fenced_write(namespace: str, name: str, token: str, resource_version: str, replicas: int | None) -> None:
+def scale_target(namespace: str, name: str, replicas: int) -> str:
+    """Set replicas through the scale subresource (what HPA and `kubectl scale` use); returns the
+    Deployment's new resourceVersion (the Scale carries its parent's)."""
+    scale = _answer(_apps().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}},
+                                                              _preload_content=False))
+    return str((scale.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def fenced_write(namespace: str, name: str, token: str, resource_version: str,
+                 replicas: int | None) -> DeploymentEntry:
     """Stamp the shard term on the Deployment, and set replicas when given, only if the Deployment is still
     the version read (resourceVersion precondition: 409 otherwise). Reading the token and writing under
-    the same version makes "refuse a write older than the token found" atomic (sharding on)."""
+    the same version makes "refuse a write older than the token found" atomic (sharding on). Returns the
+    Deployment as written."""
     patch: dict[str, Any] = {"metadata": {"resourceVersion": resource_version,
                                           "annotations": {shards.FENCING_ANNOTATION: token}}}
     if replicas is not None:
         patch["spec"] = {"replicas": replicas}
-    _apps().patch_namespaced_deployment(name, namespace, patch)
+    return watch_cache.deployment_entry(
+        _answer(_apps().patch_namespaced_deployment(name, namespace, patch, _preload_content=False)))
 
 
 def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, replicas: int,
@@ -165,49 +164,63 @@ def templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplat
     }
 
 
-def ensure_templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate,
-                                initial_replicas: int, injected_env: list[dict[str, Any]]) -> TargetScale:
+def ensure_templated_deployment(kcg: dict[str, Any], template: models.DeploymentTemplate, initial_replicas: int,
+                                injected_env: list[dict[str, Any]], known: DeploymentEntry | None = None
+                                ) -> tuple[TargetScale, DeploymentEntry | None]:
     """Create the owned Deployment, or bring its template back to the spec (replicas stay ours); no
-    write when the live object already matches (`writes.deployment_patch`)."""
+    write when the live object already matches (`writes.deployment_patch`). `known`: the Deployment as
+    the watch shows it (None, or one without what a template is compared with: a GET). Returns the
+    target and, after a patch, the Deployment as written."""
     namespace, name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
     apps = _apps()
-    found = _read_deployment(namespace, name)
+    found = known if known is not None and known.compared is not None else read_deployment(namespace, name)
     if found is None:
         manifest: Any = templated_deployment(kcg, template, initial_replicas, injected_env)  # plain dicts work
-        created: Any = apps.create_namespaced_deployment(namespace, manifest)
+        created = _answer(apps.create_namespaced_deployment(namespace, manifest, _preload_content=False))
         return TargetScale(name=name, spec_replicas=initial_replicas, ready_replicas=0,
                            containers=tuple(manifest["spec"]["template"]["spec"].get("containers", [])),
-                           resource_version=str(created.metadata.resource_version or ""))
-    current, live = found
+                           resource_version=str((created.get("metadata") or {}).get("resourceVersion") or "")), None
+    current, written = found.target, None
+    assert found.compared is not None  # read_deployment keeps it
     desired = templated_deployment(kcg, template, current.spec_replicas, injected_env)
-    patch = writes.deployment_patch(desired, live)
+    patch = writes.deployment_patch(desired, found.compared)
     if patch is not None:
-        patched: Any = apps.patch_namespaced_deployment(name, namespace, patch)
+        written = watch_cache.deployment_entry(
+            _answer(apps.patch_namespaced_deployment(name, namespace, patch, _preload_content=False)),
+            keep_template=True)
         # The version moved on; a fenced write preconditions on the new one (the token is unchanged).
-        current = replace(current, resource_version=str(patched.metadata.resource_version or ""))
+        current = replace(current, resource_version=written.target.resource_version)
     # What the workers are told from now on: a strategic merge replaces env items by name, so every
     # name the operator sets holds the operator's value.
-    return replace(current, containers=tuple(desired["spec"]["template"]["spec"].get("containers", [])))
+    return replace(current, containers=tuple(desired["spec"]["template"]["spec"].get("containers", []))), written
 
 
-def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_at: str) -> None:
-    """Create or update the pool ConfigMap the workers watch (the pool-size contract)."""
+def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_at: str,
+                      known: PoolEntry | None = None) -> PoolEntry | None:
+    """Create or update the pool ConfigMap the workers watch (the pool-size contract). `known`: the
+    ConfigMap as the watch shows it (None: a GET). Returns the ConfigMap as written (None: no write)."""
     namespace, kcg_name = kcg["metadata"]["namespace"], kcg["metadata"]["name"]
     name = pool_contract.pool_configmap_name(kcg_name)
     data = {pool_contract.POOL_SIZE_KEY: str(pool_size), pool_contract.REASON_KEY: reason[:1000],
             pool_contract.UPDATED_AT_KEY: updated_at}
     core = _core()
-    existing = _read_json(core.read_namespaced_config_map, name, namespace)
-    if existing is None:
-        body: Any = {"metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(kcg)],
-                             "labels": {pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
-                                        pool_contract.LABEL_CONSUMER_GROUP: kcg_name}},
-                "data": data}
-        core.create_namespaced_config_map(namespace, body)
-        return
-    if pool_contract.parse_pool_size(existing.get("data")) == pool_size:
-        return  # the size is what workers act on; leave the object (and their watches) alone
-    core.patch_namespaced_config_map(name, namespace, {"data": data})
+    if known is None:
+        existing = _read_json(core.read_namespaced_config_map, name, namespace)
+        known = None if existing is None else watch_cache.pool_entry(existing)
+    if known is not None:
+        if known.pool_size == pool_size:
+            return None  # the size is what workers act on; leave the object (and their watches) alone
+        try:
+            return watch_cache.pool_entry(_answer(core.patch_namespaced_config_map(name, namespace, {"data": data},
+                                                                                   _preload_content=False)))
+        except ApiException as exc:
+            if exc.status != 404:  # 404: deleted since the watch showed it; create it again
+                raise
+    body: Any = {"metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(kcg)],
+                              "labels": {pool_contract.LABEL_MANAGED_BY: pool_contract.MANAGED_BY_VALUE,
+                                         pool_contract.LABEL_CONSUMER_GROUP: kcg_name}},
+                 "data": data}
+    return watch_cache.pool_entry(_answer(core.create_namespaced_config_map(namespace, body, _preload_content=False)))
 
 
 def read_pool_size(namespace: str, kcg_name: str) -> int | None:
