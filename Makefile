@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PYTHON) hack/stack.py
 
-.PHONY: help dev test test-node test-shards venv venv-kind lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
+.PHONY: help dev test test-node test-shards venv lock stack-install stack-up stack-down stack-status crds crds-check lint unit integration e2e bench clean
 
 help:
 	@echo "make dev         bring the local stack up, apply crds/, run the operator (kopf run) in the foreground"
@@ -27,20 +27,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check 'uv==$(UV_VERSION)'
-	UV_CACHE_DIR=$(LAGPILOT_CACHE_DIR)/uv $(VENV)/bin/uv pip install -q --python $(PY) -c requirements.lock -e '.[dev]'
+	UV_CACHE_DIR=$(LAGPILOT_CACHE_DIR)/uv $(VENV)/bin/uv pip install -q --python $(PY) -c requirements.lock -e '.[dev,e2e]'
 	@touch $@
 
 venv: $(VENV)/.installed
-
-# The kind e2e backend's extra (pytest-kind), for `pytest e2e --e2e-backend=kind` on a machine with Docker.
-venv-kind: venv
-	UV_CACHE_DIR=$(LAGPILOT_CACHE_DIR)/uv $(VENV)/bin/uv pip install -q --python $(PY) -c requirements.lock -e '.[dev,kind]'
 
 # Re-resolve the pins from pyproject.toml (newest versions its ranges allow); commit the result.
 # `make lock UPGRADE=kopf` moves one package only.
 lock: venv
 	$(PY) -m pip install -q --disable-pip-version-check 'pip-tools>=7.4,<8'
-	$(VENV)/bin/pip-compile --quiet --strip-extras --extra dev --extra kind --no-emit-index-url --no-emit-find-links \
+	$(VENV)/bin/pip-compile --quiet --strip-extras --extra dev --extra e2e --no-emit-index-url --no-emit-find-links \
 		--unsafe-package lagpilot $(if $(UPGRADE),--upgrade-package $(UPGRADE),--upgrade) \
 		--output-file requirements.lock pyproject.toml
 

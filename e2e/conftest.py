@@ -84,9 +84,9 @@ def backend(request: pytest.FixtureRequest, e2e_backend_name: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     work_dir = tmp_path_factory.mktemp("e2e")
     if e2e_backend_name == "kind":
-        from e2e.kind_backend import KindBackend, docker_unavailable_reason, kind_unavailable_reason
+        from e2e.kind_backend import KindBackend, docker_unavailable_reason
 
-        reason = kind_unavailable_reason() or docker_unavailable_reason()
+        reason = docker_unavailable_reason()
         if reason:
             pytest.skip(f"--e2e-backend=kind needs a Docker engine: {reason}")
         kind = KindBackend(work_dir=work_dir)

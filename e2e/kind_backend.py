@@ -13,14 +13,12 @@ What differs from the node backend (e2e/node_backend.py), and why:
   the node.
 
 Not run on the machine this was written on (no Docker engine there): `docker info` failing skips the
-backend with the reason. kind and kubectl come through pytest-kind (KIND_VERSION pinned below), which
-`make venv-kind` installs (`make venv` leaves it out); without it the backend is skipped saying so.
+backend with the reason. kind and kubectl come through pytest-kind (KIND_VERSION pinned below).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import subprocess
 from collections.abc import Iterator
@@ -40,13 +38,6 @@ WORKER_IMAGE = "lagpilot-e2e-worker:e2e"
 OPERATOR_IMAGE = "lagpilot-operator:e2e"
 KAFKA_NAMESPACE = "kafka"
 KAFKA_NODE_PORT = 30092
-
-
-def kind_unavailable_reason() -> str | None:
-    """None when pytest-kind is installed, else how to install it (shown as the skip reason)."""
-    if importlib.util.find_spec("pytest_kind") is None:
-        return "pytest-kind is not installed: `make venv-kind` adds it (the `kind` extra, pinned by requirements.lock)"
-    return None
 
 
 def docker_unavailable_reason() -> str | None:
