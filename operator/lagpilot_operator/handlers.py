@@ -59,7 +59,14 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
         # In a pod, every interface (the Service scrapes the pod IP); on a laptop, loopback only.
         in_pod = "KUBERNETES_SERVICE_HOST" in os.environ
         address = os.environ.get("LAGPILOT_METRICS_ADDRESS", "0.0.0.0" if in_pod else "127.0.0.1")
-        metrics.serve(port, address)
+        try:
+            metrics.serve(port, address)
+        except OSError as exc:
+            # Permanent: kopf stops the operator (exit 1) with this message. A startup handler that raised
+            # anything else would be retried 60 s later, with nothing reconciled meanwhile and no sign why.
+            raise kopf.PermanentError(
+                f"cannot serve /metrics on {address}:{port}: {exc.strerror or exc}; free the port or set "
+                "LAGPILOT_METRICS_PORT (0 turns the endpoint off)") from exc
         logger.info("metrics on %s:%d/metrics", address, port)
 
 
