@@ -44,7 +44,7 @@ E2E_LANES: dict[str, tuple[str, int]] = {
     "test_chaos.py::test_200ms_latency_to_the_broker_slows_but_loses_nothing": ("e2e-lane-a", 82),
     "test_share_group.py::test_share_group_scales_past_its_partitions_and_a_killed_worker_loses_nothing":
         ("e2e-lane-a", 110),
-    "test_faults.py::test_worker_and_operator_crashes_lose_nothing": ("e2e-lane-b", 105),
+    "test_faults.py::test_worker_and_operator_crashes_lose_nothing": ("e2e-lane-b", 90),
     "test_burst.py::test_burst_scales_up_drains_and_returns_to_min": ("e2e-lane-b", 95),
     "test_chaos.py::test_worker_pods_deleted_with_and_without_grace_lose_nothing": ("e2e-lane-b", 60),
     "test_bad_input.py::test_failures_go_through_retries_to_the_dlq_and_invalid_edits_are_rejected":
