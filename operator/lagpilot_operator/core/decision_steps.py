@@ -340,7 +340,7 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
                             consumers=consumers, pool=pool)
     reading = behind.read(span, now=now, drained=drained, lag=lag.effective)
     tolerance = ctx.config.tolerance_percent
-    in_band = reading is not None and not reading.capacity_limited(tolerance)
+    in_band = reading is not None and not reading.capacity_limited(tolerance, committed_time_lag_floor(ctx))
     limited = reading if reading is not None and (late is not None or not in_band) else None
     pod_rate, ceiling = memory.pod_rate, memory.pool_ceiling
     notes: Notes = ()

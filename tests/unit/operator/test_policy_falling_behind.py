@@ -226,3 +226,40 @@ def test_the_growth_memory_round_trips_through_status() -> None:
     assert PolicyMemory.from_dict(json.loads(json.dumps(with_span.to_dict()))) == with_span
     assert PolicyMemory.from_dict({**memory.to_dict(), "span": [1, 2]}) == PolicyMemory()
     assert PolicyMemory.from_dict({**memory.to_dict(), "podRate": "fast"}) == PolicyMemory()
+
+
+STEADY = PolicyConfig(replicas=ReplicaBounds(min=1, max=4), pool=PoolBounds(min=1, max=4, initial=1),
+                      drain_time=DrainTimeConfig(target_drain_seconds=20), poll_interval_seconds=2)
+
+
+def _keeping_up_at_3x4(lags: list[int]) -> Decision:
+    """The e2e steady scenario's group (CI, stop 30): 3 x 4 slots of 20 ms handle the 150 msg/s produced
+    on 4 partitions, commits every 1 s; the committed lag, read every 2 s, is `lags` in turn."""
+    memory = replace(WARM, last_lag=lags[0], last_members=3)
+    produced, decision = 100_000, None
+    for step, lag in enumerate(lags[1:], start=1):
+        now = NOW + 2.0 * step
+        produced += 300
+        sample = LagSample(now, tuple(PartitionOffsets("steady", p, produced // 4, (produced - lag) // 4)
+                                      for p in range(4)), members=3)
+        observation = Observation(sample=sample, current_replicas=3, current_pool=4, produce_rate=150.0,
+                                  consume_rate=150.0)
+        decision = decide(STEADY, observation, memory, now)
+        memory = decision.memory
+    assert decision is not None
+    return decision
+
+
+def test_commit_noise_climbing_for_three_polls_is_no_deficit() -> None:
+    # CI's trace: the lag sat at 100-117 for 30 s, then read 104, 142, 195, 232 (128 msgs: under one 1 s
+    # commit interval of the 150 msg/s arriving). Before, that was "falling behind, draining 128 of 150
+    # msg/s" and a fourth replica, 53 s into a steady load the group had kept up with since 7 s.
+    decision = _keeping_up_at_3x4([100, 104, 142, 195, 232])
+    assert decision.memory.span is not None and decision.memory.span.polls == 3
+    assert "falling behind" not in decision.reason and decision.replicas == 3, decision.reason
+
+
+def test_a_deficit_beyond_one_commit_interval_is_falling_behind() -> None:
+    # The same climb carried on past a commit interval's arrivals (104 -> 300 msgs) is a deficit.
+    decision = _keeping_up_at_3x4([100, 104, 170, 235, 300])
+    assert "falling behind" in decision.reason and decision.replicas == 4, decision.reason
