@@ -32,11 +32,11 @@ RUN mkdir -p contract operator worker \
     && python3 -m venv /opt/lagpilot \
     && /opt/lagpilot/bin/pip install --no-cache-dir --no-index /wheels/*.whl
 
-# Stage 2: the project's own wheel, without its dependencies.
+# Stage 2: the project's own wheel, without its dependencies: the operator's packages only (the worker's
+# folder stays empty; `lagpilot-worker` is the worker image's command and does not run in this one).
 FROM dependencies AS builder
 COPY contract/ contract/
 COPY operator/ operator/
-COPY worker/ worker/
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /project .
 
 FROM ${BASE_IMAGE}

@@ -36,10 +36,11 @@ RUN mkdir -p contract operator worker \
     && python3 -m venv /opt/lagpilot \
     && /opt/lagpilot/bin/pip install --no-cache-dir --no-index /wheels/*.whl
 
-# Stage 2: the project's own wheel, without its dependencies.
+# Stage 2: the project's own wheel, without its dependencies: the worker's packages only (the operator's
+# folder stays empty, so setuptools finds no operator package and a change to the operator rebuilds
+# nothing here). The wheel's `lagpilot` command is the operator's and does not run in this image.
 FROM dependencies AS builder
 COPY contract/ contract/
-COPY operator/ operator/
 COPY worker/ worker/
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /project .
 

@@ -1719,6 +1719,10 @@ def build_base_image() -> str:
 
 
 PROJECT_IMAGES = {"lagpilot-worker": "docker/worker.Dockerfile", "lagpilot-operator": "docker/operator.Dockerfile"}
+# The packages each image's Dockerfile copies into its wheel: a change to the operator rebuilds only the
+# operator's image (the worker's and the two built on it took 66 s of a warm CI run's critical path).
+PROJECT_IMAGE_PACKAGES = {"lagpilot-worker": ("contract", "worker/lagpilot_worker"),
+                          "lagpilot-operator": ("contract", "operator/lagpilot_operator")}
 
 
 def project_image_name(image: str, base: str) -> str:
@@ -1727,7 +1731,7 @@ def project_image_name(image: str, base: str) -> str:
     # docs must not rebuild the images.
     return f"localhost/{image}:" + content_hash(
         base.encode(), dockerfile, REPO / "pyproject.toml", REPO / "requirements.lock",
-        REPO / "contract", REPO / "operator" / "lagpilot_operator", REPO / "worker" / "lagpilot_worker")
+        *(REPO / package for package in PROJECT_IMAGE_PACKAGES[image]))
 
 
 def build_project_image(image: str, base: str) -> str:

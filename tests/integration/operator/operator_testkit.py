@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+    def metrics_text(self) -> str:
+        """The operator's /metrics, as Prometheus would scrape it."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
 
 
 def backlog(bootstrap: str, topic: str, group: str, partitions: int, per_partition: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from dataclasses import replace
 from typing import Any
 
@@ -115,8 +114,7 @@ def test_a_missing_topic_fails_only_the_resource_that_names_it(
 
 
 def operator_metrics(process: OperatorProcess) -> list[Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5) as response:
-        return metric_samples(response.read().decode())
+    return metric_samples(process.metrics_text())
 
 
 def counts(process: OperatorProcess, bootstrap: str) -> tuple[float, float]:

@@ -4,7 +4,6 @@ the operator's own scale is seen by the poll after it (no second decision from t
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
 import pytest
@@ -28,18 +27,12 @@ PARTITIONS = 2
 INTERVAL = FAST["lag"]["pollIntervalSeconds"]
 
 
-def scrape(process: OperatorProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    return text
-
-
 def reads(process: OperatorProcess, kind: str, via: str) -> float:
-    return metric_value(scrape(process), "lagpilot_kube_reads_total", {"kind": kind, "via": via}) or 0.0
+    return metric_value(process.metrics_text(), "lagpilot_kube_reads_total", {"kind": kind, "via": via}) or 0.0
 
 
 def decisions(process: OperatorProcess, namespace: str, name: str, direction: str) -> float:
-    return metric_value(scrape(process), "lagpilot_scale_decisions_total",
+    return metric_value(process.metrics_text(), "lagpilot_scale_decisions_total",
                         {"namespace": namespace, "name": name, "direction": direction}) or 0.0
 
 
