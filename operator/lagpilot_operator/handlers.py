@@ -28,6 +28,7 @@ from lagpilot_operator.collector import tune_collector
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
 from lagpilot_operator.kube import kube_io, models, watch_cache
+from lagpilot_operator.kube.diffbase import SpecDiffBaseStorage
 from lagpilot_operator.kube.shard_keeper import ShardKeeper
 from lagpilot_operator.kube.shards import ShardSettings
 
@@ -45,7 +46,7 @@ IO_THREADS = int(os.environ.get("LAGPILOT_IO_THREADS", "64"))
 def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     # Progress in annotations: our status schema has no `kopf` field, and the API server would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lagpilot.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lagpilot.io")
+    settings.persistence.diffbase_storage = SpecDiffBaseStorage(prefix="lagpilot.io")
     # kopf puts this finalizer on every resource (its daemons need one); deletion then waits for the
     # operator to stop the loop and, with deletionPolicy=Delete, to delete the dead-letter topics.
     settings.persistence.finalizer = "lagpilot.io/finalizer"

@@ -114,6 +114,11 @@ def read_deployment(namespace: str, name: str) -> DeploymentEntry | None:
     return None if live is None else watch_cache.deployment_entry(live, keep_template=True)
 
 
+def _discard(response: Any) -> None:
+    """Read a raw answer's body without parsing it: the kept connection goes back to the pool."""
+    response.data  # noqa: B018
+
+
 def _answer(response: Any) -> dict[str, Any]:
     """A write's answer, read raw (see `_read_json`)."""
     found: dict[str, Any] = json.loads(response.data)
@@ -248,5 +253,7 @@ def read_secret_values(namespace: str, refs: list[tuple[str, str]],
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
-        models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status})
+    # The answer (the whole object) is read off the connection and not parsed: nothing here uses it, and
+    # parsing it into the client's dict was a quarter of the call's CPU.
+    _discard(client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        models.GROUP, models.VERSION, namespace, models.PLURAL, name, {"status": status}, _preload_content=False))
