@@ -581,10 +581,13 @@ def kafka_log4j() -> str:
     )
 
 
-def java_cmd(main: str, *args: str, heap: str = "512m") -> list[str]:
+def java_cmd(main: str, *args: str, heap: str = "512m", long_running: bool = False) -> list[str]:
+    """`long_running` (the broker): both JIT tiers. C1 only (TieredStopAtLevel=1) starts a short tool
+    faster, but leaves a broker that serves a whole test run on less optimized code."""
     config = STATE / "kafka"
     return [
-        "java", f"-Xmx{heap}", f"-Xms{heap}", "-server", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+        "java", f"-Xmx{heap}", f"-Xms{heap}", "-server", "-XX:+UseG1GC",
+        *(() if long_running else ("-XX:TieredStopAtLevel=1",)),
         "-Djava.awt.headless=true", f"-Dkafka.logs.dir={config / 'logs'}",
         f"-Dlog4j2.configurationFile={config / 'log4j2.yaml'}",
         "-cp", f"{kafka_home() / 'libs'}/*", main, *args,
@@ -618,7 +621,7 @@ def prepare_kafka() -> list[str]:
                  "-c", str(config / "server.properties"),
                  "--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]", heap="256m"),
         what="format kafka storage")
-    return java_cmd("kafka.Kafka", str(config / "server.properties"))
+    return java_cmd("kafka.Kafka", str(config / "server.properties"), long_running=True)
 
 
 def kafka_ready() -> bool:
