@@ -70,8 +70,10 @@ def _account(scenario: Scenario, group: Group, ledger: Any, result: Any, start: 
 
 
 def _pods_gone(scenario: Scenario, pod: str, timeout: float) -> float:
-    scenario.kubectl("wait", "--for=delete", f"pod/{pod}", "-n", scenario.namespace, f"--timeout={int(timeout)}s",
-                     check=False, timeout=timeout + 30)
+    """When the Pod object is gone (at once if it already was: kubectl answers a missing Pod with success)."""
+    waited = scenario.kubectl("wait", "--for=delete", f"pod/{pod}", "-n", scenario.namespace,
+                              f"--timeout={int(timeout)}s", check=False, timeout=timeout + 30)
+    assert waited.returncode == 0, f"Pod {pod} still there {timeout:.0f} s after its deletion: {waited.stderr.strip()}"
     return time.time()
 
 
