@@ -433,12 +433,19 @@ async def _fenced_write(namespace: str, target: kube_io.TargetScale, fence: Fenc
     """`kube_io.fenced_write` under the version read; after a 409, once more under the version a GET finds
     when that still allows it (`watch_cache.after_conflict`: the watch can be a status update behind)."""
     key = (namespace, target.name)
-    _check(fence)
+
+    async def write(resource_version: str) -> watch_cache.DeploymentEntry:
+        _check(fence)
+        try:
+            return await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token,
+                                           resource_version, replicas)
+        except ApiException as exc:
+            _gone(views, key, exc)
+            raise
+
     try:
-        written = await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token,
-                                          target.resource_version, replicas)
+        written = await write(target.resource_version)
     except ApiException as exc:
-        _gone(views, key, exc)
         if exc.status != 409:
             raise
         metrics.KUBE_READS.labels("deployment", "api").inc()
@@ -450,13 +457,7 @@ async def _fenced_write(namespace: str, target: kube_io.TargetScale, fence: Fenc
                          f"(ours: {fence.token})") from exc
         if after != "retry" or fresh is None:
             raise
-        _check(fence)
-        try:
-            written = await asyncio.to_thread(kube_io.fenced_write, namespace, target.name, fence.token,
-                                              fresh.resource_version, replicas)
-        except ApiException as again:
-            _gone(views, key, again)
-            raise
+        written = await write(fresh.resource_version)
     views.deployments.wrote(key, written)
 
 
