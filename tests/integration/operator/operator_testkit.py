@@ -128,6 +128,19 @@ def produce(bootstrap: str, topic: str, partitions: int, per_partition: int) -> 
     assert producer.flush(30) == 0
 
 
+def quiet_group(stack: Any, namespace: str, name: str, topic: str, group: str, partitions: int, *,
+                replicas: int, replicas_min: int, replicas_max: int) -> None:
+    """A KafkaConsumerGroup `name` whose group has consumed every record (lag 0), scaling the Deployment
+    `name` (created with `replicas`) between the bounds, pool 1, with the FAST timings."""
+    produce(stack.kafka_bootstrap, topic, partitions, 5)
+    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(partitions), 5))
+    create_deployment(stack, namespace, name, replicas)
+    apply_kcg(stack, namespace, name, {
+        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": group, "topics": [topic],
+        "scaleTargetRef": {"name": name}, "replicas": {"min": replicas_min, "max": replicas_max},
+        "pool": {"min": 1, "max": 1, "initial": 1}, **FAST})
+
+
 def annotate(stack: Any, namespace: str, name: str, *pairs: str) -> None:
     """`kubectl annotate --overwrite`; `key-` removes the annotation."""
     stack.kubectl("annotate", "--overwrite", "kcg", name, "-n", namespace, *pairs)

@@ -18,6 +18,7 @@ from operator_testkit import (
     free_port,
     patch_spec,
     produce,
+    quiet_group,
     replicas_of,
     status_of,
 )
@@ -34,13 +35,7 @@ WINDOW = FAST["policy"]["scaleDown"]["stabilizationSeconds"]
 def test_quiet_topic_goes_to_zero_after_the_window_and_a_burst_wakes_it(
         stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
     topic, group = create_topic("op-zero", partitions=PARTITIONS), unique_name("g")
-    produce(stack.kafka_bootstrap, topic, PARTITIONS, 5)
-    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(PARTITIONS), 5))  # quiet: lag 0
-    create_deployment(stack, namespace, "sleepy", 2)
-    apply_kcg(stack, namespace, "sleepy", {
-        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": group, "topics": [topic],
-        "scaleTargetRef": {"name": "sleepy"}, "replicas": {"min": 0, "max": 4},
-        "pool": {"min": 1, "max": 1, "initial": 1}, **FAST})
+    quiet_group(stack, namespace, "sleepy", topic, group, PARTITIONS, replicas=2, replicas_min=0, replicas_max=4)
     first = wait_for(lambda: (s := status_of(stack, namespace, "sleepy")).get("totalLag") == 0 and s, 30,
                      "the first reconcile")
     idle_from = first["policyMemory"]["idleSince"]

@@ -10,11 +10,8 @@ import pytest
 from operator_testkit import (
     FAST,
     OperatorProcess,
-    apply_kcg,
-    commit,
-    create_deployment,
     poll_time,
-    produce,
+    quiet_group,
     replicas_of,
     status_of,
 )
@@ -46,13 +43,7 @@ def polls_later(stack: Any, namespace: str, name: str, polls: int) -> dict[str, 
 def test_polls_read_the_watch_and_see_changes_and_their_own_scale(
         stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
     topic, group = create_topic("op-watch", partitions=PARTITIONS), unique_name("g")
-    produce(stack.kafka_bootstrap, topic, PARTITIONS, 5)
-    commit(stack.kafka_bootstrap, group, topic, dict.fromkeys(range(PARTITIONS), 5))  # quiet: lag 0
-    create_deployment(stack, namespace, "watched", 1)
-    apply_kcg(stack, namespace, "watched", {
-        "kafka": {"bootstrapServers": stack.kafka_bootstrap}, "groupId": group, "topics": [topic],
-        "scaleTargetRef": {"name": "watched"}, "replicas": {"min": 1, "max": 4},
-        "pool": {"min": 1, "max": 1, "initial": 1}, **FAST})
+    quiet_group(stack, namespace, "watched", topic, group, PARTITIONS, replicas=1, replicas_min=1, replicas_max=4)
     wait_for(lambda: status_of(stack, namespace, "watched").get("totalLag") == 0, 30, "the first reconcile")
     polls_later(stack, namespace, "watched", 2)  # the pool ConfigMap it created is watched by now
 
