@@ -1,4 +1,4 @@
-"""The `lagpilot` command: `simulate`, `crds` and `operator` subcommands."""
+"""The `lagpilot` command: `simulate`, `crds`, `operator` and `peering-wait` subcommands."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ commands:
   simulate   replay a traffic trace through Lagpilot's policies and a KEDA-equivalent one
   crds       print, write or check the KafkaConsumerGroup CRD generated from the models
   operator   run the operator (kopf run) against the current kubeconfig context
+  peering-wait
+             wait until the operator replicas starting together have announced themselves in the
+             kopf peering (the Helm chart runs it before `kopf run`)
 """
 
 
@@ -34,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = ["kopf", "run", "-m", "lagpilot_operator.handlers", *(rest or ["--standalone", "--all-namespaces"])]
         kopf_main()
         return 0
+    if command == "peering-wait":
+        from lagpilot_operator.kube import peering_wait
+
+        return peering_wait.main(rest)
     print(f"lagpilot: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

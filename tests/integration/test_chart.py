@@ -319,28 +319,40 @@ def test_a_restarted_operator_container_ranks_below_every_fresh_replica(stack: S
 
 def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack: Stack, tmp_path: Path) -> None:
     """Replicas starting together must see each other before either acts: a fresh container writes its
-    peering entry (kopf freeze, same identity and priority as its kopf run) and waits; a restarted
-    container and a single replica do not wait."""
+    peering entry (kopf freeze, same identity and priority as its kopf run) and waits until the peering
+    shows every replica (lagpilot peering-wait, at most announceSeconds); a restarted container and a
+    single replica do not wait."""
     calls = tmp_path / "calls"
-    fake = tmp_path / "kopf"
-    fake.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {calls}\n')
-    fake.chmod(0o755)
+    for command in ("kopf", "lagpilot"):
+        fake = tmp_path / command
+        fake.write_text(f'#!/bin/sh\necho "{command} $*" >> {calls}\n')
+        fake.chmod(0o755)
     marker = tmp_path / "marker"
     env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "POD_ID": "lp-lagpilot-5d8f9c7b6-x2x9k",
            "LAGPILOT_RESTART_MARKER": str(marker)}
     script = operator_container(render(stack, CHART, "--set", "replicaCount=2",
-                                       "--set", "peering.announceSeconds=1"))["args"][0]
+                                       "--set", "peering.announceSeconds=7"))["args"][0]
     subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)
-    (freeze, run) = [line.split() for line in calls.read_text().splitlines()]
-    assert freeze[1] == "freeze" and run[1] == "run"
+    (freeze, wait, run) = [line.split() for line in calls.read_text().splitlines()]
+    assert freeze[:2] == ["kopf", "freeze"] and wait[:2] == ["lagpilot", "peering-wait"] and run[:2] == ["kopf", "run"]
     assert "--id=lp-lagpilot-5d8f9c7b6-x2x9k" in freeze and "--lifetime=60" in freeze
+    assert "--expect=2" in wait and "--timeout=7" in wait
     for flag in ("--peering=", "--priority=", "--namespace=", "--all-namespaces"):
         assert [a for a in freeze if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
-    assert float(run[0]) - float(freeze[0]) >= 1.0  # announceSeconds passed before kopf run
+    for flag in ("--peering=", "--namespace=", "--all-namespaces"):
+        assert [a for a in wait if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
 
     calls.unlink()
     subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)  # restarted: the marker is there
     assert [line.split()[1] for line in calls.read_text().splitlines()] == ["run"]
+    calls.unlink()
+    namespaced = operator_container(render(stack, CHART, "--set", "replicaCount=2", "--set", "rbac.scope=namespaced",
+                                           "--set", "watchNamespaces={a,b}"))["args"][0]
+    subprocess.run(["/bin/sh", "-c", namespaced], env={**env, "LAGPILOT_RESTART_MARKER": str(tmp_path / "ns")},
+                   check=True, timeout=30)
+    (_, wait, run) = [line.split() for line in calls.read_text().splitlines()]
+    assert [a for a in wait if a.startswith("--namespace=")] == ["--namespace=a", "--namespace=b"]
+    assert "--timeout=20" in wait  # the default
     calls.unlink()
     single = operator_container(render(stack, CHART, "--set", "peering.announceSeconds=1"))["args"][0]
     subprocess.run(["/bin/sh", "-c", single], env={**env, "LAGPILOT_RESTART_MARKER": str(tmp_path / "new")},

@@ -306,14 +306,17 @@ def test_operator_chart_runs_peered_pods_and_a_standby_takes_over_from_a_killed_
     assert len(leader_spans) == 1 and leader_spans[0][0] < settled_at, leader_spans
     assert follower_spans == [(resumed_at, now)], follower_spans
     assert resumed_at >= killed_at
-    # Both replicas started together at install: each announced itself in the peering before it
-    # could act (peering.announceSeconds), so the standby never acted before it saw the leader.
+    # Both replicas started together at install: each announced itself in the peering and waited for the
+    # other's entry before it could act (lagpilot peering-wait), so the standby never acted before it saw
+    # the leader.
     assert active_spans(follower_log, now) == [(resumed_at, now)]
+    for log in (previous_log, follower_log):
+        assert "2 of 2 replicas announced" in log, log
 
     # The chart's RBAC was enough for everything the operator did.
     for log in (previous_log, restarted_log, follower_log):
         assert not re.search(r"forbidden|not enough permissions", log, re.IGNORECASE), log
-        assert "peering announcement failed" not in log, log
+        assert "peering announcement failed" not in log and "peering wait failed" not in log, log
         assert PROBE_SERVED in log and "kube-probe/" in log  # the kubelet's probes
 
 

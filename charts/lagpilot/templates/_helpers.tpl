@@ -106,8 +106,10 @@ outlives a container but not the pod.
 Replicas that start together (an install, a node coming back) would each resume if their first look
 at the peering object does not show the other yet: kopf only learns of a peer from its keep-alive.
 So with several replicas a fresh container first writes its own entry (`kopf freeze` with the pod's
-identity and priority; `kopf run` then keeps that entry alive as its own) and waits
-peering.announceSeconds, by which time the others starting with it have written theirs.
+identity and priority; `kopf run` then keeps that entry alive as its own), then waits until the
+peering shows replicaCount live entries (`lagpilot peering-wait`), at most peering.announceSeconds: a
+replica whose peers cannot start still runs, later. (A fixed sleep of 5 s was tried first: on a busy
+node two replicas of one install started more than 5 s apart, and the first acted alone for 2 s.)
 */}}
 {{- define "lagpilot.operatorScript" -}}
 {{- $args := list "--module=lagpilot_operator.handlers" }}
@@ -146,7 +148,9 @@ if $fresh; then
   # Announce this replica in the peering before it may act (lagpilot.operatorScript's comment).
   kopf freeze --quiet --peering={{ include "lagpilot.peeringName" . }} --id="$POD_ID" --priority="$priority" \
     --lifetime=60 {{ join " " $scope }} || echo "peering announcement failed; starting anyway" >&2
-  sleep {{ int .Values.peering.announceSeconds }}
+  lagpilot peering-wait --peering={{ include "lagpilot.peeringName" . }} --expect={{ int .Values.replicaCount }} \
+    --timeout={{ int .Values.peering.announceSeconds }} {{ join " " $scope }} \
+    || echo "peering wait failed; starting anyway" >&2
 fi
 {{- end }}
 {{- end }}
