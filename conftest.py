@@ -103,7 +103,7 @@ LONG_RUNNING = SLOW  # this and below run for tens of seconds or more
 def _run_order(item: pytest.Item) -> int:
     """Longest first: the end-to-end scenarios, tests marked slow, integration tests, then unit tests.
 
-    With pytest-xdist (`make test` runs `-n`), the three lanes of e2e scenarios and the slow tests start
+    With pytest-xdist (`make test` runs `-n`), the two lanes of e2e scenarios and the slow tests start
     first while the many short tests fill the gaps, instead of one scenario starting last and running alone.
     """
     path = Path(str(item.fspath)).resolve()

@@ -32,27 +32,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="where the e2e scenarios run: node (the local stack's real node, default) or kind")
 
 
-# The scenarios run in three lanes: one lane runs its scenarios one after another, the three lanes side by
-# side (hack/test.sh: `--dist loadgroup`, 6 workers), next to the lighter tests. Each scenario runs an
-# operator Pod, two to five worker Pods, a load generator and a ledger; five of them at once (what plain
-# `--dist load` did) kept the 2-core node at a load average of 22-25, where probes time out, rebalances take
-# seconds and the scenarios' progress bounds fail for the host's sake. Two lanes beside three other workers
-# left the machine 24 % idle in the tests phase (479 s); three lanes beside three took it to 88 % busy and
-# 454 s. The lanes are balanced by measured duration (s, in a three-lane run).
+# The scenarios run in two lanes: one lane runs its scenarios one after another, the two lanes side by side
+# (hack/test.sh: `--dist loadgroup`), next to the lighter tests. Each scenario runs an operator Pod, two to
+# five worker Pods, a load generator and a ledger; five of them at once (what plain `--dist load` did) kept
+# the 2-core node at a load average of 22-25, where probes time out, rebalances take seconds and the
+# scenarios' progress bounds fail for the host's sake. The lanes are balanced by measured duration (s).
 E2E_LANES: dict[str, tuple[str, int]] = {
-    "test_broker_outage.py::test_broker_outage_holds_replicas_and_loses_nothing": ("e2e-lane-a", 145),
-    "test_steady.py::test_steady_load_does_not_flap_and_keeps_lag_bounded": ("e2e-lane-a", 91),
+    "test_broker_outage.py::test_broker_outage_holds_replicas_and_loses_nothing": ("e2e-lane-a", 88),
+    "test_chaos.py::test_rolling_update_during_a_burst_loses_nothing": ("e2e-lane-a", 107),
+    "test_chaos.py::test_30s_partition_of_one_worker_fails_over_and_loses_nothing": ("e2e-lane-a", 75),
+    "test_chaos.py::test_200ms_latency_to_the_broker_slows_but_loses_nothing": ("e2e-lane-a", 82),
     "test_share_group.py::test_share_group_scales_past_its_partitions_and_a_killed_worker_loses_nothing":
-        ("e2e-lane-a", 76),
-    "test_faults.py::test_worker_and_operator_crashes_lose_nothing": ("e2e-lane-b", 108),
-    "test_chaos.py::test_rolling_update_during_a_burst_loses_nothing": ("e2e-lane-b", 86),
+        ("e2e-lane-a", 110),
+    "test_faults.py::test_worker_and_operator_crashes_lose_nothing": ("e2e-lane-b", 90),
+    "test_burst.py::test_burst_scales_up_drains_and_returns_to_min": ("e2e-lane-b", 95),
+    "test_chaos.py::test_worker_pods_deleted_with_and_without_grace_lose_nothing": ("e2e-lane-b", 60),
     "test_bad_input.py::test_failures_go_through_retries_to_the_dlq_and_invalid_edits_are_rejected":
-        ("e2e-lane-b", 76),
+        ("e2e-lane-b", 67),
+    "test_steady.py::test_steady_load_does_not_flap_and_keeps_lag_bounded": ("e2e-lane-b", 89),
     "test_partitions_cap.py::test_replicas_never_exceed_partitions_pool_grows_instead": ("e2e-lane-b", 49),
-    "test_burst.py::test_burst_scales_up_drains_and_returns_to_min": ("e2e-lane-c", 103),
-    "test_chaos.py::test_200ms_latency_to_the_broker_slows_but_loses_nothing": ("e2e-lane-c", 79),
-    "test_chaos.py::test_30s_partition_of_one_worker_fails_over_and_loses_nothing": ("e2e-lane-c", 73),
-    "test_chaos.py::test_worker_pods_deleted_with_and_without_grace_lose_nothing": ("e2e-lane-c", 87),
 }
 DEFAULT_LANE = "e2e-lane-b"
 

@@ -71,7 +71,7 @@ echo "== tests (the other unit tests, integration, e2e)"
 # `make test` a resource waited 17.6 s after the kill against its bound of two polls (10 s); until that
 # is understood and fixed it would make `make test` fail at random (issue 17 stays open for it).
 SECONDS=0
-"$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-6}" --dist loadgroup \
+"$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist loadgroup \
   --ignore=tests/unit/operator --ignore=tests/unit/worker -m "not node_lifecycle and not shard_failover" \
   --durations=30 "$@"
 echo "tests took ${SECONDS}s"

@@ -1,4 +1,4 @@
-"""`make test` keeps the e2e scenarios in three lanes with pytest-xdist's `--dist loadgroup`
+"""`make test` keeps the e2e scenarios in two lanes with pytest-xdist's `--dist loadgroup`
 (e2e/conftest.py). That only holds while xdist can tag the grouped tests' node ids: with pytest 9.2 and
 pytest-xdist 3.8 it cannot, every test is scheduled on its own, and five scenarios ran at once again.
 This runs the scheduler for real on a throwaway suite and checks that a lane stays on one worker."""
