@@ -30,6 +30,21 @@ from lagpilot_operator.kube import models
 T = TypeVar("T")
 
 
+class FakeClock:
+    """A monotonic clock that only `sleep` (and a test, through `now`) moves forward; the sleeps are kept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 class WaitTimeout(AssertionError):
     """The awaited condition did not hold before the deadline."""
 

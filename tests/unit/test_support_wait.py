@@ -7,25 +7,12 @@ from collections.abc import Callable
 import pytest
 
 import support
-
-
-class FakeClock:
-    """time.monotonic and time.sleep of the support module, advanced by sleeps and by predicate costs."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from support import FakeClock
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """time.monotonic and time.sleep of the support module, advanced by sleeps and by predicate costs."""
     fake = FakeClock()
     monkeypatch.setattr(support.time, "monotonic", fake.monotonic)
     monkeypatch.setattr(support.time, "sleep", fake.sleep)

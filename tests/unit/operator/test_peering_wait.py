@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lagpilot_operator.kube.peering_wait import live_peers, wait_for_peers
+from support import FakeClock
 
 NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
 
@@ -27,62 +28,49 @@ def test_entries_kopf_cannot_have_written_are_not_peers() -> None:
     assert live_peers(None, NOW) == set()
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.monotonic = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.monotonic
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.monotonic += seconds
+def wait(read: Callable[[], Sequence[Mapping[str, Any] | None]], clock: FakeClock, timeout: float) -> int:
+    """`wait_for_peers` for two replicas, polling every 0.5 s on the fake clock, at NOW."""
+    return wait_for_peers(read, 2, timeout, interval=0.5, clock=clock.monotonic, sleep=clock.sleep, now=lambda: NOW)
 
 
 def test_waits_until_every_replica_announced_then_goes_at_once() -> None:
-    time = FakeTime()
+    clock = FakeClock()
     reads = iter([[{"me": entry(0)}], [{"me": entry(0)}], [{"me": entry(0), "peer": entry(0)}]])
-    seen = wait_for_peers(lambda: next(reads), expect=2, timeout=20, interval=0.5, clock=time.clock,
-                          sleep=time.sleep, now=lambda: NOW)
+    seen = wait(lambda: next(reads), clock, timeout=20)
     assert seen == 2
-    assert time.slept == [0.5, 0.5]
+    assert clock.sleeps == [0.5, 0.5]
 
 
 def test_a_peer_that_never_comes_delays_the_start_by_the_timeout_only() -> None:
-    time = FakeTime()
+    clock = FakeClock()
     reads: list[list[Mapping[str, Any] | None]] = []
 
     def read() -> list[Mapping[str, Any] | None]:
         reads.append([{"me": entry(0)}])
         return reads[-1]
 
-    seen = wait_for_peers(read, expect=2, timeout=2.2, interval=0.5, clock=time.clock, sleep=time.sleep,
-                          now=lambda: NOW)
+    seen = wait(read, clock, timeout=2.2)
     assert seen == 1
-    assert time.monotonic == 2.2  # the last sleep is cut to the deadline
+    assert clock.now == 2.2  # the last sleep is cut to the deadline
     assert len(reads) == 6
 
 
 def test_an_expired_entry_of_a_gone_pod_does_not_count_as_a_peer() -> None:
-    time = FakeTime()
+    clock = FakeClock()
     statuses = [{"me": entry(0), "old-pod": entry(300)}]
-    assert wait_for_peers(lambda: statuses, expect=2, timeout=1, interval=0.5, clock=time.clock, sleep=time.sleep,
-                          now=lambda: NOW) == 1
+    assert wait(lambda: statuses, clock, timeout=1) == 1
 
 
 def test_with_several_namespaces_every_peering_must_show_the_replicas() -> None:
-    time = FakeTime()
+    clock = FakeClock()
     reads = iter([
         [{"me": entry(0), "peer": entry(0)}, {"me": entry(0)}],    # one namespace's peering lags behind
         [{"me": entry(0), "peer": entry(0)}, {"me": entry(0), "peer": entry(0)}],
     ])
-    assert wait_for_peers(lambda: next(reads), expect=2, timeout=20, interval=0.5, clock=time.clock, sleep=time.sleep,
-                          now=lambda: NOW) == 2
-    assert time.slept == [0.5]
+    assert wait(lambda: next(reads), clock, timeout=20) == 2
+    assert clock.sleeps == [0.5]
 
 
 def test_a_missing_peering_object_counts_as_nobody_announced() -> None:
-    time = FakeTime()
-    assert wait_for_peers(lambda: [None], expect=2, timeout=0, clock=time.clock, sleep=time.sleep,
-                          now=lambda: NOW) == 0
+    clock = FakeClock()
+    assert wait(lambda: [None], clock, timeout=0) == 0
