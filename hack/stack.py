@@ -556,6 +556,14 @@ def kafka_properties() -> str:
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
+            # The lowest session a group may ask for (its group configs `consumer.session.timeout.ms`,
+            # `share.session.timeout.ms`, and heartbeats to match), as the classic protocol already allows
+            # (group.min.session.timeout.ms, 6 s): tests that kill a member give its group a 10 s session, so
+            # its partitions move on in seconds rather than after the 45 s default. Defaults are unchanged.
+            "group.consumer.min.session.timeout.ms=6000",
+            "group.consumer.min.heartbeat.interval.ms=1000",
+            "group.share.min.session.timeout.ms=6000",
+            "group.share.min.heartbeat.interval.ms=1000",
             "auto.create.topics.enable=false",
             "delete.topic.enable=true",
             "log.flush.interval.messages=9223372036854775807",
@@ -633,7 +641,17 @@ def kafka_ready() -> bool:
     """
     if node_enabled() and not kafka_answers(NODE_IP, PORTS["kafka-pods"]):
         return False
+    if not kafka_config_current():
+        return False
     return kafka_answers() and all(port_open(PORTS[key]) for key in ("kafka-sasl", "kafka-scram", "kafka-mtls"))
+
+
+def kafka_config_current() -> bool:
+    """True when the broker was started with the settings this stack.py writes: `up` replaces one started
+    by an older stack.py with other settings (a lower bound a newer test relies on, say)."""
+    with contextlib.suppress(OSError):
+        return (STATE / "kafka" / "server.properties").read_text() == kafka_properties()
+    return False
 
 
 def kafka_answers(host: str = HOST, port_number: int | None = None) -> bool:

@@ -326,6 +326,15 @@ def pending_deployment(name: str, replicas: int, image: str = "registry.invalid/
                                            "containers": [{"name": "worker", "image": image}]}}}}
 
 
+def set_group_configs(bootstrap: str, group: str, settings: dict[str, str]) -> str:
+    """Set a group's broker-side group configs and return the group id. Works before the group exists."""
+    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in settings.items()])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    return group
+
+
 def configure_share_group(bootstrap: str, group: str, **settings: str) -> str:
     """Set a share group's broker-side group configs (its consumers can set none) and return the group id.
 
@@ -333,12 +342,27 @@ def configure_share_group(bootstrap: str, group: str, **settings: str) -> str:
     (`latest`) a share-partition starts at the log end when a member first fetches from it, so records
     produced before then are never delivered. Works before the group exists (before any member joins).
     """
-    entries = {"share.auto.offset.reset": "earliest", **settings}
-    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
-        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in entries.items()])
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    return group
+    return set_group_configs(bootstrap, group, {"share.auto.offset.reset": "earliest", **settings})
+
+
+SHORT_SESSION_MS = 10_000
+"""The session of a group whose test kills a member: the broker then drops the dead member (and hands its
+partitions on) after 10 s, not after the 45 s default, which only the test's length would notice. The stack's
+broker allows sessions down to 6 s for either protocol (hack/stack.py)."""
+
+
+def short_session(bootstrap: str, group: str, protocol: str) -> dict[str, str]:
+    """Give `group` a session of SHORT_SESSION_MS and return the worker environment that goes with it.
+
+    Classic protocol: the member asks for it (`session.timeout.ms`, from the worker's environment). The
+    consumer protocol (KIP-848) and share groups: the broker decides, from the group's configs, set here
+    before any member joins; heartbeats every 2 s, as 5 s (the default) would leave two to a session."""
+    if protocol == "classic":
+        return {"LAGPILOT_KAFKA_SESSION_TIMEOUT_MS": str(SHORT_SESSION_MS)}
+    prefix = {"consumer": "consumer", "share": "share"}[protocol]
+    set_group_configs(bootstrap, group, {f"{prefix}.session.timeout.ms": str(SHORT_SESSION_MS),
+                                         f"{prefix}.heartbeat.interval.ms": "2000"})
+    return {}
 
 
 SERVER_PORTS_FROM = 20000

@@ -63,10 +63,14 @@ def _load_stack(monkeypatch: pytest.MonkeyPatch) -> Any:
     return stack
 
 
-def test_a_broker_without_the_tls_listeners_is_not_ready_so_up_replaces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broker_without_the_tls_listeners_is_not_ready_so_up_replaces_it(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
     # A broker started by an older stack.py answers on PLAINTEXT but has no SCRAM/mTLS listener: `up`
     # must restart it instead of reusing it, or the TLS tests could never connect.
+    monkeypatch.setenv("LAGPILOT_STACK_DIR", str(tmp_path))
     stack = _load_stack(monkeypatch)
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "server.properties").write_text(stack.kafka_properties())
     listening = {stack.PORTS[key] for key in ("kafka", "kafka-controller", "kafka-sasl", "kafka-pods")}
     monkeypatch.setattr(stack, "kafka_answers",
                         lambda host=stack.HOST, port_number=None: (port_number or stack.PORTS["kafka"]) in listening)
@@ -77,6 +81,24 @@ def test_a_broker_without_the_tls_listeners_is_not_ready_so_up_replaces_it(monke
     listening.discard(stack.PORTS["kafka-pods"])  # with the node (the default), the Pods' listener too
     assert not stack.kafka_ready()
     monkeypatch.setenv("LAGPILOT_NODE", "0")
+    (tmp_path / "kafka" / "server.properties").write_text(stack.kafka_properties())  # one without the node's
+    assert stack.kafka_ready()
+
+
+def test_a_broker_started_with_other_settings_is_not_ready_so_up_replaces_it(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    # Every listener answers, but the broker runs on the settings an older stack.py wrote (a test may rely
+    # on a newer one, such as the lowest group session): `up` restarts it.
+    monkeypatch.setenv("LAGPILOT_STACK_DIR", str(tmp_path))
+    stack = _load_stack(monkeypatch)
+    monkeypatch.setattr(stack, "kafka_answers", lambda host=stack.HOST, port_number=None: True)
+    monkeypatch.setattr(stack, "port_open", lambda number: True)
+    assert not stack.kafka_ready(), "no record of the settings it started with"
+    (tmp_path / "kafka").mkdir()
+    written = stack.kafka_properties()
+    (tmp_path / "kafka" / "server.properties").write_text(written.replace("group.consumer.min.session", "#"))
+    assert not stack.kafka_ready()
+    (tmp_path / "kafka" / "server.properties").write_text(written)
     assert stack.kafka_ready()
 
 

@@ -22,7 +22,7 @@ from worker_testkit import CliWorker, Topics, cli_env, metric, produce, read_top
 
 from lagpilot_contract import naming
 from lagpilot_worker.offset_map import DoneOffsets, decode
-from support import wait_for
+from support import short_session, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -193,13 +193,15 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
     processed = workdir / "processed.txt"
     started = workdir / "started.txt"
     kill, in_flight_report = workdir / "kill", workdir / "in-flight-at-kill"
+    # The second worker takes the dead one's partitions once the broker drops it: after a 10 s session.
+    session = short_session(kafka_bootstrap, group, group_protocol)
     # Every 50th record of each partition takes 300 ms: the records after it finish first, so each commit of
     # a busy partition carries an offset map (without slow records a commit may land just when nothing is
     # above the offset; by id instead of offset, the partition in work at the kill may hold no slow id).
     first = worker(workdir, kafka_bootstrap, group, topic, "first", processed, protocol=group_protocol,
                    TEST_STARTED_FILE=str(started),
                    TEST_SLOW_EVERY="50", TEST_SLOW_SECONDS="0.3", TEST_KILL_FILE=str(kill),
-                   TEST_IN_FLIGHT_FILE=str(in_flight_report)).start()
+                   TEST_IN_FLIGHT_FILE=str(in_flight_report), **session).start()
     try:
         wait_for(lambda: len(processed_lines(processed)) >= 1200, 120, "a third of the ids processed")
 
@@ -221,7 +223,8 @@ def test_sigkill_mid_run_loses_nothing(kafka_bootstrap: str, create_topic: Calla
         # so this one covers no more than the one the second worker reads, and the coverage checks below
         # hold for both.
         commit = committed_maps(kafka_bootstrap, group, topic, 4)
-        second = worker(workdir, kafka_bootstrap, group, topic, "second", processed, protocol=group_protocol).start()
+        second = worker(workdir, kafka_bootstrap, group, topic, "second", processed, protocol=group_protocol,
+                        **session).start()
         try:
             port = second.http_port()
             seen = assert_nothing_lost(kafka_bootstrap, dlq, processed, ids)

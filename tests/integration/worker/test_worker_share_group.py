@@ -21,7 +21,7 @@ from lagpilot_worker.config import WorkerConfig
 from lagpilot_worker.poolsize import ManualPoolSize
 from lagpilot_worker.record import Record
 from lagpilot_worker.retry import PermanentError, RetryLaterError, RetryPolicy, TransientError
-from support import configure_share_group, wait_for
+from support import configure_share_group, short_session, wait_for
 
 PARTITIONS = 2
 
@@ -134,6 +134,9 @@ def test_a_killed_share_worker_s_records_are_delivered_again(
     topic = create_topic("share-kill", partitions=PARTITIONS)
     # The shortest acquisition lock the broker allows by default: a killed member's records return then.
     group = configure_share_group(kafka_bootstrap, unique_name("sg"), **{"share.record.lock.duration.ms": "15000"})
+    # The broker drops the killed member after a 10 s session (not 45 s), and the other member is then
+    # assigned the partitions it held.
+    short_session(kafka_bootstrap, group, "share")
     (tmp_path / "sharehandler.py").write_text(HANDLER)
     processed, started = tmp_path / "processed.txt", tmp_path / "started.txt"
     ids = [str(i) for i in range(200)]
