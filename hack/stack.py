@@ -38,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1997,6 +1997,59 @@ def up_node() -> None:
     make_bridge()
 
 
+# The host's cpu cgroup (cgroup v1). A node's kubelet puts every Pod under `kubepods`, whose weight against its
+# siblings is its allocatable CPU (cpu.shares 1,024 a core). The stack's own processes (the broker, the control
+# plane, the tests and what they start) would otherwise run in the root cgroup, where each runnable thread weighs
+# 1,024 on its own: six busy host threads left all Pods together a quarter of the machine, and worker Pods
+# drained at half their speed while the operator read their idle slots as spare capacity. A real node keeps its
+# daemons in a cgroup of their own (systemd's system.slice); this is that cgroup, with kubepods' weight, so
+# under contention the Pods get at least half of the machine and the host the other half. CFS shares only
+# matter when both want more: whichever side is idle leaves its half to the other.
+CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+HOST_CGROUP = CPU_CGROUP_ROOT / "lagpilot-host"
+
+
+def host_cgroup_supported() -> bool:
+    return node_enabled() and (CPU_CGROUP_ROOT / "cpu.shares").exists()
+
+
+def enter_host_cgroup() -> None:
+    """Create the host cgroup (if a killed stack did not leave it) and move this process into it: every
+    service `up` starts from here on inherits it."""
+    if not host_cgroup_supported():
+        return
+    HOST_CGROUP.mkdir(exist_ok=True)
+    (HOST_CGROUP / "cpu.shares").write_text(f"{1024 * (os.cpu_count() or 1)}\n")
+    move_into_host_cgroup([os.getpid()])
+
+
+def move_into_host_cgroup(pids: Iterable[int]) -> None:
+    """Move processes (the services of an earlier `up`) into the host cgroup; one that has exited is skipped."""
+    if not HOST_CGROUP.exists():
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            (HOST_CGROUP / "cgroup.procs").write_text(f"{pid}\n")
+
+
+def remove_host_cgroup() -> None:
+    """`down`: whatever still runs in the host cgroup (a test run that joined it) goes back to the root cgroup,
+    and the cgroup is removed."""
+    if not HOST_CGROUP.exists():
+        return
+    for _ in range(5):
+        for line in (HOST_CGROUP / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                (CPU_CGROUP_ROOT / "cgroup.procs").write_text(f"{line}\n")
+        try:
+            HOST_CGROUP.rmdir()
+            return
+        except OSError:  # a process forked into it meanwhile: move that one too
+            time.sleep(0.1)
+    raise StackError(f"{HOST_CGROUP} still has processes after moving them to the root cgroup: "
+                     f"{(HOST_CGROUP / 'cgroup.procs').read_text().split()}")
+
+
 def refuse_a_running_node_of_another_stack() -> None:
     """Before anything starts: the machine runs one node, and another checkout's stack may be using it."""
     owner = recorded_node_owner()
@@ -2353,7 +2406,10 @@ def env_lines() -> list[str]:
         # them, and the example worker for examples/walkthrough.yaml.
         f"export LAGPILOT_OPERATOR_VALUES={operator_values_file()}",
         f"export LAGPILOT_EXAMPLE_WORKER_IMAGE={node_images_table()['example-worker']}",
-    ] if node_enabled() else [])
+    ] if node_enabled() else []) + ([
+        # hack/test.sh moves the test run into it (see enter_host_cgroup).
+        f"export LAGPILOT_HOST_CGROUP={HOST_CGROUP}",
+    ] if host_cgroup_supported() else [])
 
 
 @contextlib.contextmanager
@@ -2393,6 +2449,7 @@ def _up() -> None:
         log(f"switching the stack from {mode_file.read_text()} to {mode}: restarting it")
         _down()
     if node_enabled():
+        enter_host_cgroup()  # before anything starts: every service inherits it
         up_node()  # the bridge first: the apiserver and Kafka listen on its address
     mode_file.write_text(mode)
     apiserver_pid = running_pid("kube-apiserver")
@@ -2419,6 +2476,8 @@ def _up() -> None:
     if node_enabled():
         apply_local_image_policy()  # before the kubelet runs: no Pod may make it pull from a registry
         start_node_services()
+        # Services that were already running (started by an `up` before the host cgroup existed) join it too.
+        move_into_host_cgroup(pid for service in SERVICES + NODE_SERVICES if (pid := running_pid(service.name)))
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")
     print("\n".join(env_lines()))
@@ -2436,6 +2495,7 @@ def _down() -> None:
     for service in reversed(SERVICES):
         stop_process(service.name)
     remove_kafka_data()  # in memory: gone with the broker, as everything else stack-up made
+    remove_host_cgroup()
     (STATE / "node-mode").unlink(missing_ok=True)
 
 

@@ -220,6 +220,35 @@ def _shims(stack_dir: Path) -> set[int]:
     return {int(line.split(":")[0]) for line in _stack_processes(stack_dir) if "containerd-shim" in line}
 
 
+HOST_CGROUP = Path("/sys/fs/cgroup/cpu/lagpilot-host")
+
+
+def _cpu_cgroup(pid: int | str) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    raise AssertionError(f"process {pid} has no cpu cgroup")
+
+
+def test_the_stack_runs_in_a_host_cgroup_that_weighs_as_much_as_all_pods(stack, namespace) -> None:  # type: ignore[no-untyped-def]
+    """Like a node's system.slice: the broker, the control plane and the node's daemons share one cgroup
+    beside `kubepods`, with its weight; Pods run under `kubepods`."""
+    assert HOST_CGROUP.exists()
+    kubepods = HOST_CGROUP.parent / "kubepods"
+    assert (HOST_CGROUP / "cpu.shares").read_text() == (kubepods / "cpu.shares").read_text()
+    for name in ("kafka", "kube-apiserver", "etcd", "kubelet", "containerd"):
+        pid = (stack.stack_dir / "pids" / f"{name}.pid").read_text().strip()
+        assert _cpu_cgroup(pid) == "/lagpilot-host", name
+    name = unique_name("weights")
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(name, namespace, stack.node_images["worker"])))
+    stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
+    command = stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/proc/1/cgroup").stdout
+    cpu = next(line.split(":", 2)[2] for line in command.splitlines() if "cpu" in line.split(":", 2)[1].split(","))
+    # Inside the container its own cgroup reads as "/" with a cgroup namespace; otherwise the host path.
+    assert cpu == "/" or cpu.startswith("/kubepods/"), cpu
+
+
 @pytest.mark.node_lifecycle
 def test_up_after_a_killed_node_clears_what_it_left_and_runs_pods_again(stack, namespace) -> None:  # type: ignore[no-untyped-def]
     image = stack.node_images["worker"]
@@ -275,6 +304,7 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(stack) -> None:  # 
     for path in ("/var/lib/kubelet", "/var/log/containers", "/run/containerd"):
         assert path in baseline["paths"] or not Path(path).exists(), path
     assert [p for p in Path("/sys/fs/cgroup").glob("*/kubepods")] == []
+    assert not HOST_CGROUP.exists(), "the host cgroup outlived the stack"
     # Defaults the stack moves into its own folders (buildah's CNI lock, containerd's root, flex volumes).
     assert {path: Path(path).exists() for path in baseline["untouched"]} == baseline["untouched"]
     assert not (NODE_RECORD / "owner").exists() and not (NODE_RECORD / "baseline.json").exists()
