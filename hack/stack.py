@@ -2004,7 +2004,8 @@ def up_node() -> None:
 # drained at half their speed while the operator read their idle slots as spare capacity. A real node keeps its
 # daemons in a cgroup of their own (systemd's system.slice); this is that cgroup, with kubepods' weight, so
 # under contention the Pods get at least half of the machine and the host the other half. CFS shares only
-# matter when both want more: whichever side is idle leaves its half to the other.
+# matter when both want more: whichever side is idle leaves its half to the other. The node's own daemons stay
+# in the root cgroup (outside_host_cgroup).
 CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 HOST_CGROUP = CPU_CGROUP_ROOT / "lagpilot-host"
 
@@ -2030,6 +2031,21 @@ def move_into_host_cgroup(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, OSError):
             (HOST_CGROUP / "cgroup.procs").write_text(f"{pid}\n")
+
+
+@contextlib.contextmanager
+def outside_host_cgroup() -> Iterator[None]:
+    """Processes started meanwhile run in the root cgroup: the node's daemons (kubelet, containerd and the
+    shims it starts, kube-proxy), as a node reserves CPU for them ahead of its workloads; there their
+    threads (mostly idle, latency-bound: Pod starts, probes) are served before either side's."""
+    if not HOST_CGROUP.exists():
+        yield
+        return
+    (CPU_CGROUP_ROOT / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        move_into_host_cgroup([os.getpid()])
 
 
 def remove_host_cgroup() -> None:
@@ -2475,9 +2491,10 @@ def _up() -> None:
             wait_ready(service)
     if node_enabled():
         apply_local_image_policy()  # before the kubelet runs: no Pod may make it pull from a registry
-        start_node_services()
+        with outside_host_cgroup():
+            start_node_services()
         # Services that were already running (started by an `up` before the host cgroup existed) join it too.
-        move_into_host_cgroup(pid for service in SERVICES + NODE_SERVICES if (pid := running_pid(service.name)))
+        move_into_host_cgroup(pid for service in SERVICES if (pid := running_pid(service.name)))
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")
     print("\n".join(env_lines()))
