@@ -1997,17 +1997,22 @@ def up_node() -> None:
     make_bridge()
 
 
-# The host's cpu cgroup (cgroup v1). A node's kubelet puts every Pod under `kubepods`, whose weight against its
-# siblings is its allocatable CPU (cpu.shares 1,024 a core). The stack's own processes (the broker, the control
-# plane, the tests and what they start) would otherwise run in the root cgroup, where each runnable thread weighs
-# 1,024 on its own: six busy host threads left all Pods together a quarter of the machine, and worker Pods
-# drained at half their speed while the operator read their idle slots as spare capacity. A real node keeps its
-# daemons in a cgroup of their own (systemd's system.slice); this is that cgroup, with kubepods' weight, so
-# under contention the Pods get at least half of the machine and the host the other half. CFS shares only
-# matter when both want more: whichever side is idle leaves its half to the other. The node's own daemons stay
-# in the root cgroup (outside_host_cgroup).
+# The host's cpu cgroups (cgroup v1). The kubelet puts every Pod under `kubepods`, whose weight against its
+# siblings is the node's allocatable CPU (cpu.shares 1,024 a core: 2,048 here). Everything else ran in the root
+# cgroup, where the kernel's autogroups give each session the weight 1,024: the broker, the apiserver, etcd and
+# the test run (one session, all its workers) each weighed half as much as all Pods together, and with three
+# of them busy the Pods had 40 % of the machine. In ci33 the steady scenario's worker Pods drained 22-34 msg/s a
+# slot where one does 50; the operator read their idle slots as spare capacity, and the lag stayed above its
+# bound. A real node keeps its daemons in a cgroup of their own (systemd's system.slice): here
+# `lagpilot-host`, with kubepods' weight, so under contention the Pods get half of the machine and the host
+# the other half (CFS shares only count when both want more: an idle side leaves its half to the other).
+# Inside it, the stack's servers and the test run weigh the same, as their sessions did in the root cgroup:
+# otherwise the test run's many busy threads would outweigh the broker the Pods read from. The node's own
+# daemons stay in the root cgroup (outside_host_cgroup).
 CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 HOST_CGROUP = CPU_CGROUP_ROOT / "lagpilot-host"
+SERVERS_CGROUP = HOST_CGROUP / "servers"  # the broker, the control plane, Prometheus (what `up` starts)
+TESTS_CGROUP = HOST_CGROUP / "tests"      # a test run: hack/test.sh moves itself here ($LAGPILOT_TEST_CGROUP)
 
 
 def host_cgroup_supported() -> bool:
@@ -2015,22 +2020,25 @@ def host_cgroup_supported() -> bool:
 
 
 def enter_host_cgroup() -> None:
-    """Create the host cgroup (if a killed stack did not leave it) and move this process into it: every
-    service `up` starts from here on inherits it."""
+    """Create the host cgroups (if a killed stack did not leave them) and move this process into the servers'
+    one: every service `up` starts from here on inherits it."""
     if not host_cgroup_supported():
         return
     HOST_CGROUP.mkdir(exist_ok=True)
     (HOST_CGROUP / "cpu.shares").write_text(f"{1024 * (os.cpu_count() or 1)}\n")
-    move_into_host_cgroup([os.getpid()])
+    for child in (SERVERS_CGROUP, TESTS_CGROUP):
+        child.mkdir(exist_ok=True)
+        (child / "cpu.shares").write_text("1024\n")
+    move_into_servers_cgroup([os.getpid()])
 
 
-def move_into_host_cgroup(pids: Iterable[int]) -> None:
-    """Move processes (the services of an earlier `up`) into the host cgroup; one that has exited is skipped."""
-    if not HOST_CGROUP.exists():
+def move_into_servers_cgroup(pids: Iterable[int]) -> None:
+    """Move processes (the services of an earlier `up`) into the servers' cgroup; one that has exited is skipped."""
+    if not SERVERS_CGROUP.exists():
         return
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, OSError):
-            (HOST_CGROUP / "cgroup.procs").write_text(f"{pid}\n")
+            (SERVERS_CGROUP / "cgroup.procs").write_text(f"{pid}\n")
 
 
 @contextlib.contextmanager
@@ -2038,32 +2046,34 @@ def outside_host_cgroup() -> Iterator[None]:
     """Processes started meanwhile run in the root cgroup: the node's daemons (kubelet, containerd and the
     shims it starts, kube-proxy), as a node reserves CPU for them ahead of its workloads; there their
     threads (mostly idle, latency-bound: Pod starts, probes) are served before either side's."""
-    if not HOST_CGROUP.exists():
+    if not SERVERS_CGROUP.exists():
         yield
         return
     (CPU_CGROUP_ROOT / "cgroup.procs").write_text(f"{os.getpid()}\n")
     try:
         yield
     finally:
-        move_into_host_cgroup([os.getpid()])
+        move_into_servers_cgroup([os.getpid()])
 
 
 def remove_host_cgroup() -> None:
-    """`down`: whatever still runs in the host cgroup (a test run that joined it) goes back to the root cgroup,
-    and the cgroup is removed."""
-    if not HOST_CGROUP.exists():
-        return
-    for _ in range(5):
-        for line in (HOST_CGROUP / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError, OSError):
-                (CPU_CGROUP_ROOT / "cgroup.procs").write_text(f"{line}\n")
-        try:
-            HOST_CGROUP.rmdir()
-            return
-        except OSError:  # a process forked into it meanwhile: move that one too
-            time.sleep(0.1)
-    raise StackError(f"{HOST_CGROUP} still has processes after moving them to the root cgroup: "
-                     f"{(HOST_CGROUP / 'cgroup.procs').read_text().split()}")
+    """`down`: whatever still runs in the host cgroups (a test run that joined) goes back to the root cgroup,
+    and the cgroups are removed."""
+    for cgroup in (SERVERS_CGROUP, TESTS_CGROUP, HOST_CGROUP):
+        if not cgroup.exists():
+            continue
+        for _ in range(5):
+            for line in (cgroup / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    (CPU_CGROUP_ROOT / "cgroup.procs").write_text(f"{line}\n")
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:  # a process forked into it meanwhile: move that one too
+                time.sleep(0.1)
+        else:
+            raise StackError(f"{cgroup} still has processes after moving them to the root cgroup: "
+                             f"{(cgroup / 'cgroup.procs').read_text().split()}")
 
 
 def refuse_a_running_node_of_another_stack() -> None:
@@ -2424,7 +2434,7 @@ def env_lines() -> list[str]:
         f"export LAGPILOT_EXAMPLE_WORKER_IMAGE={node_images_table()['example-worker']}",
     ] if node_enabled() else []) + ([
         # hack/test.sh moves the test run into it (see enter_host_cgroup).
-        f"export LAGPILOT_HOST_CGROUP={HOST_CGROUP}",
+        f"export LAGPILOT_TEST_CGROUP={TESTS_CGROUP}",
     ] if host_cgroup_supported() else [])
 
 
@@ -2494,7 +2504,7 @@ def _up() -> None:
         with outside_host_cgroup():
             start_node_services()
         # Services that were already running (started by an `up` before the host cgroup existed) join it too.
-        move_into_host_cgroup(pid for service in SERVICES if (pid := running_pid(service.name)))
+        move_into_servers_cgroup(pid for service in SERVICES if (pid := running_pid(service.name)))
     (STATE / "env").write_text("\n".join(env_lines()) + "\n")
     log(f"stack is up; endpoints written to {STATE / 'env'}")
     print("\n".join(env_lines()))

@@ -70,11 +70,11 @@ echo "== tests (the other unit tests, integration, e2e)"
 # Not here: the 3-replica shard failover test (`make test-shards`). In one of two fresh-clone runs of
 # `make test` a resource waited 17.6 s after the kill against its bound of two polls (10 s); until that
 # is understood and fixed it would make `make test` fail at random (issue 17 stays open for it).
-# The test run joins the stack's host cgroup (hack/stack.py, enter_host_cgroup): with the broker and the
-# control plane, it weighs as much as all Pods together, instead of each of its threads as much as half of them.
-# Only now: the node's lifecycle tests above removed and re-created it.
-if [[ -n "${LAGPILOT_HOST_CGROUP:-}" && -d "$LAGPILOT_HOST_CGROUP" ]]; then
-  echo $$ > "$LAGPILOT_HOST_CGROUP/cgroup.procs"
+# The test run joins the stack's cgroup for tests (hack/stack.py, enter_host_cgroup): beside the stack's servers
+# in the host cgroup, which weighs as much as all Pods together. Only now: the node's lifecycle tests above
+# removed and re-created it.
+if [[ -n "${LAGPILOT_TEST_CGROUP:-}" && -d "$LAGPILOT_TEST_CGROUP" ]]; then
+  echo $$ > "$LAGPILOT_TEST_CGROUP/cgroup.procs"
 fi
 SECONDS=0
 "$VENV/bin/pytest" tests e2e -q -p no:cacheprovider -n "${LAGPILOT_TEST_WORKERS:-5}" --dist loadgroup \

@@ -232,14 +232,17 @@ def _cpu_cgroup(pid: int | str) -> str:
 
 
 def test_the_stack_runs_in_a_host_cgroup_that_weighs_as_much_as_all_pods(stack, namespace) -> None:  # type: ignore[no-untyped-def]
-    """Like a node's system.slice: the broker and the control plane share one cgroup beside `kubepods`, with
-    its weight; Pods run under `kubepods`; the node's daemons stay in the root cgroup, ahead of both."""
+    """Like a node's system.slice: the broker and the control plane (and a test run, hack/test.sh) share one
+    cgroup beside `kubepods`, with its weight; Pods run under `kubepods`; the node's daemons stay in the root
+    cgroup, ahead of both."""
     assert HOST_CGROUP.exists()
     kubepods = HOST_CGROUP.parent / "kubepods"
     assert (HOST_CGROUP / "cpu.shares").read_text() == (kubepods / "cpu.shares").read_text()
+    # Inside it the servers and a test run weigh the same.
+    assert (HOST_CGROUP / "servers" / "cpu.shares").read_text() == (HOST_CGROUP / "tests" / "cpu.shares").read_text()
     for name in ("kafka", "kube-apiserver", "etcd", "prometheus"):
         pid = (stack.stack_dir / "pids" / f"{name}.pid").read_text().strip()
-        assert _cpu_cgroup(pid) == "/lagpilot-host", name
+        assert _cpu_cgroup(pid) == "/lagpilot-host/servers", name
     for name in ("kubelet", "containerd", "kube-proxy"):
         pid = (stack.stack_dir / "pids" / f"{name}.pid").read_text().strip()
         assert _cpu_cgroup(pid) == "/", name
