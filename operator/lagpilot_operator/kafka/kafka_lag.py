@@ -206,6 +206,9 @@ class ClientLeases:
         return {key for key in keys if key is not None and self.users(key) == 0}
 
 
+RECONNECT_BACKOFF_MS = 1000
+
+
 class AdminClientPool:
     """One AdminClient per distinct (cluster, credentials); shared by every resource that uses it.
 
@@ -230,6 +233,10 @@ class AdminClientPool:
             if client is None:
                 config: dict[str, Any] = dict(settings)
                 config.setdefault("socket.timeout.ms", str(self._request_timeout_ms))
+                # librdkafka retried a refused connection every ~50 ms at its default (100), logging each
+                # failure: 20 log lines a second per client for one cluster that is down. A second between
+                # attempts costs a recovering cluster at most one second, less than a poll interval.
+                config.setdefault("reconnect.backoff.ms", str(RECONNECT_BACKOFF_MS))
                 config.setdefault("client.id", "lagpilot-operator")
                 created: list[int] = []
 
