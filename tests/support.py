@@ -359,9 +359,10 @@ def short_session(bootstrap: str, group: str, protocol: str) -> dict[str, str]:
     before any member joins; heartbeats every 2 s, as 5 s (the default) would leave two to a session."""
     if protocol == "classic":
         return {"LAGPILOT_KAFKA_SESSION_TIMEOUT_MS": str(SHORT_SESSION_MS)}
-    prefix = {"consumer": "consumer", "share": "share"}[protocol]
-    set_group_configs(bootstrap, group, {f"{prefix}.session.timeout.ms": str(SHORT_SESSION_MS),
-                                         f"{prefix}.heartbeat.interval.ms": "2000"})
+    if protocol not in ("consumer", "share"):
+        raise ValueError(f"no group protocol {protocol!r}: classic, consumer or share")
+    set_group_configs(bootstrap, group, {f"{protocol}.session.timeout.ms": str(SHORT_SESSION_MS),
+                                         f"{protocol}.heartbeat.interval.ms": "2000"})
     return {}
 
 
