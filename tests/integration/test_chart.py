@@ -183,6 +183,11 @@ def test_operator_pod_is_hardened(stack: Stack) -> None:
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # The startup probe covers the peering wait and kopf's start, so liveness cannot restart a starting replica.
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "health"}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 2 * values["peering"]["announceSeconds"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     env = {item["name"]: item for item in container["env"]}
@@ -352,7 +357,7 @@ def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack
                    check=True, timeout=30)
     (_, wait, run) = [line.split() for line in calls.read_text().splitlines()]
     assert [a for a in wait if a.startswith("--namespace=")] == ["--namespace=a", "--namespace=b"]
-    assert "--timeout=20" in wait  # the default
+    assert "--timeout=60" in wait  # the default
     calls.unlink()
     single = operator_container(render(stack, CHART, "--set", "peering.announceSeconds=1"))["args"][0]
     subprocess.run(["/bin/sh", "-c", single], env={**env, "LAGPILOT_RESTART_MARKER": str(tmp_path / "new")},
