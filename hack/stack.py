@@ -2006,9 +2006,9 @@ def up_node() -> None:
 # bound. A real node keeps its daemons in a cgroup of their own (systemd's system.slice): here
 # `lagpilot-host`, with kubepods' weight, so under contention the Pods get half of the machine and the host
 # the other half (CFS shares only count when both want more: an idle side leaves its half to the other).
-# Inside it, the stack's servers and the test run weigh the same, as their sessions did in the root cgroup:
-# otherwise the test run's many busy threads would outweigh the broker the Pods read from. The node's own
-# daemons stay in the root cgroup (outside_host_cgroup).
+# Inside it, the stack's servers (together) and the test run weigh the same: in one flat cgroup the test run's
+# many busy threads would outweigh the broker the Pods read from. The node's own daemons stay in the root
+# cgroup (outside_host_cgroup).
 CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 HOST_CGROUP = CPU_CGROUP_ROOT / "lagpilot-host"
 SERVERS_CGROUP = HOST_CGROUP / "servers"  # the broker, the control plane, Prometheus (what `up` starts)
