@@ -223,12 +223,13 @@ def _shims(stack_dir: Path) -> set[int]:
 HOST_CGROUP = Path("/sys/fs/cgroup/cpu/lagpilot-host")
 
 
-def _cpu_cgroup(pid: int | str) -> str:
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+def _cpu_cgroup(proc_cgroup: str) -> str:
+    """The cpu controller's path in a /proc/<pid>/cgroup text."""
+    for line in proc_cgroup.splitlines():
         _, controllers, path = line.split(":", 2)
         if "cpu" in controllers.split(","):
             return path
-    raise AssertionError(f"process {pid} has no cpu cgroup")
+    raise AssertionError(f"no cpu cgroup in {proc_cgroup!r}")
 
 
 def test_the_stack_runs_in_a_host_cgroup_that_weighs_as_much_as_all_pods(stack, namespace) -> None:  # type: ignore[no-untyped-def]
@@ -240,17 +241,18 @@ def test_the_stack_runs_in_a_host_cgroup_that_weighs_as_much_as_all_pods(stack, 
     assert (HOST_CGROUP / "cpu.shares").read_text() == (kubepods / "cpu.shares").read_text()
     # Inside it the servers and a test run weigh the same.
     assert (HOST_CGROUP / "servers" / "cpu.shares").read_text() == (HOST_CGROUP / "tests" / "cpu.shares").read_text()
+    def service_cgroup(name: str) -> str:
+        pid = (stack.stack_dir / "pids" / f"{name}.pid").read_text().strip()
+        return _cpu_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+
     for name in ("kafka", "kube-apiserver", "etcd", "prometheus"):
-        pid = (stack.stack_dir / "pids" / f"{name}.pid").read_text().strip()
-        assert _cpu_cgroup(pid) == "/lagpilot-host/servers", name
+        assert service_cgroup(name) == "/lagpilot-host/servers", name
     for name in ("kubelet", "containerd", "kube-proxy"):
-        pid = (stack.stack_dir / "pids" / f"{name}.pid").read_text().strip()
-        assert _cpu_cgroup(pid) == "/", name
+        assert service_cgroup(name) == "/", name
     name = unique_name("weights")
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(worker_pod(name, namespace, stack.node_images["worker"])))
     stack.kubectl("wait", "-n", namespace, f"pod/{name}", "--for=jsonpath={.status.phase}=Running", "--timeout=120s")
-    command = stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/proc/1/cgroup").stdout
-    cpu = next(line.split(":", 2)[2] for line in command.splitlines() if "cpu" in line.split(":", 2)[1].split(","))
+    cpu = _cpu_cgroup(stack.kubectl("exec", "-n", namespace, name, "--", "cat", "/proc/1/cgroup").stdout)
     # Inside the container its own cgroup reads as "/" with a cgroup namespace; otherwise the host path.
     assert cpu == "/" or cpu.startswith("/kubepods/"), cpu
 
