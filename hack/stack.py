@@ -2516,13 +2516,17 @@ def down() -> None:
 
 
 def _down() -> None:
+    # The host cgroups are machine-wide, like the node: only the stack whose node it is removes them (not a
+    # control-plane-only stack in another folder, which a test stops while the real one runs).
+    owns_node = node_enabled() and recorded_node_owner() in (None, node_dir().resolve())
     if running_pid("keda-operator") or running_pid("keda-adapter"):
         keda_down()  # before the apiserver goes: its APIService is removed too
     clear_node()  # the node first: its shims and mounts go while containerd still answers
     for service in reversed(SERVICES):
         stop_process(service.name)
     remove_kafka_data()  # in memory: gone with the broker, as everything else stack-up made
-    remove_host_cgroup()
+    if owns_node:
+        remove_host_cgroup()
     (STATE / "node-mode").unlink(missing_ok=True)
 
 

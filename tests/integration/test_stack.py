@@ -204,6 +204,9 @@ def test_stack_down_stops_what_it_started(tmp_path: Path, stack) -> None:  # typ
     subprocess.run([sys.executable, str(REPO / "hack" / "stack.py"), "down"], env=env, check=True, timeout=60)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
     assert not memory.exists(), "stack-down left the broker's in-memory data behind"
+    # The running stack's machine-wide host cgroup is not this stack's to remove.
+    host_cgroup = Path("/sys/fs/cgroup/cpu/lagpilot-host")
+    assert host_cgroup.exists() or not stack.node_images, "a control-plane-only stack's down removed the host cgroup"
 
 
 def test_the_broker_keeps_its_logs_in_memory(stack) -> None:  # type: ignore[no-untyped-def]
