@@ -271,7 +271,7 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
         late_run = _next_late_run(ctx, lag, consumers)
         late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=committed_time_lag_floor(ctx),
                            backlog=2 * busy_now)
-        growth, growth_notes = _read_growth(ctx, lag, consumers, late=late)
+        growth, growth_notes = _read_growth(ctx, lag, consumers, late=late, saturated_since=saturated_since)
         slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
         notes = (*notes, *growth_notes)
     return Throughput(consumers=consumers, busy=tuple(busy), saturated=saturated, saturated_since=saturated_since,
@@ -322,15 +322,16 @@ def drained_total(ctx: DecisionContext, lag: LagView) -> int:
                if p.committed is not None and (not stuck or (p.topic, p.partition) not in stuck))
 
 
-def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
-                 late: behind.Late | None) -> tuple[Growth, Notes]:
+def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *, late: behind.Late | None,
+                 saturated_since: float | None) -> tuple[Growth, Notes]:
     """The growth span after this poll, and the falling-behind and CPU-bound rules' readings of it.
 
     The span only runs at a settled shape: every consumer joined, none joined or left since the last
     poll (a rebalance's pause grows the lag and says nothing about capacity). A reading is capacity-limited
-    when the lag grew by more than the tolerance band of what was drained, or when the group is `late` (its
-    time lag grew past what commits alone can move it, with the lag): a deficit within the band is then
-    real, and what the slots drained is what they can drain.
+    when the lag grew by more than the tolerance band of what was drained, when the group is `late` (its
+    time lag grew past what commits alone can move it, with the lag), or when the backlog stayed above the
+    saturation bar for the whole span (every slot had work waiting all along): a deficit within the band is
+    then real, and what the slots drained is what they can drain.
     """
     memory, now, pool = ctx.memory, ctx.now, ctx.current_pool
     grew = (_settled_shape(ctx, consumers) and memory.last_lag is not None and lag.effective > memory.last_lag
@@ -341,7 +342,11 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
     reading = behind.read(span, now=now, drained=drained, lag=lag.effective)
     tolerance = ctx.config.tolerance_percent
     in_band = reading is not None and not reading.capacity_limited(tolerance, committed_time_lag_floor(ctx))
-    limited = reading if reading is not None and (late is not None or not in_band) else None
+    # Saturated since before the span began: a small deficit (pods a little short of CPU) is then no noise. Left
+    # in the band, it was never read, and a pool waiting for its reading held the group for a whole
+    # consume-rate window while the lag grew (the steady scenario on a busy node: 2 x 3 slots for 28 s).
+    saturated_all_along = span is not None and saturated_since is not None and saturated_since <= span.start
+    limited = reading if reading is not None and (late is not None or saturated_all_along or not in_band) else None
     pod_rate, ceiling = memory.pod_rate, memory.pool_ceiling
     notes: Notes = ()
     observed: float | None = None  # msg/s per slot this poll's reading says, when it overrules the estimate
@@ -360,8 +365,7 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
     if falling is not None:
         notes = (*notes, f"falling behind: lag grew at each of {falling.polls} polls over {falling.seconds:,.0f} s "
                          f"at this shape, draining {_rate(falling.rate)} of {_rate(falling.arrival)} msg/s arriving"
-                         + (f" (within the {tolerance}% band, but {_late_words(late)})"
-                            if in_band and late is not None else ""))
+                         + _in_band_words(tolerance, late, saturated_all_along=saturated_all_along, in_band=in_band))
         if observed is None:
             observed = falling.rate / (consumers * pool)
     # Growth beyond the pool last read (or, before any reading, beyond FREE_POOL_GROWTH x pool.initial)
@@ -371,6 +375,18 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *,
     growth = Growth(span=span, pod_rate=pod_rate, pool_ceiling=ceiling, behind=falling, unread_pool=unread,
                     ceiling_found=found, observed_slot_rate=observed)
     return growth, notes
+
+
+def _in_band_words(tolerance: int, late: behind.Late | None, *, saturated_all_along: bool, in_band: bool) -> str:
+    """Why a growth within the tolerance band still counts as falling behind (nothing when it was beyond it)."""
+    if not in_band:
+        return ""
+    if late is not None:
+        return f" (within the {tolerance}% band, but {_late_words(late)})"
+    if saturated_all_along:
+        return (f" (within the {tolerance}% band, but the backlog stayed above {SATURATION_BACKLOG_SECONDS:,.0f} s "
+                "of consumption all along)")
+    return ""
 
 
 def _overruled_slot_rate(growth: Growth, slot_rate: float | None,

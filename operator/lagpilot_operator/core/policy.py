@@ -59,7 +59,8 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
        `FALLING_BEHIND_POLLS` polls at one settled shape, by more than the floor, with the lag larger
        than at the run's start (falling_behind.LateRun). That finds a deficit the saturation bar
        (10 s of consumption) takes minutes to see, and a late run also makes the growth span's
-       reading count (falling_behind.py) when the lag grew by less than the tolerance band.
+       reading count (falling_behind.py) when the lag grew by less than the tolerance band. So does
+       a backlog above the saturation bar since before the span began: every slot had work waiting.
 4. Tolerance band (hysteresis): a raw recommendation within ±`tolerance_percent` (10 %) of current
    capacity is taken as "current" (HPA's rule), and after steps 5-6 a shrink smaller than that band
    is not made either, so a decaying window does not trickle out one pool change per poll. The band

@@ -13,6 +13,7 @@ import pytest
 from test_policy import FREE, NOW, WARM, observe, spread
 
 from lagpilot_operator.core import falling_behind as behind
+from lagpilot_operator.core import simulate
 from lagpilot_operator.core.decision_steps import DecisionContext, shape_for
 from lagpilot_operator.core.observations import LagSample, PartitionOffsets
 from lagpilot_operator.core.policy import (
@@ -263,3 +264,24 @@ def test_a_deficit_beyond_one_commit_interval_is_falling_behind() -> None:
     # The same climb carried on past a commit interval's arrivals (104 -> 300 msgs) is a deficit.
     decision = _keeping_up_at_3x4([100, 104, 170, 235, 300])
     assert "falling behind" in decision.reason and decision.replicas == 4, decision.reason
+
+
+def test_a_saturated_group_a_little_short_of_cpu_grows_without_waiting_a_consume_window() -> None:
+    # The steady scenario (e2e/test_steady.py) on a busy node: 150 msg/s of 2 ms CPU + 20 ms waiting on 4
+    # partitions, replicas 1-4, pool 1-4 (initial 1), 2 s polls, a 20 s drain target, and pods that get 0.14
+    # of a core, so 2 x 3 slots drain 140 msg/s: 7 % short, within the 10 % band. The lag grew past the
+    # saturation bar and kept growing, but the in-band reading was never taken, so the policy held 2 x 3 for
+    # 28 s "reading what pool 3 drains" until the consume-rate window measured the slots (41 s in).
+    model = simulate.WorldModel.with_cost(simulate.parse_cost("cpu=2ms,io=20ms"), partitions=4, pod_cpu=0.14,
+                                          commit_interval_seconds=1.0, startup_seconds=5.0)
+    trace = simulate.Trace("steady", (simulate.Segment(80.0, 150.0), simulate.Segment(30.0, 0.0)))
+    config = PolicyConfig(replicas=ReplicaBounds(min=1, max=4), pool=PoolBounds(min=1, max=4, initial=1),
+                          poll_interval_seconds=2, drain_time=DrainTimeConfig(target_drain_seconds=20))
+    result = simulate.run(trace, model, simulate.LagpilotController("drainTime", config))
+    demand = 150.0
+    enough = next(p.time for p in result.points
+                  if p.replicas * simulate.pod_throughput(model, p.pool) >= demand)
+    assert enough <= 20.0, result.reasons
+    # Read at pool 3 while saturated: a pod drained 70 msg/s, against 44 at pool 1, so pods are CPU-bound.
+    assert any("CPU-bound, more capacity goes to pods of pool ≤ 1" in reason for _, reason in result.reasons)
+    assert result.summary.unprocessed_at_end == 0
