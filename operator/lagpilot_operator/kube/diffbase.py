@@ -4,8 +4,11 @@ kopf builds a resource's *essence* (its spec, labels and annotations: what its c
 every watch event, and the stock `DiffBaseStorage.build` deep-copies the whole body before it drops the
 status. Our status (the policy's memory, the top partitions, the conditions) is most of a
 KafkaConsumerGroup, and every status write comes back as a watch event: in the fleet bench (200 groups)
-that copy was a tenth of the operator's CPU. The essence is the same; only the status is left out of the
-copy. A handler that asks for status fields (`extra_fields`) gets the stock build.
+that copy was a tenth of the operator's CPU. Of the metadata, the essence keeps only the labels and
+annotations, but the stock build copies all of it first, `managedFields` included (an entry per field
+manager, rewritten by every status write): a further ~8 % of the event loop's time at 200 groups. The
+essence is the same; only what it drops is left out of the copy. A handler that asks for other fields
+(`extra_fields`) gets the stock build.
 """
 
 from __future__ import annotations
@@ -23,5 +26,7 @@ class SpecDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         fields = list(extra_fields or ())
         if fields or "status" not in body:
             return super().build(body=body, extra_fields=fields)
-        without_status = cast(bodies.RawBody, {key: value for key, value in body.items() if key != "status"})
-        return super().build(body=bodies.Body(without_status))
+        meta = body.get("metadata") or {}
+        kept = {key: value for key, value in body.items() if key not in ("status", "metadata")}
+        kept["metadata"] = {key: meta[key] for key in ("labels", "annotations") if key in meta}
+        return super().build(body=bodies.Body(cast(bodies.RawBody, kept)))

@@ -20,6 +20,8 @@ BODY: dict[str, Any] = {
                         "lagpilot.io/last-handled-configuration": '{"spec":{"groupId":"old"}}\n',
                         "kubectl.kubernetes.io/last-applied-configuration": "{}"},
         "finalizers": ["lagpilot.io/finalizer"],
+        "managedFields": [{"manager": "kopf", "operation": "Update", "subresource": "status",
+                           "fieldsV1": {"f:status": {"f:totalLag": {}}}}],
     },
     "spec": {"groupId": "orders", "topics": ["orders"], "replicas": {"min": 1, "max": 8}},
     "status": {"totalLag": 1234, "policyMemory": {"lastTime": 1.0, "busy": [[1.0, 4]]},
