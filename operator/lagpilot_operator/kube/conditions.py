@@ -39,7 +39,10 @@ def set_condition(
     """
     if not condition_reason_ok(reason):
         raise ValueError(f"condition reason must be one CamelCase word, got {reason!r}")
-    timestamp = now if isinstance(now, str) else rfc3339(now)
+
+    def timestamp() -> str:  # formatted only for a transition: most polls change no condition
+        return now if isinstance(now, str) else rfc3339(now)
+
     result: list[Condition] = []
     found = False
     for existing in map(_as_condition, conditions):
@@ -53,12 +56,12 @@ def set_condition(
                 (status, reason, message, generation):
             result.append(existing)  # unchanged (most polls): the same immutable condition, not a new model
             continue
-        since = existing.last_transition_time if existing.status == status else timestamp
+        since = existing.last_transition_time if existing.status == status else timestamp()
         result.append(Condition(type=condition_type, status=status, reason=reason, message=message,
                                 last_transition_time=since, observed_generation=generation))
     if not found:
         result.append(Condition(type=condition_type, status=status, reason=reason, message=message,
-                                last_transition_time=timestamp, observed_generation=generation))
+                                last_transition_time=timestamp(), observed_generation=generation))
     return result
 
 
