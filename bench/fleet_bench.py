@@ -7,7 +7,10 @@ local stack's broker plus `--clusters - 1` single-node KRaft brokers this bench 
 (`e2e.node_backend.PrivateBroker`, the broker-outage scenario's recipe) and stops by pid at the end.
 
 Each group's offsets are committed at 0 (admin API) and every partition gets one record, so the lag is
-real; a steady low produce (`--produce-per-partition` records/s per partition) keeps it moving. Scale
+real; a steady low produce (`--produce-per-partition` records/s per partition) keeps it moving. Nobody
+consumes, so every lag and time lag grows (a young fleet of stopped groups); with `--keep-up` the bench
+commits every group's offsets at the log end once per interval, as consumers that keep up would (the
+groups still have no members), so the lags stay within one interval's records. Scale
 targets are Deployments created paused (`spec.paused`) whose Pods select no node: the operator reads
 and writes their scale like any Deployment's (its ready replicas are 0 either way), but a paused
 Deployment gets no ReplicaSet, so no Pod object is ever made and the controller-manager and scheduler
@@ -84,7 +87,7 @@ for extra in (REPO, REPO / "tests", REPO / "tests" / "integration" / "operator",
         sys.path.insert(0, str(extra))
 
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E402
 from kubernetes import client  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -151,6 +154,7 @@ class OperatorMetrics:
     errors: float = 0.0                                         # reconciles that hit an error
     total_lag: dict[str, float] = field(default_factory=dict)   # resource name -> lag its decision used
     kafka_requests: float | None = None                         # None: the version has no such metric
+    status_writes: dict[str, float] = field(default_factory=dict)  # reason -> status patches (versions with it)
 
 
 def parse_operator_metrics(text: str) -> OperatorMetrics:
@@ -158,8 +162,10 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
     # per resource from its first poll on.
     wanted = ("lagpilot_reconcile_duration_seconds_count", "lagpilot_consumergroup_total_lag{",
               "lagpilot_kafka_admin_requests_total{", "lagpilot_reconcile_errors_total{",
+              "lagpilot_status_writes_total{",
               "# TYPE lagpilot_reconcile_duration_seconds ", "# TYPE lagpilot_consumergroup_total_lag ",
-              "# TYPE lagpilot_kafka_admin_requests_total ", "# TYPE lagpilot_reconcile_errors_total ")
+              "# TYPE lagpilot_kafka_admin_requests_total ", "# TYPE lagpilot_reconcile_errors_total ",
+              "# TYPE lagpilot_status_writes_total ")
     found = OperatorMetrics()
     lines = "\n".join(line for line in text.splitlines() if line.startswith(wanted))
     for family in text_string_to_metric_families(lines):
@@ -172,6 +178,9 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
                 found.total_lag[sample.labels["name"]] = sample.value
             elif sample.name == "lagpilot_kafka_admin_requests_total":
                 found.kafka_requests = (found.kafka_requests or 0.0) + sample.value
+            elif sample.name == "lagpilot_status_writes_total":
+                reason = sample.labels["reason"]
+                found.status_writes[reason] = found.status_writes.get(reason, 0.0) + sample.value
     return found
 
 
@@ -225,6 +234,8 @@ def merge_metrics(per_replica: dict[str, OperatorMetrics], owner: dict[str, str]
         for name, lag in found.total_lag.items():
             if owner is None or owner.get(name) == identity:
                 merged.total_lag[name] = lag
+        for reason, count in found.status_writes.items():
+            merged.status_writes[reason] = merged.status_writes.get(reason, 0.0) + count
     return merged
 
 
@@ -389,6 +400,90 @@ class SteadyProducer(threading.Thread):
     def stop(self) -> None:
         self.pause()
         self.stopped.set()
+
+
+class KeepingUp(threading.Thread):
+    """`--keep-up`: every group's consumers keep up. Once per `interval` each cluster's log-end offsets are read
+    (one ListOffsets call for all its partitions) and every group's offsets are committed there (the admin
+    API; the groups have no members), as consumers that drain all and commit once per interval would: the
+    lag stays at the records of the last interval at most. pause()/resume() as the producer's."""
+
+    def __init__(self, fleet: list[Group], interval: float) -> None:
+        super().__init__(daemon=True)
+        self.groups = by_cluster(fleet)
+        self.admins = {cluster: AdminClient({"bootstrap.servers": cluster}) for cluster in self.groups}
+        self.interval = interval
+        self.running = threading.Event()
+        self.stopped = threading.Event()
+        self.idle = threading.Event()   # set while no round is under way
+        self.idle.set()
+        self.rounds = 0
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            if not self.running.wait(0.2):
+                continue
+            self.idle.clear()
+            try:
+                started = time.monotonic()
+                for cluster, groups in self.groups.items():
+                    commit_at_log_end(self.admins[cluster], groups)
+                self.rounds += 1
+            finally:
+                self.idle.set()
+            self.stopped.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def pause(self) -> None:
+        """No commit after this returns (a round under way is waited for)."""
+        self.running.clear()
+        self.idle.wait(120)
+
+    def resume(self) -> None:
+        self.running.set()
+
+    def stop(self) -> None:
+        self.pause()
+        self.stopped.set()
+
+
+def commit_at_log_end(admin: AdminClient, groups: list[Group], timeout: float = 30) -> None:
+    """Each group's committed offsets at its partitions' log ends, read once for all the groups."""
+    partitions = [TopicPartition(g.topic, p) for g in groups for p in range(g.partitions)]
+    ends = {(tp.topic, tp.partition): tp.offset for tp in end_offsets(admin, partitions, timeout)}
+    futures = [admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(
+        g.group_id, [TopicPartition(g.topic, p, ends[(g.topic, p)]) for p in range(g.partitions)])])[g.group_id]
+        for g in groups]
+    for future in futures:
+        future.result(timeout=timeout)
+
+
+def end_offsets(admin: AdminClient, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+    answers = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout)
+    return [TopicPartition(tp.topic, tp.partition, future.result(timeout=timeout).offset)
+            for tp, future in answers.items()]
+
+
+@dataclass
+class Traffic:
+    """What moves the fleet's offsets: the steady producer and, with `--keep-up`, the consumers' commits."""
+
+    producer: SteadyProducer
+    keeper: KeepingUp | None = None
+
+    def pause(self) -> None:
+        self.producer.pause()
+        if self.keeper is not None:
+            self.keeper.pause()
+
+    def resume(self) -> None:
+        self.producer.resume()
+        if self.keeper is not None:
+            self.keeper.resume()
+
+    def stop(self) -> None:
+        self.producer.stop()
+        if self.keeper is not None:
+            self.keeper.stop()
 
 
 # -- Kubernetes side -------------------------------------------------------------------------------
@@ -669,7 +764,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: 
 # -- one run ---------------------------------------------------------------------------------------
 
 
-def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, api: Any,
+def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any,
                 args: argparse.Namespace, work: Path) -> dict[str, Any]:
     namespace = f"{args.prefix}-{version.label}-{uuid.uuid4().hex[:5]}"
     names = {g.name for g in fleet}
@@ -764,6 +859,7 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
 
         shares = [share(replica) for replica in replicas]
         totals = fleet_totals(shares, window)
+        status_writes = deltas(merge_metrics(metrics0, None).status_writes, merge_metrics(metrics1, None).status_writes)
         cpu = totals["cpu_seconds"]
         result.update({
             "window_seconds": round(window, 1),
@@ -779,6 +875,8 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
             "namespace_changes_per_second": round(sum(changed.values()) / window, 3),
             "namespace_changes_by_kind": changed,
             "kafka_requests_per_second": totals["kafka_requests_per_second"],
+            # Why each status patch in the window was written (versions with lagpilot_status_writes_total).
+            "status_writes_by_reason": {k: int(v) for k, v in sorted(status_writes.items(), key=lambda kv: -kv[1])},
             "first_round_seconds": round(first_round, 1),
             "operator_replicas": len(replicas),
             "shards": len(replicas) if len(replicas) > 1 else None,
@@ -786,7 +884,7 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
             "shard_holders_unchanged_in_window": holders0 == holders1,
         })
         emit(event="steady", **result)
-        result["lag_change"] = lag_change(fleet, producer, operators, args)
+        result["lag_change"] = lag_change(fleet, traffic, operators, args)
         peaks = {r.identity: memory_kib(r.pid, "VmHWM") for r in replicas}
         shares = [dataclasses.replace(s, rss_kib_peak=float(peaks[s.identity])) for s in shares]
         result["rss_mib_peak"] = fleet_totals(shares, window)["rss_mib_peak"]
@@ -797,14 +895,15 @@ def run_version(version: Version, fleet: list[Group], producer: SteadyProducer, 
     finally:
         stop_operators(replicas)
         delete_namespace(api, namespace)
-        producer.resume()
+        traffic.resume()
 
 
-def lag_change(fleet: list[Group], producer: SteadyProducer, operators: Fleet,
+def lag_change(fleet: list[Group], traffic: Traffic, operators: Fleet,
                args: argparse.Namespace) -> dict[str, Any]:
     """Seconds from a burst to every partition until each resource's decision sees its lag grow by it
-    (several replicas: read from the replica holding the resource's shard)."""
-    producer.pause()
+    (several replicas: read from the replica holding the resource's shard). The producer and the
+    consumers' commits (`--keep-up`) stop first."""
+    traffic.pause()
     time.sleep(2 * args.interval + 1)    # every resource read the lag once the steady produce stopped
     holders = dict(operators.read_owners())
     baseline = operators.metrics().total_lag
@@ -909,6 +1008,9 @@ def main() -> int:
     parser.add_argument("--produce-per-partition", type=float, default=0.02,
                         help="steady records/s per partition (0.02: one record per group's topic and 5 s poll "
                              "at the default sizes)")
+    parser.add_argument("--keep-up", action="store_true",
+                        help="every group's consumers keep up: its offsets are committed at the log end once per "
+                             "interval (without it nobody consumes and every lag grows)")
     parser.add_argument("--burst", type=int, default=3, help="records to every partition for the lag change")
     parser.add_argument("--lag-change-timeout", type=float, default=120.0)
     parser.add_argument("--replicas", type=int, default=1,
@@ -937,7 +1039,7 @@ def main() -> int:
     run_versions = versions(args, work)
     brokers: list[Any] = []
     fleet: list[Group] = []
-    producer: SteadyProducer | None = None
+    traffic: Traffic | None = None
     started = time.monotonic()
     try:
         brokers = start_brokers(args.clusters - 1, work, args.broker_port_base)
@@ -948,17 +1050,21 @@ def main() -> int:
         produce_to_every_partition(fleet, 1)
         emit(event="fleet_ready", groups=len(fleet), clusters=clusters, partitions=sum(g.partitions for g in fleet),
              seconds=round(time.monotonic() - started, 1), brokers=broker_resources(brokers))
-        producer = SteadyProducer(fleet, args.produce_per_partition * sum(g.partitions for g in fleet))
-        producer.start()
-        producer.resume()
+        traffic = Traffic(SteadyProducer(fleet, args.produce_per_partition * sum(g.partitions for g in fleet)),
+                          KeepingUp(fleet, args.interval) if args.keep_up else None)
+        traffic.producer.start()
+        if traffic.keeper is not None:
+            traffic.keeper.start()
+        traffic.resume()
         runs = {}
         for version in run_versions:
             run_started = time.monotonic()
-            runs[version.label] = run_version(version, fleet, producer, api, args, work)
+            runs[version.label] = run_version(version, fleet, traffic, api, args, work)
             runs[version.label]["run_seconds"] = round(time.monotonic() - run_started, 1)
         summary = {"bench": "fleet", "groups": len(fleet), "clusters": len(clusters),
                    "partitions": sum(g.partitions for g in fleet), "interval_seconds": args.interval,
-                   "window_seconds": args.duration, "replicas": args.replicas, "runs": runs,
+                   "window_seconds": args.duration, "replicas": args.replicas, "keep_up": args.keep_up,
+                   "keeper_rounds": traffic.keeper.rounds if traffic.keeper is not None else None, "runs": runs,
                    "brokers": broker_resources(brokers), "total_seconds": round(time.monotonic() - started, 1),
                    "basis": "operator process CPU (all threads; several replicas: summed) / reconciles in the steady "
                             "window (summed); API writes "
@@ -967,8 +1073,8 @@ def main() -> int:
         print(json.dumps(summary), flush=True)
         return 0
     finally:
-        if producer is not None:
-            producer.stop()
+        if traffic is not None:
+            traffic.stop()
         if fleet:    # the extra brokers' topics go with their brokers
             delete_topics([g for g in fleet if g.cluster == os.environ["KAFKA_BOOTSTRAP_SERVERS"]])
         for broker in brokers:

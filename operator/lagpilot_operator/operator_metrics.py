@@ -54,6 +54,10 @@ SHARD_TAKEOVERS = Counter("lagpilot_shard_takeovers_total",
                           "Shard Leases this replica acquired (free, released or expired ones).")
 FENCED_RECONCILES = Counter("lagpilot_fenced_reconciles_total",
                             "Reconciles stopped before writing: the shard's term ended or a newer holder wrote.")
+# Why a status was written (`writes.status_write_reason`: `first`, `refresh`, or the status field that changed
+# enough): what drives a fleet's API writes. Not per resource, so a fleet of thousands adds a few series.
+STATUS_WRITES = Counter("lagpilot_status_writes_total", "Status patches written, by the field that made it news.",
+                        ("reason",))
 DLQ_MESSAGES = Gauge("lagpilot_dlq_messages", "Records held in a dead-letter or retry topic.", (*RESOURCE, "topic"))
 
 

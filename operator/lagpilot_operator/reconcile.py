@@ -183,6 +183,7 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
         try:
             await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
             state.written, state.written_at = status, now
+            metrics.STATUS_WRITES.labels(why).inc()
         except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
             log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
             metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()

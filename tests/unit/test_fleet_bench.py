@@ -72,6 +72,10 @@ lagpilot_reconcile_errors_total{kind="kafka",name="g-1",namespace="ns"} 2.0
 # TYPE lagpilot_kafka_admin_requests_total counter
 lagpilot_kafka_admin_requests_total{cluster="a:1",request="metadata"} 3.0
 lagpilot_kafka_admin_requests_total{cluster="b:1",request="offset_fetch"} 5.0
+# TYPE lagpilot_status_writes_total counter
+lagpilot_status_writes_total{reason="first"} 2.0
+lagpilot_status_writes_total{reason="maxTimeLagSeconds"} 11.0
+lagpilot_status_writes_created{reason="first"} 1.7e+09
 """
 
 
@@ -79,6 +83,7 @@ def test_the_operator_metrics_give_polls_errors_each_resources_lag_and_kafka_req
     found = bench.parse_operator_metrics(OPERATOR)
     assert (found.polls, found.errors, found.kafka_requests) == (42.0, 2.0, 8.0)
     assert found.total_lag == {"g-0": 7.0, "g-1": 0.0}
+    assert found.status_writes == {"first": 2.0, "maxTimeLagSeconds": 11.0}
 
 
 def test_an_operator_without_the_kafka_request_metric_reports_none(bench: ModuleType) -> None:

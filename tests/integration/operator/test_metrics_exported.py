@@ -186,6 +186,11 @@ def test_every_dashboard_and_alert_metric_is_exported_by_the_running_operator_an
         produce_rate = metric_value(operator_text, "lagpilot_consumergroup_produce_rate",
                                     {"namespace": namespace, "name": "orders"})
         assert produce_rate is not None and produce_rate > 0
+        # Each resource's first status patch, then the ones its news made (the scale-up's desiredReplicas).
+        writes = {s.labels["reason"]: s.value for s in metric_samples(operator_text)
+                  if s.name == "lagpilot_status_writes_total"}
+        assert writes.get("first") == 2, writes
+        assert sum(count for reason, count in writes.items() if reason != "first") >= 1, writes
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()
