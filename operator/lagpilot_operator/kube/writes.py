@@ -10,9 +10,9 @@ groups. The rules (docs/operator.md, "Writes"):
   failure run starting or ending (and its first 10 reads, then powers of two), and the policy's
   memory (except its timestamp refreshes).
 * Coarse: totalLag, topPartitions (its lags, not its order), time lags and rates are written when one
-  moves by at least `RELATIVE_CHANGE` (and an absolute floor) or reaches or leaves zero, and with any
-  other write; numbers inside lastDecision and condition messages, consecutiveLagFailures and the
-  memory's timestamp refreshes ride along.
+  moves by at least `RELATIVE_CHANGE` and an absolute floor (from zero too), totalLag also when it reaches
+  zero, and with any other write; numbers inside lastDecision and condition messages, why a hold holds
+  (`decision_wording`), consecutiveLagFailures and the memory's timestamp refreshes ride along.
 * At least every `refresh_seconds` (LAGPILOT_STATUS_REFRESH_SECONDS, default 300) the whole status
   is written, so nothing shown is older than that.
 
@@ -58,11 +58,24 @@ def wording(text: str) -> str:
     return _NUMBER.sub("#", text)
 
 
-def _moved(old: Any, new: Any, floor: float) -> bool:
+def decision_wording(text: str) -> str:
+    """What a decision's text says, for the write rules: a change, all of its wording; a hold, only what it
+    holds ("hold # replicas, pool #"). Why it holds follows the branch the policy took, and on a topic with
+    sparse traffic that alternates poll by poll ("no backlog and no production" / "backlog # msgs + # msg/s")
+    with nothing changed; it rides along with the next write (the fleet bench's groups that keep up wrote
+    on half their polls for it)."""
+    said = wording(text)
+    return said.split(":", 1)[0] if said.startswith("hold ") else said
+
+
+def _moved(old: Any, new: Any, floor: float, *, reaching_zero: bool = False) -> bool:
+    """Moved by the floor and by RELATIVE_CHANGE of the last value; with `reaching_zero` (the lag: the group caught
+    up), any move to zero too. Leaving zero is no exception: a group that keeps up with sparse traffic reads 0, 3,
+    0, 1 records, and time lags and rates to match, which is no news; a backlog of the floor is."""
     if not isinstance(old, int | float) or not isinstance(new, int | float):
         return bool(old != new)
-    if (old == 0) != (new == 0):
-        return True  # caught up, or a backlog again: news at once
+    if reaching_zero and new == 0 and old != 0:
+        return True
     delta = abs(float(new) - float(old))
     return delta >= floor and delta >= RELATIVE_CHANGE * abs(float(old))
 
@@ -105,7 +118,7 @@ def _failures_news(old: Any, new: Any) -> bool:
 def _conditions_key(conditions: Any) -> Any:
     if not isinstance(conditions, list):
         return conditions
-    return [(c.get("type"), c.get("status"), c.get("reason"), wording(str(c.get("message", ""))),
+    return [(c.get("type"), c.get("status"), c.get("reason"), decision_wording(str(c.get("message", ""))),
              c.get("observedGeneration"), c.get("lastTransitionTime")) if isinstance(c, dict) else c
             for c in conditions]
 
@@ -183,13 +196,14 @@ def status_write_reason(written: Mapping[str, Any] | None, written_at: float | N
         if old == value:
             continue
         if key in ABSOLUTE_FLOORS:
-            if _moved(old, value, ABSOLUTE_FLOORS[key]):
+            if _moved(old, value, ABSOLUTE_FLOORS[key], reaching_zero=key == "totalLag"):
                 return key
         elif key == "topPartitions":
             if _top_moved(old, value):
                 return key
         elif key in TEXT_FIELDS:
-            if not isinstance(old, str) or not isinstance(value, str) or wording(old) != wording(value):
+            if not isinstance(old, str) or not isinstance(value, str) or \
+                    decision_wording(old) != decision_wording(value):
                 return key
         elif key == "conditions":
             if _conditions_key(old) != _conditions_key(value):

@@ -16,6 +16,7 @@ from lagpilot_operator.core.policy import PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.kube.writes import (
     EventMemory,
     contained,
+    decision_wording,
     deployment_patch,
     memory_refresh_only,
     resume_memory,
@@ -67,8 +68,16 @@ def test_numbers_move_coarsely() -> None:
     assert status_write_reason(status(), 100.0, quiet, 105.0) is None
     assert status_write_reason(status(), 100.0, status(totalLag=1400), 105.0) == "totalLag"
     assert status_write_reason(status(totalLag=200), 100.0, status(totalLag=250), 105.0) is None  # under the floor
-    assert status_write_reason(status(totalLag=0), 100.0, status(totalLag=5), 105.0) == "totalLag"  # leaves zero
+    # Leaving zero is no exception to the floor: sparse traffic that a group keeps up with reads 0, 5, 0 records.
+    assert status_write_reason(status(totalLag=0), 100.0, status(totalLag=5), 105.0) is None
+    assert status_write_reason(status(totalLag=0), 100.0, status(totalLag=150), 105.0) == "totalLag"  # a backlog
     assert status_write_reason(status(totalLag=80), 100.0, status(totalLag=0), 105.0) == "totalLag"  # caught up
+    # Nor for rates and time lags (the lag reaching zero says the group caught up).
+    assert status_write_reason(status(consumeRatePerSecond=0.0), 100.0, status(consumeRatePerSecond=0.33),
+                               105.0) is None
+    assert status_write_reason(status(consumeRatePerSecond=0.33), 100.0, status(consumeRatePerSecond=0.0),
+                               105.0) is None
+    assert status_write_reason(status(maxTimeLagSeconds=4.0), 100.0, status(maxTimeLagSeconds=0.0), 105.0) is None
     assert status_write_reason(status(), 100.0, status(consumeRatePerSecond=30.0), 105.0) == "consumeRatePerSecond"
     assert status_write_reason(status(), 100.0, status(topPartitions=[{"topic": "t", "partition": 1, "lag": 600}]),
                                105.0) == "topPartitions"
@@ -93,6 +102,24 @@ def test_numbers_move_coarsely() -> None:
                                105.0) == "consecutiveLagFailures"
     assert status_write_reason(status(consecutiveLagFailures=3), 100.0, status(), 105.0) == "consecutiveLagFailures"
     assert wording("hold 2x8: lag 1,250.5 in 30 s") == "hold #x#: lag # in # s"
+
+
+def test_why_a_hold_holds_rides_along_and_what_it_holds_does_not() -> None:
+    # A sparse topic: the policy's explanation alternates between branches at every record, nothing changed.
+    idle = "hold 1 replica, pool 8: no backlog and no production (0.0 msg/s)"
+    trickle = "hold 1 replica, pool 8: backlog 5 msgs + 0.3 msg/s (+20%), per-slot throughput not measured yet"
+    assert decision_wording(idle) == decision_wording(trickle) == "hold # replica, pool #"
+    ready = status()["conditions"][0]
+    before = status(lastDecision=idle, conditions=[{**ready, "message": idle}])
+    after = status(lastDecision=trickle, conditions=[{**ready, "message": trickle}])
+    assert status_write_reason(before, 100.0, after, 105.0) is None
+    # Holding another shape, or a change, is news at once; so is any other message's wording.
+    assert status_write_reason(before, 100.0, status(lastDecision="hold 2 replicas, pool 8: ...",
+                                                     conditions=[{**ready, "message": idle}]), 105.0) == "lastDecision"
+    grow = "grow pool 8→16 on 1 replica: lag 900 msgs growing"
+    assert decision_wording(grow) == wording(grow)
+    assert status_write_reason(before, 100.0, status(lastDecision=idle, conditions=[{**ready, "message": grow}]),
+                               105.0) == "conditions"
 
 
 def steady(config: PolicyConfig, polls: int) -> list[PolicyMemory]:
