@@ -418,6 +418,7 @@ class KeepingUp(threading.Thread):
         self.idle = threading.Event()   # set while no round is under way
         self.idle.set()
         self.rounds = 0
+        self.failures: list[str] = []  # a cluster's round that failed (its groups then fell behind for a round)
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -427,7 +428,10 @@ class KeepingUp(threading.Thread):
             try:
                 started = time.monotonic()
                 for cluster, groups in self.groups.items():
-                    commit_at_log_end(self.admins[cluster], groups)
+                    try:
+                        commit_at_log_end(self.admins[cluster], groups)
+                    except Exception as exc:  # reported in the summary, not a dead thread measured as keeping up
+                        self.failures.append(f"{cluster}: {exc}")
                 self.rounds += 1
             finally:
                 self.idle.set()
@@ -479,6 +483,12 @@ class Traffic:
         self.producer.resume()
         if self.keeper is not None:
             self.keeper.resume()
+
+    def start(self) -> None:
+        self.producer.start()
+        if self.keeper is not None:
+            self.keeper.start()
+        self.resume()
 
     def stop(self) -> None:
         self.producer.stop()
@@ -1052,10 +1062,7 @@ def main() -> int:
              seconds=round(time.monotonic() - started, 1), brokers=broker_resources(brokers))
         traffic = Traffic(SteadyProducer(fleet, args.produce_per_partition * sum(g.partitions for g in fleet)),
                           KeepingUp(fleet, args.interval) if args.keep_up else None)
-        traffic.producer.start()
-        if traffic.keeper is not None:
-            traffic.keeper.start()
-        traffic.resume()
+        traffic.start()
         runs = {}
         for version in run_versions:
             run_started = time.monotonic()
@@ -1064,7 +1071,9 @@ def main() -> int:
         summary = {"bench": "fleet", "groups": len(fleet), "clusters": len(clusters),
                    "partitions": sum(g.partitions for g in fleet), "interval_seconds": args.interval,
                    "window_seconds": args.duration, "replicas": args.replicas, "keep_up": args.keep_up,
-                   "keeper_rounds": traffic.keeper.rounds if traffic.keeper is not None else None, "runs": runs,
+                   "keeper_rounds": traffic.keeper.rounds if traffic.keeper is not None else None,
+                   "keeper_failures": traffic.keeper.failures[:10] if traffic.keeper is not None else None,
+                   "runs": runs,
                    "brokers": broker_resources(brokers), "total_seconds": round(time.monotonic() - started, 1),
                    "basis": "operator process CPU (all threads; several replicas: summed) / reconciles in the steady "
                             "window (summed); API writes "
