@@ -361,7 +361,8 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *, late: be
                      f"msg/s with work waiting: CPU-bound, more capacity goes to pods of pool ≤ {ceiling}",)
             pod_rate = previous  # the reading at the ceiling is what pods are sized by from now on
             observed = previous[1] / previous[0]
-    falling = limited if limited is not None and limited.polls >= behind.FALLING_BEHIND_POLLS else None
+    falling = limited if limited is not None and limited.polls >= behind.FALLING_BEHIND_POLLS \
+        and limited.seconds >= behind.FALLING_BEHIND_SECONDS else None
     if falling is not None:
         notes = (*notes, f"falling behind: lag grew at each of {falling.polls} polls over {falling.seconds:,.0f} s "
                          f"at this shape, draining {_rate(falling.rate)} of {_rate(falling.arrival)} msg/s arriving"

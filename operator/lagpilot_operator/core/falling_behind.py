@@ -19,12 +19,14 @@ deficit.
 
 Two rules use it (decision_steps):
 
-* **Falling behind**: a capacity-limited span of at least `FALLING_BEHIND_POLLS` polls. The drained rate
+* **Falling behind**: a capacity-limited span of at least `FALLING_BEHIND_POLLS` polls and
+  `FALLING_BEHIND_SECONDS`. The drained rate
   per busy slot then caps the per-slot estimate, the arrival rate floors the produce rate, and capacity
   grows (the step limits, the stabilization windows and the bounds still apply).
 * **CPU-bound pool**: per-pod readings are remembered with their pool; a reading at a bigger pool whose
   pods drained less than `POOL_GAIN_SHARE` of the gain its added slots should give (in proportion) sets a
-  *pool ceiling* at the smaller pool: more capacity goes to pods of that pool (`shape_for`).
+  *pool ceiling* at the smaller pool: more capacity goes to pods of that pool (`shape_for`). Pods that
+  drained clearly less at the bigger pool (`POOL_DROP_SHARE`) were slowed by something else: no ceiling.
 
 With a time-lag target, a third reading looks at the time lag instead of the lag: a *late run* (`LateRun`)
 is a run of polls at one settled shape at each of which the time lag was above its target and had grown.
@@ -42,8 +44,15 @@ import math
 from dataclasses import astuple, dataclass, fields, replace
 from typing import ClassVar, Self
 
-FALLING_BEHIND_POLLS = 3  # polls of growth at one shape before the estimate is overruled (hysteresis)
+FALLING_BEHIND_POLLS = 3  # polls of growth at one shape before the estimate is overruled (hysteresis)...
+# ...lasting this long too: at 2 s polls three polls are 6 s, and a busy node stalls a group that keeps up for
+# that long (the steady scenario in CI: 8 s of growth, then the lag went back down). At the default 5 s
+# polls three polls are 15 s already.
+FALLING_BEHIND_SECONDS = 10.0
 POOL_GAIN_SHARE = 0.5     # a bigger pool that adds less than half its proportional throughput is CPU-bound
+# A bigger pool whose pods drained less than this share of what the smaller pool's did: not a CPU limit (at
+# worst a bigger pool drains the same) but pods slowed by something else, a busy node or another workload.
+POOL_DROP_SHARE = 0.9
 
 
 class _Numbers:
@@ -127,11 +136,15 @@ def pool_ceiling(previous: tuple[int, float] | None, pool: int, per_pod: float,
 
     `previous` is the last reading (pool, msg/s per pod). A bigger pool that added less than
     POOL_GAIN_SHARE of its proportional gain marks the smaller pool as the ceiling; a bigger pool that did
-    add it lifts a ceiling below it (the workload changed).
+    add it lifts a ceiling below it (the workload changed). A bigger pool whose pods drained less than
+    POOL_DROP_SHARE of the smaller pool's rate says nothing about a ceiling: more slots do not slow a
+    CPU-bound pod down, something else did.
     """
     if previous is None or not previous[0] < pool or previous[1] <= 0 or not math.isfinite(per_pod):
         return ceiling, False
     smaller, rate = previous
+    if per_pod < POOL_DROP_SHARE * rate:
+        return ceiling, False
     expected_gain = rate * (pool / smaller - 1)
     if per_pod - rate < POOL_GAIN_SHARE * expected_gain:
         return (smaller if ceiling is None else min(ceiling, smaller)), True

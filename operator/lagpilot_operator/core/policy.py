@@ -61,6 +61,8 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
        (10 s of consumption) takes minutes to see, and a late run also makes the growth span's
        reading count (falling_behind.py) when the lag grew by less than the tolerance band. So does
        a backlog above the saturation bar since before the span began: every slot had work waiting.
+       Falling behind also needs the growth to have lasted `FALLING_BEHIND_SECONDS` (at 2 s polls three
+       polls are as long as a busy node stalls a group that keeps up).
 4. Tolerance band (hysteresis): a raw recommendation within ±`tolerance_percent` (10 %) of current
    capacity is taken as "current" (HPA's rule), and after steps 5-6 a shrink smaller than that band
    is not made either, so a decaying window does not trickle out one pool change per poll. The band
