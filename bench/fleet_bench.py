@@ -415,8 +415,7 @@ class KeepingUp(threading.Thread):
         self.interval = interval
         self.running = threading.Event()
         self.stopped = threading.Event()
-        self.idle = threading.Event()   # set while no round is under way
-        self.idle.set()
+        self.round_lock = threading.Lock()  # held for a round: pause() waits for it, a round checks `running` in it
         self.rounds = 0
         self.failures: list[str] = []  # a cluster's round that failed (its groups then fell behind for a round)
 
@@ -424,23 +423,23 @@ class KeepingUp(threading.Thread):
         while not self.stopped.is_set():
             if not self.running.wait(0.2):
                 continue
-            self.idle.clear()
-            try:
-                started = time.monotonic()
+            started = time.monotonic()
+            with self.round_lock:
+                if not self.running.is_set():  # paused between the wait and the lock: no round after pause()
+                    continue
                 for cluster, groups in self.groups.items():
                     try:
                         commit_at_log_end(self.admins[cluster], groups)
                     except Exception as exc:  # reported in the summary, not a dead thread measured as keeping up
                         self.failures.append(f"{cluster}: {exc}")
                 self.rounds += 1
-            finally:
-                self.idle.set()
             self.stopped.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def pause(self) -> None:
         """No commit after this returns (a round under way is waited for)."""
         self.running.clear()
-        self.idle.wait(120)
+        with self.round_lock:
+            pass
 
     def resume(self) -> None:
         self.running.set()

@@ -62,8 +62,8 @@ def decision_wording(text: str) -> str:
     """What a decision's text says, for the write rules: a change, all of its wording; a hold, only what it
     holds ("hold # replicas, pool #"). Why it holds follows the branch the policy took, and on a topic with
     sparse traffic that alternates poll by poll ("no backlog and no production" / "backlog # msgs + # msg/s")
-    with nothing changed; it rides along with the next write (the fleet bench's groups that keep up wrote
-    on half their polls for it)."""
+    with nothing changed; it rides along with the next write (the fleet bench's 200 groups that keep up wrote
+    on a fifth of their polls for it)."""
     said = wording(text)
     return said.split(":", 1)[0] if said.startswith("hold ") else said
 
