@@ -11,7 +11,7 @@ help:
 	@echo "make dev         bring the local stack up, apply crds/, run the operator (kopf run) in the foreground"
 	@echo "make test        install everything, bring the stack up, run lint + unit + integration + e2e tests"
 	@echo "make test-node   start the stack with the real node (root) and run its tests"
-	@echo "make test-shards run the 3-replica shard failover test alone (not in make test yet)"
+	@echo "make test-shards run the 3-replica shard failover test alone (make test runs it too)"
 	@echo "make stack-up    start Kafka, the Kubernetes control plane and Prometheus; prints export lines"
 	@echo "make stack-down  stop every process of the local stack"
 	@echo "make bench       build KEDA (first time), then run the benchmarks (JSON out; BENCH_ONLY='share compare' runs some)"
@@ -88,7 +88,7 @@ test-node: venv
 	@$(STACK) up >/dev/null
 	$(VENV)/bin/pytest tests/integration/test_real_node.py -q -p no:cacheprovider
 
-# The 3-replica shard failover test, alone (not in `make test` yet: see hack/test.sh).
+# The 3-replica shard failover test, alone (`make test` runs it among the integration tests).
 test-shards: venv
 	@$(STACK) up >/dev/null
 	$(VENV)/bin/pytest tests/integration/operator/test_operator_shards.py -q -p no:cacheprovider -m shard_failover

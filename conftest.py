@@ -126,8 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.register_profile("ci", derandomize=True)
         settings.load_profile("ci")
     # Here, not in pyproject.toml's markers: pyproject.toml is part of the images' content hash.
-    config.addinivalue_line("markers", "shard_failover: the 3-replica shard failover test; not in `make test` "
-                            "until it holds under its load (`make test-shards` runs it alone)")
+    config.addinivalue_line("markers", "shard_failover: the 3-replica shard failover test (`make test-shards` "
+                            "runs it alone)")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
