@@ -26,9 +26,11 @@ the operator integration tests run it), so it sees nothing of other users of the
 3. the operator starts; once every resource has reconciled once, `--warmup` s more;
 4. the steady window (`--duration` s): operator CPU / polls (the sum of its
    `lagpilot_reconcile_duration_seconds_count`), RSS (median of 1 s samples; the peak is VmHWM over
-   the whole run), API writes/s (deltas of the apiserver's `apiserver_request_total` for POST, PUT,
-   PATCH and DELETE on the kinds the operator writes: kafkaconsumergroups and their status,
-   deployments and their scale, events, configmaps; cluster-wide, so minus the noise rate),
+   the whole run; `rss_mib_max_sampled_by_phase`: the highest 1 s sample of the first round, the
+   warmup, the window and the lag change, to see where the peak comes from), API writes/s (deltas
+   of the apiserver's `apiserver_request_total` for POST, PUT, PATCH and DELETE on the kinds the
+   operator writes: kafkaconsumergroups and their status, deployments and their scale, events,
+   configmaps; cluster-wide, so minus the noise rate),
    and the exact changes to objects in the bench's namespace (watch events of kafkaconsumergroups,
    deployments, events, configmaps and leases there: writes that changed something, no other user's),
    Kafka requests/s (`lagpilot_kafka_admin_requests_total`; versions without it report null);
@@ -833,6 +835,7 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
 
         first_round = shards_seconds + wait_until(every_resource_polled, args.warmup_timeout,
                                                   "every resource's first reconcile", 5)
+        polled_at = time.monotonic()
         emit(event="first_round", version=version.label, seconds=round(first_round, 1),
              replicas=len(replicas), shards_balanced_seconds=round(shards_seconds, 1))
         time.sleep(args.warmup)
@@ -895,6 +898,12 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         emit(event="steady", **result)
         result["lag_change"] = lag_change(fleet, traffic, operators, args)
         peaks = {r.identity: memory_kib(r.pid, "VmHWM") for r in replicas}
+        # Where the peak comes from: the highest 1 s sample of each phase (summed over the replicas).
+        phases = {"first_round": (launched, polled_at), "warmup": (polled_at, t0), "steady": (t0, t1),
+                  "lag_change": (t1, time.monotonic())}
+        result["rss_mib_max_sampled_by_phase"] = {
+            phase: round(sum(max(r.sampler.between(*span), default=0) for r in replicas if r.sampler) / 1024, 1)
+            for phase, span in phases.items()}
         shares = [dataclasses.replace(s, rss_kib_peak=float(peaks[s.identity])) for s in shares]
         result["rss_mib_peak"] = fleet_totals(shares, window)["rss_mib_peak"]
         result["per_replica"] = [replica_report(s, window) for s in shares]

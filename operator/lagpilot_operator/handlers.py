@@ -1,7 +1,8 @@
 """The kopf module (`kopf run -m lagpilot_operator.handlers`): thin handlers around `reconcile`.
 
-One daemon per KafkaConsumerGroup reconciles every `spec.lag.pollIntervalSeconds`, start to start (read
-anew each round, so a spec edit applies without a restart). kopf keeps a finalizer on every resource so
+One daemon per KafkaConsumerGroup reconciles every `spec.lag.pollIntervalSeconds` (read anew each round,
+so a spec edit applies without a restart): right after its Kafka cluster's paced read when it reads a
+consumer group's lag there, else start to start. kopf keeps a finalizer on every resource so
 the loop is stopped before the object goes; the dead-letter topics are deleted then only for
 resources whose `deadLetter.deletionPolicy` is `Delete`.
 """
@@ -170,6 +171,21 @@ def pause_before_next_poll(interval: float, reconcile_seconds: float) -> float:
     return max(interval - reconcile_seconds, interval / 10)
 
 
+async def _wait_for_next_poll(stopped: kopf.DaemonStopped, owner: tuple[str, str], interval: float,
+                              started: float) -> None:
+    """Until the resource polls again: right after its Kafka cluster's next paced read when it reads a
+    consumer group's lag there (`ClusterObservers.next_poll`), else the rest of its interval. The stop ends
+    the wait; so do three intervals without a paced read (a read that never ends, a bug): it polls then."""
+    paced = SHARED.cluster_reads.next_poll(owner, interval, started)
+    if paced is None:
+        await stopped.wait(pause_before_next_poll(interval, time.monotonic() - started))
+        return
+    waits = {asyncio.ensure_future(paced), asyncio.ensure_future(stopped.wait(3 * interval))}
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+
+
 @kopf.daemon(models.GROUP, models.VERSION, models.PLURAL, cancellation_timeout=10)
 async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     state = reconcile.ResourceState()
@@ -205,7 +221,7 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
                 if KEEPER is not None:
                     KEEPER.leave(namespace, name)
             logger.debug("reconciled: %s", status.get("lastDecision"))
-            await stopped.wait(pause_before_next_poll(interval, time.monotonic() - started))
+            await _wait_for_next_poll(stopped, (namespace, name), interval, started)
     finally:
         # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
         await reconcile.forget(state, SHARED, namespace, name)

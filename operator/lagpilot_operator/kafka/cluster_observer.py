@@ -12,10 +12,17 @@ groups; the operator does the same:
   listing offsets for a single consumer group only"), so the groups' OffsetFetch calls are all sent
   before any answer is awaited: they run concurrently, one request per group.
 * `ClusterObserver` (one per cluster connection: bootstrap servers and credentials, the key of the
-  `AdminClientPool`) coalesces the resources' reads: a resource takes its sample from a read younger than
-  half its poll interval, or joins a read under way that covers its group and topics, or else starts a
-  read for every resource registered on the cluster (after a short gathering delay when the resource is
-  new there, so the resources starting together at the operator's start share their first read).
+  `AdminClientPool`) coalesces the resources' reads: a resource takes its sample from a read answered
+  less than half its poll interval ago, or joins a read under way that covers its group and topics, or
+  else starts a read for every resource registered on the cluster (after a short gathering delay when the
+  resource is new there, so the resources starting together at the operator's start share their first
+  read).
+* It also paces them. Once a resource has polled, its next polls follow the cluster's paced reads: one
+  read of the whole cluster every interval, at fixed instants (`cluster_reads.next_tick`, each cluster
+  at its own phase), and every resource with that interval decides right after it is answered
+  (`next_poll`). So a lag change reaches every resource's decision at the first read after it, and no
+  resource takes a read that is most of an interval old because its own poll fell just before the
+  cluster's next read.
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -25,9 +32,12 @@ resources on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import functools
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +54,9 @@ from lagpilot_operator.kafka.cluster_reads import (
     all_topics,
     covers,
     fresh_enough,
+    next_tick,
     sample_for,
+    tick_phase,
     wanted_union,
 )
 from lagpilot_operator.kafka.heap_trim import HeapTrimmer, libc_malloc_trim
@@ -155,18 +167,36 @@ class _Flight:
 
 
 @dataclass
+class _Tick:
+    """The next paced read of one interval: when it starts (monotonic), and set once it is answered."""
+
+    at: float
+    answered: asyncio.Future[None]
+
+
+@dataclass
 class ClusterObserver:
-    """The coalesced reads of one cluster connection, for the resources registered on it."""
+    """The coalesced and paced reads of one cluster connection, for the resources registered on it."""
 
     read: Callable[[Wanted], ClusterRead]
     """Blocking: runs in a thread."""
     gather_seconds: float = GATHER_SECONDS
     clock: Callable[[], float] = time.time
+    phase_of: Callable[[float], float] = lambda _interval: 0.0
+    """Where in an interval of that many seconds this cluster's paced reads start (`tick_phase`)."""
+    monotonic: Callable[[], float] = time.monotonic
     _wants: dict[Hashable, Want] = field(default_factory=dict)
+    _intervals: dict[Hashable, float] = field(default_factory=dict)
+    """Per owner, its poll interval as of its last sample."""
     _taken: dict[Hashable, float] = field(default_factory=dict)
     """Per owner, the time of the read its last sample came from."""
+    _paced: dict[Hashable, float] = field(default_factory=dict)
+    """Per owner, the interval of the paced read it last waited for."""
     _latest: ClusterRead | None = None
     _flights: list[_Flight] = field(default_factory=list)
+    _ticks: dict[float, _Tick] = field(default_factory=dict)
+    """Per interval, its next paced read."""
+    _pacers: dict[float, asyncio.Task[None]] = field(default_factory=dict)
 
     async def sample(self, owner: Hashable, want: Want, interval_seconds: float) -> LagSample:
         """`owner`'s sample (raises its `LagReadError`); registers `want` for the reads to come."""
@@ -176,15 +206,73 @@ class ClusterObserver:
         # adds no delay.
         gather = self.gather_seconds if self._wants.get(owner) != want else 0.0
         self._wants[owner] = want
+        self._intervals[owner] = interval_seconds
         read = await self._read_for(want, interval_seconds, self._taken.get(owner), gather)
         self._taken[owner] = read.time
         return sample_for(read, want)
 
+    async def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float) -> None:
+        """Returns when `owner` (registered by a sample) polls next: once the cluster's next paced read for
+        its interval is answered. Its first paced read (or the first after a change of interval) starts
+        at least half an interval after `poll_started` (monotonic), so a resource that just polled off
+        the pace does not poll again at once; after that, it is always the next read not answered yet,
+        however long the read or the resource's own reconcile took (an overrun waits for the next)."""
+        not_before = -float("inf") if self._paced.get(owner) == interval_seconds else \
+            poll_started + interval_seconds / 2
+        while True:
+            tick = self._tick(interval_seconds)
+            # asyncio.wait, not await: a tick cancelled with its pacer (the cluster left) ends the wait, and
+            # the caller's cancellation does not reach the tick shared with the other resources.
+            await asyncio.wait([tick.answered])
+            if tick.at >= not_before or owner not in self._wants:
+                break
+        self._paced[owner] = interval_seconds
+
     def release(self, owner: Hashable) -> bool:
         """`owner` reads elsewhere or is gone; True when nobody is left on this cluster."""
         self._wants.pop(owner, None)
+        self._intervals.pop(owner, None)
         self._taken.pop(owner, None)
-        return not self._wants
+        self._paced.pop(owner, None)
+        if self._wants:
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        """Stop pacing: nobody reads this cluster any more (the waiting resources are let go)."""
+        for pacer in self._pacers.values():
+            pacer.cancel()
+
+    def _tick(self, interval: float) -> _Tick:
+        tick = self._ticks.get(interval)
+        if tick is None:
+            loop = asyncio.get_running_loop()
+            tick = self._ticks[interval] = _Tick(next_tick(self.monotonic(), interval, self.phase_of(interval)),
+                                                 loop.create_future())
+            self._pacers[interval] = asyncio.create_task(self._pace(interval))
+        return tick
+
+    async def _pace(self, interval: float) -> None:
+        """One read of the cluster for everybody at each tick of `interval`, while a resource polls at it."""
+        tick = self._ticks[interval]
+        try:
+            while interval in self._intervals.values():
+                await asyncio.sleep(max(0.0, tick.at - self.monotonic()))
+                # A bug in the read (raised) is reported by each resource's own sample, which reads again.
+                with contextlib.suppress(Exception):
+                    await self._read_for_everyone()
+                # The next tick is in place before the waiters wake, so each waits for a read still to come.
+                at = next_tick(self.monotonic(), interval, self.phase_of(interval))
+                done = tick
+                tick = _Tick(at if at > done.at else at + interval, asyncio.get_running_loop().create_future())
+                self._ticks[interval] = tick
+                done.answered.set_result(None)
+        finally:
+            del self._ticks[interval]
+            del self._pacers[interval]
+            if not tick.answered.done():
+                tick.answered.set_result(None)
 
     async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
                         gather_seconds: float) -> ClusterRead:
@@ -195,16 +283,29 @@ class ClusterObserver:
             if flight.wanted is None or covers(flight.wanted, want):
                 # Shielded: one resource's loop being cancelled must not cancel the others' read.
                 return await asyncio.shield(flight.result)
+        return await asyncio.shield(self._start_flight(gather_seconds).result)
+
+    async def _read_for_everyone(self) -> None:
+        """A paced read: joins a read under way that covers every resource, or starts one at once."""
+        wants = list(self._wants.values())
+        for flight in self._flights:
+            if flight.wanted is None or all(covers(flight.wanted, want) for want in wants):
+                await asyncio.shield(flight.result)
+                return
+        await asyncio.shield(self._start_flight(0.0).result)
+
+    def _start_flight(self, gather_seconds: float) -> _Flight:
         flight = _Flight(asyncio.get_running_loop().create_future())
         self._flights.append(flight)
         flight.task = asyncio.create_task(self._fly(flight, gather_seconds))
-        return await asyncio.shield(flight.result)
+        return flight
 
     async def _fly(self, flight: _Flight, gather_seconds: float) -> None:
         try:
             await asyncio.sleep(gather_seconds)
             flight.wanted = wanted_union(self._wants.values())
             read = await asyncio.to_thread(self.read, flight.wanted)
+            read = dataclasses.replace(read, answered=self.clock())
         except asyncio.CancelledError:  # the operator stopping: the waiters stop too
             flight.result.cancel()
             raise
@@ -240,8 +341,16 @@ class ClusterObservers:
         self._cluster_of[owner] = key
         observer = self._observers.get(key)
         if observer is None:
-            observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds)
+            observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds,
+                                                              phase_of=functools.partial(tick_phase, key))
         return await observer.sample(owner, want, interval_seconds)
+
+    def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float) -> Awaitable[None] | None:
+        """What `owner` awaits until its next poll: its cluster's next paced read (`ClusterObserver.next_poll`);
+        None when it reads no consumer group from Kafka (paced by its own interval then)."""
+        key = self._cluster_of.get(owner)
+        observer = self._observers.get(key) if key is not None else None
+        return observer.next_poll(owner, interval_seconds, poll_started) if observer is not None else None
 
     def release(self, owner: Hashable) -> None:
         """`owner` no longer reads a consumer group from Kafka (gone, or another lag source)."""

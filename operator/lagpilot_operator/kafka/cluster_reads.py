@@ -3,14 +3,16 @@
 Pure: no I/O. A lag exporter reads a cluster once per interval for all its groups; so does the operator
 (`cluster_observer` runs the reads, `kafka_lag.read_cluster` talks to Kafka). This module holds what
 such a read asked for (`wanted_union`), what it found (`ClusterRead`), whether a resource may take its
-sample from a read already made or under way (`covers`, `fresh_enough`), and the split of the
-cluster-wide result into one resource's `LagSample` (`sample_for`), including which failures are that
-resource's: a missing topic or a refused group fails only the resources that name it, a cluster that
-does not answer fails them all.
+sample from a read already made or under way (`covers`, `fresh_enough`), when a cluster's paced reads
+start (`tick_phase`, `next_tick`), and the split of the cluster-wide result into one resource's
+`LagSample` (`sample_for`), including which failures are that resource's: a missing topic or a refused
+group fails only the resources that name it, a cluster that does not answer fails them all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -48,6 +50,9 @@ class ClusterRead:
     time: float
     """Epoch seconds when the read started: the time of every sample split from it (as `read_lag`)."""
     wanted: Wanted
+    answered: float | None = None
+    """Epoch seconds when its last answer came (None: taken as `time`). A read's age counts from here:
+    a slow read is as new as its last answer when the resources waiting for it decide."""
     partitions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """Partition numbers of every wanted topic that exists."""
     log_offsets: Mapping[PartitionKey, tuple[int, int]] = field(default_factory=dict)
@@ -97,12 +102,32 @@ def fresh_enough(read: ClusterRead, want: Want, interval_seconds: float, now: fl
                  last_taken: float | None = None) -> bool:
     """Whether `want` may take its sample from `read`, made already, at `now`.
 
-    `last_taken` is the time of the read the resource took its previous sample from: a resource never
-    gets the same read twice (a reconcile run again at once, a benchmark's tight loop), so its history,
-    rates and verdicts see a new sample every poll, as with a read of its own.
+    Its age counts from its last answer: the resources that wait for a cluster's paced read (`next_tick`)
+    decide one after another once it is answered, however long it took. `last_taken` is the time of the
+    read the resource took its previous sample from: a resource never gets the same read twice (a
+    reconcile run again at once, a benchmark's tight loop), so its history, rates and verdicts see a new
+    sample every poll, as with a read of its own.
     """
-    return covers(read.wanted, want) and 0 <= now - read.time <= freshness_seconds(interval_seconds) and \
+    answered = read.time if read.answered is None else read.answered
+    return covers(read.wanted, want) and 0 <= now - answered <= freshness_seconds(interval_seconds) and \
         (last_taken is None or read.time > last_taken)
+
+
+def tick_phase(cluster_key: str, interval_seconds: float) -> float:
+    """Where in the interval a cluster's paced reads start (seconds after a multiple of the interval).
+
+    Spread by the cluster's key, so the resources of several clusters do not all decide in the same
+    instant of every interval (each cluster's resources decide together, right after its read).
+    """
+    fraction = int(hashlib.sha256(cluster_key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+    return fraction * interval_seconds
+
+
+def next_tick(now: float, interval_seconds: float, phase: float) -> float:
+    """The first paced read at or after `now` (monotonic seconds): phase + k x interval. Every observer of
+    one cluster with one interval reads at the same instants, so intervals that coincide share reads."""
+    periods = math.ceil((now - phase) / interval_seconds)
+    return phase + periods * interval_seconds
 
 
 def sample_for(read: ClusterRead, want: Want) -> LagSample:

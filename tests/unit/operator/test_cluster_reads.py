@@ -5,6 +5,8 @@ blocking read instead of Kafka)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Mapping
@@ -23,7 +25,9 @@ from lagpilot_operator.kafka.cluster_reads import (
     Wanted,
     covers,
     fresh_enough,
+    next_tick,
     sample_for,
+    tick_phase,
     wanted_union,
 )
 
@@ -121,6 +125,25 @@ def test_a_read_serves_for_half_an_interval_and_never_twice_to_one_resource() ->
     assert not fresh_enough(read, want, 10, now=101.0, last_taken=100.0)  # the same read again
     assert fresh_enough(read, want, 10, now=101.0, last_taken=95.0)
     assert not fresh_enough(read, Want("g9", ("orders",)), 10, now=100.0)
+
+
+def test_a_slow_read_is_as_young_as_its_last_answer() -> None:
+    want = Want("g1", ("orders",))
+    slow = dataclasses.replace(fake_read(TOPICS, COMMITTED, wanted_union([want]), at=100.0), answered=104.0)
+    assert fresh_enough(slow, want, 10, now=109.0)           # sent 9 s ago, answered 5 s ago
+    assert not fresh_enough(slow, want, 10, now=109.1)
+    assert not fresh_enough(slow, want, 10, now=109.0, last_taken=100.0)
+
+
+def test_paced_reads_fall_on_each_clusters_own_instants_of_the_interval() -> None:
+    phase = tick_phase("cluster-a", 5.0)
+    assert 0 <= phase < 5.0 and phase == tick_phase("cluster-a", 5.0)
+    assert {round(tick_phase(f"cluster-{i}", 5.0), 3) for i in range(20)} != {round(phase, 3)}  # spread
+    assert next_tick(100.0, 5.0, 1.0) == 101.0
+    assert next_tick(101.0, 5.0, 1.0) == 101.0        # a tick due now is this one
+    assert next_tick(101.001, 5.0, 1.0) == 106.0
+    assert next_tick(100.0, 10.0, 1.0) == 101.0       # 10 s ticks are every other 5 s tick: shared reads
+    assert next_tick(102.0, 10.0, 1.0) == 111.0 and next_tick(107.0, 5.0, 1.0) == 111.0
 
 
 offsets = st.tuples(st.integers(0, 50), st.integers(0, 50)).map(lambda pair: (min(pair), max(pair)))
@@ -257,6 +280,92 @@ def test_a_bug_in_the_read_reaches_every_waiter() -> None:
 
     samples = asyncio.run(sample_all(cluster_observer.ClusterObserver(broken, gather_seconds=0.02)))
     assert all(isinstance(s, RuntimeError) for s in samples)
+
+
+PACE = 1.0
+"""The paced tests' interval: a resource takes a paced read within half of it (0.5 s) of its answer."""
+
+
+async def poll_loop(observer: cluster_observer.ClusterObserver, owner: tuple[str, str], polls: int,
+                    start_after: float = 0.0) -> list[float]:
+    """A resource's daemon: sample, then wait for the next poll; the times of the reads it took."""
+    await asyncio.sleep(start_after)
+    taken = []
+    for _ in range(polls):
+        started = time.monotonic()
+        sample = await observer.sample(owner, RESOURCES[owner], PACE)
+        taken.append(sample.time)
+        await observer.next_poll(owner, PACE, started)
+    return taken
+
+
+def test_resources_polling_off_each_other_decide_together_after_each_paced_read() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.01)
+
+    async def scenario() -> list[list[float]]:
+        owners = [("ns", "a"), ("ns", "b"), ("ns", "c")]
+        taken = await asyncio.gather(*(poll_loop(observer, owner, 4, start_after=0.3 * i)
+                                       for i, owner in enumerate(owners)))
+        for owner in owners:
+            observer.release(owner)
+        return taken
+
+    taken = asyncio.run(scenario())
+    # The first polls are each resource's own (a new resource is in no read yet). Each first paced poll
+    # comes at least half an interval after a resource's first poll, so one started later may join a
+    # tick later; from then on they take the same reads: the cluster's paced read, one per interval.
+    # Nine paced polls (three each, started within 0.6 s) on at most four reads, one interval apart.
+    assert len({row[0] for row in taken}) == 3
+    paced = sorted({read for row in taken for read in row[1:]})
+    assert len(paced) <= 4 and all(later - earlier == pytest.approx(PACE, abs=0.25)
+                                   for earlier, later in itertools.pairwise(paced))
+    assert set(taken[0][2:]) & set(taken[2][2:])  # the first and the last started decide together
+    assert observer._pacers == {}  # everyone left: the pacing stopped
+
+
+def test_a_read_slower_than_half_the_interval_still_serves_every_interval() -> None:
+    read = CountingRead(delay=0.7 * PACE)
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.01)
+
+    async def scenario() -> list[float]:
+        taken = await poll_loop(observer, ("ns", "a"), 4)
+        observer.release(("ns", "a"))
+        return taken
+
+    taken = asyncio.run(scenario())
+    # No tick skipped: each paced read is the next one still to come, not one half an interval away.
+    assert [round(later - earlier) for earlier, later in itertools.pairwise(taken[1:])] == [1, 1]
+
+
+def test_a_resource_does_not_poll_again_within_half_an_interval_of_its_first_poll() -> None:
+    read = CountingRead()
+    # The cluster's ticks fall 0.1 s after a whole second: whatever the moment, one is at most 1 s away.
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0, phase_of=lambda _i: 0.1)
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        await observer.sample(("ns", "a"), RESOURCES[("ns", "a")], PACE)
+        await observer.next_poll(("ns", "a"), PACE, started)
+        waited = time.monotonic() - started
+        observer.release(("ns", "a"))
+        return waited
+
+    assert PACE / 2 <= asyncio.run(scenario()) <= 1.5 * PACE + 0.2
+
+
+def test_leaving_the_cluster_lets_a_waiting_resource_go() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0, phase_of=lambda _i: 0.0)
+
+    async def scenario() -> None:
+        await observer.sample(("ns", "a"), RESOURCES[("ns", "a")], 60.0)  # a tick up to a minute away
+        waiting = asyncio.create_task(observer.next_poll(("ns", "a"), 60.0, time.monotonic()))
+        await asyncio.sleep(0.05)
+        observer.release(("ns", "a"))
+        await asyncio.wait_for(waiting, 1.0)
+
+    asyncio.run(scenario())
 
 
 def patched_reads(monkeypatch: pytest.MonkeyPatch, delays: Mapping[str, float],
