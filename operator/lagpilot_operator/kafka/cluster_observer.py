@@ -16,7 +16,7 @@ groups; the operator does the same:
   less than half its poll interval ago, or joins a read under way that covers its group and topics, or
   else starts a read for every resource registered on the cluster (after a short gathering delay when the
   resource is new there, so the resources starting together at the operator's start share their first
-  read).
+  read). One read of a cluster runs at a time; the next one gathers until it may start.
 * It also paces them. Once a resource has polled, its next polls follow the cluster's paced reads: one
   read of the whole cluster every interval, at fixed instants (`cluster_reads.next_tick`, each cluster
   at its own phase), and every resource with that interval decides right after it is answered
@@ -44,6 +44,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.core.observations import LagSample, PartitionKey
 from lagpilot_operator.kafka import kafka_lag
 from lagpilot_operator.kafka.cluster_reads import (
@@ -302,6 +303,13 @@ class ClusterObserver:
 
     async def _fly(self, flight: _Flight, gather_seconds: float) -> None:
         try:
+            # One read of a cluster at a time: a read asks for every group and partition on the cluster, so
+            # reads side by side (resources new on it while one is under way, at the operator's start)
+            # multiplied the memory of a read and the load on the brokers. This one waits, still gathering:
+            # whoever needs a read meanwhile joins it.
+            earlier = [other.result for other in self._flights if other is not flight]
+            if earlier:
+                await asyncio.wait(earlier)
             await asyncio.sleep(gather_seconds)
             flight.wanted = wanted_union(self._wants.values())
             read = await asyncio.to_thread(self.read, flight.wanted)
@@ -371,7 +379,9 @@ class ClusterObservers:
         requests = kafka_lag.OffsetRequests()
 
         def read(wanted: Wanted) -> ClusterRead:
+            started = time.monotonic()
             result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests)
+            metrics.KAFKA_CLUSTER_READ_SECONDS.labels(bootstrap).observe(time.monotonic() - started)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard
             self._trimmer.after_read()

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator.core.observations import LagSample, PartitionOffsets
 from lagpilot_operator.kafka import cluster_observer, kafka_lag
 from lagpilot_operator.kafka.cluster_reads import (
@@ -179,12 +180,17 @@ class CountingRead:
         self.calls: list[Wanted] = []
         self.delay, self.errors = delay, errors
         self.lock = threading.Lock()
+        self.running = self.most_at_once = 0
 
     def __call__(self, wanted: Wanted) -> ClusterRead:
         with self.lock:
             self.calls.append(wanted)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
         started = time.time()
         time.sleep(self.delay)
+        with self.lock:
+            self.running -= 1
         return fake_read(TOPICS, COMMITTED, wanted, at=started, **self.errors)
 
 
@@ -246,6 +252,25 @@ def test_a_resource_joins_a_read_under_way_when_it_covers_it_and_starts_one_when
 
     asyncio.run(scenario())
     assert len(read.calls) == 2  # x rode along with a's read; b (another group) needed its own
+    assert read.most_at_once == 1  # b's read waited for a's to end
+
+
+def test_resources_new_on_the_cluster_while_a_read_is_under_way_share_the_next_read() -> None:
+    read = CountingRead(delay=0.3)
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.01)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(observer.sample(("ns", "a"), RESOURCES[("ns", "a")], 10.0))
+        await asyncio.sleep(0.1)  # a's read is under way; four more resources arrive one after another
+        later = []
+        for owner in [("ns", "b"), ("ns", "c"), ("ns", "d"), ("ns", "e")]:
+            later.append(asyncio.create_task(observer.sample(owner, RESOURCES[owner], 10.0)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(first, *later)
+
+    asyncio.run(scenario())
+    assert len(read.calls) == 2 and read.most_at_once == 1
+    assert read.calls[1] == wanted_union(RESOURCES.values())
 
 
 def test_only_a_resource_new_on_the_cluster_waits_for_others_to_join_its_read() -> None:
@@ -402,6 +427,21 @@ def test_a_slow_cluster_holds_only_its_own_resources(monkeypatch: pytest.MonkeyP
 
     assert asyncio.run(scenario()) < 1.0
     assert len(observers) == 2
+
+
+def test_each_cluster_read_is_timed_per_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    patched_reads(monkeypatch, {"127.0.0.1:7": 0.2})
+    observers = cluster_observer.ClusterObservers(kafka_lag.AdminClientPool(), gather_seconds=0.0)
+
+    def timed() -> tuple[float, float]:
+        samples = {s.name: s.value for family in metrics.KAFKA_CLUSTER_READ_SECONDS.collect()
+                   for s in family.samples if s.labels.get("cluster") == "127.0.0.1:7"}
+        return samples.get("lagpilot_kafka_cluster_read_duration_seconds_count", 0.0), \
+            samples.get("lagpilot_kafka_cluster_read_duration_seconds_sum", 0.0)
+
+    count, total = timed()
+    asyncio.run(observers.sample({"bootstrap.servers": "127.0.0.1:7"}, ("ns", "a"), Want("g1", ("orders",)), 10.0))
+    assert timed()[0] == count + 1 and timed()[1] - total >= 0.2
 
 
 def test_moving_to_other_credentials_or_leaving_drops_an_unused_cluster_reader(
