@@ -21,8 +21,11 @@ TOTAL_LAG = Gauge("lagpilot_consumergroup_total_lag", "Offset lag of the whole g
 TIME_LAG = Gauge("lagpilot_consumergroup_time_lag_seconds",
                  "Estimated seconds between now and the produce time of the oldest unconsumed message.", PARTITION)
 MAX_TIME_LAG = Gauge("lagpilot_consumergroup_max_time_lag_seconds", "Largest per-partition time lag.", RESOURCE)
+# One series per partition, for its current verdict (1), not one per verdict with zeros: a fleet's
+# /metrics has a series per partition and series, and four zeros per partition were most of it (at 1,000
+# groups and 10,000 partitions, a whole scrape was 11.9 MB and 4 s of the operator's CPU).
 VERDICT = Gauge("lagpilot_consumergroup_partition_verdict",
-                "1 for the partition's current verdict (OK, LAGGING, STALLED, STOPPED, REWOUND).",
+                "1, labelled with the partition's current verdict (OK, LAGGING, STALLED, STOPPED, REWOUND).",
                 (*PARTITION, "verdict"))
 PRODUCE_RATE = Gauge("lagpilot_consumergroup_produce_rate", "Messages produced per second to the group's topics.",
                      RESOURCE)
@@ -90,10 +93,10 @@ class PartitionSeries:
     """One resource's per-partition series (lag, time lag, verdict), their children kept between polls.
 
     `labels()` checks and looks up its label values on every call (a few microseconds): a 1,000-partition
-    group made 7,000 such calls per poll (lag, time lag and the five verdict series of each partition).
+    group made 7,000 such calls per poll (lag, time lag and then five verdict series of each partition).
     Here each series is looked up once, and written only when its value changed (the resource's reconciles
     are its only writer): an idle or caught-up partition's lag and time lag stay as they are, and a
-    partition's five verdict series change with its verdict.
+    partition's verdict series is replaced when its verdict changes.
     """
 
     def __init__(self, namespace: str, name: str) -> None:
@@ -131,10 +134,12 @@ class PartitionSeries:
             if not verdicts_changed:
                 continue
             verdict = verdicts.get(key)
-            if verdict is not None and exported.get(key) != verdict:
+            before = exported.get(key)
+            if verdict is not None and before != verdict:
                 labels = self._labels(key)
-                for each in Verdict:
-                    VERDICT.labels(*labels, each.value).set(1 if verdict == each else 0)
+                if before is not None:
+                    VERDICT.remove(*labels, before.value)
+                VERDICT.labels(*labels, verdict.value).set(1)
                 exported[key] = verdict
 
 
