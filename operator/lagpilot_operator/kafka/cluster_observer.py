@@ -5,8 +5,7 @@ OffsetFetch and a DescribeGroups per poll, so a fleet of groups on one cluster m
 its brokers (and on the operator's threads). Lag exporters read a cluster once per interval for all
 groups; the operator does the same:
 
-* `read_cluster` reads one cluster for many groups: one metadata call for the union of the topics (its
-  answer serves the cluster's next reads for up to 30 s, `TopicPartitions`), one
+* `read_cluster` reads one cluster for many groups: one metadata call for the union of the topics, one
   ListOffsets call per offset kind (earliest, latest) for the union of their partitions, the committed
   offsets of every group, one DescribeGroups call for all of them. confluent-kafka 2.16's
   `list_consumer_group_offsets` takes a single group per call (it raises for more: "Currently we support
@@ -71,65 +70,27 @@ GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.0
 READ_TIMEOUT_SECONDS = 10.0
 
 
-# How long a cluster's topic partitions, from one metadata call, serve its reads. The metadata call asks for
-# every topic in the cluster and was the largest single cost of a read of one 1,000-partition group.
-# Kafka's own clients refresh it every 5 minutes (metadata.max.age.ms); a partition added to a topic is in
-# the reads within this many seconds, a topic that is missing or fails its offsets is asked about at once.
-METADATA_MAX_AGE_SECONDS = float(os.environ.get("LAGPILOT_METADATA_MAX_AGE_SECONDS", "30"))
-
-
-@dataclass
-class TopicPartitions:
-    """A cluster's topic partitions from its last metadata call, for its next reads (`max_age_seconds`)."""
-
-    max_age_seconds: float = METADATA_MAX_AGE_SECONDS
-    _partitions: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    _read_at: float | None = None
-
-    def lookup(self, topics: list[str], now: float) -> dict[str, tuple[int, ...]] | None:
-        """The partitions of `topics`, or None when a metadata call is due (too old, or a topic not in it)."""
-        known = self._partitions
-        if self._read_at is None or not 0 <= now - self._read_at <= self.max_age_seconds or \
-                any(topic not in known for topic in topics):
-            return None
-        return {topic: known[topic] for topic in topics}
-
-    def store(self, partitions: Mapping[str, tuple[int, ...]], now: float) -> None:
-        self._partitions, self._read_at = dict(partitions), now
-
-    def forget(self) -> None:
-        """A read failed on a topic or the cluster: the next one asks for the metadata again."""
-        self._read_at = None
-
-
 def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
-                 requests: kafka_lag.OffsetRequests | None = None,
-                 topic_partitions: TopicPartitions | None = None) -> ClusterRead:
+                 requests: kafka_lag.OffsetRequests | None = None) -> ClusterRead:
     """One read of the cluster for the `wanted` groups and topics; failures are kept in the result, each
     with what it concerns (the cluster, a topic, a group), never raised. `requests`: the cluster's
-    ListOffsets requests, reused from its last read while the partitions are the same. `topic_partitions`:
-    the cluster's partitions from an earlier metadata call, used while young enough."""
+    ListOffsets requests, reused from its last read while the partitions are the same."""
     started = time.time()
-    topics = all_topics(wanted)
+    try:
+        kafka_lag.count_requests(bootstrap, "metadata")
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return ClusterRead(time=started, wanted=wanted,
+                           cluster_error=kafka_lag.translate_error(exc, "reading cluster metadata", bootstrap, admin))
+    partitions: dict[str, tuple[int, ...]] = {}
     topic_errors: dict[str, LagReadError] = {}
-    partitions = topic_partitions.lookup(topics, started) if topic_partitions is not None else None
-    if partitions is None:
-        try:
-            kafka_lag.count_requests(bootstrap, "metadata")
-            metadata = admin.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
-                exc, "reading cluster metadata", bootstrap, admin))
-        partitions = {}
-        for topic in topics:
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None:
-                topic_errors[topic] = TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; "
-                                                   "create it or fix spec.topics")
-            else:
-                partitions[topic] = tuple(sorted(found.partitions))
-        if topic_partitions is not None:
-            topic_partitions.store(partitions, started)
+    for topic in all_topics(wanted):
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            topic_errors[topic] = TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; "
+                                               "create it or fix spec.topics")
+        else:
+            partitions[topic] = tuple(sorted(found.partitions))
     by_topic = {topic: [TopicPartition(topic, p) for p in numbers] for topic, numbers in partitions.items()}
     every = [tp for tps in by_topic.values() for tp in tps]
     # Each group's partitions from its own topics (in the metadata's order): a filter of `every` per group
@@ -147,8 +108,6 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
             kafka_lag.count_requests(bootstrap, "describe_groups")
             described = admin.describe_consumer_groups(sorted(per_group), request_timeout=timeout)
     except KafkaException as exc:  # refused before anything was sent: nothing of this read is usable
-        if topic_partitions is not None:
-            topic_partitions.forget()
         return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
             exc, "reading offsets", bootstrap, admin))
 
@@ -182,8 +141,6 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
                    for key, end in ends.items() if key in starts}
     read = ClusterRead(time=started, wanted=wanted, partitions=partitions, log_offsets=log_offsets,
                        committed=committed, groups=groups, topic_errors=topic_errors, group_errors=group_errors)
-    if topic_partitions is not None and topic_errors:
-        topic_partitions.forget()  # a deleted topic, a moved partition: the next read asks for the metadata
     if not read.errors():
         kafka_lag.forget_client_errors(admin)  # a read that worked: older login errors are history
     return read
@@ -420,12 +377,10 @@ class ClusterObservers:
     def _reader(self, settings: dict[str, str]) -> Callable[[Wanted], ClusterRead]:
         bootstrap = settings["bootstrap.servers"]
         requests = kafka_lag.OffsetRequests()
-        topic_partitions = TopicPartitions()
 
         def read(wanted: Wanted) -> ClusterRead:
             started = time.monotonic()
-            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests,
-                                  topic_partitions=topic_partitions)
+            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests)
             metrics.KAFKA_CLUSTER_READ_SECONDS.labels(bootstrap).observe(time.monotonic() - started)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard

@@ -6,7 +6,6 @@ failures where they belong."""
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -34,13 +33,10 @@ class FakeAdmin:
     def __init__(self, failing: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.failing = failing
         self.sent: list[list[TopicPartition]] = []
-        self.metadata_calls = 0
-        self.topics = TOPICS
 
     def list_topics(self, timeout: float) -> Any:
-        self.metadata_calls += 1
         return SimpleNamespace(topics={t: SimpleNamespace(error=None, partitions=dict.fromkeys(reversed(ps)))
-                                       for t, ps in self.topics.items()})
+                                       for t, ps in TOPICS.items()})
 
     def list_consumer_group_offsets(self, requests: list[Any], request_timeout: float) -> dict[str, Any]:
         group = requests[0].group_id
@@ -130,39 +126,3 @@ def test_a_clusters_next_read_of_the_same_partitions_sends_the_same_requests() -
     assert [(tp.topic, tp.partition, tp.offset) for tp in admin.sent[4]] == [("audit", 0, -1)] + [
         ("orders", p, -1) for p in (0, 1, 2)]
     assert wider.log_offsets[("audit", 0)] == (0, 3)
-
-
-def test_a_clusters_metadata_serves_its_reads_while_young_and_is_asked_again_when_old_or_short() -> None:
-    admin, cache = FakeAdmin(), cluster_observer.TopicPartitions(max_age_seconds=30)
-    wanted = {"g1": frozenset({"orders"})}
-
-    def read(wanted: Any, now: float) -> Any:
-        with pytest.MonkeyPatch.context() as patch:  # the read's clock only (pytest times its tests too)
-            patch.setattr(cluster_observer, "time", SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
-            return cluster_observer.read_cluster(admin, "kafka:9092", wanted, topic_partitions=cache)  # type: ignore[arg-type]
-
-    first = read(wanted, 1000.0)
-    assert admin.metadata_calls == 1
-    again = read(wanted, 1029.0)                  # 29 s later: the same partitions, no metadata call
-    assert admin.metadata_calls == 1 and again.partitions == first.partitions and again.log_offsets == first.log_offsets
-    read(wanted, 1031.0)                          # older than 30 s: asked again
-    assert admin.metadata_calls == 2
-    read({"g1": frozenset({"orders", "audit"})}, 1032.0)  # a topic it did not ask about: asked again
-    assert admin.metadata_calls == 3
-    missing = {"g1": frozenset({"orders", "gone"})}
-    read(missing, 1033.0)
-    read(missing, 1034.0)                         # a missing topic is asked about on every read
-    assert admin.metadata_calls == 5
-
-
-def test_a_read_whose_offsets_fail_on_a_topic_asks_for_the_metadata_next_time() -> None:
-    admin, cache = FakeAdmin(failing=frozenset({("orders", 1)})), cluster_observer.TopicPartitions(max_age_seconds=30)
-    wanted = {"g1": frozenset({"orders"})}
-    for _ in range(2):
-        failed = cluster_observer.read_cluster(admin, "kafka:9092", wanted, topic_partitions=cache)  # type: ignore[arg-type]
-        assert list(failed.topic_errors) == ["orders"]
-    assert admin.metadata_calls == 2
-    admin.failing = frozenset()
-    for _ in range(2):
-        cluster_observer.read_cluster(admin, "kafka:9092", wanted, topic_partitions=cache)  # type: ignore[arg-type]
-    assert admin.metadata_calls == 3  # the read that worked stored it; the next one used it
