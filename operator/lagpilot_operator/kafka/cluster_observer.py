@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -183,8 +182,8 @@ class ClusterObserver:
     """Blocking: runs in a thread."""
     gather_seconds: float = GATHER_SECONDS
     clock: Callable[[], float] = time.time
-    phase_of: Callable[[float], float] = lambda _interval: 0.0
-    """Where in an interval of that many seconds this cluster's paced reads start (`tick_phase`)."""
+    phase: float = 0.0
+    """Seconds: this cluster's paced reads fall at phase + k x interval, for every interval (`tick_phase`)."""
     monotonic: Callable[[], float] = time.monotonic
     _wants: dict[Hashable, Want] = field(default_factory=dict)
     _intervals: dict[Hashable, float] = field(default_factory=dict)
@@ -249,7 +248,7 @@ class ClusterObserver:
         tick = self._ticks.get(interval)
         if tick is None:
             loop = asyncio.get_running_loop()
-            tick = self._ticks[interval] = _Tick(next_tick(self.monotonic(), interval, self.phase_of(interval)),
+            tick = self._ticks[interval] = _Tick(next_tick(self.monotonic(), interval, self.phase),
                                                  loop.create_future())
             self._pacers[interval] = asyncio.create_task(self._pace(interval))
         return tick
@@ -264,7 +263,7 @@ class ClusterObserver:
                 with contextlib.suppress(Exception):
                     await self._read_for_everyone()
                 # The next tick is in place before the waiters wake, so each waits for a read still to come.
-                at = next_tick(self.monotonic(), interval, self.phase_of(interval))
+                at = next_tick(self.monotonic(), interval, self.phase)
                 done = tick
                 tick = _Tick(at if at > done.at else at + interval, asyncio.get_running_loop().create_future())
                 self._ticks[interval] = tick
@@ -350,7 +349,7 @@ class ClusterObservers:
         observer = self._observers.get(key)
         if observer is None:
             observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds,
-                                                              phase_of=functools.partial(tick_phase, key))
+                                                              phase=tick_phase(key))
         return await observer.sample(owner, want, interval_seconds)
 
     def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float) -> Awaitable[None] | None:

@@ -113,14 +113,19 @@ def fresh_enough(read: ClusterRead, want: Want, interval_seconds: float, now: fl
         (last_taken is None or read.time > last_taken)
 
 
-def tick_phase(cluster_key: str, interval_seconds: float) -> float:
-    """Where in the interval a cluster's paced reads start (seconds after a multiple of the interval).
+PHASE_SPREAD_SECONDS = 60.0
 
-    Spread by the cluster's key, so the resources of several clusters do not all decide in the same
-    instant of every interval (each cluster's resources decide together, right after its read).
+
+def tick_phase(cluster_key: str) -> float:
+    """Where a cluster's paced reads fall: phase + k x interval, in seconds, for every interval.
+
+    Spread by the cluster's key over a minute, so the resources of several clusters do not all decide
+    in the same instant of every interval (each cluster's resources decide together, right after its
+    read). One phase for all intervals, so intervals that divide each other coincide: the 10 s reads are
+    every other 5 s read, and `ClusterObserver` makes them one.
     """
     fraction = int(hashlib.sha256(cluster_key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
-    return fraction * interval_seconds
+    return fraction * PHASE_SPREAD_SECONDS
 
 
 def next_tick(now: float, interval_seconds: float, phase: float) -> float:

@@ -137,9 +137,11 @@ def test_a_slow_read_is_as_young_as_its_last_answer() -> None:
 
 
 def test_paced_reads_fall_on_each_clusters_own_instants_of_the_interval() -> None:
-    phase = tick_phase("cluster-a", 5.0)
-    assert 0 <= phase < 5.0 and phase == tick_phase("cluster-a", 5.0)
-    assert {round(tick_phase(f"cluster-{i}", 5.0), 3) for i in range(20)} != {round(phase, 3)}  # spread
+    phase = tick_phase("cluster-a")
+    assert 0 <= phase < 60.0 and phase == tick_phase("cluster-a")
+    assert len({round(tick_phase(f"cluster-{i}") % 5.0, 1) for i in range(20)}) > 5  # spread over the interval
+    ten = next_tick(1000.0, 10.0, phase)
+    assert next_tick(ten, 5.0, phase) == ten  # one phase for every interval: each 10 s read is a 5 s read too
     assert next_tick(100.0, 5.0, 1.0) == 101.0
     assert next_tick(101.0, 5.0, 1.0) == 101.0        # a tick due now is this one
     assert next_tick(101.001, 5.0, 1.0) == 106.0
@@ -312,16 +314,32 @@ PACE = 1.0
 
 
 async def poll_loop(observer: cluster_observer.ClusterObserver, owner: tuple[str, str], polls: int,
-                    start_after: float = 0.0) -> list[float]:
+                    start_after: float = 0.0, interval: float = PACE) -> list[float]:
     """A resource's daemon: sample, then wait for the next poll; the times of the reads it took."""
     await asyncio.sleep(start_after)
     taken = []
     for _ in range(polls):
         started = time.monotonic()
-        sample = await observer.sample(owner, RESOURCES[owner], PACE)
+        sample = await observer.sample(owner, RESOURCES[owner], interval)
         taken.append(sample.time)
-        await observer.next_poll(owner, PACE, started)
+        await observer.next_poll(owner, interval, started)
     return taken
+
+
+def test_a_resource_polling_every_other_interval_shares_the_reads_where_they_coincide() -> None:
+    read = CountingRead()
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.01, phase=0.3)
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        every, other = await asyncio.gather(poll_loop(observer, ("ns", "a"), 6, interval=PACE),
+                                            poll_loop(observer, ("ns", "b"), 3, interval=2 * PACE))
+        observer.release(("ns", "a"))
+        observer.release(("ns", "b"))
+        return every, other
+
+    every, other = asyncio.run(scenario())
+    # b's paced reads (every 2 s) are a's reads of the same instants (every 1 s), not reads of their own.
+    assert set(other[1:]) <= set(every) and len(set(other[1:])) == 2
 
 
 def test_resources_polling_off_each_other_decide_together_after_each_paced_read() -> None:
@@ -366,7 +384,7 @@ def test_a_read_slower_than_half_the_interval_still_serves_every_interval() -> N
 def test_a_resource_does_not_poll_again_within_half_an_interval_of_its_first_poll() -> None:
     read = CountingRead()
     # The cluster's ticks fall 0.1 s after a whole second: whatever the moment, one is at most 1 s away.
-    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0, phase_of=lambda _i: 0.1)
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0, phase=0.1)
 
     async def scenario() -> float:
         started = time.monotonic()
@@ -381,7 +399,7 @@ def test_a_resource_does_not_poll_again_within_half_an_interval_of_its_first_pol
 
 def test_leaving_the_cluster_lets_a_waiting_resource_go() -> None:
     read = CountingRead()
-    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0, phase_of=lambda _i: 0.0)
+    observer = cluster_observer.ClusterObserver(read, gather_seconds=0.0, phase=0.0)
 
     async def scenario() -> None:
         await observer.sample(("ns", "a"), RESOURCES[("ns", "a")], 60.0)  # a tick up to a minute away
