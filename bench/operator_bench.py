@@ -70,6 +70,7 @@ def prepare(bootstrap: str, namespace: str, partitions: int, template: bool = Fa
     name = name or f"bench-{partitions}" + ("-template" if template else "")
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=120)
+    CREATED_TOPICS.append(topic)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     deadline = time.monotonic() + 60
     while True:  # the new topic's partitions need leaders before a commit succeeds
@@ -102,6 +103,19 @@ def prepare(bootstrap: str, namespace: str, partitions: int, template: bool = Fa
     body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
         "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups", name)
     return body
+
+
+CREATED_TOPICS: list[str] = []
+"""The bench's topics, deleted at its end: left behind, every later run's (and the operator's) whole-cluster
+metadata read grows by them (a run makes 1,101 partitions at the default sizes)."""
+
+
+def delete_created_topics(bootstrap: str) -> None:
+    if CREATED_TOPICS:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for future in admin.delete_topics(list(CREATED_TOPICS), operation_timeout=60).values():
+            future.result(timeout=120)
+        CREATED_TOPICS.clear()
 
 
 REQUESTS: dict[str, int] = {}
@@ -334,6 +348,13 @@ def main() -> int:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
+    try:
+        return run(args, bootstrap, namespace)
+    finally:
+        delete_created_topics(bootstrap)
+
+
+def run(args: argparse.Namespace, bootstrap: str, namespace: str) -> int:
     if args.kafka_requests:
         try:
             return main_kafka_requests(bootstrap, namespace, args.kafka_requests, args.polls, args.interval)
