@@ -49,6 +49,7 @@ from lagpilot_operator.kafka import kafka_lag
 from lagpilot_operator.kafka.cluster_reads import (
     ClusterRead,
     GroupDescription,
+    LogStarts,
     Want,
     Wanted,
     all_topics,
@@ -56,6 +57,7 @@ from lagpilot_operator.kafka.cluster_reads import (
     fresh_enough,
     next_tick,
     sample_for,
+    stale_log_starts,
     tick_phase,
     wanted_union,
 )
@@ -70,11 +72,14 @@ READ_TIMEOUT_SECONDS = 10.0
 
 
 def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
-                 requests: kafka_lag.OffsetRequests | None = None) -> ClusterRead:
+                 requests: kafka_lag.OffsetRequests | None = None, starts: LogStarts | None = None) -> ClusterRead:
     """One read of the cluster for the `wanted` groups and topics; failures are kept in the result, each
     with what it concerns (the cluster, a topic, a group), never raised. `requests`: the cluster's
-    ListOffsets requests, reused from its last read while the partitions are the same."""
+    ListOffsets requests, reused from its last read while the partitions are the same. `starts`: the
+    cluster's log-start offsets from its earlier reads; this read asks for all of them only when a full
+    refresh is due, else for those `stale_log_starts` names (None: every read asks for every one)."""
     started = time.time()
+    full_starts = starts is None or starts.full_read_due(time.monotonic())
     try:
         kafka_lag.count_requests(bootstrap, "metadata")
         metadata = admin.list_topics(timeout=timeout)
@@ -101,7 +106,9 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
     per_group = {group: tps for group, tps in per_group.items() if tps}
     try:
         committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
-        end_answers, start_answers = kafka_lag.send_log_offset_requests(admin, bootstrap, every, timeout, requests)
+        end_answers = kafka_lag.send_offset_requests(admin, bootstrap, every, "latest", timeout, requests)
+        start_answers = kafka_lag.send_offset_requests(admin, bootstrap, every, "earliest", timeout, requests) \
+            if full_starts else None
         described: dict[str, Any] = {}
         if per_group:
             kafka_lag.count_requests(bootstrap, "describe_groups")
@@ -121,11 +128,22 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
                                 for tp in future.result(timeout=timeout).topic_partitions}
         except (KafkaException, TimeoutError) as exc:
             group_errors[group] = failure(exc, f"reading offsets of group {group}")
-    ends: dict[PartitionKey, int] = {}
-    starts: dict[PartitionKey, int] = {}
-    for answers, request in ((ends, end_answers), (starts, start_answers)):
-        offsets, failures = request.split(timeout)
-        answers.update(offsets)
+    ends, end_failures = end_answers.split(timeout)
+    if start_answers is None:  # most reads: the known starts, and a fresh one where a lag depends on it
+        assert starts is not None
+        stale = stale_log_starts(ends, committed, starts.known)
+        stale_partitions = [TopicPartition(topic, partition) for topic, partition in stale]
+        try:
+            start_answers = kafka_lag.send_offset_requests(admin, bootstrap, stale_partitions, "earliest", timeout)
+        except KafkaException as exc:
+            return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
+                exc, "reading offsets", bootstrap, admin))
+    found_starts, start_failures = start_answers.split(timeout)
+    if starts is not None:
+        starts.remember(found_starts, full=full_starts, now=time.monotonic())
+        if not full_starts:
+            found_starts = {key: start for key in ends if (start := starts.known.get(key)) is not None}
+    for failures in (end_failures, start_failures):
         for key, error in failures.items():
             topic_errors.setdefault(key[0], failure(error, f"reading the offsets of topic {key[0]}"))
     groups: dict[str, GroupDescription] = {}
@@ -136,8 +154,8 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
         except (KafkaException, TimeoutError) as exc:
             group_errors.setdefault(group, failure(exc, f"describing group {group}"))
     # (max(0, start), max(0, end)), spelled out: a read of 1,000 partitions makes this 1,000 times.
-    log_offsets = {key: (start if (start := starts[key]) > 0 else 0, end if end > 0 else 0)
-                   for key, end in ends.items() if key in starts}
+    log_offsets = {key: (start if (start := found_starts[key]) > 0 else 0, end if end > 0 else 0)
+                   for key, end in ends.items() if key in found_starts}
     read = ClusterRead(time=started, wanted=wanted, partitions=partitions, log_offsets=log_offsets,
                        committed=committed, groups=groups, topic_errors=topic_errors, group_errors=group_errors)
     if not read.errors():
@@ -376,10 +394,11 @@ class ClusterObservers:
     def _reader(self, settings: dict[str, str]) -> Callable[[Wanted], ClusterRead]:
         bootstrap = settings["bootstrap.servers"]
         requests = kafka_lag.OffsetRequests()
+        starts = LogStarts()
 
         def read(wanted: Wanted) -> ClusterRead:
             started = time.monotonic()
-            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests)
+            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests, starts=starts)
             metrics.KAFKA_CLUSTER_READ_SECONDS.labels(bootstrap).observe(time.monotonic() - started)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard

@@ -18,7 +18,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Collection, Hashable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
@@ -467,13 +467,21 @@ def send_log_offset_requests(admin: AdminClient, bootstrap: str, partitions: lis
     """Send the ListOffsets calls for the log end and start of every partition at once: (ends, starts).
     Sent first, collected later, so a reader can have its other requests in flight meanwhile. With `requests`,
     the requests of its last read are sent again when they ask for the same partitions."""
-    if not partitions:
-        return LogOffsets([], futures={}), LogOffsets([], futures={})
-    latest, earliest = OffsetSpec.latest(), OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-    count_requests(bootstrap, "list_offsets", 2)
     keys = [(tp.topic, tp.partition) for tp in partitions]  # once for both calls
-    return (_list_offsets(admin, partitions, keys, latest, timeout, requests),
-            _list_offsets(admin, partitions, keys, earliest, timeout, requests))
+    return (send_offset_requests(admin, bootstrap, partitions, "latest", timeout, requests, keys),
+            send_offset_requests(admin, bootstrap, partitions, "earliest", timeout, requests, keys))
+
+
+def send_offset_requests(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition],
+                         kind: Literal["latest", "earliest"], timeout: float, requests: OffsetRequests | None = None,
+                         keys: list[PartitionKey] | None = None) -> LogOffsets:
+    """Send one ListOffsets call for the log end ("latest") or start ("earliest") of `partitions`."""
+    if not partitions:
+        return LogOffsets([], futures={})
+    spec = OffsetSpec.latest() if kind == "latest" else OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+    count_requests(bootstrap, "list_offsets")
+    keys = keys if keys is not None else [(tp.topic, tp.partition) for tp in partitions]
+    return _list_offsets(admin, partitions, keys, spec, timeout, requests)
 
 
 def _ask_log_offsets(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition], timeout: float,

@@ -418,7 +418,8 @@ def patched_reads(monkeypatch: pytest.MonkeyPatch, delays: Mapping[str, float],
     """`read_cluster` replaced: per bootstrap a delay and maybe a cluster error; returns the calls made."""
     calls: list[str] = []
 
-    def read(_admin: Any, bootstrap: str, wanted: Wanted, timeout: float = 10.0, requests: Any = None) -> ClusterRead:
+    def read(_admin: Any, bootstrap: str, wanted: Wanted, timeout: float = 10.0, requests: Any = None,
+             starts: Any = None) -> ClusterRead:
         calls.append(bootstrap)
         started = time.time()
         time.sleep(delays.get(bootstrap, 0.0))

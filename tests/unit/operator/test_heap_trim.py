@@ -62,7 +62,8 @@ def test_each_cluster_read_gives_the_trimmer_its_turn(monkeypatch: pytest.Monkey
     calls = Trims()
     clock = Clock()
 
-    def read(admin: object, bootstrap: str, wanted: Wanted, requests: object = None) -> ClusterRead:
+    def read(admin: object, bootstrap: str, wanted: Wanted, requests: object = None,
+             starts: object = None) -> ClusterRead:
         return ClusterRead(time=clock.now, wanted=wanted, partitions={"orders": (0,)},
                            log_offsets={("orders", 0): (0, 5)})
 

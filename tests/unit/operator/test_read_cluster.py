@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import ConsumerGroupType, KafkaError, KafkaException, TopicPartition
 
 from lagpilot_operator.kafka import cluster_observer, kafka_lag
-from lagpilot_operator.kafka.cluster_reads import GroupDescription
+from lagpilot_operator.kafka.cluster_reads import GroupDescription, LogStarts, stale_log_starts
 
 # (log-start, log-end) per partition; committed per group (absent: never committed).
 TOPICS = {"orders": {0: (0, 100), 1: (10, 50), 2: (-1, 7)}, "audit": {0: (0, 3)}}
@@ -126,3 +126,52 @@ def test_a_clusters_next_read_of_the_same_partitions_sends_the_same_requests() -
     assert [(tp.topic, tp.partition, tp.offset) for tp in admin.sent[4]] == [("audit", 0, -1)] + [
         ("orders", p, -1) for p in (0, 1, 2)]
     assert wider.log_offsets[("audit", 0)] == (0, 3)
+
+
+def sent_offsets(admin: FakeAdmin) -> list[list[tuple[str, int, int]]]:
+    return [[(tp.topic, tp.partition, tp.offset) for tp in sent] for sent in admin.sent]
+
+
+def test_log_starts_are_asked_for_once_per_refresh_and_in_between_only_where_a_lag_depends_on_them() -> None:
+    admin, requests, starts = FakeAdmin(), kafka_lag.OffsetRequests(), LogStarts(refresh_seconds=3600)
+    wanted = {"g1": frozenset({"orders"})}
+    first = cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests, starts=starts)  # type: ignore[arg-type]
+    assert sent_offsets(admin) == [[("orders", p, -1) for p in (0, 1, 2)], [("orders", p, -2) for p in (0, 1, 2)]]
+    again = cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests, starts=starts)  # type: ignore[arg-type]
+    assert replace(again, time=first.time) == first
+    # orders-1: g1 committed 5, below the log start 10; orders-2: never committed. orders-0 (40 >= 0): not asked.
+    assert sent_offsets(admin)[2:] == [[("orders", p, -1) for p in (0, 1, 2)], [("orders", 1, -2), ("orders", 2, -2)]]
+    starts.refreshed_at = -3600.0  # the refresh is due: every start again
+    cluster_observer.read_cluster(admin, "kafka:9092", wanted, requests=requests, starts=starts)  # type: ignore[arg-type]
+    assert sent_offsets(admin)[4:] == [[("orders", p, -1) for p in (0, 1, 2)], [("orders", p, -2) for p in (0, 1, 2)]]
+
+
+def test_a_log_start_that_failed_is_asked_for_again_on_the_next_read() -> None:
+    admin, starts = FakeAdmin(failing=frozenset({("audit", 0)})), LogStarts(refresh_seconds=3600)
+    wanted = {"g2": frozenset({"audit"})}
+    read = cluster_observer.read_cluster(admin, "kafka:9092", wanted, starts=starts)  # type: ignore[arg-type]
+    assert "audit" in read.topic_errors and starts.known == {}
+    admin.failing = frozenset()
+    read = cluster_observer.read_cluster(admin, "kafka:9092", wanted, starts=starts)  # type: ignore[arg-type]
+    assert read.log_offsets == {("audit", 0): (0, 3)} and sent_offsets(admin)[-1] == [("audit", 0, -2)]
+
+
+def test_stale_log_starts() -> None:
+    known = {("t", 0): 10, ("t", 1): 10, ("t", 2): 10, ("t", 3): 10}
+    ends = {("t", 0): 50, ("t", 1): 50, ("t", 2): 5, ("t", 3): 50, ("t", 4): 50}
+    committed = {"a": {("t", 0): 20, ("t", 1): 9, ("t", 3): -1001}, "b": {("t", 0): 10, ("t", 9): 0}}
+    # 1: committed below the start; 2: the end below the start (made again); 3: never committed; 4: unknown.
+    # 0: every group at or above the start. 9: no end read (its topic failed): nothing to ask.
+    assert stale_log_starts(ends, committed, known) == [("t", 1), ("t", 2), ("t", 3), ("t", 4)]
+    assert stale_log_starts(ends, {}, {**known, ("t", 4): 0, ("t", 2): 0}) == []
+
+
+def test_log_starts_forget_what_a_full_read_no_longer_finds() -> None:
+    starts = LogStarts(refresh_seconds=60)
+    assert starts.full_read_due(0.0)
+    starts.remember({("t", 0): 1, ("t", 1): 2}, full=True, now=100.0)
+    assert not starts.full_read_due(159.0) and starts.full_read_due(160.0)
+    starts.remember({("t", 1): 3}, full=False, now=120.0)
+    assert starts.known == {("t", 0): 1, ("t", 1): 3} and starts.refreshed_at == 100.0
+    starts.remember({("u", 0): 0}, full=True, now=170.0)
+    assert starts.known == {("u", 0): 0}
