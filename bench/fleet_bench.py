@@ -945,6 +945,7 @@ def lag_change(fleet: list[Group], traffic: Traffic, operators: Fleet,
     holders = dict(operators.read_owners())
     baseline = operators.metrics().total_lag
     wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
+    writes0 = apiserver_writes()
     sent = time.monotonic()
     produce_to_every_partition(fleet, args.burst)
     acknowledged = time.monotonic()
@@ -955,16 +956,22 @@ def lag_change(fleet: list[Group], traffic: Traffic, operators: Fleet,
         now = time.monotonic()
         for name, target in wanted.items():
             if name not in seen and lags.get(name, 0.0) >= target:
-                seen[name] = now - acknowledged
+                seen[name] = round(now - acknowledged, 1)
         time.sleep(1.0)
     times = list(seen.values())
+    writes = deltas(writes0, apiserver_writes())
     found = {"burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
+             "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
              "resources_seen": len(seen), "resources": len(fleet),
              "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
              "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
              "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
              "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
              "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 1 s"}
+    clusters = by_cluster(fleet)
+    found["seen_seconds_by_cluster"] = {
+        cluster: {"first": min(ts), "p50": round(percentile(ts, 0.5), 1), "last": max(ts)}
+        for cluster, members in clusters.items() if (ts := [seen[g.name] for g in members if g.name in seen])}
     if operators.owner is not None:
         found["shard_holders_unchanged"] = holders == operators.read_owners()
         found["all_seen_seconds_by_replica"] = all_seen_by_replica(seen, operators.owner,
