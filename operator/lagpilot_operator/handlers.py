@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -153,13 +154,20 @@ def _trace(record: dict[str, Any]) -> None:
             trace.write(json.dumps(record) + "\n")
 
 
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Until the first of `waits` is done; the others are cancelled (also when the caller is)."""
+    pending = {asyncio.ensure_future(wait) for wait in waits}
+    try:
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in pending:
+            waiting.cancel()
+
+
 async def _wait_for_shards(stopped: kopf.DaemonStopped, interval: float) -> None:
     """Until the interval passes, the daemon is stopped, or this replica's shards change."""
     assert KEEPER is not None
-    waits = {asyncio.ensure_future(stopped.wait(interval)), asyncio.ensure_future(KEEPER.changed())}
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for waiting in pending:
-        waiting.cancel()
+    await _first_of(stopped.wait(interval), KEEPER.changed())
 
 
 def pause_before_next_poll(interval: float, reconcile_seconds: float) -> float:
@@ -180,10 +188,7 @@ async def _wait_for_next_poll(stopped: kopf.DaemonStopped, owner: tuple[str, str
     if paced is None:
         await stopped.wait(pause_before_next_poll(interval, time.monotonic() - started))
         return
-    waits = {asyncio.ensure_future(paced), asyncio.ensure_future(stopped.wait(3 * interval))}
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for waiting in pending:
-        waiting.cancel()
+    await _first_of(paced, stopped.wait(3 * interval))
 
 
 @kopf.daemon(models.GROUP, models.VERSION, models.PLURAL, cancellation_timeout=10)

@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,20 +297,24 @@ class ClusterObserver:
         latest = self._latest
         if latest is not None and fresh_enough(latest, want, interval_seconds, self.clock(), last_taken):
             return latest
-        for flight in self._flights:  # each started after the owner's last read was answered: a new read
-            if flight.wanted is None or covers(flight.wanted, want):
-                # Shielded: one resource's loop being cancelled must not cancel the others' read.
-                return await asyncio.shield(flight.result)
-        return await asyncio.shield(self._start_flight(gather_seconds).result)
+        # A read under way started after the owner's last read was answered: a new read for it.
+        flight = self._flight_covering([want]) or self._start_flight(gather_seconds)
+        # Shielded: one resource's loop being cancelled must not cancel the others' read.
+        return await asyncio.shield(flight.result)
 
     async def _read_for_everyone(self) -> None:
         """A paced read: joins a read under way that covers every resource, or starts one at once."""
-        wants = list(self._wants.values())
+        flight = self._flight_covering(self._wants.values()) or self._start_flight(0.0)
+        await asyncio.shield(flight.result)
+
+    def _flight_covering(self, wants: Iterable[Want]) -> _Flight | None:
+        """A read under way that answers all of `wants`: one still gathering (it asks for everyone registered
+        when it goes out) or one whose groups and topics cover them; None when there is none."""
+        wanted = list(wants)
         for flight in self._flights:
-            if flight.wanted is None or all(covers(flight.wanted, want) for want in wants):
-                await asyncio.shield(flight.result)
-                return
-        await asyncio.shield(self._start_flight(0.0).result)
+            if flight.wanted is None or all(covers(flight.wanted, want) for want in wanted):
+                return flight
+        return None
 
     def _start_flight(self, gather_seconds: float) -> _Flight:
         flight = _Flight(asyncio.get_running_loop().create_future())
