@@ -29,7 +29,7 @@ from lagpilot_operator import reconcile
 from lagpilot_operator.collector import tune_collector
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
-from lagpilot_operator.kube import kube_io, models, watch_cache
+from lagpilot_operator.kube import api_session, kube_io, models, watch_cache
 from lagpilot_operator.kube.diffbase import SpecDiffBaseStorage
 from lagpilot_operator.kube.shard_keeper import ShardKeeper
 from lagpilot_operator.kube.shards import ShardSettings
@@ -91,6 +91,14 @@ def index_pool(*, body: kopf.Body, namespace: str | None, name: str | None,
                **_: Any) -> dict[watch_cache.Key, watch_cache.PoolEntry]:
     """The pool ConfigMaps the operator wrote (its managed-by label), by name."""
     return {(namespace or "", name or ""): watch_cache.pool_entry(body)}
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login (the kubernetes client's config: in-cluster or kubeconfig), in a session that bounds
+    kopf's requests in flight (`api_session`). Async: the session belongs to the operator's event loop."""
+    info = kopf.login_via_client(**kwargs)
+    return api_session.bounded_session(info) if info is not None else None
 
 
 @kopf.on.startup()
