@@ -158,6 +158,7 @@ class OperatorMetrics:
     total_lag: dict[str, float] = field(default_factory=dict)   # resource name -> lag its decision used
     kafka_requests: float | None = None                         # None: the version has no such metric
     status_writes: dict[str, float] = field(default_factory=dict)  # reason -> status patches (versions with it)
+    cluster_reads: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap -> reads, seconds
 
 
 def parse_operator_metrics(text: str) -> OperatorMetrics:
@@ -165,7 +166,9 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
     # per resource from its first poll on.
     wanted = ("lagpilot_reconcile_duration_seconds_count", "lagpilot_consumergroup_total_lag{",
               "lagpilot_kafka_admin_requests_total{", "lagpilot_reconcile_errors_total{",
-              "lagpilot_status_writes_total{",
+              "lagpilot_status_writes_total{", "lagpilot_kafka_cluster_read_duration_seconds_count{",
+              "lagpilot_kafka_cluster_read_duration_seconds_sum{",
+              "# TYPE lagpilot_kafka_cluster_read_duration_seconds ",
               "# TYPE lagpilot_reconcile_duration_seconds ", "# TYPE lagpilot_consumergroup_total_lag ",
               "# TYPE lagpilot_kafka_admin_requests_total ", "# TYPE lagpilot_reconcile_errors_total ",
               "# TYPE lagpilot_status_writes_total ")
@@ -184,6 +187,10 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
             elif sample.name == "lagpilot_status_writes_total":
                 reason = sample.labels["reason"]
                 found.status_writes[reason] = found.status_writes.get(reason, 0.0) + sample.value
+            elif sample.name.startswith("lagpilot_kafka_cluster_read_duration_seconds_"):
+                reads, seconds = found.cluster_reads.get(sample.labels["cluster"], (0.0, 0.0))
+                found.cluster_reads[sample.labels["cluster"]] = (
+                    (sample.value, seconds) if sample.name.endswith("_count") else (reads, sample.value))
     return found
 
 
@@ -239,6 +246,9 @@ def merge_metrics(per_replica: dict[str, OperatorMetrics], owner: dict[str, str]
                 merged.total_lag[name] = lag
         for reason, count in found.status_writes.items():
             merged.status_writes[reason] = merged.status_writes.get(reason, 0.0) + count
+        for cluster, (reads, seconds) in found.cluster_reads.items():
+            had = merged.cluster_reads.get(cluster, (0.0, 0.0))
+            merged.cluster_reads[cluster] = (had[0] + reads, had[1] + seconds)
     return merged
 
 
@@ -726,7 +736,8 @@ def shard_holders(api: Any, namespace: str) -> dict[int, str]:
 
 
 SCRAPED = ("lagpilot_reconcile_duration_seconds_count", "lagpilot_consumergroup_total_lag",
-           "lagpilot_kafka_admin_requests_total", "lagpilot_reconcile_errors_total", "lagpilot_status_writes_total")
+           "lagpilot_kafka_admin_requests_total", "lagpilot_reconcile_errors_total", "lagpilot_status_writes_total",
+           "lagpilot_kafka_cluster_read_duration_seconds_count", "lagpilot_kafka_cluster_read_duration_seconds_sum")
 """The series the bench reads, asked for by name (prometheus_client's `name[]`): the whole exposition of a
 1,000-resource fleet has a series per partition (tens of thousands of lines), and making it every second
 during the lag change would take CPU from the operator being measured. `full_scrape` measures it once."""
@@ -950,33 +961,62 @@ def lag_change(fleet: list[Group], traffic: Traffic, operators: Fleet,
     produce_to_every_partition(fleet, args.burst)
     acknowledged = time.monotonic()
     seen: dict[str, float] = {}
+    # Each cluster's reads that ended after the burst: (end, duration), seconds from its acknowledgement
+    # (a read ends when lagpilot_kafka_cluster_read_duration_seconds_count moves; one replica only).
+    reads_after: dict[str, list[tuple[float, float]]] = {}
+    last_reads = operators.metrics().cluster_reads
     deadline = acknowledged + args.lag_change_timeout
     while len(seen) < len(fleet) and time.monotonic() < deadline:
-        lags = operators.metrics().total_lag
+        scraped = operators.metrics()
         now = time.monotonic()
         for name, target in wanted.items():
-            if name not in seen and lags.get(name, 0.0) >= target:
-                seen[name] = round(now - acknowledged, 1)
-        time.sleep(1.0)
+            if name not in seen and scraped.total_lag.get(name, 0.0) >= target:
+                seen[name] = round(now - acknowledged, 2)
+        for cluster, (reads, seconds) in scraped.cluster_reads.items():
+            before = last_reads.get(cluster, (0.0, 0.0))
+            if reads > before[0]:
+                reads_after.setdefault(cluster, []).append(
+                    (round(now - acknowledged, 2), round((seconds - before[1]) / (reads - before[0]), 2)))
+        last_reads = scraped.cluster_reads
+        time.sleep(0.5)
     times = list(seen.values())
     writes = deltas(writes0, apiserver_writes())
-    found = {"burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
+    found: dict[str, Any] = {
+             "burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
              "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
              "resources_seen": len(seen), "resources": len(fleet),
              "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
              "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
              "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
              "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
-             "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 1 s"}
+             "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 0.5 s; "
+                      "per cluster, the read that carried the change: the last one ended by the time its last "
+                      "resource showed it (ends and durations from lagpilot_kafka_cluster_read_duration_seconds, "
+                      "one replica)"}
     clusters = by_cluster(fleet)
     found["seen_seconds_by_cluster"] = {
-        cluster: {"first": min(ts), "p50": round(percentile(ts, 0.5), 1), "last": max(ts)}
+        cluster: {"first": min(ts), "p50": round(percentile(ts, 0.5), 1), "last": max(ts),
+                  **read_that_carried(reads_after.get(cluster, []), max(ts))}
         for cluster, members in clusters.items() if (ts := [seen[g.name] for g in members if g.name in seen])}
     if operators.owner is not None:
         found["shard_holders_unchanged"] = holders == operators.read_owners()
         found["all_seen_seconds_by_replica"] = all_seen_by_replica(seen, operators.owner,
                                                                    [r.identity for r in operators.replicas])
     return found
+
+
+def read_that_carried(reads: list[tuple[float, float]], seen: float) -> dict[str, Any]:
+    """Of a cluster's reads after the burst ((end, duration), seconds from its acknowledgement), the last one
+    ended when its last resource showed the change: when it started and ended, and the decisions after it.
+    `missed_a_read_started_after_burst`: an earlier read had started after the burst and did not carry it."""
+    ended = [(end, duration) for end, duration in reads if end <= seen]
+    if not ended:
+        return {}
+    end, duration = ended[-1]
+    started_after = [e - d for e, d in reads if e - d >= 0]
+    return {"read_started": round(end - duration, 2), "read_seconds": duration,
+            "decided_within_seconds_after_read": round(seen - end, 2),
+            "missed_a_read_started_after_burst": bool(started_after) and min(started_after) < end - duration - 0.5}
 
 
 # -- brokers, versions, main ----------------------------------------------------------------------
