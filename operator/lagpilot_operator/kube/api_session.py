@@ -23,7 +23,7 @@ import os
 import aiohttp
 import kopf
 
-MAX_REQUESTS = int(os.environ.get("LAGPILOT_KOPF_API_REQUESTS", "32"))
+MAX_REQUESTS = int(os.environ.get("LAGPILOT_KOPF_API_REQUESTS", "128"))
 
 
 def is_watch(request: aiohttp.ClientRequest) -> bool:
