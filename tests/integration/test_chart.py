@@ -323,10 +323,11 @@ def test_a_restarted_operator_container_ranks_below_every_fresh_replica(stack: S
 
 
 def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack: Stack, tmp_path: Path) -> None:
-    """Replicas starting together must see each other before either acts: a fresh container writes its
-    peering entry (kopf freeze, same identity and priority as its kopf run) and waits until the peering
-    shows every replica (lagpilot peering-wait, at most announceSeconds); a restarted container and a
-    single replica do not wait."""
+    """Replicas starting together must see each other before either acts: a fresh container waits for the
+    peering object to exist (lagpilot peering-wait --exists: kopf freeze announces nothing without it, and
+    Helm creates it after the Deployment), writes its peering entry (kopf freeze, same identity and
+    priority as its kopf run) and waits until the peering shows every replica (lagpilot peering-wait, at
+    most announceSeconds); a restarted container and a single replica do not wait."""
     calls = tmp_path / "calls"
     for command in ("kopf", "lagpilot"):
         fake = tmp_path / command
@@ -338,7 +339,8 @@ def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack
     script = operator_container(render(stack, CHART, "--set", "replicaCount=2",
                                        "--set", "peering.announceSeconds=7"))["args"][0]
     subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)
-    (freeze, wait, run) = [line.split() for line in calls.read_text().splitlines()]
+    (present, freeze, wait, run) = [line.split() for line in calls.read_text().splitlines()]
+    assert present[:2] == ["lagpilot", "peering-wait"] and "--exists" in present and "--timeout=7" in present
     assert freeze[:2] == ["kopf", "freeze"] and wait[:2] == ["lagpilot", "peering-wait"] and run[:2] == ["kopf", "run"]
     assert "--id=lp-lagpilot-5d8f9c7b6-x2x9k" in freeze and "--lifetime=60" in freeze
     assert "--expect=2" in wait and "--timeout=7" in wait
@@ -346,6 +348,7 @@ def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack
         assert [a for a in freeze if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
     for flag in ("--peering=", "--namespace=", "--all-namespaces"):
         assert [a for a in wait if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
+        assert [a for a in present if a.startswith(flag)] == [a for a in run if a.startswith(flag)], flag
 
     calls.unlink()
     subprocess.run(["/bin/sh", "-c", script], env=env, check=True, timeout=30)  # restarted: the marker is there
@@ -355,8 +358,9 @@ def test_fresh_replicas_announce_themselves_in_the_peering_before_they_run(stack
                                            "--set", "watchNamespaces={a,b}"))["args"][0]
     subprocess.run(["/bin/sh", "-c", namespaced], env={**env, "LAGPILOT_RESTART_MARKER": str(tmp_path / "ns")},
                    check=True, timeout=30)
-    (_, wait, run) = [line.split() for line in calls.read_text().splitlines()]
+    (present, _, wait, run) = [line.split() for line in calls.read_text().splitlines()]
     assert [a for a in wait if a.startswith("--namespace=")] == ["--namespace=a", "--namespace=b"]
+    assert [a for a in present if a.startswith("--namespace=")] == ["--namespace=a", "--namespace=b"]
     assert "--timeout=60" in wait  # the default
     calls.unlink()
     single = operator_container(render(stack, CHART, "--set", "peering.announceSeconds=1"))["args"][0]

@@ -145,7 +145,11 @@ fi
 if [ -n "$marker" ]; then : > "$marker"; fi
 {{- if and (gt (int .Values.replicaCount) 1) (gt (int .Values.peering.announceSeconds) 0) }}
 if $fresh; then
-  # Announce this replica in the peering before it may act (lagpilot.operatorScript's comment).
+  # Announce this replica in the peering before it may act (lagpilot.operatorScript's comment). kopf freeze
+  # announces nothing while the peering object is missing, and Helm creates it after the Deployment.
+  lagpilot peering-wait --peering={{ include "lagpilot.peeringName" . }} --exists \
+    --timeout={{ int .Values.peering.announceSeconds }} {{ join " " $scope }} \
+    || echo "peering lookup failed; announcing anyway" >&2
   kopf freeze --quiet --peering={{ include "lagpilot.peeringName" . }} --id="$POD_ID" --priority="$priority" \
     --lifetime=60 {{ join " " $scope }} || echo "peering announcement failed; starting anyway" >&2
   lagpilot peering-wait --peering={{ include "lagpilot.peeringName" . }} --expect={{ int .Values.replicaCount }} \

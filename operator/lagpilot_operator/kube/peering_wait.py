@@ -8,7 +8,15 @@ until the peering shows as many live entries as the Deployment has replicas, or 
 replica whose peer cannot start (unschedulable, crash-looping) still runs, only later. A fixed sleep did
 the same while the replicas' start-ups were less than the sleep apart; on a busy node they were more.
 
-The decision (`live_peers`, `wait_for_peers`) is pure; `main` reads the peering objects.
+kopf's announcement (`kopf freeze`) silently does nothing while the peering object does not exist yet
+(kopf logs "Keep-alive ... not found" at debug level and exits 0), and Helm creates custom objects such
+as the KopfPeering after the Deployment. A replica whose container started first then announced
+nothing, every replica waited out the whole timeout, and they started together: the race this wait is
+for (a standby acted for 66 ms beside the leader in one CI run). So the chart's script first runs
+`lagpilot peering-wait --exists` (until every peering object exists), then `kopf freeze`, then the wait.
+
+The decision (`live_peers`, `wait_for_peers`, `wait_until_present`) is pure; `main` reads the peering
+objects.
 """
 
 from __future__ import annotations
@@ -57,6 +65,19 @@ def wait_for_peers(read_statuses: Callable[[], Sequence[Mapping[str, Any] | None
         sleep(min(interval, max(0.0, deadline - clock())))
 
 
+def wait_until_present(read_statuses: Callable[[], Sequence[Mapping[str, Any] | None]], timeout: float,
+                       *, interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                       sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Read the peerings until none is missing (None) or `timeout` s have passed; whether all exist."""
+    deadline = clock() + timeout
+    while True:
+        if all(status is not None for status in read_statuses()):
+            return True
+        if clock() >= deadline:
+            return False
+        sleep(min(interval, max(0.0, deadline - clock())))
+
+
 def _reader(peering: str, namespaces: Sequence[str]) -> Callable[[], list[Mapping[str, Any] | None]]:
     # Not kube_io.load_configuration: kube_io imports the Kafka client and the models, seconds of a busy
     # node's CPU before the replica may start; this command needs the API client only.
@@ -70,13 +91,15 @@ def _reader(peering: str, namespaces: Sequence[str]) -> Callable[[], list[Mappin
     api = client.CustomObjectsApi()
 
     def status_of(get: Callable[[], Any]) -> Mapping[str, Any] | None:
+        """The peering's status ({} while it has none); None when the object does not exist (yet)."""
         try:
             found = get()
         except ApiException as exc:
-            if exc.status == 404:  # no peering object (yet): nobody has announced
+            if exc.status == 404:  # no peering object (yet): nobody can have announced
                 return None
             raise
-        return found.get("status") if isinstance(found, Mapping) else None
+        status = found.get("status") if isinstance(found, Mapping) else None
+        return status if isinstance(status, Mapping) else {}
 
     def read() -> list[Mapping[str, Any] | None]:
         if not namespaces:
@@ -91,7 +114,10 @@ def _reader(peering: str, namespaces: Sequence[str]) -> Callable[[], list[Mappin
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="lagpilot peering-wait", description=__doc__.split("\n\n")[0])
     parser.add_argument("--peering", required=True, help="the (Cluster)KopfPeering's name")
-    parser.add_argument("--expect", type=int, required=True, help="live peers to wait for (this replica's included)")
+    wanted = parser.add_mutually_exclusive_group(required=True)
+    wanted.add_argument("--expect", type=int, help="live peers to wait for (this replica's included)")
+    wanted.add_argument("--exists", action="store_true",
+                        help="wait only until the peering object(s) exist, so an announcement is not lost")
     parser.add_argument("--timeout", type=float, required=True, help="seconds to wait at most")
     parser.add_argument("--interval", type=float, default=0.5)
     scope = parser.add_mutually_exclusive_group(required=True)
@@ -100,6 +126,11 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     namespaces: list[str] = [] if args.all_namespaces else list(args.namespace)
     started = time.monotonic()
+    if args.exists:
+        present = wait_until_present(_reader(args.peering, namespaces), args.timeout, interval=args.interval)
+        print(f"peering {args.peering}: {'present' if present else 'still missing'} after "
+              f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+        return 0
     seen = wait_for_peers(_reader(args.peering, namespaces), args.expect, args.timeout, interval=args.interval)
     waited = time.monotonic() - started
     said = f"peering {args.peering}: {seen} of {args.expect} replicas announced after {waited:.1f} s"

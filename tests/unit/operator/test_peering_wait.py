@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lagpilot_operator.kube.peering_wait import live_peers, wait_for_peers
+from lagpilot_operator.kube.peering_wait import live_peers, wait_for_peers, wait_until_present
 from support import FakeClock
 
 NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
@@ -74,3 +74,24 @@ def test_with_several_namespaces_every_peering_must_show_the_replicas() -> None:
 def test_a_missing_peering_object_counts_as_nobody_announced() -> None:
     clock = FakeClock()
     assert wait(lambda: [None], clock, timeout=0) == 0
+
+
+def test_the_wait_for_the_peering_objects_ends_once_all_exist() -> None:
+    reads = iter([[None, {}], [{}, None], [{}, {"a": {}}], [{}, {}]])
+    clock = iter(float(t) for t in range(100))
+    assert wait_until_present(lambda: next(reads), 60, clock=lambda: next(clock), sleep=lambda _: None)
+
+
+def test_the_wait_for_the_peering_objects_gives_up_at_its_timeout() -> None:
+    now = [0.0]
+    reads: list[float] = []
+
+    def read() -> list[None]:
+        reads.append(now[0])
+        return [None]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    assert not wait_until_present(read, 10, interval=4, clock=lambda: now[0], sleep=sleep)
+    assert reads == [0.0, 4.0, 8.0, 10.0]
