@@ -139,10 +139,9 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
             return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
                 exc, "reading offsets", bootstrap, admin))
     found_starts, start_failures = start_answers.split(timeout)
-    if starts is not None:
+    if starts is not None:  # from here on the known starts, this read's among them
         starts.remember(found_starts, full=full_starts, now=time.monotonic())
-        if not full_starts:
-            found_starts = {key: start for key in ends if (start := starts.known.get(key)) is not None}
+        found_starts = starts.known
     for failures in (end_failures, start_failures):
         for key, error in failures.items():
             topic_errors.setdefault(key[0], failure(error, f"reading the offsets of topic {key[0]}"))
