@@ -26,9 +26,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 KOPF_GROUP, KOPF_VERSION = "kopf.dev", "v1"
+_T = TypeVar("_T")
 
 
 def live_peers(status: Mapping[str, Any] | None, now: datetime) -> set[str]:
@@ -57,24 +58,33 @@ def wait_for_peers(read_statuses: Callable[[], Sequence[Mapping[str, Any] | None
     """Read the peering statuses (one per peering: one cluster-wide, or one per watched namespace) until
     each shows `expect` live peers or `timeout` s have passed; return the fewest live peers seen in the
     last read (so the caller can say how many it started with)."""
-    deadline = clock() + timeout
-    while True:
-        fewest = min((len(live_peers(status, now())) for status in read_statuses()), default=0)
-        if fewest >= expect or clock() >= deadline:
-            return fewest
-        sleep(min(interval, max(0.0, deadline - clock())))
+    def fewest(statuses: Sequence[Mapping[str, Any] | None]) -> int:
+        return min((len(live_peers(status, now())) for status in statuses), default=0)
+
+    return _read_until(read_statuses, fewest, lambda seen: seen >= expect, timeout, interval, clock, sleep)
 
 
 def wait_until_present(read_statuses: Callable[[], Sequence[Mapping[str, Any] | None]], timeout: float,
                        *, interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
                        sleep: Callable[[float], None] = time.sleep) -> bool:
     """Read the peerings until none is missing (None) or `timeout` s have passed; whether all exist."""
+    def present(statuses: Sequence[Mapping[str, Any] | None]) -> bool:
+        return all(status is not None for status in statuses)
+
+    return _read_until(read_statuses, present, bool, timeout, interval, clock, sleep)
+
+
+def _read_until(read_statuses: Callable[[], Sequence[Mapping[str, Any] | None]],
+                measure: Callable[[Sequence[Mapping[str, Any] | None]], _T], enough: Callable[[_T], bool],
+                timeout: float, interval: float, clock: Callable[[], float],
+                sleep: Callable[[float], None]) -> _T:
+    """Read the peerings every `interval` s until what `measure` makes of a read is `enough` or `timeout` s
+    have passed; that of the last read."""
     deadline = clock() + timeout
     while True:
-        if all(status is not None for status in read_statuses()):
-            return True
-        if clock() >= deadline:
-            return False
+        found = measure(read_statuses())
+        if enough(found) or clock() >= deadline:
+            return found
         sleep(min(interval, max(0.0, deadline - clock())))
 
 
