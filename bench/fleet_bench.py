@@ -36,8 +36,10 @@ the operator integration tests run it), so it sees nothing of other users of the
    Kafka requests/s (`lagpilot_kafka_admin_requests_total`; versions without it report null);
 5. the lag change: the steady produce stops, after two intervals every resource's
    `lagpilot_consumergroup_total_lag` is read, `--burst` records go to every partition of every topic
-   at once, and the operator's metrics are read every second until each resource's lag grew by its
+   at once, and the operator's metrics are read every 0.5 s until each resource's lag grew by its
    partitions x burst: the seconds from the burst's last acknowledgement to each resource seeing it;
+   `--bursts` times, each at another instant of the clusters' reads, with per cluster the read that
+   carried the burst (its start and length, the decisions after it);
 6. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
 
 `--compare REV` runs that commit's operator first (installed from a `git archive` into a temporary
@@ -948,11 +950,45 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
 
 def lag_change(fleet: list[Group], traffic: Traffic, operators: Fleet,
                args: argparse.Namespace) -> dict[str, Any]:
-    """Seconds from a burst to every partition until each resource's decision sees its lag grow by it
-    (several replicas: read from the replica holding the resource's shard). The producer and the
-    consumers' commits (`--keep-up`) stop first."""
+    """`--bursts` lag changes, one after another (`one_burst`), each at another instant of the clusters'
+    reads: a burst's wait for its cluster's next read is anything from 0 to one interval. Over them: the
+    slowest burst to reach every resource, and per cluster and burst, whether the first read that started
+    after the burst carried it and how soon after that read's start every resource on the cluster decided.
+    The producer and the consumers' commits (`--keep-up`) stop first."""
     traffic.pause()
     time.sleep(2 * args.interval + 1)    # every resource read the lag once the steady produce stopped
+    bursts = []
+    for index in range(args.bursts):
+        if index:  # another instant of the reads than the last burst's, which came right after a read
+            time.sleep(args.interval * (1 + index / args.bursts))
+        bursts.append(one_burst(fleet, operators, args))
+        emit(event="burst", index=index, **bursts[-1])
+    return over_bursts(bursts)
+
+
+def over_bursts(bursts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bursts' reports (`one_burst`) in one: the slowest, and per cluster and burst the read that carried it."""
+    all_seen = [burst["all_seen_seconds"] for burst in bursts]
+    carried = [cluster for burst in bursts for cluster in burst["seen_seconds_by_cluster"].values()
+               if "read_started" in cluster]
+    return {
+        "bursts": len(bursts),
+        "all_seen_seconds": None if None in all_seen else max(all_seen),
+        "all_seen_seconds_each_burst": all_seen,
+        "p50_seconds_each_burst": [burst["p50_seconds"] for burst in bursts],
+        "within_one_interval": all(burst["within_one_interval"] for burst in bursts),
+        "every_change_carried_by_the_first_read_after_it":
+            not any(cluster["missed_a_read_started_after_burst"] for cluster in carried),
+        "read_start_to_last_decision_seconds_max":
+            max((round(cluster["read_seconds"] + cluster["decided_within_seconds_after_read"], 2)
+                 for cluster in carried), default=None),
+        "each_burst": bursts,
+    }
+
+
+def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from a burst to every partition until each resource's decision sees its lag grow by it
+    (several replicas: read from the replica holding the resource's shard)."""
     holders = dict(operators.read_owners())
     baseline = operators.metrics().total_lag
     wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
@@ -1096,6 +1132,8 @@ def main() -> int:
                         help="every group's consumers keep up: its offsets are committed at the log end once per "
                              "interval (without it nobody consumes and every lag grows)")
     parser.add_argument("--burst", type=int, default=3, help="records to every partition for the lag change")
+    parser.add_argument("--bursts", type=int, default=3,
+                        help="lag changes one after another, each at another instant of the clusters' reads")
     parser.add_argument("--lag-change-timeout", type=float, default=120.0)
     parser.add_argument("--replicas", type=int, default=1,
                         help="operator replicas; more than 1 shards the fleet between them (LAGPILOT_SHARDS = "

@@ -186,3 +186,34 @@ def test_the_lag_change_per_replica_is_its_slowest_resource_or_none_if_one_never
     seen = {"a": 2.04, "b": 6.31, "c": 3.0}
     assert bench.all_seen_by_replica(seen, owner, ["op-0", "op-1", "op-2", "op-3"]) == {
         "op-0": 6.3, "op-1": 3.0, "op-2": None, "op-3": None}
+
+
+def test_the_read_that_carried_a_burst_is_the_last_one_ended_before_its_last_resource_saw_it(
+        bench: ModuleType) -> None:
+    # (end, duration) of each read after the burst, seconds from its acknowledgement
+    assert bench.read_that_carried([(1.0, 1.5), (6.0, 1.0), (11.0, 1.0)], seen=7.5) == {
+        "read_started": 5.0, "read_seconds": 1.0, "decided_within_seconds_after_read": 1.5,
+        "missed_a_read_started_after_burst": False}
+    # the read of 1.0-2.0 started after the burst and did not carry it: the one of 5.0-6.0 did
+    assert bench.read_that_carried([(2.0, 1.0), (6.0, 1.0)], seen=6.5)["missed_a_read_started_after_burst"]
+    assert bench.read_that_carried([(6.0, 1.0)], seen=0.2) == {}  # seen before any read ended after it
+
+
+def test_over_the_bursts_the_slowest_counts_and_every_clusters_carrying_read(bench: ModuleType) -> None:
+    fast = {"start": 4.0, "read_seconds": 1.0, "decided_within_seconds_after_read": 0.5,
+            "missed_a_read_started_after_burst": False}
+    late = dict(fast, decided_within_seconds_after_read=2.5)
+    bursts = [{"all_seen_seconds": 5.5, "p50_seconds": 3.0, "within_one_interval": False,
+               "seen_seconds_by_cluster": {"a": {"first": 0.2, "last": 0.4},
+                                           "b": dict(fast, read_started=4.0)}},
+              {"all_seen_seconds": 4.9, "p50_seconds": 2.0, "within_one_interval": True,
+               "seen_seconds_by_cluster": {"a": dict(late, read_started=1.0)}}]
+    summary = bench.over_bursts(bursts)
+    assert summary["all_seen_seconds"] == 5.5 and summary["all_seen_seconds_each_burst"] == [5.5, 4.9]
+    assert not summary["within_one_interval"] and summary["every_change_carried_by_the_first_read_after_it"]
+    assert summary["read_start_to_last_decision_seconds_max"] == 3.5
+    missed = dict(late, read_started=6.0, missed_a_read_started_after_burst=True)
+    bursts[1]["seen_seconds_by_cluster"]["a"] = missed
+    assert not bench.over_bursts(bursts)["every_change_carried_by_the_first_read_after_it"]
+    bursts[1]["all_seen_seconds"] = None  # a burst some resource never saw
+    assert bench.over_bursts(bursts)["all_seen_seconds"] is None
