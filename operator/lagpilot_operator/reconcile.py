@@ -326,8 +326,9 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
             pool_key = (namespace, pool_configmap_name(name))
             known_pool = shared.views.pools.get(pool_key)
             metrics.KUBE_READS.labels("configmap", "api" if known_pool is None else "watch").inc()
-            published = await asyncio.to_thread(kube_io.publish_pool_size, body, pool, decision.reason, _utc(now),
-                                                known_pool)
+            # The watch shows the size the workers have (the usual poll): nothing to write, no thread to wait for.
+            published = None if known_pool is not None and known_pool.pool_size == pool else await asyncio.to_thread(
+                kube_io.publish_pool_size, body, pool, decision.reason, _utc(now), known_pool)
             if published is not None:
                 shared.views.pools.wrote(pool_key, published)
             state.published_pool = pool
