@@ -19,10 +19,10 @@ groups; the operator does the same:
   read). One read of a cluster runs at a time; the next one gathers until it may start.
 * It also paces them. Once a resource has polled, its next polls follow the cluster's paced reads: one
   read of the whole cluster every interval, at fixed instants (`cluster_reads.next_tick`, each cluster
-  at its own phase), and every resource with that interval decides right after it is answered
-  (`next_poll`). So a lag change reaches every resource's decision at the first read after it, and no
-  resource takes a read that is most of an interval old because its own poll fell just before the
-  cluster's next read.
+  at its own phase, the clusters in use spread evenly over the interval: `spread_phases`), and every
+  resource with that interval decides right after it is answered (`next_poll`). So a lag change
+  reaches every resource's decision at the first read after it, and no resource takes a read that is
+  most of an interval old because its own poll fell just before the cluster's next read.
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -34,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,12 +59,15 @@ from lagpilot_operator.kafka.cluster_reads import (
     fresh_enough,
     next_tick,
     sample_for,
+    spread_phases,
     stale_log_starts,
     tick_phase,
     wanted_union,
 )
 from lagpilot_operator.kafka.heap_trim import HeapTrimmer, libc_malloc_trim
 from lagpilot_operator.kafka.kafka_lag import LagReadError, TopicMissing
+
+log = logging.getLogger(__name__)
 
 # How long the read started by a resource new on a cluster waits for others to ask before it is sent, so
 # resources starting together share it. Short against any poll interval (>= 1 s), long against the
@@ -80,12 +85,19 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
     refresh is due, else for those `stale_log_starts` names (None: every read asks for every one)."""
     started = time.time()
     full_starts = starts is None or starts.full_read_due(time.monotonic())
+
+    def failure(exc: BaseException, what: str) -> LagReadError:
+        return kafka_lag.translate_error(exc, what, bootstrap, admin)
+
+    def refused(exc: BaseException, what: str) -> ClusterRead:
+        """A request refused before it was sent: nothing of this read is usable."""
+        return ClusterRead(time=started, wanted=wanted, cluster_error=failure(exc, what))
+
     try:
         kafka_lag.count_requests(bootstrap, "metadata")
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        return ClusterRead(time=started, wanted=wanted,
-                           cluster_error=kafka_lag.translate_error(exc, "reading cluster metadata", bootstrap, admin))
+        return refused(exc, "reading cluster metadata")
     partitions: dict[str, tuple[int, ...]] = {}
     topic_errors: dict[str, LagReadError] = {}
     for topic in all_topics(wanted):
@@ -113,12 +125,8 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
         if per_group:
             kafka_lag.count_requests(bootstrap, "describe_groups")
             described = admin.describe_consumer_groups(sorted(per_group), request_timeout=timeout)
-    except KafkaException as exc:  # refused before anything was sent: nothing of this read is usable
-        return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
-            exc, "reading offsets", bootstrap, admin))
-
-    def failure(exc: BaseException, what: str) -> LagReadError:
-        return kafka_lag.translate_error(exc, what, bootstrap, admin)
+    except KafkaException as exc:
+        return refused(exc, "reading offsets")
 
     group_errors: dict[str, LagReadError] = {}
     committed: dict[str, dict[PartitionKey, int]] = {}
@@ -136,8 +144,7 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
         try:
             start_answers = kafka_lag.send_offset_requests(admin, bootstrap, stale_partitions, "earliest", timeout)
         except KafkaException as exc:
-            return ClusterRead(time=started, wanted=wanted, cluster_error=kafka_lag.translate_error(
-                exc, "reading offsets", bootstrap, admin))
+            return refused(exc, "reading offsets")
     found_starts, start_failures = start_answers.split(timeout)
     if starts is not None:  # from here on the known starts, this read's among them
         starts.remember(found_starts, full=full_starts, now=time.monotonic())
@@ -200,7 +207,8 @@ class ClusterObserver:
     gather_seconds: float = GATHER_SECONDS
     clock: Callable[[], float] = time.time
     phase: float = 0.0
-    """Seconds: this cluster's paced reads fall at phase + k x interval, for every interval (`tick_phase`)."""
+    """Seconds: this cluster's paced reads fall at phase + k x interval, for every interval (`tick_phase`,
+    `spread_phases`). A change takes effect from the read after the one already due."""
     monotonic: Callable[[], float] = time.monotonic
     _wants: dict[Hashable, Want] = field(default_factory=dict)
     _intervals: dict[Hashable, float] = field(default_factory=dict)
@@ -214,6 +222,10 @@ class ClusterObserver:
     _ticks: dict[float, _Tick] = field(default_factory=dict)
     """Per interval, its next paced read."""
     _pacers: dict[float, asyncio.Task[None]] = field(default_factory=dict)
+    _thread: ThreadPoolExecutor | None = None
+    """The cluster's own thread for its reads (one at a time): not the I/O threads the reconciles' API calls
+    queue in, which after a lag change hold a status write per resource, so a paced read is never queued
+    behind them, and a cluster that does not answer holds only this thread."""
 
     async def sample(self, owner: Hashable, want: Want, interval_seconds: float) -> LagSample:
         """`owner`'s sample (raises its `LagReadError`); registers `want` for the reads to come."""
@@ -245,6 +257,10 @@ class ClusterObserver:
                 break
         self._paced[owner] = interval_seconds
 
+    def shortest_interval(self) -> float | None:
+        """The shortest poll interval of the resources on this cluster; None before any has sampled."""
+        return min(self._intervals.values(), default=None)
+
     def release(self, owner: Hashable) -> bool:
         """`owner` reads elsewhere or is gone; True when nobody is left on this cluster."""
         self._wants.pop(owner, None)
@@ -260,6 +276,8 @@ class ClusterObserver:
         """Stop pacing: nobody reads this cluster any more (the waiting resources are let go)."""
         for pacer in self._pacers.values():
             pacer.cancel()
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)  # a read under way ends on its own timeout
 
     def _tick(self, interval: float) -> _Tick:
         tick = self._ticks.get(interval)
@@ -332,7 +350,9 @@ class ClusterObserver:
                 await asyncio.wait(earlier)
             await asyncio.sleep(gather_seconds)
             flight.wanted = wanted_union(self._wants.values())
-            read = await asyncio.to_thread(self.read, flight.wanted)
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="lagpilot-cluster-read")
+            read = await asyncio.get_running_loop().run_in_executor(self._thread, self.read, flight.wanted)
             read = dataclasses.replace(read, answered=self.clock())
         except asyncio.CancelledError:  # the operator stopping: the waiters stop too
             flight.result.cancel()
@@ -371,6 +391,7 @@ class ClusterObservers:
         if observer is None:
             observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds,
                                                               phase=tick_phase(key))
+            self._spread(interval_seconds)
         return await observer.sample(owner, want, interval_seconds)
 
     def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float) -> Awaitable[None] | None:
@@ -389,10 +410,30 @@ class ClusterObservers:
     def __len__(self) -> int:
         return len(self._observers)
 
+    def phases(self) -> list[float]:
+        """Each cluster's read phase, in the order the clusters came."""
+        return [observer.phase for observer in self._observers.values()]
+
     def _leave(self, owner: Hashable, key: str) -> None:
         observer = self._observers.get(key)
         if observer is not None and observer.release(owner):
             del self._observers[key]
+            self._spread(None)
+
+    def _spread(self, new_interval: float | None) -> None:
+        """When a cluster comes or goes: the clusters' reads spread evenly over the shortest interval polled
+        (`spread_phases`), so no two clusters' resources decide in the same instant."""
+        observers = list(self._observers.values())
+        intervals = [interval for interval in (o.shortest_interval() for o in observers) if interval is not None]
+        if new_interval is not None:
+            intervals.append(new_interval)
+        if not observers or not intervals:
+            return
+        period = min(intervals)
+        for observer, phase in zip(observers, spread_phases(observers[0].phase, len(observers), period), strict=True):
+            observer.phase = phase
+        log.info("%d Kafka cluster(s) read every %g s, at %s s of it", len(observers), period,
+                 ", ".join(f"{observer.phase % period:.2f}" for observer in observers))
 
     def _reader(self, settings: dict[str, str]) -> Callable[[Wanted], ClusterRead]:
         bootstrap = settings["bootstrap.servers"]

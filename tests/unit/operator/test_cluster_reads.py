@@ -28,6 +28,7 @@ from lagpilot_operator.kafka.cluster_reads import (
     fresh_enough,
     next_tick,
     sample_for,
+    spread_phases,
     tick_phase,
     wanted_union,
 )
@@ -500,3 +501,34 @@ def test_a_read_that_failed_in_a_way_the_cluster_recovers_from_retires_the_clien
     with pytest.raises(type(error)):
         asyncio.run(observers.sample(settings, ("ns", "a"), Want("g1", ("orders",)), 10.0))
     assert (pool.get(settings) is not client) == retired
+
+
+def test_the_clusters_reads_spread_evenly_over_the_interval_the_first_keeping_its_phase() -> None:
+    assert spread_phases(7.0, 1, 5.0) == [7.0]
+    assert spread_phases(7.0, 2, 5.0) == [7.0, 9.5]
+    assert spread_phases(1.0, 4, 10.0) == [1.0, 3.5, 6.0, 8.5]
+
+
+def test_clusters_coming_and_going_are_spread_over_the_shortest_interval_polled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    patched_reads(monkeypatch, {})
+    observers = cluster_observer.ClusterObservers(kafka_lag.AdminClientPool(), gather_seconds=0.0)
+    clusters = [{"bootstrap.servers": f"127.0.0.1:{port}"} for port in (1, 2, 3)]
+    want = Want("g1", ("orders",))
+
+    def offsets() -> list[float]:  # each cluster's phase, as an offset from the first's within the period
+        first, *others = observers.phases()
+        return [round((phase - first) % 6.0, 6) for phase in others]
+
+    async def scenario() -> None:
+        await observers.sample(clusters[0], ("ns", "a"), want, 12.0)
+        alone = observers.phases()
+        assert alone == [tick_phase(kafka_lag.settings_fingerprint(clusters[0]))]  # one cluster: as drawn
+        await observers.sample(clusters[1], ("ns", "b"), want, 6.0)
+        assert observers.phases()[0] == alone[0] and offsets() == [3.0]  # the 6 s interval is the shortest
+        await observers.sample(clusters[2], ("ns", "c"), want, 6.0)
+        assert observers.phases()[0] == alone[0] and offsets() == [2.0, 4.0]
+        observers.release(("ns", "b"))
+        assert offsets() == [3.0]
+
+    asyncio.run(scenario())
