@@ -52,6 +52,7 @@ from lagpilot_operator.kafka.cluster_reads import (
     ClusterRead,
     GroupDescription,
     LogStarts,
+    TopicLayout,
     Want,
     Wanted,
     all_topics,
@@ -77,14 +78,18 @@ READ_TIMEOUT_SECONDS = 10.0
 
 
 def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
-                 requests: kafka_lag.OffsetRequests | None = None, starts: LogStarts | None = None) -> ClusterRead:
+                 requests: kafka_lag.OffsetRequests | None = None, starts: LogStarts | None = None,
+                 layout: TopicLayout | None = None) -> ClusterRead:
     """One read of the cluster for the `wanted` groups and topics; failures are kept in the result, each
     with what it concerns (the cluster, a topic, a group), never raised. `requests`: the cluster's
-    ListOffsets requests, reused from its last read while the partitions are the same. `starts`: the
-    cluster's log-start offsets from its earlier reads; this read asks for all of them only when a full
-    refresh is due, else for those `stale_log_starts` names (None: every read asks for every one)."""
+    ListOffsets requests and TopicPartitions, reused from its last read while the partitions are the same.
+    `starts`: the cluster's log-start offsets from its earlier reads; this read asks for all of them only
+    when a full refresh is due, else for those `stale_log_starts` names (None: every read asks for every
+    one). `layout`: the cluster's topics from its last metadata request; this read asks again only when
+    `TopicLayout.metadata_due` (None: every read asks)."""
     started = time.time()
     full_starts = starts is None or starts.full_read_due(time.monotonic())
+    requests = requests if requests is not None else kafka_lag.OffsetRequests()
 
     def failure(exc: BaseException, what: str) -> LagReadError:
         return kafka_lag.translate_error(exc, what, bootstrap, admin)
@@ -93,22 +98,27 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
         """A request refused before it was sent: nothing of this read is usable."""
         return ClusterRead(time=started, wanted=wanted, cluster_error=failure(exc, what))
 
-    try:
-        kafka_lag.count_requests(bootstrap, "metadata")
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        return refused(exc, "reading cluster metadata")
-    partitions: dict[str, tuple[int, ...]] = {}
-    topic_errors: dict[str, LagReadError] = {}
-    for topic in all_topics(wanted):
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
-            topic_errors[topic] = TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; "
-                                               "create it or fix spec.topics")
-        else:
-            partitions[topic] = tuple(sorted(found.partitions))
-    by_topic = {topic: [TopicPartition(topic, p) for p in numbers] for topic, numbers in partitions.items()}
+    topics = all_topics(wanted)
+    if layout is None or layout.metadata_due(topics, time.monotonic()):
+        try:
+            kafka_lag.count_requests(bootstrap, "metadata")
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            return refused(exc, "reading cluster metadata")
+        known = {topic: tuple(sorted(found.partitions)) for topic in topics
+                 if (found := metadata.topics.get(topic)) is not None and found.error is None}
+        requests.keep_only(known)
+        if layout is not None:
+            layout.remember(known, time.monotonic())
+    else:
+        known = layout.partitions
+    partitions = {topic: known[topic] for topic in topics if topic in known}
+    topic_errors: dict[str, LagReadError] = {
+        topic: TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; create it or fix spec.topics")
+        for topic in topics if topic not in known}
+    by_topic = {topic: requests.of_topic(topic, numbers) for topic, numbers in partitions.items()}
     every = [tp for tps in by_topic.values() for tp in tps]
+    keys = [(topic, partition) for topic, numbers in partitions.items() for partition in numbers]
     # Each group's partitions from its own topics (in the metadata's order): a filter of `every` per group
     # cost groups x partitions on each read (1,000 x 3,334 at the fleet benchmark's size).
     order = {topic: index for index, topic in enumerate(by_topic)}
@@ -118,9 +128,9 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
     per_group = {group: tps for group, tps in per_group.items() if tps}
     try:
         committed_futures = _ask_committed(admin, bootstrap, per_group, timeout)
-        end_answers = kafka_lag.send_offset_requests(admin, bootstrap, every, "latest", timeout, requests)
-        start_answers = kafka_lag.send_offset_requests(admin, bootstrap, every, "earliest", timeout, requests) \
-            if full_starts else None
+        end_answers = kafka_lag.send_offset_requests(admin, bootstrap, every, "latest", timeout, requests, keys)
+        start_answers = kafka_lag.send_offset_requests(admin, bootstrap, every, "earliest", timeout, requests,
+                                                       keys) if full_starts else None
         described: dict[str, Any] = {}
         if per_group:
             kafka_lag.count_requests(bootstrap, "describe_groups")
@@ -152,6 +162,8 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
     for failures in (end_failures, start_failures):
         for key, error in failures.items():
             topic_errors.setdefault(key[0], failure(error, f"reading the offsets of topic {key[0]}"))
+    if (end_failures or start_failures) and layout is not None:
+        layout.forget()  # the topic may be gone or smaller: the next read asks for the metadata
     groups: dict[str, GroupDescription] = {}
     for group, future in described.items():
         try:
@@ -439,10 +451,12 @@ class ClusterObservers:
         bootstrap = settings["bootstrap.servers"]
         requests = kafka_lag.OffsetRequests()
         starts = LogStarts()
+        layout = TopicLayout()
 
         def read(wanted: Wanted) -> ClusterRead:
             started = time.monotonic()
-            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests, starts=starts)
+            result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests, starts=starts,
+                                  layout=layout)
             metrics.KAFKA_CLUSTER_READ_SECONDS.labels(bootstrap).observe(time.monotonic() - started)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard

@@ -17,7 +17,7 @@ import concurrent.futures
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from typing import Any, Literal
 
 from confluent_kafka import (
@@ -422,13 +422,28 @@ class LogOffsets:
 
 
 class OffsetRequests:
-    """The ListOffsets requests of the last read through this object (one TopicPartition per partition and offset
-    kind), made again only when a read asks for other partitions. A cluster's reads ask for the same partitions
-    poll after poll, and making 2,000 TopicPartitions was a third of a 1,000-partition read's CPU; the client
-    only reads them."""
+    """The ListOffsets requests of the last read through this object (one TopicPartition per partition and
+    offset kind), made again only when a read asks for other partitions, and each topic's TopicPartitions.
+    A cluster's reads ask for the same partitions poll after poll, and making 2,000 TopicPartitions was a
+    third of a 1,000-partition read's CPU; the client only reads them."""
 
     def __init__(self) -> None:
         self._last: tuple[list[PartitionKey], dict[int, list[TopicPartition]]] | None = None
+        self._topics: dict[str, tuple[tuple[int, ...], list[TopicPartition]]] = {}
+
+    def of_topic(self, topic: str, partitions: tuple[int, ...]) -> list[TopicPartition]:
+        """A TopicPartition (no offset) for each of `topic`'s `partitions`, made again only when they change: the
+        per-topic lists a read builds its requests from (the committed offsets' per group among them)."""
+        known = self._topics.get(topic)
+        if known is None or known[0] != partitions:
+            known = self._topics[topic] = (partitions, [TopicPartition(topic, p) for p in partitions])
+        return known[1]
+
+    def keep_only(self, topics: Iterable[str]) -> None:
+        """Forget the topics no longer read."""
+        wanted = set(topics)
+        for topic in [t for t in self._topics if t not in wanted]:
+            del self._topics[topic]
 
     def request(self, keys: list[PartitionKey], value: int) -> list[TopicPartition]:
         """A TopicPartition carrying `value` (the offset kind asked) for each of `keys`, in order."""

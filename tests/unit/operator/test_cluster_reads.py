@@ -420,7 +420,7 @@ def patched_reads(monkeypatch: pytest.MonkeyPatch, delays: Mapping[str, float],
     calls: list[str] = []
 
     def read(_admin: Any, bootstrap: str, wanted: Wanted, timeout: float = 10.0, requests: Any = None,
-             starts: Any = None) -> ClusterRead:
+             starts: Any = None, layout: Any = None) -> ClusterRead:
         calls.append(bootstrap)
         started = time.time()
         time.sleep(delays.get(bootstrap, 0.0))

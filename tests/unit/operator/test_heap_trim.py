@@ -63,7 +63,7 @@ def test_each_cluster_read_gives_the_trimmer_its_turn(monkeypatch: pytest.Monkey
     clock = Clock()
 
     def read(admin: object, bootstrap: str, wanted: Wanted, requests: object = None,
-             starts: object = None) -> ClusterRead:
+             starts: object = None, layout: object = None) -> ClusterRead:
         return ClusterRead(time=clock.now, wanted=wanted, partitions={"orders": (0,)},
                            log_offsets={("orders", 0): (0, 5)})
 

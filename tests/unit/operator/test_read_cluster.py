@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import ConsumerGroupType, KafkaError, KafkaException, TopicPartition
 
 from lagpilot_operator.kafka import cluster_observer, kafka_lag
-from lagpilot_operator.kafka.cluster_reads import GroupDescription, LogStarts, stale_log_starts
+from lagpilot_operator.kafka.cluster_reads import GroupDescription, LogStarts, TopicLayout, stale_log_starts
 
 # (log-start, log-end) per partition; committed per group (absent: never committed).
 TOPICS = {"orders": {0: (0, 100), 1: (10, 50), 2: (-1, 7)}, "audit": {0: (0, 3)}}
@@ -33,8 +33,10 @@ class FakeAdmin:
     def __init__(self, failing: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.failing = failing
         self.sent: list[list[TopicPartition]] = []
+        self.metadata_requests = 0
 
     def list_topics(self, timeout: float) -> Any:
+        self.metadata_requests += 1
         return SimpleNamespace(topics={t: SimpleNamespace(error=None, partitions=dict.fromkeys(reversed(ps)))
                                        for t, ps in TOPICS.items()})
 
@@ -175,3 +177,66 @@ def test_log_starts_forget_what_a_full_read_no_longer_finds() -> None:
     assert starts.known == {("t", 0): 1, ("t", 1): 3} and starts.refreshed_at == 100.0
     starts.remember({("u", 0): 0}, full=True, now=170.0)
     assert starts.known == {("u", 0): 0}
+
+
+def test_the_metadata_is_asked_for_once_per_refresh_and_at_once_for_a_topic_not_found_before() -> None:
+    admin, requests, layout = FakeAdmin(), kafka_lag.OffsetRequests(), TopicLayout(refresh_seconds=3600)
+    orders = {"g1": frozenset({"orders"})}
+    first = cluster_observer.read_cluster(admin, "kafka:9092", orders, requests=requests, layout=layout)  # type: ignore[arg-type]
+    again = cluster_observer.read_cluster(admin, "kafka:9092", orders, requests=requests, layout=layout)  # type: ignore[arg-type]
+    assert admin.metadata_requests == 1 and replace(again, time=first.time) == first
+    wider = {"g1": frozenset({"orders"}), "g2": frozenset({"audit"})}  # a new resource's topic
+    read = cluster_observer.read_cluster(admin, "kafka:9092", wider, requests=requests, layout=layout)  # type: ignore[arg-type]
+    assert admin.metadata_requests == 2 and read.log_offsets[("audit", 0)] == (0, 3)
+    layout.read_at = -3600.0  # the refresh is due
+    cluster_observer.read_cluster(admin, "kafka:9092", wider, requests=requests, layout=layout)  # type: ignore[arg-type]
+    assert admin.metadata_requests == 3
+
+
+def test_a_missing_topic_is_looked_for_on_every_read_and_found_once_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    admin, layout = FakeAdmin(), TopicLayout(refresh_seconds=3600)
+    wanted = {"g1": frozenset({"orders", "refunds"})}
+    for expected in (1, 2):
+        read = cluster_observer.read_cluster(admin, "kafka:9092", wanted, layout=layout)  # type: ignore[arg-type]
+        assert admin.metadata_requests == expected and isinstance(read.topic_errors["refunds"], kafka_lag.TopicMissing)
+        assert read.log_offsets[("orders", 0)] == (0, 100)
+    monkeypatch.setitem(TOPICS, "refunds", {0: (0, 4)})
+    read = cluster_observer.read_cluster(admin, "kafka:9092", wanted, layout=layout)  # type: ignore[arg-type]
+    assert read.topic_errors == {} and read.log_offsets[("refunds", 0)] == (0, 4)
+    cluster_observer.read_cluster(admin, "kafka:9092", wanted, layout=layout)  # type: ignore[arg-type]
+    assert admin.metadata_requests == 3  # all found: the layout serves
+
+
+def test_offsets_that_fail_for_a_partition_make_the_next_read_ask_for_the_metadata() -> None:
+    admin, layout = FakeAdmin(failing=frozenset({("orders", 1)})), TopicLayout(refresh_seconds=3600)
+    wanted = {"g1": frozenset({"orders"})}
+    cluster_observer.read_cluster(admin, "kafka:9092", wanted, layout=layout)  # type: ignore[arg-type]
+    admin.failing = frozenset()
+    read = cluster_observer.read_cluster(admin, "kafka:9092", wanted, layout=layout)  # type: ignore[arg-type]
+    assert admin.metadata_requests == 2 and read.topic_errors == {}
+    cluster_observer.read_cluster(admin, "kafka:9092", wanted, layout=layout)  # type: ignore[arg-type]
+    assert admin.metadata_requests == 2
+
+
+def test_the_topic_layout_is_due_when_never_read_stale_forgotten_or_missing_a_topic() -> None:
+    layout = TopicLayout(refresh_seconds=30)
+    assert layout.metadata_due(["t"], 0.0)
+    layout.remember({"t": (0, 1)}, now=100.0)
+    assert not layout.metadata_due(["t"], 129.9) and layout.metadata_due(["t"], 130.0)
+    assert layout.metadata_due(["t", "u"], 101.0)
+    layout.forget()
+    assert layout.metadata_due(["t"], 101.0)
+    every_read = TopicLayout(refresh_seconds=0)
+    every_read.remember({"t": (0,)}, now=5.0)
+    assert every_read.metadata_due(["t"], 5.0)
+
+
+def test_each_topics_topic_partitions_are_made_once_while_its_partitions_stay() -> None:
+    requests = kafka_lag.OffsetRequests()
+    first = requests.of_topic("orders", (0, 1))
+    assert requests.of_topic("orders", (0, 1)) is first and [(tp.topic, tp.partition) for tp in first] == [
+        ("orders", 0), ("orders", 1)]
+    grown = requests.of_topic("orders", (0, 1, 2))
+    assert grown is not first and len(grown) == 3
+    requests.keep_only(["audit"])
+    assert requests.of_topic("orders", (0, 1, 2)) is not grown
