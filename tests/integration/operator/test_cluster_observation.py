@@ -1,8 +1,9 @@
 """One read of the real broker per poll for every resource on it: five groups on two topics are sampled with
-one metadata call, one ListOffsets call per offset kind, one OffsetFetch per group and one DescribeGroups
-(counted by `lagpilot_kafka_admin_requests_total`), and each resource's sample equals what a read of its
-own (`kafka_lag.read_lag`) gives on the same data. The real operator, with the five resources polling
-every 2 s, reads the cluster's metadata far less often than it reconciles."""
+one metadata call (later reads keep its partitions), one ListOffsets call per offset kind, one OffsetFetch
+per group and one DescribeGroups (counted by `lagpilot_kafka_admin_requests_total`), and each resource's
+sample equals what a read of its own (`kafka_lag.read_lag`) gives on the same data. The real operator,
+with the five resources polling every 2 s, reads the cluster's metadata far less often than it
+reconciles. A topic deleted while read is missing by the read after the next."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from lagpilot_operator.core.observations import LagSample, partition_lag
 from lagpilot_operator.kafka import cluster_observer, kafka_lag
-from lagpilot_operator.kafka.cluster_reads import Want
+from lagpilot_operator.kafka.cluster_reads import TopicLayout, Want
 from support import metric_samples, wait_for
 
 pytestmark = pytest.mark.integration
@@ -69,15 +70,18 @@ def test_five_groups_on_one_cluster_are_read_once_and_each_gets_its_own_read(
         return await asyncio.gather(*(observers.sample(settings, ("ns", name), want, 2.0)
                                       for name, want in wants.items()))
 
+    before = requests_made(bootstrap)
     asyncio.run(poll())  # connections and coordinators found
+    assert requests_made(bootstrap)["metadata"] - before["metadata"] == 1  # one read for the five
     time.sleep(1.1)      # older than half the 2 s interval: the next poll reads again
     before = requests_made(bootstrap)
     together = asyncio.run(poll())
     after = requests_made(bootstrap)
     made = {request: after[request] - before[request] for request in REQUESTS}
-    # One metadata call, one ListOffsets call per offset kind (latest, earliest) for all five partitions,
+    # No metadata call (the first read's partitions serve for LAGPILOT_METADATA_REFRESH_SECONDS), one
+    # ListOffsets call per offset kind (latest; earliest for the never-committed group's partitions),
     # one OffsetFetch per group (confluent-kafka takes one group per call), one DescribeGroups for all.
-    assert made == {"metadata": 1, "list_offsets": 2, "offset_fetch": 5, "describe_groups": 1}, made
+    assert made == {"metadata": 0, "list_offsets": 2, "offset_fetch": 5, "describe_groups": 1}, made
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     before = requests_made(bootstrap)
@@ -111,6 +115,32 @@ def test_a_missing_topic_fails_only_the_resource_that_names_it(
     sample, error = asyncio.run(poll())
     assert isinstance(sample, LagSample) and len(sample.partitions) == 1
     assert isinstance(error, kafka_lag.TopicMissing) and broken.topics[0] in str(error)
+
+
+def test_a_topic_deleted_while_read_is_missing_by_the_read_after_the_next(
+        stack: Any, create_topic: Any, unique_name: Any) -> None:
+    """The partitions are kept between metadata calls (`TopicLayout`); the read whose offsets fail for the
+    deleted topic makes the next one ask for the metadata again, which finds the topic gone."""
+    bootstrap = stack.kafka_bootstrap
+    kept, doomed = create_topic("obs-kept", partitions=1), create_topic("obs-doomed", partitions=2)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wanted = {unique_name("obs-g"): frozenset({kept, doomed})}
+    layout = TopicLayout(refresh_seconds=3600)
+
+    def read() -> Any:
+        return cluster_observer.read_cluster(admin, bootstrap, wanted, layout=layout)
+
+    first = read()
+    assert first.topic_errors == {} and set(first.partitions) == {kept, doomed}
+    admin.delete_topics([doomed], operation_timeout=30)[doomed].result(timeout=30)
+    wait_for(lambda: doomed not in admin.list_topics(timeout=10).topics, timeout=30, what="the topic deleted")
+    metadata = requests_made(bootstrap)["metadata"]
+    failed = read()  # the kept partitions: its offsets fail for the deleted topic
+    assert requests_made(bootstrap)["metadata"] == metadata
+    assert set(failed.topic_errors) == {doomed} and (kept, 0) in failed.log_offsets
+    gone = read()
+    assert requests_made(bootstrap)["metadata"] == metadata + 1
+    assert isinstance(gone.topic_errors[doomed], kafka_lag.TopicMissing) and (kept, 0) in gone.log_offsets
 
 
 def operator_metrics(process: OperatorProcess) -> list[Any]:
