@@ -48,6 +48,7 @@ from lagpilot_operator.kafka.redrive import RedriveSessions, run_redrive_step
 from lagpilot_operator.kube import kube_io, models, scale_apply, shards, watch_cache, worker_config, writes
 from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.kube.models import Condition, ConditionStatus
+from lagpilot_operator.kube.secret_cache import SecretCache
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class ResourceState:
     target_read_at: float | None = None
     """When the target Deployment was last read with a GET (`watch_cache.verify_due`)."""
     target_key: watch_cache.Key | None = None
+    secret_names: tuple[str, ...] = ()
+    """The Secrets its credentials came from on its last poll (forgotten with it)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class Shared:
     """Consumer-group lag: one coalesced read per cluster for every resource on it."""
     views: watch_cache.Views = field(default_factory=watch_cache.Views)
     """Deployments and pool ConfigMaps as the watch shows them (`handlers` attaches kopf's indices)."""
+    secrets: SecretCache = field(default_factory=lambda: SecretCache(kube_io.read_secret_data))
+    """The Secrets credentials come from, kept for a minute (see `secret_cache`)."""
 
     def __post_init__(self) -> None:
         # Built here because it reads through this instance's client pool.
@@ -143,6 +148,7 @@ async def forget(state: ResourceState, shared: Shared, namespace: str, name: str
     """The resource's loop ends (deleted, or the operator stops): close what it held open."""
     shared.admin_clients.release((namespace, name))
     shared.cluster_reads.release((namespace, name))
+    shared.secrets.forget(namespace, state.secret_names)  # kept only while a resource uses them
     shared.views.pools.forget((namespace, pool_configmap_name(name)))
     if state.target_key is not None:
         shared.views.deployments.forget(state.target_key)
@@ -249,7 +255,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     # 2. Lag.
     settings: dict[str, str] | None = None
     try:
-        settings = await kafka_settings(spec, namespace)
+        state.secret_names = tuple(sorted({secret for secret, _ in kafka_lag.secret_refs(spec.kafka)}))
+        settings = await kafka_settings(spec, namespace, shared.secrets)
     except kafka_lag.LagReadError as exc:
         settings_error: kafka_lag.LagReadError | None = exc
     else:
@@ -265,6 +272,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     lags: dict[PartitionKey, int] = {}
     if sample is None:
         state.failures += 1
+        shared.secrets.forget(namespace, state.secret_names)  # a rotated Secret may be why: read it again
         metrics.RECONCILE_ERRORS.labels(namespace, name, lag_error.reason if lag_error else "lag").inc()
         message = str(lag_error) if lag_error else "lag could not be read"
         if state.failures == 1:  # the first of a run: the condition and Events carry the rest
@@ -508,12 +516,20 @@ async def _target(body: dict[str, Any], spec: models.KafkaConsumerGroupSpec, con
     return await asyncio.to_thread(kube_io.read_target, namespace, name)
 
 
-async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str) -> dict[str, str]:
-    """librdkafka settings with the credentials read from the referenced Secrets."""
+async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str,
+                         secrets: SecretCache | None = None) -> dict[str, str]:
+    """librdkafka settings with the credentials from the referenced Secrets: kept ones from `secrets`,
+    the others read now (None: all read now)."""
     refs = kafka_lag.secret_refs(spec.kafka)
-    secrets = await asyncio.to_thread(kube_io.read_secret_values, namespace, refs,
-                                      kafka_lag.pem_secret_refs(spec.kafka)) if refs else {}
-    return kafka_lag.client_settings(spec.kafka, secrets)
+    if not refs:
+        return kafka_lag.client_settings(spec.kafka, {})
+    names = sorted({name for name, _ in refs})
+    cache = secrets if secrets is not None else SecretCache(kube_io.read_secret_data)
+    due = cache.to_fetch(namespace, names)
+    if due:  # else no thread hop: the usual poll
+        await asyncio.to_thread(cache.fetch, namespace, due)
+    values = kube_io.secret_values(cache.data(namespace, names), refs, kafka_lag.pem_secret_refs(spec.kafka))
+    return kafka_lag.client_settings(spec.kafka, values)
 
 
 async def _read_lag(spec: models.KafkaConsumerGroupSpec, settings: dict[str, str] | None, shared: Shared,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -233,22 +233,25 @@ def read_pool_size(namespace: str, kcg_name: str) -> int | None:
     return None if found is None else pool_contract.parse_pool_size(found.get("data"))
 
 
-def read_secret_values(namespace: str, refs: list[tuple[str, str]],
-                       pem_refs: Collection[tuple[str, str]] = ()) -> dict[str, str]:
-    """{'name/key': value} for the referenced Secret keys that exist; values never leave this process.
+def read_secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data as the API server sends it (base64 values), or None when it does not exist."""
+    secret = _read_json(_core().read_namespaced_secret, name, namespace)
+    return None if secret is None else dict(secret.get("data") or {})
+
+
+def secret_values(found: Mapping[str, Mapping[str, str]], refs: list[tuple[str, str]],
+                  pem_refs: Collection[tuple[str, str]] = ()) -> dict[str, str]:
+    """{'name/key': value} for the referenced keys of the Secrets `found` (name -> data); values never leave
+    this process.
 
     Only the referenced keys are decoded (a Strimzi CA Secret also holds a binary `ca.p12`); a
     referenced key that is not UTF-8 (or, in `pem_refs`, not PEM) raises `kafka_lag.SecretKeyUnreadable`.
     """
     values: dict[str, str] = {}
-    core = _core()
-    for name in sorted({name for name, _ in refs}):
-        secret = _read_json(core.read_namespaced_secret, name, namespace)
-        if secret is None:
-            continue
+    for name in sorted({name for name, _ in refs} & set(found)):
         keys = {key for secret_name, key in refs if secret_name == name}
         pem_keys = {key for secret_name, key in pem_refs if secret_name == name}
-        values.update(kafka_lag.decode_secret_keys(name, secret.get("data") or {}, keys, pem_keys))
+        values.update(kafka_lag.decode_secret_keys(name, found[name], keys, pem_keys))
     return values
 
 
