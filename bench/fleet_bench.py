@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -590,6 +591,8 @@ class ChangeCounter:
         self.responses: list[Any] = []
         self.threads: list[threading.Thread] = []
         self.closed = threading.Event()
+        self.ended_early: set[str] = set()
+        """Kinds whose watch the API server ended before `stop`: their counts stop there."""
 
     def start(self) -> None:
         for kind, path in WATCHED.items():
@@ -607,18 +610,22 @@ class ChangeCounter:
         return self.api.call_api(*request)
 
     def _count(self, kind: str, response: Any) -> None:
-        try:   # one line per event; the apiserver sends each event as it happens, in its own chunk
+        # One line per event; the apiserver sends each event as it happens, in its own chunk. The stream
+        # ends when stop() closes it, or when the API server does: counted until then.
+        with contextlib.suppress(Exception):
             for chunk in response.read_chunked(decode_content=False):
                 if not self.closed.is_set():
                     self.counts[kind] += chunk.count(b"\n")
-        except Exception:  # the stream closed by stop(), or it timed out: counted until then
-            return
+        if not self.closed.is_set():
+            self.ended_early.add(kind)
 
     def stop(self) -> dict[str, int]:
         self.closed.set()
         counts = dict(self.counts)
         for response in self.responses:
-            response.shutdown()     # unblocks the thread reading it
+            # Unblocks the thread reading it; a stream the API server ended is back in the pool already.
+            with contextlib.suppress(RuntimeError):
+                response.shutdown()
             response.release_conn()
         return counts
 
@@ -917,6 +924,7 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
             "api_writes_without_operator_by_kind": {k: int(v) for k, v in sorted(noise.items())},
             "namespace_changes_per_second": round(sum(changed.values()) / window, 3),
             "namespace_changes_by_kind": changed,
+            "namespace_watches_ended_early": sorted(changes.ended_early),
             "kafka_requests_per_second": totals["kafka_requests_per_second"],
             # Why each status patch in the window was written (versions with lagpilot_status_writes_total).
             "status_writes_by_reason": {k: int(v) for k, v in sorted(status_writes.items(), key=lambda kv: -kv[1])},
