@@ -985,8 +985,9 @@ def over_bursts(bursts: list[dict[str, Any]]) -> dict[str, Any]:
         "all_seen_seconds_each_burst": all_seen,
         "p50_seconds_each_burst": [burst["p50_seconds"] for burst in bursts],
         "within_one_interval": all(burst["within_one_interval"] for burst in bursts),
+        # None with several replicas: each reads every cluster at its own instants (not attributed).
         "every_change_carried_by_the_first_read_after_it":
-            not any(cluster["missed_a_read_started_after_burst"] for cluster in carried),
+            not any(cluster["missed_a_read_started_after_burst"] for cluster in carried) if carried else None,
         "read_start_to_last_decision_seconds_max":
             max((round(cluster["read_seconds"] + cluster["decided_within_seconds_after_read"], 2)
                  for cluster in carried), default=None),
@@ -1006,7 +1007,8 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
     acknowledged = time.monotonic()
     seen: dict[str, float] = {}
     # Each cluster's reads that ended after the burst: (end, duration), seconds from its acknowledgement
-    # (a read ends when lagpilot_kafka_cluster_read_duration_seconds_count moves; one replica only).
+    # (a read ends when lagpilot_kafka_cluster_read_duration_seconds_count moves). With one replica only:
+    # several replicas each read every cluster at instants of their own, and their counts are summed.
     reads_after: dict[str, list[tuple[float, float]]] = {}
     last_reads = operators.metrics().cluster_reads
     deadline = acknowledged + args.lag_change_timeout
@@ -1035,12 +1037,12 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
              "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
              "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 0.5 s; "
                       "per cluster, the read that carried the change: the last one ended by the time its last "
-                      "resource showed it (ends and durations from lagpilot_kafka_cluster_read_duration_seconds, "
-                      "one replica)"}
+                      "resource showed it (ends and durations from lagpilot_kafka_cluster_read_duration_seconds; "
+                      "with one replica only)"}
     clusters = by_cluster(fleet)
     found["seen_seconds_by_cluster"] = {
         cluster: {"first": min(ts), "p50": round(percentile(ts, 0.5), 1), "last": max(ts),
-                  **read_that_carried(reads_after.get(cluster, []), max(ts))}
+                  **(read_that_carried(reads_after.get(cluster, []), max(ts)) if operators.owner is None else {})}
         for cluster, members in clusters.items() if (ts := [seen[g.name] for g in members if g.name in seen])}
     if operators.owner is not None:
         found["shard_holders_unchanged"] = holders == operators.read_owners()

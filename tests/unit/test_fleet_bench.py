@@ -217,3 +217,8 @@ def test_over_the_bursts_the_slowest_counts_and_every_clusters_carrying_read(ben
     assert not bench.over_bursts(bursts)["every_change_carried_by_the_first_read_after_it"]
     bursts[1]["all_seen_seconds"] = None  # a burst some resource never saw
     assert bench.over_bursts(bursts)["all_seen_seconds"] is None
+    for burst in bursts:  # several replicas: no read attributed
+        burst["seen_seconds_by_cluster"] = {"a": {"first": 0.2, "last": 4.0}}
+    unattributed = bench.over_bursts(bursts)
+    assert unattributed["every_change_carried_by_the_first_read_after_it"] is None
+    assert unattributed["read_start_to_last_decision_seconds_max"] is None
