@@ -866,6 +866,10 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         def every_resource_polled() -> bool:
             for replica in replicas:
                 replica.check_alive()
+            # The holders as they are now: a shard can change hands again after the replicas first stood
+            # balanced (under load, a renewal late), and the owners read then would wait for good on
+            # a replica that no longer serves those resources.
+            operators.read_owners()
             try:
                 return names <= set(operators.metrics().total_lag)
             except OSError:
