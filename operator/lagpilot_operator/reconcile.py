@@ -255,7 +255,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     # 2. Lag.
     settings: dict[str, str] | None = None
     try:
-        state.secret_names = tuple(sorted({secret for secret, _ in kafka_lag.secret_refs(spec.kafka)}))
+        state.secret_names = kafka_lag.secret_names(kafka_lag.secret_refs(spec.kafka))
         settings = await kafka_settings(spec, namespace, shared.secrets)
     except kafka_lag.LagReadError as exc:
         settings_error: kafka_lag.LagReadError | None = exc
@@ -523,7 +523,7 @@ async def kafka_settings(spec: models.KafkaConsumerGroupSpec, namespace: str,
     refs = kafka_lag.secret_refs(spec.kafka)
     if not refs:
         return kafka_lag.client_settings(spec.kafka, {})
-    names = sorted({name for name, _ in refs})
+    names = kafka_lag.secret_names(refs)
     cache = secrets if secrets is not None else SecretCache(kube_io.read_secret_data)
     due = cache.to_fetch(namespace, names)
     if due:  # else no thread hop: the usual poll

@@ -161,6 +161,11 @@ def secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
     return [(ref.name, ref.key) for ref in refs if ref is not None]
 
 
+def secret_names(refs: list[tuple[str, str]]) -> tuple[str, ...]:
+    """The Secrets `refs` (from `secret_refs`) name, each once, in order."""
+    return tuple(sorted({name for name, _ in refs}))
+
+
 def pem_secret_refs(connection: KafkaConnection) -> list[tuple[str, str]]:
     """The (secret name, key) pairs that must hold PEM text (the TLS ones)."""
     tls = connection.security.tls if connection.security is not None else None
