@@ -335,7 +335,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
             known_pool = shared.views.pools.get(pool_key)
             metrics.KUBE_READS.labels("configmap", "api" if known_pool is None else "watch").inc()
             # The watch shows the size the workers have (the usual poll): nothing to write, no thread to wait for.
-            published = None if known_pool is not None and known_pool.pool_size == pool else await asyncio.to_thread(
+            published = None if watch_cache.pool_published(known_pool, pool) else await asyncio.to_thread(
                 kube_io.publish_pool_size, body, pool, decision.reason, _utc(now), known_pool)
             if published is not None:
                 shared.views.pools.wrote(pool_key, published)

@@ -212,9 +212,9 @@ def publish_pool_size(kcg: dict[str, Any], pool_size: int, reason: str, updated_
     if known is None:
         existing = _read_json(core.read_namespaced_config_map, name, namespace)
         known = None if existing is None else watch_cache.pool_entry(existing)
+    if watch_cache.pool_published(known, pool_size):
+        return None
     if known is not None:
-        if known.pool_size == pool_size:
-            return None  # the size is what workers act on; leave the object (and their watches) alone
         try:
             return watch_cache.pool_entry(_answer(core.patch_namespaced_config_map(name, namespace, {"data": data},
                                                                                    _preload_content=False)))
@@ -248,7 +248,7 @@ def secret_values(found: Mapping[str, Mapping[str, str]], refs: list[tuple[str, 
     referenced key that is not UTF-8 (or, in `pem_refs`, not PEM) raises `kafka_lag.SecretKeyUnreadable`.
     """
     values: dict[str, str] = {}
-    for name in sorted({name for name, _ in refs} & set(found)):
+    for name in (name for name in kafka_lag.secret_names(refs) if name in found):
         keys = {key for secret_name, key in refs if secret_name == name}
         pem_keys = {key for secret_name, key in pem_refs if secret_name == name}
         values.update(kafka_lag.decode_secret_keys(name, found[name], keys, pem_keys))

@@ -64,6 +64,12 @@ class PoolEntry:
     resource_version: str
 
 
+def pool_published(known: PoolEntry | None, pool_size: int) -> bool:
+    """Whether the ConfigMap as last seen already holds `pool_size`: the size is what workers act on, so
+    then nothing is written (and their watches are left alone)."""
+    return known is not None and known.pool_size == pool_size
+
+
 def _container(container: Any) -> dict[str, Any]:
     if not isinstance(container, Mapping):
         return {}

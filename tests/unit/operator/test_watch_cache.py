@@ -254,3 +254,11 @@ def target(replicas: int = 2, token: str | None = TOKEN_OLD) -> watch_cache.Targ
 ])
 def test_after_a_conflict(read_replicas: int | None, fresh: watch_cache.TargetScale | None, after: str) -> None:
     assert watch_cache.after_conflict(TOKEN_OLD, read_replicas, fresh) == after
+
+
+def test_a_pool_size_is_published_only_where_the_configmap_seen_holds_it() -> None:
+    seen = watch_cache.PoolEntry(pool_size=4, resource_version="7")
+    assert watch_cache.pool_published(seen, 4)
+    assert not watch_cache.pool_published(seen, 8)
+    assert not watch_cache.pool_published(None, 4)  # not seen: the write (or a GET first) decides
+    assert not watch_cache.pool_published(watch_cache.PoolEntry(pool_size=None, resource_version="7"), 4)
