@@ -27,6 +27,7 @@ from lagpilot_contract import pool as pool_contract
 from lagpilot_operator import operator_metrics as metrics
 from lagpilot_operator import reconcile
 from lagpilot_operator.collector import tune_collector
+from lagpilot_operator.core.early_poll import EarlyPoll
 from lagpilot_operator.kafka.dead_letter import delete_dead_letter_topics
 from lagpilot_operator.kafka.kafka_lag import LagReadError
 from lagpilot_operator.kube import api_session, kube_io, models, watch_cache
@@ -188,11 +189,12 @@ def pause_before_next_poll(interval: float, reconcile_seconds: float) -> float:
 
 
 async def _wait_for_next_poll(stopped: kopf.DaemonStopped, owner: tuple[str, str], interval: float,
-                              started: float) -> None:
+                              started: float, early: EarlyPoll | None) -> None:
     """Until the resource polls again: right after its Kafka cluster's next paced read when it reads a
-    consumer group's lag there (`ClusterObservers.next_poll`), else the rest of its interval. The stop ends
-    the wait; so do three intervals without a paced read (a read that never ends, a bug): it polls then."""
-    paced = SHARED.cluster_reads.next_poll(owner, interval, started)
+    consumer group's lag there, or after a between read that shows its lag above `early`
+    (`ClusterObservers.next_poll`), else the rest of its interval. The stop ends the wait; so do three
+    intervals without a paced read (a read that never ends, a bug): it polls then."""
+    paced = SHARED.cluster_reads.next_poll(owner, interval, started, early)
     if paced is None:
         await stopped.wait(pause_before_next_poll(interval, time.monotonic() - started))
         return
@@ -234,7 +236,7 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
                 if KEEPER is not None:
                     KEEPER.leave(namespace, name)
             logger.debug("reconciled: %s", status.get("lastDecision"))
-            await _wait_for_next_poll(stopped, (namespace, name), interval, started)
+            await _wait_for_next_poll(stopped, (namespace, name), interval, started, state.early_poll)
     finally:
         # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
         await reconcile.forget(state, SHARED, namespace, name)

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from lagpilot_contract.pool import pool_configmap_name
 from lagpilot_operator import operator_metrics as metrics
+from lagpilot_operator.core.early_poll import EarlyPoll, early_poll_after
 from lagpilot_operator.core.observations import (
     DEFAULT_CONSUME_RATE_WINDOW_SECONDS,
     DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
@@ -123,6 +124,8 @@ class ResourceState:
     target_key: watch_cache.Key | None = None
     secret_names: tuple[str, ...] = ()
     """The Secrets its credentials came from on its last poll (forgotten with it)."""
+    early_poll: EarlyPoll | None = None
+    """The lag above which a read between polls brings its next poll forward (None: no Kafka lag read)."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
     verdicts: dict[tuple[str, int], Verdict] = {}
     time_lags: dict[tuple[str, int], float] = {}
     lags: dict[PartitionKey, int] = {}
+    state.early_poll = None
     if sample is None:
         state.failures += 1
         shared.secrets.forget(namespace, state.secret_names)  # a rotated Secret may be why: read it again
@@ -309,6 +313,8 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                                                    commit_interval_seconds=worker_config.declared_commit_interval(
                                                        target.containers) if target else None,
                                                    lags=lags if current else None)
+            state.early_poll = early_poll_after(sum(lags.values()), len(lags), observation.produce_rate,
+                                                observation.commit_interval_seconds, reset)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
                                       partitions=len(sample.partitions), lag_only=True, lags=lags)

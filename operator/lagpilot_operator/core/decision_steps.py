@@ -285,9 +285,14 @@ def group_time_lag(ctx: DecisionContext, lag: LagView) -> float:
 
 
 def committed_time_lag_floor(ctx: DecisionContext) -> float:
-    """How far behind committed offsets show a group that keeps up: COMMITTED_TIME_LAG_FLOOR_SECONDS, or the
-    workers' declared commit interval when longer."""
-    return max(COMMITTED_TIME_LAG_FLOOR_SECONDS, ctx.observation.commit_interval_seconds or 0.0)
+    """How far behind committed offsets show a group that keeps up (`commit_step_seconds`)."""
+    return commit_step_seconds(ctx.observation.commit_interval_seconds)
+
+
+def commit_step_seconds(declared_commit_interval: float | None) -> float:
+    """The step in which a group's committed offsets move: COMMITTED_TIME_LAG_FLOOR_SECONDS, or the workers'
+    declared commit interval when longer."""
+    return max(COMMITTED_TIME_LAG_FLOOR_SECONDS, declared_commit_interval or 0.0)
 
 
 def held_time_lag_target(ctx: DecisionContext) -> float | None:

@@ -23,6 +23,12 @@ groups; the operator does the same:
   resource with that interval decides right after it is answered (`next_poll`). So a lag change
   reaches every resource's decision at the first read after it, and no resource takes a read that is
   most of an interval old because its own poll fell just before the cluster's next read.
+* Halfway between two paced reads, a *between read* of the whole cluster brings forward the poll of each
+  resource whose lag it shows risen past its bar (`core.early_poll`, given by the resource's last
+  decision); the others keep waiting. A burst then waits at most half an interval for a read that
+  carries it to the decisions, not a whole one. Only while some resource on the cluster has a bar, and
+  not when the last read took more than half the interval (a between read would then delay the paced
+  one); `LAGPILOT_EARLY_POLLS=false` turns them off.
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -46,6 +52,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient
 
 from lagpilot_operator import operator_metrics as metrics
+from lagpilot_operator.core.early_poll import EarlyPoll
 from lagpilot_operator.core.observations import LagSample, PartitionKey
 from lagpilot_operator.kafka import kafka_lag
 from lagpilot_operator.kafka.cluster_reads import (
@@ -75,6 +82,8 @@ log = logging.getLogger(__name__)
 # scheduling jitter of daemons started together.
 GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.05"))
 READ_TIMEOUT_SECONDS = 10.0
+# Between reads (see the module's docstring): on unless set to false.
+EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "true").strip().lower() not in ("false", "0", "no", "off")
 
 
 def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
@@ -222,6 +231,10 @@ class ClusterObserver:
     """Seconds: this cluster's paced reads fall at phase + k x interval, for every interval (`tick_phase`,
     `spread_phases`). A change takes effect from the read after the one already due."""
     monotonic: Callable[[], float] = time.monotonic
+    early_polls: bool = EARLY_POLLS
+    """Whether between reads bring the polls of resources whose lag rose forward."""
+    cluster: str = ""
+    """The cluster's name in the metrics (its bootstrap servers)."""
     _wants: dict[Hashable, Want] = field(default_factory=dict)
     _intervals: dict[Hashable, float] = field(default_factory=dict)
     """Per owner, its poll interval as of its last sample."""
@@ -234,6 +247,9 @@ class ClusterObserver:
     _ticks: dict[float, _Tick] = field(default_factory=dict)
     """Per interval, its next paced read."""
     _pacers: dict[float, asyncio.Task[None]] = field(default_factory=dict)
+    _early: dict[Hashable, tuple[EarlyPoll, asyncio.Future[None]]] = field(default_factory=dict)
+    """Per resource waiting for its next poll, its early-poll bar and what a between read sets to wake it."""
+    _last_read_seconds: float = 0.0
     _thread: ThreadPoolExecutor | None = None
     """The cluster's own thread for its reads (one at a time): not the I/O threads the reconciles' API calls
     queue in, which after a lag change hold a status write per resource, so a paced read is never queued
@@ -252,21 +268,30 @@ class ClusterObserver:
         self._taken[owner] = read.time
         return sample_for(read, want)
 
-    async def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float) -> None:
+    async def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float,
+                        early: EarlyPoll | None = None) -> None:
         """Returns when `owner` (registered by a sample) polls next: once the cluster's next paced read for
         its interval is answered. Its first paced read (or the first after a change of interval) starts
         at least half an interval after `poll_started` (monotonic), so a resource that just polled off
         the pace does not poll again at once; after that, it is always the next read not answered yet,
-        however long the read or the resource's own reconcile took (an overrun waits for the next)."""
+        however long the read or the resource's own reconcile took (an overrun waits for the next).
+        With `early`, a between read that shows its lag above the bar returns it at once."""
         not_before = -float("inf") if self._paced.get(owner) == interval_seconds else \
             poll_started + interval_seconds / 2
-        while True:
-            tick = self._tick(interval_seconds)
-            # asyncio.wait, not await: a tick cancelled with its pacer (the cluster left) ends the wait, and
-            # the caller's cancellation does not reach the tick shared with the other resources.
-            await asyncio.wait([tick.answered])
-            if tick.at >= not_before or owner not in self._wants:
-                break
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if early is not None and self.early_polls:
+            self._early[owner] = (early, woken)
+        try:
+            while True:
+                tick = self._tick(interval_seconds)
+                # asyncio.wait, not await: a tick cancelled with its pacer (the cluster left) ends the wait,
+                # and the caller's cancellation does not reach the tick shared with the other resources.
+                await asyncio.wait([tick.answered, woken], return_when=asyncio.FIRST_COMPLETED)
+                if woken.done() or tick.at >= not_before or owner not in self._wants:
+                    break
+        finally:
+            if self._early.get(owner, (None, None))[1] is woken:
+                del self._early[owner]
         self._paced[owner] = interval_seconds
 
     def shortest_interval(self) -> float | None:
@@ -279,6 +304,7 @@ class ClusterObserver:
         self._intervals.pop(owner, None)
         self._taken.pop(owner, None)
         self._paced.pop(owner, None)
+        self._early.pop(owner, None)
         if self._wants:
             return False
         self.close()
@@ -301,10 +327,16 @@ class ClusterObserver:
         return tick
 
     async def _pace(self, interval: float) -> None:
-        """One read of the cluster for everybody at each tick of `interval`, while a resource polls at it."""
+        """One read of the cluster for everybody at each tick of `interval`, while a resource polls at it,
+        and a between read halfway to each tick when one is due (`_between_read_due`)."""
         tick = self._ticks[interval]
         try:
             while interval in self._intervals.values():
+                between = tick.at - interval / 2
+                if between > self.monotonic() and self._between_read_due(interval):
+                    await asyncio.sleep(between - self.monotonic())
+                    with contextlib.suppress(Exception):  # as below: each resource's own sample reports it
+                        self._wake_risen(interval, await self._read_for_everyone())
                 await asyncio.sleep(max(0.0, tick.at - self.monotonic()))
                 # A bug in the read (raised) is reported by each resource's own sample, which reads again.
                 with contextlib.suppress(Exception):
@@ -321,6 +353,31 @@ class ClusterObserver:
             if not tick.answered.done():
                 tick.answered.set_result(None)
 
+    def _between_read_due(self, interval: float) -> bool:
+        """A between read for `interval`'s next tick: on, some resource waiting at it has a bar, and the last
+        read took at most half the interval (a longer one would push the paced read back)."""
+        return self.early_polls and self._last_read_seconds <= interval / 2 and any(
+            self._intervals.get(owner) == interval for owner in self._early)
+
+    def _wake_risen(self, interval: float, read: ClusterRead) -> None:
+        """Wakes each resource waiting at `interval` whose lag in `read` is above its bar (a read newer than
+        its last sample's; a failure concerning it wakes nobody: the paced read reports it)."""
+        woken = 0
+        for owner, (early, waiting) in list(self._early.items()):
+            want = self._wants.get(owner)
+            if waiting.done() or want is None or self._intervals.get(owner) != interval \
+                    or read.time <= self._taken.get(owner, float("inf")):
+                continue
+            try:
+                risen = early.wakes(sample_for(read, want))
+            except (LagReadError, ValueError):
+                continue
+            if risen:
+                waiting.set_result(None)
+                woken += 1
+        if woken:
+            metrics.EARLY_POLLS.labels(self.cluster).inc(woken)
+
     async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
                         gather_seconds: float) -> ClusterRead:
         latest = self._latest
@@ -331,10 +388,10 @@ class ClusterObserver:
         # Shielded: one resource's loop being cancelled must not cancel the others' read.
         return await asyncio.shield(flight.result)
 
-    async def _read_for_everyone(self) -> None:
+    async def _read_for_everyone(self) -> ClusterRead:
         """A paced read: joins a read under way that covers every resource, or starts one at once."""
         flight = self._flight_covering(self._wants.values()) or self._start_flight(0.0)
-        await asyncio.shield(flight.result)
+        return await asyncio.shield(flight.result)
 
     def _flight_covering(self, wants: Iterable[Want]) -> _Flight | None:
         """A read under way that answers all of `wants`: one still gathering (it asks for everyone registered
@@ -364,7 +421,9 @@ class ClusterObserver:
             flight.wanted = wanted_union(self._wants.values())
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="lagpilot-cluster-read")
+            sent = self.monotonic()
             read = await asyncio.get_running_loop().run_in_executor(self._thread, self.read, flight.wanted)
+            self._last_read_seconds = self.monotonic() - sent
             read = dataclasses.replace(read, answered=self.clock())
         except asyncio.CancelledError:  # the operator stopping: the waiters stop too
             flight.result.cancel()
@@ -402,16 +461,19 @@ class ClusterObservers:
         observer = self._observers.get(key)
         if observer is None:
             observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds,
-                                                              phase=tick_phase(key))
+                                                              phase=tick_phase(key),
+                                                              cluster=settings["bootstrap.servers"])
             self._spread(interval_seconds)
         return await observer.sample(owner, want, interval_seconds)
 
-    def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float) -> Awaitable[None] | None:
-        """What `owner` awaits until its next poll: its cluster's next paced read (`ClusterObserver.next_poll`);
-        None when it reads no consumer group from Kafka (paced by its own interval then)."""
+    def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float,
+                  early: EarlyPoll | None = None) -> Awaitable[None] | None:
+        """What `owner` awaits until its next poll: its cluster's next paced read, or a between read that
+        shows its lag above `early` (`ClusterObserver.next_poll`); None when it reads no consumer group
+        from Kafka (paced by its own interval then)."""
         key = self._cluster_of.get(owner)
         observer = self._observers.get(key) if key is not None else None
-        return observer.next_poll(owner, interval_seconds, poll_started) if observer is not None else None
+        return observer.next_poll(owner, interval_seconds, poll_started, early) if observer is not None else None
 
     def release(self, owner: Hashable) -> None:
         """`owner` no longer reads a consumer group from Kafka (gone, or another lag source)."""

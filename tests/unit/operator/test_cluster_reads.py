@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lagpilot_operator import operator_metrics as metrics
-from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.early_poll import EarlyPoll
+from lagpilot_operator.core.observations import LagSample, PartitionOffsets, total_lag
 from lagpilot_operator.kafka import cluster_observer, kafka_lag
 from lagpilot_operator.kafka.cluster_reads import (
     ClusterRead,
@@ -532,3 +533,90 @@ def test_clusters_coming_and_going_are_spread_over_the_shortest_interval_polled(
         assert offsets() == [3.0]
 
     asyncio.run(scenario())
+
+
+class ChangingCluster:
+    """A blocking read of a fake cluster whose offsets the test moves meanwhile (copies of TOPICS and
+    COMMITTED), each read held back by `delay`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.topics = {topic: dict(partitions) for topic, partitions in TOPICS.items()}
+        self.delay = delay
+        self.reads: list[float] = []
+
+    def __call__(self, wanted: Wanted) -> ClusterRead:
+        started = time.time()
+        self.reads.append(started)
+        time.sleep(self.delay)
+        return fake_read(self.topics, COMMITTED, wanted, at=started)
+
+
+def polls_around_a_burst(observer: cluster_observer.ClusterObserver,
+                         cluster: ChangingCluster) -> dict[str, list[float]]:
+    """Resources a (group g1 on orders) and b (g2 on payments) poll three times, each waiting for its next
+    poll with its bar at the lag it just read; once both have polled twice, orders gets 100 records on a
+    partition. The times of the reads each resource's samples came from."""
+    owners = {"a": ("ns", "a"), "b": ("ns", "b")}
+    taken: dict[str, list[float]] = {name: [] for name in owners}
+    second_polls = asyncio.Barrier(3)
+
+    async def resource(name: str) -> None:
+        owner = owners[name]
+        for poll in range(3):
+            started = time.monotonic()
+            sample = await observer.sample(owner, RESOURCES[owner], PACE)
+            taken[name].append(sample.time)
+            if poll == 1:
+                await second_polls.wait()
+            if poll < 2:
+                await observer.next_poll(owner, PACE, started, EarlyPoll(above=total_lag(sample)))
+        observer.release(owner)
+
+    async def burst() -> None:
+        await second_polls.wait()
+        start, end = cluster.topics["orders"][0]
+        cluster.topics["orders"][0] = (start, end + 100)
+
+    async def scenario() -> None:
+        await asyncio.gather(resource("a"), resource("b"), burst())
+
+    asyncio.run(scenario())
+    return taken
+
+
+def first_tick_in(seconds: float) -> float:
+    """A phase whose next paced read (at PACE) is `seconds` from now."""
+    return (time.monotonic() + seconds) % PACE
+
+
+def early_polls_counted(cluster: str) -> float:
+    return sum(s.value for family in metrics.EARLY_POLLS.collect() for s in family.samples
+               if s.name == "lagpilot_early_polls_total" and s.labels.get("cluster") == cluster)
+
+
+def test_a_read_between_two_paced_reads_brings_forward_only_the_polls_whose_lag_rose_past_their_bar() -> None:
+    cluster = ChangingCluster()
+    counted = early_polls_counted("between-test")
+    # The first paced read 0.7 s away: both resources' first paced polls (at least half an interval after
+    # their first) take it; the between reads fall 0.5 s before each paced read.
+    observer = cluster_observer.ClusterObserver(cluster, gather_seconds=0.0, phase=first_tick_in(0.7),
+                                                early_polls=True, cluster="between-test")
+    taken = polls_around_a_burst(observer, cluster)
+    assert taken["a"][1] == taken["b"][1]  # the paced read, together
+    # a's lag rose by 100: it polled on the between read, half an interval after the paced one; b's did
+    # not rise: it waited for the next paced read, the last read made.
+    assert taken["a"][2] == cluster.reads[-2] and taken["b"][2] == cluster.reads[-1]
+    assert taken["a"][2] - taken["a"][1] >= PACE / 2 - 0.1 and taken["b"][2] - taken["a"][2] >= PACE / 2 - 0.1
+    assert early_polls_counted("between-test") == counted + 1
+
+
+def test_without_early_polls_or_after_a_read_longer_than_half_the_interval_a_burst_waits_for_the_paced_read(
+) -> None:
+    for early_polls, delay in ((False, 0.0), (True, 0.6 * PACE)):
+        cluster = ChangingCluster(delay)
+        observer = cluster_observer.ClusterObserver(cluster, gather_seconds=0.0, phase=first_tick_in(0.7 + delay),
+                                                    early_polls=early_polls)
+        taken = polls_around_a_burst(observer, cluster)
+        assert taken["a"] == taken["b"], (early_polls, delay)  # every poll on the paced reads, together
+        assert len(cluster.reads) == 3, (early_polls, delay)  # the first read and two paced ones, none between
+
