@@ -162,6 +162,7 @@ class OperatorMetrics:
     kafka_requests: float | None = None                         # None: the version has no such metric
     status_writes: dict[str, float] = field(default_factory=dict)  # reason -> status patches (versions with it)
     cluster_reads: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap -> reads, seconds
+    early_polls: float | None = None                            # None: the version has no between reads
 
 
 def parse_operator_metrics(text: str) -> OperatorMetrics:
@@ -174,7 +175,8 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
               "# TYPE lagpilot_kafka_cluster_read_duration_seconds ",
               "# TYPE lagpilot_reconcile_duration_seconds ", "# TYPE lagpilot_consumergroup_total_lag ",
               "# TYPE lagpilot_kafka_admin_requests_total ", "# TYPE lagpilot_reconcile_errors_total ",
-              "# TYPE lagpilot_status_writes_total ")
+              "# TYPE lagpilot_status_writes_total ", "lagpilot_early_polls_total{",
+              "# TYPE lagpilot_early_polls_total ")
     found = OperatorMetrics()
     lines = "\n".join(line for line in text.splitlines() if line.startswith(wanted))
     for family in text_string_to_metric_families(lines):
@@ -187,6 +189,8 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
                 found.total_lag[sample.labels["name"]] = sample.value
             elif sample.name == "lagpilot_kafka_admin_requests_total":
                 found.kafka_requests = (found.kafka_requests or 0.0) + sample.value
+            elif sample.name == "lagpilot_early_polls_total":
+                found.early_polls = (found.early_polls or 0.0) + sample.value
             elif sample.name == "lagpilot_status_writes_total":
                 reason = sample.labels["reason"]
                 found.status_writes[reason] = found.status_writes.get(reason, 0.0) + sample.value
@@ -195,6 +199,13 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
                 found.cluster_reads[sample.labels["cluster"]] = (
                     (sample.value, seconds) if sample.name.endswith("_count") else (reads, sample.value))
     return found
+
+
+def early_polls_between(before: OperatorMetrics, after: OperatorMetrics) -> int | None:
+    """Polls brought forward by between reads from one scrape to the next (None: a version without them)."""
+    if after.early_polls is None:
+        return None
+    return int(after.early_polls - (before.early_polls or 0.0))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -244,6 +255,8 @@ def merge_metrics(per_replica: dict[str, OperatorMetrics], owner: dict[str, str]
         merged.errors += found.errors
         if found.kafka_requests is not None:
             merged.kafka_requests = (merged.kafka_requests or 0.0) + found.kafka_requests
+        if found.early_polls is not None:
+            merged.early_polls = (merged.early_polls or 0.0) + found.early_polls
         for name, lag in found.total_lag.items():
             if owner is None or owner.get(name) == identity:
                 merged.total_lag[name] = lag
@@ -930,6 +943,8 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
             "namespace_changes_by_kind": changed,
             "namespace_watches_ended_early": sorted(changes.ended_early),
             "kafka_requests_per_second": totals["kafka_requests_per_second"],
+            # Polls a between read brought forward (lag risen past the bar) in a window with no burst.
+            "early_polls_in_window": early_polls_between(merge_metrics(metrics0, None), merge_metrics(metrics1, None)),
             # Why each status patch in the window was written (versions with lagpilot_status_writes_total).
             "status_writes_by_reason": {k: int(v) for k, v in sorted(status_writes.items(), key=lambda kv: -kv[1])},
             "first_round_seconds": round(first_round, 1),
@@ -1003,7 +1018,8 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
     """Seconds from a burst to every partition until each resource's decision sees its lag grow by it
     (several replicas: read from the replica holding the resource's shard)."""
     holders = dict(operators.read_owners())
-    baseline = operators.metrics().total_lag
+    before = operators.metrics()
+    baseline = before.total_lag
     wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
     writes0 = apiserver_writes()
     sent = time.monotonic()
@@ -1033,6 +1049,7 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
     writes = deltas(writes0, apiserver_writes())
     found: dict[str, Any] = {
              "burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
+             "early_polls": early_polls_between(before, operators.metrics()),
              "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
              "resources_seen": len(seen), "resources": len(fleet),
              "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,

@@ -76,6 +76,9 @@ lagpilot_kafka_admin_requests_total{cluster="b:1",request="offset_fetch"} 5.0
 lagpilot_status_writes_total{reason="first"} 2.0
 lagpilot_status_writes_total{reason="maxTimeLagSeconds"} 11.0
 lagpilot_status_writes_created{reason="first"} 1.7e+09
+# TYPE lagpilot_early_polls_total counter
+lagpilot_early_polls_total{cluster="a:1"} 4.0
+lagpilot_early_polls_total{cluster="b:1"} 6.0
 """
 
 
@@ -84,6 +87,17 @@ def test_the_operator_metrics_give_polls_errors_each_resources_lag_and_kafka_req
     assert (found.polls, found.errors, found.kafka_requests) == (42.0, 2.0, 8.0)
     assert found.total_lag == {"g-0": 7.0, "g-1": 0.0}
     assert found.status_writes == {"first": 2.0, "maxTimeLagSeconds": 11.0}
+    assert found.early_polls == 10.0
+
+
+def test_early_polls_are_counted_between_two_scrapes_and_none_for_a_version_without_them(bench: ModuleType) -> None:
+    found = bench.parse_operator_metrics(OPERATOR)
+    later = bench.parse_operator_metrics(OPERATOR.replace("} 6.0", "} 9.0"))
+    assert bench.early_polls_between(found, later) == 3
+    without = bench.parse_operator_metrics("\n".join(line for line in OPERATOR.splitlines() if "early" not in line))
+    assert without.early_polls is None and bench.early_polls_between(without, without) is None
+    merged = bench.merge_metrics({"op-0": found, "op-1": without}, None)
+    assert merged.early_polls == 10.0
 
 
 def test_an_operator_without_the_kafka_request_metric_reports_none(bench: ModuleType) -> None:
