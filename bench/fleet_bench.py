@@ -759,7 +759,8 @@ def shard_holders(api: Any, namespace: str) -> dict[int, str]:
 
 SCRAPED = ("lagpilot_reconcile_duration_seconds_count", "lagpilot_consumergroup_total_lag",
            "lagpilot_kafka_admin_requests_total", "lagpilot_reconcile_errors_total", "lagpilot_status_writes_total",
-           "lagpilot_kafka_cluster_read_duration_seconds_count", "lagpilot_kafka_cluster_read_duration_seconds_sum")
+           "lagpilot_kafka_cluster_read_duration_seconds_count", "lagpilot_kafka_cluster_read_duration_seconds_sum",
+           "lagpilot_early_polls_total")
 """The series the bench reads, asked for by name (prometheus_client's `name[]`): the whole exposition of a
 1,000-resource fleet has a series per partition (tens of thousands of lines), and making it every second
 during the lag change would take CPU from the operator being measured. `full_scrape` measures it once."""

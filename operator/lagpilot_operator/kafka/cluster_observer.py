@@ -335,8 +335,10 @@ class ClusterObserver:
                 between = tick.at - interval / 2
                 if between > self.monotonic() and self._between_read_due(interval):
                     await asyncio.sleep(between - self.monotonic())
-                    with contextlib.suppress(Exception):  # as below: each resource's own sample reports it
+                    try:
                         self._wake_risen(interval, await self._read_for_everyone())
+                    except Exception:  # as below: each resource's own sample reports a failed read
+                        log.debug("between read of %s failed", self.cluster, exc_info=True)
                 await asyncio.sleep(max(0.0, tick.at - self.monotonic()))
                 # A bug in the read (raised) is reported by each resource's own sample, which reads again.
                 with contextlib.suppress(Exception):
@@ -377,6 +379,7 @@ class ClusterObserver:
                 woken += 1
         if woken:
             metrics.EARLY_POLLS.labels(self.cluster).inc(woken)
+        log.debug("between read of %s: %d of %d waiting resource(s) polled early", self.cluster, woken, len(self._early))
 
     async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
                         gather_seconds: float) -> ClusterRead:
