@@ -37,7 +37,8 @@ the operator integration tests run it), so it sees nothing of other users of the
 5. the lag change: the steady produce stops, after two intervals every resource's
    `lagpilot_consumergroup_total_lag` is read, `--burst` records go to every partition of every topic
    at once, and the operator's metrics are read every 0.5 s until each resource's lag grew by its
-   partitions x burst: the seconds from the burst's last acknowledgement to each resource seeing it;
+   partitions x burst: the seconds from the acknowledgement of its group's last burst record to each
+   resource seeing it (the clusters produced to side by side);
    `--bursts` times, each at another instant of the clusters' reads, with per cluster the read that
    carried the burst (its start and length, the decisions after it);
 6. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
@@ -180,6 +181,8 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
     found = OperatorMetrics()
     lines = "\n".join(line for line in text.splitlines() if line.startswith(wanted))
     for family in text_string_to_metric_families(lines):
+        if family.name == "lagpilot_early_polls":  # a version with between reads: 0 until one wakes somebody
+            found.early_polls = found.early_polls or 0.0
         for sample in family.samples:
             if sample.name == "lagpilot_reconcile_duration_seconds_count":
                 found.polls += sample.value
@@ -383,16 +386,43 @@ def commit_offsets(fleet: list[Group], timeout: float = 180) -> None:
             time.sleep(1)
 
 
-def produce_to_every_partition(fleet: list[Group], per_partition: int) -> None:
-    for cluster, groups in by_cluster(fleet).items():
+def produce_to_every_partition(fleet: list[Group], per_partition: int) -> dict[str, float]:
+    """`per_partition` records to every partition of the fleet; per group, when its last record was
+    acknowledged (monotonic): the instant its lag change was whole. The clusters are produced to side by
+    side, a thread each, so one cluster's burst does not wait for another's (one after another, the
+    last cluster's records came seconds after the first's at full size)."""
+    acknowledged: dict[str, float] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def produce(cluster: str, groups: list[Group]) -> None:
         producer = Producer({"bootstrap.servers": cluster, "linger.ms": 20, "acks": "all"})
         for group in groups:
+            def delivered(error: Any, _message: Any, name: str = group.name) -> None:
+                now = time.monotonic()
+                with lock:
+                    if error is not None:
+                        failures.append(f"{name}: {error}")
+                    else:
+                        acknowledged[name] = max(acknowledged.get(name, now), now)
+
             for partition in range(group.partitions):
                 for _ in range(per_partition):
-                    producer.produce(group.topic, value=b"x", partition=partition)
+                    producer.produce(group.topic, value=b"x", partition=partition, on_delivery=delivered)
                     producer.poll(0)
         if producer.flush(120) != 0:
-            raise RuntimeError(f"records to {cluster} not acknowledged within 120 s")
+            with lock:
+                failures.append(f"records to {cluster} not acknowledged within 120 s")
+
+    threads = [threading.Thread(target=produce, args=(cluster, groups), name=f"burst-{cluster}")
+               for cluster, groups in by_cluster(fleet).items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} burst records failed, e.g. {failures[0]}")
+    return acknowledged
 
 
 class SteadyProducer(threading.Thread):
@@ -1019,13 +1049,16 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
     """Seconds from a burst to every partition until each resource's decision sees its lag grow by it
     (several replicas: read from the replica holding the resource's shard)."""
     holders = dict(operators.read_owners())
-    before = operators.metrics()
-    baseline = before.total_lag
+    metrics_before = operators.metrics()
+    baseline = metrics_before.total_lag
     wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
     writes0 = apiserver_writes()
     sent = time.monotonic()
-    produce_to_every_partition(fleet, args.burst)
-    acknowledged = time.monotonic()
+    group_acknowledged = produce_to_every_partition(fleet, args.burst)
+    acknowledged = max(group_acknowledged.values())
+    clusters = by_cluster(fleet)
+    cluster_acknowledged = {cluster: max(group_acknowledged[g.name] for g in members)
+                            for cluster, members in clusters.items()}
     seen: dict[str, float] = {}
     # Each cluster's reads that ended after the burst: (end, duration), seconds from its acknowledgement
     # (a read ends when lagpilot_kafka_cluster_read_duration_seconds_count moves). With one replica only:
@@ -1038,33 +1071,38 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
         now = time.monotonic()
         for name, target in wanted.items():
             if name not in seen and scraped.total_lag.get(name, 0.0) >= target:
-                seen[name] = round(now - acknowledged, 2)
+                seen[name] = round(now - group_acknowledged[name], 2)
         for cluster, (reads, seconds) in scraped.cluster_reads.items():
-            before = last_reads.get(cluster, (0.0, 0.0))
-            if reads > before[0]:
+            had = last_reads.get(cluster, (0.0, 0.0))
+            if reads > had[0]:
                 reads_after.setdefault(cluster, []).append(
-                    (round(now - acknowledged, 2), round((seconds - before[1]) / (reads - before[0]), 2)))
+                    (round(now - cluster_acknowledged[cluster], 2), round((seconds - had[1]) / (reads - had[0]), 2)))
         last_reads = scraped.cluster_reads
         time.sleep(0.5)
     times = list(seen.values())
     writes = deltas(writes0, apiserver_writes())
     found: dict[str, Any] = {
              "burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
-             "early_polls": early_polls_between(before, operators.metrics()),
+             "early_polls": early_polls_between(metrics_before, operators.metrics()),
              "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
              "resources_seen": len(seen), "resources": len(fleet),
              "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
              "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
              "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
              "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
-             "basis": "from the burst's last acknowledgement to lagpilot_consumergroup_total_lag, read every 0.5 s; "
-                      "per cluster, the read that carried the change: the last one ended by the time its last "
-                      "resource showed it (ends and durations from lagpilot_kafka_cluster_read_duration_seconds; "
-                      "with one replica only)"}
-    clusters = by_cluster(fleet)
+             "basis": "per resource, from the acknowledgement of its group's last burst record to "
+                      "lagpilot_consumergroup_total_lag showing the whole burst, read every 0.5 s (clusters produced "
+                      "side by side); per cluster, the read that carried the change: the last one ended by the time "
+                      "its last resource showed it, times from the cluster's last acknowledgement (ends and "
+                      "durations from lagpilot_kafka_cluster_read_duration_seconds; with one replica only)"}
+
+    def last_seen_since_cluster_acknowledged(cluster: str, members: list[Group]) -> float:
+        return max(seen[g.name] + group_acknowledged[g.name] - cluster_acknowledged[cluster] for g in members)
+
     found["seen_seconds_by_cluster"] = {
         cluster: {"first": min(ts), "p50": round(percentile(ts, 0.5), 1), "last": max(ts),
-                  **(read_that_carried(reads_after.get(cluster, []), max(ts)) if operators.owner is None else {})}
+                  **(read_that_carried(reads_after.get(cluster, []), last_seen_since_cluster_acknowledged(
+                      cluster, [g for g in members if g.name in seen])) if operators.owner is None else {})}
         for cluster, members in clusters.items() if (ts := [seen[g.name] for g in members if g.name in seen])}
     if operators.owner is not None:
         found["shard_holders_unchanged"] = holders == operators.read_owners()

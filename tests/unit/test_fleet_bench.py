@@ -96,6 +96,9 @@ def test_early_polls_are_counted_between_two_scrapes_and_none_for_a_version_with
     assert bench.early_polls_between(found, later) == 3
     without = bench.parse_operator_metrics("\n".join(line for line in OPERATOR.splitlines() if "early" not in line))
     assert without.early_polls is None and bench.early_polls_between(without, without) is None
+    none_yet = bench.parse_operator_metrics("\n".join(line for line in OPERATOR.splitlines()
+                                                     if not line.startswith("lagpilot_early_polls_total{")))
+    assert none_yet.early_polls == 0.0  # the family without a sample: a version with them, none woken yet
     merged = bench.merge_metrics({"op-0": found, "op-1": without}, None)
     assert merged.early_polls == 10.0
 

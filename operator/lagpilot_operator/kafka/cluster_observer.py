@@ -379,7 +379,8 @@ class ClusterObserver:
                 woken += 1
         if woken:
             metrics.EARLY_POLLS.labels(self.cluster).inc(woken)
-        log.debug("between read of %s: %d of %d waiting resource(s) polled early", self.cluster, woken, len(self._early))
+        log.debug("between read of %s: %d of %d waiting resource(s) polled early", self.cluster, woken,
+                  len(self._early))
 
     async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
                         gather_seconds: float) -> ClusterRead:
