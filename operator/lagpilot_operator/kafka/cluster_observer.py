@@ -467,6 +467,7 @@ class ClusterObservers:
             observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds,
                                                               phase=tick_phase(key),
                                                               cluster=settings["bootstrap.servers"])
+            metrics.EARLY_POLLS.labels(observer.cluster)  # exported from 0, not from the first early poll
             self._spread(interval_seconds)
         return await observer.sample(owner, want, interval_seconds)
 

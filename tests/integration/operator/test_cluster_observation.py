@@ -189,3 +189,46 @@ def test_the_operator_reads_a_cluster_once_for_the_resources_polling_together(
     # Read per resource, every reconcile is a metadata call. Read per cluster, a read serves every
     # resource polling within half an interval of it: a few reads per 2 s interval at most, for five.
     assert reconciles >= 20 and metadata <= reconciles / 2, (metadata, reconciles)
+
+
+def early_polls_and_lag(process: OperatorProcess, bootstrap: str, name: str) -> tuple[float, float, float | None]:
+    """(polls brought forward on the cluster, reconciles, the resource's lag as its decision used it)."""
+    samples = operator_metrics(process)
+    early = sum(s.value for s in samples if s.name == "lagpilot_early_polls_total"
+                and s.labels.get("cluster") == bootstrap)
+    reconciles = sum(s.value for s in samples if s.name == "lagpilot_reconcile_duration_seconds_count")
+    lag = next((s.value for s in samples if s.name == "lagpilot_consumergroup_total_lag"
+                and s.labels.get("name") == name), None)
+    return early, reconciles, lag
+
+
+@pytest.mark.slow
+def test_a_burst_right_after_a_paced_read_reaches_the_decision_on_the_read_between(
+        stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
+    """The real operator, one resource polling every 4 s on a quiet topic: records produced right after a
+    poll are in its decision after the cluster's between read (2 s later), which brings its poll forward
+    (`lagpilot_early_polls_total`), not at the paced read after it."""
+    bootstrap = stack.kafka_bootstrap
+    topic, group = create_topic("obs-burst", partitions=2), unique_name("obs-burst-g")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer.commit(offsets=[TopicPartition(topic, p, 0) for p in range(2)], asynchronous=False)
+    consumer.close()
+    create_deployment(stack, namespace, "burst", 1)
+    apply_kcg(stack, namespace, "burst", {
+        "kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic],
+        "scaleTargetRef": {"name": "burst"}, "replicas": {"min": 1, "max": 1}, **FAST,
+        "lag": {"pollIntervalSeconds": 4}})
+    # Two polls with lag 0: the second is a paced one, and the resource has its early-poll bar (2 records).
+    wait_for(lambda: (state := early_polls_and_lag(operator, bootstrap, "burst"))[2] == 0 and state[1] >= 2, 60,
+             "two polls of the quiet topic")
+    early_before, reconciles, _ = early_polls_and_lag(operator, bootstrap, "burst")
+    wait_for(lambda: early_polls_and_lag(operator, bootstrap, "burst")[1] > reconciles, 10, "the next paced poll",
+             interval=0.05, max_interval=0.05)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    for partition in range(2):
+        for i in range(20):
+            producer.produce(topic, value=f"{i}".encode(), partition=partition)
+    assert producer.flush(10) == 0
+    early, _, _ = wait_for(lambda: (state := early_polls_and_lag(operator, bootstrap, "burst"))[2] == 40 and state,
+                           10, "the burst in the decision")
+    assert early == early_before + 1, (early_before, early)
