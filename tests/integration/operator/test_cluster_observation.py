@@ -218,6 +218,7 @@ def test_a_burst_right_after_a_paced_read_reaches_the_decision_on_the_read_betwe
         "kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic],
         "scaleTargetRef": {"name": "burst"}, "replicas": {"min": 1, "max": 1}, **FAST,
         "lag": {"pollIntervalSeconds": 4}})
+    wait_for(lambda: status_of(stack, namespace, "burst").get("totalLag") == 0, 60, "the first poll's status")
     # Two polls with lag 0: the second is a paced one, and the resource has its early-poll bar (2 records).
     wait_for(lambda: (state := early_polls_and_lag(operator, bootstrap, "burst"))[2] == 0 and state[1] >= 2, 60,
              "two polls of the quiet topic")
