@@ -47,13 +47,14 @@ RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that h
 KAFKA_ADMIN_REQUESTS = Counter("lagpilot_kafka_admin_requests_total",
                                "Kafka admin calls made to read lag, per cluster and kind of request.",
                                ("cluster", "request"))
-# How long one read of a whole cluster took (all its groups): with paced polls and between reads, a lag
-# change reaches the decisions at most half an interval plus this (and the decisions queued before) after it
-# happened, when it moves the lag past the early-poll bar (core/early_poll); else one interval plus this.
+# How long one read of a whole cluster took (all its groups): with paced polls, a lag change reaches the
+# decisions at most one interval plus this (and the decisions queued before) after it happened; with early
+# polls on, half an interval plus this when it moves the lag past the early-poll bar (core/early_poll).
 KAFKA_CLUSTER_READ_SECONDS = Histogram("lagpilot_kafka_cluster_read_duration_seconds",
                                        "Duration of one lag read of a whole Kafka cluster, per cluster.",
                                        ("cluster",), buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30))
-# Polls a between read brought forward, per cluster: resources whose lag it showed above their bar.
+# Polls a between read brought forward, per cluster: resources whose lag it showed above their bar (0 with
+# early polls off, LAGPILOT_EARLY_POLLS).
 EARLY_POLLS = Counter("lagpilot_early_polls_total",
                       "Polls brought forward by a read between two paced reads that showed the group's lag risen.",
                       ("cluster",))

@@ -23,12 +23,12 @@ groups; the operator does the same:
   resource with that interval decides right after it is answered (`next_poll`). So a lag change
   reaches every resource's decision at the first read after it, and no resource takes a read that is
   most of an interval old because its own poll fell just before the cluster's next read.
-* Halfway between two paced reads, a *between read* of the whole cluster brings forward the poll of each
-  resource whose lag it shows risen past its bar (`core.early_poll`, given by the resource's last
-  decision); the others keep waiting. A burst then waits at most half an interval for a read that
-  carries it to the decisions, not a whole one. Only while some resource on the cluster has a bar, and
-  not when the last read took more than half the interval (a between read would then delay the paced
-  one); `LAGPILOT_EARLY_POLLS=false` turns them off.
+* With `LAGPILOT_EARLY_POLLS=true` (off by default: docs/operator.md gives the measured cost), a *between
+  read* of the whole cluster halfway between two paced reads brings forward the poll of each resource
+  whose lag it shows risen past its bar (`core.early_poll`, given by the resource's last decision); the
+  others keep waiting. A burst then waits at most half an interval for a read that carries it to the
+  decisions, not a whole one. Only while some resource on the cluster has a bar, and not when the last
+  read took more than half the interval (a between read would then delay the paced one).
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -82,8 +82,9 @@ log = logging.getLogger(__name__)
 # scheduling jitter of daemons started together.
 GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.05"))
 READ_TIMEOUT_SECONDS = 10.0
-# Between reads (see the module's docstring): on unless set to false.
-EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "true").strip().lower() not in ("false", "0", "no", "off")
+# Between reads (see the module's docstring): off unless set to true. A between read costs what a paced one
+# does; at 300-1,000 groups that was 30-47 % more operator CPU per poll (docs/benchmarks.md).
+EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "false").strip().lower() in ("true", "1", "yes", "on")
 
 
 def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
