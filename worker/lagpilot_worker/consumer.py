@@ -9,7 +9,9 @@ callbacks, which librdkafka runs from inside consume()/poll().
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +22,15 @@ log = logging.getLogger(__name__)
 RebalanceCallback = Callable[[list[TopicPartition]], None]
 CommitErrorCallback = Callable[[KafkaError, list[TopicPartition]], None]
 CommitAckCallback = Callable[[list[TopicPartition]], None]
+
+# librdkafka's statistics, every this many ms unless the settings say otherwise: `close` reads the group's join
+# state from them (see there). 0 in the settings turns them off, and the wait with them.
+STATISTICS_INTERVAL_MS = 500
+# The longest `close` waits for the group to be left, polling (a rebalance under way ends within about a
+# heartbeat interval once every member has rejoined).
+LEAVE_TIMEOUT_SECONDS = 10.0
+# librdkafka's join state once the consumer has left the group (statistics `cgrp.join_state`).
+LEFT_JOIN_STATE = "init"
 
 
 class GroupConsumer:
@@ -45,9 +56,18 @@ class GroupConsumer:
             else:
                 log.warning("Kafka client error: %s", err)
 
+        self._statistics: str | None = None
+        """The last statistics librdkafka gave (JSON), parsed only when read."""
+
+        def statistics(text: str) -> None:
+            self._statistics = text
+
         config = dict(settings)
         config["on_commit"] = committed
         config["error_cb"] = error
+        config.setdefault("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        self._statistics_on = int(config["statistics.interval.ms"]) > 0
+        config["stats_cb"] = statistics
         config.setdefault("logger", logging.getLogger("kafka.consumer"))
         self._consumer = Consumer(config)
         self._consumer.subscribe(
@@ -129,9 +149,42 @@ class GroupConsumer:
         then waits `session.timeout.ms` (45 s by default) for the member while the whole group's
         rebalance hangs. An explicit unsubscribe() leaves in every join state, and close() waits for
         the answer.
+
+        Then it polls until the group is left before it closes. While a rebalance is under way (its
+        JoinGroup in flight: a heartbeat told it to rejoin, as every member is told when a Pod joins or
+        leaves during a rolling update), librdkafka 2.16 postpones the unsubscribe, and a close in that
+        state sends no LeaveGroup ("consumer is terminating, skipping rejoin", then straight to term).
+        The coordinator then completes the join with this member in it, may hand it partitions, and the
+        group waits `session.timeout.ms` for it (a 45 s stall in the rollout e2e test). Polled, the join
+        ends, the postponed unsubscribe runs (revoking what the join gave, which nothing processed) and
+        the member leaves. A record such a poll returns is not processed, so no commit passes it.
         """
         try:
             self._consumer.unsubscribe()
         except KafkaException as exc:  # closing anyway; the group notices after the session timeout
             log.warning("leaving the group failed: %s", exc)
+        else:
+            self._wait_until_left(LEAVE_TIMEOUT_SECONDS)
         self._consumer.close()
+
+    def join_state(self) -> str | None:
+        """librdkafka's group join state as of its last statistics (None: none yet, or no group)."""
+        if self._statistics is None:
+            return None
+        group = json.loads(self._statistics).get("cgrp")
+        return group.get("join_state") if isinstance(group, dict) else None
+
+    def _wait_until_left(self, timeout: float) -> None:
+        if not self._statistics_on:
+            return
+        self._statistics = None  # only statistics from after the unsubscribe count
+        started = time.monotonic()
+        while self.join_state() != LEFT_JOIN_STATE:
+            if time.monotonic() - started > timeout:
+                log.warning("the group was not left within %.0f s; closing anyway (the group notices after its "
+                            "session timeout)", timeout)
+                return
+            self._consumer.poll(0.05)
+        waited = time.monotonic() - started
+        if waited > 2 * STATISTICS_INTERVAL_MS / 1000:
+            log.info("left the group after a rebalance under way ended", extra={"waited_seconds": round(waited, 2)})
