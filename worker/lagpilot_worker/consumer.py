@@ -147,8 +147,8 @@ class GroupConsumer:
         skipping rejoin", then straight to term). That is a Pod that joined moments ago and is stopped
         mid-rebalance, as in a rolling update, or one of more replicas than partitions. The coordinator
         then waits `session.timeout.ms` (45 s by default) for the member while the whole group's
-        rebalance hangs. An explicit unsubscribe() leaves in every join state, and close() waits for
-        the answer.
+        rebalance hangs. An explicit unsubscribe() leaves in every join state but one (below), and
+        close() waits for the answer.
 
         Then it polls until the group is left before it closes. While a rebalance is under way (its
         JoinGroup in flight: a heartbeat told it to rejoin, as every member is told when a Pod joins or
