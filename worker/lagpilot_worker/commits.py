@@ -19,7 +19,7 @@ from .config import WorkerConfig
 from .consumer import GroupConsumer
 from .flow import FlowControl
 from .metrics import WorkerMetrics
-from .offset_map import carry_inherited
+from .offset_map import carry_inherited, past_inherited_done
 from .offset_map import encode as encode_offset_map
 from .partition import PartitionState, PartitionStates
 
@@ -159,8 +159,12 @@ class OffsetCommits:
             offset = tracker.committable()
             assert offset is not None      # needs_commit() is False and nothing awaits an answer without one
             requests.append((state, offset))
-            offsets.append(TopicPartition(state.topic, state.partition, offset,
-                                          metadata=self._offset_map(state, offset)))
+            # Past records the earlier owner finished that this one has not fetched yet: the next owner
+            # would run them again. The tracker keeps its own offset (it knows nothing above its fetch).
+            sent = past_inherited_done(offset, state.done_map, tracker.last_added)
+            state.committed_past_inherited = (sent, offset) if sent != offset else None
+            offsets.append(TopicPartition(state.topic, state.partition, sent,
+                                          metadata=self._offset_map(state, sent)))
         if not requests:
             return True
         ok = self.consumer.commit(offsets, asynchronous)
@@ -210,7 +214,8 @@ class OffsetCommits:
         for tp in partitions:
             state = self._states.get((tp.topic, tp.partition))
             if state is not None:
-                state.tracker.commit_failed(tp.offset)
+                moved = state.committed_past_inherited
+                state.tracker.commit_failed(moved[1] if moved is not None and moved[0] == tp.offset else tp.offset)
 
     def on_commit_ack(self, partitions: list[TopicPartition]) -> None:
         # The broker stored these offsets: the records below them leave the window.

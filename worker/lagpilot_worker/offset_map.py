@@ -73,6 +73,26 @@ class DoneOffsets:
 MAX_CARRIED_SPAN = 1 << 20
 
 
+def past_inherited_done(committable: int, inherited: DoneOffsets | None, fetched_through: int | None) -> int:
+    """The offset to commit for the tracker's `committable` one: moved past the offsets the earlier owner's
+    map (`inherited`) marks done from there on, when this owner has not fetched them yet.
+
+    The tracker's committable offset is past everything this owner fetched once all of it is finished, and
+    the next offset may be one the earlier owner finished (this owner would skip it when fetched). Committed
+    as it is, that record would run again on the next owner (the committed offset is unfinished in the map's
+    format). Nothing of this owner's own is in flight above what it fetched, so the commit can move past
+    the finished run.
+    """
+    if inherited is None or (fetched_through is not None and committable <= fetched_through):
+        return committable
+    offset = committable
+    for start, end in zip(inherited.starts, inherited.ends, strict=True):
+        if start > offset:
+            break
+        offset = max(offset, end)
+    return offset
+
+
 def carry_inherited(own: tuple[int, bytes] | None, committable: int, inherited: DoneOffsets | None,
                     fetched_through: int | None) -> tuple[int, bytes] | None:
     """The flags to commit at `committable`: this owner's finished offsets (`own`, from the tracker),
@@ -81,8 +101,8 @@ def carry_inherited(own: tuple[int, bytes] | None, committable: int, inherited: 
     Without the carry, an owner that commits before it has fetched past the inherited map (a revoke soon
     after it took the partition over, in a rolling update or a scale-up) writes a map of only its own
     records, and the next owner runs the earlier owner's finished ones again. The committed offset is
-    always unfinished in the format; if the inherited map marks it done, it is written as unfinished:
-    at most that one record runs again.
+    always unfinished in the format: `past_inherited_done` moves the commit past inherited finished
+    records first, and if the inherited map still marks it done here, it is written as unfinished.
     """
     if inherited is None:
         return own

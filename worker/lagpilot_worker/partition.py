@@ -36,8 +36,8 @@ class PartitionState:
     an earlier assignment can touch a later one.
     """
 
-    __slots__ = ("breaker", "done_map", "halted", "held", "kafka_tp", "out_segments", "partition",
-                 "pending_writes", "revoked", "tier", "topic", "tracker")
+    __slots__ = ("breaker", "committed_past_inherited", "done_map", "halted", "held", "kafka_tp", "out_segments",
+                 "partition", "pending_writes", "revoked", "tier", "topic", "tracker")
 
     def __init__(self, topic: str, partition: int, tier: int, breaker: PartitionBreaker) -> None:
         self.topic = topic
@@ -54,6 +54,9 @@ class PartitionState:
         # Records an earlier owner finished above the committed offset (the commit's offset map):
         # skipped when fetched; dropped once fetching passes its highest offset.
         self.done_map: DoneOffsets | None = None
+        # The last commit sent past the tracker's offset over records the earlier owner finished
+        # (offset_map.past_inherited_done): (offset sent, the tracker's offset), to fail the right one.
+        self.committed_past_inherited: tuple[int, int] | None = None
 
     def log_extra(self, offset: int | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = {"topic": self.topic, "partition": self.partition}

@@ -205,13 +205,28 @@ def test_nothing_is_carried_below_what_the_owner_fetched_or_once_it_fetched_past
     assert offset_map.carry_inherited(None, 109, None, 108) is None
 
 
-def test_a_carried_map_whose_first_offset_is_done_still_starts_unfinished() -> None:
-    """Everything fetched is finished and the next offset is one the earlier owner finished: the format
-    needs the committed offset unfinished, so that one record is written as unfinished (it may run again)."""
+def test_the_commit_moves_past_inherited_done_records_the_owner_has_not_fetched() -> None:
+    """Everything fetched is finished and the next offsets are ones the earlier owner finished: the commit
+    moves past them (committed as they are, the first would run again on the next owner: the committed
+    offset is unfinished in the map's format)."""
     earlier = inherited_map(100, {101, 102, 105})
-    assert committed(offset_map.carry_inherited(None, 101, earlier, 100)) == (101, {102, 105})
-    # Only the committed offset itself was done: nothing left to say.
-    assert offset_map.carry_inherited(None, 105, inherited_map(100, {105}), 104) is None
+    sent = offset_map.past_inherited_done(101, earlier, 100)
+    assert sent == 103
+    assert committed(offset_map.carry_inherited(None, sent, earlier, 100)) == (103, {105})
+    # Only the run right at the offset: 104 is unfinished, so 105 stays in the map.
+    assert offset_map.past_inherited_done(103, earlier, 100) == 103
+    # Adjacent runs are one run; past the map's last one the offset is the map's end.
+    assert offset_map.past_inherited_done(105, inherited_map(100, {105, 106}), 104) == 107
+    assert offset_map.carry_inherited(None, 107, inherited_map(100, {105, 106}), 104) is None
+
+
+def test_the_commit_never_moves_over_what_the_owner_fetched_or_without_a_map() -> None:
+    earlier = inherited_map(100, {101, 102})
+    # Fetched through 101: offset 101 is the tracker's (in flight or finished by this owner), not the map's.
+    assert offset_map.past_inherited_done(101, earlier, 101) == 101
+    assert offset_map.past_inherited_done(101, None, 100) == 101
+    # Nothing fetched yet (a fresh owner): the map's runs from the committed offset count.
+    assert offset_map.past_inherited_done(101, earlier, None) == 103
 
 
 def test_a_map_claiming_a_huge_span_is_not_carried() -> None:
