@@ -11,7 +11,9 @@ groups. The rules (docs/operator.md, "Writes"):
   memory (except its timestamp refreshes).
 * Coarse: totalLag, topPartitions (its lags, not its order), time lags and rates are written when one
   moves by at least `RELATIVE_CHANGE` and an absolute floor (from zero too), totalLag also when it reaches
-  zero, and with any other write; numbers inside lastDecision and condition messages, why a hold holds
+  zero, and with any other write; time lags (topPartitions' too) and rates are also paced: such a move
+  is written once `PACED_SECONDS` (LAGPILOT_STATUS_PACED_SECONDS, default 30) have passed since the
+  last write. Numbers inside lastDecision and condition messages, why a hold holds
   (`decision_wording`), consecutiveLagFailures and the memory's timestamp refreshes ride along.
 * At least every `refresh_seconds` (LAGPILOT_STATUS_REFRESH_SECONDS, default 300) the whole status
   is written, so nothing shown is older than that.
@@ -48,6 +50,12 @@ RELATIVE_CHANGE = 0.10
 ABSOLUTE_FLOORS = {"totalLag": 100.0, "maxTimeLagSeconds": 5.0, "meanTimeLagSeconds": 5.0,
                    "produceRatePerSecond": 1.0, "consumeRatePerSecond": 1.0}
 """...and by at least this much (lag 0 -> 3 is not news)."""
+PACED_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds", "produceRatePerSecond", "consumeRatePerSecond"})
+"""Coarse numbers that are also paced: a move is written only once `PACED_SECONDS` have passed since the
+last write. The time lag of a backlog nobody consumes grows by the interval every poll, past every
+threshold until it is ten intervals old: at 1,000 stalled groups that was 200 writes/s of a number the
+clock predicts (the fleet bench's bursts)."""
+PACED_SECONDS = float(os.environ.get("LAGPILOT_STATUS_PACED_SECONDS", "30"))
 FAILURES_EACH = 10
 TEXT_FIELDS = ("lastDecision",)
 _NUMBER = re.compile(r"\d[\d,.]*")
@@ -80,23 +88,24 @@ def _moved(old: Any, new: Any, floor: float, *, reaching_zero: bool = False) -> 
     return delta >= floor and delta >= RELATIVE_CHANGE * abs(float(old))
 
 
-def _top_moved(old: Any, new: Any) -> bool:
-    """topPartitions: a partition entering or leaving it, a verdict change, or a lag or time lag that moved.
-    The order follows the lags, so partitions of about the same lag trading places is not news by itself
-    (with a few partitions, every new record reordered them: a write on most polls)."""
+def _top_change(old: Any, new: Any) -> str | None:
+    """topPartitions: "now" for a partition entering or leaving it, a verdict change, or a lag that moved;
+    "paced" for a time lag that moved (`PACED_FIELDS`); None for neither. The order follows the lags, so
+    partitions of about the same lag trading places is not news by itself (with a few partitions, every new
+    record reordered them: a write on most polls)."""
     before, after = _top_entries(old), _top_entries(new)
     if before is None or after is None:
-        return bool(old != new)
+        return "now" if old != new else None
     if before.keys() != after.keys():
-        return True
+        return "now"
+    found = None
     for key, b in after.items():
         a = before[key]
-        if a.get("verdict") != b.get("verdict"):
-            return True
-        if _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]) or \
-                _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), ABSOLUTE_FLOORS["maxTimeLagSeconds"]):
-            return True
-    return False
+        if a.get("verdict") != b.get("verdict") or _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]):
+            return "now"
+        if _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), ABSOLUTE_FLOORS["maxTimeLagSeconds"]):
+            found = "paced"
+    return found
 
 
 def _top_entries(value: Any) -> dict[tuple[Any, Any], Mapping[str, Any]] | None:
@@ -185,22 +194,30 @@ def stored_status(watched: Mapping[str, Any], written: Mapping[str, Any] | None)
 
 
 def status_write_reason(written: Mapping[str, Any] | None, written_at: float | None, new: Mapping[str, Any],
-                        now: float, refresh_seconds: float = REFRESH_SECONDS) -> str | None:
+                        now: float, refresh_seconds: float = REFRESH_SECONDS,
+                        paced_seconds: float = PACED_SECONDS) -> str | None:
     """Why `new` must be written given the status last written at `written_at` (None: skip this poll)."""
     if written is None or written_at is None:
         return "first"
     if now - written_at >= refresh_seconds:
         return "refresh"
+    paced: str | None = None
+    """The first paced field that moved: written once `paced_seconds` have passed, unless news comes first."""
     for key in sorted(set(written) | set(new)):
         old, value = written.get(key), new.get(key)
         if old == value:
             continue
         if key in ABSOLUTE_FLOORS:
             if _moved(old, value, ABSOLUTE_FLOORS[key], reaching_zero=key == "totalLag"):
-                return key
+                if key not in PACED_FIELDS:
+                    return key
+                paced = paced or key
         elif key == "topPartitions":
-            if _top_moved(old, value):
+            change = _top_change(old, value)
+            if change == "now":
                 return key
+            if change == "paced":
+                paced = paced or key
         elif key in TEXT_FIELDS:
             if not isinstance(old, str) or not isinstance(value, str) or \
                     decision_wording(old) != decision_wording(value):
@@ -217,7 +234,7 @@ def status_write_reason(written: Mapping[str, Any] | None, written_at: float | N
                 return key
         else:
             return key
-    return None
+    return paced if paced is not None and now - written_at >= paced_seconds else None
 
 
 # --- the templated Deployment --------------------------------------------------------------------------

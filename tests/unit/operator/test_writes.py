@@ -14,6 +14,7 @@ from test_policy import NOW, histories, observations, observe, threshold_config
 
 from lagpilot_operator.core.policy import PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.kube.writes import (
+    PACED_SECONDS,
     EventMemory,
     contained,
     decision_wording,
@@ -26,6 +27,9 @@ from lagpilot_operator.kube.writes import (
 )
 
 REFRESH = 300.0
+PACED = 30.0
+LATER = 100.0 + PACED
+"""A poll far enough after the write at 100.0 for a paced field's move to be written."""
 
 
 def status(**changes: Any) -> dict[str, Any]:
@@ -74,14 +78,14 @@ def test_numbers_move_coarsely() -> None:
     assert status_write_reason(status(totalLag=80), 100.0, status(totalLag=0), 105.0) == "totalLag"  # caught up
     # Nor for rates and time lags (the lag reaching zero says the group caught up).
     assert status_write_reason(status(consumeRatePerSecond=0.0), 100.0, status(consumeRatePerSecond=0.33),
-                               105.0) is None
+                               LATER) is None
     assert status_write_reason(status(consumeRatePerSecond=0.33), 100.0, status(consumeRatePerSecond=0.0),
-                               105.0) is None
-    assert status_write_reason(status(maxTimeLagSeconds=4.0), 100.0, status(maxTimeLagSeconds=0.0), 105.0) is None
-    assert status_write_reason(status(), 100.0, status(consumeRatePerSecond=30.0), 105.0) == "consumeRatePerSecond"
+                               LATER) is None
+    assert status_write_reason(status(maxTimeLagSeconds=4.0), 100.0, status(maxTimeLagSeconds=0.0), LATER) is None
+    assert status_write_reason(status(), 100.0, status(consumeRatePerSecond=30.0), LATER) == "consumeRatePerSecond"
     assert status_write_reason(status(), 100.0, status(topPartitions=[{"topic": "t", "partition": 1, "lag": 600}]),
                                105.0) == "topPartitions"
-    assert status_write_reason(status(), 100.0, status(maxTimeLagSeconds=3.0), 105.0) == "maxTimeLagSeconds"
+    assert status_write_reason(status(), 100.0, status(maxTimeLagSeconds=3.0), LATER) == "maxTimeLagSeconds"
     # the order follows the lags: partitions of about the same lag trading places is not news...
     swapped = [{"topic": "t", "partition": 1, "lag": 610}, {"topic": "t", "partition": 0, "lag": 605}]
     assert status_write_reason(status(), 100.0, status(topPartitions=swapped), 105.0) is None
@@ -102,6 +106,30 @@ def test_numbers_move_coarsely() -> None:
                                105.0) == "consecutiveLagFailures"
     assert status_write_reason(status(consecutiveLagFailures=3), 100.0, status(), 105.0) == "consecutiveLagFailures"
     assert wording("hold 2x8: lag 1,250.5 in 30 s") == "hold #x#: lag # in # s"
+
+
+def test_time_lags_and_rates_are_paced() -> None:
+    """A time lag or rate that moved is written once PACED seconds have passed since the last write (the time
+    lag of a backlog nobody consumes moves every poll), at once with any other write."""
+    assert PACED_SECONDS == PACED  # the default
+    for changes in ({"maxTimeLagSeconds": 40.0}, {"meanTimeLagSeconds": 40.0}, {"produceRatePerSecond": 90.0},
+                    {"consumeRatePerSecond": 90.0}):
+        key = next(iter(changes))
+        assert status_write_reason(status(), 100.0, status(**changes), LATER - 0.1, paced_seconds=PACED) is None
+        assert status_write_reason(status(), 100.0, status(**changes), LATER, paced_seconds=PACED) == key
+        # News comes first, and the paced move rides along with it.
+        assert status_write_reason(status(), 100.0, status(**changes, desiredReplicas=3), 105.0) == "desiredReplicas"
+    # The lag itself is not paced: a backlog appearing is written on its poll.
+    assert status_write_reason(status(), 100.0, status(totalLag=2000, maxTimeLagSeconds=40.0), 105.0) == "totalLag"
+    # In topPartitions, a time lag alone is paced, a lag is not.
+    older = [{"topic": "t", "partition": 1, "lag": 600, "timeLagSeconds": 10.0},
+             {"topic": "t", "partition": 0, "lag": 600, "timeLagSeconds": 10.0}]
+    before = status(topPartitions=[{"topic": "t", "partition": 1, "lag": 600, "timeLagSeconds": 3.0},
+                                   {"topic": "t", "partition": 0, "lag": 600, "timeLagSeconds": 3.0}])
+    assert status_write_reason(before, 100.0, status(topPartitions=older), 105.0) is None
+    assert status_write_reason(before, 100.0, status(topPartitions=older), LATER) == "topPartitions"
+    grown = [{**older[0], "lag": 900}, older[1]]
+    assert status_write_reason(before, 100.0, status(topPartitions=grown), 105.0) == "topPartitions"
 
 
 def test_why_a_hold_holds_rides_along_and_what_it_holds_does_not() -> None:
