@@ -1081,9 +1081,13 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
         time.sleep(0.5)
     times = list(seen.values())
     writes = deltas(writes0, apiserver_writes())
+    metrics_after = operators.metrics()
     found: dict[str, Any] = {
              "burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
-             "early_polls": early_polls_between(metrics_before, operators.metrics()),
+             "early_polls": early_polls_between(metrics_before, metrics_after),
+             # Why the operator patched statuses while the burst went through (versions with the counter).
+             "status_writes_by_reason": {k: int(v) for k, v in sorted(deltas(
+                 metrics_before.status_writes, metrics_after.status_writes).items()) if v},
              "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
              "resources_seen": len(seen), "resources": len(fleet),
              "all_seen_seconds": round(max(times), 1) if len(seen) == len(fleet) else None,
