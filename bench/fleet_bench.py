@@ -43,6 +43,8 @@ the operator integration tests run it), so it sees nothing of other users of the
    carried the burst (its start and length, the decisions after it);
 6. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
 
+`--also-with NAME=VALUE` (repeatable) runs this checkout's operator a second time, labelled `head-also`,
+with those settings in its environment (`LAGPILOT_EARLY_POLLS=true`: one setting measured on and off).
 `--compare REV` runs that commit's operator first (installed from a `git archive` into a temporary
 venv, as bench/runtime_compare_bench.py does; its own CRD applied), then this checkout's, on the same
 topics and brokers. Progress goes to stdout as JSON lines; the last line is the summary.
@@ -682,6 +684,8 @@ class Version:
     kopf: Path
     crds: Path
     pythonpath: str | None     # this checkout's sources first; None for an installed older version
+    env: tuple[tuple[str, str], ...] = ()
+    """Set in the operators' environment on top of the bench's (`--also-with`)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -745,6 +749,7 @@ def start_operators(version: Version, namespace: str, replicas: int, log_dir: Pa
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     if version.pythonpath:
         env["PYTHONPATH"] = version.pythonpath
+    env.update(version.env)
     started: list[Replica] = []
     for i in range(replicas):
         identity = f"op-{i}"
@@ -867,7 +872,8 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
                                "jsonpath={.status.conditions[?(@.type=='Established')].status}") == "True",
                60, "the CRD to be Established", 0.5)
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
-    result: dict[str, Any] = {"version": version.label, "namespace": namespace}
+    result: dict[str, Any] = {"version": version.label, "namespace": namespace,
+                              **({"env": dict(version.env)} if version.env else {})}
     replicas: list[Replica] = []
     try:
         started = time.monotonic()
@@ -1166,6 +1172,9 @@ def broker_resources(brokers: Iterable[Any]) -> list[dict[str, Any]]:
 def versions(args: argparse.Namespace, work: Path) -> list[Version]:
     head = Version("head", Path(sys.executable).parent / "kopf", REPO / "crds",
                    os.pathsep.join(str(REPO / part) for part in ("operator", "worker", "contract")))
+    if args.also_with:
+        setting = tuple((name, value) for name, _, value in (item.partition("=") for item in args.also_with))
+        return [head, dataclasses.replace(head, label="head-also", env=setting)]
     if not args.compare:
         return [head]
     from runtime_compare_bench import install
@@ -1213,6 +1222,9 @@ def main() -> int:
                         help="operator replicas; more than 1 shards the fleet between them (LAGPILOT_SHARDS = "
                              "replicas, replica i's metrics on --metrics-port + i)")
     parser.add_argument("--compare", metavar="REV", help="run REV's operator first, then this checkout's")
+    parser.add_argument("--also-with", metavar="NAME=VALUE", action="append",
+                        help="run this checkout's operator again (labelled head-also) with NAME=VALUE in its "
+                             "environment (repeatable; instead of --compare)")
     parser.add_argument("--before-python", help="an interpreter with REV's operator installed (skips the install)")
     parser.add_argument("--prefix", default="fleet-bench", help="namespaces, topics and groups start with it")
     parser.add_argument("--metrics-port", type=int, default=0,
@@ -1223,6 +1235,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="50 groups, 500 partitions, 60 s window, 15 s warm-up: a few minutes")
     args = parser.parse_args()
+    if any("=" not in item for item in args.also_with or ()):
+        parser.error("--also-with takes NAME=VALUE")
+    if args.also_with and args.compare:
+        parser.error("--also-with and --compare are alternatives")
     if args.replicas < 1:
         parser.error("--replicas must be at least 1")
     if args.quick:
