@@ -269,6 +269,7 @@ async def run_size(partitions: int, polls: int, warmup: int, slot_rate: float,
         started = time.process_time()
         status = await reconcile.reconcile(body, state, shared, emit, now=clock[0])
         cpu = time.process_time() - started
+        await state.status.settle(5)  # the write, in the background, before the next poll's watch copy
         if profile is not None:
             profile.disable()
         if poll >= warmup:

@@ -234,12 +234,21 @@ async def run_group(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: kop
                         "identity": identity, "written": bool(status)})
             finally:
                 if KEEPER is not None:
-                    KEEPER.leave(namespace, name)
+                    # Its status write, in the background, counts as running under the shard until it is done.
+                    writing = state.status.busy()
+                    if writing is None:
+                        KEEPER.leave(namespace, name)
+                    else:
+                        writing.add_done_callback(functools.partial(_leave_shard, KEEPER, namespace, name))
             logger.debug("reconciled: %s", status.get("lastDecision"))
             await _wait_for_next_poll(stopped, (namespace, name), interval, started, state.early_poll)
     finally:
         # Deleted or operator stopping: its Kafka clients go too (unless another resource shares them).
         await reconcile.forget(state, SHARED, namespace, name)
+
+
+def _leave_shard(keeper: ShardKeeper, namespace: str, name: str, _done: object) -> None:
+    keeper.leave(namespace, name)
 
 
 def _deletes_topics(spec: kopf.Spec, **_: Any) -> bool:

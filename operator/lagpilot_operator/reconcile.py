@@ -50,6 +50,7 @@ from lagpilot_operator.kube import kube_io, models, scale_apply, shards, watch_c
 from lagpilot_operator.kube.conditions import conditions_to_k8s, set_condition
 from lagpilot_operator.kube.models import Condition, ConditionStatus
 from lagpilot_operator.kube.secret_cache import SecretCache
+from lagpilot_operator.kube.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ VERDICT_WINDOW_SECONDS = float(os.environ.get("LAGPILOT_VERDICT_WINDOW_SECONDS",
 # dropped (`LagHistory.needed_seconds`), which changes no result.
 HISTORY_NEEDED_SECONDS = max(VERDICT_WINDOW_SECONDS, DEFAULT_PRODUCE_RATE_WINDOW_SECONDS,
                              DEFAULT_CONSUME_RATE_WINDOW_SECONDS)
+STATUS_SETTLE_SECONDS = 5.0
+"""How long a loop that ends waits for its last status write (`StatusWriter.settle`)."""
 EventSink = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 
 
@@ -109,9 +112,9 @@ class ResourceState:
     dead_letter_condition: tuple[str, str, str] | None = None
     redrive_sessions: RedriveSessions = field(default_factory=RedriveSessions)
     """The running redrive's transactional producer and consumer, reused across polls."""
-    written: dict[str, Any] | None = None
-    """The status this process last wrote, and when (`writes.status_write_reason` compares to it)."""
-    written_at: float | None = None
+    status: StatusWriter = field(default_factory=StatusWriter)
+    """Its status writes, in the background; the status last handed over, and when
+    (`writes.status_write_reason` compares to it)."""
     events: writes.EventMemory = field(default_factory=writes.EventMemory)
     """The last Event per subject, so the same news is not posted twice."""
     parsed_spec: ParsedSpec | None = None
@@ -149,6 +152,7 @@ class Shared:
 
 async def forget(state: ResourceState, shared: Shared, namespace: str, name: str) -> None:
     """The resource's loop ends (deleted, or the operator stops): close what it held open."""
+    await state.status.settle(STATUS_SETTLE_SECONDS)
     shared.admin_clients.release((namespace, name))
     shared.cluster_reads.release((namespace, name))
     shared.secrets.forget(namespace, state.secret_names)  # kept only while a resource uses them
@@ -186,16 +190,11 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
                                    f"unexpected error: {type(exc).__name__}: {exc}", meta.get("generation"),
                                    time.time())
         status = {"conditions": conditions_to_k8s(conditions)}
-    why = writes.status_write_reason(state.written, state.written_at, status, now)
+    why = writes.status_write_reason(state.status.written, state.status.written_at, status, now)
     if why is not None:
         log.debug("writing the status of %s/%s (%s)", namespace, name, why)
-        try:
-            await asyncio.to_thread(kube_io.patch_status, namespace, name, status)
-            state.written, state.written_at = status, now
-            metrics.STATUS_WRITES.labels(why).inc()
-        except Exception:  # an API server hiccup: keep the loop (and its in-memory history) alive
-            log.exception("writing the status of %s/%s failed; retrying on the next poll", namespace, name)
-            metrics.RECONCILE_ERRORS.labels(namespace, name, "status").inc()
+        # In the background (`status_writer`): the loop goes back to wait for its next read meanwhile.
+        state.status.submit(namespace, name, status, why, now, None if fence is None else fence.holds)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     return status
 
@@ -217,7 +216,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                      now: float, fence: Fence | None = None) -> dict[str, Any]:
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
-    previous = writes.stored_status(body.get("status") or {}, state.written)
+    previous = writes.stored_status(body.get("status") or {}, state.status.written)
     conditions = _parse_conditions(state, list(previous.get("conditions") or []))
 
     def condition(kind: str, ok: bool | None, reason: str, message: str) -> None:
