@@ -169,9 +169,10 @@ def _utc(now: float) -> str:
 
 async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, emit: EventSink,
                     now: float | None = None, fence: Fence | None = None) -> dict[str, Any]:
-    """Run one reconcile and write the status when something worth writing changed (`writes`);
-    returns the status computed (for tests and logs). With a `fence` (sharding), nothing is written once
-    the term has ended or the Deployment shows a newer one: the status is then the new holder's to write."""
+    """Run one reconcile and hand the status to its writer (`state.status`, in the background) when something
+    worth writing changed (`writes`); returns the status computed (for tests and logs). With a `fence`
+    (sharding), nothing is written once the term has ended or the Deployment shows a newer one: the status is
+    then the new holder's to write."""
     started = time.perf_counter()
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
