@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import json
 import math
 import random
@@ -289,6 +290,21 @@ def thread_run_queue_wait_s() -> float:
 # --- producing ------------------------------------------------------------------------------------------
 
 
+class _CollectionPauses:
+    """The longest garbage collection seen through `gc.callbacks` (any thread's)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._started: float | None = None
+
+    def on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.longest = max(self.longest, time.perf_counter() - self._started)
+            self._started = None
+
+
 @dataclass
 class LoadResult:
     topic: str
@@ -303,6 +319,7 @@ class LoadResult:
     dropped: int                     # tokens expired because the producer fell behind
     started_at: float                # epoch seconds of the first planned message
     duration_s: float                # wall time of the produce loop (without the final flush)
+    gc_pause_max_s: float = 0.0      # the longest garbage collection in this process during the produce loop
 
     @property
     def produced(self) -> int:
@@ -321,6 +338,7 @@ class LoadResult:
         summary = _quantiles(self.lateness_s)
         summary.update({f"pacing_{name}": value for name, value in _quantiles(self.pacing_lateness_s).items()})
         summary["host_wait_max"] = round(max(self.host_wait_s), 4)
+        summary["gc_pause_max"] = round(self.gc_pause_max_s, 4)
         return summary
 
     def summary(self, include_ids: bool = False) -> dict[str, Any]:
@@ -416,13 +434,41 @@ class LoadGenerator:
         host_wait: list[float] = []
         due_times: list[float] = []
         waits = RunQueueWaits(self.max_backlog_seconds)
-        last_due = 0.0
 
         def on_delivery(error: KafkaError | None, message: Message) -> None:
             ident = _id_from_value(message.value())
             (failed if error is not None else acked).append(ident or "?")
 
+        # The process's heap as it is now (a test worker's, after many tests) is left out of the collections
+        # during the run: a full collection of it holds the GIL, and with it this thread, for tens to hundreds
+        # of milliseconds on a busy host. Their longest pause is reported.
+        pauses = _CollectionPauses()
+        gc.freeze()
+        gc.callbacks.append(pauses.on_collection)
+        try:
+            started_at, seq, duration = self._paced_loop(producer, bucket, on_delivery, per_second, lateness,
+                                                                host_wait, due_times, waits)
+        finally:
+            gc.callbacks.remove(pauses.on_collection)
+            gc.unfreeze()
+        remaining = producer.flush(self.flush_timeout)
+        if remaining:
+            # Still queued after the flush timeout: never acknowledged, so the scenario must not expect them.
+            acked_set = set(acked) | set(failed)
+            failed.extend(i for i in (self.message_id(n) for n in range(seq)) if i not in acked_set)
+        return LoadResult(topic=self.topic, profile=self.profile.description, planned=self.profile.total, ids=acked,
+                          failed=failed, per_second=per_second, lateness_s=lateness, host_wait_s=host_wait,
+                          due_s=due_times, dropped=math.floor(bucket.dropped),
+                          started_at=started_at, duration_s=duration, gc_pause_max_s=pauses.longest)
+
+    def _paced_loop(self, producer: Producer, bucket: TokenBucket,
+                    on_delivery: Callable[[KafkaError | None, Message], None], per_second: list[int],
+                    lateness: list[float], host_wait: list[float], due_times: list[float],
+                    waits: RunQueueWaits) -> tuple[float, int, float]:
+        """Produce on the profile's schedule until it ends or the run is stopped: (epoch start, messages
+        handed to the producer, seconds)."""
         seq = 0
+        last_due = 0.0
         started_at = time.time()
         start = time.monotonic()
         while not self._stop.is_set():
@@ -450,16 +496,7 @@ class LoadGenerator:
             if finished:
                 break
             self._stop.wait(bucket.seconds_until_next(time.monotonic() - start))
-        duration = time.monotonic() - start
-        remaining = producer.flush(self.flush_timeout)
-        if remaining:
-            # Still queued after the flush timeout: never acknowledged, so the scenario must not expect them.
-            acked_set = set(acked) | set(failed)
-            failed.extend(i for i in (self.message_id(n) for n in range(seq)) if i not in acked_set)
-        return LoadResult(topic=self.topic, profile=self.profile.description, planned=self.profile.total, ids=acked,
-                          failed=failed, per_second=per_second, lateness_s=lateness, host_wait_s=host_wait,
-                          due_s=due_times, dropped=math.floor(bucket.dropped),
-                          started_at=started_at, duration_s=duration)
+        return started_at, seq, time.monotonic() - start
 
     def _produce(self, producer: Producer, seq: int, on_delivery: Callable[[KafkaError | None, Message], None],
                  ) -> bool:
