@@ -447,7 +447,7 @@ class LoadGenerator:
         gc.callbacks.append(pauses.on_collection)
         try:
             started_at, seq, duration = self._paced_loop(producer, bucket, on_delivery, per_second, lateness,
-                                                                host_wait, due_times, waits)
+                                                         host_wait, due_times, waits)
         finally:
             gc.callbacks.remove(pauses.on_collection)
             gc.unfreeze()

@@ -39,7 +39,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from lagpilot_operator.core.decision_steps import FLOOR_HALF_LIFE_SECONDS
 from lagpilot_operator.core.policy import PolicyMemory
@@ -88,7 +88,7 @@ def _moved(old: Any, new: Any, floor: float, *, reaching_zero: bool = False) -> 
     return delta >= floor and delta >= RELATIVE_CHANGE * abs(float(old))
 
 
-def _top_change(old: Any, new: Any) -> str | None:
+def _top_change(old: Any, new: Any) -> Literal["now", "paced"] | None:
     """topPartitions: "now" for a partition entering or leaving it, a verdict change, or a lag that moved;
     "paced" for a time lag that moved (`PACED_FIELDS`); None for neither. The order follows the lags, so
     partitions of about the same lag trading places is not news by itself (with a few partitions, every new
@@ -98,7 +98,7 @@ def _top_change(old: Any, new: Any) -> str | None:
         return "now" if old != new else None
     if before.keys() != after.keys():
         return "now"
-    found = None
+    found: Literal["paced"] | None = None
     for key, b in after.items():
         a = before[key]
         if a.get("verdict") != b.get("verdict") or _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]):
