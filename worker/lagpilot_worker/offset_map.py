@@ -62,10 +62,16 @@ class DoneOffsets:
         return sum(end - start for start, end in zip(self.starts, self.ends, strict=True))
 
     def __contains__(self, offset: object) -> bool:
-        if not isinstance(offset, int) or not self.starts:
-            return False
-        index = bisect_right(self.starts, offset) - 1
-        return index >= 0 and offset < self.ends[index]
+        return isinstance(offset, int) and self.done_through(offset) > offset
+
+    def done_through(self, offset: int) -> int:
+        """The first offset from `offset` on that the map does not mark done (`offset` itself when it is not)."""
+        while self.starts:
+            index = bisect_right(self.starts, offset) - 1
+            if index < 0 or offset >= self.ends[index]:
+                break
+            offset = self.ends[index]  # adjacent runs (a hostile map's empty gap) continue the loop
+        return offset
 
 
 # The widest inherited map carried into a commit (flags, one byte each): a map an earlier owner wrote spans
@@ -85,12 +91,7 @@ def past_inherited_done(committable: int, inherited: DoneOffsets | None, fetched
     """
     if inherited is None or (fetched_through is not None and committable <= fetched_through):
         return committable
-    offset = committable
-    for start, end in zip(inherited.starts, inherited.ends, strict=True):
-        if start > offset:
-            break
-        offset = max(offset, end)
-    return offset
+    return inherited.done_through(committable)
 
 
 def carry_inherited(own: tuple[int, bytes] | None, committable: int, inherited: DoneOffsets | None,

@@ -218,6 +218,10 @@ def test_the_commit_moves_past_inherited_done_records_the_owner_has_not_fetched(
     # Adjacent runs are one run; past the map's last one the offset is the map's end.
     assert offset_map.past_inherited_done(105, inherited_map(100, {105, 106}), 104) == 107
     assert offset_map.carry_inherited(None, 107, inherited_map(100, {105, 106}), 104) is None
+    # A map whose runs touch (an empty unfinished run between them) is one run too.
+    touching = offset_map.DoneOffsets(100, (101, 103), (103, 104))
+    assert offset_map.past_inherited_done(101, touching, 100) == 104
+    assert 103 in touching and 104 not in touching and 100 not in touching
 
 
 def test_the_commit_never_moves_over_what_the_owner_fetched_or_without_a_map() -> None:
