@@ -482,8 +482,12 @@ def read_activation(ctx: DecisionContext, lag: LagView) -> Activation:
     config, now = ctx.config, ctx.now
     activation = config.lag_threshold.activation_lag
     idle = lag.total <= activation
-    idle_since = (ctx.memory.idle_since if ctx.memory.idle_since is not None else now) if idle else None
     zero_allowed = config.replicas.min == 0
+    # Only scaling to zero reads how long the group has been idle. Kept where it cannot, the clock flipped
+    # with sparse traffic (lag 0, 3, 0: idle, not, idle) and each flip was a status write of the memory; a
+    # spec that allows zero starts it on its first poll (a later scale to zero, never an earlier one).
+    idle_since = (ctx.memory.idle_since if ctx.memory.idle_since is not None else now) \
+        if idle and zero_allowed else None
     idle_long_enough = idle_since is not None and now - idle_since >= config.scale_down.stabilization_seconds
     waking = ctx.current_replicas == 0 and not idle
     stays_at_zero = ctx.current_replicas == 0 and idle and zero_allowed

@@ -19,14 +19,16 @@ groups. The rules (docs/operator.md, "Writes"):
   is written, so nothing shown is older than that.
 
 The policy's memory is what a restarted operator resumes from. A refresh-only change (its
-`lastTime`, the newest recommendation seen again with the same value at a later time, the rate floor
-decaying on schedule) is skipped; `resume_memory` moves the first two forward on a restart, to the
-latest time the dead operator can have polled without writing, which holds every window at least as
-long as the live memory would have (never an earlier scale); the floor decays from the time it was
-written to now exactly as the live one did. Everything else in the memory (the changes, cooldown
-and grace times, the windows' values, saturation, idleness, the deficit clock, the rates, the last lag
-and member count) is written on the poll it changes. The lag trend (minute buckets of the smallest
-lag, for the steady deficit) is not a reason to write: a restarted operator starts it again
+`lastTime`, recommendations of sizes already written, the rate floor decaying on schedule) is skipped;
+`resume_memory` moves the first two forward on a restart, to the latest time the dead operator can have
+polled without writing (each size written taken as recommended then), which holds every window at least
+as long as the live memory would have (never an earlier scale); the floor decays from the time it was
+written to now exactly as the live one did. (A group that keeps up with sparse traffic recommends its
+capacity with a record waiting and nothing with none, poll after poll: each flip was a write.)
+Everything else in the memory (the changes, cooldown and grace times, saturation, idleness, the deficit
+clock, the rates, the last lag and member count) is written on the poll it changes, except the last lag
+moving within `LAST_LAG_BAND`, which a restart resumes at the band's top. The lag trend (minute buckets of
+the smallest lag, for the steady deficit) is not a reason to write: a restarted operator starts it again
 (`resume_memory`), as the policy itself does at every capacity or membership change, so a deficit
 must show again over two consume-rate windows before it counts — a restart can delay that
 measurement, never advance it.
@@ -55,7 +57,12 @@ PACED_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds", "produceRat
 last write. The time lag of a backlog nobody consumes grows by the interval every poll, past every
 threshold until it is ten intervals old: at 1,000 stalled groups that was 200 writes/s of a number the
 clock predicts (the fleet bench's bursts)."""
+RATE_FIELDS = frozenset({"produceRatePerSecond", "consumeRatePerSecond"})
 PACED_SECONDS = float(os.environ.get("LAGPILOT_STATUS_PACED_SECONDS", "30"))
+LAST_LAG_BAND = 100
+"""The memory's last lag moving within [0, LAST_LAG_BAND] is not written on its own (a group keeping up with
+sparse traffic reads 0, 10, 0 records: 2,000 writes a minute at the fleet bench's 1,000 groups); a restarted
+operator resumes from the top of the band (`resume_memory`)."""
 FAILURES_EACH = 10
 TEXT_FIELDS = ("lastDecision",)
 _NUMBER = re.compile(r"\d[\d,.]*")
@@ -137,16 +144,19 @@ def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory) -> bool:
     if persisted.last_time is None or new.last_time is None or new.last_time < persisted.last_time:
         return False
     old_recs, new_recs = persisted.recommendations, new.recommendations
-    if len(old_recs) != len(new_recs) or old_recs[:-1] != new_recs[:-1]:
-        return False
-    if old_recs and (old_recs[-1][1] != new_recs[-1][1] or new_recs[-1][0] < old_recs[-1][0]):
-        return False
-    if persisted.recommendations and persisted.recommendations[-1][0] != persisted.last_time:
-        return False  # only the newest recommendation made at lastTime is a refresh of the poll
+    if not {slots for _, slots in new_recs} <= {slots for _, slots in old_recs}:
+        return False  # a recommendation of another size: the windows' bounds may move
     if not _floor_refresh(persisted, new):
         return False
+    last_lag = persisted.last_lag if _within_lag_band(persisted.last_lag) and _within_lag_band(new.last_lag) \
+        else new.last_lag
     return replace(new, last_time=persisted.last_time, recommendations=old_recs, trend=persisted.trend,
-                   slot_rate_floor=persisted.slot_rate_floor, floor_time=persisted.floor_time) == persisted
+                   slot_rate_floor=persisted.slot_rate_floor, floor_time=persisted.floor_time,
+                   last_lag=last_lag) == persisted
+
+
+def _within_lag_band(last_lag: int | None) -> bool:
+    return last_lag is not None and last_lag <= LAST_LAG_BAND
 
 
 def _floor_refresh(persisted: PolicyMemory, new: PolicyMemory) -> bool:
@@ -171,13 +181,20 @@ def resume_memory(persisted: PolicyMemory, now: float, refresh_seconds: float = 
     latest = min(now, persisted.last_time + refresh_seconds)
     if latest <= persisted.last_time:
         return persisted
-    recs = persisted.recommendations
-    if recs and recs[-1][0] == persisted.last_time:
-        recs = (*recs[:-1], (latest, recs[-1][1]))
+    # Every size written may have been recommended again until `latest` (`memory_refresh_only` skips those
+    # writes): each one is taken as recommended then, which holds the scale-down window's largest at least as
+    # high, and the scale-up window's smallest at least as low, as the live memory's.
+    sizes = dict.fromkeys(slots for _, slots in persisted.recommendations)
+    recs = tuple((latest, slots) for slots in sizes)
     # The rate floor stays as written: the policy decays it from its floorTime to now, which is what the
     # live memory's skipped refreshes held (`memory_refresh_only` checks exactly that). The lag trend
     # starts again, as the policy starts it at every capacity or membership change.
-    return replace(persisted, recommendations=recs, last_time=latest, trend=())
+    # A last lag within the band may be older than the live one (`memory_refresh_only`): the top of the band
+    # reads "not grown" wherever the live one can have read either (a lag within the band), and "grown" only
+    # where the live one did too (above it). Growth, the one thing the policy reads from it, is then read
+    # later or on the same poll, never earlier.
+    last_lag = LAST_LAG_BAND if _within_lag_band(persisted.last_lag) else persisted.last_lag
+    return replace(persisted, recommendations=recs, last_time=latest, trend=(), last_lag=last_lag)
 
 
 def stored_status(watched: Mapping[str, Any], written: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -209,7 +226,8 @@ def status_write_reason(written: Mapping[str, Any] | None, written_at: float | N
             continue
         if key in ABSOLUTE_FLOORS:
             if _moved(old, value, ABSOLUTE_FLOORS[key], reaching_zero=key == "totalLag"):
-                if key not in PACED_FIELDS:
+                # A rate shown (known from the second read on) or gone is news; only its moves are paced.
+                if key not in PACED_FIELDS or (key in RATE_FIELDS and (old is None or value is None)):
                     return key
                 paced = paced or key
         elif key == "topPartitions":

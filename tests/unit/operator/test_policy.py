@@ -569,9 +569,10 @@ lag_lists = st.lists(st.integers(0, 200_000), min_size=1, max_size=24)
 
 
 @st.composite
-def observations(draw: st.DrawFn, time: float, partitions: int | None = None) -> Observation:
+def observations(draw: st.DrawFn, time: float, partitions: int | None = None, most: int = 200_000) -> Observation:
+    """`most`: the largest lag of a partition."""
     count = partitions or draw(st.integers(1, 24))
-    lags = draw(st.lists(st.integers(0, 200_000), min_size=count, max_size=count))
+    lags = draw(st.lists(st.integers(0, most), min_size=count, max_size=count))
     keys = [("orders", p) for p in range(count)]
     verdicts = {k: draw(st.sampled_from(list(Verdict))) for k in keys if draw(st.booleans())}
     return Observation(
@@ -590,14 +591,14 @@ def observations(draw: st.DrawFn, time: float, partitions: int | None = None) ->
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[PolicyConfig, PolicyMemory, float]:
-    """A config and the memory left by a few earlier decisions."""
+def histories(draw: st.DrawFn, most: int = 200_000) -> tuple[PolicyConfig, PolicyMemory, float]:
+    """A config and the memory left by a few earlier decisions (`most`: as in `observations`)."""
     config = draw(configs())
     memory = PolicyMemory()
     now = NOW
     for _ in range(draw(st.integers(0, 6))):
         now += draw(st.floats(1.0, 60.0))
-        memory = decide(config, draw(observations(now)), memory, now).memory
+        memory = decide(config, draw(observations(now, most=most)), memory, now).memory
     return config, memory, now + draw(st.floats(1.0, 60.0))
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_policy import NOW, histories, observations, observe, threshold_config
+from test_policy import FREE, NOW, WARM, histories, observations, observe, spread, threshold_config
 
-from lagpilot_operator.core.policy import PolicyConfig, PolicyMemory, decide
+from lagpilot_operator.core.policy import Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.kube.writes import (
+    LAST_LAG_BAND,
     PACED_SECONDS,
     EventMemory,
     contained,
@@ -121,6 +122,10 @@ def test_time_lags_and_rates_are_paced() -> None:
         assert status_write_reason(status(), 100.0, status(**changes, desiredReplicas=3), 105.0) == "desiredReplicas"
     # The lag itself is not paced: a backlog appearing is written on its poll.
     assert status_write_reason(status(), 100.0, status(totalLag=2000, maxTimeLagSeconds=40.0), 105.0) == "totalLag"
+    # A rate shown for the first time (known from the second read) or gone is news, not a move.
+    unknown = {k: v for k, v in status().items() if k != "consumeRatePerSecond"}
+    assert status_write_reason(unknown, 100.0, status(), 105.0) == "consumeRatePerSecond"
+    assert status_write_reason(status(), 100.0, unknown, 105.0) == "consumeRatePerSecond"
     # In topPartitions, a time lag alone is paced, a lag is not.
     older = [{"topic": "t", "partition": 1, "lag": 600, "timeLagSeconds": 10.0},
              {"topic": "t", "partition": 0, "lag": 600, "timeLagSeconds": 10.0}]
@@ -180,11 +185,75 @@ def test_resume_moves_the_refreshed_timestamps_to_the_latest_unwritten_poll() ->
     memory = PolicyMemory(recommendations=((50.0, 4), (100.0, 1)), last_time=100.0, slot_rate_floor=8.0,
                           floor_time=100.0)
     resumed = resume_memory(memory, now=1000.0, refresh_seconds=REFRESH)
-    assert resumed.last_time == 400.0 and resumed.recommendations == ((50.0, 4), (400.0, 1))
+    # Each size written may have been recommended again, unwritten, until then.
+    assert resumed.last_time == 400.0 and resumed.recommendations == ((400.0, 4), (400.0, 1))
     assert (resumed.slot_rate_floor, resumed.floor_time) == (8.0, 100.0)  # decayed by the policy from its own time
     assert resume_memory(memory, now=130.0, refresh_seconds=REFRESH).last_time == 130.0
     assert resume_memory(PolicyMemory(), now=1000.0) == PolicyMemory()
     assert resume_memory(replace(memory, trend=((40.0, 7), (100.0, 5))), now=1000.0).trend == ()
+
+
+def test_a_last_lag_moving_within_the_band_is_not_written_and_resumes_at_its_top() -> None:
+    written = replace(WARM, last_lag=5, last_time=NOW)
+    live = replace(written, last_lag=90)
+    assert memory_refresh_only(written, live)
+    assert not memory_refresh_only(written, replace(live, last_lag=LAST_LAG_BAND + 1))
+    assert not memory_refresh_only(replace(written, last_lag=None), live)
+    # 60 msgs waiting for 1 x 2 slots that drain 0.5 msg/s: saturated. From 90 the lag shrank and the live
+    # memory holds; from the 5 last written it grew, and the policy would grow the pool.
+    now = NOW + 5
+    obs = observe(spread(60, 4), 1, 2, produce=0.5, consume=0.5, members=1, time=now)
+    assert decide(FREE, obs, live, now).slots == 2
+    assert decide(FREE, obs, written, now).slots > 2
+    resumed = resume_memory(written, now, REFRESH)
+    assert resumed.last_lag == LAST_LAG_BAND
+    assert decide(FREE, obs, resumed, now).slots == 2
+    # Above the band the last lag is exact, and resumed as written.
+    assert resume_memory(replace(written, last_lag=LAST_LAG_BAND + 1), now, REFRESH).last_lag == LAST_LAG_BAND + 1
+
+
+def test_recommendations_of_sizes_already_written_are_not_written() -> None:
+    # Sparse traffic: the capacity (8) with a record waiting, nothing (0) with none, poll after poll.
+    written = PolicyMemory(recommendations=((100.0, 8), (105.0, 0)), last_time=105.0)
+    assert memory_refresh_only(written, replace(written, recommendations=((100.0, 8), (110.0, 8)), last_time=110.0))
+    assert memory_refresh_only(written, replace(written, recommendations=((115.0, 0),), last_time=115.0))
+    assert not memory_refresh_only(written, replace(written, recommendations=((100.0, 8), (110.0, 16)),
+                                                    last_time=110.0))
+
+
+def test_a_restart_after_skipped_recommendations_holds_as_the_live_memory_does() -> None:
+    """Sparse traffic: a record waiting (the capacity, 8, is recommended), then none (0). Each size is written
+    once; the 8 recommended again at 15 s is not, and keeps the live scale-down window (60 s) at 8 until 75 s.
+    Resumed at 65 s, the memory as written would shrink the pool (its 8 is from 5 s); resumed, it holds."""
+    config = replace(FREE, replicas=replace(FREE.replicas, min=1),
+                     scale_down=replace(FREE.scale_down, stabilization_seconds=60))
+
+    def waiting(now: float) -> Observation:
+        return observe(spread(10, 4), 1, 8, produce=0.5, members=1, time=now)
+
+    def none(now: float) -> Observation:
+        return observe([0, 0, 0, 0], 1, 8, produce=0.0, members=1, time=now)
+
+    memory, written, skipped = WARM, WARM, []
+    for step, observed in enumerate([waiting, none, waiting] + [none] * 9, start=1):
+        now = NOW + 5 * step
+        memory = decide(config, observed(now), memory, now).memory
+        if memory_refresh_only(written, memory):
+            skipped.append(step * 5)
+        else:
+            written = memory
+    assert skipped[0] == 15 and written.recommendations == ((NOW + 5, 8), (NOW + 10, 0))
+    now = NOW + 65
+    assert decide(config, none(now), memory, now).slots == 8
+    assert decide(config, none(now), written, now).slots < 8
+    assert decide(config, none(now), resume_memory(written, now, REFRESH), now).slots == 8
+
+
+def test_idleness_is_only_remembered_where_the_group_may_scale_to_zero() -> None:
+    idle = observe([0, 0], 1, 2, produce=0.0, consume=0.0, members=1, time=NOW + 5)
+    assert decide(FREE, idle, WARM, NOW + 5).memory.idle_since is None
+    to_zero = replace(FREE, replicas=replace(FREE.replicas, min=0))
+    assert decide(to_zero, idle, WARM, NOW + 5).memory.idle_since == NOW + 5
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,15 +264,36 @@ def test_a_restart_from_the_memory_as_written_never_scales_earlier(
     after any poll; the restarted one resumes from what was written and decides, poll by poll, as the
     live one would have, or holds (part of) the capacity where the live one moves: never a scale the
     live one does not make."""
+    restart_after_writes(history, data, most=200_000)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(most=40), st.data())
+def test_a_restart_amid_small_lags_never_scales_earlier(
+        history: tuple[PolicyConfig, PolicyMemory, float], data: st.DataObject) -> None:
+    """The same with lags of at most 40 a partition, mostly within LAST_LAG_BAND: the last lag moves unwritten
+    there, and idleness comes and goes."""
+    restart_after_writes(history, data, most=40)
+
+
+def restart_after_writes(history: tuple[PolicyConfig, PolicyMemory, float], data: st.DataObject,
+                         most: int) -> None:
     config, memory, now = history
-    steady_obs = data.draw(st.booleans())
-    fixed = data.draw(observations(now))
+    # The same reading every poll, two readings by turns (sparse traffic: a record waiting, then none), or
+    # a new one each poll.
+    mode = data.draw(st.sampled_from(["steady", "two", "random"]))
+    fixed = [data.draw(observations(now, most=most)) for _ in range(2)]
+
+    def observed(now: float) -> Observation:
+        if mode == "random":
+            return data.draw(observations(now, most=most))
+        obs = fixed[data.draw(st.integers(0, 1))] if mode == "two" else fixed[0]
+        return replace(obs, sample=obs.sample and replace(obs.sample, time=now))
+
     written, written_at = memory, now
     for _ in range(data.draw(st.integers(1, 12))):
         now += data.draw(st.sampled_from([2.0, 5.0, 15.0, 30.0]))
-        obs = replace(fixed, sample=fixed.sample and replace(fixed.sample, time=now)) if steady_obs \
-            else data.draw(observations(now))
-        memory = decide(config, obs, memory, now).memory
+        memory = decide(config, observed(now), memory, now).memory
         if now - written_at >= REFRESH or not memory_refresh_only(written, memory):
             written, written_at = memory, now
         stored = PolicyMemory.from_dict(json.loads(json.dumps(written.to_dict())))
@@ -212,8 +302,7 @@ def test_a_restart_from_the_memory_as_written_never_scales_earlier(
     restarted, live = resume_memory(stored, now, REFRESH), memory
     for poll in range(4):
         now += data.draw(st.sampled_from([2.0, 5.0, 15.0, 30.0])) if poll else 0.0
-        obs = replace(fixed, sample=fixed.sample and replace(fixed.sample, time=now)) if steady_obs \
-            else data.draw(observations(now))
+        obs = observed(now)
         a, b = decide(config, obs, live, now), decide(config, obs, restarted, now)
         if (a.replicas, a.pool) != (b.replicas, b.pool):
             # Apart, the capacity the restarted one aims at (after windows and step limits) lies between
