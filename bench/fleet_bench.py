@@ -34,14 +34,17 @@ the operator integration tests run it), so it sees nothing of other users of the
    and the exact changes to objects in the bench's namespace (watch events of kafkaconsumergroups,
    deployments, events, configmaps and leases there: writes that changed something, no other user's),
    Kafka requests/s (`lagpilot_kafka_admin_requests_total`; versions without it report null);
-5. the lag change: the steady produce stops, after two intervals every resource's
+5. the quiet window: the steady produce stops and (`--keep-up`) every group's offsets are committed at
+   the log end once more; after `--quiet-settle` s, `--quiet-seconds` s of API writes with nothing changing
+   (and why the operator patched each status);
+6. the lag change: the steady produce stops, after two intervals every resource's
    `lagpilot_consumergroup_total_lag` is read, `--burst` records go to every partition of every topic
    at once, and the operator's metrics are read every 0.5 s until each resource's lag grew by its
    partitions x burst: the seconds from the acknowledgement of its group's last burst record to each
    resource seeing it (the clusters produced to side by side);
    `--bursts` times, each at another instant of the clusters' reads, with per cluster the read that
    carried the burst (its start and length, the decisions after it);
-6. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
+7. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
 
 `--also-with NAME=VALUE` (repeatable) runs this checkout's operator a second time, labelled `head-also`,
 with those settings in its environment (`LAGPILOT_EARLY_POLLS=true`: one setting measured on and off).
@@ -992,6 +995,8 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         })
         result["full_metrics_scrape"] = full_scrape(replicas[0])
         emit(event="steady", **result)
+        result["quiet"] = quiet_window(fleet, traffic, replicas, args)
+        emit(event="quiet", **result["quiet"])
         result["lag_change"] = lag_change(fleet, traffic, operators, args)
         peaks = {r.identity: memory_kib(r.pid, "VmHWM") for r in replicas}
         # Where the peak comes from: the highest 1 s sample of each phase (summed over the replicas).
@@ -1010,6 +1015,31 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         stop_operators(replicas)
         delete_namespace(api, namespace)
         traffic.resume()
+
+
+def quiet_window(fleet: list[Group], traffic: Traffic, replicas: list[Replica],
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Nothing changes: the producer stops and, with `--keep-up`, every group's offsets are committed at the log
+    end once more (no lag, no time lag). After `--quiet-settle` s (the rates' windows have emptied, paced moves
+    are due) the API writes are counted for `--quiet-seconds` s, with why the operator patched each status.
+    Without `--keep-up` the backlogs stay and their time lags grow: that is a change, and written (paced)."""
+    traffic.pause()
+    if traffic.keeper is not None:
+        for cluster, groups in by_cluster(fleet).items():
+            commit_at_log_end(traffic.keeper.admins[cluster], groups)
+    time.sleep(args.quiet_settle)
+    metrics0, api0, t0 = merge_metrics(scrape_all(replicas), None), apiserver_writes(), time.monotonic()
+    time.sleep(args.quiet_seconds)
+    metrics1, api1, t1 = merge_metrics(scrape_all(replicas), None), apiserver_writes(), time.monotonic()
+    writes = deltas(api0, api1)
+    return {"seconds": round(t1 - t0, 1), "settled_seconds": args.quiet_settle, "keep_up": traffic.keeper is not None,
+            "polls": int(metrics1.polls - metrics0.polls),
+            "api_writes_per_second": round(sum(writes.values()) / (t1 - t0), 2),
+            "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
+            "status_writes_by_reason": {k: int(v) for k, v in sorted(deltas(
+                metrics0.status_writes, metrics1.status_writes).items(), key=lambda kv: -kv[1]) if v},
+            "basis": "apiserver_request_total deltas of the kinds the operator writes (cluster-wide), over the "
+                     "window; status_writes_by_reason from lagpilot_status_writes_total"}
 
 
 def lag_change(fleet: list[Group], traffic: Traffic, operators: Fleet,
@@ -1214,6 +1244,11 @@ def main() -> int:
     parser.add_argument("--keep-up", action="store_true",
                         help="every group's consumers keep up: its offsets are committed at the log end once per "
                              "interval (without it nobody consumes and every lag grows)")
+    parser.add_argument("--quiet-settle", type=float, default=40.0,
+                        help="seconds after the traffic stops before the quiet window (rates' windows empty, "
+                             "paced moves written)")
+    parser.add_argument("--quiet-seconds", type=float, default=60.0,
+                        help="seconds of the quiet window: API writes when nothing changes")
     parser.add_argument("--burst", type=int, default=3, help="records to every partition for the lag change")
     parser.add_argument("--bursts", type=int, default=3,
                         help="lag changes one after another, each at another instant of the clusters' reads")
