@@ -191,7 +191,9 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
                                    f"unexpected error: {type(exc).__name__}: {exc}", meta.get("generation"),
                                    time.time())
         status = {"conditions": conditions_to_k8s(conditions)}
-    why = writes.status_write_reason(state.status.written, state.status.written_at, status, now)
+    parsed = state.parsed_spec
+    why = writes.status_write_reason(state.status.written, state.status.written_at, status, now,
+                                     poll_interval=parsed.spec.lag.poll_interval_seconds if parsed else 0.0)
     if why is not None:
         log.debug("writing the status of %s/%s (%s)", namespace, name, why)
         # In the background (`status_writer`): the loop goes back to wait for its next read meanwhile.

@@ -10,7 +10,8 @@ groups. The rules (docs/operator.md, "Writes"):
   failure run starting or ending (and its first 10 reads, then powers of two), and the policy's
   memory (except its timestamp refreshes).
 * Coarse: totalLag, topPartitions (its lags, not its order), time lags and rates are written when one
-  moves by at least `RELATIVE_CHANGE` and an absolute floor (from zero too), totalLag also when it reaches
+  moves by at least `RELATIVE_CHANGE` and an absolute floor (from zero too; for time lags at least two
+  poll intervals, `time_lag_floor`), totalLag also when it reaches
   zero, and with any other write; time lags (topPartitions' too) and rates are also paced: such a move
   is written once `PACED_SECONDS` (LAGPILOT_STATUS_PACED_SECONDS, default 30) have passed since the
   last write. Numbers inside lastDecision and condition messages, why a hold holds
@@ -57,6 +58,7 @@ PACED_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds", "produceRat
 last write. The time lag of a backlog nobody consumes grows by the interval every poll, past every
 threshold until it is ten intervals old: at 1,000 stalled groups that was 200 writes/s of a number the
 clock predicts (the fleet bench's bursts)."""
+TIME_LAG_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds"})
 RATE_FIELDS = frozenset({"produceRatePerSecond", "consumeRatePerSecond"})
 PACED_SECONDS = float(os.environ.get("LAGPILOT_STATUS_PACED_SECONDS", "30"))
 LAST_LAG_BAND = 100
@@ -95,7 +97,15 @@ def _moved(old: Any, new: Any, floor: float, *, reaching_zero: bool = False) -> 
     return delta >= floor and delta >= RELATIVE_CHANGE * abs(float(old))
 
 
-def _top_change(old: Any, new: Any) -> Literal["now", "paced"] | None:
+def time_lag_floor(poll_interval: float) -> float:
+    """The smallest move of a time lag worth writing: `ABSOLUTE_FLOORS`' 5 s, or two poll intervals. A time lag
+    is read from offsets sampled once a poll, so it is known to about an interval: a group that keeps up
+    with sparse traffic and commits once a poll reads 0, then about one interval, then 0 (at the fleet bench's
+    5 s, half of its steady status writes were that, and the lag reaching zero after it)."""
+    return max(ABSOLUTE_FLOORS["maxTimeLagSeconds"], 2.0 * poll_interval)
+
+
+def _top_change(old: Any, new: Any, time_lag_floor: float) -> Literal["now", "paced"] | None:
     """topPartitions: "now" for a partition entering or leaving it, a verdict change, or a lag that moved;
     "paced" for a time lag that moved (`PACED_FIELDS`); None for neither. The order follows the lags, so
     partitions of about the same lag trading places is not news by itself (with a few partitions, every new
@@ -110,7 +120,7 @@ def _top_change(old: Any, new: Any) -> Literal["now", "paced"] | None:
         a = before[key]
         if a.get("verdict") != b.get("verdict") or _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]):
             return "now"
-        if _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), ABSOLUTE_FLOORS["maxTimeLagSeconds"]):
+        if _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), time_lag_floor):
             found = "paced"
     return found
 
@@ -212,26 +222,29 @@ def stored_status(watched: Mapping[str, Any], written: Mapping[str, Any] | None)
 
 def status_write_reason(written: Mapping[str, Any] | None, written_at: float | None, new: Mapping[str, Any],
                         now: float, refresh_seconds: float = REFRESH_SECONDS,
-                        paced_seconds: float = PACED_SECONDS) -> str | None:
-    """Why `new` must be written given the status last written at `written_at` (None: skip this poll)."""
+                        paced_seconds: float = PACED_SECONDS, poll_interval: float = 0.0) -> str | None:
+    """Why `new` must be written given the status last written at `written_at` (None: skip this poll).
+    `poll_interval`: the resource's; a time lag is read at that resolution (`time_lag_floor`)."""
     if written is None or written_at is None:
         return "first"
     if now - written_at >= refresh_seconds:
         return "refresh"
     paced: str | None = None
     """The first paced field that moved: written once `paced_seconds` have passed, unless news comes first."""
+    time_lags = time_lag_floor(poll_interval)
     for key in sorted(set(written) | set(new)):
         old, value = written.get(key), new.get(key)
         if old == value:
             continue
         if key in ABSOLUTE_FLOORS:
-            if _moved(old, value, ABSOLUTE_FLOORS[key], reaching_zero=key == "totalLag"):
+            floor = time_lags if key in TIME_LAG_FIELDS else ABSOLUTE_FLOORS[key]
+            if _moved(old, value, floor, reaching_zero=key == "totalLag"):
                 # A rate shown (known from the second read on) or gone is news; only its moves are paced.
                 if key not in PACED_FIELDS or (key in RATE_FIELDS and (old is None or value is None)):
                     return key
                 paced = paced or key
         elif key == "topPartitions":
-            change = _top_change(old, value)
+            change = _top_change(old, value, time_lags)
             if change == "now":
                 return key
             if change == "paced":

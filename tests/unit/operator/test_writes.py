@@ -83,6 +83,17 @@ def test_numbers_move_coarsely() -> None:
     assert status_write_reason(status(consumeRatePerSecond=0.33), 100.0, status(consumeRatePerSecond=0.0),
                                LATER) is None
     assert status_write_reason(status(maxTimeLagSeconds=4.0), 100.0, status(maxTimeLagSeconds=0.0), LATER) is None
+    # A time lag is known to about a poll interval: polled every 5 s, 0 -> 5.2 s is not news, 0 -> 10 s is.
+    def lagging(seconds: float) -> dict[str, Any]:
+        return status(maxTimeLagSeconds=seconds,
+                      topPartitions=[{"topic": "t", "partition": 0, "lag": 5, "timeLagSeconds": seconds}])
+
+    sparse, later, behind = lagging(0.0), lagging(5.2), lagging(10.0)
+    assert status_write_reason(sparse, 100.0, later, LATER, poll_interval=5.0) is None
+    assert status_write_reason(sparse, 100.0, later, LATER) == "maxTimeLagSeconds"  # the 5 s floor alone
+    assert status_write_reason(sparse, 100.0, behind, LATER, poll_interval=5.0) == "maxTimeLagSeconds"
+    assert status_write_reason(sparse, 100.0, {**behind, "maxTimeLagSeconds": 0.0}, LATER,
+                               poll_interval=5.0) == "topPartitions"
     assert status_write_reason(status(), 100.0, status(consumeRatePerSecond=30.0), LATER) == "consumeRatePerSecond"
     assert status_write_reason(status(), 100.0, status(topPartitions=[{"topic": "t", "partition": 1, "lag": 600}]),
                                105.0) == "topPartitions"
