@@ -104,8 +104,12 @@ def test_latency_and_partition_hold_only_while_in_force_and_leave_nothing(stack:
 def test_sigkill_through_the_runtime_restarts_the_container(stack: Any, namespace: str) -> None:
     pod = _pod(stack, namespace)
     runtime = faults.NodeRuntime(stack.kubectl)
-    killed = runtime.kill_container(namespace, pod)
-    started = time.monotonic()
+    with faults.TaskExits(runtime) as exits:
+        killed = runtime.kill_container(namespace, pod)
+        started = time.monotonic()
+        exited = exits.wait_exit(killed.container_id, 30)
+    assert exited is not None, "containerd reported no exit of the killed container"
+    assert exited.exit_status == 137   # 128 + SIGKILL
 
     def restarted() -> dict[str, Any] | None:
         status = json.loads(stack.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)["status"]
@@ -113,6 +117,9 @@ def test_sigkill_through_the_runtime_restarts_the_container(stack: Any, namespac
         return container if container.get("restartCount", 0) >= 1 and "running" in container["state"] else None
 
     container = wait_for(restarted, 60, f"{pod} restarted after the SIGKILL")
-    assert container["lastState"]["terminated"]["exitCode"] == 137   # 128 + SIGKILL
     assert faults.container_id({"status": {"containerStatuses": [container]}}, "worker") != killed.container_id
+    # The kubelet may report a restarted container with an empty lastState (kubernetes/kubernetes#101044, seen
+    # once in a CI run here): the exit code is containerd's, above; a lastState reported must agree with it.
+    terminated = container["lastState"].get("terminated")
+    assert terminated is None or terminated["exitCode"] == 137
     print(f"\nSIGKILL through containerd -> container running again: {time.monotonic() - started:.1f} s")
