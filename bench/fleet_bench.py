@@ -35,7 +35,8 @@ the operator integration tests run it), so it sees nothing of other users of the
    deployments, events, configmaps and leases there: writes that changed something, no other user's),
    Kafka requests/s (`lagpilot_kafka_admin_requests_total`; versions without it report null);
 5. the quiet window: the steady produce stops and (`--keep-up`) every group's offsets are committed at
-   the log end once more; after `--quiet-settle` s, `--quiet-seconds` s of API writes with nothing changing
+   the log end once more; once every group has scaled down to its idle size (minutes: the scale-down
+   window, then its steps) and two intervals more, `--quiet-seconds` s of API writes with nothing changing
    (and why the operator patched each status);
 6. the lag change: the steady produce stops, after two intervals every resource's
    `lagpilot_consumergroup_total_lag` is read, `--burst` records go to every partition of every topic
@@ -995,7 +996,7 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         })
         result["full_metrics_scrape"] = full_scrape(replicas[0])
         emit(event="steady", **result)
-        result["quiet"] = quiet_window(fleet, traffic, replicas, args)
+        result["quiet"] = quiet_window(fleet, traffic, replicas, api, namespace, args)
         emit(event="quiet", **result["quiet"])
         result["lag_change"] = lag_change(fleet, traffic, operators, args)
         peaks = {r.identity: memory_kib(r.pid, "VmHWM") for r in replicas}
@@ -1017,22 +1018,38 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         traffic.resume()
 
 
-def quiet_window(fleet: list[Group], traffic: Traffic, replicas: list[Replica],
+def at_idle_size(api: Any, namespace: str, count: int) -> bool:
+    """Every resource's status shows its idle size: `replicas.min` replicas (1 in the bench's spec) of the
+    smallest pool (the default `pool.min`, 1)."""
+    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups")["items"]
+    return len(listed) == count and all(
+        (item.get("status") or {}).get("desiredReplicas") == item["spec"]["replicas"]["min"]
+        and (item.get("status") or {}).get("poolSize") == 1 for item in listed)
+
+
+def quiet_window(fleet: list[Group], traffic: Traffic, replicas: list[Replica], api: Any, namespace: str,
                  args: argparse.Namespace) -> dict[str, Any]:
     """Nothing changes: the producer stops and, with `--keep-up`, every group's offsets are committed at the log
-    end once more (no lag, no time lag). After `--quiet-settle` s (the rates' windows have emptied, paced moves
-    are due) the API writes are counted for `--quiet-seconds` s, with why the operator patched each status.
-    Without `--keep-up` the backlogs stay and their time lags grow: that is a change, and written (paced)."""
+    end once more (no lag, no time lag). The groups, idle now, scale down to their idle size (after the
+    scale-down window, by its steps: minutes); once every one is there and two more intervals have passed (the
+    last steps' writes), the API writes are counted for `--quiet-seconds` s, with why the operator patched each
+    status. Without `--keep-up` the backlogs stay and their time lags grow: a change, written (paced)."""
     traffic.pause()
     if traffic.keeper is not None:
         for cluster, groups in by_cluster(fleet).items():
             commit_at_log_end(traffic.keeper.admins[cluster], groups)
-    time.sleep(args.quiet_settle)
+    stopped = time.monotonic()
+    if traffic.keeper is not None:
+        wait_until(lambda: at_idle_size(api, namespace, len(fleet)), args.quiet_settle_timeout,
+                   "every resource at its idle size", 10)
+    time.sleep(2 * args.interval)
+    settled = time.monotonic() - stopped
     metrics0, api0, t0 = merge_metrics(scrape_all(replicas), None), apiserver_writes(), time.monotonic()
     time.sleep(args.quiet_seconds)
     metrics1, api1, t1 = merge_metrics(scrape_all(replicas), None), apiserver_writes(), time.monotonic()
     writes = deltas(api0, api1)
-    return {"seconds": round(t1 - t0, 1), "settled_seconds": args.quiet_settle, "keep_up": traffic.keeper is not None,
+    return {"seconds": round(t1 - t0, 1), "settled_seconds": round(settled, 1), "keep_up": traffic.keeper is not None,
             "polls": int(metrics1.polls - metrics0.polls),
             "api_writes_per_second": round(sum(writes.values()) / (t1 - t0), 2),
             "api_writes_by_kind": {k: int(v) for k, v in sorted(writes.items()) if v},
@@ -1244,9 +1261,8 @@ def main() -> int:
     parser.add_argument("--keep-up", action="store_true",
                         help="every group's consumers keep up: its offsets are committed at the log end once per "
                              "interval (without it nobody consumes and every lag grows)")
-    parser.add_argument("--quiet-settle", type=float, default=40.0,
-                        help="seconds after the traffic stops before the quiet window (rates' windows empty, "
-                             "paced moves written)")
+    parser.add_argument("--quiet-settle-timeout", type=float, default=900.0,
+                        help="seconds the idle groups may take to reach their idle size before the quiet window")
     parser.add_argument("--quiet-seconds", type=float, default=60.0,
                         help="seconds of the quiet window: API writes when nothing changes")
     parser.add_argument("--burst", type=int, default=3, help="records to every partition for the lag change")
