@@ -20,7 +20,8 @@ groups. The rules (docs/operator.md, "Writes"):
   is written, so nothing shown is older than that.
 
 The policy's memory is what a restarted operator resumes from. A refresh-only change (its
-`lastTime`, recommendations of sizes already written, the rate floor decaying on schedule) is skipped;
+`lastTime`, recommendations of sizes already written, the rate floor decaying on schedule, step changes
+expiring) is skipped;
 `resume_memory` moves the first two forward on a restart, to the latest time the dead operator can have
 polled without writing (each size written taken as recommended then), which holds every window at least
 as long as the live memory would have (never an earlier scale); the floor decays from the time it was
@@ -160,9 +161,17 @@ def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory) -> bool:
         return False
     last_lag = persisted.last_lag if _within_lag_band(persisted.last_lag) and _within_lag_band(new.last_lag) \
         else new.last_lag
+    # Step changes only leave the memory once older than every step period, and the step limits count only
+    # the changes within their period: one gone is no news (the last one of a scale-down, 30 s after it).
+    changes = persisted.changes if _expired_only(persisted.changes, new.changes) else new.changes
     return replace(new, last_time=persisted.last_time, recommendations=old_recs, trend=persisted.trend,
                    slot_rate_floor=persisted.slot_rate_floor, floor_time=persisted.floor_time,
-                   last_lag=last_lag) == persisted
+                   last_lag=last_lag, changes=changes) == persisted
+
+
+def _expired_only(persisted: tuple[tuple[float, int, int], ...], new: tuple[tuple[float, int, int], ...]) -> bool:
+    """`new` is `persisted` less its oldest entries (the policy drops the expired ones, oldest first)."""
+    return len(new) <= len(persisted) and persisted[len(persisted) - len(new):] == new
 
 
 def _within_lag_band(last_lag: int | None) -> bool:

@@ -260,6 +260,15 @@ def test_a_restart_after_skipped_recommendations_holds_as_the_live_memory_does()
     assert decide(config, none(now), resume_memory(written, now, REFRESH), now).slots == 8
 
 
+def test_a_step_change_expiring_is_not_written() -> None:
+    written = PolicyMemory(recommendations=((100.0, 1),), changes=((90.0, 2, 1), (95.0, 3, 2)), last_time=100.0)
+    assert memory_refresh_only(written, replace(written, changes=((95.0, 3, 2),), last_time=125.0))
+    assert memory_refresh_only(written, replace(written, changes=(), last_time=130.0))
+    assert not memory_refresh_only(written, replace(written, changes=((90.0, 2, 1),), last_time=125.0))
+    assert not memory_refresh_only(written, replace(written, changes=((95.0, 3, 2), (125.0, 2, 1)),
+                                                    last_time=125.0))
+
+
 def test_idleness_is_only_remembered_where_the_group_may_scale_to_zero() -> None:
     idle = observe([0, 0], 1, 2, produce=0.0, consume=0.0, members=1, time=NOW + 5)
     assert decide(FREE, idle, WARM, NOW + 5).memory.idle_since is None
