@@ -1025,11 +1025,16 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
         traffic.resume()
 
 
+def listed_resources(api: Any, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups")["items"]
+    return items
+
+
 def kopf_handled(api: Any, namespace: str, count: int) -> bool:
     """kopf has handled every resource's creation: it carries the annotation kopf writes last
     (`<prefix>/last-handled-configuration`)."""
-    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups")["items"]
+    listed = listed_resources(api, namespace)
     return len(listed) == count and all(
         any(key.endswith("/last-handled-configuration") for key in (item["metadata"].get("annotations") or {}))
         for item in listed)
@@ -1038,8 +1043,7 @@ def kopf_handled(api: Any, namespace: str, count: int) -> bool:
 def at_idle_size(api: Any, namespace: str, count: int) -> bool:
     """Every resource's status shows its idle size: `replicas.min` replicas (1 in the bench's spec) of the
     smallest pool (the default `pool.min`, 1)."""
-    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "lagpilot.io", "v1alpha1", namespace, "kafkaconsumergroups")["items"]
+    listed = listed_resources(api, namespace)
     return len(listed) == count and all(
         (item.get("status") or {}).get("desiredReplicas") == item["spec"]["replicas"]["min"]
         and (item.get("status") or {}).get("poolSize") == 1 for item in listed)

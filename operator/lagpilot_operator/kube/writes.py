@@ -8,7 +8,7 @@ groups. The rules (docs/operator.md, "Writes"):
   desired/current replicas, pool size, partitions, lastScaleTime, deadLetter, redrive, conditions
   (type, status, reason, observedGeneration, and message wording), lastDecision's wording, a lag-read
   failure run starting or ending (and its first 10 reads, then powers of two), and the policy's
-  memory (except its timestamp refreshes).
+  memory (except what a restart restores conservatively, below).
 * Coarse: totalLag, topPartitions (its lags, not its order), time lags and rates are written when one
   moves by at least `RELATIVE_CHANGE` and an absolute floor (from zero too; for time lags at least two
   poll intervals, `time_lag_floor`), totalLag also when it reaches
@@ -54,13 +54,13 @@ RELATIVE_CHANGE = 0.10
 ABSOLUTE_FLOORS = {"totalLag": 100.0, "maxTimeLagSeconds": 5.0, "meanTimeLagSeconds": 5.0,
                    "produceRatePerSecond": 1.0, "consumeRatePerSecond": 1.0}
 """...and by at least this much (lag 0 -> 3 is not news)."""
-PACED_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds", "produceRatePerSecond", "consumeRatePerSecond"})
+TIME_LAG_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds"})
+RATE_FIELDS = frozenset({"produceRatePerSecond", "consumeRatePerSecond"})
+PACED_FIELDS = TIME_LAG_FIELDS | RATE_FIELDS
 """Coarse numbers that are also paced: a move is written only once `PACED_SECONDS` have passed since the
 last write. The time lag of a backlog nobody consumes grows by the interval every poll, past every
 threshold until it is ten intervals old: at 1,000 stalled groups that was 200 writes/s of a number the
 clock predicts (the fleet bench's bursts)."""
-TIME_LAG_FIELDS = frozenset({"maxTimeLagSeconds", "meanTimeLagSeconds"})
-RATE_FIELDS = frozenset({"produceRatePerSecond", "consumeRatePerSecond"})
 PACED_SECONDS = float(os.environ.get("LAGPILOT_STATUS_PACED_SECONDS", "30"))
 LAST_LAG_BAND = 100
 """The memory's last lag moving within [0, LAST_LAG_BAND] is not written on its own (a group keeping up with
