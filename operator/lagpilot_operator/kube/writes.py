@@ -21,12 +21,12 @@ groups. The rules (docs/operator.md, "Writes"):
 
 The policy's memory is what a restarted operator resumes from. A refresh-only change (its
 `lastTime`, recommendations of sizes already written, the rate floor decaying on schedule, step changes
-expiring) is skipped;
-`resume_memory` moves the first two forward on a restart, to the latest time the dead operator can have
-polled without writing (each size written taken as recommended then), which holds every window at least
-as long as the live memory would have (never an earlier scale); the floor decays from the time it was
-written to now exactly as the live one did. (A group that keeps up with sparse traffic recommends its
-capacity with a record waiting and nothing with none, poll after poll: each flip was a write.)
+expiring) is skipped; `resume_memory` moves the first two forward on a restart, to the latest time the
+dead operator can have polled without writing (each size written taken as recommended then), which holds
+every window at least as long as the live memory would have (never an earlier scale); the floor decays
+from the time it was written to now exactly as the live one did. (A group that keeps up with sparse
+traffic recommends its capacity with a record waiting and nothing with none, poll after poll: each flip
+was a write.)
 Everything else in the memory (the changes, cooldown and grace times, saturation, idleness, the deficit
 clock, the rates, the last lag and member count) is written on the poll it changes, except the last lag
 moving within `LAST_LAG_BAND`, which a restart resumes at the band's top. The lag trend (minute buckets of
@@ -106,11 +106,11 @@ def time_lag_floor(poll_interval: float) -> float:
     return max(ABSOLUTE_FLOORS["maxTimeLagSeconds"], 2.0 * poll_interval)
 
 
-def _top_change(old: Any, new: Any, time_lag_floor: float) -> Literal["now", "paced"] | None:
+def _top_change(old: Any, new: Any, time_lag_move: float) -> Literal["now", "paced"] | None:
     """topPartitions: "now" for a partition entering or leaving it, a verdict change, or a lag that moved;
-    "paced" for a time lag that moved (`PACED_FIELDS`); None for neither. The order follows the lags, so
-    partitions of about the same lag trading places is not news by itself (with a few partitions, every new
-    record reordered them: a write on most polls)."""
+    "paced" for a time lag that moved by `time_lag_move` (`PACED_FIELDS`); None for neither. The order follows
+    the lags, so partitions of about the same lag trading places is not news by itself (with a few partitions,
+    every new record reordered them: a write on most polls)."""
     before, after = _top_entries(old), _top_entries(new)
     if before is None or after is None:
         return "now" if old != new else None
@@ -121,7 +121,7 @@ def _top_change(old: Any, new: Any, time_lag_floor: float) -> Literal["now", "pa
         a = before[key]
         if a.get("verdict") != b.get("verdict") or _moved(a.get("lag"), b.get("lag"), ABSOLUTE_FLOORS["totalLag"]):
             return "now"
-        if _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), time_lag_floor):
+        if _moved(a.get("timeLagSeconds"), b.get("timeLagSeconds"), time_lag_move):
             found = "paced"
     return found
 
@@ -240,20 +240,20 @@ def status_write_reason(written: Mapping[str, Any] | None, written_at: float | N
         return "refresh"
     paced: str | None = None
     """The first paced field that moved: written once `paced_seconds` have passed, unless news comes first."""
-    time_lags = time_lag_floor(poll_interval)
+    time_lag_move = time_lag_floor(poll_interval)
     for key in sorted(set(written) | set(new)):
         old, value = written.get(key), new.get(key)
         if old == value:
             continue
         if key in ABSOLUTE_FLOORS:
-            floor = time_lags if key in TIME_LAG_FIELDS else ABSOLUTE_FLOORS[key]
+            floor = time_lag_move if key in TIME_LAG_FIELDS else ABSOLUTE_FLOORS[key]
             if _moved(old, value, floor, reaching_zero=key == "totalLag"):
                 # A rate shown (known from the second read on) or gone is news; only its moves are paced.
                 if key not in PACED_FIELDS or (key in RATE_FIELDS and (old is None or value is None)):
                     return key
                 paced = paced or key
         elif key == "topPartitions":
-            change = _top_change(old, value, time_lags)
+            change = _top_change(old, value, time_lag_move)
             if change == "now":
                 return key
             if change == "paced":
