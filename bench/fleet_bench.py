@@ -49,7 +49,7 @@ the operator integration tests run it), so it sees nothing of other users of the
 7. the operator stops (SIGTERM, by pid), the finalizers are released and the namespace deleted.
 
 `--also-with NAME=VALUE` (repeatable) runs this checkout's operator a second time, labelled `head-also`,
-with those settings in its environment (`LAGPILOT_EARLY_POLLS=true`: one setting measured on and off).
+with those settings in its environment (`LAGPILOT_EARLY_POLLS=false`: one setting measured on and off).
 `--compare REV` runs that commit's operator first (installed from a `git archive` into a temporary
 venv, as bench/runtime_compare_bench.py does; its own CRD applied), then this checkout's, on the same
 topics and brokers. Progress goes to stdout as JSON lines; the last line is the summary.
@@ -170,7 +170,7 @@ class OperatorMetrics:
     kafka_requests: float | None = None                         # None: the version has no such metric
     status_writes: dict[str, float] = field(default_factory=dict)  # reason -> status patches (versions with it)
     cluster_reads: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap -> reads, seconds
-    early_polls: float | None = None                            # None: the version has no between reads
+    early_polls: float | None = None                            # None: the version brings no poll forward
 
 
 def parse_operator_metrics(text: str) -> OperatorMetrics:
@@ -188,7 +188,7 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
     found = OperatorMetrics()
     lines = "\n".join(line for line in text.splitlines() if line.startswith(wanted))
     for family in text_string_to_metric_families(lines):
-        if family.name == "lagpilot_early_polls":  # a version with between reads: 0 until one wakes somebody
+        if family.name == "lagpilot_early_polls":  # a version with early polls: 0 until one wakes somebody
             found.early_polls = found.early_polls or 0.0
         for sample in family.samples:
             if sample.name == "lagpilot_reconcile_duration_seconds_count":
@@ -212,7 +212,7 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
 
 
 def early_polls_between(before: OperatorMetrics, after: OperatorMetrics) -> int | None:
-    """Polls brought forward by between reads from one scrape to the next (None: a version without them)."""
+    """Polls brought forward (by probes; by between reads before) from one scrape to the next (None: none ever)."""
     if after.early_polls is None:
         return None
     return int(after.early_polls - (before.early_polls or 0.0))
@@ -991,7 +991,7 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
             "namespace_changes_by_kind": changed,
             "namespace_watches_ended_early": sorted(changes.ended_early),
             "kafka_requests_per_second": totals["kafka_requests_per_second"],
-            # Polls a between read brought forward (lag risen past the bar) in a window with no burst.
+            # Polls brought forward (lag risen past the bar: a probe, earlier a between read) in a window with no burst.
             "early_polls_in_window": early_polls_between(merge_metrics(metrics0, None), merge_metrics(metrics1, None)),
             # Why each status patch in the window was written (versions with lagpilot_status_writes_total).
             "status_writes_by_reason": {k: int(v) for k, v in sorted(status_writes.items(), key=lambda kv: -kv[1])},

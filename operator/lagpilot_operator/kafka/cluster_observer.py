@@ -23,12 +23,16 @@ groups; the operator does the same:
   resource with that interval decides right after it is answered (`next_poll`). So a lag change
   reaches every resource's decision at the first read after it, and no resource takes a read that is
   most of an interval old because its own poll fell just before the cluster's next read.
-* With `LAGPILOT_EARLY_POLLS=true` (off by default: docs/operator.md gives the measured cost), a *between
-  read* of the whole cluster halfway between two paced reads brings forward the poll of each resource
-  whose lag it shows risen past its bar (`core.early_poll`, given by the resource's last decision); the
-  others keep waiting. A burst then waits at most half an interval for a read that carries it to the
-  decisions, not a whole one. Only while some resource on the cluster has a bar, and not when the last
-  read took more than half the interval (a between read would then delay the paced one).
+* Between two paced reads, *probes* (`probe_log_ends`, every `LAGPILOT_LAG_PROBE_SECONDS`) ask for the log
+  ends alone: one ListOffsets call for the partitions of the last read, not the OffsetFetch per group
+  and the DescribeGroups a read makes. Log ends newer than the committed offsets last read overstate each
+  lag (`cluster_reads.probed_read`), so a group they show below its bar (`core.early_poll`, from the
+  resource's last decision) is below it, and the others keep waiting. The resources a probe shows above
+  their bar poll at once, on a read of their groups alone (a *targeted read*). A burst then waits a probe
+  period for a read that carries it to the decisions, not up to a whole interval, and a steady fleet pays
+  one ListOffsets call per probe (`LAGPILOT_EARLY_POLLS=false`: none, every poll paced). Probes run only
+  while some resource on the cluster has a bar, and stop half a probe period before the paced read, so
+  they do not push it back.
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -65,7 +69,9 @@ from lagpilot_operator.kafka.cluster_reads import (
     all_topics,
     covers,
     fresh_enough,
+    merged_read,
     next_tick,
+    probed_read,
     sample_for,
     spread_phases,
     stale_log_starts,
@@ -82,9 +88,15 @@ log = logging.getLogger(__name__)
 # scheduling jitter of daemons started together.
 GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.05"))
 READ_TIMEOUT_SECONDS = 10.0
-# Between reads (see the module's docstring): off unless set to true. A between read costs what a paced one
-# does; at 300-1,000 groups that was 30-47 % more operator CPU per poll (docs/benchmarks.md).
-EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "false").strip().lower() in ("true", "1", "yes", "on")
+# Probes of the log ends between paced reads (see the module's docstring): on unless set to false.
+EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "true").strip().lower() in ("true", "1", "yes", "on")
+# Seconds between two probes, and from a paced read's answer to the first probe. Intervals shorter than two
+# probe periods are not probed: their paced reads come as often.
+LAG_PROBE_SECONDS = float(os.environ.get("LAGPILOT_LAG_PROBE_SECONDS", "1.0"))
+
+
+# A probe of a cluster's log ends (`probe_log_ends`): the wanted groups, a timeout; None when it could not ask.
+Probe = Callable[[Wanted, float], Mapping[PartitionKey, int] | None]
 
 
 def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: float = READ_TIMEOUT_SECONDS,
@@ -191,6 +203,24 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
     return read
 
 
+def probe_log_ends(admin: AdminClient, bootstrap: str, wanted: Wanted, layout: TopicLayout,
+                   requests: kafka_lag.OffsetRequests, timeout: float) -> dict[PartitionKey, int] | None:
+    """The log end of every partition of `wanted`'s topics that `layout` knows, from one ListOffsets call: a
+    probe between reads. The partitions and their requests are the last read's (`layout`, `requests`), so a
+    probe asks for no metadata and makes no TopicPartition anew. None when the layout is to be asked again
+    (the last read found a topic gone or smaller): the paced read finds out. A partition whose offset the
+    answer does not give is left out (the paced read reports it)."""
+    if layout.read_at is None:
+        return None
+    known = layout.partitions
+    topics = [topic for topic in all_topics(wanted) if topic in known]
+    keys = [(topic, partition) for topic in topics for partition in known[topic]]
+    partitions = [tp for topic in topics for tp in requests.of_topic(topic, known[topic])]
+    ends, _failures = kafka_lag.send_offset_requests(admin, bootstrap, partitions, "latest", timeout, requests,
+                                                     keys).split(timeout)
+    return ends
+
+
 def _ask_committed(admin: AdminClient, bootstrap: str, per_group: Mapping[str, list[TopicPartition]],
                    timeout: float) -> dict[str, Any]:
     """Send every group's OffsetFetch (one group per call: confluent-kafka 2.16 refuses more); the answers
@@ -210,6 +240,8 @@ class _Flight:
     result: asyncio.Future[ClusterRead]
     wanted: Wanted | None = None
     task: asyncio.Task[None] | None = None
+    targeted: bool = False
+    """Asks for the groups of the resources a probe woke (`wanted`, set from the start), not for everyone."""
 
 
 @dataclass
@@ -226,6 +258,9 @@ class ClusterObserver:
 
     read: Callable[[Wanted], ClusterRead]
     """Blocking: runs in a thread."""
+    probe: Probe | None = None
+    """Blocking, in the same thread: the log ends of the partitions of the wanted groups' topics, within the
+    timeout given (`probe_log_ends`); None: no probes."""
     gather_seconds: float = GATHER_SECONDS
     clock: Callable[[], float] = time.time
     phase: float = 0.0
@@ -233,7 +268,8 @@ class ClusterObserver:
     `spread_phases`). A change takes effect from the read after the one already due."""
     monotonic: Callable[[], float] = time.monotonic
     early_polls: bool = EARLY_POLLS
-    """Whether between reads bring the polls of resources whose lag rose forward."""
+    """Whether probes between paced reads bring the polls of resources whose lag rose forward."""
+    probe_seconds: float = LAG_PROBE_SECONDS
     cluster: str = ""
     """The cluster's name in the metrics (its bootstrap servers)."""
     _wants: dict[Hashable, Want] = field(default_factory=dict)
@@ -244,13 +280,17 @@ class ClusterObserver:
     _paced: dict[Hashable, float] = field(default_factory=dict)
     """Per owner, the interval of the paced read it last waited for."""
     _latest: ClusterRead | None = None
+    """The newest read of everyone on the cluster."""
+    _targeted: ClusterRead | None = None
+    """The newest targeted read (the resources it woke take their samples from it)."""
+    _basis: ClusterRead | None = None
+    """What probes are measured against: `_latest` with the targeted reads since (`merged_read`)."""
     _flights: list[_Flight] = field(default_factory=list)
     _ticks: dict[float, _Tick] = field(default_factory=dict)
     """Per interval, its next paced read."""
     _pacers: dict[float, asyncio.Task[None]] = field(default_factory=dict)
     _early: dict[Hashable, tuple[EarlyPoll, asyncio.Future[None]]] = field(default_factory=dict)
-    """Per resource waiting for its next poll, its early-poll bar and what a between read sets to wake it."""
-    _last_read_seconds: float = 0.0
+    """Per resource waiting for its next poll, its early-poll bar and what a probe sets to wake it."""
     _thread: ThreadPoolExecutor | None = None
     """The cluster's own thread for its reads (one at a time): not the I/O threads the reconciles' API calls
     queue in, which after a lag change hold a status write per resource, so a paced read is never queued
@@ -276,7 +316,8 @@ class ClusterObserver:
         at least half an interval after `poll_started` (monotonic), so a resource that just polled off
         the pace does not poll again at once; after that, it is always the next read not answered yet,
         however long the read or the resource's own reconcile took (an overrun waits for the next).
-        With `early`, a between read that shows its lag above the bar returns it at once."""
+        With `early`, a probe that shows its lag above the bar returns it at once, a targeted read of its
+        group under way."""
         not_before = -float("inf") if self._paced.get(owner) == interval_seconds else \
             poll_started + interval_seconds / 2
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -329,17 +370,11 @@ class ClusterObserver:
 
     async def _pace(self, interval: float) -> None:
         """One read of the cluster for everybody at each tick of `interval`, while a resource polls at it,
-        and a between read halfway to each tick when one is due (`_between_read_due`)."""
+        and probes of the log ends before each tick (`_probe_until`)."""
         tick = self._ticks[interval]
         try:
             while interval in self._intervals.values():
-                between = tick.at - interval / 2
-                if between > self.monotonic() and self._between_read_due(interval):
-                    await asyncio.sleep(between - self.monotonic())
-                    try:
-                        self._wake_risen(interval, await self._read_for_everyone())
-                    except Exception:  # as below: each resource's own sample reports a failed read
-                        log.debug("between read of %s failed", self.cluster, exc_info=True)
+                await self._probe_until(tick, interval)
                 await asyncio.sleep(max(0.0, tick.at - self.monotonic()))
                 # A bug in the read (raised) is reported by each resource's own sample, which reads again.
                 with contextlib.suppress(Exception):
@@ -356,38 +391,68 @@ class ClusterObserver:
             if not tick.answered.done():
                 tick.answered.set_result(None)
 
-    def _between_read_due(self, interval: float) -> bool:
-        """A between read for `interval`'s next tick: on, some resource waiting at it has a bar, and the last
-        read took at most half the interval (a longer one would push the paced read back)."""
-        return self.early_polls and self._last_read_seconds <= interval / 2 and any(
-            self._intervals.get(owner) == interval for owner in self._early)
+    def _probe_due(self, interval: float) -> bool:
+        """Probes for `interval`: on, a probe to call, an interval at least two probe periods long, a read to
+        measure them against, and some resource waiting at `interval` with a bar."""
+        return self.early_polls and self.probe is not None and 2 * self.probe_seconds <= interval and \
+            self._basis is not None and any(self._intervals.get(owner) == interval for owner in self._early)
 
-    def _wake_risen(self, interval: float, read: ClusterRead) -> None:
-        """Wakes each resource waiting at `interval` whose lag in `read` is above its bar (a read newer than
-        its last sample's; a failure concerning it wakes nobody: the paced read reports it)."""
-        woken = 0
+    async def _probe_until(self, tick: _Tick, interval: float) -> None:
+        """Probes every `probe_seconds` from now until half a probe period before `tick`, each waking the
+        resources whose lag it shows above their bar (`_wake_risen`)."""
+        while True:
+            at = self.monotonic() + self.probe_seconds
+            if at > tick.at - self.probe_seconds / 2 or not self._probe_due(interval):
+                return
+            await asyncio.sleep(at - self.monotonic())
+            basis = self._basis
+            if self.probe is None or basis is None or not self._probe_due(interval):
+                return
+            try:
+                ends = await asyncio.get_running_loop().run_in_executor(
+                    self._executor(), self.probe, basis.wanted, self.probe_seconds)
+            except Exception:  # a cluster that does not answer: its paced read reports it to each resource
+                log.debug("probe of %s failed", self.cluster, exc_info=True)
+                return
+            if ends is not None:
+                self._wake_risen(interval, ends)
+
+    def _wake_risen(self, interval: float, ends: Mapping[PartitionKey, int]) -> None:
+        """Wakes each resource waiting at `interval` whose lag with the probe's log `ends` is above its bar,
+        after starting a targeted read of their groups (a failure concerning one wakes nobody: the paced
+        read reports it)."""
+        assert self._basis is not None
+        probed, moved = probed_read(self._basis, ends)
+        risen: list[tuple[Want, asyncio.Future[None]]] = []
         for owner, (early, waiting) in list(self._early.items()):
             want = self._wants.get(owner)
             if waiting.done() or want is None or self._intervals.get(owner) != interval \
-                    or read.time <= self._taken.get(owner, float("inf")):
+                    or moved.isdisjoint(want.topics):
                 continue
             try:
-                risen = early.wakes(sample_for(read, want))
+                if early.wakes(sample_for(probed, want)):
+                    risen.append((want, waiting))
             except (LagReadError, ValueError):
                 continue
-            if risen:
+        if risen:
+            # In flight before they wake, so each one's sample joins it (`_flight_covering`).
+            self._start_flight(0.0, wanted_union(want for want, _ in risen))
+            for _, waiting in risen:
                 waiting.set_result(None)
-                woken += 1
-        if woken:
-            metrics.EARLY_POLLS.labels(self.cluster).inc(woken)
-        log.debug("between read of %s: %d of %d waiting resource(s) polled early", self.cluster, woken,
+            metrics.EARLY_POLLS.labels(self.cluster).inc(len(risen))
+        log.debug("probe of %s: %d of %d waiting resource(s) polled early", self.cluster, len(risen),
                   len(self._early))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="lagpilot-cluster-read")
+        return self._thread
 
     async def _read_for(self, want: Want, interval_seconds: float, last_taken: float | None,
                         gather_seconds: float) -> ClusterRead:
-        latest = self._latest
-        if latest is not None and fresh_enough(latest, want, interval_seconds, self.clock(), last_taken):
-            return latest
+        for latest in (self._latest, self._targeted):
+            if latest is not None and fresh_enough(latest, want, interval_seconds, self.clock(), last_taken):
+                return latest
         # A read under way started after the owner's last read was answered: a new read for it.
         flight = self._flight_covering([want]) or self._start_flight(gather_seconds)
         # Shielded: one resource's loop being cancelled must not cancel the others' read.
@@ -407,8 +472,9 @@ class ClusterObserver:
                 return flight
         return None
 
-    def _start_flight(self, gather_seconds: float) -> _Flight:
-        flight = _Flight(asyncio.get_running_loop().create_future())
+    def _start_flight(self, gather_seconds: float, targeted: Wanted | None = None) -> _Flight:
+        """A read of everyone registered when it goes out, or of the `targeted` groups and topics alone."""
+        flight = _Flight(asyncio.get_running_loop().create_future(), wanted=targeted, targeted=targeted is not None)
         self._flights.append(flight)
         flight.task = asyncio.create_task(self._fly(flight, gather_seconds))
         return flight
@@ -423,12 +489,10 @@ class ClusterObserver:
             if earlier:
                 await asyncio.wait(earlier)
             await asyncio.sleep(gather_seconds)
-            flight.wanted = wanted_union(self._wants.values())
-            if self._thread is None:
-                self._thread = ThreadPoolExecutor(1, thread_name_prefix="lagpilot-cluster-read")
-            sent = self.monotonic()
-            read = await asyncio.get_running_loop().run_in_executor(self._thread, self.read, flight.wanted)
-            self._last_read_seconds = self.monotonic() - sent
+            if not flight.targeted:
+                flight.wanted = wanted_union(self._wants.values())
+            assert flight.wanted is not None
+            read = await asyncio.get_running_loop().run_in_executor(self._executor(), self.read, flight.wanted)
             read = dataclasses.replace(read, answered=self.clock())
         except asyncio.CancelledError:  # the operator stopping: the waiters stop too
             flight.result.cancel()
@@ -437,11 +501,19 @@ class ClusterObserver:
             flight.result.set_exception(exc)
             flight.result.exception()  # retrieved: no "never retrieved" warning when nobody waits any more
         else:
-            if self._latest is None or read.time >= self._latest.time:
-                self._latest = read
+            self._remember(read, flight.targeted)
             flight.result.set_result(read)
         finally:
             self._flights.remove(flight)
+
+
+    def _remember(self, read: ClusterRead, targeted: bool) -> None:
+        if targeted:
+            self._targeted = read
+            if self._basis is not None:
+                self._basis = merged_read(self._basis, read)
+        elif self._latest is None or read.time >= self._latest.time:
+            self._latest = self._basis = read
 
 
 class ClusterObservers:
@@ -465,8 +537,8 @@ class ClusterObservers:
         self._cluster_of[owner] = key
         observer = self._observers.get(key)
         if observer is None:
-            observer = self._observers[key] = ClusterObserver(self._reader(dict(settings)), self._gather_seconds,
-                                                              phase=tick_phase(key),
+            read, probe = self._reader(dict(settings))
+            observer = self._observers[key] = ClusterObserver(read, probe, self._gather_seconds, phase=tick_phase(key),
                                                               cluster=settings["bootstrap.servers"])
             metrics.EARLY_POLLS.labels(observer.cluster)  # exported from 0, not from the first early poll
             self._spread(interval_seconds)
@@ -515,7 +587,8 @@ class ClusterObservers:
         log.info("%d Kafka cluster(s) read every %g s, at %s s of it", len(observers), period,
                  ", ".join(f"{observer.phase % period:.2f}" for observer in observers))
 
-    def _reader(self, settings: dict[str, str]) -> Callable[[Wanted], ClusterRead]:
+    def _reader(self, settings: dict[str, str]) -> tuple[Callable[[Wanted], ClusterRead], Probe]:
+        """A cluster's read and its probe, sharing what its last read learned (partitions, requests)."""
         bootstrap = settings["bootstrap.servers"]
         requests = kafka_lag.OffsetRequests()
         starts = LogStarts()
@@ -531,4 +604,7 @@ class ClusterObservers:
             self._trimmer.after_read()
             return result
 
-        return read
+        def probe(wanted: Wanted, timeout: float) -> Mapping[PartitionKey, int] | None:
+            return probe_log_ends(self._clients.get(settings), bootstrap, wanted, layout, requests, timeout)
+
+        return read, probe

@@ -13,6 +13,7 @@ does not answer fails them all.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -275,3 +276,35 @@ def sample_for(read: ClusterRead, want: Want) -> LagSample:
     group = read.groups.get(want.group_id)
     return LagSample(time=read.time, partitions=tuple(partitions), members=group.members if group else None,
                      protocol=group.protocol if group else None)
+
+
+def merged_read(whole: ClusterRead, part: ClusterRead) -> ClusterRead:
+    """`whole` (a read of every group on the cluster) updated with what a later read of some of its groups
+    (`part`) found: their committed offsets, descriptions and their partitions' log offsets. What a probe of
+    the log ends is measured against (`probed_read`): the newest committed offset known of each group, so a
+    group just read on its own is not woken again for what it consumed before that read. A failed `part`
+    changes nothing; nor does one older than `whole`."""
+    if part.cluster_error is not None or part.time < whole.time:
+        return whole
+    return dataclasses.replace(whole, committed={**whole.committed, **part.committed},
+                               log_offsets={**whole.log_offsets, **part.log_offsets},
+                               groups={**whole.groups, **part.groups})
+
+
+def probed_read(basis: ClusterRead, ends: Mapping[PartitionKey, int]) -> tuple[ClusterRead, frozenset[str]]:
+    """`basis` with the log ends a later probe found, and the topics where one of them moved forward.
+
+    The lags this read gives are the probe's log ends minus the committed offsets `basis` knows. Committed
+    offsets only move forward (short of a reset), so that is at least each group's lag at the probe's
+    instant: a lag a probe shows below a group's bar is below it, and one above it is worth reading. A log
+    end that went back (the topic deleted and made again) or a partition `basis` does not know is left as
+    `basis` has it: the next paced read answers for them.
+    """
+    log_offsets = dict(basis.log_offsets)
+    moved: set[str] = set()
+    for key, end in ends.items():
+        known = log_offsets.get(key)
+        if known is not None and end > known[1]:
+            log_offsets[key] = (known[0], end)
+            moved.add(key[0])
+    return dataclasses.replace(basis, log_offsets=log_offsets), frozenset(moved)

@@ -27,7 +27,9 @@ from lagpilot_operator.kafka.cluster_reads import (
     Wanted,
     covers,
     fresh_enough,
+    merged_read,
     next_tick,
+    probed_read,
     sample_for,
     spread_phases,
     tick_phase,
@@ -536,19 +538,23 @@ def test_clusters_coming_and_going_are_spread_over_the_shortest_interval_polled(
 
 
 class ChangingCluster:
-    """A blocking read of a fake cluster whose offsets the test moves meanwhile (copies of TOPICS and
-    COMMITTED), each read held back by `delay`."""
+    """A blocking read and probe of a fake cluster whose log ends the test moves meanwhile (copies of TOPICS;
+    COMMITTED as is): each read's time and the groups it asked for, and the probes made."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.topics = {topic: dict(partitions) for topic, partitions in TOPICS.items()}
-        self.delay = delay
-        self.reads: list[float] = []
+        self.reads: list[tuple[float, Wanted]] = []
+        self.probes = 0
 
     def __call__(self, wanted: Wanted) -> ClusterRead:
         started = time.time()
-        self.reads.append(started)
-        time.sleep(self.delay)
+        self.reads.append((started, wanted))
         return fake_read(self.topics, COMMITTED, wanted, at=started)
+
+    def probe(self, wanted: Wanted, _timeout: float) -> dict[tuple[str, int], int]:
+        self.probes += 1
+        return {(topic, partition): end for topic in set().union(*wanted.values())
+                for partition, (_start, end) in self.topics[topic].items()}
 
 
 def polls_around_a_burst(observer: cluster_observer.ClusterObserver,
@@ -594,29 +600,83 @@ def early_polls_counted(cluster: str) -> float:
                if s.name == "lagpilot_early_polls_total" and s.labels.get("cluster") == cluster)
 
 
-def test_a_read_between_two_paced_reads_brings_forward_only_the_polls_whose_lag_rose_past_their_bar() -> None:
+EVERYONE = {"g1": frozenset({"orders"}), "g2": frozenset({"payments"})}
+
+
+def test_a_probe_between_two_paced_reads_brings_forward_only_the_polls_whose_lag_rose_on_a_read_of_their_group(
+) -> None:
     cluster = ChangingCluster()
-    counted = early_polls_counted("between-test")
+    counted = early_polls_counted("probe-test")
     # The first paced read 0.7 s away: both resources' first paced polls (at least half an interval after
-    # their first) take it; the between reads fall 0.5 s before each paced read.
-    observer = cluster_observer.ClusterObserver(cluster, gather_seconds=0.0, phase=first_tick_in(0.7),
-                                                early_polls=True, cluster="between-test")
+    # their first) take it; probes every 0.2 s after it.
+    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0, phase=first_tick_in(0.7),
+                                                early_polls=True, probe_seconds=0.2, cluster="probe-test")
     taken = polls_around_a_burst(observer, cluster)
     assert taken["a"][1] == taken["b"][1]  # the paced read, together
-    # a's lag rose by 100: it polled on the between read, half an interval after the paced one; b's did
-    # not rise: it waited for the next paced read, the last read made.
-    assert taken["a"][2] == cluster.reads[-2] and taken["b"][2] == cluster.reads[-1]
-    assert taken["a"][2] - taken["a"][1] >= PACE / 2 - 0.1 and taken["b"][2] - taken["a"][2] >= PACE / 2 - 0.1
-    assert early_polls_counted("between-test") == counted + 1
+    # a's lag rose by 100: a probe woke it, and it polled on a read of its group alone; b's did not rise: it
+    # waited for the next paced read of everyone left (a was done), the last read made.
+    *earlier, targeted, paced = cluster.reads
+    assert (taken["a"][2], taken["b"][2]) == (targeted[0], paced[0])
+    assert targeted[1] == {"g1": frozenset({"orders"})} and paced[1] == {"g2": frozenset({"payments"})}
+    assert [wanted for _, wanted in earlier] == [EVERYONE] * 2  # the first read and the paced one
+    assert early_polls_counted("probe-test") == counted + 1
+    assert cluster.probes >= 1
 
 
-def test_without_early_polls_or_after_a_read_longer_than_half_the_interval_a_burst_waits_for_the_paced_read(
-) -> None:
-    for early_polls, delay in ((False, 0.0), (True, 0.6 * PACE)):
-        cluster = ChangingCluster(delay)
-        observer = cluster_observer.ClusterObserver(cluster, gather_seconds=0.0, phase=first_tick_in(0.7 + delay),
-                                                    early_polls=early_polls)
-        taken = polls_around_a_burst(observer, cluster)
-        assert taken["a"] == taken["b"], (early_polls, delay)  # every poll on the paced reads, together
-        assert len(cluster.reads) == 3, (early_polls, delay)  # the first read and two paced ones, none between
+@pytest.mark.parametrize("settings", [{"early_polls": False, "probe_seconds": 0.2},  # off
+                                      {"early_polls": True, "probe_seconds": 0.6}])  # 2 probes > the interval
+def test_without_probes_a_burst_waits_for_the_paced_read(settings: dict[str, Any]) -> None:
+    cluster = ChangingCluster()
+    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0,
+                                                phase=first_tick_in(0.7), **settings)
+    taken = polls_around_a_burst(observer, cluster)
+    assert taken["a"] == taken["b"]  # every poll on the paced reads, together
+    assert [wanted for _, wanted in cluster.reads] == [EVERYONE] * 3  # the first read and two paced ones
+    assert cluster.probes == 0
+
+
+def test_a_probe_measures_lags_from_the_newest_committed_offsets_and_log_ends_only_forward() -> None:
+    wanted = wanted_union([Want("g1", ("orders",)), Want("g2", ("payments",))])
+    whole = fake_read(TOPICS, COMMITTED, wanted, at=1000.0)
+    # A read of g1 alone after it: g1 committed to 90 on orders-0, and orders-0's log grew to 120.
+    part = fake_read({**TOPICS, "orders": {0: (0, 120), 1: (10, 50)}},
+                     {"g1": {("orders", 0): 90, ("orders", 1): 5}}, {"g1": frozenset({"orders"})}, at=1003.0)
+    basis = merged_read(whole, part)
+    assert basis.committed["g1"][("orders", 0)] == 90 and basis.committed["g2"] == whole.committed["g2"]
+    assert basis.log_offsets[("orders", 0)] == (0, 120) and basis.time == whole.time
+    # A failed read, or one older than the whole read, changes nothing.
+    assert merged_read(whole, dataclasses.replace(part, cluster_error=kafka_lag.KafkaUnreachable("x"))) is whole
+    assert merged_read(whole, dataclasses.replace(part, time=999.0)) is whole
+
+    # A probe: orders-0 at 150 (moved), orders-1 back at 40 (made again: left as known), payments as known,
+    # and a partition the basis does not know.
+    probed, moved = probed_read(basis, {("orders", 0): 150, ("orders", 1): 40, ("payments", 0): 7,
+                                        ("audit", 0): 9})
+    assert moved == {"orders"}
+    # orders-1: committed (5) below its log start (10), counted from the start as any sample counts it.
+    assert total_lag(sample_for(probed, Want("g1", ("orders",)))) == (150 - 90) + (50 - 10)
+    assert sample_for(probed, Want("g2", ("payments",))) == sample_for(basis, Want("g2", ("payments",)))
+    assert ("audit", 0) not in probed.log_offsets and basis.log_offsets[("orders", 0)] == (0, 120)  # a copy
+
+
+@given(st.lists(st.tuples(st.integers(0, 1_000), st.integers(0, 1_000), st.integers(0, 1_000)), min_size=1,
+                max_size=6))
+def test_a_probes_lag_is_never_below_the_lag_at_its_instant(partitions: list[tuple[int, int, int]]) -> None:
+    """Per partition: the committed offset the basis knows, the log end then, and what both moved by until
+    the probe (the group consumed at most what was there). The probe's lag, log end now minus committed
+    then, is at least the lag now."""
+    topic_then, topic_now, committed_then, committed_now = {}, {}, {}, {}
+    for index, (committed, grown, consumed) in enumerate(partitions):
+        end_then = committed + grown
+        end_now = end_then + consumed
+        topic_then[index] = (0, end_then)
+        topic_now[index] = (0, end_now)
+        committed_then[("t", index)] = committed
+        committed_now[("t", index)] = min(end_now, committed + consumed)
+    wanted = {"g": frozenset({"t"})}
+    basis = fake_read({"t": topic_then}, {"g": committed_then}, wanted)
+    now = fake_read({"t": topic_now}, {"g": committed_now}, wanted)
+    probed, _ = probed_read(basis, {("t", index): end for index, (_, end) in topic_now.items()})
+    want = Want("g", ("t",))
+    assert total_lag(sample_for(probed, want)) >= total_lag(sample_for(now, want))
 
