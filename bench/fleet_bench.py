@@ -170,6 +170,8 @@ class OperatorMetrics:
     kafka_requests: float | None = None                         # None: the version has no such metric
     status_writes: dict[str, float] = field(default_factory=dict)  # reason -> status patches (versions with it)
     cluster_reads: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap -> reads, seconds
+    # (reads of every group on the cluster; the targeted reads of the groups a probe woke are counted apart)
+    woken_reads: float = 0.0
     early_polls: float | None = None                            # None: the version brings no poll forward
 
 
@@ -204,6 +206,10 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
             elif sample.name == "lagpilot_status_writes_total":
                 reason = sample.labels["reason"]
                 found.status_writes[reason] = found.status_writes.get(reason, 0.0) + sample.value
+            elif sample.name.startswith("lagpilot_kafka_cluster_read_duration_seconds_") and \
+                    sample.labels.get("groups", "all") == "woken":  # versions with probes: targeted reads
+                if sample.name.endswith("_count"):
+                    found.woken_reads += sample.value
             elif sample.name.startswith("lagpilot_kafka_cluster_read_duration_seconds_"):
                 reads, seconds = found.cluster_reads.get(sample.labels["cluster"], (0.0, 0.0))
                 found.cluster_reads[sample.labels["cluster"]] = (
@@ -267,6 +273,7 @@ def merge_metrics(per_replica: dict[str, OperatorMetrics], owner: dict[str, str]
             merged.kafka_requests = (merged.kafka_requests or 0.0) + found.kafka_requests
         if found.early_polls is not None:
             merged.early_polls = (merged.early_polls or 0.0) + found.early_polls
+        merged.woken_reads += found.woken_reads
         for name, lag in found.total_lag.items():
             if owner is None or owner.get(name) == identity:
                 merged.total_lag[name] = lag
@@ -1159,6 +1166,8 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
     found: dict[str, Any] = {
              "burst_records_per_partition": args.burst, "produce_seconds": round(acknowledged - sent, 2),
              "early_polls": early_polls_between(metrics_before, metrics_after),
+             # Reads of the groups a probe woke (versions with probes), on every cluster together.
+             "woken_reads": int(metrics_after.woken_reads - metrics_before.woken_reads),
              # Why the operator patched statuses while the burst went through (versions with the counter).
              "status_writes_by_reason": {k: int(v) for k, v in sorted(deltas(
                  metrics_before.status_writes, metrics_after.status_writes).items()) if v},

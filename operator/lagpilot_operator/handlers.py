@@ -191,7 +191,7 @@ def pause_before_next_poll(interval: float, reconcile_seconds: float) -> float:
 async def _wait_for_next_poll(stopped: kopf.DaemonStopped, owner: tuple[str, str], interval: float,
                               started: float, early: EarlyPoll | None) -> None:
     """Until the resource polls again: right after its Kafka cluster's next paced read when it reads a
-    consumer group's lag there, or after a between read that shows its lag above `early`
+    consumer group's lag there, or after a probe of the log ends that shows its lag above `early`
     (`ClusterObservers.next_poll`), else the rest of its interval. The stop ends the wait; so do three
     intervals without a paced read (a read that never ends, a bug): it polls then."""
     paced = SHARED.cluster_reads.next_poll(owner, interval, started, early)

@@ -47,14 +47,15 @@ RECONCILE_ERRORS = Counter("lagpilot_reconcile_errors_total", "Reconciles that h
 KAFKA_ADMIN_REQUESTS = Counter("lagpilot_kafka_admin_requests_total",
                                "Kafka admin calls made to read lag, per cluster and kind of request.",
                                ("cluster", "request"))
-# How long one read of a cluster took (all its groups, or the groups a probe of the log ends woke): with
-# paced polls alone, a lag change reaches the decisions at most one interval plus this (and the decisions
-# queued before) after it happened; with probes (on by default), a probe period plus the probe and this
-# when it moves the lag past the early-poll bar (core/early_poll).
+# How long one read of a cluster took; `groups`: all (every group on it) or woken (the groups a probe of the
+# log ends woke: a targeted read). With paced polls alone, a lag change reaches the decisions at most one
+# interval plus this (and the decisions queued before) after it happened; with probes (on by default), a
+# probe period plus the probe and a woken read when it moves the lag past the early-poll bar
+# (core/early_poll).
 KAFKA_CLUSTER_READ_SECONDS = Histogram("lagpilot_kafka_cluster_read_duration_seconds",
-                                       "Duration of one lag read of a Kafka cluster (its groups, or those a "
-                                       "probe woke), per cluster.",
-                                       ("cluster",), buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30))
+                                       "Duration of one lag read of a Kafka cluster, per cluster and groups read "
+                                       "(all, or those a probe woke).",
+                                       ("cluster", "groups"), buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30))
 # Polls a probe of the log ends brought forward, per cluster: resources whose lag it showed above their bar
 # (0 with probes off, LAGPILOT_EARLY_POLLS=false).
 EARLY_POLLS = Counter("lagpilot_early_polls_total",

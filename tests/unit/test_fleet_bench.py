@@ -239,3 +239,21 @@ def test_over_the_bursts_the_slowest_counts_and_every_clusters_carrying_read(ben
     unattributed = bench.over_bursts(bursts)
     assert unattributed["every_change_carried_by_the_first_read_after_it"] is None
     assert unattributed["read_start_to_last_decision_seconds_max"] is None
+
+
+READS = """# TYPE lagpilot_kafka_cluster_read_duration_seconds histogram
+lagpilot_kafka_cluster_read_duration_seconds_count{cluster="a:1",groups="all"} 5.0
+lagpilot_kafka_cluster_read_duration_seconds_sum{cluster="a:1",groups="all"} 2.5
+lagpilot_kafka_cluster_read_duration_seconds_count{cluster="a:1",groups="woken"} 3.0
+lagpilot_kafka_cluster_read_duration_seconds_sum{cluster="a:1",groups="woken"} 0.6
+lagpilot_kafka_cluster_read_duration_seconds_count{cluster="b:1"} 4.0
+lagpilot_kafka_cluster_read_duration_seconds_sum{cluster="b:1"} 1.0
+"""
+
+
+def test_reads_of_every_group_are_told_from_the_reads_of_the_groups_a_probe_woke(bench: ModuleType) -> None:
+    found = bench.parse_operator_metrics(READS)
+    # b:1 is a version without the label: every read of its was of all the groups.
+    assert found.cluster_reads == {"a:1": (5.0, 2.5), "b:1": (4.0, 1.0)}
+    assert found.woken_reads == 3.0
+    assert bench.merge_metrics({"op-0": found, "op-1": found}, None).woken_reads == 6.0

@@ -26,13 +26,13 @@ groups; the operator does the same:
 * Between two paced reads, *probes* (`probe_log_ends`, every `LAGPILOT_LAG_PROBE_SECONDS`) ask for the log
   ends alone: one ListOffsets call for the partitions of the last read, not the OffsetFetch per group
   and the DescribeGroups a read makes. Log ends newer than the committed offsets last read overstate each
-  lag (`cluster_reads.probed_read`), so a group they show below its bar (`core.early_poll`, from the
-  resource's last decision) is below it, and the others keep waiting. The resources a probe shows above
-  their bar poll at once, on a read of their groups alone (a *targeted read*). A burst then waits a probe
-  period for a read that carries it to the decisions, not up to a whole interval, and a steady fleet pays
-  one ListOffsets call per probe (`LAGPILOT_EARLY_POLLS=false`: none, every poll paced). Probes run only
-  while some resource on the cluster has a bar, and stop half a probe period before the paced read, so
-  they do not push it back.
+  lag (`cluster_reads.probed_read`), so a group a probe shows below its bar (`core.early_poll`, from the
+  resource's last decision) is below it. The resources a probe shows above their bar poll at once, on a
+  read of their groups alone (a *targeted read*), at most once between two paced reads; the others keep
+  waiting. A burst then waits about a probe period for a read that carries it to the decisions, not up
+  to a whole interval, and a steady fleet pays one ListOffsets call per probe (`LAGPILOT_EARLY_POLLS=false`:
+  none, every poll paced). Probes run only while some resource on the cluster has a bar, and stop half a
+  probe period before the paced read, so they do not push it back.
 * `cluster_reads.sample_for` (pure) splits a read into each resource's sample and failure.
 
 Each cluster's reads run in their own thread, so a cluster that does not answer holds only the
@@ -291,6 +291,8 @@ class ClusterObserver:
     _pacers: dict[float, asyncio.Task[None]] = field(default_factory=dict)
     _early: dict[Hashable, tuple[EarlyPoll, asyncio.Future[None]]] = field(default_factory=dict)
     """Per resource waiting for its next poll, its early-poll bar and what a probe sets to wake it."""
+    _woken: set[Hashable] = field(default_factory=set)
+    """The resources a probe woke since the last paced read of their interval: not woken again until it."""
     _thread: ThreadPoolExecutor | None = None
     """The cluster's own thread for its reads (one at a time): not the I/O threads the reconciles' API calls
     queue in, which after a lag change hold a status write per resource, so a paced read is never queued
@@ -321,7 +323,7 @@ class ClusterObserver:
         not_before = -float("inf") if self._paced.get(owner) == interval_seconds else \
             poll_started + interval_seconds / 2
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if early is not None and self.early_polls:
+        if early is not None and self.early_polls and owner not in self._woken:
             self._early[owner] = (early, woken)
         try:
             while True:
@@ -347,6 +349,7 @@ class ClusterObserver:
         self._taken.pop(owner, None)
         self._paced.pop(owner, None)
         self._early.pop(owner, None)
+        self._woken.discard(owner)
         if self._wants:
             return False
         self.close()
@@ -384,6 +387,7 @@ class ClusterObserver:
                 done = tick
                 tick = _Tick(at if at > done.at else at + interval, asyncio.get_running_loop().create_future())
                 self._ticks[interval] = tick
+                self._woken -= {owner for owner in self._woken if self._intervals.get(owner) == interval}
                 done.answered.set_result(None)
         finally:
             del self._ticks[interval]
@@ -423,7 +427,7 @@ class ClusterObserver:
         read reports it)."""
         assert self._basis is not None
         probed, moved = probed_read(self._basis, ends)
-        risen: list[tuple[Want, asyncio.Future[None]]] = []
+        risen: list[tuple[Hashable, Want, asyncio.Future[None]]] = []
         for owner, (early, waiting) in list(self._early.items()):
             want = self._wants.get(owner)
             if waiting.done() or want is None or self._intervals.get(owner) != interval \
@@ -431,14 +435,15 @@ class ClusterObserver:
                 continue
             try:
                 if early.wakes(sample_for(probed, want)):
-                    risen.append((want, waiting))
+                    risen.append((owner, want, waiting))
             except (LagReadError, ValueError):
                 continue
         if risen:
             # In flight before they wake, so each one's sample joins it (`_flight_covering`).
-            self._start_flight(0.0, wanted_union(want for want, _ in risen))
-            for _, waiting in risen:
+            self._start_flight(0.0, wanted_union(want for _, want, _ in risen))
+            for owner, _, waiting in risen:
                 waiting.set_result(None)
+                self._woken.add(owner)
             metrics.EARLY_POLLS.labels(self.cluster).inc(len(risen))
         log.debug("probe of %s: %d of %d waiting resource(s) polled early", self.cluster, len(risen),
                   len(self._early))
@@ -492,7 +497,10 @@ class ClusterObserver:
             if not flight.targeted:
                 flight.wanted = wanted_union(self._wants.values())
             assert flight.wanted is not None
+            sent = time.monotonic()
             read = await asyncio.get_running_loop().run_in_executor(self._executor(), self.read, flight.wanted)
+            metrics.KAFKA_CLUSTER_READ_SECONDS.labels(self.cluster, "woken" if flight.targeted else "all").observe(
+                time.monotonic() - sent)
             read = dataclasses.replace(read, answered=self.clock())
         except asyncio.CancelledError:  # the operator stopping: the waiters stop too
             flight.result.cancel()
@@ -546,7 +554,7 @@ class ClusterObservers:
 
     def next_poll(self, owner: Hashable, interval_seconds: float, poll_started: float,
                   early: EarlyPoll | None = None) -> Awaitable[None] | None:
-        """What `owner` awaits until its next poll: its cluster's next paced read, or a between read that
+        """What `owner` awaits until its next poll: its cluster's next paced read, or a probe that
         shows its lag above `early` (`ClusterObserver.next_poll`); None when it reads no consumer group
         from Kafka (paced by its own interval then)."""
         key = self._cluster_of.get(owner)
@@ -595,10 +603,8 @@ class ClusterObservers:
         layout = TopicLayout()
 
         def read(wanted: Wanted) -> ClusterRead:
-            started = time.monotonic()
             result = read_cluster(self._clients.get(settings), bootstrap, wanted, requests=requests, starts=starts,
                                   layout=layout)
-            metrics.KAFKA_CLUSTER_READ_SECONDS.labels(bootstrap).observe(time.monotonic() - started)
             if any(kafka_lag.retire_client_after(error) for error in result.errors()):
                 self._clients.discard(settings)  # see AdminClientPool.discard
             self._trimmer.after_read()

@@ -5,8 +5,9 @@ Pure: no I/O. A lag exporter reads a cluster once per interval for all its group
 such a read asked for (`wanted_union`), what it found (`ClusterRead`), whether a resource may take its
 sample from a read already made or under way (`covers`, `fresh_enough`), when a cluster's paced reads
 start (`tick_phase`, `spread_phases`, `next_tick`), when a read asks for the metadata (`TopicLayout`),
-which log-start offsets it must ask for (`LogStarts`, `stale_log_starts`), and the split of the
-cluster-wide result into one resource's `LagSample` (`sample_for`), including which failures are that
+which log-start offsets it must ask for (`LogStarts`, `stale_log_starts`), what a probe of the log ends
+between reads is measured against and the lags it shows (`merged_read`, `probed_read`), and the split of
+the cluster-wide result into one resource's `LagSample` (`sample_for`), including which failures are that
 resource's: a missing topic or a refused group fails only the resources that name it, a cluster that
 does not answer fails them all.
 """

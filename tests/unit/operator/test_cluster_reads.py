@@ -623,6 +623,44 @@ def test_a_probe_between_two_paced_reads_brings_forward_only_the_polls_whose_lag
     assert cluster.probes >= 1
 
 
+def test_a_group_whose_lag_keeps_rising_is_brought_forward_once_between_two_paced_reads() -> None:
+    """orders grows by 100 records before every probe once a has polled on the first paced read: a probe
+    wakes a, and the probes after that do not wake it again before the next paced read."""
+    cluster = ChangingCluster()
+    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0, phase=first_tick_in(0.7),
+                                                early_polls=True, probe_seconds=0.2)
+    growing = False
+
+    def probe(wanted: Wanted, timeout: float) -> dict[tuple[str, int], int]:
+        if growing:
+            start, end = cluster.topics["orders"][0]
+            cluster.topics["orders"][0] = (start, end + 100)
+        return cluster.probe(wanted, timeout)
+
+    observer.probe = probe
+
+    async def scenario() -> list[float]:
+        nonlocal growing
+        # b (g2) polls once and stays registered without a bar: the paced reads ask for g1 and g2.
+        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], PACE)
+        owner, taken = ("ns", "a"), []
+        for poll in range(4):
+            started = time.monotonic()
+            sample = await observer.sample(owner, RESOURCES[owner], PACE)
+            taken.append(sample.time)
+            growing = poll >= 1
+            if poll < 3:
+                await observer.next_poll(owner, PACE, started, EarlyPoll(above=total_lag(sample)))
+        observer.release(owner)
+        return taken
+
+    taken = asyncio.run(scenario())
+    reads = dict(cluster.reads)
+    # a's first read, the paced one, one read of g1 alone woken by a probe, then the next paced read.
+    assert [reads[at] for at in taken] == [EVERYONE, EVERYONE, {"g1": frozenset({"orders"})}, EVERYONE]
+    assert cluster.probes >= 3  # probes went on after the wake, waking nobody
+
+
 @pytest.mark.parametrize("settings", [{"early_polls": False, "probe_seconds": 0.2},  # off
                                       {"early_polls": True, "probe_seconds": 0.6}])  # 2 probes > the interval
 def test_without_probes_a_burst_waits_for_the_paced_read(settings: dict[str, Any]) -> None:
