@@ -316,7 +316,7 @@ async def _reconcile(body: dict[str, Any], state: ResourceState, shared: Shared,
                                                        target.containers) if target else None,
                                                    lags=lags if current else None)
             state.early_poll = early_poll_after(sum(lags.values()), len(lags), observation.produce_rate,
-                                                observation.commit_interval_seconds, reset)
+                                                observation.commit_interval_seconds, reset, decided_at=sample.time)
         else:
             observation = Observation(sample=sample, current_replicas=current_replicas, current_pool=current_pool,
                                       partitions=len(sample.partitions), lag_only=True, lags=lags)

@@ -25,10 +25,11 @@ groups; the operator does the same:
   most of an interval old because its own poll fell just before the cluster's next read.
 * Between two paced reads, *probes* (`probe_log_ends`, every `LAGPILOT_LAG_PROBE_SECONDS`) ask for the log
   ends alone: one ListOffsets call for the partitions of the last read, not the OffsetFetch per group
-  and the DescribeGroups a read makes. Log ends newer than the committed offsets last read overstate each
-  lag (`cluster_reads.probed_read`), so a group a probe shows below its bar (`core.early_poll`, from the
-  resource's last decision) is below it. The resources a probe shows above their bar poll at once, on a
-  read of their groups alone (a *targeted read*), at most once between two paced reads; the others keep
+  and the DescribeGroups a read makes. The lag a probe shows is its log ends minus the committed offsets
+  last read (`cluster_reads.probed_read`): the lag decided on plus every record produced since. Records
+  beyond the pace the group's producers keep pass its bar (`core.early_poll`, from the resource's last
+  decision): a burst. The resources a probe shows above their bar poll at once, on a
+  read of their groups alone (a *targeted read*), at most twice between two paced reads; the others keep
   waiting. A burst then waits about a probe period for a read that carries it to the decisions, not up
   to a whole interval, and a steady fleet pays one ListOffsets call per probe (`LAGPILOT_EARLY_POLLS=false`:
   none, every poll paced). Probes run only while some resource on the cluster has a bar, and stop half a
@@ -93,6 +94,10 @@ EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "true").strip().lower() in 
 # Seconds between two probes, and from a paced read's answer to the first probe. Intervals shorter than two
 # probe periods are not probed: their paced reads come as often.
 LAG_PROBE_SECONDS = float(os.environ.get("LAGPILOT_LAG_PROBE_SECONDS", "1.0"))
+# How often probes may bring one resource's poll forward between two paced reads: twice, so a burst a probe
+# caught half-produced gets a second early poll for the rest; a group whose producers keep bursting then
+# decides at most three times per interval (core/early_poll).
+EARLY_POLLS_BETWEEN_READS = 2
 
 
 # A probe of a cluster's log ends (`probe_log_ends`): the wanted groups, a timeout; None when it could not ask.
@@ -291,8 +296,9 @@ class ClusterObserver:
     _pacers: dict[float, asyncio.Task[None]] = field(default_factory=dict)
     _early: dict[Hashable, tuple[EarlyPoll, asyncio.Future[None]]] = field(default_factory=dict)
     """Per resource waiting for its next poll, its early-poll bar and what a probe sets to wake it."""
-    _woken: set[Hashable] = field(default_factory=set)
-    """The resources a probe woke since the last paced read of their interval: not woken again until it."""
+    _woken: dict[Hashable, int] = field(default_factory=dict)
+    """Per resource, how often a probe woke it since the last paced read of its interval (at most
+    `EARLY_POLLS_BETWEEN_READS`)."""
     _thread: ThreadPoolExecutor | None = None
     """The cluster's own thread for its reads (one at a time): not the I/O threads the reconciles' API calls
     queue in, which after a lag change hold a status write per resource, so a paced read is never queued
@@ -323,7 +329,7 @@ class ClusterObserver:
         not_before = -float("inf") if self._paced.get(owner) == interval_seconds else \
             poll_started + interval_seconds / 2
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if early is not None and self.early_polls and owner not in self._woken:
+        if early is not None and self.early_polls and self._woken.get(owner, 0) < EARLY_POLLS_BETWEEN_READS:
             self._early[owner] = (early, woken)
         try:
             while True:
@@ -349,7 +355,7 @@ class ClusterObserver:
         self._taken.pop(owner, None)
         self._paced.pop(owner, None)
         self._early.pop(owner, None)
-        self._woken.discard(owner)
+        self._woken.pop(owner, None)
         if self._wants:
             return False
         self.close()
@@ -387,7 +393,8 @@ class ClusterObserver:
                 done = tick
                 tick = _Tick(at if at > done.at else at + interval, asyncio.get_running_loop().create_future())
                 self._ticks[interval] = tick
-                self._woken -= {owner for owner in self._woken if self._intervals.get(owner) == interval}
+                for owner in [owner for owner in self._woken if self._intervals.get(owner) == interval]:
+                    del self._woken[owner]
                 done.answered.set_result(None)
         finally:
             del self._ticks[interval]
@@ -412,6 +419,7 @@ class ClusterObserver:
             basis = self._basis
             if self.probe is None or basis is None or not self._probe_due(interval):
                 return
+            sent = self.clock()
             try:
                 ends = await asyncio.get_running_loop().run_in_executor(
                     self._executor(), self.probe, basis.wanted, self.probe_seconds)
@@ -419,14 +427,15 @@ class ClusterObserver:
                 log.debug("probe of %s failed", self.cluster, exc_info=True)
                 return
             if ends is not None:
-                self._wake_risen(interval, ends)
+                self._wake_risen(interval, ends, sent)
 
-    def _wake_risen(self, interval: float, ends: Mapping[PartitionKey, int]) -> None:
-        """Wakes each resource waiting at `interval` whose lag with the probe's log `ends` is above its bar,
+    def _wake_risen(self, interval: float, ends: Mapping[PartitionKey, int], probed_at: float) -> None:
+        """Wakes each resource waiting at `interval` whose lag with the probe's log `ends` (asked for at
+        `probed_at`, epoch seconds) is above its bar,
         after starting a targeted read of their groups (a failure concerning one wakes nobody: the paced
         read reports it)."""
         assert self._basis is not None
-        probed, moved = probed_read(self._basis, ends)
+        probed, moved = probed_read(self._basis, ends, probed_at)
         risen: list[tuple[Hashable, Want, asyncio.Future[None]]] = []
         for owner, (early, waiting) in list(self._early.items()):
             want = self._wants.get(owner)
@@ -443,7 +452,7 @@ class ClusterObserver:
             self._start_flight(0.0, wanted_union(want for _, want, _ in risen))
             for owner, _, waiting in risen:
                 waiting.set_result(None)
-                self._woken.add(owner)
+                self._woken[owner] = self._woken.get(owner, 0) + 1
             metrics.EARLY_POLLS.labels(self.cluster).inc(len(risen))
         log.debug("probe of %s: %d of %d waiting resource(s) polled early", self.cluster, len(risen),
                   len(self._early))

@@ -292,12 +292,14 @@ def merged_read(whole: ClusterRead, part: ClusterRead) -> ClusterRead:
                                groups={**whole.groups, **part.groups})
 
 
-def probed_read(basis: ClusterRead, ends: Mapping[PartitionKey, int]) -> tuple[ClusterRead, frozenset[str]]:
-    """`basis` with the log ends a later probe found, and the topics where one of them moved forward.
+def probed_read(basis: ClusterRead, ends: Mapping[PartitionKey, int],
+                at: float) -> tuple[ClusterRead, frozenset[str]]:
+    """`basis` with the log ends a probe asked for at `at` (epoch seconds: the samples' time), and the topics
+    where one of them moved forward.
 
-    The lags this read gives are the probe's log ends minus the committed offsets `basis` knows. Committed
-    offsets only move forward (short of a reset), so that is at least each group's lag at the probe's
-    instant: a lag a probe shows below a group's bar is below it, and one above it is worth reading. A log
+    The lags this read gives are the probe's log ends minus the committed offsets `basis` knows: each
+    group's lag when its committed offsets were read plus every record produced since. Committed offsets
+    only move forward (short of a reset), so that is at least the group's lag at the probe's instant. A log
     end that went back (the topic deleted and made again) or a partition `basis` does not know is left as
     `basis` has it: the next paced read answers for them.
     """
@@ -308,4 +310,4 @@ def probed_read(basis: ClusterRead, ends: Mapping[PartitionKey, int]) -> tuple[C
         if known is not None and end > known[1]:
             log_offsets[key] = (known[0], end)
             moved.add(key[0])
-    return dataclasses.replace(basis, log_offsets=log_offsets), frozenset(moved)
+    return dataclasses.replace(basis, time=at, log_offsets=log_offsets), frozenset(moved)

@@ -623,12 +623,13 @@ def test_a_probe_between_two_paced_reads_brings_forward_only_the_polls_whose_lag
     assert cluster.probes >= 1
 
 
-def test_a_group_whose_lag_keeps_rising_is_brought_forward_once_between_two_paced_reads() -> None:
-    """orders grows by 100 records before every probe once a has polled on the first paced read: a probe
-    wakes a, and the probes after that do not wake it again before the next paced read."""
+def test_a_group_whose_lag_keeps_rising_is_brought_forward_at_most_twice_between_two_paced_reads() -> None:
+    """orders grows by 100 records before every probe once a has polled on the first paced read (its bar
+    counts no arrivals: no produce rate): probes wake a twice, and the probes after that do not wake it
+    again before the next paced read."""
     cluster = ChangingCluster()
     observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0, phase=first_tick_in(0.7),
-                                                early_polls=True, probe_seconds=0.2)
+                                                early_polls=True, probe_seconds=0.15)
     growing = False
 
     def probe(wanted: Wanted, timeout: float) -> dict[tuple[str, int], int]:
@@ -644,21 +645,79 @@ def test_a_group_whose_lag_keeps_rising_is_brought_forward_once_between_two_pace
         # b (g2) polls once and stays registered without a bar: the paced reads ask for g1 and g2.
         await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], PACE)
         owner, taken = ("ns", "a"), []
-        for poll in range(4):
+        for poll in range(5):
             started = time.monotonic()
             sample = await observer.sample(owner, RESOURCES[owner], PACE)
             taken.append(sample.time)
             growing = poll >= 1
-            if poll < 3:
+            if poll < 4:
                 await observer.next_poll(owner, PACE, started, EarlyPoll(above=total_lag(sample)))
         observer.release(owner)
         return taken
 
     taken = asyncio.run(scenario())
     reads = dict(cluster.reads)
-    # a's first read, the paced one, one read of g1 alone woken by a probe, then the next paced read.
-    assert [reads[at] for at in taken] == [EVERYONE, EVERYONE, {"g1": frozenset({"orders"})}, EVERYONE]
-    assert cluster.probes >= 3  # probes went on after the wake, waking nobody
+    # a's first read, the paced one, two reads of g1 alone woken by probes, then the next paced read.
+    woken = {"g1": frozenset({"orders"})}
+    assert [reads[at] for at in taken] == [EVERYONE, EVERYONE, woken, woken, EVERYONE]
+    assert cluster.probes >= 3  # probes went on after the second wake, waking nobody
+
+
+class ProducedCluster(ChangingCluster):
+    """orders-0's log end grows at `rate` records/s, as seen by each read and probe when it asks, plus
+    `burst` records once `burst_at` probes were made."""
+
+    def __init__(self, rate: float, burst: int, burst_at: int) -> None:
+        super().__init__()
+        self.rate, self.burst, self.burst_at = rate, burst, burst_at
+        self.started = time.time()
+        self.base = self.topics["orders"][0]
+
+    def _produce(self) -> None:
+        start, end = self.base
+        burst = self.burst if self.probes >= self.burst_at else 0
+        self.topics["orders"][0] = (start, end + int(self.rate * (time.time() - self.started)) + burst)
+
+    def __call__(self, wanted: Wanted) -> ClusterRead:
+        started = time.time()
+        self._produce()
+        self.reads.append((started, wanted))
+        return fake_read(self.topics, COMMITTED, wanted, at=started)
+
+    def probe(self, wanted: Wanted, timeout: float) -> dict[tuple[str, int], int]:
+        self._produce()
+        return super().probe(wanted, timeout)
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_arrivals_at_the_groups_pace_wake_nobody_and_a_burst_beyond_it_does(counted: bool) -> None:
+    """orders gets 2,000 records/s, and 1,000 more once four probes were made. a's bar is the lag it decided
+    on plus 200 (0.1 s of arrivals: the threads' latency between asking and answering), and, `counted`, the
+    arrivals at 2,000/s since that read (as `early_poll_after` makes it).
+    Counted, only the burst brings a's poll forward; not counted, the pace alone does, at once."""
+    cluster = ProducedCluster(rate=2_000.0, burst=1_000, burst_at=4)
+    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0, phase=first_tick_in(0.7),
+                                                early_polls=True, probe_seconds=0.2)
+    woken_by: list[int] = []
+
+    async def scenario() -> None:
+        # b (g2) polls once and stays registered without a bar: the paced reads ask for g1 and g2.
+        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], PACE)
+        owner = ("ns", "a")
+        for _ in range(4):
+            started = time.monotonic()
+            sample = await observer.sample(owner, RESOURCES[owner], PACE)
+            if dict(cluster.reads)[sample.time] != EVERYONE:
+                woken_by.append(cluster.probes)
+            await observer.next_poll(owner, PACE, started, EarlyPoll(
+                above=total_lag(sample) + 200, arrivals_per_second=2_000.0 if counted else 0.0, since=sample.time))
+        observer.release(owner)
+
+    asyncio.run(scenario())
+    if counted:
+        assert woken_by == [5]  # the fifth probe, the first to see the burst, and no other
+    else:
+        assert woken_by and woken_by[0] < 5  # woken before the burst: the pace alone passed the bar
 
 
 @pytest.mark.parametrize("settings", [{"early_polls": False, "probe_seconds": 0.2},  # off
@@ -689,11 +748,12 @@ def test_a_probe_measures_lags_from_the_newest_committed_offsets_and_log_ends_on
     # A probe: orders-0 at 150 (moved), orders-1 back at 40 (made again: left as known), payments as known,
     # and a partition the basis does not know.
     probed, moved = probed_read(basis, {("orders", 0): 150, ("orders", 1): 40, ("payments", 0): 7,
-                                        ("audit", 0): 9})
-    assert moved == {"orders"}
+                                        ("audit", 0): 9}, at=1005.0)
+    assert moved == {"orders"} and probed.time == 1005.0
     # orders-1: committed (5) below its log start (10), counted from the start as any sample counts it.
     assert total_lag(sample_for(probed, Want("g1", ("orders",)))) == (150 - 90) + (50 - 10)
-    assert sample_for(probed, Want("g2", ("payments",))) == sample_for(basis, Want("g2", ("payments",)))
+    assert sample_for(probed, Want("g2", ("payments",))).partitions == \
+        sample_for(basis, Want("g2", ("payments",))).partitions
     assert ("audit", 0) not in probed.log_offsets and basis.log_offsets[("orders", 0)] == (0, 120)  # a copy
 
 
@@ -714,7 +774,7 @@ def test_a_probes_lag_is_never_below_the_lag_at_its_instant(partitions: list[tup
     wanted = {"g": frozenset({"t"})}
     basis = fake_read({"t": topic_then}, {"g": committed_then}, wanted)
     now = fake_read({"t": topic_now}, {"g": committed_now}, wanted)
-    probed, _ = probed_read(basis, {("t", index): end for index, (_, end) in topic_now.items()})
+    probed, _ = probed_read(basis, {("t", index): end for index, (_, end) in topic_now.items()}, at=1001.0)
     want = Want("g", ("t",))
     assert total_lag(sample_for(probed, want)) >= total_lag(sample_for(now, want))
 
