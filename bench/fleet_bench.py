@@ -172,6 +172,7 @@ class OperatorMetrics:
     cluster_reads: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap -> reads, seconds
     # (reads of every group on the cluster; the targeted reads of the groups a probe woke are counted apart)
     woken_reads: float = 0.0
+    probes: dict[str, tuple[float, float]] = field(default_factory=dict)  # outcome -> probes, seconds
     early_polls: float | None = None                            # None: the version brings no poll forward
 
 
@@ -186,7 +187,8 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
               "# TYPE lagpilot_reconcile_duration_seconds ", "# TYPE lagpilot_consumergroup_total_lag ",
               "# TYPE lagpilot_kafka_admin_requests_total ", "# TYPE lagpilot_reconcile_errors_total ",
               "# TYPE lagpilot_status_writes_total ", "lagpilot_early_polls_total{",
-              "# TYPE lagpilot_early_polls_total ")
+              "# TYPE lagpilot_early_polls_total ", "lagpilot_kafka_lag_probe_duration_seconds_count{",
+              "lagpilot_kafka_lag_probe_duration_seconds_sum{", "# TYPE lagpilot_kafka_lag_probe_duration_seconds ")
     found = OperatorMetrics()
     lines = "\n".join(line for line in text.splitlines() if line.startswith(wanted))
     for family in text_string_to_metric_families(lines):
@@ -206,6 +208,10 @@ def parse_operator_metrics(text: str) -> OperatorMetrics:
             elif sample.name == "lagpilot_status_writes_total":
                 reason = sample.labels["reason"]
                 found.status_writes[reason] = found.status_writes.get(reason, 0.0) + sample.value
+            elif sample.name.startswith("lagpilot_kafka_lag_probe_duration_seconds_"):
+                count, seconds = found.probes.get(sample.labels["outcome"], (0.0, 0.0))
+                found.probes[sample.labels["outcome"]] = (count + sample.value, seconds) \
+                    if sample.name.endswith("_count") else (count, seconds + sample.value)
             elif sample.name.startswith("lagpilot_kafka_cluster_read_duration_seconds_") and \
                     sample.labels.get("groups", "all") == "woken":  # versions with probes: targeted reads
                 if sample.name.endswith("_count"):
@@ -222,6 +228,17 @@ def early_polls_between(before: OperatorMetrics, after: OperatorMetrics) -> int 
     if after.early_polls is None:
         return None
     return int(after.early_polls - (before.early_polls or 0.0))
+
+
+def probes_between(before: OperatorMetrics, after: OperatorMetrics) -> dict[str, dict[str, float]]:
+    """Per outcome, the probes between two scrapes and their mean duration (versions with probes)."""
+    found = {}
+    for outcome, (count, seconds) in after.probes.items():
+        had = before.probes.get(outcome, (0.0, 0.0))
+        if count > had[0]:
+            found[outcome] = {"probes": int(count - had[0]),
+                              "mean_seconds": round((seconds - had[1]) / (count - had[0]), 3)}
+    return found
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -274,6 +291,9 @@ def merge_metrics(per_replica: dict[str, OperatorMetrics], owner: dict[str, str]
         if found.early_polls is not None:
             merged.early_polls = (merged.early_polls or 0.0) + found.early_polls
         merged.woken_reads += found.woken_reads
+        for outcome, (count, seconds) in found.probes.items():
+            had = merged.probes.get(outcome, (0.0, 0.0))
+            merged.probes[outcome] = (had[0] + count, had[1] + seconds)
         for name, lag in found.total_lag.items():
             if owner is None or owner.get(name) == identity:
                 merged.total_lag[name] = lag
@@ -807,7 +827,8 @@ def shard_holders(api: Any, namespace: str) -> dict[int, str]:
 SCRAPED = ("lagpilot_reconcile_duration_seconds_count", "lagpilot_consumergroup_total_lag",
            "lagpilot_kafka_admin_requests_total", "lagpilot_reconcile_errors_total", "lagpilot_status_writes_total",
            "lagpilot_kafka_cluster_read_duration_seconds_count", "lagpilot_kafka_cluster_read_duration_seconds_sum",
-           "lagpilot_early_polls_total")
+           "lagpilot_early_polls_total", "lagpilot_kafka_lag_probe_duration_seconds_count",
+           "lagpilot_kafka_lag_probe_duration_seconds_sum")
 """The series the bench reads, asked for by name (prometheus_client's `name[]`): the whole exposition of a
 1,000-resource fleet has a series per partition (tens of thousands of lines), and making it every second
 during the lag change would take CPU from the operator being measured. `full_scrape` measures it once."""
@@ -1000,6 +1021,7 @@ def run_version(version: Version, fleet: list[Group], traffic: Traffic, api: Any
             "kafka_requests_per_second": totals["kafka_requests_per_second"],
             # Polls brought forward (lag risen past the bar: a probe, earlier a between read) in a window with no burst.
             "early_polls_in_window": early_polls_between(merge_metrics(metrics0, None), merge_metrics(metrics1, None)),
+            "probes_in_window": probes_between(merge_metrics(metrics0, None), merge_metrics(metrics1, None)),
             # Why each status patch in the window was written (versions with lagpilot_status_writes_total).
             "status_writes_by_reason": {k: int(v) for k, v in sorted(status_writes.items(), key=lambda kv: -kv[1])},
             "first_round_seconds": round(first_round, 1),
@@ -1168,6 +1190,8 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
              "early_polls": early_polls_between(metrics_before, metrics_after),
              # Reads of the groups a probe woke (versions with probes), on every cluster together.
              "woken_reads": int(metrics_after.woken_reads - metrics_before.woken_reads),
+             # Probes of the log ends while the burst went through, per outcome: how many, their mean seconds.
+             "probes": probes_between(metrics_before, metrics_after),
              # Why the operator patched statuses while the burst went through (versions with the counter).
              "status_writes_by_reason": {k: int(v) for k, v in sorted(deltas(
                  metrics_before.status_writes, metrics_after.status_writes).items()) if v},

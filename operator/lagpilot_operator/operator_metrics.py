@@ -56,6 +56,13 @@ KAFKA_CLUSTER_READ_SECONDS = Histogram("lagpilot_kafka_cluster_read_duration_sec
                                        "Duration of one lag read of a Kafka cluster, per cluster and groups read "
                                        "(all, or those a probe woke).",
                                        ("cluster", "groups"), buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30))
+# How long one probe of a cluster's log ends took (cluster_observer), and what it got: `answered` (every
+# partition of the last read), `partial` (some missing: the paced read reports them), `failed` (none: a
+# timeout, a refused request; after an error raised, no more probes until the next paced read).
+KAFKA_LAG_PROBE_SECONDS = Histogram("lagpilot_kafka_lag_probe_duration_seconds",
+                                    "Duration of one probe of a Kafka cluster's log ends between two paced reads, "
+                                    "per cluster and outcome.", ("cluster", "outcome"),
+                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5))
 # Polls a probe of the log ends brought forward, per cluster: resources whose lag it showed above their bar
 # (0 with probes off, LAGPILOT_EARLY_POLLS=false).
 EARLY_POLLS = Counter("lagpilot_early_polls_total",

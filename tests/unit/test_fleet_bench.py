@@ -257,3 +257,19 @@ def test_reads_of_every_group_are_told_from_the_reads_of_the_groups_a_probe_woke
     assert found.cluster_reads == {"a:1": (5.0, 2.5), "b:1": (4.0, 1.0)}
     assert found.woken_reads == 3.0
     assert bench.merge_metrics({"op-0": found, "op-1": found}, None).woken_reads == 6.0
+
+
+def test_probes_are_counted_per_outcome_with_their_mean_duration(bench: ModuleType) -> None:
+    def probes(answered: float, seconds: float) -> str:
+        return ("# TYPE lagpilot_kafka_lag_probe_duration_seconds histogram\n"
+                f'lagpilot_kafka_lag_probe_duration_seconds_count{{cluster="a:1",outcome="answered"}} {answered}\n'
+                f'lagpilot_kafka_lag_probe_duration_seconds_sum{{cluster="a:1",outcome="answered"}} {seconds}\n'
+                'lagpilot_kafka_lag_probe_duration_seconds_count{cluster="b:1",outcome="answered"} 1.0\n'
+                'lagpilot_kafka_lag_probe_duration_seconds_sum{cluster="b:1",outcome="answered"} 0.5\n'
+                'lagpilot_kafka_lag_probe_duration_seconds_count{cluster="a:1",outcome="failed"} 2.0\n'
+                'lagpilot_kafka_lag_probe_duration_seconds_sum{cluster="a:1",outcome="failed"} 5.0\n')
+
+    before, after = bench.parse_operator_metrics(probes(3.0, 0.3)), bench.parse_operator_metrics(probes(7.0, 1.1))
+    assert after.probes == {"answered": (8.0, 1.6), "failed": (2.0, 5.0)}
+    assert bench.probes_between(before, after) == {"answered": {"probes": 4, "mean_seconds": 0.2}}
+    assert bench.probes_between(bench.parse_operator_metrics(""), after)["failed"] == {"probes": 2, "mean_seconds": 2.5}

@@ -410,24 +410,28 @@ class ClusterObserver:
 
     async def _probe_until(self, tick: _Tick, interval: float) -> None:
         """Probes every `probe_seconds` from now until half a probe period before `tick`, each waking the
-        resources whose lag it shows above their bar (`_wake_risen`)."""
-        while True:
-            at = self.monotonic() + self.probe_seconds
-            if at > tick.at - self.probe_seconds / 2 or not self._probe_due(interval):
-                return
-            await asyncio.sleep(at - self.monotonic())
+        resources whose lag it shows above their bar (`_wake_risen`). A probe that took longer than a period
+        is followed by the next at once. Each may take up to half the interval: a probe that waits for a
+        busy broker still answers sooner than the paced read would."""
+        at = self.monotonic() + self.probe_seconds
+        while at <= tick.at - self.probe_seconds / 2 and self._probe_due(interval):
+            await asyncio.sleep(max(0.0, at - self.monotonic()))
             basis = self._basis
             if self.probe is None or basis is None or not self._probe_due(interval):
                 return
-            sent = self.clock()
+            sent, started = self.clock(), self.monotonic()
             try:
                 ends = await asyncio.get_running_loop().run_in_executor(
-                    self._executor(), self.probe, basis.wanted, self.probe_seconds)
+                    self._executor(), self.probe, basis.wanted, interval / 2)
             except Exception:  # a cluster that does not answer: its paced read reports it to each resource
+                metrics.KAFKA_LAG_PROBE_SECONDS.labels(self.cluster, "failed").observe(self.monotonic() - started)
                 log.debug("probe of %s failed", self.cluster, exc_info=True)
                 return
-            if ends is not None:
+            answered = "failed" if not ends else "partial" if len(ends) < len(basis.log_offsets) else "answered"
+            metrics.KAFKA_LAG_PROBE_SECONDS.labels(self.cluster, answered).observe(self.monotonic() - started)
+            if ends:
                 self._wake_risen(interval, ends, sent)
+            at = max(at + self.probe_seconds, self.monotonic())
 
     def _wake_risen(self, interval: float, ends: Mapping[PartitionKey, int], probed_at: float) -> None:
         """Wakes each resource waiting at `interval` whose lag with the probe's log `ends` (asked for at

@@ -620,7 +620,12 @@ def test_a_probe_between_two_paced_reads_brings_forward_only_the_polls_whose_lag
     assert targeted[1] == {"g1": frozenset({"orders"})} and paced[1] == {"g2": frozenset({"payments"})}
     assert [wanted for _, wanted in earlier] == [EVERYONE] * 2  # the first read and the paced one
     assert early_polls_counted("probe-test") == counted + 1
-    assert cluster.probes >= 1
+    assert cluster.probes >= 1 and probes_timed("probe-test", "answered") == cluster.probes
+
+
+def probes_timed(cluster: str, outcome: str) -> float:
+    return sum(s.value for family in metrics.KAFKA_LAG_PROBE_SECONDS.collect() for s in family.samples
+               if s.name.endswith("_count") and s.labels == {"cluster": cluster, "outcome": outcome})
 
 
 def test_a_group_whose_lag_keeps_rising_is_brought_forward_at_most_twice_between_two_paced_reads() -> None:
