@@ -92,8 +92,11 @@ READ_TIMEOUT_SECONDS = 10.0
 # Probes of the log ends between paced reads (see the module's docstring): on unless set to false.
 EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "true").strip().lower() in ("true", "1", "yes", "on")
 # Seconds between two probes, and from a paced read's answer to the first probe. Intervals shorter than two
-# probe periods are not probed: their paced reads come as often.
-LAG_PROBE_SECONDS = float(os.environ.get("LAGPILOT_LAG_PROBE_SECONDS", "1.0"))
+# probe periods are not probed: their paced reads come as often. 2.5 s: one probe halfway through a 5 s
+# interval (a burst waits at most about half an interval for a read that carries it). A probe of 3,340
+# partitions costs about 57 ms of CPU through confluent-kafka's ListOffsets; at 1 s (four probes per 5 s
+# interval) the fleet bench measured 0.8-1.0 ms more CPU per poll at 1,000 groups (docs/benchmarks.md).
+LAG_PROBE_SECONDS = float(os.environ.get("LAGPILOT_LAG_PROBE_SECONDS", "2.5"))
 # How often probes may bring one resource's poll forward between two paced reads: twice, so a burst a probe
 # caught half-produced gets a second early poll for the rest; a group whose producers keep bursting then
 # decides at most three times per interval (core/early_poll).

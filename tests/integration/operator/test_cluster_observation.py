@@ -205,8 +205,8 @@ def early_polls_and_lag(process: OperatorProcess, bootstrap: str, name: str) -> 
 @pytest.mark.slow
 def test_a_burst_right_after_a_paced_read_reaches_the_decision_on_a_probe_before_the_next(
         stack: Any, namespace: str, operator: OperatorProcess, create_topic: Any, unique_name: Any) -> None:
-    """The real operator as it runs by default, one resource polling every 4 s on a quiet topic: records
-    produced right after a poll are in its decision after a probe of the log ends (every 1 s) shows them,
+    """The real operator as it runs by default, one resource polling every 5 s on a quiet topic: records
+    produced right after a poll are in its decision after a probe of the log ends (2.5 s later) shows them,
     which brings its poll forward (`lagpilot_early_polls_total`) on a read of its group, not at the paced
     read after it."""
     bootstrap = stack.kafka_bootstrap
@@ -218,7 +218,7 @@ def test_a_burst_right_after_a_paced_read_reaches_the_decision_on_a_probe_before
     apply_kcg(stack, namespace, "burst", {
         "kafka": {"bootstrapServers": bootstrap}, "groupId": group, "topics": [topic],
         "scaleTargetRef": {"name": "burst"}, "replicas": {"min": 1, "max": 1}, **FAST,
-        "lag": {"pollIntervalSeconds": 4}})
+        "lag": {"pollIntervalSeconds": 5}})
     wait_for(lambda: status_of(stack, namespace, "burst").get("totalLag") == 0, 60, "the first poll's status")
     # Two polls with lag 0: the second is a paced one, and the resource has its early-poll bar (2 records).
     wait_for(lambda: (state := early_polls_and_lag(operator, bootstrap, "burst"))[2] == 0 and state[1] >= 2, 60,
