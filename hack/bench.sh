@@ -12,6 +12,8 @@
 # `compare` installs the runtime of two commits (BENCH_COMPARE_BASELINE, default c47d1fb: the runtime
 # before it was split into parts; BENCH_COMPARE_CANDIDATE, default HEAD) into temporary venvs and runs
 # them in turns with a no-op handler.
+# `probe` (bench/probe_bench.py, issue 17) is the CPU of one probe of a cluster's log ends against one read of
+# all its groups, at the fleet bench's size per cluster (334 topics of 10 partitions); about a minute.
 # `fleet` (bench/fleet_bench.py, issue 17) runs 1,000 KafkaConsumerGroups on one operator process, the operator
 # of BENCH_FLEET_BASELINE (default fb31b65: before the fleet work) then this checkout's; BENCH_QUICK=1
 # makes it 50 groups and a 60 s window. Its full size takes about 25 minutes.
@@ -24,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator loop cpuloop calibration seed rebalance share compare fleet}
+only=${BENCH_ONLY:-worker operator probe loop cpuloop calibration seed rebalance share compare fleet}
 if [[ " $only " != " calibration " ]]; then
   # shellcheck disable=SC1090,SC1091
   source "${LAGPILOT_STACK_DIR:-.stack}/env"
@@ -37,6 +39,7 @@ for name in $only; do
   case "$name" in
     worker) cmd=(.venv/bin/python bench/worker_bench.py) ;;
     operator) cmd=(.venv/bin/python bench/operator_bench.py) ;;
+    probe) cmd=(.venv/bin/python bench/probe_bench.py) ;;
     loop) cmd=(.venv/bin/python bench/loop_bench.py "${loop_args[@]}"); ran_loop=1 ;;
     # shellcheck disable=SC2206  # BENCH_CPULOOP_ARGS is split into flags on purpose
     cpuloop) cmd=(.venv/bin/python bench/loop_bench.py --scenario cpu ${BENCH_CPULOOP_ARGS:-}) ;;
@@ -49,7 +52,7 @@ for name in $only; do
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
                   --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
     fleet) cmd=(.venv/bin/python bench/fleet_bench.py "${fleet_args[@]}") ;;
-    *) echo "unknown benchmark '$name' (worker, operator, loop, cpuloop, calibration, seed, rebalance, share, compare, fleet)" >&2
+    *) echo "unknown benchmark '$name' (worker, operator, probe, loop, cpuloop, calibration, seed, rebalance, share, compare, fleet)" >&2
        exit 2 ;;
   esac
   echo "== bench: $name" >&2
