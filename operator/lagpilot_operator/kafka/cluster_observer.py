@@ -438,9 +438,8 @@ class ClusterObserver:
 
     def _wake_risen(self, interval: float, ends: Mapping[PartitionKey, int], probed_at: float) -> None:
         """Wakes each resource waiting at `interval` whose lag with the probe's log `ends` (asked for at
-        `probed_at`, epoch seconds) is above its bar,
-        after starting a targeted read of their groups (a failure concerning one wakes nobody: the paced
-        read reports it)."""
+        `probed_at`, epoch seconds) is above its bar, after starting a targeted read of their groups. A
+        failure concerning one wakes nobody: the paced read reports it."""
         assert self._basis is not None
         probed, moved = probed_read(self._basis, ends, probed_at)
         risen: list[tuple[Hashable, Want, asyncio.Future[None]]] = []

@@ -697,7 +697,7 @@ class ProducedCluster(ChangingCluster):
 @pytest.mark.parametrize("counted", [True, False])
 def test_arrivals_at_the_groups_pace_wake_nobody_and_a_burst_beyond_it_does(counted: bool) -> None:
     """orders gets 2,000 records/s, and 1,000 more once four probes were made. a's bar is the lag it decided
-    on plus 200 (0.1 s of arrivals: the threads' latency between asking and answering), and, `counted`, the
+    on plus 400 (0.2 s of arrivals: the threads' latency between asking and answering), and, `counted`, the
     arrivals at 2,000/s since that read (as `early_poll_after` makes it).
     Counted, only the burst brings a's poll forward; not counted, the pace alone does, at once."""
     cluster = ProducedCluster(rate=2_000.0, burst=1_000, burst_at=4)
@@ -715,7 +715,7 @@ def test_arrivals_at_the_groups_pace_wake_nobody_and_a_burst_beyond_it_does(coun
             if dict(cluster.reads)[sample.time] != EVERYONE:
                 woken_by.append(cluster.probes)
             await observer.next_poll(owner, PACE, started, EarlyPoll(
-                above=total_lag(sample) + 200, arrivals_per_second=2_000.0 if counted else 0.0, since=sample.time))
+                above=total_lag(sample) + 400, arrivals_per_second=2_000.0 if counted else 0.0, since=sample.time))
         observer.release(owner)
 
     asyncio.run(scenario())
