@@ -632,9 +632,12 @@ def test_a_group_whose_lag_keeps_rising_is_brought_forward_at_most_twice_between
     """orders grows by 100 records before every probe once a has polled on the first paced read (its bar
     counts no arrivals: no produce rate): probes wake a twice, and the probes after that do not wake it
     again before the next paced read."""
+    # A 3 s interval: twenty probes between two paced reads, so the two wakes fit in it on a loaded machine.
+    interval = 3.0
     cluster = ChangingCluster()
-    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0, phase=first_tick_in(0.7),
-                                                early_polls=True, probe_seconds=0.15)
+    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0,
+                                                phase=(time.monotonic() + 0.7) % interval, early_polls=True,
+                                                probe_seconds=0.15)
     growing = False
 
     def probe(wanted: Wanted, timeout: float) -> dict[tuple[str, int], int]:
@@ -648,15 +651,15 @@ def test_a_group_whose_lag_keeps_rising_is_brought_forward_at_most_twice_between
     async def scenario() -> list[float]:
         nonlocal growing
         # b (g2) polls once and stays registered without a bar: the paced reads ask for g1 and g2.
-        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], PACE)
+        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], interval)
         owner, taken = ("ns", "a"), []
         for poll in range(5):
             started = time.monotonic()
-            sample = await observer.sample(owner, RESOURCES[owner], PACE)
+            sample = await observer.sample(owner, RESOURCES[owner], interval)
             taken.append(sample.time)
             growing = poll >= 1
             if poll < 4:
-                await observer.next_poll(owner, PACE, started, EarlyPoll(above=total_lag(sample)))
+                await observer.next_poll(owner, interval, started, EarlyPoll(above=total_lag(sample)))
         observer.release(owner)
         return taken
 
