@@ -146,9 +146,7 @@ def read_cluster(admin: AdminClient, bootstrap: str, wanted: Wanted, timeout: fl
     topic_errors: dict[str, LagReadError] = {
         topic: TopicMissing(f"topic {topic} does not exist in the cluster at {bootstrap}; create it or fix spec.topics")
         for topic in topics if topic not in known}
-    by_topic = {topic: requests.of_topic(topic, numbers) for topic, numbers in partitions.items()}
-    every = [tp for tps in by_topic.values() for tp in tps]
-    keys = [(topic, partition) for topic, numbers in partitions.items() for partition in numbers]
+    by_topic, every, keys = _offset_requests(partitions, requests)
     # Each group's partitions from its own topics (in the metadata's order): a filter of `every` per group
     # cost groups x partitions on each read (1,000 x 3,334 at the fleet benchmark's size).
     order = {topic: index for index, topic in enumerate(by_topic)}
@@ -221,12 +219,22 @@ def probe_log_ends(admin: AdminClient, bootstrap: str, wanted: Wanted, layout: T
     if layout.read_at is None:
         return None
     known = layout.partitions
-    topics = [topic for topic in all_topics(wanted) if topic in known]
-    keys = [(topic, partition) for topic in topics for partition in known[topic]]
-    partitions = [tp for topic in topics for tp in requests.of_topic(topic, known[topic])]
-    ends, _failures = kafka_lag.send_offset_requests(admin, bootstrap, partitions, "latest", timeout, requests,
+    _, every, keys = _offset_requests({topic: known[topic] for topic in all_topics(wanted) if topic in known},
+                                      requests)
+    ends, _failures = kafka_lag.send_offset_requests(admin, bootstrap, every, "latest", timeout, requests,
                                                      keys).split(timeout)
     return ends
+
+
+def _offset_requests(partitions: Mapping[str, tuple[int, ...]], requests: kafka_lag.OffsetRequests,
+                     ) -> tuple[dict[str, list[TopicPartition]], list[TopicPartition], list[PartitionKey]]:
+    """For `partitions` (their numbers per topic): each topic's TopicPartitions, all of them in order, and
+    their keys. Reads and probes build them here alike, so a probe's ListOffsets call asks for the same
+    keys as the read before it and `requests` sends that call's TopicPartitions again."""
+    by_topic = {topic: requests.of_topic(topic, numbers) for topic, numbers in partitions.items()}
+    every = [tp for tps in by_topic.values() for tp in tps]
+    keys = [(topic, partition) for topic, numbers in partitions.items() for partition in numbers]
+    return by_topic, every, keys
 
 
 def _ask_committed(admin: AdminClient, bootstrap: str, per_group: Mapping[str, list[TopicPartition]],
