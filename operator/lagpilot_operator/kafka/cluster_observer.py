@@ -23,7 +23,8 @@ groups; the operator does the same:
   resource with that interval decides right after it is answered (`next_poll`). So a lag change
   reaches every resource's decision at the first read after it, and no resource takes a read that is
   most of an interval old because its own poll fell just before the cluster's next read.
-* Between two paced reads, *probes* (`probe_log_ends`, every `LAGPILOT_LAG_PROBE_SECONDS`) ask for the log
+* Between two paced reads, *probes* (`probe_log_ends`, every `LAGPILOT_LAG_PROBE_SECONDS` counted from the
+  instant of the paced read, however long it takes to answer) ask for the log
   ends alone: one ListOffsets call for the partitions of the last read, not the OffsetFetch per group
   and the DescribeGroups a read makes. The lag a probe shows is its log ends minus the committed offsets
   last read (`cluster_reads.probed_read`): the lag decided on plus every record produced since. Records
@@ -71,6 +72,7 @@ from lagpilot_operator.kafka.cluster_reads import (
     covers,
     fresh_enough,
     merged_read,
+    next_probe,
     next_tick,
     probed_read,
     sample_for,
@@ -392,9 +394,10 @@ class ClusterObserver:
         """One read of the cluster for everybody at each tick of `interval`, while a resource polls at it,
         and probes of the log ends before each tick (`_probe_until`)."""
         tick = self._ticks[interval]
+        since = self.monotonic()  # the grid of the probes: from now, then from each paced read's instant
         try:
             while interval in self._intervals.values():
-                await self._probe_until(tick, interval)
+                await self._probe_until(tick, interval, since)
                 await asyncio.sleep(max(0.0, tick.at - self.monotonic()))
                 # A bug in the read (raised) is reported by each resource's own sample, which reads again.
                 with contextlib.suppress(Exception):
@@ -402,6 +405,7 @@ class ClusterObserver:
                 # The next tick is in place before the waiters wake, so each waits for a read still to come.
                 at = next_tick(self.monotonic(), interval, self.phase)
                 done = tick
+                since = done.at
                 tick = _Tick(at if at > done.at else at + interval, asyncio.get_running_loop().create_future())
                 self._ticks[interval] = tick
                 for owner in [owner for owner in self._woken if self._intervals.get(owner) == interval]:
@@ -419,12 +423,16 @@ class ClusterObserver:
         return self.early_polls and self.probe is not None and 2 * self.probe_seconds <= interval and \
             self._basis is not None and any(self._intervals.get(owner) == interval for owner in self._early)
 
-    async def _probe_until(self, tick: _Tick, interval: float) -> None:
-        """Probes every `probe_seconds` from now until half a probe period before `tick`, each waking the
-        resources whose lag it shows above their bar (`_wake_risen`). A probe that took longer than a period
-        is followed by the next at once. Each may take up to half the interval: a probe that waits for a
-        busy broker still answers sooner than the paced read would."""
-        at = self.monotonic() + self.probe_seconds
+    async def _probe_until(self, tick: _Tick, interval: float, since: float) -> None:
+        """Probes every `probe_seconds` from `since` (the instant of the paced read before `tick`, not its
+        answer) until half a probe period before `tick`, each waking the resources whose lag it shows above
+        their bar (`_wake_risen`). On the grid of the paced reads, so a slow paced read (a second and more
+        at 1,000 groups, with the status writes of a burst on the same core) does not push its interval's
+        probes past the next read: counted from the answer, a 5 s interval's one probe at 2.5 s fell after
+        3.75 s, and was dropped, once the read took 1.25 s. A probe whose instant passed while the read (or
+        the probe before it) ran goes out at once, and the next keeps to the grid. Each may take up to half
+        the interval: a probe that waits for a busy broker still answers sooner than the paced read would."""
+        at = since + self.probe_seconds
         while at <= tick.at - self.probe_seconds / 2 and self._probe_due(interval):
             await asyncio.sleep(max(0.0, at - self.monotonic()))
             basis = self._basis
@@ -442,7 +450,7 @@ class ClusterObserver:
             metrics.KAFKA_LAG_PROBE_SECONDS.labels(self.cluster, answered).observe(self.monotonic() - started)
             if ends:
                 self._wake_risen(interval, ends, sent)
-            at = max(at + self.probe_seconds, self.monotonic())
+            at = next_probe(at, self.probe_seconds, self.monotonic())
 
     def _wake_risen(self, interval: float, ends: Mapping[PartitionKey, int], probed_at: float) -> None:
         """Wakes each resource waiting at `interval` whose lag with the probe's log `ends` (asked for at

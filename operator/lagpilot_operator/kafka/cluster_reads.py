@@ -154,6 +154,13 @@ def next_tick(now: float, interval_seconds: float, phase: float) -> float:
     return phase + periods * interval_seconds
 
 
+def next_probe(last: float, probe_seconds: float, now: float) -> float:
+    """The instant of the probe after the one due at `last` (monotonic seconds): the first instant of the grid
+    `last` + k x `probe_seconds` after `now`. An instant that passed while the probe (or the paced read
+    before it) ran is not probed late: the probe that just answered is newer than it would have been."""
+    return last + max(1, math.floor((now - last) / probe_seconds) + 1) * probe_seconds
+
+
 # How long a cluster's log-start offsets serve its reads before all are asked again. Retention moves them
 # (by default checked every 5 minutes: log.retention.check.interval.ms), or DeleteRecords; a read always asks
 # again for the partitions where a stale start would change a lag (`stale_log_starts`). 0: every read.

@@ -28,6 +28,7 @@ from lagpilot_operator.kafka.cluster_reads import (
     covers,
     fresh_enough,
     merged_read,
+    next_probe,
     next_tick,
     probed_read,
     sample_for,
@@ -786,3 +787,56 @@ def test_a_probes_lag_is_never_below_the_lag_at_its_instant(partitions: list[tup
     want = Want("g", ("t",))
     assert total_lag(sample_for(probed, want)) >= total_lag(sample_for(now, want))
 
+
+
+class SlowCluster(ChangingCluster):
+    """Each read takes `seconds` after it took the log ends; during the `burst_on`-th read, orders gets 100
+    records on a partition (after that read took its log ends: it does not carry them)."""
+
+    def __init__(self, seconds: float, burst_on: int) -> None:
+        super().__init__()
+        self.seconds, self.burst_on = seconds, burst_on
+
+    def __call__(self, wanted: Wanted) -> ClusterRead:
+        read = super().__call__(wanted)
+        if len(self.reads) == self.burst_on:
+            start, end = self.topics["orders"][0]
+            self.topics["orders"][0] = (start, end + 100)
+        time.sleep(self.seconds)
+        return read
+
+
+def test_probes_keep_to_the_paced_reads_instants_so_a_slow_read_does_not_push_them_past_the_next() -> None:
+    """A 2 s interval, probes every 0.8 s, reads that take 0.9 s: the probes fall 0.8 and 1.6 s after each
+    paced read's instant (the first at once on its answer). Counted from the answer, the first would fall
+    at 1.7 s, past the last instant a probe may take (half a period before the next read, 1.6 s): none.
+    A burst landing during the paced read reaches a's poll on a probe, not on the next paced read."""
+    interval = 2.0
+    cluster = SlowCluster(seconds=0.9, burst_on=3)  # b's first read, a's first read, the paced read
+    observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0,
+                                                phase=(time.monotonic() + 0.7) % interval, early_polls=True,
+                                                probe_seconds=0.8)
+
+    async def scenario() -> list[float]:
+        owner, taken = ("ns", "a"), []
+        await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], interval)  # registered: reads ask for g2
+        for poll in range(3):
+            started = time.monotonic()
+            sample = await observer.sample(owner, RESOURCES[owner], interval)
+            taken.append(sample.time)
+            if poll < 2:
+                await observer.next_poll(owner, interval, started, EarlyPoll(above=total_lag(sample)))
+        observer.release(owner)
+        return taken
+
+    taken = asyncio.run(scenario())
+    reads = dict(cluster.reads)
+    # a's first read, the paced one the burst landed during, then a read of g1 alone that a probe woke.
+    assert [reads[at] for at in taken] == [EVERYONE, EVERYONE, {"g1": frozenset({"orders"})}]
+    assert len(cluster.reads) == 4
+
+
+@pytest.mark.parametrize(("now", "expected"), [(10.1, 12.5), (12.4, 12.5), (12.5, 15.0), (13.0, 15.0), (17.6, 20.0)])
+def test_the_next_probe_keeps_to_the_grid_of_the_paced_reads(now: float, expected: float) -> None:
+    # Probes every 2.5 s from a probe due at 10.0, answered at `now`.
+    assert next_probe(10.0, 2.5, now) == pytest.approx(expected)
