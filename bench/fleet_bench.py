@@ -1155,8 +1155,11 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
     metrics_before = operators.metrics()
     baseline = metrics_before.total_lag
     wanted = {g.name: baseline.get(g.name, 0.0) + g.partitions * args.burst for g in fleet}
+    from seed_bench import machine_busy_seconds
+
     writes0 = apiserver_writes()
     sent = time.monotonic()
+    operator_cpu0, machine_busy0 = sum(cpu_seconds(r.pid) for r in operators.replicas), machine_busy_seconds()
     group_acknowledged = produce_to_every_partition(fleet, args.burst)
     acknowledged = max(group_acknowledged.values())
     clusters = by_cluster(fleet)
@@ -1182,6 +1185,11 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
                     (round(now - cluster_acknowledged[cluster], 2), round((seconds - had[1]) / (reads - had[0]), 2)))
         last_reads = scraped.cluster_reads
         time.sleep(0.5)
+    # The CPU the burst went through on: the operator's (all replicas), and the whole machine's (brokers,
+    # producer, apiserver and all), from the first record sent to the last resource that showed it.
+    burst_seconds = time.monotonic() - sent
+    operator_cpu = sum(cpu_seconds(r.pid) for r in operators.replicas) - operator_cpu0
+    machine_busy = machine_busy_seconds() - machine_busy0
     times = list(seen.values())
     writes = deltas(writes0, apiserver_writes())
     metrics_after = operators.metrics()
@@ -1201,6 +1209,11 @@ def one_burst(fleet: list[Group], operators: Fleet, args: argparse.Namespace) ->
              "p50_seconds": round(percentile(times, 0.5), 1) if times else None,
              "p99_seconds": round(percentile(times, 0.99), 1) if times else None,
              "within_one_interval": bool(times) and len(seen) == len(fleet) and max(times) <= args.interval,
+             # Cores busy from the first record sent until the last resource showed the burst: the operator
+             # (one replica is one Python process: about 1.0 is all its GIL gives), and the machine of
+             # os.cpu_count() cores.
+             "operator_cpu_cores": round(operator_cpu / burst_seconds, 2),
+             "machine_cpu_cores_busy": round(machine_busy / burst_seconds, 2), "machine_cores": os.cpu_count(),
              "basis": "per resource, from the acknowledgement of its group's last burst record to "
                       "lagpilot_consumergroup_total_lag showing the whole burst, read every 0.5 s (clusters produced "
                       "side by side); per cluster, the read that carried the change: the last one ended by the time "
