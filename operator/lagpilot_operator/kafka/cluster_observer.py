@@ -93,7 +93,7 @@ GATHER_SECONDS = float(os.environ.get("LAGPILOT_KAFKA_READ_GATHER_SECONDS", "0.0
 READ_TIMEOUT_SECONDS = 10.0
 # Probes of the log ends between paced reads (see the module's docstring): on unless set to false.
 EARLY_POLLS = os.environ.get("LAGPILOT_EARLY_POLLS", "true").strip().lower() in ("true", "1", "yes", "on")
-# Seconds between two probes, and from a paced read's answer to the first probe. Intervals shorter than two
+# Seconds between two probes, and from a paced read's instant to the first probe. Intervals shorter than two
 # probe periods are not probed: their paced reads come as often. 2.5 s: one probe halfway through a 5 s
 # interval (a burst waits at most about half an interval for a read that carries it). A probe of 3,340
 # partitions costs about 57 ms of CPU through confluent-kafka's ListOffsets; at 1 s (four probes per 5 s
