@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -591,6 +591,23 @@ def polls_around_a_burst(observer: cluster_observer.ClusterObserver,
     return taken
 
 
+async def polls_with_bars(observer: cluster_observer.ClusterObserver, owner: tuple[str, str], interval: float,
+                          polls: int, after_sample: Callable[[int], None] = lambda _poll: None) -> list[float]:
+    """`owner` polls `polls` times, waiting for each next poll with its bar at the lag it just read, then
+    leaves; `after_sample` is called with each poll's index once it sampled. The times of the reads its
+    samples came from."""
+    taken = []
+    for poll in range(polls):
+        started = time.monotonic()
+        sample = await observer.sample(owner, RESOURCES[owner], interval)
+        taken.append(sample.time)
+        after_sample(poll)
+        if poll < polls - 1:
+            await observer.next_poll(owner, interval, started, EarlyPoll(above=total_lag(sample)))
+    observer.release(owner)
+    return taken
+
+
 def first_tick_in(seconds: float) -> float:
     """A phase whose next paced read (at PACE) is `seconds` from now."""
     return (time.monotonic() + seconds) % PACE
@@ -649,20 +666,14 @@ def test_a_group_whose_lag_keeps_rising_is_brought_forward_at_most_twice_between
 
     observer.probe = probe
 
-    async def scenario() -> list[float]:
+    def grow_after_the_paced_read(poll: int) -> None:
         nonlocal growing
+        growing = poll >= 1
+
+    async def scenario() -> list[float]:
         # b (g2) polls once and stays registered without a bar: the paced reads ask for g1 and g2.
         await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], interval)
-        owner, taken = ("ns", "a"), []
-        for poll in range(5):
-            started = time.monotonic()
-            sample = await observer.sample(owner, RESOURCES[owner], interval)
-            taken.append(sample.time)
-            growing = poll >= 1
-            if poll < 4:
-                await observer.next_poll(owner, interval, started, EarlyPoll(above=total_lag(sample)))
-        observer.release(owner)
-        return taken
+        return await polls_with_bars(observer, ("ns", "a"), interval, 5, grow_after_the_paced_read)
 
     taken = asyncio.run(scenario())
     reads = dict(cluster.reads)
@@ -818,16 +829,8 @@ def test_probes_keep_to_the_paced_reads_instants_so_a_slow_read_does_not_push_th
                                                 probe_seconds=0.8)
 
     async def scenario() -> list[float]:
-        owner, taken = ("ns", "a"), []
         await observer.sample(("ns", "b"), RESOURCES[("ns", "b")], interval)  # registered: reads ask for g2
-        for poll in range(3):
-            started = time.monotonic()
-            sample = await observer.sample(owner, RESOURCES[owner], interval)
-            taken.append(sample.time)
-            if poll < 2:
-                await observer.next_poll(owner, interval, started, EarlyPoll(above=total_lag(sample)))
-        observer.release(owner)
-        return taken
+        return await polls_with_bars(observer, ("ns", "a"), interval, 3)
 
     taken = asyncio.run(scenario())
     reads = dict(cluster.reads)
