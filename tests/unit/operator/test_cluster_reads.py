@@ -608,9 +608,9 @@ async def polls_with_bars(observer: cluster_observer.ClusterObserver, owner: tup
     return taken
 
 
-def first_tick_in(seconds: float) -> float:
-    """A phase whose next paced read (at PACE) is `seconds` from now."""
-    return (time.monotonic() + seconds) % PACE
+def first_tick_in(seconds: float, interval: float = PACE) -> float:
+    """A phase whose next paced read (at `interval`) is `seconds` from now."""
+    return (time.monotonic() + seconds) % interval
 
 
 def early_polls_counted(cluster: str) -> float:
@@ -654,7 +654,7 @@ def test_a_group_whose_lag_keeps_rising_is_brought_forward_at_most_twice_between
     interval = 3.0
     cluster = ChangingCluster()
     observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0,
-                                                phase=(time.monotonic() + 0.7) % interval, early_polls=True,
+                                                phase=first_tick_in(0.7, interval), early_polls=True,
                                                 probe_seconds=0.15)
     growing = False
 
@@ -799,7 +799,6 @@ def test_a_probes_lag_is_never_below_the_lag_at_its_instant(partitions: list[tup
     assert total_lag(sample_for(probed, want)) >= total_lag(sample_for(now, want))
 
 
-
 class SlowCluster(ChangingCluster):
     """Each read takes `seconds` after it took the log ends; during the `burst_on`-th read, orders gets 100
     records on a partition (after that read took its log ends: it does not carry them)."""
@@ -825,7 +824,7 @@ def test_probes_keep_to_the_paced_reads_instants_so_a_slow_read_does_not_push_th
     interval = 2.0
     cluster = SlowCluster(seconds=0.9, burst_on=3)  # b's first read, a's first read, the paced read
     observer = cluster_observer.ClusterObserver(cluster, cluster.probe, gather_seconds=0.0,
-                                                phase=(time.monotonic() + 0.7) % interval, early_polls=True,
+                                                phase=first_tick_in(0.7, interval), early_polls=True,
                                                 probe_seconds=0.8)
 
     async def scenario() -> list[float]:
