@@ -49,6 +49,11 @@ TREND_WINDOW_SECONDS = 600.0
 TREND_BUCKET_SECONDS = 60.0
 TREND_BACKLOG_SECONDS = 3.0
 MIN_RATE = 1e-3  # msg/s; below this a consume rate says nothing about per-slot speed
+# Work waiting (`_work_waiting`): for workers that declare their commit interval, this many commit steps of
+# consumption and at least WORK_WAITING_SECONDS of it (a group that keeps up at 1 s commits reads 0.3-1.8 s).
+WORK_WAITING_COMMITS = 2
+WORK_WAITING_SECONDS = 5.0
+BUSY_SPAN_COMMITS = 10  # commit steps a busy span must last before its rate counts (busy_span_rate)
 # The pool grows unread up to this multiple of pool.initial while the lag grows; beyond it, each pool is
 # read for a poll (falling_behind.py) before it grows again, so a CPU-bound pod is seen before pool.max.
 FREE_POOL_GROWTH = 4
@@ -212,6 +217,7 @@ class Throughput:
     growth: Growth | None = None               # the lag's growth span and what it says (falling_behind.py)
     late_run: behind.LateRun | None = None     # the time lag's growth above its target (falling_behind.py)
     late: behind.Late | None = None            # set when that run says the group falls behind its target
+    busy_span: behind.Span | None = None       # polls at this settled shape with work waiting at each
 
     @property
     def falling_behind(self) -> bool:
@@ -262,21 +268,69 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
                  f"{now - trend[0][0]:,.0f} s at unchanged capacity: every slot is busy",)
     saturated_for_a_window = saturated_since is not None and saturated_since <= now - window
     every_slot_busy = (saturated_for_a_window or deficit) and stable_since <= now - window
+    # lagThreshold keeps KEDA's meaning: the readings of the lag's own course are drainTime's.
+    drain_time = ctx.config.mode == "drainTime" and not observation.lag_only
+    drained = drained_total(ctx, lag) if drain_time else 0
+    busy_span = behind.next_span(memory.busy_span, now=now, drained=drained, lag=lag.effective,
+                                      grew=drain_time and _settled_shape(ctx, consumers)
+                                      and _work_waiting(ctx, lag, reference, busy_now),
+                                      consumers=consumers, pool=ctx.current_pool)
+    busy_rate = consume if every_slot_busy else None
+    if busy_rate is None and (span_rate := busy_span_rate(ctx, busy_span, drained, lag)) is not None:
+        busy_rate = span_rate
+        if memory.slot_rate is None and busy_now > 0:
+            notes = (*notes, f"the slots drained {_rate(span_rate)} msg/s over "
+                             f"{now - cast(behind.Span, busy_span).start:,.0f} s at this shape with work "
+                             f"waiting: {_rate(span_rate / busy_now)} msg/s/slot")
     slot_rate, floor = _per_slot_rate(memory, now, consume, busy_max=busy_max, busy_now=busy_now,
-                                      every_slot_busy=every_slot_busy)
+                                      busy_rate=busy_rate)
     growth: Growth | None = None
     late_run: behind.LateRun | None = None
     late: behind.Late | None = None
-    if ctx.config.mode == "drainTime" and not observation.lag_only:  # lagThreshold keeps KEDA's meaning
+    if drain_time:
         late_run = _next_late_run(ctx, lag, consumers)
         late = behind.late(late_run, now=now, lag=lag.effective, noise_seconds=committed_time_lag_floor(ctx),
                            backlog=2 * busy_now)
-        growth, growth_notes = _read_growth(ctx, lag, consumers, late=late, saturated_since=saturated_since)
+        growth, growth_notes = _read_growth(ctx, lag, consumers, drained, late=late, saturated_since=saturated_since)
         slot_rate, floor = _overruled_slot_rate(growth, slot_rate, floor)
         notes = (*notes, *growth_notes)
     return Throughput(consumers=consumers, busy=tuple(busy), saturated=saturated, saturated_since=saturated_since,
                       trend=trend, deficit_since=deficit_since, slot_rate=slot_rate, floor=floor,
-                      notes=notes, growth=growth, late_run=late_run, late=late)
+                      notes=notes, growth=growth, late_run=late_run, late=late, busy_span=busy_span)
+
+
+def _work_waiting(ctx: DecisionContext, lag: LagView, reference: float | None, busy_now: int) -> bool:
+    """More lag than commits alone can show, so every slot has work waiting: 2 messages a slot, and
+    `reference` (msg/s consumed) x the saturation bar's 10 s for consumers whose commit interval nobody
+    declared (librdkafka auto-commits every 5 s), or x WORK_WAITING_COMMITS of the declared interval, at
+    least WORK_WAITING_SECONDS. The workers' own interval is what bounds their commit lag: under the 10 s bar,
+    a backlog of 1,600 msgs at 2 x 3 slots of 36 msg/s took 25 s to drain against a 20 s target (the steady
+    scenario in the simulator, pods starting in 15 s)."""
+    if busy_now <= 0 or reference is None:
+        return False
+    declared = ctx.observation.commit_interval_seconds
+    seconds = SATURATION_BACKLOG_SECONDS if declared is None else \
+        max(WORK_WAITING_SECONDS, WORK_WAITING_COMMITS * declared)
+    return lag.effective > max(2.0 * busy_now, reference * seconds)
+
+
+def busy_span_rate(ctx: DecisionContext, span: behind.Span | None, drained: int, lag: LagView) -> float | None:
+    """msg/s the slots drained over the busy span, once it is long enough to stand for every slot's rate.
+
+    The consume-rate window measures the slots only once saturated and at one shape for all of it (30 s): a
+    group whose slots are slower than the first step up assumed (a busy node) and whose backlog shrinks
+    slowly, up and down with the commits, was held at that step with 2,000 msgs waiting for 45 s (CI, the
+    steady scenario). Over a *busy span*, polls at one settled shape with work waiting at each
+    (`_work_waiting`), every slot had work, so what the committed offsets moved is what the slots drain,
+    whichever way the lag went. It counts after as many polls and seconds as falling behind needs (a busy
+    node stalls a group that keeps up for several seconds) and BUSY_SPAN_COMMITS commit steps, so a
+    commit that came late or early at either end moves the rate by a tenth at most.
+    """
+    reading = behind.read(span, now=ctx.now, drained=drained, lag=lag.effective)
+    least = max(behind.FALLING_BEHIND_SECONDS, BUSY_SPAN_COMMITS * committed_time_lag_floor(ctx))
+    if reading is None or reading.polls < behind.FALLING_BEHIND_POLLS or reading.seconds < least:
+        return None
+    return reading.rate
 
 
 def group_time_lag(ctx: DecisionContext, lag: LagView) -> float:
@@ -327,7 +381,7 @@ def drained_total(ctx: DecisionContext, lag: LagView) -> int:
                if p.committed is not None and (not stuck or (p.topic, p.partition) not in stuck))
 
 
-def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *, late: behind.Late | None,
+def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, drained: int, *, late: behind.Late | None,
                  saturated_since: float | None) -> tuple[Growth, Notes]:
     """The growth span after this poll, and the falling-behind and CPU-bound rules' readings of it.
 
@@ -341,7 +395,6 @@ def _read_growth(ctx: DecisionContext, lag: LagView, consumers: int, *, late: be
     memory, now, pool = ctx.memory, ctx.now, ctx.current_pool
     grew = (_settled_shape(ctx, consumers) and memory.last_lag is not None and lag.effective > memory.last_lag
             and lag.effective > 2 * consumers * pool)
-    drained = drained_total(ctx, lag)
     span = behind.next_span(memory.span, now=now, drained=drained, lag=lag.effective, grew=grew,
                             consumers=consumers, pool=pool)
     reading = behind.read(span, now=now, drained=drained, lag=lag.effective)
@@ -406,8 +459,9 @@ def _overruled_slot_rate(growth: Growth, slot_rate: float | None,
 
 
 def _per_slot_rate(memory: PolicyMemory, now: float, consume: float | None, *, busy_max: int, busy_now: int,
-                   every_slot_busy: bool) -> tuple[float | None, float | None]:
-    """The smoothed measured msg/s per slot and the decayed lower bound on it, after this poll."""
+                   busy_rate: float | None) -> tuple[float | None, float | None]:
+    """The smoothed measured msg/s per slot and the decayed lower bound on it, after this poll. `busy_rate`:
+    msg/s the slots drained with every slot busy (None when not known to be)."""
     floor = memory.slot_rate_floor
     if floor is not None and memory.floor_time is not None:
         floor *= 0.5 ** (max(0.0, now - memory.floor_time) / FLOOR_HALF_LIFE_SECONDS)
@@ -418,8 +472,8 @@ def _per_slot_rate(memory: PolicyMemory, now: float, consume: float | None, *, b
         floor = bound if floor is None else max(floor, bound)
     slot_rate = memory.slot_rate
     # No slot at all (scaled to zero, or no member yet) measures nothing, however long the lag grew.
-    if every_slot_busy and busy_now > 0 and consume is not None and consume >= MIN_RATE:
-        measured = consume / busy_now
+    if busy_now > 0 and busy_rate is not None and busy_rate >= MIN_RATE:
+        measured = busy_rate / busy_now
         slot_rate = measured if slot_rate is None else (
             SLOT_RATE_EWMA_WEIGHT * measured + (1 - SLOT_RATE_EWMA_WEIGHT) * slot_rate)
         floor = measured  # a fresh measurement replaces any older lower bound

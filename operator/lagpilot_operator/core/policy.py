@@ -40,8 +40,15 @@ Capacity is counted in *slots*: one slot processes one message at a time; a pod 
          `SATURATION_BACKLOG_SECONDS` of consumption and 2 messages per slot), or the backlog's trend
          showed a steady deficit (the smallest lag per minute grew by `TREND_BACKLOG_SECONDS` of
          consumption within `TREND_WINDOW_SECONDS` at unchanged capacity, while production exceeds
-         consumption: a group 1 % short crosses the saturation bar only after 1000 s); smoothed
-         (EWMA, weight 0.5);
+         consumption: a group 1 % short crosses the saturation bar only after 1000 s); or, in
+         `drainTime` before that, as what the committed offsets moved ÷ busy slots over a *busy span*:
+         polls at one settled shape with work waiting at each (lag above the saturation bar, or, for
+         workers that declare their commit interval, above `WORK_WAITING_COMMITS` commit steps and
+         `WORK_WAITING_SECONDS` of consumption), for `FALLING_BEHIND_POLLS` polls,
+         `FALLING_BEHIND_SECONDS` and `BUSY_SPAN_COMMITS` commit steps, whichever way the lag went
+         (slots slower than the first step assumed, draining a backlog slowly, up and down with the
+         commits, were otherwise held until the window measured them, far past the drain target);
+         smoothed (EWMA, weight 0.5);
        - bounded below between measurements by the highest consume rate ÷ busy slots seen (a
          lower bound, since slots are never faster than they are busy), halving every
          `FLOOR_HALF_LIFE_SECONDS` so a slower workload is not hidden by an old fast one;
@@ -403,6 +410,9 @@ class PolicyMemory:
     pod_rate: tuple[int, float] | None = None              # (pool, msg/s per pod) read with the lag growing
     pool_ceiling: int | None = None                        # pool beyond which a pod's slots add no throughput
     late: LateRun | None = None                            # the time lag's growth above its target
+    # Polls at one settled shape with work waiting at each: what every slot drains, read before a whole
+    # consume-rate window has passed (decision_steps.busy_span_rate).
+    busy_span: Span | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -425,6 +435,7 @@ class PolicyMemory:
             "podRate": None if self.pod_rate is None else list(self.pod_rate),
             "poolCeiling": self.pool_ceiling,
             "late": None if self.late is None else self.late.to_list(),
+            "busySpan": None if self.busy_span is None else self.busy_span.to_list(),
         }
 
     @classmethod
@@ -453,6 +464,7 @@ class PolicyMemory:
                 pod_rate=_pod_rate(data.get("podRate")),
                 pool_ceiling=None if data.get("poolCeiling") is None else int(data["poolCeiling"]),
                 late=LateRun.from_list(data.get("late")),
+                busy_span=Span.from_list(data.get("busySpan")),
             )
         except (TypeError, ValueError):
             return cls()
@@ -572,6 +584,7 @@ def _remember(ctx: steps.DecisionContext, lag: steps.LagView, throughput: steps.
         pod_rate=growth.pod_rate if growth is not None else memory.pod_rate,
         pool_ceiling=growth.pool_ceiling if growth is not None else memory.pool_ceiling,
         late=throughput.late_run,
+        busy_span=throughput.busy_span,
     )
     return _prune(remembered, ctx.config, now, ctx.observation)
 
@@ -594,6 +607,7 @@ def _remember_hold(memory: PolicyMemory, now: float, capacity: int) -> PolicyMem
         deficit_since=None,
         span=None,  # a hold (paused, lag unreadable) ends the growth span: the shape was not judged
         late=None,  # and the late run
+        busy_span=None,  # and the busy span
     )
 
 

@@ -232,5 +232,5 @@ def test_no_busy_slot_measures_no_per_slot_rate() -> None:
     slot busy": the rate per slot is not measured from it (it divided by zero; found by hypothesis)."""
     from lagpilot_operator.core.decision_steps import _per_slot_rate
 
-    assert _per_slot_rate(PolicyMemory(), NOW, 12.0, busy_max=0, busy_now=0, every_slot_busy=True) == (None, None)
-    assert _per_slot_rate(PolicyMemory(), NOW, 12.0, busy_max=4, busy_now=4, every_slot_busy=True) == (3.0, 3.0)
+    assert _per_slot_rate(PolicyMemory(), NOW, 12.0, busy_max=0, busy_now=0, busy_rate=12.0) == (None, None)
+    assert _per_slot_rate(PolicyMemory(), NOW, 12.0, busy_max=4, busy_now=4, busy_rate=12.0) == (3.0, 3.0)

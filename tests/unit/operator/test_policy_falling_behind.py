@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import pytest
 from test_policy import FREE, NOW, WARM, observe, spread
@@ -15,7 +16,7 @@ from test_policy import FREE, NOW, WARM, observe, spread
 from lagpilot_operator.core import falling_behind as behind
 from lagpilot_operator.core import simulate
 from lagpilot_operator.core.decision_steps import DecisionContext, shape_for
-from lagpilot_operator.core.observations import LagSample, PartitionOffsets
+from lagpilot_operator.core.observations import LagHistory, LagSample, PartitionOffsets
 from lagpilot_operator.core.policy import (
     Decision,
     DrainTimeConfig,
@@ -24,6 +25,7 @@ from lagpilot_operator.core.policy import (
     PolicyMemory,
     PoolBounds,
     ReplicaBounds,
+    ScalingBehavior,
     decide,
 )
 
@@ -291,3 +293,114 @@ def test_a_saturated_group_a_little_short_of_cpu_grows_without_waiting_a_consume
     # Read at pool 3 while saturated: a pod drained 70 msg/s, against 44 at pool 1, so pods are CPU-bound.
     assert any("CPU-bound, more capacity goes to pods of pool ≤ 1" in reason for _, reason in result.reasons)
     assert result.summary.unprocessed_at_end == 0
+
+
+# CI's steady scenario on a loaded machine (stop 42, lane b): 1 x 1 → 2 x 3 at 3.9 s, the second pod joined
+# at 15.4 s, and then 2 x 3 slots of about 28 msg/s held 150 msg/s with 1,650-2,290 msgs waiting, the lag
+# going up and down with the commits: (seconds in, committed lag) at each 2 s poll.
+CI_STEADY_TRACE = (
+    (1.8, 201), (3.9, 479), (6.4, 770), (7.8, 1078), (9.4, 1329), (11.4, 1576), (13.5, 1792), (15.4, 1986),
+    (17.4, 2290), (19.4, 2114), (21.4, 2125), (23.4, 2010), (26.2, 1897), (27.4, 2073), (29.4, 1987),
+    (31.4, 1923), (34.1, 2120), (35.4, 2020), (37.5, 1987), (39.4, 1983), (41.4, 1750), (43.4, 1646),
+)
+CI_STEADY = replace(
+    STEADY,
+    scale_up=ScalingBehavior(stabilization_seconds=0, max_step_percent=100, min_step=4, period_seconds=2),
+    scale_down=ScalingBehavior(stabilization_seconds=15, max_step_percent=100, min_step=1, period_seconds=2))
+
+
+def _replay_ci_steady() -> list[tuple[float, Decision]]:
+    """Decide on CI_STEADY_TRACE as the operator read it (150 msg/s on 4 partitions, rates from the samples'
+    history), applying each decision, until the first that changes the capacity after the 2 x 3 step. The
+    memory is the one CI's poll before the load left, with the reading of the lag's growth at 1 x 1 that
+    the operator took there (36 msg/s a pod): pool 3 is then a pool not read yet."""
+    history = LagHistory(window_seconds=600.0)
+    memory = PolicyMemory(last_time=NOW - 0.2, last_lag=0, last_members=1, pod_rate=(1, 36.0))
+    replicas, pool = 1, 1
+    decisions: list[tuple[float, Decision]] = []
+    for seconds, lag in CI_STEADY_TRACE:
+        now = NOW + seconds
+        end = round(150 * seconds) + 1_000
+        members = 1 if seconds < 15 else 2
+        history.add(LagSample(now, tuple(PartitionOffsets("steady", p, (end + p) // 4, (end - lag + p) // 4)
+                                         for p in range(4)), members=members))
+        observation = Observation.from_history(history, current_replicas=replicas, current_pool=pool,
+                                               commit_interval_seconds=1.0)
+        decision = decide(CI_STEADY, observation, memory, now)
+        decisions.append((seconds, decision))
+        if (replicas, pool) == (2, 3) and decision.replicas * decision.pool != 6:
+            break
+        memory, replicas, pool = decision.memory, decision.replicas, decision.pool
+    return decisions
+
+
+def test_saturated_slots_that_drain_a_backlog_too_slowly_are_measured_without_waiting_a_consume_window() -> None:
+    # Before: every decision from 17 s to 43 s held 2 x 3, "growing, reading what pool 3 drains" and
+    # "shrinking, per-slot throughput not measured yet" in turn (the lag never grew for three polls in a
+    # row), and at 45 s the lag fell below the saturation bar before the consume-rate window had measured
+    # the slots: the backlog took 60 s to drain against the 20 s target, and the test's bound failed.
+    decisions = _replay_ci_steady()
+    shapes = [(seconds, d.replicas, d.pool) for seconds, d in decisions]
+    assert shapes[1] == (3.9, 2, 3), shapes
+    seconds, grown = decisions[-1]
+    assert grown.replicas * grown.pool > 6, [(s, d.reason) for s, d in decisions]
+    # Measured over 10 s from the first poll at the settled shape (17.4 s): 4 partitions' 2,290 → 2,073 msgs
+    # while 150 msg/s arrived is 172 msg/s drained, 28.6 msg/s a slot.
+    assert seconds == 27.4, [(s, d.reason) for s, d in decisions]
+    assert "the slots drained 172 msg/s over 10 s at this shape with work waiting: 28.6 msg/s/slot" in grown.reason
+    # 150 msg/s + 20 % and 2,073 msgs to drain in 20 s need 284 msg/s: 10 slots at 28.6, on 4 pods of pool 3
+    # (pool 3 is not read yet, so capacity goes to pods).
+    assert (grown.slots, grown.replicas, grown.pool) == (10, 4, 3), grown.reason
+
+
+def test_the_busy_span_counts_only_at_a_settled_shape_above_the_bar() -> None:
+    decisions = _replay_ci_steady()
+    spans = {seconds: d.memory.busy_span for seconds, d in decisions}
+    # Pods joining (1 of 2 members) start no span; the first poll with both members settles the shape
+    # (members unchanged since the poll before) only at 17.4 s.
+    assert all(spans[s] is None for s in (6.4, 9.4, 13.5, 15.4)), spans
+    first = spans[17.4]
+    assert first is not None and (first.start, first.polls, first.consumers, first.pool) == (NOW + 17.4, 0, 2, 3)
+    assert cast(behind.Span, spans[26.2]).polls == 4 and cast(behind.Span, spans[26.2]).start == NOW + 17.4
+    assert PolicyMemory.from_dict(decisions[-2][1].memory.to_dict()) == decisions[-2][1].memory
+
+
+def test_a_backlog_under_the_saturation_bar_that_drains_too_slowly_grows_the_capacity() -> None:
+    # The steady scenario with slots of 36 msg/s (28 ms a message) and pods that take 15 s to start, as on a
+    # loaded CI machine: 2 x 3 slots drain 214 msg/s of the 150 arriving, and the 1,600 msgs the start left
+    # are under the saturation bar (10 s of consumption, 2,140). Before, the policy kept 2 x 3 ("not
+    # saturated: a lower bound adds no capacity") and the backlog took 25 s to drain against the 20 s target.
+    # The workers declare 1 s commits, so 5 s of consumption is work waiting: after 10 s of draining at one
+    # shape the slots are measured, and the pool grows.
+    model = simulate.WorldModel.with_cost(simulate.parse_cost("io=28ms"), partitions=4, commit_interval_seconds=1.0,
+                                          startup_seconds=15.0)
+    trace = simulate.Trace("steady", (simulate.Segment(80.0, 150.0), simulate.Segment(30.0, 0.0)))
+    result = simulate.run(trace, model, simulate.LagpilotController("drainTime", CI_STEADY))
+    lag_at = {p.time: p.committed_lag for p in result.points}
+    grown = [(t, reason) for t, reason in result.reasons if 10.0 < t < 80.0]
+    assert grown and grown[0][0] <= 35.0, result.reasons
+    assert "grow pool 3→4 on 2 replicas" in grown[0][1]
+    assert "at this shape with work waiting: 35.7 msg/s/slot" in grown[0][1]
+    assert lag_at[25.0] > 1_500 and lag_at[45.0] == 0, lag_at  # before: 320 msgs left at 45 s, none at 50 s
+
+
+@pytest.mark.parametrize(("declared", "lag", "waiting"), [
+    (None, 1_600, False),   # 10 s of consumption at 200 msg/s: commits nobody declared (5 s auto-commit)
+    (None, 2_100, True),
+    (1.0, 900, False),      # declared 1 s commits: 5 s of consumption (at least WORK_WAITING_SECONDS)
+    (1.0, 1_100, True),
+    (4.0, 1_500, False),    # declared 4 s commits: 2 commit steps, 8 s
+    (4.0, 1_700, True),
+])
+def test_work_waiting_is_above_what_the_declared_commits_can_show(declared: float | None, lag: int,
+                                                                   waiting: bool) -> None:
+    from lagpilot_operator.core.decision_steps import _work_waiting, read_lag
+
+    observation = Observation(sample=LagSample(NOW, tuple(PartitionOffsets("t", p, 10_000, 10_000 - lag // 4)
+                                                          for p in range(4)), members=2),
+                              current_replicas=2, current_pool=3, consume_rate=200.0,
+                              commit_interval_seconds=declared)
+    ctx = DecisionContext.of(STEADY, observation, WARM, NOW)
+    assert _work_waiting(ctx, read_lag(ctx), 200.0, busy_now=6) is waiting
+    assert not _work_waiting(ctx, read_lag(ctx), None, busy_now=6)   # no rate: no telling a backlog
+    assert not _work_waiting(ctx, read_lag(ctx), 200.0, busy_now=0)  # no slot at work
