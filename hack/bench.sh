@@ -20,14 +20,19 @@
 # `cpuloop` (bench/loop_bench.py --scenario cpu, issue 15) is the loop with a CPU-bound handler (5 ms of CPU a
 # message under the GIL) in worker Pods limited to 250m, drainTime only: does the operator move capacity to Pods
 # when a Pod's slots stop adding throughput? About 7 minutes; BENCH_CPULOOP_ARGS adds flags (e.g. --burst-rate 150).
+# `steady` (bench/steady_sweep_bench.py) is pure: the e2e steady scenario in the simulator over slot speeds and
+# pod start times, with the test's own verdict; BENCH_STEADY_BASELINE (default f363493: before the busy span)
+# runs first. Seconds.
 # `calibration` (bench/keda_calibration.py) is pure: the KEDA model against the recorded real-KEDA runs, and
 # against this invocation's loop run when `loop` ran before it. It needs no stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-results
 mkdir -p "$out"
-only=${BENCH_ONLY:-worker operator probe loop cpuloop calibration seed rebalance share compare fleet}
-if [[ " $only " != " calibration " ]]; then
+only=${BENCH_ONLY:-worker operator probe loop cpuloop calibration steady seed rebalance share compare fleet}
+needs_stack=0
+for name in $only; do [[ "$name" == calibration || "$name" == steady ]] || needs_stack=1; done
+if (( needs_stack )); then
   # shellcheck disable=SC1090,SC1091
   source "${LAGPILOT_STACK_DIR:-.stack}/env"
 fi
@@ -47,12 +52,13 @@ for name in $only; do
                  if (( ran_loop )); then cmd+=(--fresh "$out/loop.jsonl"); fi ;;
     # shellcheck disable=SC2206  # BENCH_SEED_ARGS is split into flags on purpose
     seed) cmd=(.venv/bin/python bench/seed_bench.py "${loop_args[@]}" ${BENCH_SEED_ARGS:---mode search --policy lagpilot,keda-pool-8}) ;;
+    steady) cmd=(.venv/bin/python bench/steady_sweep_bench.py --compare "${BENCH_STEADY_BASELINE:-f363493}") ;;
     rebalance) cmd=(.venv/bin/python bench/rebalance_bench.py) ;;
     share) cmd=(.venv/bin/python bench/share_bench.py) ;;
     compare) cmd=(.venv/bin/python bench/runtime_compare_bench.py
                   --baseline "${BENCH_COMPARE_BASELINE:-c47d1fb}" --candidate "${BENCH_COMPARE_CANDIDATE:-HEAD}") ;;
     fleet) cmd=(.venv/bin/python bench/fleet_bench.py "${fleet_args[@]}") ;;
-    *) echo "unknown benchmark '$name' (worker, operator, probe, loop, cpuloop, calibration, seed, rebalance, share, compare, fleet)" >&2
+    *) echo "unknown benchmark '$name' (worker, operator, probe, loop, cpuloop, calibration, steady, seed, rebalance, share, compare, fleet)" >&2
        exit 2 ;;
   esac
   echo "== bench: $name" >&2
