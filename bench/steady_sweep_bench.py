@@ -24,9 +24,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+
+from lagpilot_operator.core import simulate
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 150.0
@@ -40,8 +43,23 @@ MESSAGE_MS = (20, 24, 28, 32, 36, 40, 44)   # a message's time in a slot: 50 dow
 START_SECONDS = (3, 6, 9, 12, 15, 18)        # a worker Pod's create -> joined
 
 
+@dataclass
+class DecidedShapes(simulate.LagpilotController):
+    """The policy's controller, remembering each decided shape (time, replicas, pool) as the status shows it: the
+    simulated world applies a pool change a little after the replicas."""
+
+    shapes: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def on_tick(self, world: simulate.World) -> None:
+        if not self.shapes:
+            self.shapes.append((world.time, len(world.pods), world.desired_pool))
+        super().on_tick(world)
+        shape = (len(world.pods), world.desired_pool)
+        if shape != self.shapes[-1][1:]:
+            self.shapes.append((world.time, *shape))
+
+
 def run_case(message_ms: int, start_seconds: float) -> dict[str, Any]:
-    from lagpilot_operator.core import simulate
     from lagpilot_operator.core.policy import (
         DrainTimeConfig,
         PolicyConfig,
@@ -60,11 +78,13 @@ def run_case(message_ms: int, start_seconds: float) -> dict[str, Any]:
     model = simulate.WorldModel.with_cost(simulate.parse_cost(f"io={message_ms}ms"), partitions=PARTITIONS,
                                           commit_interval_seconds=1.0, startup_seconds=start_seconds)
     trace = simulate.Trace("steady", (simulate.Segment(LOAD_SECONDS, RATE), simulate.Segment(30.0, 0.0)))
-    result = simulate.run(trace, model, simulate.LagpilotController("drainTime", config))
+    controller = DecidedShapes("drainTime", config)
+    result = simulate.run(trace, model, controller)
     points = [p for p in result.points if p.time <= LOAD_SECONDS]
-    # The test's "sized": the last growth of replicas or of the pool while the load ran.
-    grew = [after.time for before, after in itertools.pairwise(points)
-            if after.replicas > before.replicas or after.pool > before.pool]
+    # The test's "sized" (e2e.harness.GroupWatch.growth_times, from the status: one decision's replicas and pool
+    # together): the last growth while the load ran, more replicas or a bigger pool that is more capacity.
+    grew = [time for (_, r0, p0), (time, r1, p1) in itertools.pairwise(controller.shapes)
+            if time <= LOAD_SECONDS and (r1 > r0 or (p1 > p0 and r1 * p1 > r0 * p0))]
     sized = max(grew, default=0.0)
     settled = max(WARM_UP_SECONDS, sized + DRAIN_SECONDS)
     lag_after = max((p.committed_lag for p in points if p.time >= settled), default=0)

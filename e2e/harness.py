@@ -163,6 +163,17 @@ class GroupWatch:
         with self._lock:
             return [s for s in self.statuses if s.time >= since]
 
+    def growth_times(self, since: float = 0.0) -> list[float]:
+        """When the operator grew the group after `since`, from its status (replicas and pool of one decision
+        together): more replicas, or a bigger pool that is more capacity. A consolidation to fewer, bigger pods
+        (2 x 3 -> 1 x 4) is no growth."""
+        with self._lock:
+            statuses = list(self.statuses)  # the one in effect at `since` too: it is what the first one grew from
+        shapes = [(s.time, int(s.status.get("desiredReplicas") or 0), int(s.status.get("poolSize") or 0))
+                  for s in statuses]
+        return [time for (_, r0, p0), (time, r1, p1) in itertools.pairwise(shapes)
+                if time > since and (r1 > r0 or (p1 > p0 and r1 * p1 > r0 * p0))]
+
     def max_replicas(self, since: float = 0.0) -> int:
         return max((c.replicas for c in self.replica_history(since)), default=0)
 

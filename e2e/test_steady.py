@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 from e2e.harness import Scenario, duplicate_report, finish_load, phase, read_entries
@@ -36,13 +35,9 @@ def test_steady_load_does_not_flap_and_keeps_lag_bounded(scenario: Scenario) -> 
     assert accounting.complete, f"lost messages: {accounting.summary()}"
 
     changes = group.watch.direction_changes(start)
-    # "Once the group has its size": the last growth of replicas or pool while the load ran, then the
+    # "Once the group has its size": the last growth of replicas or capacity while the load ran, then the
     # drain time the policy targets for the backlog the ramp left. Measured, not assumed to be 25 s.
-    grew = [after.time for before, after in itertools.pairwise(group.watch.replica_history(start))
-            if after.replicas > before.replicas]
-    grew += [after.time for before, after in itertools.pairwise(group.watch.status_history(start))
-             if int(after.status.get("poolSize") or 0) > int(before.status.get("poolSize") or 0)]
-    sized_at = max([t for t in grew if t <= load_ended], default=start)
+    sized_at = max([t for t in group.watch.growth_times(start) if t <= load_ended], default=start)
     settled = max(start + WARM_UP_SECONDS, sized_at + DRAIN_SECONDS)
     lag_after_warm_up = group.watch.max_status("totalLag", settled)
     replicas_after_warm_up = {c.replicas for c in group.watch.replica_history(settled)}
