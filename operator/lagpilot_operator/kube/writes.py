@@ -33,7 +33,8 @@ moving within `LAST_LAG_BAND`, which a restart resumes at the band's top. The la
 the smallest lag, for the steady deficit) is not a reason to write: a restarted operator starts it again
 (`resume_memory`), as the policy itself does at every capacity or membership change, so a deficit
 must show again over two consume-rate windows before it counts — a restart can delay that
-measurement, never advance it.
+measurement, never advance it. The busy span (polls at one shape with work waiting, which measure the
+slots before a consume-rate window) is not one either, and starts again on a restart for the same reason.
 """
 
 from __future__ import annotations
@@ -165,8 +166,8 @@ def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory) -> bool:
     # the changes within their period: one gone is no news (the last one of a scale-down, 30 s after it).
     changes = persisted.changes if _expired_only(persisted.changes, new.changes) else new.changes
     return replace(new, last_time=persisted.last_time, recommendations=old_recs, trend=persisted.trend,
-                   slot_rate_floor=persisted.slot_rate_floor, floor_time=persisted.floor_time,
-                   last_lag=last_lag, changes=changes) == persisted
+                   busy_span=persisted.busy_span, slot_rate_floor=persisted.slot_rate_floor,
+                   floor_time=persisted.floor_time, last_lag=last_lag, changes=changes) == persisted
 
 
 def _expired_only(persisted: tuple[tuple[float, int, int], ...], new: tuple[tuple[float, int, int], ...]) -> bool:
@@ -207,13 +208,15 @@ def resume_memory(persisted: PolicyMemory, now: float, refresh_seconds: float = 
     recs = tuple((latest, slots) for slots in sizes)
     # The rate floor stays as written: the policy decays it from its floorTime to now, which is what the
     # live memory's skipped refreshes held (`memory_refresh_only` checks exactly that). The lag trend
-    # starts again, as the policy starts it at every capacity or membership change.
+    # starts again, as the policy starts it at every capacity or membership change, and so does the busy
+    # span: nothing says work was waiting while no operator polled, and a span read across that time could
+    # take idle slots for slow ones.
     # A last lag within the band may be older than the live one (`memory_refresh_only`): the top of the band
     # reads "not grown" wherever the live one can have read either (a lag within the band), and "grown" only
     # where the live one did too (above it). Growth, the one thing the policy reads from it, is then read
     # later or on the same poll, never earlier.
     last_lag = LAST_LAG_BAND if _within_lag_band(persisted.last_lag) else persisted.last_lag
-    return replace(persisted, recommendations=recs, last_time=latest, trend=(), last_lag=last_lag)
+    return replace(persisted, recommendations=recs, last_time=latest, trend=(), busy_span=None, last_lag=last_lag)
 
 
 def stored_status(watched: Mapping[str, Any], written: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_policy import FREE, NOW, WARM, histories, observations, observe, spread, threshold_config
 
+from lagpilot_operator.core.falling_behind import Span
 from lagpilot_operator.core.policy import Observation, PolicyConfig, PolicyMemory, decide
 from lagpilot_operator.kube.writes import (
     LAST_LAG_BAND,
@@ -202,6 +203,16 @@ def test_resume_moves_the_refreshed_timestamps_to_the_latest_unwritten_poll() ->
     assert resume_memory(memory, now=130.0, refresh_seconds=REFRESH).last_time == 130.0
     assert resume_memory(PolicyMemory(), now=1000.0) == PolicyMemory()
     assert resume_memory(replace(memory, trend=((40.0, 7), (100.0, 5))), now=1000.0).trend == ()
+
+
+def test_the_busy_span_is_no_reason_to_write_and_starts_again_on_a_restart() -> None:
+    # While work waits, the span's polls count up at every poll until it reads the slots (10 s): no news on
+    # its own. A restarted operator does not know that work waited while nobody polled, so it starts again.
+    written = replace(WARM, last_time=NOW, busy_span=Span(NOW - 4, 1_000, 900, 2, 2, 3))
+    live = replace(written, last_time=NOW + 2, busy_span=Span(NOW - 4, 1_000, 900, 3, 2, 3))
+    assert memory_refresh_only(written, live)
+    assert memory_refresh_only(replace(written, busy_span=None), live)
+    assert resume_memory(written, now=NOW + 60).busy_span is None
 
 
 def test_a_last_lag_moving_within_the_band_is_not_written_and_resumes_at_its_top() -> None:
