@@ -192,8 +192,10 @@ async def reconcile(body: dict[str, Any], state: ResourceState, shared: Shared, 
                                    time.time())
         status = {"conditions": conditions_to_k8s(conditions)}
     parsed = state.parsed_spec
-    why = writes.status_write_reason(state.status.written, state.status.written_at, status, now,
-                                     poll_interval=parsed.spec.lag.poll_interval_seconds if parsed else 0.0)
+    why = writes.status_write_reason(
+        state.status.written, state.status.written_at, status, now,
+        poll_interval=parsed.spec.lag.poll_interval_seconds if parsed else 0.0,
+        floor_slots=parsed.spec.replicas.min * parsed.spec.pool.min if parsed else 0)
     if why is not None:
         log.debug("writing the status of %s/%s (%s)", namespace, name, why)
         # In the background (`status_writer`): the loop goes back to wait for its next read meanwhile.

@@ -19,14 +19,14 @@ groups. The rules (docs/operator.md, "Writes"):
 * At least every `refresh_seconds` (LAGPILOT_STATUS_REFRESH_SECONDS, default 300) the whole status
   is written, so nothing shown is older than that.
 
-The policy's memory is what a restarted operator resumes from. A refresh-only change (its
-`lastTime`, recommendations of sizes already written, the rate floor decaying on schedule, step changes
-expiring) is skipped; `resume_memory` moves the first two forward on a restart, to the latest time the
-dead operator can have polled without writing (each size written taken as recommended then), which holds
-every window at least as long as the live memory would have (never an earlier scale); the floor decays
-from the time it was written to now exactly as the live one did. (A group that keeps up with sparse
-traffic recommends its capacity with a record waiting and nothing with none, poll after poll: each flip
-was a write.)
+The policy's memory is what a restarted operator resumes from. A refresh-only change (its `lastTime`,
+recommendations of sizes already written, every size up to the fewest slots the bounds allow counting as
+one, the rate floor decaying on schedule, step changes expiring) is skipped; `resume_memory` moves the first
+two forward on a restart, to the latest time the dead operator can have polled without writing (each size
+written taken as recommended then), which holds every window at least as long as the live memory would have
+(never an earlier scale); the floor decays from the time it was written to now exactly as the live one did.
+(A group that keeps up with sparse traffic recommends its capacity with a record waiting and nothing with
+none, poll after poll: each flip was a write.)
 Everything else in the memory (the changes, cooldown and grace times, saturation, idleness, the deficit
 clock, the rates, the last lag and member count) is written on the poll it changes, except the last lag
 moving within `LAST_LAG_BAND`, which a restart resumes at the band's top. The lag trend (minute buckets of
@@ -151,12 +151,15 @@ def _conditions_key(conditions: Any) -> Any:
             for c in conditions]
 
 
-def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory) -> bool:
-    """`new` differs from `persisted` only by timestamp refreshes that `resume_memory` restores safely."""
+def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory, floor_slots: int = 0) -> bool:
+    """`new` differs from `persisted` only by timestamp refreshes that `resume_memory` restores safely.
+    `floor_slots`: the fewest slots the bounds allow (replicas.min x pool.min); every recommendation up to it
+    makes the same shape, so sizes up to it count as one (a quiet fleet waking, lag 0 -> 30, recommends 1
+    slot where it recommended 0: a write per group, 836 of them in one of the fleet bench's bursts)."""
     if persisted.last_time is None or new.last_time is None or new.last_time < persisted.last_time:
         return False
     old_recs, new_recs = persisted.recommendations, new.recommendations
-    if not {slots for _, slots in new_recs} <= {slots for _, slots in old_recs}:
+    if not {max(slots, floor_slots) for _, slots in new_recs} <= {max(slots, floor_slots) for _, slots in old_recs}:
         return False  # a recommendation of another size: the windows' bounds may move
     if not _floor_refresh(persisted, new):
         return False
@@ -234,9 +237,11 @@ def stored_status(watched: Mapping[str, Any], written: Mapping[str, Any] | None)
 
 def status_write_reason(written: Mapping[str, Any] | None, written_at: float | None, new: Mapping[str, Any],
                         now: float, refresh_seconds: float = REFRESH_SECONDS,
-                        paced_seconds: float = PACED_SECONDS, poll_interval: float = 0.0) -> str | None:
+                        paced_seconds: float = PACED_SECONDS, poll_interval: float = 0.0,
+                        floor_slots: int = 0) -> str | None:
     """Why `new` must be written given the status last written at `written_at` (None: skip this poll).
-    `poll_interval`: the resource's; a time lag is read at that resolution (`time_lag_floor`)."""
+    `poll_interval`: the resource's; a time lag is read at that resolution (`time_lag_floor`). `floor_slots`:
+    the fewest slots its bounds allow (`memory_refresh_only`)."""
     if written is None or written_at is None:
         return "first"
     if now - written_at >= refresh_seconds:
@@ -273,7 +278,7 @@ def status_write_reason(written: Mapping[str, Any] | None, written_at: float | N
                 return key
         elif key == "policyMemory":
             if not isinstance(old, Mapping) or not isinstance(value, Mapping) or not memory_refresh_only(
-                    PolicyMemory.from_dict(old), PolicyMemory.from_dict(value)):
+                    PolicyMemory.from_dict(old), PolicyMemory.from_dict(value), floor_slots):
                 return key
         else:
             return key

@@ -205,6 +205,20 @@ def test_resume_moves_the_refreshed_timestamps_to_the_latest_unwritten_poll() ->
     assert resume_memory(replace(memory, trend=((40.0, 7), (100.0, 5))), now=1000.0).trend == ()
 
 
+def test_recommendations_up_to_the_fewest_slots_the_bounds_allow_count_as_one_size() -> None:
+    # A quiet group at its minimum (1 replica x pool 2) recommends 0 slots; a burst of 30 msgs, 1 slot: the
+    # same shape, so the same windows. A bigger size, or any size where the bounds allow zero, is news.
+    written = replace(WARM, last_time=NOW, recommendations=((NOW, 0),))
+    live = replace(written, last_time=NOW + 5, recommendations=((NOW, 0), (NOW + 5, 1)))
+    assert memory_refresh_only(written, live, floor_slots=2)
+    assert memory_refresh_only(written, replace(live, recommendations=((NOW + 5, 2),)), floor_slots=2)
+    assert not memory_refresh_only(written, replace(live, recommendations=((NOW + 5, 3),)), floor_slots=2)
+    assert not memory_refresh_only(written, live, floor_slots=0)
+    before, after = status(policyMemory=written.to_dict()), status(policyMemory=live.to_dict())
+    assert status_write_reason(before, 100.0, after, 105.0, floor_slots=2) is None
+    assert status_write_reason(before, 100.0, after, 105.0) == "policyMemory"
+
+
 def test_the_busy_span_is_no_reason_to_write_and_starts_again_on_a_restart() -> None:
     # While work waits, the span's polls count up at every poll until it reads the slots (10 s): no news on
     # its own. A restarted operator does not know that work waited while nobody polled, so it starts again.
@@ -325,7 +339,8 @@ def restart_after_writes(history: tuple[PolicyConfig, PolicyMemory, float], data
     for _ in range(data.draw(st.integers(1, 12))):
         now += data.draw(st.sampled_from([2.0, 5.0, 15.0, 30.0]))
         memory = decide(config, observed(now), memory, now).memory
-        if now - written_at >= REFRESH or not memory_refresh_only(written, memory):
+        if now - written_at >= REFRESH or not memory_refresh_only(written, memory,
+                                                                  config.replicas.min * config.pool.min):
             written, written_at = memory, now
         stored = PolicyMemory.from_dict(json.loads(json.dumps(written.to_dict())))
     # Down for a while (the live operator, had it run, would have polled next at the same time).
