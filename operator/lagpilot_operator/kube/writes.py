@@ -29,7 +29,8 @@ written taken as recommended then), which holds every window at least as long as
 none, poll after poll: each flip was a write.)
 Everything else in the memory (the changes, cooldown and grace times, saturation, idleness, the deficit
 clock, the rates, the last lag and member count) is written on the poll it changes, except the last lag
-moving within `LAST_LAG_BAND`, which a restart resumes at the band's top. The lag trend (minute buckets of
+moving down or up by at most `LAST_LAG_BAND` above the one written, which a restart resumes at that band's
+top. The lag trend (minute buckets of
 the smallest lag, for the steady deficit) is not a reason to write: a restarted operator starts it again
 (`resume_memory`), as the policy itself does at every capacity or membership change, so a deficit
 must show again over two consume-rate windows before it counts — a restart can delay that
@@ -64,9 +65,10 @@ threshold until it is ten intervals old: at 1,000 stalled groups that was 200 wr
 clock predicts (the fleet bench's bursts)."""
 PACED_SECONDS = float(os.environ.get("LAGPILOT_STATUS_PACED_SECONDS", "30"))
 LAST_LAG_BAND = 100
-"""The memory's last lag moving within [0, LAST_LAG_BAND] is not written on its own (a group keeping up with
-sparse traffic reads 0, 10, 0 records: 2,000 writes a minute at the fleet bench's 1,000 groups); a restarted
-operator resumes from the top of the band (`resume_memory`)."""
+"""The memory's last lag moving down, or up by at most LAST_LAG_BAND above the one written, is not written on its
+own (a group keeping up with sparse traffic reads 0, 10, 0 records: 2,000 writes a minute at the fleet bench's
+1,000 groups; a stalled fleet's lag going 30 -> 120 in a burst, 623 writes); a restarted operator resumes from
+the top of that band (`resume_memory`)."""
 FAILURES_EACH = 10
 TEXT_FIELDS = ("lastDecision",)
 _NUMBER = re.compile(r"\d[\d,.]*")
@@ -163,8 +165,7 @@ def memory_refresh_only(persisted: PolicyMemory, new: PolicyMemory, floor_slots:
         return False  # a recommendation of another size: the windows' bounds may move
     if not _floor_refresh(persisted, new):
         return False
-    last_lag = persisted.last_lag if _within_lag_band(persisted.last_lag) and _within_lag_band(new.last_lag) \
-        else new.last_lag
+    last_lag = persisted.last_lag if _within_lag_band(persisted.last_lag, new.last_lag) else new.last_lag
     # Step changes only leave the memory once older than every step period, and the step limits count only
     # the changes within their period: one gone is no news (the last one of a scale-down, 30 s after it).
     changes = persisted.changes if _expired_only(persisted.changes, new.changes) else new.changes
@@ -178,8 +179,13 @@ def _expired_only(persisted: tuple[tuple[float, int, int], ...], new: tuple[tupl
     return len(new) <= len(persisted) and persisted[len(persisted) - len(new):] == new
 
 
-def _within_lag_band(last_lag: int | None) -> bool:
-    return last_lag is not None and last_lag <= LAST_LAG_BAND
+def _within_lag_band(written: int | None, last_lag: int | None) -> bool:
+    """`last_lag` is at most the top of the band above the `written` one (`_lag_band_top`)."""
+    return written is not None and last_lag is not None and last_lag <= _lag_band_top(written)
+
+
+def _lag_band_top(written: int) -> int:
+    return written + LAST_LAG_BAND
 
 
 def _floor_refresh(persisted: PolicyMemory, new: PolicyMemory) -> bool:
@@ -214,11 +220,11 @@ def resume_memory(persisted: PolicyMemory, now: float, refresh_seconds: float = 
     # starts again, as the policy starts it at every capacity or membership change, and so does the busy
     # span: nothing says work was waiting while no operator polled, and a span read across that time could
     # take idle slots for slow ones.
-    # A last lag within the band may be older than the live one (`memory_refresh_only`): the top of the band
-    # reads "not grown" wherever the live one can have read either (a lag within the band), and "grown" only
-    # where the live one did too (above it). Growth, the one thing the policy reads from it, is then read
-    # later or on the same poll, never earlier.
-    last_lag = LAST_LAG_BAND if _within_lag_band(persisted.last_lag) else persisted.last_lag
+    # The live last lag may be anywhere up to the top of the band above the written one (`memory_refresh_only`):
+    # the top reads "not grown" wherever the live one can have read either, and "grown" only where the live one
+    # did too (above it). Growth, the one thing the policy reads from it, is then read on the first poll after
+    # the restart later or on the same poll, never earlier; that poll's lag is the last lag from then on.
+    last_lag = None if persisted.last_lag is None else _lag_band_top(persisted.last_lag)
     return replace(persisted, recommendations=recs, last_time=latest, trend=(), busy_span=None, last_lag=last_lag)
 
 
