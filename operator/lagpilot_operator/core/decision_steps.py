@@ -272,9 +272,9 @@ def assess_throughput(ctx: DecisionContext, lag: LagView) -> Throughput:
     drain_time = ctx.config.mode == "drainTime" and not observation.lag_only
     drained = drained_total(ctx, lag) if drain_time else 0
     busy_span = behind.next_span(memory.busy_span, now=now, drained=drained, lag=lag.effective,
-                                      grew=drain_time and _settled_shape(ctx, consumers)
-                                      and _work_waiting(ctx, lag, reference, busy_now),
-                                      consumers=consumers, pool=ctx.current_pool)
+                                 grew=drain_time and _settled_shape(ctx, consumers)
+                                 and _work_waiting(ctx, lag, reference, busy_now),
+                                 consumers=consumers, pool=ctx.current_pool)
     busy_rate = consume if every_slot_busy else None
     if busy_rate is None and (span_rate := busy_span_rate(ctx, busy_span, drained, lag)) is not None:
         busy_rate = span_rate
