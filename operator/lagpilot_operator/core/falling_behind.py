@@ -76,7 +76,8 @@ class _Numbers:
 
 @dataclass(frozen=True)
 class Span(_Numbers):
-    """A run of polls at one shape (consumers, pool) at each of which the lag grew."""
+    """A run of polls at one shape (consumers, pool) at each of which the lag grew (a growth span), or at each
+    of which work waited (decision_steps' busy span, read with `read` too)."""
 
     WHAT: ClassVar[str] = "a growth span"
 
@@ -111,7 +112,8 @@ class Reading:
 
 def next_span(span: Span | None, *, now: float, drained: int, lag: int, grew: bool, consumers: int,
               pool: int) -> Span | None:
-    """The span after this poll. `grew`: the lag grew since the last poll at a settled shape."""
+    """The span after this poll. `grew`: the lag grew since the last poll at a settled shape (for a busy span:
+    work waited at a settled shape)."""
     if not grew or consumers <= 0 or pool <= 0:
         return None
     if span is None or (span.consumers, span.pool) != (consumers, pool) or drained < span.drained:
