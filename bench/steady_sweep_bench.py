@@ -32,6 +32,10 @@ from typing import Any
 from lagpilot_operator.core import simulate
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # e2e.harness imports tests/support
+
+from e2e.harness import grew  # noqa: E402  # the steady test's own rule
+
 RATE = 150.0
 LOAD_SECONDS = 80.0
 PARTITIONS = 4
@@ -83,9 +87,9 @@ def run_case(message_ms: int, start_seconds: float) -> dict[str, Any]:
     points = [p for p in result.points if p.time <= LOAD_SECONDS]
     # The test's "sized" (e2e.harness.GroupWatch.growth_times, from the status: one decision's replicas and pool
     # together): the last growth while the load ran, more replicas or a bigger pool that is more capacity.
-    grew = [time for (_, r0, p0), (time, r1, p1) in itertools.pairwise(controller.shapes)
-            if time <= LOAD_SECONDS and (r1 > r0 or (p1 > p0 and r1 * p1 > r0 * p0))]
-    sized = max(grew, default=0.0)
+    growths = [after[0] for before, after in itertools.pairwise(controller.shapes)
+               if after[0] <= LOAD_SECONDS and grew(before[1:], after[1:])]
+    sized = max(growths, default=0.0)
     settled = max(WARM_UP_SECONDS, sized + DRAIN_SECONDS)
     lag_after = max((p.committed_lag for p in points if p.time >= settled), default=0)
     peak = max(points, key=lambda p: p.committed_lag)

@@ -171,8 +171,8 @@ class GroupWatch:
             statuses = list(self.statuses)  # the one in effect at `since` too: it is what the first one grew from
         shapes = [(s.time, int(s.status.get("desiredReplicas") or 0), int(s.status.get("poolSize") or 0))
                   for s in statuses]
-        return [time for (_, r0, p0), (time, r1, p1) in itertools.pairwise(shapes)
-                if time > since and (r1 > r0 or (p1 > p0 and r1 * p1 > r0 * p0))]
+        return [after[0] for before, after in itertools.pairwise(shapes)
+                if after[0] > since and grew(before[1:], after[1:])]
 
     def max_replicas(self, since: float = 0.0) -> int:
         return max((c.replicas for c in self.replica_history(since)), default=0)
@@ -209,6 +209,13 @@ class GroupWatch:
                              f"{seen[2]}")
                 last = seen
         return "\n".join(lines)
+
+
+def grew(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Whether the shape (replicas, pool) `after` grew the group: more replicas, or a bigger pool that is more
+    capacity. A consolidation to fewer, bigger pods (2 x 3 -> 1 x 4) is no growth."""
+    (r0, p0), (r1, p1) = before, after
+    return r1 > r0 or (p1 > p0 and r1 * p1 > r0 * p0)
 
 
 @contextlib.contextmanager
