@@ -27,15 +27,14 @@ written taken as recommended then), which holds every window at least as long as
 (never an earlier scale); the floor decays from the time it was written to now exactly as the live one did.
 (A group that keeps up with sparse traffic recommends its capacity with a record waiting and nothing with
 none, poll after poll: each flip was a write.)
-Everything else in the memory (the changes, cooldown and grace times, saturation, idleness, the deficit
-clock, the rates, the last lag and member count) is written on the poll it changes, except the last lag
-moving down or up by at most `LAST_LAG_BAND` above the one written, which a restart resumes at that band's
-top. The lag trend (minute buckets of
-the smallest lag, for the steady deficit) is not a reason to write: a restarted operator starts it again
-(`resume_memory`), as the policy itself does at every capacity or membership change, so a deficit
-must show again over two consume-rate windows before it counts — a restart can delay that
-measurement, never advance it. The busy span (polls at one shape with work waiting, which measure the
-slots before a consume-rate window) is not one either, and starts again on a restart for the same reason.
+Everything else in the memory (the changes, cooldown and grace times, saturation, idleness, the deficit clock,
+the rates, the last lag and member count) is written on the poll it changes, except the last lag moving down
+or up by at most `LAST_LAG_BAND` above the one written, which a restart resumes at that band's top. The lag
+trend (minute buckets of the smallest lag, for the steady deficit) is not a reason to write: a restarted
+operator starts it again (`resume_memory`), as the policy itself does at every capacity or membership change,
+so a deficit must show again over two consume-rate windows before it counts — a restart can delay that
+measurement, never advance it. The busy span (polls at one shape with work waiting, which measure the slots
+before a consume-rate window) is not one either, and starts again on a restart for the same reason.
 """
 
 from __future__ import annotations
